@@ -1,0 +1,271 @@
+// The core runtime end to end: the real daemon, real QEMU pod VMs, a real registry.
+import fs from 'node:fs';
+import path from 'node:path';
+import { status } from '@grpc/grpc-js';
+import { pushBusybox } from '../test/support/images';
+import { Registry, startRegistry } from '../test/support/registry';
+import { podConfig, qemuPidsUnder, TestDaemon } from './support/daemon';
+
+jest.setTimeout(240_000);
+
+let registry: Registry;
+let d: TestDaemon;
+let image: string;
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  await pushBusybox(registry, 'e2e/busybox', 'latest');
+  image = `${registry.host}/e2e/busybox:latest`;
+  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` } });
+  const pulled = await d.image('PullImage', { image: { image } });
+  expect(pulled.image_ref).toBeTruthy();
+});
+
+afterAll(async () => {
+  await d?.destroy();
+  await registry?.stop();
+});
+
+function containerConfig(name: string, command: string[], extra: Record<string, unknown> = {}) {
+  return {
+    metadata: { name, attempt: 0 },
+    image: { image },
+    command,
+    log_path: `${name}.log`,
+    labels: { 'io.kubernetes.container.name': name, role: name },
+    annotations: { 'io.kubernetes.container.hash': 'abc123', 'io.kubernetes.container.restartCount': '0' },
+    linux: {},
+    ...extra,
+  };
+}
+
+async function waitState(id: string, state: string, ms = 60_000): Promise<any> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const { status: st } = await d.runtime('ContainerStatus', { container_id: id });
+    if (st.state === state) return st;
+    if (Date.now() > deadline) throw new Error(`container ${id} is ${st.state}, wanted ${state}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function runContainer(pod: string, podCfg: any, cfg: any): Promise<string> {
+  const { container_id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: cfg, sandbox_config: podCfg });
+  await d.runtime('StartContainer', { container_id });
+  return container_id;
+}
+
+describe('runtime info', () => {
+  it('answers Version as kubelet requires', async () => {
+    const v = await d.runtime('Version', { version: 'v1' });
+    expect(v).toMatchObject({ version: '0.1.0', runtime_name: 'podvisor', runtime_api_version: 'v1' });
+    expect(v.runtime_version).toBeTruthy();
+  });
+
+  it('reports RuntimeReady and NetworkReady conditions', async () => {
+    const s = await d.runtime('Status', {});
+    const cond = Object.fromEntries(s.status.conditions.map((c: any) => [c.type, c]));
+    expect(cond.RuntimeReady.status).toBe(true);
+    expect(cond.NetworkReady).toBeDefined();
+  });
+
+  it('answers UNIMPLEMENTED, not a crash, for RPCs that are not real yet', async () => {
+    await expect(d.runtime('CheckpointPod', {})).rejects.toMatchObject({ code: status.UNIMPLEMENTED });
+  });
+});
+
+describe('a pod VM with busybox containers', () => {
+  let pod: string;
+  let cfg: any;
+  let logDir: string;
+
+  beforeAll(async () => {
+    logDir = path.join(d.logs, 'pod1');
+    cfg = podConfig('pod1', logDir);
+    pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+  });
+
+  it('is a real QEMU VM reported READY with its config echoed', async () => {
+    const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+    expect(st.status.state).toBe('SANDBOX_READY');
+    expect(st.status.metadata).toMatchObject({ name: 'pod1', namespace: 'e2e', attempt: 0 });
+    expect(st.status.labels).toEqual(cfg.labels);
+    expect(st.status.annotations).toEqual(cfg.annotations);
+    expect(st.status.linux.namespaces.options).toMatchObject({ network: 'POD', pid: 'CONTAINER', ipc: 'POD' });
+    const info = JSON.parse(st.info.info);
+    expect(info.vm.accelerator).toBe('tcg');
+    expect(info.vm.vcpus).toBe(1);
+    expect(info.vm.memoryMiB).toBe(256);
+    expect(fs.readFileSync(`/proc/${info.vm.pid}/cmdline`, 'utf8')).toContain('qemu-system-x86_64');
+    const list = await d.runtime('ListPodSandbox', { filter: { label_selector: { app: 'pod1' } } });
+    expect(list.items.map((i: any) => i.id)).toEqual([pod]);
+    const none = await d.runtime('ListPodSandbox', { filter: { label_selector: { app: 'nope' } } });
+    expect(none.items).toEqual([]);
+  });
+
+  it('runs a container to completion with its exit code and CRI-format logs', async () => {
+    const id = await runContainer(pod, cfg, containerConfig('exit3', ['/bin/sh', '-c', 'echo hello-out; echo hello-err >&2; exit 3']));
+    const st = await waitState(id, 'CONTAINER_EXITED');
+    expect(st.exit_code).toBe(3);
+    expect(st.reason).toBe('Error');
+    expect(Number(st.finished_at)).toBeGreaterThanOrEqual(Number(st.started_at));
+    expect(st.labels).toEqual(containerConfig('exit3', []).labels);
+    expect(st.annotations).toEqual(containerConfig('exit3', []).annotations);
+    expect(st.image_ref).toContain('sha256:');
+    expect(st.log_path).toBe(path.join(logDir, 'exit3.log'));
+    await new Promise((r) => setTimeout(r, 300));
+    const lines = fs.readFileSync(st.log_path, 'utf8').trim().split('\n');
+    expect(lines).toEqual(expect.arrayContaining([
+      expect.stringMatching(/^\S+Z stdout F hello-out$/),
+      expect.stringMatching(/^\S+Z stderr F hello-err$/),
+    ]));
+    const ok = await runContainer(pod, cfg, containerConfig('exit0', ['/bin/true']));
+    expect((await waitState(ok, 'CONTAINER_EXITED')).reason).toBe('Completed');
+  });
+
+  it('execs synchronously with output, exit code and timeout', async () => {
+    const id = await runContainer(pod, cfg, containerConfig('sleeper', ['/bin/sleep', '3600']));
+    await waitState(id, 'CONTAINER_RUNNING');
+    const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/sh', '-c', 'echo out; echo err >&2; exit 7'], timeout: 30 });
+    expect(Buffer.from(r.stdout).toString()).toBe('out\n');
+    expect(Buffer.from(r.stderr).toString()).toBe('err\n');
+    expect(r.exit_code).toBe(7);
+    const t0 = Date.now();
+    await expect(d.runtime('ExecSync', { container_id: id, cmd: ['/bin/sleep', '60'], timeout: 1 })).rejects.toMatchObject({ code: status.DEADLINE_EXCEEDED });
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    const list = await d.runtime('ListContainers', { filter: { state: { state: 'CONTAINER_RUNNING' }, pod_sandbox_id: pod } });
+    expect(list.containers.map((c: any) => c.id)).toContain(id);
+    await d.runtime('StopContainer', { container_id: id, timeout: 5 });
+    expect((await waitState(id, 'CONTAINER_EXITED')).exit_code).toBe(143);
+  });
+
+  it('escalates to SIGKILL when the stop signal is ignored', async () => {
+    const id = await runContainer(pod, cfg, containerConfig('stubborn', ['/bin/sh', '-c', 'trap "" TERM; while true; do sleep 1; done']));
+    await waitState(id, 'CONTAINER_RUNNING');
+    await new Promise((r) => setTimeout(r, 500)); // let the shell install its trap
+    const t0 = Date.now();
+    await d.runtime('StopContainer', { container_id: id, timeout: 2 });
+    const st = await waitState(id, 'CONTAINER_EXITED');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1900);
+    expect(st.exit_code).toBe(137);
+  });
+
+  it('shares the pod network and IPC namespaces between containers', async () => {
+    const a = await runContainer(pod, cfg, containerConfig('ns-a', ['/bin/sleep', '3600']));
+    const b = await runContainer(pod, cfg, containerConfig('ns-b', ['/bin/sleep', '3600']));
+    await waitState(a, 'CONTAINER_RUNNING');
+    await waitState(b, 'CONTAINER_RUNNING');
+    const ns = async (id: string, kind: string) =>
+      Buffer.from((await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/busybox', 'readlink', `/proc/self/ns/${kind}`], timeout: 30 })).stdout).toString().trim();
+    expect(await ns(a, 'net')).toBe(await ns(b, 'net'));
+    expect(await ns(a, 'ipc')).toBe(await ns(b, 'ipc'));
+    expect(await ns(a, 'pid')).not.toBe(await ns(b, 'pid')); // pid: CONTAINER
+    expect(await ns(a, 'mnt')).not.toBe(await ns(b, 'mnt'));
+    const host = Buffer.from((await d.runtime('ExecSync', { container_id: a, cmd: ['/bin/hostname'], timeout: 30 })).stdout).toString().trim();
+    expect(host).toBe('pod1');
+  });
+
+  it('shares kubelet host files and directories through 9p, updates included, read-only enforced', async () => {
+    const vol = path.join(d.dir, 'configmap');
+    fs.mkdirSync(path.join(vol, 'sub'), { recursive: true });
+    fs.writeFileSync(path.join(vol, 'sub', 'key'), 'v1');
+    const hosts = path.join(d.dir, 'etc-hosts');
+    fs.writeFileSync(hosts, '127.0.0.1 localhost\n10.9.9.9 e2e-host\n');
+    const id = await runContainer(pod, cfg, containerConfig('mounts', ['/bin/sleep', '3600'], {
+      mounts: [
+        { container_path: '/etc/hosts', host_path: hosts, readonly: false },
+        { container_path: '/config', host_path: vol, readonly: true },
+      ],
+    }));
+    await waitState(id, 'CONTAINER_RUNNING');
+    const sh = async (cmd: string) => {
+      const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/sh', '-c', cmd], timeout: 30 });
+      return { out: Buffer.from(r.stdout).toString(), code: r.exit_code };
+    };
+    expect((await sh('cat /etc/hosts')).out).toContain('e2e-host');
+    expect((await sh('cat /config/sub/key')).out).toBe('v1');
+    fs.writeFileSync(path.join(vol, 'sub', 'key'), 'v2');
+    fs.writeFileSync(path.join(vol, 'new'), 'fresh');
+    expect((await sh('cat /config/sub/key')).out).toBe('v2');
+    expect((await sh('cat /config/new')).out).toBe('fresh');
+    expect((await sh('echo x > /config/written')).code).not.toBe(0);
+    expect(fs.existsSync(path.join(vol, 'written'))).toBe(false);
+    // nothing of this is mounted in the host's mount namespace
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(d.dir);
+  });
+
+  it('removes containers, then stops and removes the pod with nothing left behind', async () => {
+    const all = await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } });
+    expect(all.containers.length).toBeGreaterThan(0);
+    const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+    const pid = JSON.parse(st.info.info).vm.pid;
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod }); // idempotent
+    expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.state).toBe('SANDBOX_NOTREADY');
+    expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
+    const after = await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } });
+    expect(after.containers.every((c: any) => c.state === 'CONTAINER_EXITED')).toBe(true);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod }); // idempotent
+    await expect(d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    expect((await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } })).containers).toEqual([]);
+    expect(fs.readdirSync(path.join(d.state, 'vm'))).toEqual([]);
+    expect(qemuPidsUnder(d.state)).toEqual([]);
+  });
+});
+
+describe('a daemon restart', () => {
+  it('finds running pods and containers again', async () => {
+    const cfg = podConfig('restart', path.join(d.logs, 'restart'));
+    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    const id = await runContainer(pod, cfg, containerConfig('survivor', ['/bin/sh', '-c', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done']));
+    await waitState(id, 'CONTAINER_RUNNING');
+    const before = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+    await d.stopProcess();
+    await d.launch();
+    const after = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+    expect(after.status.state).toBe('SANDBOX_READY');
+    expect(JSON.parse(after.info.info).vm.pid).toBe(JSON.parse(before.info.info).vm.pid);
+    expect((await d.runtime('ContainerStatus', { container_id: id })).status.state).toBe('CONTAINER_RUNNING');
+    const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/echo', 'still here'], timeout: 30 });
+    expect(Buffer.from(r.stdout).toString()).toBe('still here\n');
+    const logFile = path.join(d.logs, 'restart', 'survivor.log');
+    const size = fs.statSync(logFile).size;
+    await new Promise((r2) => setTimeout(r2, 1500));
+    expect(fs.statSync(logFile).size).toBeGreaterThan(size); // logs keep flowing after the restart
+    await d.runtime('StopContainer', { container_id: id, timeout: 0 });
+    expect((await waitState(id, 'CONTAINER_EXITED')).exit_code).toBe(137);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+  });
+});
+
+describe('bad requests', () => {
+  it('get clear gRPC errors', async () => {
+    await expect(d.runtime('PodSandboxStatus', { pod_sandbox_id: 'nope' })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(d.runtime('ContainerStatus', { container_id: 'nope' })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(d.runtime('StartContainer', { container_id: 'nope' })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(d.runtime('ExecSync', { container_id: 'nope', cmd: ['true'] })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(d.runtime('PodSandboxStatus', {})).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    await expect(d.runtime('RunPodSandbox', { config: { metadata: { name: 'x' } } })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    await expect(d.runtime('RunPodSandbox', { config: podConfig('hostnet', d.logs, { linux: { security_context: { namespace_options: { network: 'NODE' } } } }) }))
+      .rejects.toMatchObject({ code: status.FAILED_PRECONDITION });
+    await expect(d.runtime('CreateContainer', { pod_sandbox_id: 'nope', config: containerConfig('x', ['true']) })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    // removing what is not there is fine (kubelet retries removals)
+    await d.runtime('RemoveContainer', { container_id: 'nope' });
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: 'nope' });
+  });
+
+  it('refuses log paths that escape the pod log directory, and unknown images', async () => {
+    const cfg = podConfig('bad', path.join(d.logs, 'bad'));
+    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    await expect(d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { ...containerConfig('esc', ['true']), log_path: '../../../etc/evil.log' }, sandbox_config: cfg }))
+      .rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    await expect(d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { ...containerConfig('noimg', ['true']), image: { image: 'sha256:' + '0'.repeat(64) } }, sandbox_config: cfg }))
+      .rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { ...containerConfig('', ['true']), metadata: {} }, sandbox_config: cfg }))
+      .rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    expect(fs.existsSync('/etc/evil.log')).toBe(false);
+    expect((await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } })).containers).toEqual([]);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+  });
+});

@@ -1,0 +1,151 @@
+// Runs the real `podvisor serve` (compiled CLI) in a scratch directory and talks CRI to it
+// over its unix socket, as kubelet and crictl do.
+import { ChildProcess, spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { loadCri } from '../../cri-api';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
+
+export interface DaemonOptions {
+  /** extra TOML appended to the generated config */
+  configToml?: string;
+  /** certs.d hosts to configure: host → server URL */
+  registries?: Record<string, string>;
+}
+
+export class TestDaemon {
+  readonly socket: string;
+  readonly root: string;
+  readonly state: string;
+  readonly logs: string;
+  readonly configFile: string;
+  private proc?: ChildProcess;
+  private runtimeClient?: grpc.Client;
+  private imageClient?: grpc.Client;
+  output = '';
+
+  private constructor(readonly dir: string, private readonly opts: DaemonOptions) {
+    this.socket = path.join(dir, 'cri.sock');
+    this.root = path.join(dir, 'root');
+    this.state = path.join(dir, 'state');
+    this.logs = path.join(dir, 'logs');
+    this.configFile = path.join(dir, 'config.toml');
+  }
+
+  static async start(opts: DaemonOptions = {}): Promise<TestDaemon> {
+    if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build first`);
+    const d = new TestDaemon(fs.mkdtempSync('/tmp/pv-'), opts);
+    fs.mkdirSync(d.logs);
+    const certsd = path.join(d.dir, 'etc');
+    for (const [host, server] of Object.entries(opts.registries ?? {})) {
+      fs.mkdirSync(path.join(certsd, 'certs.d', host), { recursive: true });
+      fs.writeFileSync(path.join(certsd, 'certs.d', host, 'hosts.toml'), `server = "${server}"\n\n[host."${server}"]\n  capabilities = ["pull", "resolve"]\n`);
+    }
+    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\n[image]\nconfig_dir = "${certsd}"\n${opts.configToml ?? ''}`);
+    await d.launch();
+    return d;
+  }
+
+  /** Starts (or restarts) the daemon process and waits for its socket to answer Version. */
+  async launch(): Promise<void> {
+    const args = [CLI, 'serve', '--config', this.configFile, '--socket', this.socket, '--root', this.root, '--state', this.state];
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = proc;
+    const log = fs.createWriteStream(path.join(this.dir, 'daemon.log'), { flags: 'a' });
+    proc.stdout!.pipe(log);
+    proc.stderr!.on('data', (d) => { this.output += d; log.write(d); });
+    const exited = new Promise<never>((_, reject) => proc.once('exit', (code) => reject(new Error(`daemon exited with ${code}: ${this.output.slice(-2000)}`))));
+    exited.catch(() => undefined);
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      try {
+        await Promise.race([this.runtime('Version', {}), exited]);
+        return;
+      } catch (err) {
+        if (proc.exitCode !== null || Date.now() > deadline) throw err;
+        this.closeClients();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  private client(kind: 'runtime' | 'image'): grpc.Client {
+    const cri = loadCri();
+    if (kind === 'runtime') return (this.runtimeClient ??= new cri.RuntimeServiceClient(`unix://${this.socket}`, grpc.credentials.createInsecure()));
+    return (this.imageClient ??= new cri.ImageServiceClient(`unix://${this.socket}`, grpc.credentials.createInsecure()));
+  }
+
+  private call(kind: 'runtime' | 'image', method: string, req: object, timeoutMs: number): Promise<any> {
+    const c = this.client(kind) as any;
+    return new Promise((resolve, reject) => {
+      c[method](req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, res: any) => (err ? reject(err) : resolve(res)));
+    });
+  }
+
+  runtime(method: string, req: object, timeoutMs = 120_000): Promise<any> {
+    return this.call('runtime', method, req, timeoutMs);
+  }
+
+  image(method: string, req: object, timeoutMs = 300_000): Promise<any> {
+    return this.call('image', method, req, timeoutMs);
+  }
+
+  private closeClients(): void {
+    this.runtimeClient?.close();
+    this.imageClient?.close();
+    this.runtimeClient = this.imageClient = undefined;
+  }
+
+  /** SIGTERM: the daemon exits, pod VMs keep running. */
+  async stopProcess(): Promise<void> {
+    this.closeClients();
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGTERM');
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000))]);
+    if (p.exitCode === null) p.kill('SIGKILL');
+  }
+
+  /** Removes every pod through CRI, stops the daemon, kills anything left, deletes the scratch dir. */
+  async destroy(): Promise<void> {
+    try {
+      const { items } = await this.runtime('ListPodSandbox', {}, 10_000);
+      for (const sb of items) await this.runtime('RemovePodSandbox', { pod_sandbox_id: sb.id }, 60_000).catch(() => undefined);
+    } catch {
+      /* daemon already gone */
+    }
+    await this.stopProcess();
+    for (const pid of qemuPidsUnder(this.state)) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** QEMU processes whose command line mentions `dir` (leak checks and cleanup). */
+export function qemuPidsUnder(dir: string): number[] {
+  let out = '';
+  try {
+    out = execFileSync('pgrep', ['-f', `qemu-system.*${dir}`], { encoding: 'utf8' });
+  } catch {
+    return [];
+  }
+  return out.split('\n').filter(Boolean).map(Number);
+}
+
+/** A minimal, valid sandbox config in the shape kubelet sends. */
+export function podConfig(name: string, logDir: string, extra: Record<string, unknown> = {}): any {
+  return {
+    metadata: { name, namespace: 'e2e', uid: `${name}-uid-${Date.now()}`, attempt: 0 },
+    hostname: name,
+    log_directory: logDir,
+    labels: { app: name, 'io.kubernetes.pod.name': name },
+    annotations: { 'e2e/annotation': 'kept' },
+    linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
+    ...extra,
+  };
+}

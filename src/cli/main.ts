@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+// podvisor command line: `podvisor serve` runs the CRI daemon.
+import { Command } from 'commander';
+import { ConfigError, loadConfig } from '../config/config';
+import { Daemon, VERSION } from '../daemon';
+import { createLogger } from '../log';
+
+const DEFAULT_CONFIG = '/etc/podvisor/config.toml';
+
+const program = new Command('podvisor').version(VERSION).description('Kubernetes CRI runtime: every pod is one lightweight QEMU VM');
+
+program
+  .command('serve')
+  .description('serve the CRI RuntimeService and ImageService on a unix socket')
+  .option('--config <toml>', 'config file', DEFAULT_CONFIG)
+  .option('--socket <path>', 'CRI socket (default /run/podvisor/podvisor.sock)')
+  .option('--root <dir>', 'persistent state (default /var/lib/podvisor)')
+  .option('--state <dir>', 'runtime state (default /run/podvisor)')
+  .option('--log-level <level>', 'trace, debug, info, warn, error')
+  .action(async (opts) => {
+    let cfg;
+    try {
+      cfg = loadConfig(opts.config, opts.config === DEFAULT_CONFIG);
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        process.stderr.write(`podvisor: ${err.message}\n`);
+        process.exit(2);
+      }
+      throw err;
+    }
+    if (opts.socket) cfg.socket = opts.socket;
+    if (opts.root) cfg.root = opts.root;
+    if (opts.state) cfg.state = opts.state;
+    if (opts.logLevel) cfg.logLevel = opts.logLevel;
+    const logger = createLogger(cfg.logLevel);
+    const daemon = new Daemon(cfg, logger);
+    try {
+      await daemon.start();
+    } catch (err) {
+      logger.fatal({ err: (err as Error).message }, 'cannot start');
+      process.exit(1);
+    }
+    const shutdown = async (sig: string) => {
+      logger.info({ sig }, 'stopping (pod VMs keep running)');
+      await daemon.stop();
+      process.exit(0);
+    };
+    process.on('SIGTERM', () => void shutdown('SIGTERM'));
+    process.on('SIGINT', () => void shutdown('SIGINT'));
+  });
+
+program.parseAsync(process.argv).catch((err) => {
+  process.stderr.write(`podvisor: ${(err as Error).message}\n`);
+  process.exit(1);
+});

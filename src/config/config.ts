@@ -1,0 +1,129 @@
+// Daemon configuration: embedded defaults, overridden by a TOML file (like containerd's
+// config.toml), overridden by command-line flags. Unknown keys are an error, so a typo never
+// silently falls back to a default.
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse } from 'smol-toml';
+
+export interface Config {
+  socket: string;
+  root: string;
+  state: string;
+  logLevel: string;
+  vm: {
+    qemu: string;
+    kernel: string;
+    initramfs: string;
+    kernelArgs: string;
+    accelerator: 'auto' | 'kvm' | 'tcg';
+    defaultVcpus: number;
+    defaultMemoryMiB: number;
+    maxVcpus: number;
+    maxMemoryMiB: number;
+    bootTimeoutS: number;
+    stopTimeoutS: number;
+  };
+  image: {
+    /** directory holding certs.d/<host>/hosts.toml */
+    configDir: string;
+    pinned: string[];
+  };
+}
+
+/** Where the project's built guest lives when running from a checkout. */
+export function packageRoot(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
+  return dir;
+}
+
+export function defaultConfig(): Config {
+  const guest = path.join(packageRoot(), 'build', 'guest');
+  return {
+    socket: '/run/podvisor/podvisor.sock',
+    root: '/var/lib/podvisor',
+    state: '/run/podvisor',
+    logLevel: 'info',
+    vm: {
+      qemu: '/usr/bin/qemu-system-x86_64',
+      kernel: path.join(guest, 'vmlinux'),
+      initramfs: path.join(guest, 'initramfs.img'),
+      kernelArgs: '',
+      accelerator: 'auto',
+      defaultVcpus: 1,
+      defaultMemoryMiB: 256,
+      maxVcpus: 8,
+      maxMemoryMiB: 16384,
+      bootTimeoutS: 30,
+      stopTimeoutS: 10,
+    },
+    image: { configDir: '/etc/podvisor', pinned: [] },
+  };
+}
+
+const TOML_KEYS: Record<string, [keyof Config | null, string | null]> = {
+  socket: ['socket', null],
+  root: ['root', null],
+  state: ['state', null],
+  log_level: ['logLevel', null],
+};
+const VM_KEYS: Record<string, keyof Config['vm']> = {
+  qemu: 'qemu',
+  kernel: 'kernel',
+  initramfs: 'initramfs',
+  kernel_args: 'kernelArgs',
+  accelerator: 'accelerator',
+  default_vcpus: 'defaultVcpus',
+  default_memory_mib: 'defaultMemoryMiB',
+  max_vcpus: 'maxVcpus',
+  max_memory_mib: 'maxMemoryMiB',
+  boot_timeout_s: 'bootTimeoutS',
+  stop_timeout_s: 'stopTimeoutS',
+};
+const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
+
+export class ConfigError extends Error {}
+
+function assign(target: any, key: string, value: unknown, where: string): void {
+  const cur = target[key];
+  const ok = Array.isArray(cur) ? Array.isArray(value) && value.every((v) => typeof v === 'string') : typeof value === typeof cur;
+  if (!ok) throw new ConfigError(`${where}: expected ${Array.isArray(cur) ? 'a list of strings' : typeof cur}`);
+  if (typeof value === 'number' && (!Number.isFinite(value) || value < 0)) throw new ConfigError(`${where}: must be a non-negative number`);
+  target[key] = value;
+}
+
+/** Loads `file` over the defaults. A missing file is fine only when `optional`. */
+export function loadConfig(file: string | undefined, optional: boolean): Config {
+  const cfg = defaultConfig();
+  if (!file) return cfg;
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return cfg;
+    throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
+  }
+  let doc: Record<string, unknown>;
+  try {
+    doc = parse(text) as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError(`${file}: ${(err as Error).message}`);
+  }
+  for (const [k, v] of Object.entries(doc)) {
+    if (k === 'vm' || k === 'image') {
+      const keys: Record<string, string> = k === 'vm' ? VM_KEYS : IMAGE_KEYS;
+      if (typeof v !== 'object' || v === null) throw new ConfigError(`${file}: [${k}] must be a table`);
+      for (const [sk, sv] of Object.entries(v)) {
+        if (!(sk in keys)) throw new ConfigError(`${file}: unknown key ${k}.${sk}`);
+        assign(cfg[k], keys[sk], sv, `${file}: ${k}.${sk}`);
+      }
+    } else if (k in TOML_KEYS) {
+      assign(cfg, TOML_KEYS[k][0] as string, v, `${file}: ${k}`);
+    } else {
+      throw new ConfigError(`${file}: unknown key ${k}`);
+    }
+  }
+  if (!['auto', 'kvm', 'tcg'].includes(cfg.vm.accelerator)) throw new ConfigError(`${file}: vm.accelerator must be auto, kvm or tcg`);
+  if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
+  return cfg;
+}

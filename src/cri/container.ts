@@ -1,0 +1,109 @@
+// CreateContainer, StartContainer, StopContainer, RemoveContainer, ListContainers,
+// ContainerStatus, UpdateContainerResources, ReopenContainerLog, ExecSync.
+import type { ImageManager } from '../image/manager';
+import type { ContainerManager } from '../runtime/containers';
+import type { ContainerRecord } from '../runtime/records';
+import { invalidArgument, requireString, unimplemented } from './errors';
+
+function imageSpec(rec: ContainerRecord, images?: ImageManager) {
+  const img = images?.resolve(rec.imageId);
+  return {
+    image: img?.repoTags[0] ?? rec.imageSpec?.image ?? rec.imageId,
+    annotations: rec.imageSpec?.annotations ?? {},
+    user_specified_image: rec.imageSpec?.user_specified_image || rec.imageSpec?.image || '',
+    runtime_handler: rec.imageSpec?.runtime_handler ?? '',
+  };
+}
+
+export function containerStatus(rec: ContainerRecord, images?: ImageManager) {
+  return {
+    id: rec.id,
+    metadata: rec.config.metadata,
+    state: rec.state,
+    created_at: rec.createdAt,
+    started_at: rec.startedAt,
+    finished_at: rec.finishedAt,
+    exit_code: rec.exitCode,
+    image: imageSpec(rec, images),
+    image_ref: rec.imageRef,
+    image_id: rec.imageId,
+    reason: rec.reason,
+    message: rec.message,
+    labels: rec.config.labels ?? {},
+    annotations: rec.config.annotations ?? {},
+    mounts: rec.config.mounts ?? [],
+    log_path: rec.logPath,
+    resources: rec.config.linux?.resources ? { linux: rec.config.linux.resources } : null,
+    stop_signal: rec.config.stop_signal ?? 'SIGNAL_RUNTIME_DEFAULT',
+  };
+}
+
+export function containerHandlers(containers: ContainerManager, images: ImageManager) {
+  return {
+    async CreateContainer(req: any) {
+      const id = await containers.create(requireString(req.pod_sandbox_id, 'pod_sandbox_id'), req.config, req.sandbox_config);
+      return { container_id: id };
+    },
+
+    async StartContainer(req: any) {
+      await containers.start(requireString(req.container_id, 'container_id'));
+      return {};
+    },
+
+    async StopContainer(req: any) {
+      const timeout = Number(req.timeout ?? 0);
+      if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgument('timeout must be ≥ 0');
+      await containers.stop(requireString(req.container_id, 'container_id'), timeout);
+      return {};
+    },
+
+    async RemoveContainer(req: any) {
+      await containers.remove(requireString(req.container_id, 'container_id'));
+      return {};
+    },
+
+    async ListContainers(req: any) {
+      return {
+        containers: containers.list(req.filter).map((rec) => ({
+          id: rec.id,
+          pod_sandbox_id: rec.sandboxId,
+          metadata: rec.config.metadata,
+          image: imageSpec(rec, images),
+          image_ref: rec.imageRef,
+          image_id: rec.imageId,
+          state: rec.state,
+          created_at: rec.createdAt,
+          labels: rec.config.labels ?? {},
+          annotations: rec.config.annotations ?? {},
+        })),
+      };
+    },
+
+    async ContainerStatus(req: any) {
+      const c = containers.get(requireString(req.container_id, 'container_id'));
+      const info: Record<string, string> = {};
+      if (req.verbose) info.info = JSON.stringify({ pid: c.rec.pid, sandboxId: c.rec.sandboxId, config: c.rec.config });
+      return { status: containerStatus(c.rec, images), info };
+    },
+
+    async UpdateContainerResources(req: any) {
+      await containers.updateResources(requireString(req.container_id, 'container_id'), req.linux);
+      return {};
+    },
+
+    async ReopenContainerLog(req: any) {
+      await containers.reopenLog(requireString(req.container_id, 'container_id'));
+      return {};
+    },
+
+    async ExecSync(req: any) {
+      const timeout = Number(req.timeout ?? 0);
+      const r = await containers.execSync(requireString(req.container_id, 'container_id'), req.cmd, timeout);
+      return { stdout: r.stdout, stderr: r.stderr, exit_code: r.exitCode };
+    },
+
+    async CheckpointContainer() {
+      throw unimplemented('CheckpointContainer is not supported by podvisor yet');
+    },
+  };
+}

@@ -1,0 +1,54 @@
+// Version, Status, RuntimeConfig and UpdateRuntimeConfig: what kubelet asks at start-up and
+// every few seconds after.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import writeFileAtomic from 'write-file-atomic';
+import type { Hypervisor } from '../vm/hypervisor';
+import { unimplemented } from './errors';
+
+export const RUNTIME_NAME = 'podvisor';
+// The CRI API version string kubelet checks, not ours.
+export const CRI_VERSION = '0.1.0';
+
+export interface NetworkStatus {
+  ready(): { ready: boolean; reason: string; message: string };
+}
+
+export function runtimeInfoHandlers(deps: { version: string; root: string; hypervisor: Hypervisor; network: NetworkStatus; config: object }) {
+  const runtimeConfigFile = path.join(deps.root, 'runtime-config.json');
+  return {
+    async Version() {
+      return { version: CRI_VERSION, runtime_name: RUNTIME_NAME, runtime_version: deps.version, runtime_api_version: 'v1' };
+    },
+
+    async Status(req: any) {
+      const notReady = await deps.hypervisor.readiness();
+      const net = deps.network.ready();
+      const conditions = [
+        { type: 'RuntimeReady', status: !notReady, reason: notReady ? 'VMRuntimeNotReady' : '', message: notReady ?? '' },
+        { type: 'NetworkReady', status: net.ready, reason: net.ready ? '' : net.reason, message: net.ready ? '' : net.message },
+      ];
+      const info: Record<string, string> = {};
+      if (req?.verbose) info.config = JSON.stringify({ ...deps.config, accelerator: deps.hypervisor.accelerator });
+      return {
+        status: { conditions },
+        info,
+        runtime_handlers: [{ name: '', features: { recursive_read_only_mounts: false, user_namespaces: false } }],
+        features: { supplemental_groups_policy: false },
+      };
+    },
+
+    async UpdateRuntimeConfig(req: any) {
+      const cidr = req?.runtime_config?.network_config?.pod_cidr ?? '';
+      await fsp.mkdir(deps.root, { recursive: true });
+      await writeFileAtomic(runtimeConfigFile, JSON.stringify({ pod_cidr: cidr }), { fsync: true });
+      return {};
+    },
+
+    async RuntimeConfig() {
+      // Pod VMs are not placed in host cgroups by podvisor yet, so there is no cgroup driver
+      // to report; kubelet accepts UNIMPLEMENTED and keeps its own setting.
+      throw unimplemented('RuntimeConfig: podvisor does not manage host cgroups for pod VMs yet');
+    },
+  };
+}

@@ -1,0 +1,79 @@
+// RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+import type { ContainerManager } from '../runtime/containers';
+import type { SandboxRecord } from '../runtime/records';
+import type { SandboxManager } from '../runtime/sandboxes';
+import { nowNs } from '../runtime/container-log';
+import { containerStatus } from './container';
+import { requireString } from './errors';
+
+function namespaceOptions(rec: SandboxRecord) {
+  const o = rec.config.linux?.security_context?.namespace_options ?? {};
+  return { network: o.network ?? 'POD', pid: o.pid ?? 'POD', ipc: o.ipc ?? 'POD', target_id: o.target_id ?? '', userns_options: o.userns_options ?? null };
+}
+
+function summary(rec: SandboxRecord) {
+  return {
+    id: rec.id,
+    metadata: rec.config.metadata,
+    state: rec.state,
+    created_at: rec.createdAt,
+    labels: rec.config.labels ?? {},
+    annotations: rec.config.annotations ?? {},
+    runtime_handler: rec.runtimeHandler,
+  };
+}
+
+export function sandboxHandlers(sandboxes: SandboxManager, containers: ContainerManager) {
+  return {
+    async RunPodSandbox(req: any) {
+      const id = await sandboxes.run(req.config, req.runtime_handler ?? '');
+      return { pod_sandbox_id: id };
+    },
+
+    async StopPodSandbox(req: any) {
+      await sandboxes.stop(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
+      return {};
+    },
+
+    async RemovePodSandbox(req: any) {
+      await sandboxes.remove(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
+      return {};
+    },
+
+    async PodSandboxStatus(req: any) {
+      const sb = sandboxes.get(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
+      const rec = sb.rec;
+      const info: Record<string, string> = {};
+      if (req.verbose) {
+        info.info = JSON.stringify({
+          vm: rec.vm && {
+            pid: rec.vm.pid,
+            accelerator: rec.vm.accelerator,
+            boot: rec.vm.bootMode,
+            vcpus: rec.vm.vcpus,
+            memoryMiB: rec.vm.memoryMiB,
+            alive: !!sb.pod?.vm.alive(),
+          },
+          agentVersion: rec.agentVersion,
+          images: Object.keys(rec.images),
+          config: rec.config,
+        });
+      }
+      const mine = containers.list({ pod_sandbox_id: rec.id });
+      return {
+        status: {
+          ...summary(rec),
+          network: { ip: '', additional_ips: [] },
+          linux: { namespaces: { options: namespaceOptions(rec) } },
+        },
+        info,
+        containers_statuses: mine.map((c) => containerStatus(c)),
+        timestamp: nowNs().toString(),
+      };
+    },
+
+    async ListPodSandbox(req: any) {
+      return { items: sandboxes.list(req.filter).map(summary) };
+    },
+  };
+}

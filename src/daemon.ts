@@ -1,0 +1,57 @@
+// Wires the daemon together: config → hypervisor → images → pods/containers → gRPC server.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type * as grpc from '@grpc/grpc-js';
+import type { Config } from './config/config';
+import { containerHandlers } from './cri/container';
+import { imageHandlers } from './cri/image';
+import { runtimeInfoHandlers } from './cri/runtime-info';
+import { sandboxHandlers } from './cri/sandbox';
+import { ImageManager } from './image/manager';
+import type { Logger } from './log';
+import { ContainerManager } from './runtime/containers';
+import { SandboxManager } from './runtime/sandboxes';
+import { startServer } from './server';
+import { chooseAccelerator } from './vm/accel';
+import { QemuHypervisor } from './vm/qemu';
+
+export const VERSION: string = require('../package.json').version;
+
+export class Daemon {
+  private server?: grpc.Server;
+
+  constructor(readonly cfg: Config, readonly logger: Logger) {}
+
+  async start(): Promise<void> {
+    const { cfg, logger } = this;
+    await fsp.mkdir(cfg.root, { recursive: true, mode: 0o700 });
+    await fsp.mkdir(cfg.state, { recursive: true, mode: 0o711 });
+    const qemuOpts = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, logger };
+    const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
+    const hypervisor = new QemuHypervisor({ ...qemuOpts, accelerator });
+
+    const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned });
+    await images.init();
+    const sandboxes = new SandboxManager(cfg, hypervisor, logger);
+    const containers = new ContainerManager(cfg.root, sandboxes, images, logger);
+    await containers.restore();
+    await sandboxes.restore();
+
+    const network = { ready: () => ({ ready: false, reason: 'NetworkPluginNotReady', message: 'podvisor: no CNI network configured yet' }) };
+    const runtime = {
+      ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, hypervisor, network, config: cfg }),
+      ...sandboxHandlers(sandboxes, containers),
+      ...containerHandlers(containers, images),
+    };
+    this.server = await startServer(cfg.socket, runtime, imageHandlers(images), logger);
+    logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION }, 'podvisor serving CRI');
+  }
+
+  /** Stops serving. Pod VMs keep running: a restarted daemon picks them up again. */
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    await fsp.rm(this.cfg.socket, { force: true });
+  }
+}

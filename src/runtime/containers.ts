@@ -1,0 +1,463 @@
+// Containers inside pod VMs: create/start/stop/remove through the guest agent, stdio to CRI
+// log files, exit seen from agent events (pushed, not polled), ExecSync.
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { AgentStream } from '../agent/client';
+import { deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../cri/errors';
+import type { ImageManager, ImageRecord } from '../image/manager';
+import type { Logger } from '../log';
+import { RecordStore } from '../store/record-store';
+import { ContainerLog, nowNs } from './container-log';
+import { KeyedMutex } from './lock';
+import { buildSpec, GuestMount, ociResources } from './oci-spec';
+import { ContainerRecord, labelsMatch } from './records';
+import type { Sandbox, SandboxManager } from './sandboxes';
+
+const EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024;
+
+interface Live {
+  rec: ContainerRecord;
+  log?: ContainerLog;
+  stdin?: AgentStream;
+  exitWaiters: Array<() => void>;
+}
+
+interface ExecWaiter {
+  resolve: (ev: any) => void;
+}
+
+export function signalNumber(sig: unknown): number | undefined {
+  if (typeof sig === 'number') return sig > 0 && sig < 65 ? sig : undefined;
+  if (typeof sig !== 'string' || !sig) return undefined;
+  if (/^\d+$/.test(sig)) return signalNumber(Number(sig));
+  const name = sig.toUpperCase().replace(/^SIGNAL_/, '');
+  const full = name.startsWith('SIG') ? name : `SIG${name}`;
+  return (os.constants.signals as Record<string, number>)[full];
+}
+
+export class ContainerManager {
+  readonly containers = new Map<string, Live>();
+  private readonly store: RecordStore<ContainerRecord>;
+  private readonly lock = new KeyedMutex();
+  private readonly execWaiters = new Map<string, ExecWaiter>();
+
+  constructor(
+    root: string,
+    private readonly sandboxes: SandboxManager,
+    private readonly images: ImageManager,
+    private readonly logger: Logger,
+  ) {
+    this.store = new RecordStore(path.join(root, 'containers'));
+    sandboxes.hooks = {
+      stopAll: (id) => this.stopAll(id),
+      vmGone: (id) => this.vmGone(id),
+      removeAll: (id) => this.removeAll(id),
+      onEvent: (id, ev) => this.onEvent(id, ev),
+      reattach: (id) => this.reattach(id),
+    };
+  }
+
+  get(id: string): Live {
+    const c = this.find(id);
+    if (!c) throw notFound(`container ${JSON.stringify(id)} not found`);
+    return c;
+  }
+
+  find(id: string): Live | undefined {
+    if (!id) return undefined;
+    const exact = this.containers.get(id);
+    if (exact) return exact;
+    const m = [...this.containers.values()].filter((c) => c.rec.id.startsWith(id));
+    return m.length === 1 ? m[0] : undefined;
+  }
+
+  isImageInUse(imageId: string): boolean {
+    for (const c of this.containers.values()) if (c.rec.imageId === imageId) return true;
+    return false;
+  }
+
+  async create(sandboxId: string, config: any, sandboxConfig: any): Promise<string> {
+    if (!config?.metadata?.name) throw invalidArgument('container config metadata.name is required');
+    if (!config.image?.image) throw invalidArgument('container config image is required');
+    const sb = this.sandboxes.get(sandboxId);
+    if (sb.rec.state !== 'SANDBOX_READY' || !sb.pod) throw failedPrecondition(`pod sandbox ${sb.rec.id} is not ready`);
+    const md = config.metadata;
+    for (const c of this.containers.values()) {
+      const m = c.rec.config.metadata;
+      if (c.rec.sandboxId === sb.rec.id && m.name === md.name && (m.attempt ?? 0) === (md.attempt ?? 0)) {
+        throw alreadyExists(`container ${md.name} attempt ${md.attempt ?? 0} already exists in pod ${sb.rec.id}: ${c.rec.id}`);
+      }
+    }
+    const logPath = resolveLogPath(sandboxConfig?.log_directory || sb.rec.config.log_directory, config.log_path);
+    const image = this.images.resolve(config.image.image);
+    if (!image) throw notFound(`image ${JSON.stringify(config.image.image)} not found: pull it first`);
+    for (const m of config.mounts ?? []) {
+      if (!m.container_path || !path.isAbsolute(m.container_path)) throw invalidArgument(`mount container_path ${JSON.stringify(m.container_path)} must be absolute`);
+      if (!m.host_path || !path.isAbsolute(m.host_path)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
+    }
+    const targetPid = this.targetPid(config);
+
+    const id = crypto.randomBytes(32).toString('hex');
+    const rec: ContainerRecord = {
+      id,
+      sandboxId: sb.rec.id,
+      config,
+      imageId: image.id,
+      imageSpec: config.image,
+      imageRef: image.repoDigests[0] ?? image.id,
+      createdAt: nowNs().toString(),
+      startedAt: '0',
+      finishedAt: '0',
+      state: 'CONTAINER_CREATED',
+      exitCode: 0,
+      reason: '',
+      message: '',
+      logPath,
+      pid: 0,
+      stopSignal: signalNumber(config.stop_signal && config.stop_signal !== 'SIGNAL_RUNTIME_DEFAULT' ? config.stop_signal : image.config?.config?.StopSignal) ?? 15,
+      streams: { stdin: 0, stdout: 0, stderr: 0 },
+      shareDir: `c/${id}`,
+    };
+    const live: Live = { rec, exitWaiters: [] };
+    this.images.acquire(image.id);
+    try {
+      await this.sandboxes.lock.run(sb.rec.id, async () => {
+        const pod = sb.pod;
+        if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not ready`);
+        const rootfs = await this.ensureImage(sb, image);
+        const mounts: GuestMount[] = [];
+        let i = 0;
+        for (const m of config.mounts ?? []) {
+          await fsp.mkdir(m.host_path, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory
+          const guest = await pod.bindIntoShare(m.host_path, `${rec.shareDir}/${i++}`, !!m.readonly);
+          mounts.push({ destination: m.container_path, source: guest, readonly: !!m.readonly, propagation: propagation(m.propagation) });
+        }
+        const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, targetPid });
+        const stdout = pod.agent.openStream();
+        const stderr = config.tty ? undefined : pod.agent.openStream();
+        const stdin = config.stdin ? pod.agent.openStream() : undefined;
+        rec.streams = { stdin: stdin?.id ?? 0, stdout: stdout.id, stderr: stderr?.id ?? 0 };
+        live.log = new ContainerLog(logPath || null);
+        live.log.pump('stdout', stdout);
+        if (stderr) live.log.pump('stderr', stderr);
+        live.stdin = stdin;
+        this.containers.set(id, live);
+        try {
+          await pod.agent.call('container.create', {
+            id,
+            rootfs: { image: rootfs, readonly: !!config.linux?.security_context?.readonly_rootfs },
+            spec,
+            username,
+            stdio: { ...rec.streams, tty: !!config.tty, stdin_once: !!config.stdin_once },
+          });
+        } catch (err) {
+          stdout.destroy();
+          stderr?.destroy();
+          stdin?.destroy();
+          throw err;
+        }
+        await this.store.save(rec);
+      });
+    } catch (err) {
+      this.containers.delete(id);
+      this.images.release(image.id);
+      await live.log?.close();
+      await sb.pod?.unbindFromShare(rec.shareDir).catch(() => undefined);
+      throw mapAgentError(err, `create container ${md.name}`);
+    }
+    this.logger.info({ container: id, sandbox: sb.rec.id, name: md.name, image: image.id }, 'container created');
+    return id;
+  }
+
+  private targetPid(config: any): number | undefined {
+    const ns = config.linux?.security_context?.namespace_options;
+    if (ns?.pid !== 'TARGET') return undefined;
+    const t = this.find(ns.target_id);
+    if (!t || t.rec.state !== 'CONTAINER_RUNNING') throw notFound(`namespace target container ${JSON.stringify(ns.target_id)} is not running`);
+    return t.rec.pid;
+  }
+
+  /** Mounts the image's erofs disk in the pod once; every container of that image shares it. */
+  private async ensureImage(sb: Sandbox, image: ImageRecord): Promise<string> {
+    const have = sb.rec.images[image.id];
+    if (have) return have.target;
+    const m = await sb.pod!.mountImage(image.id, image.erofsPath);
+    sb.rec.images[image.id] = m;
+    await this.sandboxes.save(sb);
+    return m.target;
+  }
+
+  async start(id: string): Promise<void> {
+    const c = this.get(id);
+    await this.lock.run(c.rec.id, async () => {
+      if (c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is ${c.rec.state}, not CONTAINER_CREATED`);
+      const pod = this.pod(c);
+      c.rec.startedAt = nowNs().toString();
+      try {
+        const res = await pod.agent.call('container.start', { id: c.rec.id });
+        c.rec.pid = Number(res?.pid ?? 0);
+        if (c.rec.state === 'CONTAINER_CREATED') c.rec.state = 'CONTAINER_RUNNING';
+      } catch (err) {
+        c.rec.state = 'CONTAINER_EXITED';
+        c.rec.finishedAt = nowNs().toString();
+        c.rec.exitCode = 128;
+        c.rec.reason = 'StartError';
+        c.rec.message = (err as Error).message;
+        await this.store.save(c.rec);
+        throw mapAgentError(err, `start container ${c.rec.id}`);
+      }
+      await this.store.save(c.rec);
+    });
+  }
+
+  private pod(c: Live) {
+    const sb = this.sandboxes.find(c.rec.sandboxId);
+    if (!sb?.pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${c.rec.sandboxId} of container ${c.rec.id} is not running`);
+    return sb.pod;
+  }
+
+  async stop(id: string, timeoutS: number): Promise<void> {
+    const c = this.get(id);
+    if (c.rec.state !== 'CONTAINER_RUNNING') return;
+    const pod = this.pod(c);
+    const exited = this.waitExit(c);
+    if (timeoutS > 0) {
+      await pod.agent.call('container.signal', { id: c.rec.id, signal: c.rec.stopSignal, all: false }).catch(() => undefined);
+      if (await within(exited, timeoutS * 1000)) return;
+      this.logger.info({ container: c.rec.id, timeoutS }, 'stop signal timed out; killing');
+    }
+    await pod.agent.call('container.signal', { id: c.rec.id, signal: 9, all: true }).catch(() => undefined);
+    if (!(await within(exited, 10_000))) throw deadlineExceeded(`container ${c.rec.id} did not exit after SIGKILL`);
+  }
+
+  private waitExit(c: Live): Promise<void> {
+    if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') return Promise.resolve();
+    return new Promise((resolve) => c.exitWaiters.push(resolve));
+  }
+
+  async remove(id: string): Promise<void> {
+    const c = this.find(id);
+    if (!c) return;
+    if (c.rec.state === 'CONTAINER_RUNNING') await this.stop(c.rec.id, 0).catch(() => undefined);
+    await this.lock.run(c.rec.id, async () => {
+      if (!this.containers.has(c.rec.id)) return;
+      const sb = this.sandboxes.find(c.rec.sandboxId);
+      if (sb?.pod?.vm.alive() && !sb.pod.agent.closed) {
+        await sb.pod.agent.call('container.delete', { id: c.rec.id }).catch((err) => {
+          this.logger.warn({ container: c.rec.id, err: (err as Error).message }, 'agent could not delete container');
+        });
+      }
+      await this.forget(c, sb);
+    });
+  }
+
+  private async forget(c: Live, sb: Sandbox | undefined): Promise<void> {
+    c.stdin?.destroy();
+    await c.log?.close();
+    if (sb?.pod) await sb.pod.unbindFromShare(c.rec.shareDir).catch(() => undefined);
+    else await fsp.rm(path.join(this.sandboxes.dir(c.rec.sandboxId), 'shared', c.rec.shareDir), { recursive: true, force: true });
+    this.containers.delete(c.rec.id);
+    this.images.release(c.rec.imageId);
+    await this.store.delete(c.rec.id);
+  }
+
+  list(filter: any): ContainerRecord[] {
+    return [...this.containers.values()]
+      .map((c) => c.rec)
+      .filter((r) => !filter?.id || r.id === filter.id || r.id.startsWith(filter.id))
+      .filter((r) => !filter?.state || r.state === filter.state.state)
+      .filter((r) => !filter?.pod_sandbox_id || r.sandboxId === filter.pod_sandbox_id || r.sandboxId.startsWith(filter.pod_sandbox_id))
+      .filter((r) => labelsMatch(r.config.labels, filter?.label_selector));
+  }
+
+  async updateResources(id: string, linux: any): Promise<void> {
+    if (!linux) throw invalidArgument('linux resources are required');
+    const c = this.get(id);
+    if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is not running`);
+    try {
+      await this.pod(c).agent.call('container.update', { id: c.rec.id, resources: ociResources(linux) });
+    } catch (err) {
+      throw mapAgentError(err, `update container ${c.rec.id}`);
+    }
+    c.rec.config = { ...c.rec.config, linux: { ...c.rec.config.linux, resources: linux } };
+    await this.store.save(c.rec);
+  }
+
+  async reopenLog(id: string): Promise<void> {
+    const c = this.get(id);
+    if (c.rec.state !== 'CONTAINER_RUNNING') throw failedPrecondition(`container ${c.rec.id} is not running`);
+    await c.log?.reopen();
+  }
+
+  async execSync(id: string, cmd: string[], timeoutS: number): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
+    if (!Array.isArray(cmd) || cmd.length === 0) throw invalidArgument('cmd is required');
+    const c = this.get(id);
+    if (c.rec.state !== 'CONTAINER_RUNNING') throw failedPrecondition(`container ${c.rec.id} is not running`);
+    const pod = this.pod(c);
+    const execId = crypto.randomBytes(8).toString('hex');
+    const stdout = pod.agent.openStream();
+    const stderr = pod.agent.openStream();
+    const out = collect(stdout);
+    const err = collect(stderr);
+    const exit = new Promise<any>((resolve) => this.execWaiters.set(execId, { resolve }));
+    try {
+      await pod.agent.call('exec.start', {
+        container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: false,
+        stdin: 0, stdout: stdout.id, stderr: stderr.id,
+      });
+      const done = timeoutS > 0 ? await within(exit, timeoutS * 1000) : (await exit, true);
+      if (!done) {
+        await pod.agent.call('process.signal', { container_id: c.rec.id, exec_id: execId, signal: 9 }).catch(() => undefined);
+        throw deadlineExceeded(`command ${JSON.stringify(cmd)} timed out after ${timeoutS}s`);
+      }
+      const ev = await exit;
+      return { stdout: await out, stderr: await err, exitCode: Number(ev.exit_code ?? -1) };
+    } catch (e) {
+      stdout.destroy();
+      stderr.destroy();
+      throw mapAgentError(e, 'exec');
+    } finally {
+      this.execWaiters.delete(execId);
+    }
+  }
+
+  private onEvent(sandboxId: string, ev: any): void {
+    if (ev.type !== 'exit') return;
+    if (typeof ev.exec_id === 'string' && ev.exec_id) {
+      this.execWaiters.get(ev.exec_id)?.resolve(ev);
+      return;
+    }
+    const c = this.containers.get(String(ev.container_id));
+    if (!c || c.rec.sandboxId !== sandboxId) return; // a guest may not speak for another pod's containers
+    const code = Number.isInteger(ev.exit_code) ? ev.exit_code : 255;
+    this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '');
+    this.store.save(c.rec).catch(() => undefined);
+    this.logger.info({ container: c.rec.id, exitCode: code }, 'container exited');
+  }
+
+  private markExited(c: Live, code: number, reason: string, message: string): void {
+    if (c.rec.state === 'CONTAINER_EXITED') return;
+    c.rec.state = 'CONTAINER_EXITED';
+    c.rec.exitCode = code;
+    c.rec.reason = reason;
+    c.rec.message = message;
+    c.rec.finishedAt = nowNs().toString();
+    c.stdin?.destroy();
+    for (const w of c.exitWaiters.splice(0)) w();
+  }
+
+  private ofSandbox(sandboxId: string): Live[] {
+    return [...this.containers.values()].filter((c) => c.rec.sandboxId === sandboxId);
+  }
+
+  private async stopAll(sandboxId: string): Promise<void> {
+    await Promise.all(this.ofSandbox(sandboxId).map((c) => this.stop(c.rec.id, 0).catch(() => undefined)));
+  }
+
+  private async vmGone(sandboxId: string): Promise<void> {
+    for (const c of this.ofSandbox(sandboxId)) {
+      if (c.rec.state === 'CONTAINER_RUNNING' || c.rec.state === 'CONTAINER_CREATED') {
+        const wasRunning = c.rec.state === 'CONTAINER_RUNNING';
+        this.markExited(c, wasRunning ? 137 : 0, wasRunning ? 'Error' : 'ContainerCannotRun', 'the pod VM stopped');
+        await this.store.save(c.rec).catch(() => undefined);
+      }
+    }
+  }
+
+  private async removeAll(sandboxId: string): Promise<void> {
+    for (const c of this.ofSandbox(sandboxId)) await this.remove(c.rec.id);
+  }
+
+  private async reattach(sandboxId: string): Promise<void> {
+    const sb = this.sandboxes.find(sandboxId);
+    if (!sb?.pod) return;
+    for (const c of this.ofSandbox(sandboxId)) {
+      if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') continue;
+      c.log = new ContainerLog(c.rec.logPath || null);
+      if (c.rec.streams.stdout) c.log.pump('stdout', sb.pod.agent.adoptStream(c.rec.streams.stdout));
+      if (c.rec.streams.stderr) c.log.pump('stderr', sb.pod.agent.adoptStream(c.rec.streams.stderr));
+      if (c.rec.streams.stdin) c.stdin = sb.pod.agent.adoptStream(c.rec.streams.stdin);
+      try {
+        const st = await sb.pod.agent.call('container.state', { id: c.rec.id });
+        if (st.status === 'stopped') {
+          const code = Number(st.exit_code ?? 255);
+          this.markExited(c, code, st.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '');
+          await this.store.save(c.rec);
+        }
+      } catch (err) {
+        this.logger.warn({ container: c.rec.id, err: (err as Error).message }, 'container unknown to the agent after restart');
+        this.markExited(c, 255, 'Error', 'lost while podvisor restarted');
+        await this.store.save(c.rec);
+      }
+    }
+  }
+
+  async restore(): Promise<void> {
+    const { records, broken } = await this.store.loadAll();
+    for (const b of broken) this.logger.error({ file: b }, 'unreadable container record skipped');
+    for (const rec of records) {
+      this.containers.set(rec.id, { rec, exitWaiters: [] });
+      this.images.acquire(rec.imageId);
+    }
+  }
+}
+
+/** The log file must stay inside the pod's log directory. */
+export function resolveLogPath(dir: string | undefined, rel: string | undefined): string {
+  if (!rel) return '';
+  if (!dir) throw invalidArgument('log_path given but the sandbox has no log_directory');
+  if (path.isAbsolute(rel)) throw invalidArgument(`log_path ${JSON.stringify(rel)} must be relative to the log directory`);
+  const abs = path.resolve(dir, rel);
+  if (!abs.startsWith(path.resolve(dir) + path.sep)) throw invalidArgument(`log_path ${JSON.stringify(rel)} escapes the log directory`);
+  return abs;
+}
+
+function propagation(p: string | undefined): string | undefined {
+  if (p === 'PROPAGATION_HOST_TO_CONTAINER') return 'rslave';
+  if (p === 'PROPAGATION_BIDIRECTIONAL') return 'rshared';
+  return 'rprivate';
+}
+
+function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    p.then(() => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+async function collect(s: AgentStream): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const chunk of s as AsyncIterable<Buffer>) {
+      if (n < EXEC_OUTPUT_LIMIT) parts.push(chunk.subarray(0, EXEC_OUTPUT_LIMIT - n));
+      n += chunk.length;
+    }
+  } catch {
+    /* reset: return what arrived */
+  }
+  return Buffer.concat(parts);
+}
+
+/** Turns agent error codes into gRPC errors; CriErrors pass through. */
+export function mapAgentError(err: unknown, what: string): Error {
+  const e = err as { name?: string; code?: unknown; message?: string };
+  if (e?.name === 'CriError') return err as Error;
+  if (e?.name === 'AgentError') {
+    const msg = `${what}: ${e.message}`;
+    switch (e.code) {
+      case 'invalid_argument': return invalidArgument(msg);
+      case 'not_found': return notFound(msg);
+      case 'already_exists': return alreadyExists(msg);
+      case 'failed_precondition': return failedPrecondition(msg);
+      case 'timeout': return deadlineExceeded(msg);
+      default: return failedPrecondition(msg);
+    }
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}

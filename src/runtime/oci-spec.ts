@@ -1,0 +1,226 @@
+// Builds the OCI runtime spec (config.json) of a container from its CRI config, the image
+// config and the guest paths of its mounts. The guest agent only adjusts root.path and resolves
+// a username; every policy decision (caps, masks, namespaces, env) is made here on the host.
+import { invalidArgument } from '../cri/errors';
+
+export const DEFAULT_CAPS = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID',
+  'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
+];
+
+export const ALL_CAPS = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID',
+  'CAP_SETUID', 'CAP_SETPCAP', 'CAP_LINUX_IMMUTABLE', 'CAP_NET_BIND_SERVICE', 'CAP_NET_BROADCAST', 'CAP_NET_ADMIN',
+  'CAP_NET_RAW', 'CAP_IPC_LOCK', 'CAP_IPC_OWNER', 'CAP_SYS_MODULE', 'CAP_SYS_RAWIO', 'CAP_SYS_CHROOT', 'CAP_SYS_PTRACE',
+  'CAP_SYS_PACCT', 'CAP_SYS_ADMIN', 'CAP_SYS_BOOT', 'CAP_SYS_NICE', 'CAP_SYS_RESOURCE', 'CAP_SYS_TIME',
+  'CAP_SYS_TTY_CONFIG', 'CAP_MKNOD', 'CAP_LEASE', 'CAP_AUDIT_WRITE', 'CAP_AUDIT_CONTROL', 'CAP_SETFCAP',
+  'CAP_MAC_OVERRIDE', 'CAP_MAC_ADMIN', 'CAP_SYSLOG', 'CAP_WAKE_ALARM', 'CAP_BLOCK_SUSPEND', 'CAP_AUDIT_READ',
+  'CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE',
+];
+
+export const DEFAULT_MASKED_PATHS = [
+  '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
+  '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap',
+];
+export const DEFAULT_READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export interface GuestMount {
+  destination: string;
+  source: string;
+  readonly: boolean;
+  propagation?: string;
+}
+
+export interface SpecInput {
+  config: any; // CRI ContainerConfig
+  sandboxConfig: any; // CRI PodSandboxConfig
+  imageConfig: any; // OCI image config
+  mounts: GuestMount[];
+  /** guest pid of the TARGET container for NamespaceMode TARGET */
+  targetPid?: number;
+}
+
+export interface BuiltSpec {
+  spec: any;
+  username: string | null;
+}
+
+function capName(c: string): string {
+  const up = c.toUpperCase();
+  return up.startsWith('CAP_') ? up : `CAP_${up}`;
+}
+
+function capabilities(sc: any): string[] {
+  if (sc?.privileged) return [...ALL_CAPS];
+  let caps = new Set(DEFAULT_CAPS);
+  const add: string[] = sc?.capabilities?.add_capabilities ?? [];
+  const drop: string[] = sc?.capabilities?.drop_capabilities ?? [];
+  if (add.some((c) => c.toUpperCase() === 'ALL')) caps = new Set(ALL_CAPS);
+  else for (const c of add) caps.add(capName(c));
+  if (drop.some((c) => c.toUpperCase() === 'ALL')) caps.clear();
+  for (const c of drop) caps.delete(capName(c));
+  // adds win over a drop of ALL, as in containerd
+  if (drop.some((c) => c.toUpperCase() === 'ALL')) for (const c of add) if (c.toUpperCase() !== 'ALL') caps.add(capName(c));
+  return [...caps];
+}
+
+/** Splits an image config User ("uid", "name", "uid:gid", "name:group"). */
+export function parseImageUser(user: string | undefined): { uid?: number; gid?: number; username?: string; group?: string } {
+  if (!user) return {};
+  const [u, g] = user.split(':', 2);
+  const out: { uid?: number; gid?: number; username?: string; group?: string } = {};
+  if (/^\d+$/.test(u)) out.uid = Number(u);
+  else if (u) out.username = u;
+  if (g !== undefined) {
+    if (/^\d+$/.test(g)) out.gid = Number(g);
+    else if (g) out.group = g;
+  }
+  return out;
+}
+
+function envList(image: string[] | undefined, cri: Array<{ key: string; value: string }>): string[] {
+  const env = new Map<string, string>();
+  for (const e of image ?? []) {
+    const i = e.indexOf('=');
+    if (i > 0) env.set(e.slice(0, i), e.slice(i + 1));
+  }
+  for (const kv of cri ?? []) {
+    if (!kv.key) throw invalidArgument('environment variable with an empty name');
+    env.set(kv.key, kv.value ?? '');
+  }
+  if (!env.has('PATH')) env.set('PATH', DEFAULT_PATH);
+  return [...env].map(([k, v]) => `${k}=${v}`);
+}
+
+/** command/args per the Kubernetes rules: command replaces Entrypoint, args replace Cmd. */
+export function processArgs(config: any, imageCfg: any): string[] {
+  const command: string[] = config.command ?? [];
+  const args: string[] = config.args ?? [];
+  const entrypoint: string[] = imageCfg?.Entrypoint ?? [];
+  const cmd: string[] = imageCfg?.Cmd ?? [];
+  let argv: string[];
+  if (command.length) argv = [...command, ...args];
+  else argv = [...entrypoint, ...(args.length ? args : cmd)];
+  if (!argv.length) throw invalidArgument('no command specified: neither the container config nor the image gives one');
+  return argv;
+}
+
+function namespaces(nsOpts: any, targetPid: number | undefined): any[] {
+  const ns: any[] = [{ type: 'mount' }];
+  const mode = (m: unknown) => (typeof m === 'string' ? m : 'POD');
+  const net = mode(nsOpts?.network);
+  if (net === 'NODE') throw invalidArgument('host network is not available inside a pod VM');
+  ns.push(net === 'CONTAINER' ? { type: 'network' } : { type: 'network', path: '/proc/1/ns/net' });
+  const ipc = mode(nsOpts?.ipc);
+  if (ipc === 'NODE') throw invalidArgument('host IPC is not available inside a pod VM');
+  ns.push(ipc === 'CONTAINER' ? { type: 'ipc' } : { type: 'ipc', path: '/proc/1/ns/ipc' });
+  ns.push({ type: 'uts', path: '/proc/1/ns/uts' });
+  const pid = mode(nsOpts?.pid); // proto default (0) is POD, as for the others
+  if (pid === 'NODE') throw invalidArgument('host PID is not available inside a pod VM');
+  if (pid === 'POD') ns.push({ type: 'pid', path: '/proc/1/ns/pid' });
+  else if (pid === 'TARGET') {
+    if (!targetPid) throw invalidArgument('namespace target container is not running');
+    ns.push({ type: 'pid', path: `/proc/${targetPid}/ns/pid` });
+  } else ns.push({ type: 'pid' });
+  ns.push({ type: 'cgroup' });
+  return ns;
+}
+
+/** CRI LinuxContainerResources → OCI linux.resources */
+export function ociResources(r: any): any {
+  if (!r) return {};
+  const num = (v: unknown) => (v === undefined || v === null || v === '' ? 0 : Number(v));
+  const out: any = { devices: [{ allow: false, access: 'rwm' }] };
+  const cpu: any = {};
+  if (num(r.cpu_shares) > 0) cpu.shares = num(r.cpu_shares);
+  if (num(r.cpu_quota) > 0) cpu.quota = num(r.cpu_quota);
+  if (num(r.cpu_period) > 0) cpu.period = num(r.cpu_period);
+  if (r.cpuset_cpus) cpu.cpus = r.cpuset_cpus;
+  if (r.cpuset_mems) cpu.mems = r.cpuset_mems;
+  if (Object.keys(cpu).length) out.cpu = cpu;
+  if (num(r.memory_limit_in_bytes) > 0) {
+    out.memory = { limit: num(r.memory_limit_in_bytes) };
+    if (num(r.memory_swap_limit_in_bytes) > 0) out.memory.swap = num(r.memory_swap_limit_in_bytes);
+  }
+  if (r.unified && Object.keys(r.unified).length) out.unified = r.unified;
+  return out;
+}
+
+export function buildSpec(input: SpecInput): BuiltSpec {
+  const { config, sandboxConfig, imageConfig, mounts } = input;
+  const img = imageConfig?.config ?? {};
+  const linux = config.linux ?? {};
+  const sc = linux.security_context ?? {};
+  const privileged = !!sc.privileged;
+
+  // user: CRI run_as_user / run_as_username win over the image's User
+  const imageUser = parseImageUser(img.User);
+  let uid: number | undefined = sc.run_as_user ? Number(sc.run_as_user.value) : undefined;
+  let username: string | null = sc.run_as_username || null;
+  if (uid === undefined && !username) {
+    uid = imageUser.uid;
+    username = imageUser.username ?? null;
+  }
+  let gid: number | undefined = sc.run_as_group ? Number(sc.run_as_group.value) : imageUser.gid;
+  if (uid === undefined && !username) uid = 0;
+  if (uid !== undefined && username) username = null;
+  const extraGids = (sc.supplemental_groups ?? []).map(Number);
+
+  const caps = capabilities(sc);
+  const ns = namespaces(sc.namespace_options, input.targetPid);
+  const ipcShared = ns.some((n) => n.type === 'ipc' && n.path);
+
+  const specMounts: any[] = [
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
+    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', privileged ? 'rw' : 'ro'] },
+    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', privileged ? 'rw' : 'ro'] },
+  ];
+  if (!mounts.some((m) => m.destination === '/dev/shm')) {
+    specMounts.push(ipcShared
+      ? { destination: '/dev/shm', type: 'bind', source: '/run/podvisor/shm', options: ['rbind', 'rw'] }
+      : { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] });
+  }
+  if (!mounts.some((m) => m.destination === '/etc/resolv.conf')) {
+    specMounts.push({ destination: '/etc/resolv.conf', type: 'bind', source: '/run/podvisor/resolv.conf', options: ['rbind', 'ro'] });
+  }
+  for (const m of mounts) {
+    const opts = ['rbind', m.readonly ? 'ro' : 'rw'];
+    if (m.propagation) opts.push(m.propagation);
+    specMounts.push({ destination: m.destination, type: 'bind', source: m.source, options: opts });
+  }
+
+  const maskedPaths = privileged ? [] : (sc.masked_paths?.length ? sc.masked_paths : DEFAULT_MASKED_PATHS);
+  const readonlyPaths = privileged ? [] : (sc.readonly_paths?.length ? sc.readonly_paths : DEFAULT_READONLY_PATHS);
+
+  const spec = {
+    ociVersion: '1.0.2',
+    process: {
+      terminal: !!config.tty,
+      user: { uid: uid ?? 0, gid: gid ?? 0, additionalGids: extraGids },
+      args: processArgs(config, img),
+      env: envList(img.Env, config.envs),
+      cwd: config.working_dir || img.WorkingDir || '/',
+      capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: [] as string[], ambient: [] as string[] },
+      noNewPrivileges: !!sc.no_new_privs,
+      oomScoreAdj: linux.resources?.oom_score_adj ? Number(linux.resources.oom_score_adj) : undefined,
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1048576, soft: 1048576 }],
+    },
+    root: { path: 'rootfs', readonly: !!sc.readonly_rootfs },
+    hostname: sandboxConfig?.hostname || undefined,
+    mounts: specMounts,
+    linux: {
+      namespaces: ns,
+      resources: ociResources(linux.resources),
+      maskedPaths,
+      readonlyPaths,
+      sysctl: linux.sysctls && Object.keys(linux.sysctls).length ? linux.sysctls : undefined,
+      cgroupsPath: undefined as string | undefined,
+    },
+  };
+  return { spec, username: uid === undefined ? username : null };
+}

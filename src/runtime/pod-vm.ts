@@ -1,0 +1,118 @@
+// A running pod VM: the hypervisor's Vm plus the agent connection, the identity handshake,
+// the image disks it has mounted, and the binds that feed its 9p share.
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { AgentClient, AgentEvent } from '../agent/client';
+import { PROTOCOL_VERSION } from '../agent/protocol';
+import type { Logger } from '../log';
+import type { Vm } from '../vm/hypervisor';
+import { SHARE_TAG } from '../vm/qemu';
+import { run } from './exec-file';
+
+export const GUEST_SHARE = '/run/podvisor/shared';
+export const GUEST_IMAGES = '/run/podvisor/images';
+
+export interface SetupParams {
+  hostname: string;
+  dns: { servers: string[]; searches: string[]; options: string[] } | null;
+  sysctls: Record<string, string>;
+}
+
+export class PodVm {
+  agent!: AgentClient;
+  private eventHandler: (ev: AgentEvent) => void = () => undefined;
+
+  constructor(readonly vm: Vm, readonly sharePath: string, private readonly logger: Logger) {}
+
+  get pid(): number {
+    return this.vm.info.pid;
+  }
+
+  /** Connects to the agent and runs the identity handshake (a clone runs it too). */
+  async connect(hostname: string, timeoutMs: number): Promise<{ agent_version: string; boot_id: string }> {
+    const deadline = Date.now() + timeoutMs;
+    const died = this.vm.exited.then(() => {
+      throw new Error('the VM exited during boot; see console.log in its state directory');
+    });
+    this.agent = await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs), died]);
+    this.agent.on('event', (ev: AgentEvent) => this.eventHandler(ev));
+    this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
+    const nonce = crypto.randomBytes(16).toString('hex');
+    const res = await Promise.race([
+      this.agent.call('hello', {
+        protocol: PROTOCOL_VERSION,
+        nonce,
+        time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(),
+        entropy: crypto.randomBytes(64).toString('base64'),
+        hostname,
+      }, Math.max(1000, deadline - Date.now())),
+      died,
+    ]);
+    if (res?.nonce !== nonce || res?.protocol !== PROTOCOL_VERSION) throw new Error('agent answered hello with a wrong nonce or protocol');
+    return { agent_version: String(res.agent_version ?? ''), boot_id: String(res.boot_id ?? '') };
+  }
+
+  onEvent(handler: (ev: AgentEvent) => void): void {
+    this.eventHandler = handler;
+  }
+
+  setup(p: SetupParams): Promise<void> {
+    return this.agent.call('sandbox.setup', { hostname: p.hostname, dns: p.dns, share_tag: SHARE_TAG, sysctls: p.sysctls });
+  }
+
+  /** Attaches an image's erofs file and mounts it read-only in the guest. */
+  async mountImage(imageId: string, erofsPath: string): Promise<{ nodeName: string; target: string }> {
+    const target = `${GUEST_IMAGES}/${imageId.replace(/^sha256:/, '')}`;
+    const disk = await this.vm.attachDisk(erofsPath, true);
+    try {
+      await this.agent.call('disk.mount', { scsi_id: disk.scsiId, lun: disk.lun, fstype: 'erofs', readonly: true, target, options: [] });
+    } catch (err) {
+      await this.vm.detachDisk(disk.nodeName).catch(() => undefined);
+      throw err;
+    }
+    return { nodeName: disk.nodeName, target };
+  }
+
+  async unmountImage(nodeName: string, target: string): Promise<void> {
+    if (!this.vm.alive()) return;
+    await this.agent.call('disk.unmount', { target });
+    await this.vm.detachDisk(nodeName);
+  }
+
+  /**
+   * Makes host path `src` visible in the share at `rel` by a bind mount inside QEMU's own
+   * mount namespace (never the host's). Returns the guest path.
+   */
+  async bindIntoShare(src: string, rel: string, readonly: boolean): Promise<string> {
+    const dst = path.join(this.sharePath, rel);
+    const st = await fsp.stat(src);
+    await fsp.mkdir(path.dirname(dst), { recursive: true });
+    if (st.isDirectory()) await fsp.mkdir(dst, { recursive: true });
+    else await fsp.writeFile(dst, '', { flag: 'a' });
+    const ns = ['-t', String(this.pid), '-m', '--'];
+    await run('nsenter', [...ns, 'mount', '--rbind', src, dst]);
+    if (readonly) await run('nsenter', [...ns, 'mount', '-o', 'remount,bind,ro', dst]);
+    return path.posix.join(GUEST_SHARE, rel);
+  }
+
+  /** Undoes bindIntoShare for everything under `rel` and removes the mount points. */
+  async unbindFromShare(rel: string): Promise<void> {
+    const dst = path.join(this.sharePath, rel);
+    if (this.vm.alive()) await run('nsenter', ['-t', String(this.pid), '-m', '--', 'umount', '-R', '-l', dst]).catch(() => undefined);
+    await fsp.rm(dst, { recursive: true, force: true });
+  }
+
+  /** Powers the VM off: agent shutdown, then QMP quit, then SIGKILL. */
+  async stop(graceMs: number): Promise<void> {
+    if (this.vm.alive() && this.agent && !this.agent.closed) {
+      await Promise.race([
+        this.agent.call('shutdown', {}, graceMs).catch(() => undefined),
+        this.vm.exited,
+      ]);
+      await Promise.race([this.vm.exited, new Promise((r) => setTimeout(r, Math.min(graceMs, 2000)))]);
+    }
+    await this.vm.stop(graceMs);
+    this.agent?.close();
+  }
+}

@@ -1,0 +1,56 @@
+// What podvisor persists about pods and containers (one JSON file each, see store/).
+import type { VmInfo } from '../vm/hypervisor';
+
+export type SandboxState = 'SANDBOX_READY' | 'SANDBOX_NOTREADY';
+export type ContainerState = 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN';
+
+export interface ImageMount {
+  nodeName: string;
+  target: string;
+}
+
+export interface SandboxRecord {
+  id: string;
+  /** the PodSandboxConfig exactly as given */
+  config: any;
+  runtimeHandler: string;
+  /** unix ns, decimal */
+  createdAt: string;
+  state: SandboxState;
+  vm: VmInfo | null;
+  /** image id → where it is mounted in this pod's guest */
+  images: Record<string, ImageMount>;
+  agentVersion: string;
+}
+
+export interface ContainerRecord {
+  id: string;
+  sandboxId: string;
+  /** the ContainerConfig exactly as given (labels/annotations echoed verbatim) */
+  config: any;
+  imageId: string;
+  /** what the container was asked to run, for ContainerStatus.image */
+  imageSpec: any;
+  imageRef: string;
+  createdAt: string;
+  startedAt: string;
+  finishedAt: string;
+  state: ContainerState;
+  exitCode: number;
+  reason: string;
+  message: string;
+  /** absolute log file path, '' when kubelet asked for none */
+  logPath: string;
+  pid: number;
+  stopSignal: number;
+  /** agent stream ids of the container's stdio, re-adopted after a daemon restart */
+  streams: { stdin: number; stdout: number; stderr: number };
+  /** share-relative directory holding this container's binds */
+  shareDir: string;
+}
+
+export function labelsMatch(labels: Record<string, string> | undefined, selector: Record<string, string> | undefined): boolean {
+  if (!selector) return true;
+  for (const [k, v] of Object.entries(selector)) if ((labels ?? {})[k] !== v) return false;
+  return true;
+}

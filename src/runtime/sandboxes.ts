@@ -1,0 +1,265 @@
+// Pod sandboxes: each one is a VM. Run boots it and handshakes with its agent; stop powers it
+// off (after its containers); remove forgets it. Records are durable, and a restarted daemon
+// reconnects to the VMs that are still running.
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { failedPrecondition, invalidArgument, notFound, unavailable } from '../cri/errors';
+import type { Logger } from '../log';
+import { RecordStore } from '../store/record-store';
+import type { Config } from '../config/config';
+import type { Hypervisor } from '../vm/hypervisor';
+import { KeyedMutex } from './lock';
+import { PodVm } from './pod-vm';
+import { labelsMatch, SandboxRecord } from './records';
+import { nowNs } from './container-log';
+
+export interface Sandbox {
+  rec: SandboxRecord;
+  pod: PodVm | undefined;
+}
+
+/** Hooks the container side gives us (kept as callbacks to avoid a dependency cycle). */
+export interface ContainerHooks {
+  /** stops every container of the sandbox (the VM is about to go) */
+  stopAll(sandboxId: string): Promise<void>;
+  /** the VM is gone: mark its containers exited */
+  vmGone(sandboxId: string): Promise<void>;
+  /** removes every container of the sandbox */
+  removeAll(sandboxId: string): Promise<void>;
+  /** routes an agent event of this sandbox */
+  onEvent(sandboxId: string, ev: any): void;
+  /** after a reconnect: re-adopt stdio streams and reconcile container states */
+  reattach(sandboxId: string): Promise<void>;
+}
+
+export function vmSize(config: any, vm: Config['vm']): { vcpus: number; memoryMiB: number } {
+  const r = config?.linux?.resources ?? {};
+  const quota = Number(r.cpu_quota ?? 0);
+  const period = Number(r.cpu_period ?? 0) || 100_000;
+  const cpus = quota > 0 ? Math.ceil(quota / period) : 0;
+  const memMiB = Math.ceil(Number(r.memory_limit_in_bytes ?? 0) / (1024 * 1024));
+  return {
+    vcpus: Math.min(vm.maxVcpus, Math.max(vm.defaultVcpus, cpus)),
+    memoryMiB: Math.min(vm.maxMemoryMiB, Math.max(vm.defaultMemoryMiB, memMiB)),
+  };
+}
+
+export class SandboxManager {
+  readonly sandboxes = new Map<string, Sandbox>();
+  readonly lock = new KeyedMutex();
+  private readonly store: RecordStore<SandboxRecord>;
+  hooks!: ContainerHooks;
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly hv: Hypervisor,
+    private readonly logger: Logger,
+  ) {
+    this.store = new RecordStore(path.join(cfg.root, 'sandboxes'));
+  }
+
+  /** A sandbox's runtime directory. Short (id prefix): unix socket paths must fit 108 bytes. */
+  dir(id: string): string {
+    return path.join(this.cfg.state, 'vm', id.slice(0, 16));
+  }
+
+  get(id: string): Sandbox {
+    const sb = this.find(id);
+    if (!sb) throw notFound(`pod sandbox ${JSON.stringify(id)} not found`);
+    return sb;
+  }
+
+  /** Looks a sandbox up by full id or unique prefix. */
+  find(id: string): Sandbox | undefined {
+    if (!id) return undefined;
+    const exact = this.sandboxes.get(id);
+    if (exact) return exact;
+    const matches = [...this.sandboxes.values()].filter((s) => s.rec.id.startsWith(id));
+    return matches.length === 1 ? matches[0] : undefined;
+  }
+
+  save(sb: Sandbox): Promise<void> {
+    return this.store.save(sb.rec);
+  }
+
+  async run(config: any, runtimeHandler: string): Promise<string> {
+    const md = config?.metadata;
+    if (!md?.name || !md?.namespace || !md?.uid) throw invalidArgument('sandbox config metadata needs name, namespace and uid');
+    const nsOpts = config.linux?.security_context?.namespace_options ?? {};
+    if (nsOpts.network === 'NODE') {
+      throw failedPrecondition('podvisor runs every pod in its own VM: host network (NamespaceMode NODE) is not available without a host runtime handler');
+    }
+    if (nsOpts.pid === 'NODE' || nsOpts.ipc === 'NODE') throw failedPrecondition('podvisor runs every pod in its own VM: host PID/IPC namespaces are not available');
+    if (runtimeHandler && !['podvisor', 'kata', 'vm'].includes(runtimeHandler)) throw notFound(`runtime handler ${JSON.stringify(runtimeHandler)} is not known to podvisor`);
+    for (const sb of this.sandboxes.values()) {
+      const m = sb.rec.config.metadata;
+      if (m.name === md.name && m.namespace === md.namespace && m.uid === md.uid && (m.attempt ?? 0) === (md.attempt ?? 0)) {
+        throw invalidArgument(`a sandbox for ${md.namespace}/${md.name} attempt ${md.attempt ?? 0} already exists: ${sb.rec.id}`);
+      }
+    }
+    const notReady = await this.hv.readiness();
+    if (notReady) throw unavailable(`runtime not ready: ${notReady}`);
+
+    const id = crypto.randomBytes(32).toString('hex');
+    const rec: SandboxRecord = {
+      id,
+      config,
+      runtimeHandler: runtimeHandler || '',
+      createdAt: nowNs().toString(),
+      state: 'SANDBOX_NOTREADY',
+      vm: null,
+      images: {},
+      agentVersion: '',
+    };
+    const sb: Sandbox = { rec, pod: undefined };
+    return this.lock.run(id, async () => {
+      this.sandboxes.set(id, sb);
+      try {
+        await this.boot(sb);
+        rec.state = 'SANDBOX_READY';
+        await this.save(sb);
+        this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode }, 'pod sandbox ready');
+        return id;
+      } catch (err) {
+        this.logger.error({ sandbox: id, err: (err as Error).message }, 'pod sandbox failed to start');
+        await sb.pod?.stop(1000).catch(() => undefined);
+        this.sandboxes.delete(id);
+        await this.store.delete(id).catch(() => undefined);
+        await fsp.rm(this.dir(id), { recursive: true, force: true });
+        throw unavailable(`cannot start pod VM: ${(err as Error).message}`);
+      }
+    });
+  }
+
+  private async boot(sb: Sandbox): Promise<void> {
+    const { id, config } = sb.rec;
+    const dir = this.dir(id);
+    const share = path.join(dir, 'shared');
+    await fsp.mkdir(share, { recursive: true, mode: 0o700 });
+    const size = vmSize(config, this.cfg.vm);
+    const vm = await this.hv.start({ id, dir, sharePath: share, ...size });
+    sb.rec.vm = vm.info;
+    const pod = new PodVm(vm, share, this.logger);
+    sb.pod = pod;
+    pod.onEvent((ev) => this.hooks.onEvent(id, ev));
+    this.watchExit(sb, pod);
+    const hostname = config.hostname || config.metadata.name;
+    const hello = await pod.connect(hostname, this.cfg.vm.bootTimeoutS * 1000);
+    sb.rec.agentVersion = hello.agent_version;
+    const dns = config.dns_config
+      ? { servers: config.dns_config.servers ?? [], searches: config.dns_config.searches ?? [], options: config.dns_config.options ?? [] }
+      : null;
+    await pod.setup({ hostname, dns, sysctls: config.linux?.sysctls ?? {} });
+  }
+
+  private watchExit(sb: Sandbox, pod: PodVm): void {
+    pod.vm.exited.then(async () => {
+      if (sb.pod !== pod) return;
+      this.logger.warn({ sandbox: sb.rec.id }, 'pod VM exited');
+      await this.lock.run(sb.rec.id, async () => {
+        if (!this.sandboxes.has(sb.rec.id)) return;
+        sb.rec.state = 'SANDBOX_NOTREADY';
+        await this.hooks.vmGone(sb.rec.id);
+        await this.save(sb).catch(() => undefined);
+      });
+    });
+  }
+
+  async stop(id: string): Promise<void> {
+    const sb = this.find(id);
+    if (!sb) return; // CRI: stopping an unknown sandbox is not an error
+    await this.hooks.stopAll(sb.rec.id);
+    await this.lock.run(sb.rec.id, async () => {
+      if (sb.pod) await sb.pod.stop(this.cfg.vm.stopTimeoutS * 1000);
+      sb.rec.state = 'SANDBOX_NOTREADY';
+      await this.hooks.vmGone(sb.rec.id);
+      sb.rec.images = {};
+      await this.save(sb);
+    });
+  }
+
+  async remove(id: string): Promise<void> {
+    const sb = this.find(id);
+    if (!sb) return;
+    await this.stop(sb.rec.id);
+    await this.hooks.removeAll(sb.rec.id);
+    await this.lock.run(sb.rec.id, async () => {
+      this.sandboxes.delete(sb.rec.id);
+      await this.store.delete(sb.rec.id);
+      await fsp.rm(this.dir(sb.rec.id), { recursive: true, force: true });
+      this.logger.info({ sandbox: sb.rec.id }, 'pod sandbox removed');
+    });
+  }
+
+  list(filter: any): SandboxRecord[] {
+    return [...this.sandboxes.values()]
+      .map((s) => s.rec)
+      .filter((r) => !filter?.id || r.id === filter.id || r.id.startsWith(filter.id))
+      .filter((r) => !filter?.state || r.state === filter.state.state)
+      .filter((r) => labelsMatch(r.config.labels, filter?.label_selector));
+  }
+
+  /** Loads records and reconnects to VMs that survived a daemon restart; reaps the rest. */
+  async restore(): Promise<void> {
+    const { records, broken } = await this.store.loadAll();
+    for (const b of broken) this.logger.error({ file: b }, 'unreadable sandbox record skipped');
+    for (const rec of records) {
+      const sb: Sandbox = { rec, pod: undefined };
+      this.sandboxes.set(rec.id, sb);
+      if (rec.state !== 'SANDBOX_READY' || !rec.vm) continue;
+      const vm = await this.hv.reconnect(rec.vm);
+      if (!vm) {
+        this.logger.warn({ sandbox: rec.id }, 'pod VM is gone after restart');
+        rec.state = 'SANDBOX_NOTREADY';
+        rec.images = {};
+        await this.hooks.vmGone(rec.id);
+        await this.save(sb);
+        continue;
+      }
+      const pod = new PodVm(vm, path.join(this.dir(rec.id), 'shared'), this.logger);
+      sb.pod = pod;
+      pod.onEvent((ev) => this.hooks.onEvent(rec.id, ev));
+      this.watchExit(sb, pod);
+      try {
+        await pod.connect(rec.config.hostname || rec.config.metadata.name, 10_000);
+        this.logger.info({ sandbox: rec.id, pid: vm.info.pid }, 'reconnected to pod VM');
+        await this.hooks.reattach(rec.id);
+      } catch (err) {
+        this.logger.error({ sandbox: rec.id, err: (err as Error).message }, 'pod VM does not answer after restart; stopping it');
+        await pod.stop(2000);
+        rec.state = 'SANDBOX_NOTREADY';
+        rec.images = {};
+        await this.hooks.vmGone(rec.id);
+        await this.save(sb);
+      }
+    }
+    await this.reapStrays();
+  }
+
+  /** Kills podvisor VMs that no record knows about (their records were removed). */
+  private async reapStrays(): Promise<void> {
+    const dir = path.join(this.cfg.state, 'vm');
+    let names: string[] = [];
+    try {
+      names = await fsp.readdir(dir);
+    } catch {
+      return;
+    }
+    const known = new Set([...this.sandboxes.keys()].map((id) => path.basename(this.dir(id))));
+    for (const name of names) {
+      if (known.has(name)) continue;
+      try {
+        const pid = Number((await fsp.readFile(path.join(dir, name, 'qemu.pid'), 'utf8')).trim());
+        const { isOurQemu } = await import('../vm/qemu');
+        if (pid > 0 && isOurQemu(pid, name)) {
+          process.kill(pid, 'SIGKILL');
+          this.logger.warn({ sandbox: name, pid }, 'reaped a VM without a record');
+        }
+      } catch {
+        /* no pid file: nothing running */
+      }
+      await fsp.rm(path.join(dir, name), { recursive: true, force: true });
+    }
+  }
+}

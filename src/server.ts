@@ -1,0 +1,79 @@
+// The gRPC server: CRI RuntimeService and ImageService on a unix socket. Every RPC of the API
+// is registered: real handlers where they exist, UNIMPLEMENTED with a message elsewhere, so a
+// client never sees a crash or a silent OK.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { IMAGE_METHODS, loadCri, RUNTIME_METHODS, STREAMING_METHODS } from '../cri-api';
+import { CriError } from './cri/errors';
+import type { Logger } from './log';
+
+export type UnaryHandler = (req: any) => Promise<any>;
+export type Handlers = Record<string, UnaryHandler>;
+
+const QUIET = new Set(['Version', 'Status', 'ListPodSandbox', 'ListContainers', 'PodSandboxStatus', 'ContainerStatus', 'ImageStatus', 'ListImages', 'ImageFsInfo', 'ListContainerStats', 'ListPodSandboxStats']);
+
+function toStatus(err: unknown, method: string, logger: Logger): Partial<grpc.StatusObject> {
+  if (err instanceof CriError) {
+    if (err.code !== grpc.status.NOT_FOUND) logger.info({ method, code: grpc.status[err.code], msg: err.message }, 'rpc refused');
+    return { code: err.code, details: err.message };
+  }
+  logger.error({ method, err: (err as Error)?.stack ?? String(err) }, 'rpc failed');
+  return { code: grpc.status.INTERNAL, details: `${method}: ${(err as Error)?.message ?? String(err)}` };
+}
+
+function implement(methods: string[], handlers: Handlers, logger: Logger): grpc.UntypedServiceImplementation {
+  const impl: grpc.UntypedServiceImplementation = {};
+  for (const method of methods) {
+    if (STREAMING_METHODS.has(method)) {
+      impl[method] = (call: grpc.ServerWritableStream<any, any>) => {
+        call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: `${method} is not implemented by podvisor yet` });
+      };
+      continue;
+    }
+    const fn = handlers[method];
+    impl[method] = (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<any>) => {
+      if (!fn) {
+        callback({ code: grpc.status.UNIMPLEMENTED, details: `${method} is not implemented by podvisor yet` });
+        return;
+      }
+      const t0 = process.hrtime.bigint();
+      fn(call.request ?? {}).then(
+        (res) => {
+          if (!QUIET.has(method)) logger.debug({ method, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'rpc');
+          callback(null, res);
+        },
+        (err) => callback(toStatus(err, method, logger)),
+      );
+    };
+  }
+  return impl;
+}
+
+/** Fails if a live server owns the socket; removes a stale one. */
+async function claimSocket(socket: string): Promise<void> {
+  if (!fs.existsSync(socket)) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const c = net.createConnection(socket);
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+  if (live) throw new Error(`another server is already listening on ${socket}; refusing to replace it`);
+  await fsp.rm(socket, { force: true });
+}
+
+export async function startServer(socket: string, runtime: Handlers, image: Handlers, logger: Logger): Promise<grpc.Server> {
+  const cri = loadCri();
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024, 'grpc.max_send_message_length': 64 * 1024 * 1024 });
+  server.addService(cri.runtime, implement(RUNTIME_METHODS, runtime, logger));
+  server.addService(cri.image, implement(IMAGE_METHODS, image, logger));
+  await fsp.mkdir(path.dirname(socket), { recursive: true });
+  await claimSocket(socket);
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+  );
+  await fsp.chmod(socket, 0o660);
+  return server;
+}

@@ -1,0 +1,85 @@
+// Chooses KVM or TCG. /dev/kvm existing proves nothing (nested PVM hosts crash stock guests),
+// so KVM is used only after a real guest booted under it and answered the agent handshake.
+// The verdict is cached per QEMU binary, guest kernel and host kernel.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import writeFileAtomic from 'write-file-atomic';
+import { AgentClient } from '../agent/client';
+import { PROTOCOL_VERSION } from '../agent/protocol';
+import type { Logger } from '../log';
+import type { Accelerator } from './hypervisor';
+import { QemuHypervisor, QemuOptions } from './qemu';
+
+function probeKey(o: Pick<QemuOptions, 'binary' | 'kernel' | 'initramfs'>): string {
+  const parts = [os.release()];
+  for (const f of [o.binary, o.kernel, o.initramfs]) {
+    const st = fs.statSync(f);
+    parts.push(`${f}:${st.size}:${st.mtimeMs}`);
+  }
+  return crypto.createHash('sha256').update(parts.join('\n')).digest('hex');
+}
+
+async function kvmBoots(o: Omit<QemuOptions, 'accelerator'>, scratch: string): Promise<boolean> {
+  const dir = await fsp.mkdtemp(path.join(scratch, 'kvm-probe-'));
+  const share = path.join(dir, 'share');
+  await fsp.mkdir(share);
+  const hv = new QemuHypervisor({ ...o, accelerator: 'kvm' });
+  let vm;
+  try {
+    vm = await hv.start({ id: `kvmprobe${process.pid}`, dir, vcpus: 1, memoryMiB: 256, sharePath: share });
+    const agent = await AgentClient.connect(vm.info.agentSocket, 5000);
+    const died = vm.exited.then(() => false);
+    const hello = agent
+      .call('hello', { protocol: PROTOCOL_VERSION, nonce: 'probe', time_unix_ns: '0', entropy: crypto.randomBytes(32).toString('base64'), hostname: 'probe' }, 20_000)
+      .then((r) => r?.nonce === 'probe', () => false);
+    const ok = await Promise.race([hello, died]);
+    agent.close();
+    return ok;
+  } catch {
+    return false;
+  } finally {
+    await vm?.stop(1000).catch(() => undefined);
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
+export async function chooseAccelerator(
+  wanted: 'auto' | 'kvm' | 'tcg',
+  o: Omit<QemuOptions, 'accelerator'>,
+  root: string,
+  scratch: string,
+  logger: Logger,
+): Promise<Accelerator> {
+  if (wanted !== 'auto') return wanted;
+  try {
+    await fsp.access('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    logger.info('no usable /dev/kvm: using TCG');
+    return 'tcg';
+  }
+  const cacheFile = path.join(root, 'accel.json');
+  let key: string;
+  try {
+    key = probeKey(o);
+  } catch {
+    return 'tcg'; // guest files missing: Status reports it; nothing to probe with
+  }
+  try {
+    const cached = JSON.parse(await fsp.readFile(cacheFile, 'utf8'));
+    if (cached.key === key && (cached.accel === 'kvm' || cached.accel === 'tcg')) {
+      logger.info({ accel: cached.accel }, 'accelerator verdict from cache');
+      return cached.accel;
+    }
+  } catch {
+    /* no cache yet */
+  }
+  const t0 = Date.now();
+  const accel: Accelerator = (await kvmBoots(o, scratch)) ? 'kvm' : 'tcg';
+  logger.info({ accel, probeMs: Date.now() - t0 }, accel === 'kvm' ? 'KVM boots guests: using KVM' : 'KVM did not boot a guest: using TCG');
+  await fsp.mkdir(root, { recursive: true });
+  await writeFileAtomic(cacheFile, JSON.stringify({ key, accel, at: new Date().toISOString() }), { fsync: true });
+  return accel;
+}

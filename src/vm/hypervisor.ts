@@ -1,0 +1,66 @@
+// The seam between the runtime and whatever runs pod VMs. One implementation today (qemu.ts);
+// the runtime only ever talks to these interfaces.
+
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface VmNetwork {
+  /** path of the pod's network namespace (e.g. /run/netns/<name>); QEMU runs inside it */
+  netnsPath: string;
+  /** one virtio-net device per tap (inside the netns), with the MAC of its CNI interface */
+  nics: Array<{ tap: string; mac: string }>;
+}
+
+export interface VmSpec {
+  /** sandbox id: names the VM and its files */
+  id: string;
+  /** runtime directory of this VM (sockets, pid file, console log); created by the caller */
+  dir: string;
+  vcpus: number;
+  memoryMiB: number;
+  /** host directory exported to the guest over virtio-9p */
+  sharePath: string;
+  network?: VmNetwork;
+}
+
+export interface DiskAttachment {
+  nodeName: string;
+  scsiId: number;
+  lun: number;
+  path: string;
+  readonly: boolean;
+}
+
+export interface VmInfo {
+  id: string;
+  pid: number;
+  accelerator: Accelerator;
+  /** how the VM came to be: booted from the kernel, or cloned from a template */
+  bootMode: 'cold' | 'clone';
+  dir: string;
+  agentSocket: string;
+  qmpSocket: string;
+  vcpus: number;
+  memoryMiB: number;
+  disks: DiskAttachment[];
+}
+
+export interface Vm {
+  readonly info: VmInfo;
+  /** true until the VM process has exited */
+  alive(): boolean;
+  /** resolves once the VM process has exited */
+  readonly exited: Promise<void>;
+  attachDisk(path: string, readonly: boolean): Promise<DiskAttachment>;
+  detachDisk(nodeName: string): Promise<void>;
+  /** asks QEMU to quit, then kills it after `graceMs`; resolves when the process is gone */
+  stop(graceMs: number): Promise<void>;
+}
+
+export interface Hypervisor {
+  readonly accelerator: Accelerator;
+  /** Checks that binaries and guest files exist; returns a reason string when not ready. */
+  readiness(): Promise<string | undefined>;
+  start(spec: VmSpec): Promise<Vm>;
+  /** Re-attaches to a VM that outlived a daemon restart; undefined when it is gone. */
+  reconnect(info: VmInfo): Promise<Vm | undefined>;
+}

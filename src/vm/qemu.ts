@@ -1,0 +1,245 @@
+// QEMU driver: one `qemu-system-x86_64 -M microvm` process per pod, booting the podvisor guest
+// kernel (PVH vmlinux) and initramfs. The VM outlives the daemon (own session, pid file), so a
+// restarted daemon finds it again through its QMP and agent sockets.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from '../log';
+import { Accelerator, DiskAttachment, Hypervisor, Vm, VmInfo, VmSpec } from './hypervisor';
+import { QmpClient } from './qmp';
+
+export interface QemuOptions {
+  binary: string;
+  kernel: string;
+  initramfs: string;
+  /** extra kernel command line */
+  kernelArgs: string;
+  accelerator: Accelerator;
+  logger: Logger;
+}
+
+const AGENT_PORT = 'podvisor.agent';
+export const SHARE_TAG = 'podshare';
+
+/** Host TSC in kHz: TCG guests can hang calibrating without this hint. */
+export function hostTscKhz(): number | undefined {
+  try {
+    const m = /cpu MHz\s*:\s*([\d.]+)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    return m ? Math.round(parseFloat(m[1]) * 1000) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function kernelCmdline(extra: string): string {
+  const khz = hostTscKhz();
+  const parts = ['console=ttyS0', 'quiet', 'panic=-1', 'nokaslr', 'mitigations=off', 'no_timer_check', 'tsc=reliable', 'reboot=t'];
+  if (khz) parts.push(`tsc_early_khz=${khz}`);
+  if (extra) parts.push(extra);
+  return parts.join(' ');
+}
+
+export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator'>): string[] {
+  const f = (name: string) => path.join(spec.dir, name);
+  const accel = o.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,tb-size=16', '-cpu', 'max'];
+  const args = [
+    '-name', `podvisor-${spec.id},process=podvisor-${spec.id.slice(0, 12)}`,
+    '-M', 'microvm,x-option-roms=off,rtc=on',
+    ...accel,
+    '-m', `${spec.memoryMiB}M`,
+    '-smp', String(spec.vcpus),
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-kernel', o.kernel,
+    '-initrd', o.initramfs,
+    '-append', kernelCmdline(o.kernelArgs),
+    '-chardev', `file,id=console,path=${f('console.log')}`,
+    '-serial', 'chardev:console',
+    '-device', 'virtio-serial-device',
+    '-chardev', `socket,id=agent,path=${f('agent.sock')},server=on,wait=off`,
+    '-device', `virtserialport,chardev=agent,name=${AGENT_PORT}`,
+    '-device', 'virtio-scsi-device,id=scsi0',
+    '-object', 'rng-random,id=rng0,filename=/dev/urandom',
+    '-device', 'virtio-rng-device,rng=rng0',
+    '-fsdev', `local,id=share,path=${spec.sharePath},security_model=passthrough,multidevs=remap`,
+    '-device', `virtio-9p-device,fsdev=share,mount_tag=${SHARE_TAG}`,
+    '-qmp', `unix:${f('qmp.sock')},server=on,wait=off`,
+    '-pidfile', f('qemu.pid'),
+  ];
+  spec.network?.nics.forEach((nic, i) => {
+    args.push('-netdev', `tap,id=net${i},ifname=${nic.tap},script=no,downscript=no`);
+    args.push('-device', `virtio-net-device,netdev=net${i},mac=${nic.mac}`);
+  });
+  return args;
+}
+
+export class QemuHypervisor implements Hypervisor {
+  constructor(private readonly o: QemuOptions) {}
+
+  get accelerator(): Accelerator {
+    return this.o.accelerator;
+  }
+
+  async readiness(): Promise<string | undefined> {
+    for (const [what, p] of [['QEMU binary', this.o.binary], ['guest kernel', this.o.kernel], ['guest initramfs', this.o.initramfs]]) {
+      try {
+        await fsp.access(p, what === 'QEMU binary' ? fs.constants.X_OK : fs.constants.R_OK);
+      } catch {
+        return `${what} not found at ${p}`;
+      }
+    }
+    return undefined;
+  }
+
+  async start(spec: VmSpec): Promise<Vm> {
+    const args = qemuArgs(spec, this.o);
+    const out = fs.openSync(path.join(spec.dir, 'qemu.log'), 'a');
+    // QEMU gets a mount namespace of its own (slave: host mounts still reach it). The binds
+    // that feed the 9p share are made inside it, so nothing is ever mounted in the host's
+    // namespace and every bind vanishes with the VM. Both wrappers exec, keeping the pid.
+    let argv = ['unshare', '--mount', '--propagation', 'slave', '--', this.o.binary, ...args];
+    if (spec.network) argv = ['ip', 'netns', 'exec', path.basename(spec.network.netnsPath), ...argv];
+    // detached: the VM must survive a daemon restart; its lifetime is managed through QMP.
+    const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', out, out] });
+    fs.closeSync(out);
+    child.unref();
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
+    const info: VmInfo = {
+      id: spec.id,
+      pid: child.pid ?? -1,
+      accelerator: this.o.accelerator,
+      bootMode: 'cold',
+      dir: spec.dir,
+      agentSocket: path.join(spec.dir, 'agent.sock'),
+      qmpSocket: path.join(spec.dir, 'qmp.sock'),
+      vcpus: spec.vcpus,
+      memoryMiB: spec.memoryMiB,
+      disks: [],
+    };
+    let qmp: QmpClient;
+    try {
+      qmp = await Promise.race([QmpClient.connect(info.qmpSocket, 10_000), spawnError, exited.then(() => { throw new Error(`QEMU exited at start: ${tail(path.join(spec.dir, 'qemu.log'))}`); })]);
+    } catch (err) {
+      try { process.kill(info.pid, 'SIGKILL'); } catch { /* gone */ }
+      throw err;
+    }
+    this.o.logger.info({ sandbox: spec.id, pid: info.pid, accel: info.accelerator, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB }, 'VM started');
+    return new QemuVm(info, qmp, exited);
+  }
+
+  async reconnect(info: VmInfo): Promise<Vm | undefined> {
+    if (!isOurQemu(info.pid, info.id)) return undefined;
+    let qmp: QmpClient;
+    try {
+      qmp = await QmpClient.connect(info.qmpSocket, 2_000);
+    } catch {
+      return undefined;
+    }
+    // Not our child any more: the QMP socket closing is how we learn the process ended.
+    const exited = new Promise<void>((resolve) => {
+      const check = () => (isAlive(info.pid) ? setTimeout(check, 1000).unref() : resolve());
+      qmp.once('close', () => setTimeout(check, 10));
+    });
+    return new QemuVm(info, qmp, exited);
+  }
+}
+
+class QemuVm implements Vm {
+  private dead = false;
+  private nextScsiId: number;
+
+  constructor(readonly info: VmInfo, private readonly qmp: QmpClient, readonly exited: Promise<void>) {
+    exited.then(() => {
+      this.dead = true;
+      qmp.close();
+    });
+    this.nextScsiId = Math.max(0, ...info.disks.map((d) => d.scsiId)) + 1;
+  }
+
+  alive(): boolean {
+    return !this.dead && isAlive(this.info.pid);
+  }
+
+  async attachDisk(file: string, readonly: boolean): Promise<DiskAttachment> {
+    const used = new Set(this.info.disks.map((d) => d.scsiId));
+    let scsiId = this.nextScsiId;
+    while (used.has(scsiId)) scsiId = (scsiId % 255) + 1;
+    if (used.size >= 255) throw new Error('no free SCSI target on this VM');
+    this.nextScsiId = (scsiId % 255) + 1;
+    const nodeName = `disk${scsiId}`;
+    await this.qmp.execute('blockdev-add', {
+      driver: 'raw',
+      'node-name': nodeName,
+      'read-only': readonly,
+      file: { driver: 'file', filename: file, 'read-only': readonly },
+    });
+    try {
+      await this.qmp.execute('device_add', { driver: 'scsi-hd', id: `dev-${nodeName}`, bus: 'scsi0.0', 'scsi-id': scsiId, lun: 0, drive: nodeName });
+    } catch (err) {
+      await this.qmp.execute('blockdev-del', { 'node-name': nodeName }).catch(() => undefined);
+      throw err;
+    }
+    const d: DiskAttachment = { nodeName, scsiId, lun: 0, path: file, readonly };
+    this.info.disks.push(d);
+    return d;
+  }
+
+  async detachDisk(nodeName: string): Promise<void> {
+    const idx = this.info.disks.findIndex((d) => d.nodeName === nodeName);
+    if (idx < 0) return;
+    if (this.alive()) {
+      const gone = this.qmp.waitEvent('DEVICE_DELETED', 5000, (d) => d.device === `dev-${nodeName}`);
+      gone.catch(() => undefined);
+      await this.qmp.execute('device_del', { id: `dev-${nodeName}` });
+      await gone;
+      await this.qmp.execute('blockdev-del', { 'node-name': nodeName });
+    }
+    this.info.disks.splice(idx, 1);
+  }
+
+  async stop(graceMs: number): Promise<void> {
+    if (!this.alive()) return;
+    await this.qmp.execute('quit').catch(() => undefined);
+    const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());
+    if ((await Promise.race([this.exited.then(() => 'exited' as const), timer])) === 'timeout') {
+      try { process.kill(this.info.pid, 'SIGKILL'); } catch { /* already gone */ }
+      await Promise.race([this.exited, new Promise((r) => setTimeout(r, 2000))]);
+    }
+    this.dead = true;
+  }
+}
+
+function isAlive(pid: number): boolean {
+  if (pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // a zombie still answers kill(0); it is dead for our purposes
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Guards against pid reuse: the process must be QEMU running this sandbox. */
+export function isOurQemu(pid: number, id: string): boolean {
+  try {
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return cmdline.includes('qemu-system') && cmdline.includes(`podvisor-${id}`);
+  } catch {
+    return false;
+  }
+}
+
+function tail(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').slice(-2000).trim();
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,135 @@
+// A small QMP client: one JSON object per line, commands answered in order, asynchronous events
+// interleaved. Written here because the job is tiny and specific (dependencies.md).
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+
+export class QmpError extends Error {
+  constructor(readonly errorClass: string, message: string) {
+    super(message);
+    this.name = 'QmpError';
+  }
+}
+
+interface Waiter {
+  resolve: (v: any) => void;
+  reject: (e: Error) => void;
+  command: string;
+}
+
+const MAX_LINE = 4 * 1024 * 1024;
+
+export class QmpClient extends EventEmitter {
+  private buf = '';
+  private readonly waiters: Waiter[] = [];
+  private closed = false;
+  private chain: Promise<unknown> = Promise.resolve();
+
+  private constructor(private readonly sock: net.Socket) {
+    super();
+    sock.setEncoding('utf8');
+    sock.on('data', (s: string) => this.onData(s));
+    sock.on('error', () => this.onClose());
+    sock.on('close', () => this.onClose());
+  }
+
+  /** Connects (retrying until QEMU has created the socket), reads the greeting, enters command mode. */
+  static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const sock = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.createConnection(path);
+          s.once('connect', () => { s.removeAllListeners('error'); resolve(s); });
+          s.once('error', reject);
+        });
+        const client = new QmpClient(sock);
+        await client.handshake();
+        return client;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`cannot connect to QMP socket ${path}: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  }
+
+  private greeting?: (v: any) => void;
+
+  private async handshake(): Promise<void> {
+    await new Promise((resolve) => (this.greeting = resolve));
+    await this.execute('qmp_capabilities');
+  }
+
+  /** Runs one command; commands are serialized so answers match their requests. */
+  execute<T = any>(command: string, args?: object): Promise<T> {
+    const run = () =>
+      new Promise<T>((resolve, reject) => {
+        if (this.closed) return reject(new QmpError('Closed', `QMP closed (${command})`));
+        this.waiters.push({ resolve, reject, command });
+        this.sock.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + '\n');
+      });
+    const p = this.chain.then(run, run);
+    this.chain = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Waits for the named event (optionally matching a predicate), or times out. */
+  waitEvent(name: string, timeoutMs: number, match: (data: any) => boolean = () => true): Promise<any> {
+    return new Promise((resolve, reject) => {
+      const onEvent = (ev: any) => {
+        if (ev.event === name && match(ev.data ?? {})) {
+          cleanup();
+          resolve(ev.data ?? {});
+        }
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new QmpError('Timeout', `no ${name} event within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off('event', onEvent);
+      };
+      this.on('event', onEvent);
+    });
+  }
+
+  close(): void {
+    this.sock.destroy();
+    this.onClose();
+  }
+
+  private onData(s: string): void {
+    this.buf += s;
+    if (this.buf.length > MAX_LINE) {
+      this.close();
+      return;
+    }
+    let nl: number;
+    while ((nl = this.buf.indexOf('\n')) >= 0) {
+      const line = this.buf.slice(0, nl).trim();
+      this.buf = this.buf.slice(nl + 1);
+      if (!line) continue;
+      let msg: any;
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      if (msg.QMP) this.greeting?.(msg);
+      else if (msg.event) this.emit('event', msg);
+      else if ('return' in msg || 'error' in msg) {
+        const w = this.waiters.shift();
+        if (!w) continue;
+        if (msg.error) w.reject(new QmpError(msg.error.class ?? 'GenericError', `${w.command}: ${msg.error.desc ?? 'error'}`));
+        else w.resolve(msg.return);
+      }
+    }
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) w.reject(new QmpError('Closed', `QMP closed (${w.command})`));
+    this.emit('close');
+  }
+}

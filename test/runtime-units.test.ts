@@ -1,0 +1,116 @@
+// Pure pieces of the runtime: CRI log format, log path confinement, OCI spec policy, VM sizing,
+// config parsing.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig, defaultConfig } from '../src/config/config';
+import { formatLines, rfc3339Nano } from '../src/runtime/container-log';
+import { resolveLogPath, signalNumber } from '../src/runtime/containers';
+import { buildSpec, DEFAULT_CAPS, parseImageUser, processArgs } from '../src/runtime/oci-spec';
+import { vmSize } from '../src/runtime/sandboxes';
+
+describe('CRI log format', () => {
+  it('writes full lines with F and splits long ones into P records', () => {
+    const { records, rest } = formatLines('stdout', Buffer.from('a\nbb\ntail'), false);
+    const lines = records.toString().split('\n').filter(Boolean);
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout F a$/);
+    expect(lines[1]).toMatch(/ stdout F bb$/);
+    expect(rest.toString()).toBe('tail');
+    const long = formatLines('stderr', Buffer.from('x'.repeat(16 * 1024 + 5) + '\n'), false).records.toString().split('\n').filter(Boolean);
+    expect(long.map((l) => l.split(' ').slice(1, 3).join(' '))).toEqual(['stderr P', 'stderr F']);
+    expect(long[1].endsWith(' xxxxx')).toBe(true);
+    expect(formatLines('stdout', Buffer.from('end'), true).records.toString()).toMatch(/ stdout F end\n$/);
+  });
+
+  it('formats nanosecond timestamps', () => {
+    expect(rfc3339Nano(1_700_000_000_123_456_789n)).toBe('2023-11-14T22:13:20.123456789Z');
+  });
+});
+
+describe('log path confinement', () => {
+  it('keeps the log inside the log directory', () => {
+    expect(resolveLogPath('/var/log/pods/x', 'c/0.log')).toBe('/var/log/pods/x/c/0.log');
+    expect(() => resolveLogPath('/var/log/pods/x', '../../etc/passwd')).toThrow(/escapes/);
+    expect(() => resolveLogPath('/var/log/pods/x', '/etc/passwd')).toThrow(/relative/);
+    expect(() => resolveLogPath('', 'a.log')).toThrow(/log_directory/);
+    expect(resolveLogPath('/var/log/pods/x', '')).toBe('');
+  });
+});
+
+describe('OCI spec', () => {
+  const base = { metadata: { name: 'c' }, image: { image: 'busybox' } };
+  it('applies Kubernetes command/args rules', () => {
+    const img = { Entrypoint: ['/ep'], Cmd: ['cmd'] };
+    expect(processArgs({ command: [], args: [] }, img)).toEqual(['/ep', 'cmd']);
+    expect(processArgs({ command: [], args: ['a'] }, img)).toEqual(['/ep', 'a']);
+    expect(processArgs({ command: ['/bin/sh'], args: [] }, img)).toEqual(['/bin/sh']);
+    expect(() => processArgs({}, {})).toThrow(/no command/);
+  });
+
+  it('uses default caps, masks, env and joins pod namespaces', () => {
+    const { spec, username } = buildSpec({
+      config: { ...base, command: ['sh'], envs: [{ key: 'A', value: '1' }], linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } } },
+      sandboxConfig: { hostname: 'h' },
+      imageConfig: { config: { Env: ['PATH=/bin', 'A=0'], User: 'nobody' } },
+      mounts: [{ destination: '/data', source: '/run/podvisor/shared/c/x/0', readonly: true }],
+    });
+    expect(spec.process.capabilities.bounding).toEqual(DEFAULT_CAPS);
+    expect(spec.process.env).toEqual(['PATH=/bin', 'A=1']);
+    expect(username).toBe('nobody');
+    expect(spec.linux.maskedPaths).toContain('/proc/kcore');
+    expect(spec.linux.namespaces).toEqual(expect.arrayContaining([{ type: 'network', path: '/proc/1/ns/net' }, { type: 'pid' }, { type: 'mount' }]));
+    expect(spec.mounts.find((m: any) => m.destination === '/data').options).toContain('ro');
+  });
+
+  it('honours run_as_user, cap drops and privileged', () => {
+    const { spec, username } = buildSpec({
+      config: { ...base, command: ['sh'], linux: { security_context: { run_as_user: { value: '1000' }, capabilities: { drop_capabilities: ['ALL'], add_capabilities: ['NET_ADMIN'] } } } },
+      sandboxConfig: {}, imageConfig: { config: { User: 'nobody' } }, mounts: [],
+    });
+    expect(spec.process.user.uid).toBe(1000);
+    expect(username).toBeNull();
+    expect(spec.process.capabilities.bounding).toEqual(['CAP_NET_ADMIN']);
+    const priv = buildSpec({ config: { ...base, command: ['sh'], linux: { security_context: { privileged: true } } }, sandboxConfig: {}, imageConfig: {}, mounts: [] }).spec;
+    expect(priv.linux.maskedPaths).toEqual([]);
+    expect(priv.process.capabilities.bounding).toContain('CAP_SYS_ADMIN');
+  });
+
+  it('refuses host namespaces', () => {
+    expect(() => buildSpec({ config: { ...base, command: ['sh'], linux: { security_context: { namespace_options: { network: 'NODE' } } } }, sandboxConfig: {}, imageConfig: {}, mounts: [] })).toThrow(/host network/);
+  });
+
+  it('parses image users and signals', () => {
+    expect(parseImageUser('1000:50')).toEqual({ uid: 1000, gid: 50 });
+    expect(parseImageUser('www-data')).toEqual({ username: 'www-data' });
+    expect(signalNumber('SIGQUIT')).toBe(3);
+    expect(signalNumber('SIGNAL_SIGKILL')).toBe(9);
+    expect(signalNumber('15')).toBe(15);
+    expect(signalNumber('bogus')).toBeUndefined();
+  });
+});
+
+describe('VM sizing and config', () => {
+  it('sizes VMs from pod resources with floors and caps', () => {
+    const vm = defaultConfig().vm;
+    expect(vmSize({}, vm)).toEqual({ vcpus: 1, memoryMiB: 256 });
+    expect(vmSize({ linux: { resources: { cpu_quota: '250000', cpu_period: '100000', memory_limit_in_bytes: String(512 * 1024 * 1024) } } }, vm)).toEqual({ vcpus: 3, memoryMiB: 512 });
+    expect(vmSize({ linux: { resources: { cpu_quota: '9900000', cpu_period: '100000' } } }, vm).vcpus).toBe(vm.maxVcpus);
+  });
+
+  it('reads TOML and refuses unknown keys', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-cfg-'));
+    const f = path.join(dir, 'c.toml');
+    fs.writeFileSync(f, 'socket = "/tmp/x.sock"\n[vm]\ndefault_memory_mib = 512\naccelerator = "tcg"\n');
+    const cfg = loadConfig(f, false);
+    expect(cfg.socket).toBe('/tmp/x.sock');
+    expect(cfg.vm.defaultMemoryMiB).toBe(512);
+    fs.writeFileSync(f, '[vm]\ndefualt_vcpus = 2\n');
+    expect(() => loadConfig(f, false)).toThrow(/unknown key vm.defualt_vcpus/);
+    fs.writeFileSync(f, '[vm]\ndefault_vcpus = "two"\n');
+    expect(() => loadConfig(f, false)).toThrow(/expected number/);
+    expect(loadConfig(path.join(dir, 'missing.toml'), true).socket).toBe('/run/podvisor/podvisor.sock');
+    expect(() => loadConfig(path.join(dir, 'missing.toml'), false)).toThrow(/cannot read/);
+    fs.rmSync(dir, { recursive: true });
+  });
+});
