@@ -34,7 +34,8 @@ export class Daemon {
     await images.init();
     const sandboxes = new SandboxManager(cfg, hypervisor, logger);
     const containers = new ContainerManager(cfg.root, sandboxes, images, logger);
-    await containers.restore();
+    await containers.restore(); // re-acquires the images of existing containers
+    await images.collectGarbage();
     await sandboxes.restore();
 
     const network = { ready: () => ({ ready: false, reason: 'NetworkPluginNotReady', message: 'podvisor: no CNI network configured yet' }) };
@@ -43,7 +44,7 @@ export class Daemon {
       ...sandboxHandlers(sandboxes, containers),
       ...containerHandlers(containers, images),
     };
-    this.server = await startServer(cfg.socket, runtime, imageHandlers(images), logger);
+    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger);
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION }, 'podvisor serving CRI');
   }
 

@@ -26,7 +26,8 @@ export class ContainerLog {
   private fh: Promise<fsp.FileHandle | null>;
   private readonly pumps: Promise<void>[] = [];
   /** attach listeners: called with each chunk as it arrives */
-  readonly taps = new Set<(stream: 'stdout' | 'stderr', data: Buffer) => void>();
+  /** attach listeners: each chunk goes to them too; a slow one holds the stream back, as in containerd */
+  readonly taps = new Set<(stream: 'stdout' | 'stderr', data: Buffer) => Promise<void> | void>();
 
   constructor(private readonly file: string | null) {
     this.fh = this.open();
@@ -47,7 +48,7 @@ export class ContainerLog {
     let pending: Buffer = Buffer.alloc(0);
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
-        for (const tap of this.taps) tap(name, chunk);
+        if (this.taps.size) await Promise.all([...this.taps].map(async (tap) => tap(name, chunk)).map((p) => p.catch(() => undefined)));
         pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
         const { records, rest } = formatLines(name, pending, false);
         pending = rest;

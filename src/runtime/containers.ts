@@ -17,7 +17,7 @@ import type { Sandbox, SandboxManager } from './sandboxes';
 
 const EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024;
 
-interface Live {
+export interface Live {
   rec: ContainerRecord;
   log?: ContainerLog;
   stdin?: AgentStream;
@@ -193,7 +193,7 @@ export class ContainerManager {
     const c = this.get(id);
     await this.lock.run(c.rec.id, async () => {
       if (c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is ${c.rec.state}, not CONTAINER_CREATED`);
-      const pod = this.pod(c);
+      const pod = this.podOf(c);
       c.rec.startedAt = nowNs().toString();
       try {
         const res = await pod.agent.call('container.start', { id: c.rec.id });
@@ -212,7 +212,7 @@ export class ContainerManager {
     });
   }
 
-  private pod(c: Live) {
+  podOf(c: Live) {
     const sb = this.sandboxes.find(c.rec.sandboxId);
     if (!sb?.pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${c.rec.sandboxId} of container ${c.rec.id} is not running`);
     return sb.pod;
@@ -221,7 +221,7 @@ export class ContainerManager {
   async stop(id: string, timeoutS: number): Promise<void> {
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING') return;
-    const pod = this.pod(c);
+    const pod = this.podOf(c);
     const exited = this.waitExit(c);
     if (timeoutS > 0) {
       await pod.agent.call('container.signal', { id: c.rec.id, signal: c.rec.stopSignal, all: false }).catch(() => undefined);
@@ -277,7 +277,7 @@ export class ContainerManager {
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is not running`);
     try {
-      await this.pod(c).agent.call('container.update', { id: c.rec.id, resources: ociResources(linux) });
+      await this.podOf(c).agent.call('container.update', { id: c.rec.id, resources: ociResources(linux) });
     } catch (err) {
       throw mapAgentError(err, `update container ${c.rec.id}`);
     }
@@ -295,13 +295,13 @@ export class ContainerManager {
     if (!Array.isArray(cmd) || cmd.length === 0) throw invalidArgument('cmd is required');
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING') throw failedPrecondition(`container ${c.rec.id} is not running`);
-    const pod = this.pod(c);
+    const pod = this.podOf(c);
     const execId = crypto.randomBytes(8).toString('hex');
     const stdout = pod.agent.openStream();
     const stderr = pod.agent.openStream();
     const out = collect(stdout);
     const err = collect(stderr);
-    const exit = new Promise<any>((resolve) => this.execWaiters.set(execId, { resolve }));
+    const exit = this.expectExecExit(execId);
     try {
       await pod.agent.call('exec.start', {
         container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: false,
@@ -319,8 +319,17 @@ export class ContainerManager {
       stderr.destroy();
       throw mapAgentError(e, 'exec');
     } finally {
-      this.execWaiters.delete(execId);
+      this.forgetExec(execId);
     }
+  }
+
+  /** Registers interest in an exec's exit before it starts (the event may beat the reply). */
+  expectExecExit(execId: string): Promise<any> {
+    return new Promise<any>((resolve) => this.execWaiters.set(execId, { resolve }));
+  }
+
+  forgetExec(execId: string): void {
+    this.execWaiters.delete(execId);
   }
 
   private onEvent(sandboxId: string, ev: any): void {

@@ -1,0 +1,504 @@
+// The image service: pulls images into a content-addressed store, turns each into one
+// read-only erofs file shared by all its containers, and keeps the names (tags, digests)
+// pointing at them. Layout under `root`:
+//   blobs/sha256/<hex>     manifests, configs, compressed layers (verified)
+//   erofs/<id hex>.erofs   one per image id
+//   tmp/                   downloads and unpacked trees in progress (wiped at init)
+//   metadata.json          the index (metadata.ts)
+// A pull becomes visible only when blobs, erofs file and metadata are all durable, so a
+// failed or interrupted pull leaves nothing half-visible and can simply be retried.
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { CriError, Code, internal } from '../cri/errors';
+import type { Logger } from '../log';
+import { credentialsFrom, type AuthConfig } from './auth';
+import { ContentStore } from './content-store';
+import { buildErofs, type ErofsCompression } from './erofs';
+import { MetadataStore, type StoredImage } from './metadata';
+import { formatReference, parseReference, repoName, type Reference } from './reference';
+import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
+import { DEFAULT_LIMITS, RootfsBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
+
+export type { AuthConfig } from './auth';
+
+export interface ImageRecord {
+  id: string;
+  repoTags: string[];
+  repoDigests: string[];
+  size: number;
+  config: any;
+  user: { uid?: number; username?: string };
+  pinned: boolean;
+  erofsPath: string;
+  createdAt: number;
+}
+
+export interface ImageManagerOptions {
+  root: string;
+  configDir: string;
+  logger: Logger;
+  pinned?: string[];
+  /** Caps against hostile layers (defaults in unpack.ts). */
+  limits?: Partial<UnpackLimits>;
+  erofsCompression?: ErofsCompression;
+  /** Parallel layer downloads per pull. */
+  downloadConcurrency?: number;
+}
+
+const ID_RE = /^(?:sha256:)?([a-f0-9]{64})$/;
+const PREFIX_RE = /^(?:sha256:)?([a-f0-9]{12,63})$/;
+const PROGRESS_MIN_BYTES = 8 << 20;
+
+/** Parses an OCI config `User` ('1000', 'nobody', '1000:50', 'user:group'). */
+export function parseUser(user: unknown): { uid?: number; username?: string } {
+  if (typeof user !== 'string' || user === '') return {};
+  const u = user.split(':')[0];
+  if (/^\d+$/.test(u)) return { uid: Number(u) };
+  return u ? { username: u } : {};
+}
+
+interface Entry {
+  stored: StoredImage;
+  config: any;
+}
+
+export class ImageManager {
+  private readonly root: string;
+  private readonly content: ContentStore;
+  private readonly meta: MetadataStore;
+  private readonly erofsDir: string;
+  private readonly tmpDir: string;
+  private readonly log: Logger;
+  private readonly limits: UnpackLimits;
+  private readonly pinnedRefs: Set<string>;
+  private images = new Map<string, Entry>(); // by id, including hidden deleted-but-in-use ones
+  private building = new Map<string, Promise<void>>();
+  private inUse = new Map<string, number>();
+  /** Pulls running (blobs they wrote may not be referenced yet) and the ids they target. */
+  private activePulls = 0;
+  private pulling = new Map<string, number>();
+
+  constructor(private readonly opts: ImageManagerOptions) {
+    this.root = path.resolve(opts.root);
+    this.tmpDir = path.join(this.root, 'tmp');
+    this.erofsDir = path.join(this.root, 'erofs');
+    this.content = new ContentStore(this.root, this.tmpDir);
+    this.meta = new MetadataStore(path.join(this.root, 'metadata.json'));
+    this.log = opts.logger.child({ component: 'images' });
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.pinnedRefs = new Set();
+    for (const r of opts.pinned ?? []) {
+      try {
+        this.pinnedRefs.add(formatReference(parseReference(r)));
+      } catch {
+        this.log.warn({ ref: r }, 'ignoring invalid pinned image reference');
+      }
+    }
+  }
+
+  /** Loads the index, drops half-done pulls and content nothing refers to. */
+  async init(): Promise<void> {
+    await fsp.mkdir(this.root, { recursive: true, mode: 0o700 });
+    await fsp.rm(this.tmpDir, { recursive: true, force: true });
+    await this.content.init();
+    await fsp.mkdir(this.erofsDir, { recursive: true });
+    const stored = await this.meta.load();
+    let dropped = false;
+    for (const s of stored) {
+      const erofs = path.join(this.erofsDir, s.erofs);
+      try {
+        const config = JSON.parse((await this.content.read(s.id)).toString('utf8'));
+        await fsp.access(erofs);
+        this.images.set(s.id, { stored: s, config });
+      } catch {
+        this.log.warn({ id: s.id }, 'image content missing, forgetting the image');
+        dropped = true;
+      }
+    }
+    if (dropped) await this.save();
+    await this.collectGarbage(false);
+    this.log.info({ images: this.list().length }, 'image store ready');
+  }
+
+  // ---- lookups -------------------------------------------------------------------------
+
+  private visible(): Entry[] {
+    return [...this.images.values()].filter((e) => !e.stored.deleted);
+  }
+
+  /** Finds the image and how it was named: by id, tag or digest. */
+  private lookup(refOrId: string): { entry: Entry; kind: 'id' | 'tag' | 'digest'; name: string } | undefined {
+    if (typeof refOrId !== 'string' || refOrId === '') return undefined;
+    const id = ID_RE.exec(refOrId);
+    if (id) {
+      const e = this.images.get(`sha256:${id[1]}`);
+      if (e && !e.stored.deleted) return { entry: e, kind: 'id', name: e.stored.id };
+    }
+    let ref: Reference | undefined;
+    try {
+      ref = parseReference(refOrId);
+    } catch {
+      ref = undefined;
+    }
+    if (ref) {
+      const name = formatReference(ref);
+      for (const e of this.visible()) {
+        if (ref.digest ? e.stored.repoDigests.includes(name) : e.stored.repoTags.includes(name)) return { entry: e, kind: ref.digest ? 'digest' : 'tag', name };
+      }
+    }
+    const prefix = PREFIX_RE.exec(refOrId);
+    if (prefix && !id) {
+      const hits = this.visible().filter((e) => e.stored.id.startsWith(`sha256:${prefix[1]}`));
+      if (hits.length === 1) return { entry: hits[0], kind: 'id', name: hits[0].stored.id };
+    }
+    return undefined;
+  }
+
+  private toRecord(e: Entry): ImageRecord {
+    const s = e.stored;
+    return {
+      id: s.id,
+      repoTags: [...s.repoTags],
+      repoDigests: [...s.repoDigests],
+      size: s.size,
+      config: e.config,
+      user: parseUser(e.config?.config?.User),
+      pinned: s.repoTags.some((t) => this.pinnedRefs.has(t)) || s.repoDigests.some((d) => this.pinnedRefs.has(d)),
+      erofsPath: path.join(this.erofsDir, s.erofs),
+      createdAt: s.createdAt,
+    };
+  }
+
+  resolve(refOrId: string): ImageRecord | undefined {
+    const hit = this.lookup(refOrId);
+    return hit ? this.toRecord(hit.entry) : undefined;
+  }
+
+  list(filterRef?: string): ImageRecord[] {
+    if (filterRef) {
+      const r = this.resolve(filterRef);
+      return r ? [r] : [];
+    }
+    return this.visible()
+      .sort((a, b) => a.stored.createdAt - b.stored.createdAt)
+      .map((e) => this.toRecord(e));
+  }
+
+  // ---- pull ----------------------------------------------------------------------------
+
+  async pull(ref: string, auth?: AuthConfig): Promise<ImageRecord> {
+    const parsed = parseReference(ref);
+    this.activePulls++;
+    try {
+      return await this.pullParsed(parsed, auth);
+    } finally {
+      this.activePulls--;
+    }
+  }
+
+  private async pullParsed(parsed: Reference, auth?: AuthConfig): Promise<ImageRecord> {
+    const name = formatReference(parsed);
+    const started = Date.now();
+    const session = await RepositorySession.open(parsed, this.opts.configDir, credentialsFrom(auth), this.log);
+    const resolved = await session.resolve();
+    const manifest = resolved.manifest;
+    const configDesc = manifest.config;
+    const id = configDesc.digest;
+    this.log.info({ ref: name, id, manifest: resolved.manifestDigest }, 'pulling image');
+    this.pulling.set(id, (this.pulling.get(id) ?? 0) + 1);
+    try {
+      return await this.pullImage(parsed, session, resolved, started);
+    } finally {
+      const n = (this.pulling.get(id) ?? 1) - 1;
+      if (n > 0) this.pulling.set(id, n);
+      else this.pulling.delete(id);
+    }
+  }
+
+  private async pullImage(parsed: Reference, session: RepositorySession, resolved: ResolvedImage, started: number): Promise<ImageRecord> {
+    const name = formatReference(parsed);
+    const manifest = resolved.manifest;
+    const configDesc = manifest.config;
+    const id = configDesc.digest;
+
+    // Manifests and config are stored like any blob (verified) for a later rebuild/inspection.
+    await this.content.putBuffer({ digest: resolved.topDigest, size: resolved.topBytes.length }, resolved.topBytes);
+    if (resolved.manifestDigest !== resolved.topDigest)
+      await this.content.putBuffer({ digest: resolved.manifestDigest, size: resolved.manifestBytes.length }, resolved.manifestBytes);
+    if (!(await this.content.has(configDesc))) await this.content.putBuffer(configDesc, await session.fetchSmallBlob(configDesc));
+    let config: any;
+    try {
+      config = JSON.parse((await this.content.read(id)).toString('utf8'));
+    } catch {
+      throw new CriError(Code.FAILED_PRECONDITION, `${name}: image config ${id} is not JSON`);
+    }
+    const diffIds: unknown = config?.rootfs?.diff_ids;
+    if (!Array.isArray(diffIds) || diffIds.length !== manifest.layers.length)
+      throw new CriError(Code.FAILED_PRECONDITION, `${name}: config has ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${manifest.layers.length} layers`);
+
+    const existing = this.images.get(id);
+    if (!existing || !(await this.erofsExists(existing.stored))) {
+      let b = this.building.get(id);
+      if (!b) {
+        b = this.build(id, session, resolved, diffIds as string[]).finally(() => this.building.delete(id));
+        this.building.set(id, b);
+      }
+      await b;
+    }
+
+    // Point the names at the image (moving a tag away from an older image if needed).
+    const entry = this.images.get(id) ?? this.addEntry(id, resolved, config);
+    entry.stored.deleted = false;
+    const tag = parsed.tag ? name : undefined;
+    const digestRef = `${repoName(parsed)}@${resolved.topDigest}`;
+    const orphaned: Entry[] = [];
+    if (tag) {
+      for (const other of this.images.values()) {
+        if (other !== entry && other.stored.repoTags.includes(tag)) {
+          other.stored.repoTags = other.stored.repoTags.filter((t) => t !== tag);
+          if (other.stored.repoTags.length === 0 && other.stored.repoDigests.length === 0) orphaned.push(other);
+        }
+      }
+      if (!entry.stored.repoTags.includes(tag)) entry.stored.repoTags.push(tag);
+    }
+    if (!entry.stored.repoDigests.includes(digestRef)) entry.stored.repoDigests.push(digestRef);
+    for (const o of orphaned) this.markDeleted(o);
+    await this.save();
+    for (const o of orphaned) await this.reap(o.stored.id);
+    this.log.info({ ref: name, id, ms: Date.now() - started }, 'pulled image');
+    return this.toRecord(entry);
+  }
+
+  private addEntry(id: string, r: ResolvedImage, config: any): Entry {
+    const m = r.manifest;
+    const stored: StoredImage = {
+      id,
+      repoTags: [],
+      repoDigests: [],
+      // Like containerd: compressed layers plus config.
+      size: m.layers.reduce((n, l) => n + l.size, 0) + m.config.size,
+      manifestDigest: r.manifestDigest,
+      topDigest: r.topDigest,
+      layers: m.layers.map((l) => l.digest),
+      erofs: `${id.slice(7)}.erofs`,
+      createdAt: Date.now(),
+    };
+    const e = { stored, config };
+    this.images.set(id, e);
+    return e;
+  }
+
+  private async erofsExists(s: StoredImage): Promise<boolean> {
+    return fsp.access(path.join(this.erofsDir, s.erofs)).then(() => true, () => false);
+  }
+
+  /**
+   * Downloads the layers (a few at a time) and applies each, in order, as soon as it and all
+   * before it are present; then builds the erofs file.
+   */
+  private async build(id: string, session: RepositorySession, r: ResolvedImage, diffIds: string[]): Promise<void> {
+    const layers = r.manifest.layers;
+    const abort = new AbortController();
+    const downloads = this.downloadAll(session, layers, abort.signal);
+    downloads.forEach((p) => p.catch(() => undefined)); // failures surface in order below
+    const work = path.join(this.tmpDir, `unpack-${id.slice(7, 19)}-${randomBytes(4).toString('hex')}`);
+    const rootfs = path.join(work, 'rootfs');
+    await fsp.mkdir(rootfs, { recursive: true, mode: 0o700 });
+    await fsp.chmod(rootfs, 0o755);
+    const t0 = Date.now();
+    try {
+      const builder = new RootfsBuilder(rootfs, this.log, this.limits);
+      for (let i = 0; i < layers.length; i++) {
+        const tWait = Date.now();
+        await downloads[i];
+        const tApply = Date.now();
+        try {
+          await builder.applyLayerFile(this.content.path(layers[i].digest), diffIds[i], layers[i].digest);
+          this.log.debug({ id, layer: layers[i].digest, waitMs: tApply - tWait, applyMs: Date.now() - tApply }, 'layer applied');
+        } catch (e: any) {
+          if (e instanceof UnsafeArchiveError) throw new CriError(Code.FAILED_PRECONDITION, `layer ${layers[i].digest} refused: ${e.message}`);
+          throw internal(`applying layer ${layers[i].digest}: ${e?.message ?? e}`);
+        }
+      }
+      await builder.finish();
+      const t1 = Date.now();
+      await buildErofs(rootfs, path.join(this.erofsDir, `${id.slice(7)}.erofs`), { compression: this.opts.erofsCompression ?? 'none' });
+      this.log.info({ id, layers: layers.length, unpackMs: t1 - t0, erofsMs: Date.now() - t1 }, 'image built');
+    } catch (e) {
+      abort.abort();
+      throw e;
+    } finally {
+      await fsp.rm(work, { recursive: true, force: true });
+    }
+  }
+
+  private downloadAll(session: RepositorySession, layers: Descriptor[], signal: AbortSignal): Promise<void>[] {
+    const limit = Math.max(1, this.opts.downloadConcurrency ?? 3);
+    let active = 0;
+    const waiting: (() => void)[] = [];
+    const slot = async () => {
+      if (active >= limit) await new Promise<void>((r) => waiting.push(r));
+      active++;
+    };
+    const free = () => {
+      active--;
+      waiting.shift()?.();
+    };
+    return layers.map(async (l) => {
+      if (await this.content.has(l)) return;
+      await slot();
+      try {
+        if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+        let lastPct = -1;
+        await this.content.ingest(
+          l,
+          async () => (await session.openBlob(l)).body,
+          l.size >= PROGRESS_MIN_BYTES
+            ? (done, total) => {
+                const pct = Math.floor((done * 100) / total / 10) * 10;
+                if (pct !== lastPct) {
+                  lastPct = pct;
+                  this.log.info({ blob: l.digest, pct, bytes: done, total }, 'downloading layer');
+                }
+              }
+            : undefined,
+        );
+      } finally {
+        free();
+      }
+    });
+  }
+
+  // ---- removal and in-use tracking -----------------------------------------------------
+
+  async remove(refOrId: string): Promise<void> {
+    const hit = this.lookup(refOrId);
+    if (!hit) return;
+    const s = hit.entry.stored;
+    if (hit.kind === 'id') {
+      s.repoTags = [];
+      s.repoDigests = [];
+    } else if (hit.kind === 'tag') {
+      s.repoTags = s.repoTags.filter((t) => t !== hit.name);
+      // Removing the last tag removes the image, as `docker rmi`/`crictl rmi` users expect.
+      if (s.repoTags.length === 0) s.repoDigests = [];
+    } else {
+      s.repoDigests = s.repoDigests.filter((d) => d !== hit.name);
+    }
+    if (s.repoTags.length === 0 && s.repoDigests.length === 0) this.markDeleted(hit.entry);
+    await this.save();
+    await this.reap(s.id);
+  }
+
+  private markDeleted(e: Entry): void {
+    e.stored.deleted = true;
+    e.stored.repoTags = [];
+    e.stored.repoDigests = [];
+  }
+
+  /** Deletes a hidden image's files once no container uses it. */
+  private async reap(id: string): Promise<void> {
+    const e = this.images.get(id);
+    if (!e || !e.stored.deleted || this.busy(id)) return;
+    this.images.delete(id);
+    await this.save();
+    await fsp.rm(path.join(this.erofsDir, e.stored.erofs), { force: true });
+    await this.collectGarbage(false);
+    this.log.info({ id }, 'image deleted');
+  }
+
+  acquire(id: string): void {
+    const e = this.lookup(id)?.entry ?? this.images.get(id);
+    const key = e?.stored.id ?? id;
+    this.inUse.set(key, (this.inUse.get(key) ?? 0) + 1);
+  }
+
+  release(id: string): void {
+    const e = this.lookup(id)?.entry ?? this.images.get(id);
+    const key = e?.stored.id ?? id;
+    const n = (this.inUse.get(key) ?? 0) - 1;
+    if (n > 0) {
+      this.inUse.set(key, n);
+      return;
+    }
+    this.inUse.delete(key);
+    this.reap(key).catch((err) => this.log.error({ id: key, err: err.message }, 'deferred image delete failed'));
+  }
+
+  private busy(id: string): boolean {
+    return (this.inUse.get(id) ?? 0) > 0 || this.building.has(id) || this.pulling.has(id);
+  }
+
+  /**
+   * Deletes blobs and erofs files that no image refers to. With `dropRemoved`, also images
+   * that were removed while in use and that no container holds now: after a restart, call it
+   * once the existing containers have re-acquired their images (init() keeps them).
+   */
+  async collectGarbage(dropRemoved = true): Promise<void> {
+    if (dropRemoved) {
+      let changed = false;
+      for (const [id, e] of this.images) {
+        if (e.stored.deleted && !this.busy(id)) {
+          this.images.delete(id);
+          changed = true;
+        }
+      }
+      if (changed) await this.save();
+    }
+    const keepBlobs = new Set<string>();
+    const keepErofs = new Set<string>();
+    for (const e of this.images.values()) {
+      keepBlobs.add(e.stored.id).add(e.stored.manifestDigest).add(e.stored.topDigest);
+      e.stored.layers.forEach((l) => keepBlobs.add(l));
+      keepErofs.add(e.stored.erofs);
+    }
+    // A pull in progress owns blobs not yet in any record: skip the blob sweep meanwhile.
+    if (this.activePulls === 0) {
+      for (const d of await this.content.list()) if (!keepBlobs.has(d)) await this.content.delete(d);
+    }
+    for (const f of await fsp.readdir(this.erofsDir).catch(() => [] as string[])) {
+      if (f.endsWith('.erofs') && !keepErofs.has(f) && !this.busy(`sha256:${f.slice(0, 64)}`)) await fsp.rm(path.join(this.erofsDir, f), { force: true });
+    }
+  }
+
+  private save(): Promise<void> {
+    return this.meta.save([...this.images.values()].map((e) => e.stored));
+  }
+
+  // ---- filesystem usage -----------------------------------------------------------------
+
+  async fsInfo(): Promise<{ mountpoint: string; usedBytes: number; inodesUsed: number; timestamp: number }> {
+    const u = await dirUsage(this.root);
+    return { mountpoint: this.root, usedBytes: u.bytes, inodesUsed: u.inodes, timestamp: Date.now() };
+  }
+}
+
+/** Disk bytes (allocated blocks) and inodes used under `dir`, not crossing into other filesystems. */
+export async function dirUsage(dir: string): Promise<{ bytes: number; inodes: number }> {
+  let bytes = 0;
+  let inodes = 0;
+  const seen = new Set<string>();
+  const rootDev = (await fsp.lstat(dir)).dev;
+  const walk = async (p: string): Promise<void> => {
+    let st;
+    try {
+      st = await fsp.lstat(p);
+    } catch {
+      return;
+    }
+    if (st.dev !== rootDev) return;
+    const key = `${st.ino}`;
+    if (!seen.has(key)) {
+      seen.add(key);
+      bytes += st.blocks * 512;
+      inodes++;
+    }
+    if (st.isDirectory()) {
+      const names = await fsp.readdir(p).catch(() => [] as string[]);
+      for (const n of names) await walk(path.join(p, n));
+    }
+  };
+  await walk(dir);
+  return { bytes, inodes };
+}
