@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp /tmp/podvisor-jest-XXXX.json)
-npx jest --ci --runInBand --json --outputFile="$out" "$@"
+npx jest --ci --runInBand --forceExit --json --outputFile="$out" "$@"
 rc=$?
 node -e '
   const r = require(process.argv[1]);

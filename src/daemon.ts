@@ -1,8 +1,9 @@
 // Wires the daemon together: config → hypervisor → images → pods/containers → gRPC server.
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import type { Config } from './config/config';
+import { Config, packageRoot } from './config/config';
 import { containerHandlers } from './cri/container';
 import { imageHandlers } from './cri/image';
 import { runtimeInfoHandlers } from './cri/runtime-info';
@@ -14,11 +15,13 @@ import { SandboxManager } from './runtime/sandboxes';
 import { startServer } from './server';
 import { chooseAccelerator } from './vm/accel';
 import { QemuHypervisor } from './vm/qemu';
+import { CniNetwork } from '../network/cni-network';
 
-export const VERSION: string = require('../package.json').version;
+export const VERSION: string = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')).version;
 
 export class Daemon {
   private server?: grpc.Server;
+  private network?: CniNetwork;
 
   constructor(readonly cfg: Config, readonly logger: Logger) {}
 
@@ -32,13 +35,14 @@ export class Daemon {
 
     const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned });
     await images.init();
-    const sandboxes = new SandboxManager(cfg, hypervisor, logger);
+    const network = new CniNetwork({ confDir: cfg.cni.confDir, binDirs: cfg.cni.binDirs, logger, cacheDir: path.join(cfg.root, 'cni') });
+    this.network = network;
+    const sandboxes = new SandboxManager(cfg, hypervisor, network, logger);
     const containers = new ContainerManager(cfg.root, sandboxes, images, logger);
     await containers.restore(); // re-acquires the images of existing containers
     await images.collectGarbage();
     await sandboxes.restore();
 
-    const network = { ready: () => ({ ready: false, reason: 'NetworkPluginNotReady', message: 'podvisor: no CNI network configured yet' }) };
     const runtime = {
       ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, hypervisor, network, config: cfg }),
       ...sandboxHandlers(sandboxes, containers),
@@ -53,6 +57,7 @@ export class Daemon {
     const server = this.server;
     if (!server) return;
     await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    this.network?.close();
     await fsp.rm(this.cfg.socket, { force: true });
   }
 }

@@ -22,6 +22,8 @@ export class TestDaemon {
   readonly state: string;
   readonly logs: string;
   readonly configFile: string;
+  /** CNI conf dir of this daemon: empty (pods get loopback only) until a test writes a conflist */
+  readonly cniConfDir: string;
   private proc?: ChildProcess;
   private runtimeClient?: grpc.Client;
   private imageClient?: grpc.Client;
@@ -33,6 +35,7 @@ export class TestDaemon {
     this.state = path.join(dir, 'state');
     this.logs = path.join(dir, 'logs');
     this.configFile = path.join(dir, 'config.toml');
+    this.cniConfDir = path.join(dir, 'cni');
   }
 
   static async start(opts: DaemonOptions = {}): Promise<TestDaemon> {
@@ -44,7 +47,10 @@ export class TestDaemon {
       fs.mkdirSync(path.join(certsd, 'certs.d', host), { recursive: true });
       fs.writeFileSync(path.join(certsd, 'certs.d', host, 'hosts.toml'), `server = "${server}"\n\n[host."${server}"]\n  capabilities = ["pull", "resolve"]\n`);
     }
-    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\n[image]\nconfig_dir = "${certsd}"\n${opts.configToml ?? ''}`);
+    fs.mkdirSync(d.cniConfDir);
+    // PODVISOR_GUEST_DIR: test another guest build than build/guest
+    const guest = process.env.PODVISOR_GUEST_DIR ? `kernel = "${process.env.PODVISOR_GUEST_DIR}/vmlinux"\ninitramfs = "${process.env.PODVISOR_GUEST_DIR}/initramfs.img"\n` : '';
+    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\n${guest}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
     await d.launch();
     return d;
   }

@@ -28,6 +28,17 @@ export interface Config {
     configDir: string;
     pinned: string[];
   };
+  cni: {
+    confDir: string;
+    binDirs: string[];
+  };
+  streaming: {
+    address: string;
+    /** 0 = any free port */
+    port: number;
+    tlsCert: string;
+    tlsKey: string;
+  };
 }
 
 /** Where the project's built guest lives when running from a checkout. */
@@ -58,6 +69,8 @@ export function defaultConfig(): Config {
       stopTimeoutS: 10,
     },
     image: { configDir: '/etc/podvisor', pinned: [] },
+    cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
+    streaming: { address: '127.0.0.1', port: 0, tlsCert: '', tlsKey: '' },
   };
 }
 
@@ -81,6 +94,9 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   stop_timeout_s: 'stopTimeoutS',
 };
 const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
+const CNI_KEYS: Record<string, keyof Config['cni']> = { conf_dir: 'confDir', bin_dirs: 'binDirs' };
+const STREAMING_KEYS: Record<string, keyof Config['streaming']> = { address: 'address', port: 'port', tls_cert: 'tlsCert', tls_key: 'tlsKey' };
+const TABLES: Record<string, Record<string, string>> = { vm: VM_KEYS, image: IMAGE_KEYS, cni: CNI_KEYS, streaming: STREAMING_KEYS };
 
 export class ConfigError extends Error {}
 
@@ -110,12 +126,12 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
     throw new ConfigError(`${file}: ${(err as Error).message}`);
   }
   for (const [k, v] of Object.entries(doc)) {
-    if (k === 'vm' || k === 'image') {
-      const keys: Record<string, string> = k === 'vm' ? VM_KEYS : IMAGE_KEYS;
+    if (k in TABLES) {
+      const keys = TABLES[k];
       if (typeof v !== 'object' || v === null) throw new ConfigError(`${file}: [${k}] must be a table`);
       for (const [sk, sv] of Object.entries(v)) {
         if (!(sk in keys)) throw new ConfigError(`${file}: unknown key ${k}.${sk}`);
-        assign(cfg[k], keys[sk], sv, `${file}: ${k}.${sk}`);
+        assign((cfg as any)[k], keys[sk], sv, `${file}: ${k}.${sk}`);
       }
     } else if (k in TOML_KEYS) {
       assign(cfg, TOML_KEYS[k][0] as string, v, `${file}: ${k}`);

@@ -63,7 +63,7 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
       return {
         status: {
           ...summary(rec),
-          network: { ip: '', additional_ips: [] },
+          network: { ip: rec.network?.ips[0] ?? '', additional_ips: (rec.network?.ips.slice(1) ?? []).map((ip) => ({ ip })) },
           linux: { namespaces: { options: namespaceOptions(rec) } },
         },
         info,

@@ -1,4 +1,5 @@
 // What podvisor persists about pods and containers (one JSON file each, see store/).
+import type { PodNetwork } from '../../network/network-driver';
 import type { VmInfo } from '../vm/hypervisor';
 
 export type SandboxState = 'SANDBOX_READY' | 'SANDBOX_NOTREADY';
@@ -21,6 +22,8 @@ export interface SandboxRecord {
   /** image id → where it is mounted in this pod's guest */
   images: Record<string, ImageMount>;
   agentVersion: string;
+  /** the pod's CNI network while it is set up */
+  network: PodNetwork | null;
 }
 
 export interface ContainerRecord {

@@ -9,6 +9,7 @@ import type { Logger } from '../log';
 import { RecordStore } from '../store/record-store';
 import type { Config } from '../config/config';
 import type { Hypervisor } from '../vm/hypervisor';
+import type { NetworkDriver, PodNetworkRequest } from '../../network/network-driver';
 import { KeyedMutex } from './lock';
 import { PodVm } from './pod-vm';
 import { labelsMatch, SandboxRecord } from './records';
@@ -45,6 +46,19 @@ export function vmSize(config: any, vm: Config['vm']): { vcpus: number; memoryMi
   };
 }
 
+function networkRequest(rec: SandboxRecord): PodNetworkRequest {
+  const c = rec.config;
+  return {
+    sandboxId: rec.id,
+    name: c.metadata.name,
+    namespace: c.metadata.namespace,
+    uid: c.metadata.uid,
+    portMappings: c.port_mappings ?? [],
+    annotations: c.annotations ?? {},
+    dns: c.dns_config ? { servers: c.dns_config.servers ?? [], searches: c.dns_config.searches ?? [], options: c.dns_config.options ?? [] } : undefined,
+  };
+}
+
 export class SandboxManager {
   readonly sandboxes = new Map<string, Sandbox>();
   readonly lock = new KeyedMutex();
@@ -54,6 +68,7 @@ export class SandboxManager {
   constructor(
     private readonly cfg: Config,
     private readonly hv: Hypervisor,
+    private readonly network: NetworkDriver,
     private readonly logger: Logger,
   ) {
     this.store = new RecordStore(path.join(cfg.root, 'sandboxes'));
@@ -111,6 +126,7 @@ export class SandboxManager {
       vm: null,
       images: {},
       agentVersion: '',
+      network: null,
     };
     const sb: Sandbox = { rec, pod: undefined };
     return this.lock.run(id, async () => {
@@ -124,6 +140,7 @@ export class SandboxManager {
       } catch (err) {
         this.logger.error({ sandbox: id, err: (err as Error).message }, 'pod sandbox failed to start');
         await sb.pod?.stop(1000).catch(() => undefined);
+        await this.tearDownNetwork(sb).catch((e) => this.logger.error({ sandbox: id, err: e.message }, 'network teardown after a failed start'));
         this.sandboxes.delete(id);
         await this.store.delete(id).catch(() => undefined);
         await fsp.rm(this.dir(id), { recursive: true, force: true });
@@ -138,7 +155,13 @@ export class SandboxManager {
     const share = path.join(dir, 'shared');
     await fsp.mkdir(share, { recursive: true, mode: 0o700 });
     const size = vmSize(config, this.cfg.vm);
-    const vm = await this.hv.start({ id, dir, sharePath: share, ...size });
+    if (this.network.ready().ready) {
+      sb.rec.network = await this.network.setUp(networkRequest(sb.rec));
+    } else {
+      this.logger.warn({ sandbox: id, why: this.network.ready().message }, 'no pod network configured: the pod gets loopback only');
+    }
+    const net = sb.rec.network;
+    const vm = await this.hv.start({ id, dir, sharePath: share, ...size, network: net ? { netnsPath: net.netnsPath, nics: net.nics } : undefined });
     sb.rec.vm = vm.info;
     const pod = new PodVm(vm, share, this.logger);
     sb.pod = pod;
@@ -151,6 +174,13 @@ export class SandboxManager {
       ? { servers: config.dns_config.servers ?? [], searches: config.dns_config.searches ?? [], options: config.dns_config.options ?? [] }
       : null;
     await pod.setup({ hostname, dns, sysctls: config.linux?.sysctls ?? {} });
+    if (net) await pod.agent.call('network.configure', { interfaces: net.interfaces, routes: net.routes });
+  }
+
+  private async tearDownNetwork(sb: Sandbox): Promise<void> {
+    if (!sb.rec.network) return;
+    await this.network.tearDown(networkRequest(sb.rec), sb.rec.network);
+    sb.rec.network = null;
   }
 
   private watchExit(sb: Sandbox, pod: PodVm): void {
@@ -175,6 +205,7 @@ export class SandboxManager {
       sb.rec.state = 'SANDBOX_NOTREADY';
       await this.hooks.vmGone(sb.rec.id);
       sb.rec.images = {};
+      await this.tearDownNetwork(sb);
       await this.save(sb);
     });
   }
