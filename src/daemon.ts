@@ -15,9 +15,18 @@ import { SandboxManager } from './runtime/sandboxes';
 import { startServer } from './server';
 import { chooseAccelerator } from './vm/accel';
 import { QemuHypervisor } from './vm/qemu';
+import { TemplateManager } from './vm/templates';
 import { CniNetwork } from '../network/cni-network';
 
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')).version;
+
+/** Identifies the guest build: templates made from another kernel or agent are never cloned. */
+export function guestDigest(cfg: Config): string {
+  return [cfg.vm.kernel, cfg.vm.initramfs].map((f) => {
+    const st = fs.statSync(f);
+    return `${f}:${st.size}:${Math.trunc(st.mtimeMs)}`;
+  }).join('|');
+}
 
 export class Daemon {
   private server?: grpc.Server;
@@ -32,6 +41,16 @@ export class Daemon {
     const qemuOpts = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
     const hypervisor = new QemuHypervisor({ ...qemuOpts, accelerator });
+    if (cfg.vm.template) {
+      const templates = new TemplateManager({
+        dir: cfg.vm.templateDir,
+        qemu: { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, accelerator },
+        guestDigest: () => guestDigest(cfg),
+        logger,
+      });
+      hypervisor.templates = templates;
+      this.prebuild(templates);
+    }
 
     const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned });
     await images.init();
@@ -50,6 +69,18 @@ export class Daemon {
     };
     this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger);
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION }, 'podvisor serving CRI');
+  }
+
+  /** Builds the configured size classes in the background: pods never wait on this. */
+  private prebuild(templates: TemplateManager): void {
+    for (const cls of this.cfg.vm.prebuildTemplates) {
+      const [vcpus, memoryMiB, nics = 0] = cls.split('x').map(Number);
+      if (!(vcpus > 0 && memoryMiB > 0)) {
+        this.logger.error({ cls }, 'bad template size class in config (want <vcpus>x<MiB>[x<nics>])');
+        continue;
+      }
+      templates.ensure({ vcpus, memoryMiB, nics }).catch((err) => this.logger.error({ cls, err: err.message }, 'template prebuild failed'));
+    }
   }
 
   /** Stops serving. Pod VMs keep running: a restarted daemon picks them up again. */

@@ -14,6 +14,8 @@ export interface DaemonOptions {
   configToml?: string;
   /** certs.d hosts to configure: host → server URL */
   registries?: Record<string, string>;
+  /** start pods from VM templates (the default) or cold-boot them */
+  templates?: boolean;
 }
 
 export class TestDaemon {
@@ -24,6 +26,8 @@ export class TestDaemon {
   readonly configFile: string;
   /** CNI conf dir of this daemon: empty (pods get loopback only) until a test writes a conflist */
   readonly cniConfDir: string;
+  /** on tmpfs, like the real default */
+  readonly templateDir: string;
   private proc?: ChildProcess;
   private runtimeClient?: grpc.Client;
   private imageClient?: grpc.Client;
@@ -36,6 +40,7 @@ export class TestDaemon {
     this.logs = path.join(dir, 'logs');
     this.configFile = path.join(dir, 'config.toml');
     this.cniConfDir = path.join(dir, 'cni');
+    this.templateDir = path.join('/dev/shm', path.basename(dir));
   }
 
   static async start(opts: DaemonOptions = {}): Promise<TestDaemon> {
@@ -50,7 +55,7 @@ export class TestDaemon {
     fs.mkdirSync(d.cniConfDir);
     // PODVISOR_GUEST_DIR: test another guest build than build/guest
     const guest = process.env.PODVISOR_GUEST_DIR ? `kernel = "${process.env.PODVISOR_GUEST_DIR}/vmlinux"\ninitramfs = "${process.env.PODVISOR_GUEST_DIR}/initramfs.img"\n` : '';
-    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\n${guest}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
+    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\ntemplate = ${opts.templates ?? true}\ntemplate_dir = "${d.templateDir}"\n${guest}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
     await d.launch();
     return d;
   }
@@ -129,6 +134,7 @@ export class TestDaemon {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
     fs.rmSync(this.dir, { recursive: true, force: true });
+    fs.rmSync(this.templateDir, { recursive: true, force: true });
   }
 }
 

@@ -22,6 +22,12 @@ export interface Config {
     maxMemoryMiB: number;
     bootTimeoutS: number;
     stopTimeoutS: number;
+    /** start pods as clones of VM templates (falls back to cold boot) */
+    template: boolean;
+    /** on tmpfs: template RAM lives here */
+    templateDir: string;
+    /** size classes to build at start, "<vcpus>x<MiB>" or "<vcpus>x<MiB>x<nics>" */
+    prebuildTemplates: string[];
   };
   image: {
     /** directory holding certs.d/<host>/hosts.toml */
@@ -67,6 +73,9 @@ export function defaultConfig(): Config {
       maxMemoryMiB: 16384,
       bootTimeoutS: 30,
       stopTimeoutS: 10,
+      template: true,
+      templateDir: '/dev/shm/podvisor/templates',
+      prebuildTemplates: [],
     },
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
@@ -92,6 +101,9 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   max_memory_mib: 'maxMemoryMiB',
   boot_timeout_s: 'bootTimeoutS',
   stop_timeout_s: 'stopTimeoutS',
+  template: 'template',
+  template_dir: 'templateDir',
+  prebuild_templates: 'prebuildTemplates',
 };
 const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
 const CNI_KEYS: Record<string, keyof Config['cni']> = { conf_dir: 'confDir', bin_dirs: 'binDirs' };

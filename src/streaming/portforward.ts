@@ -50,8 +50,8 @@ export function servePortForwardSpdy(
     } catch (err) {
       log.info({ err: (err as Error).message, sandbox: req.sandboxId, port }, 'port-forward failed');
       if (!error.destroyed) error.write(forwardError(port ?? 0, req.sandboxId, err));
-      if (!data.destroyed) data.destroy();
     }
+    // as kubelet: both streams are closed (FIN, not reset) whatever happened
     if (!data.destroyed && !data.writableEnded) data.end();
     if (!error.destroyed && !error.writableEnded) error.end();
   };

@@ -216,7 +216,6 @@ export class SpdySession extends EventEmitter {
   private async onSynStream(f: ControlFrame): Promise<void> {
     const id = f.body.readUInt32BE(0) & 0x7fffffff;
     const headers = await this.compression.decompress(f.body.subarray(10));
-    this.log.debug({ id, headers, last: this.lastStreamId }, 'SYN_STREAM');
     if (id % 2 === 0 || id <= this.lastStreamId) {
       void this.enqueue(() => rstStreamFrame(id, RstStatus.PROTOCOL_ERROR));
       return;

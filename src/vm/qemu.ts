@@ -40,13 +40,30 @@ export function kernelCmdline(extra: string): string {
   return parts.join(' ');
 }
 
-export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator'>): string[] {
+/**
+ * How a VM comes to life. A template keeps its RAM in a shared file on tmpfs; a clone maps that
+ * file privately (copy-on-write: the template file is never written) and restores the device
+ * state saved with x-ignore-shared.
+ */
+export type Boot =
+  | { mode: 'cold' }
+  | { mode: 'template'; memPath: string }
+  | { mode: 'clone'; memPath: string; statePath: string };
+
+// Bump when the device layout below changes: templates are keyed on it.
+export const DEVICE_LAYOUT_VERSION = 1;
+
+export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator'>, boot: Boot = { mode: 'cold' }): string[] {
   const f = (name: string) => path.join(spec.dir, name);
   const accel = o.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,tb-size=16', '-cpu', 'max'];
+  const mem = boot.mode === 'cold' ? [] : [
+    '-object', `memory-backend-file,id=mem,size=${spec.memoryMiB}M,mem-path=${boot.memPath},share=${boot.mode === 'template' ? 'on' : 'off'}`,
+  ];
   const args = [
     '-name', `podvisor-${spec.id},process=podvisor-${spec.id.slice(0, 12)}`,
-    '-M', 'microvm,x-option-roms=off,rtc=on',
+    '-M', `microvm,x-option-roms=off,rtc=on${boot.mode === 'cold' ? '' : ',memory-backend=mem'}`,
     ...accel,
+    ...mem,
     '-m', `${spec.memoryMiB}M`,
     '-smp', String(spec.vcpus),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
@@ -70,6 +87,7 @@ export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramf
     args.push('-netdev', `tap,id=net${i},ifname=${nic.tap},script=no,downscript=no`);
     args.push('-device', `virtio-net-device,netdev=net${i},mac=${nic.mac}`);
   });
+  if (boot.mode === 'clone') args.push('-incoming', 'defer');
   return args;
 }
 
@@ -91,8 +109,27 @@ export class QemuHypervisor implements Hypervisor {
     return undefined;
   }
 
+  /** Set by the daemon when templates are on: start() then clones when it can. */
+  templates?: { cloneSource(spec: VmSpec): Promise<{ memPath: string; statePath: string } | undefined>; failed(spec: VmSpec, err: Error): void };
+
   async start(spec: VmSpec): Promise<Vm> {
-    const args = qemuArgs(spec, this.o);
+    const src = await this.templates?.cloneSource(spec).catch(() => undefined);
+    if (src) {
+      try {
+        return await this.launch(spec, { mode: 'clone', ...src });
+      } catch (err) {
+        this.o.logger.warn({ sandbox: spec.id, err: (err as Error).message }, 'clone from template failed: cold boot instead');
+        this.templates?.failed(spec, err as Error);
+        await fsp.rm(path.join(spec.dir, 'qmp.sock'), { force: true });
+        await fsp.rm(path.join(spec.dir, 'agent.sock'), { force: true });
+      }
+    }
+    return this.launch(spec, { mode: 'cold' });
+  }
+
+  /** Spawns QEMU and connects QMP; a clone is restored and running when this resolves. */
+  async launch(spec: VmSpec, boot: Boot): Promise<QemuVm> {
+    const args = qemuArgs(spec, this.o, boot);
     const out = fs.openSync(path.join(spec.dir, 'qemu.log'), 'a');
     // QEMU gets a mount namespace of its own (slave: host mounts still reach it). The binds
     // that feed the 9p share are made inside it, so nothing is ever mounted in the host's
@@ -109,7 +146,7 @@ export class QemuHypervisor implements Hypervisor {
       id: spec.id,
       pid: child.pid ?? -1,
       accelerator: this.o.accelerator,
-      bootMode: 'cold',
+      bootMode: boot.mode === 'clone' ? 'clone' : 'cold',
       dir: spec.dir,
       agentSocket: path.join(spec.dir, 'agent.sock'),
       qmpSocket: path.join(spec.dir, 'qmp.sock'),
@@ -124,8 +161,17 @@ export class QemuHypervisor implements Hypervisor {
       try { process.kill(info.pid, 'SIGKILL'); } catch { /* gone */ }
       throw err;
     }
-    this.o.logger.info({ sandbox: spec.id, pid: info.pid, accel: info.accelerator, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB }, 'VM started');
-    return new QemuVm(info, qmp, exited);
+    const vm = new QemuVm(info, qmp, exited);
+    if (boot.mode === 'clone') {
+      try {
+        await restoreClone(qmp, boot.statePath);
+      } catch (err) {
+        await vm.stop(0);
+        throw err;
+      }
+    }
+    this.o.logger.info({ sandbox: spec.id, pid: info.pid, accel: info.accelerator, boot: info.bootMode, vcpus: spec.vcpus, memoryMiB: spec.memoryMiB }, 'VM started');
+    return vm;
   }
 
   async reconnect(info: VmInfo): Promise<Vm | undefined> {
@@ -145,11 +191,31 @@ export class QemuHypervisor implements Hypervisor {
   }
 }
 
-class QemuVm implements Vm {
+/** Loads a template's device state into a clone started with `-incoming defer`, then runs it. */
+async function restoreClone(qmp: QmpClient, statePath: string): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const st = await qmp.execute('query-status');
+    if (st.status !== 'inmigrate') break;
+    if (Date.now() > deadline) throw new Error('template state did not load within 10 s');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const mig = await qmp.execute('query-migrate');
+  if (mig.status === 'failed') throw new Error(`loading template state failed: ${mig['error-desc'] ?? 'unknown error'}`);
+  await qmp.execute('cont');
+}
+
+export function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+export class QemuVm implements Vm {
   private dead = false;
   private nextScsiId: number;
 
-  constructor(readonly info: VmInfo, private readonly qmp: QmpClient, readonly exited: Promise<void>) {
+  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>) {
     exited.then(() => {
       this.dead = true;
       qmp.close();

@@ -1,0 +1,227 @@
+// VM templates: a booted, paused VM whose RAM lives in a file on tmpfs and whose device state is
+// saved with x-ignore-shared. Pods then start as private copy-on-write clones of it in ~0.1 s
+// and share the template's untouched pages. A template is keyed by everything a clone must
+// match; any change means a new template, never a broken clone.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import writeFileAtomic from 'write-file-atomic';
+import { AgentClient } from '../agent/client';
+import { PROTOCOL_VERSION } from '../agent/protocol';
+import { run } from '../runtime/exec-file';
+import type { Logger } from '../log';
+import type { VmSpec } from './hypervisor';
+import { DEVICE_LAYOUT_VERSION, QemuHypervisor, QemuOptions, QemuVm, shellQuote } from './qemu';
+
+/** The MAC every template NIC has; a clone's agent sets the pod's own MAC. */
+export const TEMPLATE_MAC = '02:50:56:00:00:01';
+
+export interface SizeClass {
+  vcpus: number;
+  memoryMiB: number;
+  nics: number;
+}
+
+export interface TemplateMeta extends SizeClass {
+  key: string;
+  createdAt: string;
+  inputs: Record<string, string>;
+  buildMs: number;
+}
+
+export interface TemplateOptions {
+  /** on tmpfs, e.g. /dev/shm/podvisor/templates */
+  dir: string;
+  qemu: Omit<QemuOptions, 'logger'>;
+  /** versions of the guest build (sha256 of kernel, initramfs) */
+  guestDigest: () => string;
+  logger: Logger;
+}
+
+function fileDigest(file: string): string {
+  const st = fs.statSync(file);
+  return `${st.size}:${Math.trunc(st.mtimeMs)}`;
+}
+
+export class TemplateManager {
+  private readonly builds = new Map<string, Promise<TemplateMeta>>();
+  private readonly broken = new Set<string>();
+
+  constructor(private readonly o: TemplateOptions) {}
+
+  sizeOf(spec: VmSpec): SizeClass {
+    return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, nics: spec.network?.nics.length ?? 0 };
+  }
+
+  /** Everything that must match for a clone to be valid. */
+  keyInputs(size: SizeClass): Record<string, string> {
+    return {
+      qemu: `${this.o.qemu.binary}:${fileDigest(this.o.qemu.binary)}`,
+      guest: this.o.guestDigest(),
+      kernelArgs: this.o.qemu.kernelArgs,
+      layout: String(DEVICE_LAYOUT_VERSION),
+      accel: this.o.qemu.accelerator,
+      cpu: this.o.qemu.accelerator === 'kvm' ? 'host' : 'max',
+      size: `${size.vcpus}x${size.memoryMiB}x${size.nics}`,
+    };
+  }
+
+  keyOf(size: SizeClass): string {
+    return crypto.createHash('sha256').update(JSON.stringify(this.keyInputs(size))).digest('hex').slice(0, 32);
+  }
+
+  private paths(key: string) {
+    const dir = path.join(this.o.dir, key);
+    return { dir, mem: path.join(dir, 'mem'), state: path.join(dir, 'state'), meta: path.join(dir, 'meta.json') };
+  }
+
+  /** The template to clone for this VM, built first if needed; undefined = cold boot. */
+  async cloneSource(spec: VmSpec): Promise<{ memPath: string; statePath: string } | undefined> {
+    const size = this.sizeOf(spec);
+    const key = this.keyOf(size);
+    if (this.broken.has(key)) return undefined;
+    try {
+      await this.ensure(size);
+    } catch (err) {
+      this.o.logger.warn({ key, err: (err as Error).message }, 'template build failed: pods of this size cold-boot');
+      this.broken.add(key);
+      setTimeout(() => this.broken.delete(key), 60_000).unref(); // try again later
+      return undefined;
+    }
+    const p = this.paths(key);
+    return { memPath: p.mem, statePath: p.state };
+  }
+
+  /** A clone failed: its template is suspect, so rebuild it next time. */
+  failed(spec: VmSpec): void {
+    const key = this.keyOf(this.sizeOf(spec));
+    if (!this.inUse(key)) fs.rmSync(this.paths(key).dir, { recursive: true, force: true });
+  }
+
+  /** Returns the template for `size`, building it when missing; concurrent callers share one build. */
+  ensure(size: SizeClass): Promise<TemplateMeta> {
+    const key = this.keyOf(size);
+    const existing = this.read(key);
+    if (existing) return Promise.resolve(existing);
+    let build = this.builds.get(key);
+    if (!build) {
+      build = this.build(key, size).finally(() => this.builds.delete(key));
+      this.builds.set(key, build);
+    }
+    return build;
+  }
+
+  /** The template's metadata when all its files are there (a reboot or wiped tmpfs loses them). */
+  read(key: string): TemplateMeta | undefined {
+    const p = this.paths(key);
+    try {
+      const meta = JSON.parse(fs.readFileSync(p.meta, 'utf8')) as TemplateMeta;
+      if (meta.key !== key || !fs.existsSync(p.state) || fs.statSync(p.mem).size !== meta.memoryMiB * 1024 * 1024) return undefined;
+      return meta;
+    } catch {
+      return undefined;
+    }
+  }
+
+  list(): Array<TemplateMeta & { inUse: boolean }> {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(this.o.dir);
+    } catch {
+      return [];
+    }
+    return names.flatMap((k) => {
+      const m = this.read(k);
+      return m ? [{ ...m, inUse: this.inUse(k) }] : [];
+    });
+  }
+
+  /** A template is in use while any QEMU maps its memory file. */
+  inUse(key: string): boolean {
+    const mem = this.paths(key).mem;
+    for (const pid of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`mem-path=${mem},`)) return true;
+      } catch {
+        /* exited meanwhile */
+      }
+    }
+    return false;
+  }
+
+  /** Deletes a template unless a clone still uses it. */
+  async remove(key: string): Promise<boolean> {
+    if (this.inUse(key)) return false;
+    await fsp.rm(this.paths(key).dir, { recursive: true, force: true });
+    return true;
+  }
+
+  private async build(key: string, size: SizeClass): Promise<TemplateMeta> {
+    const t0 = Date.now();
+    const p = this.paths(key);
+    const work = `${p.dir}.build-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
+    await fsp.mkdir(path.join(work, 'share'), { recursive: true, mode: 0o700 });
+    const netns = size.nics ? `pvtpl-${crypto.randomBytes(4).toString('hex')}` : undefined;
+    const hv = new QemuHypervisor({ ...this.o.qemu, logger: this.o.logger });
+    let vm: QemuVm | undefined;
+    try {
+      const nics = [];
+      if (netns) {
+        // The template's NICs need a tap backend; a scratch netns holds it until the snapshot.
+        await run('ip', ['netns', 'add', netns]);
+        for (let i = 0; i < size.nics; i++) {
+          await run('ip', ['netns', 'exec', netns, 'ip', 'tuntap', 'add', 'dev', `tap${i}`, 'mode', 'tap', 'vnet_hdr']);
+          nics.push({ tap: `tap${i}`, mac: i === 0 ? TEMPLATE_MAC : TEMPLATE_MAC.replace(/01$/, (i + 1).toString(16).padStart(2, '0')) });
+        }
+      }
+      const spec: VmSpec = {
+        id: `template-${key}`,
+        dir: work,
+        vcpus: size.vcpus,
+        memoryMiB: size.memoryMiB,
+        sharePath: path.join(work, 'share'),
+        network: netns ? { netnsPath: `/run/netns/${netns}`, nics } : undefined,
+      };
+      vm = await hv.launch(spec, { mode: 'template', memPath: path.join(work, 'mem') });
+      const agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
+      try {
+        const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
+        const res = await Promise.race([
+          agent.call('hello', { protocol: PROTOCOL_VERSION, nonce: key, time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(), entropy: crypto.randomBytes(32).toString('base64'), hostname: 'template' }, 30_000),
+          died,
+        ]);
+        if (res?.nonce !== key) throw new Error('template agent answered hello wrongly');
+      } finally {
+        agent.close();
+      }
+      await vm.qmp.execute('stop');
+      await vm.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+      await vm.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(path.join(work, 'state'))}` });
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const m = await vm.qmp.execute('query-migrate');
+        if (m.status === 'completed') break;
+        if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`saving template state failed: ${m['error-desc'] ?? m.status}`);
+        if (Date.now() > deadline) throw new Error('saving template state timed out');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await vm.stop(2000);
+      vm = undefined;
+      const meta: TemplateMeta = { key, ...size, createdAt: new Date().toISOString(), inputs: this.keyInputs(size), buildMs: Date.now() - t0 };
+      await writeFileAtomic(path.join(work, 'meta.json'), JSON.stringify(meta));
+      await fsp.rm(path.join(work, 'share'), { recursive: true, force: true });
+      for (const f of ['agent.sock', 'qmp.sock', 'qemu.pid']) await fsp.rm(path.join(work, f), { force: true });
+      // Publish atomically: a half-built template is never visible under its key.
+      await fsp.rm(p.dir, { recursive: true, force: true });
+      await fsp.rename(work, p.dir);
+      this.o.logger.info({ key, ...size, buildMs: meta.buildMs }, 'VM template built');
+      return meta;
+    } finally {
+      if (vm) await vm.stop(0).catch(() => undefined);
+      if (netns) await run('ip', ['netns', 'delete', netns]).catch(() => undefined);
+      await fsp.rm(work, { recursive: true, force: true });
+    }
+  }
+}
