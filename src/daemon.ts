@@ -8,6 +8,9 @@ import { containerHandlers } from './cri/container';
 import { imageHandlers } from './cri/image';
 import { runtimeInfoHandlers } from './cri/runtime-info';
 import { sandboxHandlers } from './cri/sandbox';
+import { streamingHandlers } from './cri/streaming';
+import { StreamingServer } from './streaming/server';
+import { RuntimeStreamingBackend } from './runtime/stream-backend';
 import { ImageManager } from './image/manager';
 import type { Logger } from './log';
 import { ContainerManager } from './runtime/containers';
@@ -31,6 +34,7 @@ export function guestDigest(cfg: Config): string {
 export class Daemon {
   private server?: grpc.Server;
   private network?: CniNetwork;
+  private streaming?: StreamingServer;
 
   constructor(readonly cfg: Config, readonly logger: Logger) {}
 
@@ -62,13 +66,22 @@ export class Daemon {
     await images.collectGarbage();
     await sandboxes.restore();
 
+    const streaming = new StreamingServer(new RuntimeStreamingBackend(containers, sandboxes, logger), {
+      address: cfg.streaming.address,
+      port: cfg.streaming.port,
+      tls: cfg.streaming.tlsCert ? { cert: cfg.streaming.tlsCert, key: cfg.streaming.tlsKey } : undefined,
+      logger,
+    });
+    await streaming.start();
+    this.streaming = streaming;
     const runtime = {
       ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, hypervisor, network, config: cfg }),
       ...sandboxHandlers(sandboxes, containers),
       ...containerHandlers(containers, images),
+      ...streamingHandlers(streaming),
     };
     this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger);
-    logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION }, 'podvisor serving CRI');
+    logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');
   }
 
   /** Builds the configured size classes in the background: pods never wait on this. */
@@ -89,6 +102,7 @@ export class Daemon {
     if (!server) return;
     await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
     this.network?.close();
+    await this.streaming?.stop();
     await fsp.rm(this.cfg.socket, { force: true });
   }
 }
