@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { ConfigError, loadConfig } from '../config/config';
 import { Daemon, VERSION } from '../daemon';
 import { createLogger } from '../log';
+import { registerVolumeCommands } from './volume';
 
 const DEFAULT_CONFIG = '/etc/podvisor/config.toml';
 
@@ -48,6 +49,8 @@ program
     process.on('SIGTERM', () => void shutdown('SIGTERM'));
     process.on('SIGINT', () => void shutdown('SIGINT'));
   });
+
+registerVolumeCommands(program);
 
 program.parseAsync(process.argv).catch((err) => {
   process.stderr.write(`podvisor: ${(err as Error).message}\n`);

@@ -1,0 +1,43 @@
+// NFS: nothing on the host at all. The guest kernel mounts the export over the pod network
+// (agent `nfs.mount`: v4.1 by default, v3 with nolock); detach is a guest unmount.
+import type { VolumeDescriptor } from '../descriptor';
+import type { AttachHandle, AttachOptions, PodVolumeTarget, VolumeDriver } from '../volume-driver';
+import { guestUnmount, wrap } from './scsi';
+import { status } from '@grpc/grpc-js';
+
+type NfsDesc = Extract<VolumeDescriptor, { kind: 'nfs' }>;
+
+/** the agent gives up after 15 s without an answer from the server */
+const NFS_MOUNT_TIMEOUT_MS = 40_000;
+
+export class NfsDriver implements VolumeDriver<NfsDesc> {
+  readonly kind = 'nfs' as const;
+
+  async validate(): Promise<void> {
+    // the descriptor check is all: the server is reached from the pod network, not the host's
+  }
+
+  identity(desc: NfsDesc): string {
+    return `nfs:${desc.nfs.server}:${desc.nfs.export}`;
+  }
+
+  async attach(target: PodVolumeTarget, desc: NfsDesc, opts: AttachOptions): Promise<AttachHandle> {
+    const options = desc.mountOptions.filter((o) => o !== 'ro' && o !== 'rw');
+    try {
+      await target.agentCall('nfs.mount', {
+        server: desc.nfs.server, export: desc.nfs.export, version: desc.nfs.version,
+        options: desc.nfs.version === '3' ? [...options, 'nolock'] : options,
+        readonly: opts.readonly, target: opts.guestPath,
+      }, NFS_MOUNT_TIMEOUT_MS);
+    } catch (err) {
+      const code = (err as { code?: string })?.code;
+      throw wrap(`mounting NFS ${desc.nfs.server}:${desc.nfs.export} in the guest`, err,
+        code === 'failed_precondition' || code === 'timeout' ? status.UNAVAILABLE : undefined);
+    }
+    return { kind: 'nfs', guestPath: opts.guestPath, readonly: opts.readonly, mounted: true };
+  }
+
+  async detach(target: PodVolumeTarget, handle: AttachHandle): Promise<void> {
+    if (target.alive() && handle.mounted) await guestUnmount(target, handle.guestPath);
+  }
+}

@@ -1,0 +1,150 @@
+// Shared set-up for the storage tests: a bare QEMU (microvm, no kernel, paused) that only
+// serves QMP, wrapped as a PodVolumeTarget whose agent is a recorder; loop devices that are
+// always detached; and a mount-table snapshot to prove nothing got mounted on the host.
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { QmpClient } from '../../src/vm/qmp';
+import type { PodVolumeTarget } from '../../storage/volume-driver';
+
+export interface AgentCall {
+  method: string;
+  params: Record<string, any>;
+}
+
+export class BareVm implements PodVolumeTarget {
+  /** QEMU's stdout (HMP qemu-io prints there) */
+  static stdout = '';
+  readonly calls: AgentCall[] = [];
+  /** what the fake agent answers; throw to simulate an agent error */
+  agentHandler: (c: AgentCall) => any = () => ({});
+  private readonly used = new Set<number>();
+  private dead = false;
+
+  private constructor(readonly id: string, readonly dir: string, private readonly proc: ChildProcess, readonly client: QmpClient) {
+    proc.once('exit', () => { this.dead = true; });
+  }
+
+  static async start(): Promise<BareVm> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-qemu-'));
+    const sock = path.join(dir, 'qmp.sock');
+    const proc = spawn('qemu-system-x86_64', [
+      '-M', 'microvm', '-accel', 'tcg', '-nodefaults', '-no-user-config', '-nographic', '-S', '-m', '64M',
+      '-device', 'virtio-scsi-device,id=scsi0', '-qmp', `unix:${sock},server=on,wait=off`,
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    proc.stderr!.on('data', (d) => { stderr += d; });
+    proc.stdout!.on('data', (d) => { BareVm.stdout += d; });
+    try {
+      const client = await Promise.race([
+        QmpClient.connect(sock, 15_000),
+        new Promise<never>((_, rej) => proc.once('exit', () => rej(new Error(`qemu exited: ${stderr}`)))),
+      ]);
+      return new BareVm(`bare-${crypto.randomBytes(4).toString('hex')}`, dir, proc, client);
+    } catch (err) {
+      proc.kill('SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  alive(): boolean {
+    return !this.dead;
+  }
+  qmp(command: string, args?: Record<string, unknown>): Promise<any> {
+    return this.client.execute(command, args);
+  }
+  qmpEvent(name: string, timeoutMs: number, match?: (d: any) => boolean): Promise<any> {
+    return this.client.waitEvent(name, timeoutMs, match);
+  }
+  async agentCall(method: string, params: Record<string, unknown>): Promise<any> {
+    const c = { method, params: params as Record<string, any> };
+    this.calls.push(c);
+    return this.agentHandler(c);
+  }
+  allocScsiId(): number {
+    for (let i = 1; i < 256; i++) if (!this.used.has(i)) { this.used.add(i); return i; }
+    throw new Error('no scsi id');
+  }
+  releaseScsiId(id: number): void {
+    this.used.delete(id);
+  }
+  get scsiIdsInUse(): number[] {
+    return [...this.used];
+  }
+
+  /** node names, scsi devices and pvvol objects currently in QEMU */
+  async inventory(): Promise<{ nodes: string[]; devices: string[]; objects: string[]; blocks: string[] }> {
+    const nodes = ((await this.qmp('query-named-block-nodes', { flat: true })) as any[]).map((n) => n['node-name']);
+    const devices = ((await this.qmp('qom-list', { path: '/machine/peripheral' })) as any[]).filter((p) => p.type.startsWith('child<')).map((p) => p.name);
+    const objects = ((await this.qmp('qom-list', { path: '/objects' })) as any[]).map((p) => p.name).filter((n: string) => n.startsWith('pvvol'));
+    const blocks = ((await this.qmp('query-block')) as any[]).map((b) => b.qdev ?? b.device);
+    return { nodes, devices, objects, blocks };
+  }
+
+  async stop(): Promise<void> {
+    if (!this.dead) {
+      await this.client.execute('quit').catch(() => undefined);
+      const t = Date.now();
+      while (!this.dead && Date.now() - t < 3000) await new Promise((r) => setTimeout(r, 20));
+      if (!this.dead) this.proc.kill('SIGKILL');
+      while (!this.dead) await new Promise((r) => setTimeout(r, 20));
+    }
+    this.client.close();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Loop devices backed by sparse temp files; detachAll() must run in afterAll. */
+export class Loops {
+  private readonly devs: string[] = [];
+  private readonly files: string[] = [];
+
+  create(sizeMiB = 16): string {
+    const file = path.join(os.tmpdir(), `pv-loop-${crypto.randomBytes(4).toString('hex')}.img`);
+    fs.writeFileSync(file, '');
+    fs.truncateSync(file, sizeMiB << 20);
+    this.files.push(file);
+    const dev = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim();
+    this.devs.push(dev);
+    return dev;
+  }
+
+  detachAll(): void {
+    for (const d of this.devs.splice(0)) {
+      try { execFileSync('losetup', ['-d', d]); } catch { /* already gone */ }
+    }
+    for (const f of this.files.splice(0)) fs.rmSync(f, { force: true });
+  }
+}
+
+/**
+ * Mount points of this process's namespace (to prove tests mount nothing on the host). Network
+ * namespace handles (nsfs binds under /run/netns, made by `ip netns add` here and by other
+ * suites running alongside) are not storage and are left out.
+ */
+export function mountPoints(): string[] {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
+    .filter((l) => !/ - nsfs /.test(l))
+    .map((l) => l.split(' ')[4]).sort();
+}
+
+export function qemuAvailable(): boolean {
+  try {
+    execFileSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function rbdDriverAvailable(): boolean {
+  try {
+    return execFileSync('qemu-system-x86_64', ['-blockdev', 'help'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).includes('rbd')
+      || fs.existsSync('/usr/lib/x86_64-linux-gnu/qemu/block-rbd.so');
+  } catch {
+    return fs.existsSync('/usr/lib/x86_64-linux-gnu/qemu/block-rbd.so');
+  }
+}
