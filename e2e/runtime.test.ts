@@ -94,7 +94,7 @@ describe('a pod VM with busybox containers', () => {
     expect(st.status.linux.namespaces.options).toMatchObject({ network: 'POD', pid: 'CONTAINER', ipc: 'POD' });
     const info = JSON.parse(st.info.info);
     expect(info.vm.accelerator).toBe('tcg');
-    expect(info.vm.boot).toBe('clone'); // templates are on by default
+    expect(info.vm.boot).toBe(process.env.PODVISOR_TEMPLATES === '0' ? 'cold' : 'clone');
     expect(info.vm.vcpus).toBe(1);
     expect(info.vm.memoryMiB).toBe(256);
     expect(fs.readFileSync(`/proc/${info.vm.pid}/cmdline`, 'utf8')).toContain('qemu-system-x86_64');

@@ -8,6 +8,9 @@ pkgs=(
   skopeo docker-registry apache2-utils openssl  # registry tests
   containernetworking-plugins iptables iproute2 # pod networking
   util-linux procps                             # nsenter, unshare, pgrep
+  zstd                                          # zstd image layers
+  ceph-mon ceph-osd ceph-common librados2 librbd1  # Ceph RBD volumes (tests run a one-node cluster)
+  nfs-ganesha nfs-ganesha-vfs rpcbind           # NFS volumes (tests run a server in a netns)
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -16,5 +19,8 @@ done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
+  # policy-rc.d: package scripts must not start ceph, ganesha or rpcbind services on this host
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

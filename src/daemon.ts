@@ -20,6 +20,7 @@ import { chooseAccelerator } from './vm/accel';
 import { QemuHypervisor } from './vm/qemu';
 import { TemplateManager } from './vm/templates';
 import { CniNetwork } from '../network/cni-network';
+import { VolumeManager } from '../storage/volume-manager';
 
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')).version;
 
@@ -60,8 +61,9 @@ export class Daemon {
     await images.init();
     const network = new CniNetwork({ confDir: cfg.cni.confDir, binDirs: cfg.cni.binDirs, logger, cacheDir: path.join(cfg.root, 'cni') });
     this.network = network;
-    const sandboxes = new SandboxManager(cfg, hypervisor, network, logger);
-    const containers = new ContainerManager(cfg.root, sandboxes, images, logger);
+    const volumes = await VolumeManager.create({ stateDir: path.join(cfg.root, 'storage'), logger });
+    const sandboxes = new SandboxManager(cfg, hypervisor, network, volumes, logger);
+    const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers
     await images.collectGarbage();
     await sandboxes.restore();

@@ -55,7 +55,7 @@ export class TestDaemon {
     fs.mkdirSync(d.cniConfDir);
     // PODVISOR_GUEST_DIR: test another guest build than build/guest
     const guest = process.env.PODVISOR_GUEST_DIR ? `kernel = "${process.env.PODVISOR_GUEST_DIR}/vmlinux"\ninitramfs = "${process.env.PODVISOR_GUEST_DIR}/initramfs.img"\n` : '';
-    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\ntemplate = ${opts.templates ?? true}\ntemplate_dir = "${d.templateDir}"\n${guest}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
+    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
     await d.launch();
     return d;
   }

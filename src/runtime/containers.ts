@@ -8,6 +8,7 @@ import type { AgentStream } from '../agent/client';
 import { deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../cri/errors';
 import type { ImageManager, ImageRecord } from '../image/manager';
 import type { Logger } from '../log';
+import type { VolumeManager } from '../../storage/volume-manager';
 import { RecordStore } from '../store/record-store';
 import { ContainerLog, nowNs } from './container-log';
 import { KeyedMutex } from './lock';
@@ -47,6 +48,7 @@ export class ContainerManager {
     root: string,
     private readonly sandboxes: SandboxManager,
     private readonly images: ImageManager,
+    private readonly volumes: VolumeManager,
     private readonly logger: Logger,
   ) {
     this.store = new RecordStore(path.join(root, 'containers'));
@@ -119,6 +121,7 @@ export class ContainerManager {
       stopSignal: signalNumber(config.stop_signal && config.stop_signal !== 'SIGNAL_RUNTIME_DEFAULT' ? config.stop_signal : image.config?.config?.StopSignal) ?? 15,
       streams: { stdin: 0, stdout: 0, stderr: 0 },
       shareDir: `c/${id}`,
+      volumes: [],
     };
     const live: Live = { rec, exitWaiters: [] };
     this.images.acquire(image.id);
@@ -130,6 +133,16 @@ export class ContainerManager {
         const mounts: GuestMount[] = [];
         let i = 0;
         for (const m of config.mounts ?? []) {
+          // A volume descriptor or block device goes to the VM as a disk (or NFS mount);
+          // everything else reaches the guest through the pod's 9p share.
+          const volume = await this.volumes.classify(m.host_path);
+          if (volume) {
+            if (volume.raw) throw failedPrecondition(`${m.host_path} is a block device: raw device passthrough into containers is not supported yet`);
+            const att = await this.volumes.attach(pod, volume, !!m.readonly);
+            rec.volumes.push(att.key);
+            mounts.push({ destination: m.container_path, source: att.guestPath, readonly: !!m.readonly || att.bindReadonly || att.readonly, propagation: propagation(m.propagation) });
+            continue;
+          }
           await fsp.mkdir(m.host_path, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory
           const guest = await pod.bindIntoShare(m.host_path, `${rec.shareDir}/${i++}`, !!m.readonly);
           mounts.push({ destination: m.container_path, source: guest, readonly: !!m.readonly, propagation: propagation(m.propagation) });
@@ -164,6 +177,7 @@ export class ContainerManager {
       this.containers.delete(id);
       this.images.release(image.id);
       await live.log?.close();
+      await this.releaseVolumes(rec, sb);
       await sb.pod?.unbindFromShare(rec.shareDir).catch(() => undefined);
       throw mapAgentError(err, `create container ${md.name}`);
     }
@@ -253,9 +267,17 @@ export class ContainerManager {
     });
   }
 
+  private async releaseVolumes(rec: ContainerRecord, sb: Sandbox | undefined): Promise<void> {
+    if (!sb?.pod) return; // the VM is gone: RemovePodSandbox forgets its attachments
+    for (const key of rec.volumes ?? []) {
+      await this.volumes.release(sb.pod, key).catch((err) => this.logger.warn({ container: rec.id, volume: key, err: (err as Error).message }, 'volume release failed'));
+    }
+  }
+
   private async forget(c: Live, sb: Sandbox | undefined): Promise<void> {
     c.stdin?.destroy();
     await c.log?.close();
+    await this.releaseVolumes(c.rec, sb);
     if (sb?.pod) await sb.pod.unbindFromShare(c.rec.shareDir).catch(() => undefined);
     else await fsp.rm(path.join(this.sandboxes.dir(c.rec.sandboxId), 'shared', c.rec.shareDir), { recursive: true, force: true });
     this.containers.delete(c.rec.id);

@@ -7,6 +7,7 @@ import { AgentClient, AgentEvent } from '../agent/client';
 import { PROTOCOL_VERSION } from '../agent/protocol';
 import type { Logger } from '../log';
 import type { Vm } from '../vm/hypervisor';
+import type { PodVolumeTarget } from '../../storage/volume-driver';
 import { SHARE_TAG } from '../vm/qemu';
 import { run } from './exec-file';
 
@@ -19,7 +20,8 @@ export interface SetupParams {
   sysctls: Record<string, string>;
 }
 
-export class PodVm {
+/** A pod VM; also the target volume drivers attach to (storage/volume-driver.ts). */
+export class PodVm implements PodVolumeTarget {
   agent!: AgentClient;
   private eventHandler: (ev: AgentEvent) => void = () => undefined;
 
@@ -27,6 +29,34 @@ export class PodVm {
 
   get pid(): number {
     return this.vm.info.pid;
+  }
+
+  get id(): string {
+    return this.vm.info.id;
+  }
+
+  alive(): boolean {
+    return this.vm.alive();
+  }
+
+  qmp(command: string, args?: Record<string, unknown>): Promise<any> {
+    return this.vm.control(command, args);
+  }
+
+  qmpEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any> {
+    return this.vm.controlEvent(name, timeoutMs, match);
+  }
+
+  agentCall(method: string, params: Record<string, unknown>, timeoutMs?: number): Promise<any> {
+    return this.agent.call(method, params, timeoutMs);
+  }
+
+  allocScsiId(): number {
+    return this.vm.allocScsiId();
+  }
+
+  releaseScsiId(id: number): void {
+    this.vm.releaseScsiId(id);
   }
 
   /** Connects to the agent and runs the identity handshake (a clone runs it too). */

@@ -50,6 +50,8 @@ export interface ContainerRecord {
   streams: { stdin: number; stdout: number; stderr: number };
   /** share-relative directory holding this container's binds */
   shareDir: string;
+  /** keys of the volumes (storage/) this container holds attached */
+  volumes: string[];
 }
 
 export function labelsMatch(labels: Record<string, string> | undefined, selector: Record<string, string> | undefined): boolean {

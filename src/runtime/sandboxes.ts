@@ -10,6 +10,7 @@ import { RecordStore } from '../store/record-store';
 import type { Config } from '../config/config';
 import type { Hypervisor } from '../vm/hypervisor';
 import type { NetworkDriver, PodNetworkRequest } from '../../network/network-driver';
+import type { VolumeManager } from '../../storage/volume-manager';
 import { KeyedMutex } from './lock';
 import { PodVm } from './pod-vm';
 import { labelsMatch, SandboxRecord } from './records';
@@ -69,6 +70,7 @@ export class SandboxManager {
     private readonly cfg: Config,
     private readonly hv: Hypervisor,
     private readonly network: NetworkDriver,
+    private readonly volumes: VolumeManager,
     private readonly logger: Logger,
   ) {
     this.store = new RecordStore(path.join(cfg.root, 'sandboxes'));
@@ -201,6 +203,8 @@ export class SandboxManager {
     if (!sb) return; // CRI: stopping an unknown sandbox is not an error
     await this.hooks.stopAll(sb.rec.id);
     await this.lock.run(sb.rec.id, async () => {
+      // volumes first: the guest unmounts and flushes before its disks go
+      if (sb.pod) await this.volumes.detachAll(sb.pod).catch((err) => this.logger.warn({ sandbox: sb.rec.id, err: (err as Error).message }, 'volume detach failed'));
       if (sb.pod) await sb.pod.stop(this.cfg.vm.stopTimeoutS * 1000);
       sb.rec.state = 'SANDBOX_NOTREADY';
       await this.hooks.vmGone(sb.rec.id);
@@ -216,6 +220,7 @@ export class SandboxManager {
     await this.stop(sb.rec.id);
     await this.hooks.removeAll(sb.rec.id);
     await this.lock.run(sb.rec.id, async () => {
+      if (sb.pod) await this.volumes.detachAll(sb.pod).catch(() => undefined); // VM gone: only forgets state
       this.sandboxes.delete(sb.rec.id);
       await this.store.delete(sb.rec.id);
       await fsp.rm(this.dir(sb.rec.id), { recursive: true, force: true });
@@ -248,6 +253,7 @@ export class SandboxManager {
         await this.save(sb);
         continue;
       }
+      vm.reserveScsiIds(await this.volumes.scsiIds(rec.id));
       const pod = new PodVm(vm, path.join(this.dir(rec.id), 'shared'), this.logger);
       sb.pod = pod;
       pod.onEvent((ev) => this.hooks.onEvent(rec.id, ev));

@@ -52,6 +52,14 @@ export interface Vm {
   readonly exited: Promise<void>;
   attachDisk(path: string, readonly: boolean): Promise<DiskAttachment>;
   detachDisk(nodeName: string): Promise<void>;
+  /** machine-level control (QMP), for volume drivers that plug their own block devices */
+  control(command: string, args?: Record<string, unknown>): Promise<any>;
+  controlEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any>;
+  /** SCSI target ids on the VM's one controller, shared by image disks and volumes */
+  allocScsiId(): number;
+  releaseScsiId(id: number): void;
+  /** marks ids held by attachments made before a daemon restart */
+  reserveScsiIds(ids: number[]): void;
   /** asks QEMU to quit, then kills it after `graceMs`; resolves when the process is gone */
   stop(graceMs: number): Promise<void>;
 }

@@ -213,26 +213,48 @@ export function shellQuote(s: string): string {
 
 export class QemuVm implements Vm {
   private dead = false;
-  private nextScsiId: number;
+  private nextScsiId = 1;
+  private readonly scsiInUse: Set<number>;
 
   constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>) {
     exited.then(() => {
       this.dead = true;
       qmp.close();
     });
-    this.nextScsiId = Math.max(0, ...info.disks.map((d) => d.scsiId)) + 1;
+    this.scsiInUse = new Set(info.disks.map((d) => d.scsiId));
   }
 
   alive(): boolean {
     return !this.dead && isAlive(this.info.pid);
   }
 
+  control(command: string, args?: Record<string, unknown>): Promise<any> {
+    return this.qmp.execute(command, args);
+  }
+
+  controlEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any> {
+    return this.qmp.waitEvent(name, timeoutMs, match);
+  }
+
+  allocScsiId(): number {
+    if (this.scsiInUse.size >= 255) throw new Error('no free SCSI target on this VM');
+    let id = this.nextScsiId;
+    while (this.scsiInUse.has(id)) id = (id % 255) + 1;
+    this.nextScsiId = (id % 255) + 1;
+    this.scsiInUse.add(id);
+    return id;
+  }
+
+  releaseScsiId(id: number): void {
+    this.scsiInUse.delete(id);
+  }
+
+  reserveScsiIds(ids: number[]): void {
+    for (const id of ids) this.scsiInUse.add(id);
+  }
+
   async attachDisk(file: string, readonly: boolean): Promise<DiskAttachment> {
-    const used = new Set(this.info.disks.map((d) => d.scsiId));
-    let scsiId = this.nextScsiId;
-    while (used.has(scsiId)) scsiId = (scsiId % 255) + 1;
-    if (used.size >= 255) throw new Error('no free SCSI target on this VM');
-    this.nextScsiId = (scsiId % 255) + 1;
+    const scsiId = this.allocScsiId();
     const nodeName = `disk${scsiId}`;
     await this.qmp.execute('blockdev-add', {
       driver: 'raw',
@@ -244,6 +266,7 @@ export class QemuVm implements Vm {
       await this.qmp.execute('device_add', { driver: 'scsi-hd', id: `dev-${nodeName}`, bus: 'scsi0.0', 'scsi-id': scsiId, lun: 0, drive: nodeName });
     } catch (err) {
       await this.qmp.execute('blockdev-del', { 'node-name': nodeName }).catch(() => undefined);
+      this.releaseScsiId(scsiId);
       throw err;
     }
     const d: DiskAttachment = { nodeName, scsiId, lun: 0, path: file, readonly };
@@ -261,6 +284,7 @@ export class QemuVm implements Vm {
       await gone;
       await this.qmp.execute('blockdev-del', { 'node-name': nodeName });
     }
+    this.releaseScsiId(this.info.disks[idx].scsiId);
     this.info.disks.splice(idx, 1);
   }
 
