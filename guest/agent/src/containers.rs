@@ -1,0 +1,429 @@
+//! Containers, through youki's `libcontainer` linked into the agent (exec'ing a dynamic
+//! runtime costs ~350 ms per container under TCG; in-process it is the clone/exec only).
+//!
+//! Layout per container: /run/podvisor/containers/<id>/{config.json, rootfs, upper, work}
+//! with rootfs = overlay(lower = image mount, upper/work in tmpfs); a read-only rootfs is the same
+//! overlay remounted read-only by libcontainer after the mounts (see mount_rootfs). libcontainer keeps its state under /run/podvisor/youki/<id>.
+//! cgroup v2 at /sys/fs/cgroup/podvisor/<id> unless the host names another absolute path.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container as LcContainer;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::agent::Agent;
+use crate::error::{AgentError, Ctx, Result};
+use crate::reaper::ExitStatus;
+use crate::stdio::{self, StdioIds};
+use crate::util::{check_id, check_run_path};
+use crate::{log, users};
+
+pub const CONTAINERS_DIR: &str = "/run/podvisor/containers";
+pub const YOUKI_ROOT: &str = "/run/podvisor/youki";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+pub struct Proc {
+    pub pid: i32,
+    pub exit: Option<ExitStatus>,
+    pub master: Option<Rc<OwnedFd>>,
+}
+
+pub struct Container {
+    pub status: Status,
+    pub init: Proc,
+    pub oom_killed: bool,
+    pub dir: PathBuf,
+    /// absolute cgroup directory
+    pub cgroup: PathBuf,
+    /// cgroupsPath as given to libcontainer (relative to the cgroup root)
+    pub cgroup_rel: PathBuf,
+    /// spec.process, the template for exec processes
+    pub process: Value,
+    pub execs: HashMap<String, Proc>,
+}
+
+#[derive(Deserialize)]
+struct RootfsParams {
+    image: String,
+    #[serde(default)]
+    readonly: bool,
+}
+
+#[derive(Deserialize)]
+struct CreateParams {
+    id: String,
+    rootfs: RootfsParams,
+    spec: Value,
+    #[serde(default)]
+    username: Option<String>,
+    stdio: StdioIds,
+}
+
+#[derive(Deserialize)]
+struct IdParams {
+    id: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| AgentError::invalid(format!("{what}: {e}")))
+}
+
+fn lc_err(what: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::internal(format!("{what}: {e}"))
+}
+
+fn load(id: &str) -> Result<LcContainer> {
+    LcContainer::load(Path::new(YOUKI_ROOT).join(id)).map_err(|e| lc_err("load container state", e))
+}
+
+pub fn create(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: CreateParams = parse("container.create", params)?;
+    check_id("container id", &p.id)?;
+    if agent.containers.borrow().contains_key(&p.id) {
+        return Err(AgentError::exists(format!("container {} exists", p.id)));
+    }
+    let image = check_run_path("rootfs.image", &p.rootfs.image)?;
+    if !image.is_dir() {
+        return Err(AgentError::not_found(format!("image dir {} does not exist", image.display())));
+    }
+    if !p.spec.is_object() {
+        return Err(AgentError::invalid("spec must be an object"));
+    }
+    let dir = Path::new(CONTAINERS_DIR).join(&p.id);
+    // Leftovers of a failed create/delete: start clean.
+    cleanup(&p.id, &dir);
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).ctx("mkdir rootfs")?;
+
+    let res = create_inner(agent, &p, &image, &dir, &rootfs);
+    if res.is_err() {
+        cleanup(&p.id, &dir);
+    }
+    res
+}
+
+fn create_inner(agent: &Rc<Agent>, p: &CreateParams, image: &Path, dir: &Path, rootfs: &Path) -> Result<Value> {
+    let (spec, cgroup_rel) = prepare_spec(p, image, rootfs)?;
+    let prepared = stdio::prepare(agent, &p.stdio, dir, "console")?;
+
+    mount_rootfs(image, dir, rootfs)?;
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec).ctx("encode spec")?).ctx("write config.json")?;
+
+    let mut b = ContainerBuilder::new(p.id.clone(), SyscallType::Linux)
+        .with_root_path(YOUKI_ROOT)
+        .map_err(|e| lc_err("youki root", e))?;
+    let mut prepared = prepared;
+    if let Some([i, o, e]) = prepared.child.take() {
+        b = b.with_stdin(i).with_stdout(o).with_stderr(e);
+    }
+    if let Some((_, path)) = &prepared.console {
+        b = b.with_console_socket(Some(path));
+    }
+    let t0 = std::time::Instant::now();
+    let c = b
+        .as_init(dir)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| lc_err("create container", e))?;
+    let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+    // Watch before the next await (see reaper.rs).
+    let rx = agent.reaper.watch(pid);
+    log!("container {} created (pid {pid}) in {:?}", p.id, t0.elapsed());
+
+    let att = stdio::attach(agent, &p.stdio, prepared);
+    let att = match att {
+        Ok(a) => a,
+        Err(e) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(e);
+        }
+    };
+    let master = att.master.clone();
+    let id = p.id.clone();
+    stdio::spawn_waiter(agent, p.id.clone(), None, pid, rx, att, move |agent, st| {
+        let mut cs = agent.containers.borrow_mut();
+        let Some(c) = cs.get_mut(&id) else { return false };
+        c.status = Status::Stopped;
+        c.init.exit = Some(st);
+        c.oom_killed = oom_kills(&c.cgroup) > 0;
+        c.oom_killed
+    });
+    let cgroup = Path::new("/sys/fs/cgroup").join(cgroup_rel.strip_prefix("/").unwrap_or(&cgroup_rel));
+    agent.containers.borrow_mut().insert(
+        p.id.clone(),
+        Container {
+            status: Status::Created,
+            init: Proc { pid, exit: None, master },
+            oom_killed: false,
+            dir: dir.to_path_buf(),
+            cgroup,
+            cgroup_rel,
+            process: spec.get("process").cloned().unwrap_or(Value::Null),
+            execs: HashMap::new(),
+        },
+    );
+    Ok(json!({ "pid": 0 }))
+}
+
+/// overlay(lower = image, upper/work in tmpfs). A read-only rootfs gets the same overlay: the
+/// runtime must still create mount points (/etc/resolv.conf, volume targets) that the image
+/// lacks; `root.readonly` in the spec then makes libcontainer remount `/` read-only once the
+/// mounts are in place (what runc does with a containerd snapshot).
+fn mount_rootfs(image: &Path, dir: &Path, rootfs: &Path) -> Result<()> {
+    let upper = dir.join("upper");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&upper).ctx("mkdir upper")?;
+    std::fs::create_dir_all(&work).ctx("mkdir work")?;
+    let opts = format!("lowerdir={},upperdir={},workdir={}", image.display(), upper.display(), work.display());
+    mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).ctx("mount overlay rootfs")?;
+    Ok(())
+}
+
+/// Adjust the host-built spec to this guest: root path, terminal, user, cgroup, resolv.conf.
+fn prepare_spec(p: &CreateParams, image: &Path, rootfs: &Path) -> Result<(Value, PathBuf)> {
+    let mut spec = p.spec.clone();
+    spec["root"] = json!({ "path": rootfs, "readonly": p.rootfs.readonly });
+    if !spec.get("ociVersion").map(Value::is_string).unwrap_or(false) {
+        spec["ociVersion"] = json!("1.0.2");
+    }
+    let process = spec.get_mut("process").and_then(Value::as_object_mut).ok_or_else(|| AgentError::invalid("spec.process missing"))?;
+    let args_ok = process.get("args").and_then(Value::as_array).map(|a| !a.is_empty()).unwrap_or(false);
+    if !args_ok {
+        return Err(AgentError::invalid("spec.process.args must be a non-empty array"));
+    }
+    process.insert("terminal".into(), json!(p.stdio.tty));
+    if !process.contains_key("cwd") {
+        process.insert("cwd".into(), json!("/"));
+    }
+
+    // User: username from the image's /etc/passwd and /etc/group.
+    let user = process.entry("user").or_insert_with(|| json!({"uid": 0, "gid": 0}));
+    if !user.is_object() {
+        return Err(AgentError::invalid("spec.process.user must be an object"));
+    }
+    let mut extra: Vec<u32> = user
+        .get("additionalGids")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|g| g.as_u64().map(|g| g as u32)).collect())
+        .unwrap_or_default();
+    if let Some(name) = &p.username {
+        let (uid, gid, groups) = users::resolve(image, name)?;
+        user["uid"] = json!(uid);
+        user["gid"] = json!(gid);
+        extra.extend(groups);
+    } else {
+        let uid = user.get("uid").and_then(Value::as_u64).unwrap_or(0) as u32;
+        user["uid"] = json!(uid);
+        if user.get("gid").and_then(Value::as_u64).is_none() {
+            let (gid, groups) = users::by_uid(image, uid);
+            user["gid"] = json!(gid);
+            extra.extend(groups);
+        }
+    }
+    extra.sort_unstable();
+    extra.dedup();
+    if !extra.is_empty() {
+        user["additionalGids"] = json!(extra);
+    }
+
+    // cgroup: an absolute plain path from the host, else /podvisor/<id>.
+    let linux = spec.as_object_mut().unwrap().entry("linux").or_insert_with(|| json!({}));
+    if !linux.is_object() {
+        return Err(AgentError::invalid("spec.linux must be an object"));
+    }
+    let given = linux.get("cgroupsPath").and_then(Value::as_str).map(PathBuf::from);
+    let cgroup_rel = match given {
+        Some(g) if g.is_absolute() && !g.to_string_lossy().contains(':') && g.components().skip(1).all(|c| matches!(c, Component::Normal(_))) && g.components().count() > 1 => g,
+        _ => PathBuf::from(format!("/podvisor/{}", p.id)),
+    };
+    linux["cgroupsPath"] = json!(cgroup_rel);
+
+    // resolv.conf: bind the pod's unless the CRI already mounts one.
+    if Path::new(crate::sandbox::RESOLV_CONF).exists() {
+        let mounts = spec.as_object_mut().unwrap().entry("mounts").or_insert_with(|| json!([]));
+        if let Some(arr) = mounts.as_array_mut() {
+            let has = arr.iter().any(|m| m.get("destination").and_then(Value::as_str) == Some("/etc/resolv.conf"));
+            if !has {
+                arr.push(json!({
+                    "destination": "/etc/resolv.conf", "type": "bind",
+                    "source": crate::sandbox::RESOLV_CONF, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                }));
+            }
+        }
+    }
+    // Validate through oci-spec now: a clear invalid_argument beats a failure deep in create.
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| AgentError::invalid(format!("spec: {e}")))?;
+    Ok((spec, cgroup_rel))
+}
+
+/// Remove everything a container left: libcontainer state, mounts, its directory.
+fn cleanup(id: &str, dir: &Path) {
+    let youki = Path::new(YOUKI_ROOT).join(id);
+    if youki.exists() {
+        if let Ok(mut c) = LcContainer::load(youki.clone()) {
+            if let Err(e) = c.delete(true) {
+                log!("libcontainer delete {id}: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&youki);
+    }
+    let rootfs = dir.join("rootfs");
+    for _ in 0..4 {
+        if umount2(&rootfs, MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: IdParams = parse("container.start", params)?;
+    check_id("container id", &p.id)?;
+    let pid = {
+        let cs = agent.containers.borrow();
+        let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
+        if c.status != Status::Created {
+            return Err(AgentError::precondition(format!("container {} is {:?}", p.id, c.status)));
+        }
+        c.init.pid
+    };
+    let t0 = std::time::Instant::now();
+    load(&p.id)?.start().map_err(|e| lc_err("start container", e))?;
+    log!("container {} started in {:?}", p.id, t0.elapsed());
+    if let Some(c) = agent.containers.borrow_mut().get_mut(&p.id) {
+        if c.status == Status::Created {
+            c.status = Status::Running;
+        }
+    }
+    Ok(json!({ "pid": pid }))
+}
+
+#[derive(Deserialize)]
+struct SignalParams {
+    id: String,
+    signal: i32,
+    #[serde(default)]
+    all: bool,
+}
+
+pub fn check_signal(sig: i32) -> Result<()> {
+    if !(1..=64).contains(&sig) {
+        return Err(AgentError::invalid(format!("invalid signal {sig}")));
+    }
+    Ok(())
+}
+
+pub fn signal(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: SignalParams = parse("container.signal", params)?;
+    check_id("container id", &p.id)?;
+    check_signal(p.signal)?;
+    let (status, pid, cgroup) = {
+        let cs = agent.containers.borrow();
+        let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
+        (c.status, c.init.pid, c.cgroup.clone())
+    };
+    if status == Status::Stopped {
+        return Ok(json!({}));
+    }
+    if p.all {
+        // Every process in the container's cgroup (what `kill --all` does).
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            unsafe { libc::kill(pid, p.signal) };
+        }
+    } else if unsafe { libc::kill(pid, p.signal) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(AgentError::internal(format!("kill {pid}: {e}")));
+        }
+    }
+    Ok(json!({}))
+}
+
+pub fn delete(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: IdParams = parse("container.delete", params)?;
+    check_id("container id", &p.id)?;
+    let (dir, cgroup) = {
+        let cs = agent.containers.borrow();
+        let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
+        if c.status == Status::Running {
+            return Err(AgentError::precondition(format!("container {} is running", p.id)));
+        }
+        (c.dir.clone(), c.cgroup.clone())
+    };
+    cleanup(&p.id, &dir);
+    let _ = std::fs::remove_dir(&cgroup);
+    agent.containers.borrow_mut().remove(&p.id);
+    Ok(json!({}))
+}
+
+pub fn state(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: IdParams = parse("container.state", params)?;
+    check_id("container id", &p.id)?;
+    let cs = agent.containers.borrow();
+    let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
+    let status = match c.status {
+        Status::Created => "created",
+        Status::Running => "running",
+        Status::Stopped => "stopped",
+    };
+    Ok(json!({
+        "status": status,
+        "pid": c.init.pid,
+        "exit_code": c.init.exit.map(|e| e.code),
+        "oom_killed": c.oom_killed,
+    }))
+}
+
+#[derive(Deserialize)]
+struct UpdateParams {
+    id: String,
+    resources: Value,
+}
+
+pub fn update(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
+    let p: UpdateParams = parse("container.update", params)?;
+    check_id("container id", &p.id)?;
+    let resources: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(p.resources).map_err(|e| AgentError::invalid(format!("resources: {e}")))?;
+    let cgroup_rel = {
+        let cs = agent.containers.borrow();
+        let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
+        if c.status == Status::Stopped {
+            return Err(AgentError::precondition(format!("container {} is stopped", p.id)));
+        }
+        c.cgroup_rel.clone()
+    };
+    let m = libcgroups::common::create_cgroup_manager(CgroupConfig {
+        cgroup_path: cgroup_rel,
+        systemd_cgroup: false,
+        container_name: p.id.clone(),
+    })
+    .map_err(|e| lc_err("cgroup manager", e))?;
+    m.apply(&ControllerOpt { resources: &resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None })
+        .map_err(|e| lc_err("apply resources", e))?;
+    Ok(json!({}))
+}
+
+pub fn oom_kills(cgroup: &Path) -> u64 {
+    std::fs::read_to_string(cgroup.join("memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}

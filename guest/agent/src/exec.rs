@@ -1,0 +1,190 @@
+//! `exec.start`, `process.signal`, `process.resize`: extra processes in a running container,
+//! joined through libcontainer's tenant builder (namespaces, cgroup, user, capabilities of
+//! the container's own process spec).
+
+use std::rc::Rc;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::agent::Agent;
+use crate::containers::{check_signal, Proc, Status, YOUKI_ROOT};
+use crate::error::{AgentError, Ctx, Result};
+use crate::stdio::{self, StdioIds};
+use crate::util::check_id;
+
+#[derive(Deserialize)]
+struct ExecParams {
+    container_id: String,
+    exec_id: String,
+    args: Vec<String>,
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    tty: bool,
+    #[serde(default)]
+    stdin: u32,
+    stdout: u32,
+    #[serde(default)]
+    stderr: u32,
+}
+
+fn bad_str(s: &str) -> bool {
+    s.contains('\0') || s.len() > 128 * 1024
+}
+
+pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: ExecParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("exec.start: {e}")))?;
+    check_id("container id", &p.container_id)?;
+    check_id("exec id", &p.exec_id)?;
+    if p.args.is_empty() || p.args.len() > 4096 || p.args.iter().any(|a| bad_str(a)) {
+        return Err(AgentError::invalid("args must be 1..4096 strings without NUL"));
+    }
+    if let Some(env) = &p.env {
+        if env.len() > 4096 || env.iter().any(|e| bad_str(e) || !e.contains('=')) {
+            return Err(AgentError::invalid("env entries must be KEY=VALUE"));
+        }
+    }
+    if let Some(cwd) = &p.cwd {
+        if !cwd.starts_with('/') || bad_str(cwd) {
+            return Err(AgentError::invalid("cwd must be absolute"));
+        }
+    }
+    let (dir, mut process) = {
+        let cs = agent.containers.borrow();
+        let c = cs.get(&p.container_id).ok_or_else(|| AgentError::not_found(format!("container {}", p.container_id)))?;
+        if c.status != Status::Running {
+            return Err(AgentError::precondition(format!("container {} is {:?}", p.container_id, c.status)));
+        }
+        if c.execs.get(&p.exec_id).map(|e| e.exit.is_none()).unwrap_or(false) {
+            return Err(AgentError::exists(format!("exec {} is running", p.exec_id)));
+        }
+        (c.dir.clone(), c.process.clone())
+    };
+
+    // The exec process: the container's process spec with args/env/cwd/terminal replaced.
+    let obj = process.as_object_mut().ok_or_else(|| AgentError::internal("container has no process spec"))?;
+    obj.insert("args".into(), json!(p.args));
+    obj.insert("terminal".into(), json!(p.tty));
+    obj.remove("consoleSize");
+    if let Some(cwd) = &p.cwd {
+        obj.insert("cwd".into(), json!(cwd));
+    }
+    if let Some(env) = &p.env {
+        // Host values override the container's by key.
+        let mut merged: Vec<String> = obj
+            .get("env")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        for e in env {
+            let key = e.split('=').next().unwrap_or("");
+            merged.retain(|m| m.split('=').next() != Some(key));
+            merged.push(e.clone());
+        }
+        obj.insert("env".into(), json!(merged));
+    }
+    let proc_path = dir.join(format!("exec-{}.json", p.exec_id));
+    std::fs::write(&proc_path, serde_json::to_vec(&process).ctx("encode process")?).ctx("write exec process")?;
+
+    let ids = StdioIds { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, tty: p.tty, stdin_once: false };
+    let mut prepared = stdio::prepare(agent, &ids, &dir, &format!("exec-{}", p.exec_id))?;
+    let mut b = ContainerBuilder::new(p.container_id.clone(), SyscallType::Linux)
+        .with_root_path(YOUKI_ROOT)
+        .map_err(|e| AgentError::internal(format!("youki root: {e}")))?;
+    if let Some([i, o, e]) = prepared.child.take() {
+        b = b.with_stdin(i).with_stdout(o).with_stderr(e);
+    }
+    if let Some((_, path)) = &prepared.console {
+        b = b.with_console_socket(Some(path));
+    }
+    let t0 = std::time::Instant::now();
+    let res = b.as_tenant().with_process(Some(&proc_path)).with_detach(true).build();
+    let _ = std::fs::remove_file(&proc_path);
+    let pid = res.map_err(|e| AgentError::internal(format!("exec: {e}")))?.as_raw();
+    let rx = agent.reaper.watch(pid);
+    crate::log!("exec {}/{} started (pid {pid}) in {:?}", p.container_id, p.exec_id, t0.elapsed());
+
+    let att = match stdio::attach(agent, &ids, prepared) {
+        Ok(a) => a,
+        Err(e) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(e);
+        }
+    };
+    let master = att.master.clone();
+    let (cid, eid) = (p.container_id.clone(), p.exec_id.clone());
+    stdio::spawn_waiter(agent, p.container_id.clone(), Some(p.exec_id.clone()), pid, rx, att, move |agent, st| {
+        let mut cs = agent.containers.borrow_mut();
+        let Some(c) = cs.get_mut(&cid) else { return false };
+        if let Some(e) = c.execs.get_mut(&eid) {
+            if e.pid == pid {
+                e.exit = Some(st);
+                e.master = None;
+            }
+        }
+        false
+    });
+    if let Some(c) = agent.containers.borrow_mut().get_mut(&p.container_id) {
+        // Keep finished execs for process.signal/resize races, but bounded.
+        if c.execs.len() >= 256 {
+            c.execs.retain(|_, e| e.exit.is_none());
+        }
+        c.execs.insert(p.exec_id.clone(), Proc { pid, exit: None, master });
+    }
+    Ok(json!({ "pid": pid }))
+}
+
+#[derive(Deserialize)]
+struct ProcParams {
+    container_id: String,
+    #[serde(default)]
+    exec_id: Option<String>,
+    #[serde(default)]
+    signal: i32,
+    #[serde(default)]
+    rows: u16,
+    #[serde(default)]
+    cols: u16,
+}
+
+/// (pid, pty master, exited) of the container's init or one of its execs.
+fn lookup(agent: &Agent, p: &ProcParams) -> Result<(i32, Option<Rc<std::os::fd::OwnedFd>>, bool)> {
+    check_id("container id", &p.container_id)?;
+    let cs = agent.containers.borrow();
+    let c = cs.get(&p.container_id).ok_or_else(|| AgentError::not_found(format!("container {}", p.container_id)))?;
+    match &p.exec_id {
+        None => Ok((c.init.pid, c.init.master.clone(), c.status == Status::Stopped)),
+        Some(e) => {
+            check_id("exec id", e)?;
+            let e = c.execs.get(e).ok_or_else(|| AgentError::not_found(format!("exec {e}")))?;
+            Ok((e.pid, e.master.clone(), e.exit.is_some()))
+        }
+    }
+}
+
+pub fn signal(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: ProcParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("process.signal: {e}")))?;
+    check_signal(p.signal)?;
+    let (pid, _, exited) = lookup(agent, &p)?;
+    if !exited && pid > 0 {
+        unsafe { libc::kill(pid, p.signal) };
+    }
+    Ok(json!({}))
+}
+
+pub fn resize(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+    let p: ProcParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("process.resize: {e}")))?;
+    let (_, master, exited) = lookup(agent, &p)?;
+    if exited {
+        return Ok(json!({}));
+    }
+    let m = master.ok_or_else(|| AgentError::precondition("process has no terminal"))?;
+    stdio::resize(&m, p.rows, p.cols)?;
+    Ok(json!({}))
+}
+

@@ -1,0 +1,117 @@
+//! podvisor guest agent: PID 1 of the pod VM. See guest/PROTOCOL.md and guest/README.md.
+// AsyncFd::new is deprecated only because it cannot prove the fd is owned; ours are OwnedFd.
+#![allow(deprecated)]
+
+mod agent;
+mod conn;
+mod containers;
+mod disks;
+mod error;
+mod exec;
+mod frame;
+mod handshake;
+mod init;
+mod modules;
+mod port;
+mod portforward;
+mod reaper;
+mod rpc;
+mod sandbox;
+mod stats;
+mod stdio;
+mod streams;
+mod users;
+mod util;
+
+pub const PORT_NAME: &str = "podvisor.agent";
+
+/// Debug traces go to the console through an fd opened once at start: libcontainer's child
+/// processes keep it until exec (close-on-exec), so their traces land there too instead of
+/// in the container's stderr pipe.
+fn console_writer() -> Box<dyn std::io::Write> {
+    use std::os::fd::RawFd;
+    static FD: std::sync::OnceLock<RawFd> = std::sync::OnceLock::new();
+    let fd = *FD.get_or_init(|| {
+        use std::os::fd::IntoRawFd;
+        std::fs::OpenOptions::new().write(true).open("/dev/console").map(|f| f.into_raw_fd()).unwrap_or(-1)
+    });
+    if fd < 0 {
+        return Box::new(std::io::sink());
+    }
+    Box::new(FdWriter(fd))
+}
+
+struct FdWriter(std::os::fd::RawFd);
+
+impl std::io::Write for FdWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = unsafe { libc::write(self.0, b.as_ptr().cast(), b.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        log!("panic: {info}");
+    }));
+    let pid1 = std::process::id() == 1;
+    let stage2 = std::env::args().any(|a| a == "--stage2");
+    if pid1 && !stage2 {
+        init::stage1();
+    }
+    if pid1 {
+        init::stage2();
+    }
+    log!("agent {} starting", env!("CARGO_PKG_VERSION"));
+    if std::env::var_os("podvisor_debug").is_some() {
+        // libcontainer's own trace, with timestamps, on the console.
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_writer(console_writer)
+            .with_ansi(false)
+            .try_init();
+        let _ = console_writer();
+    }
+
+    // One vCPU under TCG: a single-threaded runtime avoids cross-thread wakeups, and keeps
+    // libcontainer's fork()s in a process with one thread.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            log!("tokio runtime: {e}");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let path = std::env::var("PODVISOR_AGENT_PORT").map(std::path::PathBuf::from);
+        let path = match path {
+            Ok(p) => p,
+            Err(_) => port::find(PORT_NAME).await,
+        };
+        let session = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let (events, out) = loop {
+            match port::start(&path, session.clone()) {
+                Ok(p) => break p,
+                Err(e) => {
+                    log!("open {}: {e}", path.display());
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        };
+        log!("serving on {}", path.display());
+        let agent = agent::Agent::new(out, session);
+        tokio::task::spawn_local(reaper::run(agent.clone()));
+        conn::serve(agent, events).await;
+    });
+}

@@ -1,0 +1,30 @@
+//! Method table (PROTOCOL.md "Methods").
+
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use crate::agent::Agent;
+use crate::error::{AgentError, Result};
+use crate::{containers, disks, exec, portforward, sandbox, stats};
+
+pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<Value> {
+    match method {
+        "sandbox.setup" => sandbox::setup(params),
+        "disk.mount" => disks::mount_disk(params).await,
+        "disk.unmount" => disks::unmount_disk(params),
+        "container.create" => containers::create(agent, params),
+        "container.start" => containers::start(agent, params),
+        "container.signal" => containers::signal(agent, params),
+        "container.delete" => containers::delete(agent, params),
+        "container.state" => containers::state(agent, params),
+        "container.update" => containers::update(agent, params),
+        "exec.start" => exec::start(agent, params),
+        "process.signal" => exec::signal(agent, params),
+        "process.resize" => exec::resize(agent, params),
+        "portforward.connect" => portforward::connect(agent, params).await,
+        "stats" => stats::stats(agent, params),
+        "shutdown" => Ok(json!({})), // the caller powers off after the response is flushed
+        _ => Err(AgentError::invalid(format!("unknown method {method:?}"))),
+    }
+}

@@ -1,0 +1,273 @@
+//! Multiplexed byte streams with per-stream, per-direction credit flow control
+//! (PROTOCOL.md "Streams").
+//!
+//! guest → host ("out"): a pump task reads a pipe/pty/socket and sends DATA only while the
+//! host's grant (window) is positive; CREDIT from the host refills it. Back-pressure reaches
+//! the process because we stop reading its pipe.
+//! host → guest ("in"): the host may send up to the window we granted; a pump task writes the
+//! bytes to the process and only then grants CREDIT back.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::agent::Agent;
+use crate::error::{AgentError, Result};
+use crate::frame::{self, INITIAL_WINDOW, MAX_DATA};
+use crate::util;
+
+pub struct OutStream {
+    window: Cell<u64>,
+    wake: Notify,
+    stopped: Cell<bool>,
+}
+
+pub struct InStream {
+    // Shared with the pump; the sender is only in the table, so removing the entry ends
+    // the pump (and closes the fd).
+    window: Rc<Cell<u32>>,
+    tx: mpsc::UnboundedSender<InMsg>,
+}
+
+enum InMsg {
+    Data(Vec<u8>),
+    Eof,
+}
+
+/// What closing the host→guest direction means for the fd.
+#[derive(Clone, Copy)]
+pub enum InKind {
+    /// close our end: the process reads EOF
+    Pipe,
+    /// shutdown(SHUT_WR): the peer sees FIN, the other direction stays open
+    Socket,
+    /// a pty master: send ^D so the line discipline delivers EOF to the reader
+    Tty,
+}
+
+#[derive(Default)]
+pub struct Streams {
+    out: HashMap<u32, Rc<OutStream>>,
+    inp: HashMap<u32, Rc<InStream>>,
+}
+
+impl Streams {
+    pub fn in_use(&self, id: u32) -> bool {
+        self.out.contains_key(&id) || self.inp.contains_key(&id)
+    }
+
+    pub fn reset_all(&mut self) {
+        for (_, s) in self.out.drain() {
+            s.stopped.set(true);
+            s.wake.notify_one();
+        }
+        self.inp.clear();
+    }
+
+    /// Host DATA. Err = protocol violation (window exceeded).
+    pub fn on_data(&mut self, id: u32, data: Vec<u8>) -> std::result::Result<(), String> {
+        let Some(s) = self.inp.get(&id) else {
+            // Late data for a stream we already closed (process exited): not a violation.
+            return Ok(());
+        };
+        let len = data.len() as u32;
+        if len > s.window.get() {
+            return Err(format!("stream {id}: DATA of {len} exceeds window {}", s.window.get()));
+        }
+        s.window.set(s.window.get() - len);
+        let _ = s.tx.send(InMsg::Data(data));
+        Ok(())
+    }
+
+    pub fn on_credit(&mut self, id: u32, n: u32) {
+        if let Some(s) = self.out.get(&id) {
+            s.window.set(s.window.get().saturating_add(n as u64).min(u32::MAX as u64 * 4));
+            s.wake.notify_one();
+        }
+    }
+
+    pub fn on_eof(&mut self, id: u32) {
+        if let Some(s) = self.inp.remove(&id) {
+            let _ = s.tx.send(InMsg::Eof);
+        }
+    }
+
+    pub fn on_reset(&mut self, id: u32) {
+        self.inp.remove(&id);
+        if let Some(s) = self.out.remove(&id) {
+            s.stopped.set(true);
+            s.wake.notify_one();
+        }
+    }
+}
+
+/// Check that ids the host names for a new process/connection are usable.
+pub fn check_new_ids(agent: &Agent, ids: &[u32]) -> Result<()> {
+    let st = agent.streams.borrow();
+    for (i, id) in ids.iter().enumerate() {
+        if *id == 0 {
+            continue;
+        }
+        if st.in_use(*id) || ids[..i].contains(id) {
+            return Err(AgentError::exists(format!("stream {id} already in use")));
+        }
+    }
+    Ok(())
+}
+
+/// Start pumping `fd` to the host as stream `id`. The task ends after sending EOF (or on
+/// RESET / session loss, without EOF).
+pub fn spawn_out(agent: &Rc<Agent>, id: u32, fd: OwnedFd) -> JoinHandle<()> {
+    let st = Rc::new(OutStream { window: Cell::new(INITIAL_WINDOW as u64), wake: Notify::new(), stopped: Cell::new(false) });
+    agent.streams.borrow_mut().out.insert(id, st.clone());
+    let agent = agent.clone();
+    tokio::task::spawn_local(async move {
+        let eof = pump_out(&agent, id, &st, fd).await;
+        if eof && !st.stopped.get() {
+            agent.send(frame::EOF, id, &[]);
+        }
+        let mut streams = agent.streams.borrow_mut();
+        if streams.out.get(&id).map(|s| Rc::ptr_eq(s, &st)).unwrap_or(false) {
+            streams.out.remove(&id);
+        }
+    })
+}
+
+/// Used when a pump had to be abandoned (e.g. a grandchild keeps the pipe open after the
+/// process exited): close the stream properly.
+pub fn force_eof(agent: &Agent, id: u32) {
+    let removed = agent.streams.borrow_mut().out.remove(&id);
+    if let Some(s) = removed {
+        if !s.stopped.get() {
+            agent.send(frame::EOF, id, &[]);
+        }
+    }
+}
+
+/// Returns true when the source reached EOF (false when stopped by RESET / session loss).
+async fn pump_out(agent: &Agent, id: u32, st: &OutStream, fd: OwnedFd) -> bool {
+    util::set_nonblocking(fd.as_raw_fd());
+    let afd = match AsyncFd::new(fd) {
+        Ok(a) => a,
+        Err(e) => {
+            crate::log!("stream {id}: {e}");
+            return true;
+        }
+    };
+    let mut buf = vec![0u8; MAX_DATA];
+    loop {
+        while st.window.get() == 0 && !st.stopped.get() {
+            st.wake.notified().await;
+        }
+        if st.stopped.get() {
+            return false;
+        }
+        let max = (st.window.get() as usize).min(MAX_DATA);
+        let n = tokio::select! {
+            r = read_fd(&afd, &mut buf[..max]) => r,
+            _ = st.wake.notified() => continue, // credit or stop: re-evaluate
+        };
+        match n {
+            Ok(0) => return true,
+            Ok(n) => {
+                st.window.set(st.window.get() - n as u64);
+                agent.send(frame::DATA, id, &buf[..n]);
+            }
+            // EIO: pty master after the last slave closed = EOF.
+            Err(_) => return true,
+        }
+    }
+}
+
+async fn read_fd(afd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let mut g = afd.readable().await?;
+        match g.try_io(|fd| {
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }) {
+            Ok(r) => return r,
+            Err(_) => continue,
+        }
+    }
+}
+
+async fn write_fd(afd: &AsyncFd<OwnedFd>, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let mut g = afd.writable().await?;
+        match g.try_io(|fd| {
+            let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }) {
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => continue,
+        }
+    }
+    Ok(())
+}
+
+/// Accept host DATA on stream `id` and write it to `fd`.
+pub fn spawn_in(agent: &Rc<Agent>, id: u32, fd: OwnedFd, kind: InKind) -> JoinHandle<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let window = Rc::new(Cell::new(INITIAL_WINDOW));
+    agent.streams.borrow_mut().inp.insert(id, Rc::new(InStream { window: window.clone(), tx }));
+    let agent = agent.clone();
+    let session = agent.session();
+    tokio::task::spawn_local(async move {
+        util::set_nonblocking(fd.as_raw_fd());
+        let afd = match AsyncFd::new(fd) {
+            Ok(a) => a,
+            Err(e) => {
+                crate::log!("stream {id}: {e}");
+                return;
+            }
+        };
+        let mut broken = false;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                InMsg::Data(d) => {
+                    if !broken && write_fd(&afd, &d).await.is_err() {
+                        // The reader is gone; keep granting credit so the host is not stuck.
+                        broken = true;
+                    }
+                    if agent.session() == session {
+                        window.set(window.get().saturating_add(d.len() as u32));
+                        agent.send(frame::CREDIT, id, &(d.len() as u32).to_be_bytes());
+                    }
+                }
+                InMsg::Eof => {
+                    match kind {
+                        InKind::Pipe => {}
+                        InKind::Socket => unsafe {
+                            libc::shutdown(afd.get_ref().as_raw_fd(), libc::SHUT_WR);
+                        },
+                        InKind::Tty => {
+                            let _ = write_fd(&afd, &[4]).await;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        // Dropping afd closes our end.
+    })
+}
+
+/// Remove a host→guest stream (the process is gone); later DATA on it is ignored.
+pub fn close_in(agent: &Agent, id: u32) {
+    agent.streams.borrow_mut().inp.remove(&id);
+}

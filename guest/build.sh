@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Build the podvisor guest: OUTDIR/vmlinux (PVH ELF), OUTDIR/initramfs.img (newc cpio, /init =
+# the static agent), OUTDIR/manifest.json. Idempotent; downloads are cached under OUTDIR/cache.
+#
+#   guest/build.sh OUTDIR
+#
+# Env: PODVISOR_INITRAMFS_COMPRESS=none|gzip (default none: under TCG the kernel's gunzip costs
+# more boot time than reading a few extra MiB of RAM).
+set -euo pipefail
+
+OUT=${1:?usage: build.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=$OUT/cache
+COMPRESS=${PODVISOR_INITRAMFS_COMPRESS:-none}
+mkdir -p "$CACHE"
+
+log() { echo "build.sh: $*" >&2; }
+
+# Modules the agent needs (their dependency chains are added automatically). Builtins are skipped.
+# Modules loaded at boot (listed in /lib/modules/podvisor.order), dependency chains added
+# automatically, builtins skipped. crc32c_generic: libcrc32c/ext4 soft-depend on the "crc32c"
+# crypto algorithm, which the kernel would find through modprobe; we load it up front.
+BOOT_MODULES=(
+  crc32c_generic virtio_mmio virtio_console virtio_rng virtio_scsi sd_mod virtio_blk virtio_net
+  erofs overlay 9p 9pnet_virtio
+)
+# Modules loaded on first use, by group (/lib/modules/podvisor.late: "group path" lines):
+# they are large (ext4 2 MB, xfs 4 MB, nfs 3.4 MB) and loading them costs boot time under TCG.
+LATE_GROUPS=(
+  "ext4:ext4"
+  "xfs:xfs"
+  "nfs:sunrpc nfs nfsv3 nfsv4"
+)
+
+# --- 1. kernel package -------------------------------------------------------------------------
+resolve_kernel_pkg() {
+  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+}
+PKG=${PODVISOR_KERNEL_PKG:-$(resolve_kernel_pkg || true)}
+if [[ -z "$PKG" ]]; then
+  log "apt-cache knows no linux-image-amd64; running apt-get update"
+  apt-get update -qq >&2
+  PKG=$(resolve_kernel_pkg)
+fi
+[[ -n "$PKG" ]] || { log "cannot resolve the kernel package"; exit 1; }
+KVER=${PKG#linux-image-}
+
+KDIR=$CACHE/$PKG
+if [[ ! -f $KDIR/.done ]]; then
+  log "downloading $PKG"
+  rm -rf "$KDIR" "$CACHE/deb-$PKG"
+  mkdir -p "$CACHE/deb-$PKG"
+  (cd "$CACHE/deb-$PKG" && apt-get download "$PKG" >&2)
+  dpkg-deb -x "$CACHE/deb-$PKG"/*.deb "$KDIR"
+  touch "$KDIR/.done"
+fi
+MODDIR=$KDIR/lib/modules/$KVER
+VMLINUZ=$KDIR/boot/vmlinuz-$KVER
+
+# --- 2. vmlinux: the ELF inside the bzImage payload (PVH entry, boots on -M microvm) ------------
+if [[ ! -f $OUT/vmlinux || $OUT/vmlinux -ot $VMLINUZ ]]; then
+  log "extracting vmlinux from $VMLINUZ"
+  python3 - "$VMLINUZ" "$OUT/vmlinux.tmp" <<'PY'
+import lzma, struct, sys, gzip, zlib
+data = open(sys.argv[1], "rb").read()
+if data[0x202:0x206] != b"HdrS":
+    sys.exit("not a bzImage")
+setup_sects = data[0x1f1] or 4
+pm_start = (setup_sects + 1) * 512
+# Setup header: payload_offset/payload_length at 0x248, relative to the protected-mode code.
+off, length = struct.unpack_from("<II", data, 0x248)
+payload = data[pm_start + off: pm_start + off + length]
+if payload[:6] == b"\xfd7zXZ\x00":
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    elf = d.decompress(payload)
+elif payload[:2] == b"\x1f\x8b":
+    elf = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
+else:
+    sys.exit("unsupported payload compression: %r" % payload[:6])
+if elf[:4] != b"\x7fELF":
+    sys.exit("payload is not an ELF")
+open(sys.argv[2], "wb").write(elf)
+PY
+  mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+fi
+
+# --- 3. the agent -------------------------------------------------------------------------------
+# libcontainer's seccomp support links libseccomp statically (Debian's libseccomp-dev has the .a).
+SECCOMP_A=/usr/lib/x86_64-linux-gnu/libseccomp.a
+if [[ ! -f $SECCOMP_A ]]; then
+  log "installing libseccomp-dev (static libseccomp for the agent)"
+  apt-get install -y -qq libseccomp-dev >&2 || { apt-get update -qq >&2 && apt-get install -y -qq libseccomp-dev >&2; }
+fi
+log "building the agent"
+(
+  cd "$HERE/agent"
+  LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(dirname "$SECCOMP_A") \
+  RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --locked --target x86_64-unknown-linux-gnu >&2
+)
+AGENT=$HERE/agent/target/x86_64-unknown-linux-gnu/release/podvisor-agent
+AGENT_VERSION=$(grep -m1 '^version' "$HERE/agent/Cargo.toml" | cut -d'"' -f2)
+if command -v file >/dev/null && file "$AGENT" | grep -q "dynamically linked"; then
+  log "agent is not static"; exit 1
+fi
+
+# --- 4. initramfs tree --------------------------------------------------------------------------
+ROOT=$OUT/initramfs.root
+rm -rf "$ROOT"
+mkdir -p "$ROOT"/{proc,sys,dev,run,tmp,etc,lib/modules,sbin}
+install -m 0755 "$AGENT" "$ROOT/init"
+mknod -m 600 "$ROOT/dev/console" c 5 1
+printf 'root:x:0:0:root:/:/bin/sh\n' >"$ROOT/etc/passwd"
+printf 'root:x:0:\n' >"$ROOT/etc/group"
+
+norm() { echo "${1//-/_}"; }
+declare -A MODFILE=() BUILTIN=() DONE=()
+while read -r f; do
+  b=${f##*/}; b=${b%%.ko*}; MODFILE[$(norm "$b")]=$f
+done < <(cd "$MODDIR" && find kernel -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst')
+while read -r f; do
+  b=${f##*/}; b=${b%%.ko*}; BUILTIN[$(norm "$b")]=1
+done <"$MODDIR/modules.builtin"
+
+ORDER=()
+add_module() { # depth-first: dependencies first; appends to ORDER
+  local m; m=$(norm "$1")
+  [[ -n ${DONE[$m]:-} ]] && return 0
+  DONE[$m]=1
+  if [[ -n ${BUILTIN[$m]:-} ]]; then return 0; fi
+  local f=${MODFILE[$m]:-}
+  [[ -n $f ]] || { log "module $m not found"; exit 1; }
+  local deps d
+  deps=$(modinfo -F depends "$MODDIR/$f" | tr ',' ' ')
+  for d in $deps; do add_module "$d"; done
+  ORDER+=("$f")
+}
+install_module() { # copy (decompressed) into the initramfs, print its guest path
+  local f=$1 dst
+  dst=/lib/modules/$KVER/${f%.xz}; dst=${dst%.zst}
+  mkdir -p "$ROOT$(dirname "$dst")"
+  case $f in
+    *.xz) xz -dc "$MODDIR/$f" >"$ROOT$dst" ;;
+    *.zst) zstd -dqc "$MODDIR/$f" >"$ROOT$dst" ;;
+    *) cp "$MODDIR/$f" "$ROOT$dst" ;;
+  esac
+  echo "$dst"
+}
+for m in "${BOOT_MODULES[@]}"; do add_module "$m"; done
+: >"$ROOT/lib/modules/podvisor.order"
+for f in "${ORDER[@]}"; do install_module "$f" >>"$ROOT/lib/modules/podvisor.order"; done
+NBOOT=${#ORDER[@]}
+: >"$ROOT/lib/modules/podvisor.late"
+for g in "${LATE_GROUPS[@]}"; do
+  group=${g%%:*}
+  ORDER=()
+  for m in ${g#*:}; do add_module "$m"; done
+  for f in "${ORDER[@]}"; do echo "$group $(install_module "$f")" >>"$ROOT/lib/modules/podvisor.late"; done
+done
+log "$NBOOT boot modules, $(wc -l <"$ROOT/lib/modules/podvisor.late") on-demand modules"
+
+# --- 5. cpio (reproducible: fixed mtimes, sorted names) ----------------------------------------
+find "$ROOT" -exec touch -h -d @0 {} +
+(
+  cd "$ROOT"
+  find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible
+) >"$OUT/initramfs.cpio"
+case $COMPRESS in
+  none) mv "$OUT/initramfs.cpio" "$OUT/initramfs.img" ;;
+  gzip) gzip -n -9 <"$OUT/initramfs.cpio" >"$OUT/initramfs.img"; rm "$OUT/initramfs.cpio" ;;
+  *) log "bad PODVISOR_INITRAMFS_COMPRESS=$COMPRESS"; exit 1 ;;
+esac
+
+# --- 6. manifest --------------------------------------------------------------------------------
+VSHA=$(sha256sum "$OUT/vmlinux" | cut -d' ' -f1)
+ISHA=$(sha256sum "$OUT/initramfs.img" | cut -d' ' -f1)
+cat >"$OUT/manifest.json" <<EOF
+{
+  "kernel_version": "$KVER",
+  "kernel_package": "$PKG",
+  "agent_version": "$AGENT_VERSION",
+  "protocol": 1,
+  "vmlinux": { "file": "vmlinux", "sha256": "$VSHA" },
+  "initramfs": { "file": "initramfs.img", "sha256": "$ISHA", "compression": "$COMPRESS" }
+}
+EOF
+log "done: $OUT/vmlinux $OUT/initramfs.img ($(du -h "$OUT/initramfs.img" | cut -f1))"
