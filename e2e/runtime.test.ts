@@ -34,7 +34,8 @@ function containerConfig(name: string, command: string[], extra: Record<string, 
     log_path: `${name}.log`,
     labels: { 'io.kubernetes.container.name': name, role: name },
     annotations: { 'io.kubernetes.container.hash': 'abc123', 'io.kubernetes.container.restartCount': '0' },
-    linux: {},
+    // as kubelet sends it: the pod's namespace modes repeated per container
+    linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
     ...extra,
   };
 }

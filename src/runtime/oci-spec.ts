@@ -185,9 +185,7 @@ export function buildSpec(input: SpecInput): BuiltSpec {
       ? { destination: '/dev/shm', type: 'bind', source: '/run/podvisor/shm', options: ['rbind', 'rw'] }
       : { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] });
   }
-  if (!mounts.some((m) => m.destination === '/etc/resolv.conf')) {
-    specMounts.push({ destination: '/etc/resolv.conf', type: 'bind', source: '/run/podvisor/resolv.conf', options: ['rbind', 'ro'] });
-  }
+  // /etc/resolv.conf: the agent binds the pod's own unless a CRI mount provides one.
   for (const m of mounts) {
     const opts = ['rbind', m.readonly ? 'ro' : 'rw'];
     if (m.propagation) opts.push(m.propagation);

@@ -11,6 +11,7 @@ use crate::util::RUN_DIR;
 
 pub const SHARED_DIR: &str = "/run/podvisor/shared";
 pub const RESOLV_CONF: &str = "/run/podvisor/resolv.conf";
+pub const POD_SHM: &str = "/run/podvisor/shm";
 
 #[derive(Deserialize, Default)]
 struct Dns {
@@ -86,8 +87,13 @@ pub fn setup(params: Value) -> Result<Value> {
 
     set_hostname(&p.hostname)?;
     std::fs::create_dir_all(RUN_DIR).ctx("mkdir /run/podvisor")?;
-    if p.dns.is_some() {
-        std::fs::write(RESOLV_CONF, resolv).ctx("write resolv.conf")?;
+    // Always written (empty without DNS config) so every container gets a resolv.conf to bind.
+    std::fs::write(RESOLV_CONF, resolv).ctx("write resolv.conf")?;
+    // The /dev/shm of containers that share the pod IPC namespace: one tmpfs for the pod.
+    if !crate::disks::is_mountpoint(POD_SHM) {
+        std::fs::create_dir_all(POD_SHM).ctx("mkdir pod shm")?;
+        mount(Some("shm"), POD_SHM, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k"))
+            .map_err(|e| AgentError::internal(format!("mount pod shm: {e}")))?;
     }
     if let Some(tag) = &p.share_tag {
         if !crate::disks::is_mountpoint(SHARED_DIR) {
