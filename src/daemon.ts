@@ -9,6 +9,8 @@ import { imageHandlers } from './cri/image';
 import { runtimeInfoHandlers } from './cri/runtime-info';
 import { sandboxHandlers } from './cri/sandbox';
 import { streamingHandlers } from './cri/streaming';
+import { statsHandlers } from './cri/stats';
+import { StatsCollector } from './runtime/stats';
 import { StreamingServer } from './streaming/server';
 import { RuntimeStreamingBackend } from './runtime/stream-backend';
 import { ImageManager } from './image/manager';
@@ -81,6 +83,7 @@ export class Daemon {
       ...sandboxHandlers(sandboxes, containers),
       ...containerHandlers(containers, images),
       ...streamingHandlers(streaming),
+      ...statsHandlers(new StatsCollector(sandboxes, containers, logger), sandboxes, containers),
     };
     this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger);
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');

@@ -58,7 +58,7 @@ export function containerHandlers(containers: ContainerManager, images: ImageMan
     },
 
     async RemoveContainer(req: any) {
-      await containers.remove(requireString(req.container_id, 'container_id'));
+      await containers.remove(req.container_id ?? ''); // idempotent: unknown means already removed
       return {};
     },
 

@@ -30,13 +30,14 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
       return { pod_sandbox_id: id };
     },
 
+    // Stop and Remove are idempotent: an unknown (or empty) id is already stopped and removed.
     async StopPodSandbox(req: any) {
-      await sandboxes.stop(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
+      await sandboxes.stop(req.pod_sandbox_id ?? '');
       return {};
     },
 
     async RemovePodSandbox(req: any) {
-      await sandboxes.remove(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
+      await sandboxes.remove(req.pod_sandbox_id ?? '');
       return {};
     },
 

@@ -144,8 +144,10 @@ export class ContainerManager {
             continue;
           }
           await fsp.mkdir(m.host_path, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory
+          // read-only is enforced on the host bind (top mount only, so submounts keep their
+          // own mode as CRI's non-recursive read-only asks); recursive_read_only also in the guest
           const guest = await pod.bindIntoShare(m.host_path, `${rec.shareDir}/${i++}`, !!m.readonly);
-          mounts.push({ destination: m.container_path, source: guest, readonly: !!m.readonly, propagation: propagation(m.propagation) });
+          mounts.push({ destination: m.container_path, source: guest, readonly: !!m.recursive_read_only, propagation: propagation(m.propagation) });
         }
         const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, targetPid });
         const stdout = pod.agent.openStream();
@@ -233,7 +235,8 @@ export class ContainerManager {
   }
 
   async stop(id: string, timeoutS: number): Promise<void> {
-    const c = this.get(id);
+    const c = this.find(id);
+    if (!c) return; // idempotent: an unknown container is already stopped
     if (c.rec.state !== 'CONTAINER_RUNNING') return;
     const pod = this.podOf(c);
     const exited = this.waitExit(c);

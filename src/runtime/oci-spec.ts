@@ -2,6 +2,7 @@
 // config and the guest paths of its mounts. The guest agent only adjusts root.path and resolves
 // a username; every policy decision (caps, masks, namespaces, env) is made here on the host.
 import { invalidArgument } from '../cri/errors';
+import { seccompFor } from './seccomp';
 
 export const DEFAULT_CAPS = [
   'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID',
@@ -163,6 +164,7 @@ export function buildSpec(input: SpecInput): BuiltSpec {
     uid = imageUser.uid;
     username = imageUser.username ?? null;
   }
+  if (sc.run_as_group && !sc.run_as_user && !sc.run_as_username) throw invalidArgument('run_as_group is set without run_as_user or run_as_username');
   let gid: number | undefined = sc.run_as_group ? Number(sc.run_as_group.value) : imageUser.gid;
   if (uid === undefined && !username) uid = 0;
   if (uid !== undefined && username) username = null;
@@ -217,6 +219,7 @@ export function buildSpec(input: SpecInput): BuiltSpec {
       maskedPaths,
       readonlyPaths,
       sysctl: linux.sysctls && Object.keys(linux.sysctls).length ? linux.sysctls : undefined,
+      seccomp: seccompFor(sc, caps),
       cgroupsPath: undefined as string | undefined,
     },
   };

@@ -47,6 +47,13 @@ export function vmSize(config: any, vm: Config['vm']): { vcpus: number; memoryMi
   };
 }
 
+/** The sandbox's hostname, or one derived from the pod name that the kernel accepts (≤ 63). */
+export function podHostname(config: any): string {
+  if (config.hostname) return config.hostname;
+  const name = String(config.metadata?.name ?? 'pod').toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 63).replace(/^-+|-+$/g, '');
+  return name || 'pod';
+}
+
 function networkRequest(rec: SandboxRecord): PodNetworkRequest {
   const c = rec.config;
   return {
@@ -169,7 +176,7 @@ export class SandboxManager {
     sb.pod = pod;
     pod.onEvent((ev) => this.hooks.onEvent(id, ev));
     this.watchExit(sb, pod);
-    const hostname = config.hostname || config.metadata.name;
+    const hostname = podHostname(config);
     const hello = await pod.connect(hostname, this.cfg.vm.bootTimeoutS * 1000);
     sb.rec.agentVersion = hello.agent_version;
     const dns = config.dns_config
@@ -259,7 +266,7 @@ export class SandboxManager {
       pod.onEvent((ev) => this.hooks.onEvent(rec.id, ev));
       this.watchExit(sb, pod);
       try {
-        await pod.connect(rec.config.hostname || rec.config.metadata.name, 10_000);
+        await pod.connect(podHostname(rec.config), 10_000);
         this.logger.info({ sandbox: rec.id, pid: vm.info.pid }, 'reconnected to pod VM');
         await this.hooks.reattach(rec.id);
       } catch (err) {

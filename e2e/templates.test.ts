@@ -1,0 +1,142 @@
+// VM templates end to end: pods start as clones, take their own identity, never write into the
+// template, and fall back to a cold boot when the template is unusable.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { pushBusybox } from '../test/support/images';
+import { Registry, startRegistry } from '../test/support/registry';
+import { podConfig, qemuPidsUnder, TestDaemon } from './support/daemon';
+
+jest.setTimeout(300_000);
+
+let registry: Registry;
+let d: TestDaemon;
+let image: string;
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  await pushBusybox(registry, 'e2e/busybox', 'latest');
+  image = `${registry.host}/e2e/busybox:latest`;
+  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` }, templates: true });
+  await d.image('PullImage', { image: { image } });
+});
+
+afterAll(async () => {
+  await d?.destroy();
+  await registry?.stop();
+});
+
+async function runPod(name: string): Promise<{ id: string; info: any }> {
+  const cfg = podConfig(name, path.join(d.logs, name));
+  const id = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+  const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: id, verbose: true });
+  return { id, info: JSON.parse(st.info.info) };
+}
+
+async function sh(pod: string, name: string, script: string): Promise<string> {
+  const cfg = podConfig(name, path.join(d.logs, name));
+  const { container_id } = await d.runtime('CreateContainer', {
+    pod_sandbox_id: pod,
+    config: { metadata: { name }, image: { image }, command: ['/bin/sleep', '3600'], linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } } },
+    sandbox_config: cfg,
+  });
+  await d.runtime('StartContainer', { container_id });
+  const r = await d.runtime('ExecSync', { container_id, cmd: ['/bin/sh', '-c', script], timeout: 60 });
+  if (r.exit_code !== 0) throw new Error(`${script}: exit ${r.exit_code}: ${Buffer.from(r.stderr).toString()}`);
+  return Buffer.from(r.stdout).toString();
+}
+
+function templateMem(): string {
+  const keys = fs.readdirSync(d.templateDir).filter((k) => !k.includes('.build-'));
+  expect(keys).toHaveLength(1);
+  return path.join(d.templateDir, keys[0], 'mem');
+}
+
+function sha(file: string): string {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+describe('pods cloned from a template', () => {
+  let a: { id: string; info: any };
+  let b: { id: string; info: any };
+
+  beforeAll(async () => {
+    a = await runPod('clone-a');
+    b = await runPod('clone-b');
+  });
+
+  it('start as clones of one template', () => {
+    expect(a.info.vm.boot).toBe('clone');
+    expect(b.info.vm.boot).toBe('clone');
+    expect(fs.readFileSync(`/proc/${a.info.vm.pid}/cmdline`, 'utf8')).toContain(`mem-path=${templateMem()},share=off`);
+  });
+
+  it('have their own entropy, clock and hostname', async () => {
+    const ra = await sh(a.id, 'rng-a', 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; date +%s; hostname');
+    const rb = await sh(b.id, 'rng-b', 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; date +%s; hostname');
+    const [bytesA, timeA, hostA] = ra.trim().split('\n');
+    const [bytesB, , hostB] = rb.trim().split('\n');
+    expect(bytesA).toMatch(/^[0-9a-f]{64}$/);
+    expect(bytesA).not.toBe(bytesB);
+    expect(Math.abs(Number(timeA) - Date.now() / 1000)).toBeLessThan(5);
+    expect([hostA, hostB]).toEqual(['clone-a', 'clone-b']);
+  });
+
+  it('keep the guest clock within a second of the host', async () => {
+    const out = await sh(a.id, 'clock', 'cat /proc/uptime >/dev/null; date +%s.%N');
+    const guest = Number(out.trim());
+    expect(Math.abs(guest - Date.now() / 1000)).toBeLessThan(1.0 + 0.5 /* exec round trip */);
+  });
+
+  it('never write into the template memory file, even when the guest writes all its memory', async () => {
+    const mem = templateMem();
+    const before = sha(mem);
+    // fill most of the 256 MiB guest: tmpfs pages are guest RAM
+    await sh(a.id, 'fill', 'dd if=/dev/urandom of=/dev/shm/fill bs=1M count=150 2>/dev/null; sync; echo ok');
+    expect(sha(mem)).toBe(before);
+  });
+
+  it('leave no template or clone files behind once removed (the template stays for the next pod)', async () => {
+    for (const p of [a, b]) await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
+    expect(qemuPidsUnder(d.state)).toEqual([]);
+    expect(fs.readdirSync(path.join(d.state, 'vm'))).toEqual([]);
+    expect(fs.readdirSync(d.templateDir).filter((k) => k.includes('.build-'))).toEqual([]);
+  });
+});
+
+describe('template lifecycle', () => {
+  it('falls back to a cold boot when the template files were deleted, then rebuilds', async () => {
+    const dir = path.dirname(templateMem());
+    fs.rmSync(dir, { recursive: true, force: true });
+    const p = await runPod('after-wipe');
+    expect(['clone', 'cold']).toContain(p.info.vm.boot); // rebuilt on demand, or cold if the rebuild failed
+    expect(await sh(p.id, 'works', 'echo alive')).toBe('alive\n');
+    expect(fs.existsSync(templateMem())).toBe(true);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
+  });
+
+  it('does not clone a template whose state is broken: the pod cold-boots and works', async () => {
+    const state = path.join(path.dirname(templateMem()), 'state');
+    fs.writeFileSync(state, 'not a migration stream');
+    const p = await runPod('broken-state');
+    expect(p.info.vm.boot).toBe('cold');
+    expect(await sh(p.id, 'works', 'echo alive')).toBe('alive\n');
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
+  });
+
+  it('builds a new template when its inputs change (size class)', async () => {
+    const cfg = podConfig('big', path.join(d.logs, 'big'), {
+      linux: { resources: { memory_limit_in_bytes: String(384 * 1024 * 1024) }, security_context: { namespace_options: { pid: 'CONTAINER' } } },
+    });
+    const before = new Set(fs.readdirSync(d.templateDir));
+    const id = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    const info = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info);
+    expect(info.vm.memoryMiB).toBe(384);
+    expect(info.vm.boot).toBe('clone');
+    const added = fs.readdirSync(d.templateDir).filter((k) => !before.has(k));
+    expect(added).toHaveLength(1);
+    const meta = JSON.parse(fs.readFileSync(path.join(d.templateDir, added[0], 'meta.json'), 'utf8'));
+    expect(meta.memoryMiB).toBe(384);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: id });
+  });
+});

@@ -1,0 +1,91 @@
+// Seccomp for containers: the CRI SecurityProfile (or the deprecated seccomp_profile_path)
+// becomes an OCI linux.seccomp section. The agent's libcontainer loads it.
+//
+// RuntimeDefault here is a deny list on top of "allow": the guest kernel belongs to this pod
+// alone (the VM is the isolation boundary), so the profile only closes the syscalls that reach
+// kernel-global state or are classic container escape tools, which a workload never needs.
+import fs from 'node:fs';
+import { invalidArgument } from '../cri/errors';
+
+// Syscalls closed unless the container holds the capability that makes them legitimate (as
+// Docker's profile does); the rest of the list is closed for everyone.
+const DENIED_UNLESS: Record<string, string[]> = {
+  CAP_SYS_ADMIN: [
+    'bpf', 'fsconfig', 'fsmount', 'fsopen', 'fspick', 'lookup_dcookie', 'mount', 'mount_setattr', 'move_mount',
+    'name_to_handle_at', 'open_tree', 'perf_event_open', 'pivot_root', 'quotactl', 'setdomainname', 'sethostname',
+    'setns', 'umount', 'umount2', 'unshare',
+  ],
+  CAP_SYS_PTRACE: ['kcmp', 'process_vm_readv', 'process_vm_writev', 'ptrace'],
+  CAP_SYS_TIME: ['clock_adjtime', 'clock_settime', 'settimeofday', 'stime'],
+  CAP_SYS_MODULE: ['delete_module', 'finit_module', 'init_module'],
+  CAP_SYS_BOOT: ['reboot'],
+  CAP_SYS_PACCT: ['acct'],
+  CAP_SYS_NICE: ['get_mempolicy', 'mbind', 'move_pages', 'set_mempolicy'],
+  CAP_DAC_READ_SEARCH: ['open_by_handle_at'],
+  CAP_SYS_RAWIO: ['ioperm', 'iopl'],
+};
+const DENIED_ALWAYS = [
+  'add_key', 'create_module', 'get_kernel_syms', 'kexec_file_load', 'kexec_load', 'keyctl', 'nfsservctl',
+  'query_module', 'request_key', 'swapoff', 'swapon', 'sysfs', '_sysctl', 'uselib', 'userfaultfd', 'ustat',
+  'vm86', 'vm86old',
+];
+
+export function runtimeDefault(caps: string[]): any {
+  const denied = [...DENIED_ALWAYS];
+  for (const [cap, names] of Object.entries(DENIED_UNLESS)) if (!caps.includes(cap)) denied.push(...names);
+  return {
+    defaultAction: 'SCMP_ACT_ALLOW',
+    architectures: ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32'],
+    syscalls: [{ names: denied.sort(), action: 'SCMP_ACT_ERRNO', errnoRet: 1 }], // EPERM
+  };
+}
+
+/** A Docker/OCI-style profile file (as kubelet's Localhost profiles are) → OCI linux.seccomp. */
+export function loadLocalhostProfile(file: string, caps: string[]): any {
+  let doc: any;
+  try {
+    doc = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw invalidArgument(`seccomp profile ${file}: ${(err as Error).message}`);
+  }
+  if (typeof doc?.defaultAction !== 'string') throw invalidArgument(`seccomp profile ${file}: defaultAction missing`);
+  const arches: string[] = doc.architectures ?? (doc.archMap ?? []).flatMap((a: any) => [a.architecture, ...(a.subArchitectures ?? [])]);
+  const has = (c: string[]) => c.every((x) => caps.includes(x.toUpperCase().startsWith('CAP_') ? x.toUpperCase() : `CAP_${x.toUpperCase()}`));
+  const syscalls = (doc.syscalls ?? [])
+    .filter((s: any) => !s.includes?.caps || has(s.includes.caps))
+    .filter((s: any) => !s.excludes?.caps || !has(s.excludes.caps))
+    .filter((s: any) => !s.includes?.arches || s.includes.arches.includes('amd64'))
+    .map((s: any) => {
+      const names = s.names ?? (s.name ? [s.name] : []);
+      if (!Array.isArray(names) || !names.length || typeof s.action !== 'string') throw invalidArgument(`seccomp profile ${file}: a syscall rule needs names and action`);
+      const rule: any = { names, action: s.action };
+      if (s.args?.length) rule.args = s.args;
+      if (s.errnoRet !== undefined) rule.errnoRet = s.errnoRet;
+      return rule;
+    });
+  const out: any = { defaultAction: doc.defaultAction, architectures: arches.length ? arches : ['SCMP_ARCH_X86_64'], syscalls };
+  if (doc.defaultErrnoRet !== undefined) out.defaultErrnoRet = doc.defaultErrnoRet;
+  return out;
+}
+
+/** The OCI seccomp section for a container, or undefined for unconfined. */
+export function seccompFor(sc: any, caps: string[]): any {
+  if (sc?.privileged) return undefined;
+  const profile = sc?.seccomp;
+  if (profile) {
+    switch (profile.profile_type) {
+      case 'Unconfined':
+        return undefined;
+      case 'Localhost':
+        if (!profile.localhost_ref) throw invalidArgument('seccomp Localhost profile needs localhost_ref');
+        return loadLocalhostProfile(profile.localhost_ref, caps);
+      default:
+        return runtimeDefault(caps);
+    }
+  }
+  const p: string = sc?.seccomp_profile_path ?? '';
+  if (!p || p === 'unconfined') return undefined;
+  if (p === 'runtime/default' || p === 'docker/default') return runtimeDefault(caps);
+  if (p.startsWith('localhost/')) return loadLocalhostProfile(p.slice('localhost/'.length), caps);
+  throw invalidArgument(`unknown seccomp profile ${JSON.stringify(p)}`);
+}
