@@ -25,6 +25,7 @@ log() { echo "build.sh: $*" >&2; }
 BOOT_MODULES=(
   crc32c_generic virtio_mmio virtio_console virtio_rng virtio_scsi sd_mod virtio_blk virtio_net
   erofs overlay 9p 9pnet_virtio
+  bridge  # privileged containers may create bridges (no modprobe in the guest to load it later)
 )
 # Modules loaded on first use, by group (/lib/modules/podvisor.late: "group path" lines):
 # they are large (ext4 2 MB, xfs 4 MB, nfs 3.4 MB) and loading them costs boot time under TCG.
@@ -32,7 +33,11 @@ LATE_GROUPS=(
   "ext4:ext4"
   "xfs:xfs"
   "nfs:sunrpc nfs nfsv3 nfsv4"
+  "vfat:vfat nls_cp437 nls_utf8"
 )
+# Tools carried into the guest with their shared libraries (listed in /lib/podvisor.keep, so
+# stage 1 keeps them): mke2fs formats blank volumes (disk.mount "format"). ~3 MiB with libc.
+KEEP_TOOLS=(/sbin/mke2fs)
 
 # --- 1. kernel package -------------------------------------------------------------------------
 resolve_kernel_pkg() {
@@ -160,6 +165,19 @@ for g in "${LATE_GROUPS[@]}"; do
   for f in "${ORDER[@]}"; do echo "$group $(install_module "$f")" >>"$ROOT/lib/modules/podvisor.late"; done
 done
 log "$NBOOT boot modules, $(wc -l <"$ROOT/lib/modules/podvisor.late") on-demand modules"
+
+: >"$ROOT/lib/podvisor.keep"
+for t in "${KEEP_TOOLS[@]}"; do
+  [[ -x $t ]] || { log "installing e2fsprogs ($t)"; apt-get install -y -qq e2fsprogs >&2; }
+  # the tool, every library ldd resolves, and the dynamic loader
+  for f in "$t" $(ldd "$t" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    grep -qxF "$f" "$ROOT/lib/podvisor.keep" && continue
+    mkdir -p "$ROOT$(dirname "$f")"
+    cp -L "$f" "$ROOT$f"
+    echo "$f" >>"$ROOT/lib/podvisor.keep"
+  done
+done
+log "kept tools: $(wc -l <"$ROOT/lib/podvisor.keep") files, $(cat "$ROOT/lib/podvisor.keep" | sed "s|^|$ROOT|" | xargs du -cb | tail -1 | cut -f1) bytes"
 
 # --- 5. cpio (reproducible: fixed mtimes, sorted names) ----------------------------------------
 find "$ROOT" -exec touch -h -d @0 {} +

@@ -174,10 +174,9 @@ export class AgentClient extends EventEmitter {
       case Kind.Eof:
       case Kind.Reset: {
         const s = this.streams.get(f.id);
-        if (!s) {
-          if (f.kind === Kind.Data) this.send(encodeFrame(Kind.Reset, f.id)); // unknown stream: tell guest to stop
-          return;
-        }
+        // Unknown stream: dropped without a RESET. After a daemon restart the guest may send
+        // for streams the host has not re-adopted yet (guest/PROTOCOL.md, Handshake).
+        if (!s) return;
         s.onFrame(f);
         return;
       }

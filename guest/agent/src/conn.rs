@@ -1,6 +1,7 @@
 //! The connection: read frames from the port, enforce the per-kind rules, route stream frames
 //! to the stream table and requests to handlers. A rule broken by the host ends the session
-//! (streams dropped, a new hello required); the host is expected to drop the VM.
+//! (streams dropped, a new hello required); the host is expected to drop the VM. A host that
+//! merely disconnects keeps its streams: they resume after its next hello.
 
 use std::rc::Rc;
 
@@ -19,8 +20,8 @@ pub async fn serve(agent: Rc<Agent>, mut events: mpsc::UnboundedReceiver<PortEve
         let data = match ev {
             PortEvent::Data(d) => d,
             PortEvent::Disconnected => {
-                log!("host disconnected");
-                agent.reset_session();
+                log!("host disconnected; streams kept until the next hello");
+                agent.disconnected();
                 dec.clear();
                 continue;
             }
@@ -57,7 +58,7 @@ fn handle_frame(agent: &Rc<Agent>, f: Frame) -> Result<(), String> {
             if f.id == 0 || f.payload.is_empty() || f.payload.len() > MAX_DATA {
                 return Err(format!("bad DATA frame (id {}, {} bytes)", f.id, f.payload.len()));
             }
-            agent.streams.borrow_mut().on_data(f.id, f.payload)
+            agent.streams.borrow_mut().on_data(f.id, f.payload, agent.session())
         }
         frame::CREDIT => {
             if f.id == 0 || f.payload.len() != 4 {
@@ -111,7 +112,14 @@ fn handle_request(agent: &Rc<Agent>, id: u32, payload: &[u8]) {
     };
     // hello runs inline so that requests pipelined behind it see its effect.
     if method == "hello" {
-        return respond(agent, id, crate::handshake::hello(agent, params));
+        let r = crate::handshake::hello(agent, params);
+        let ok = r.is_ok();
+        respond(agent, id, r);
+        if ok {
+            // After the response: the host learns of the new epoch before held frames arrive.
+            agent.resume();
+        }
+        return;
     }
     if !agent.hello_done.get() {
         return respond(agent, id, Err(AgentError::precondition("hello first")));

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{AgentError, Ctx, Result};
+use crate::agent::Agent;
+use crate::probe;
 use crate::util::check_run_path;
 
 #[derive(Deserialize)]
@@ -22,13 +24,34 @@ struct MountParams {
     target: String,
     #[serde(default)]
     options: Vec<String>,
+    /// format with this type first when the disk is blank
+    #[serde(default)]
+    format: Option<String>,
 }
 
-const FSTYPES: &[&str] = &["erofs", "ext4", "xfs", "ext3", "ext2"];
+#[derive(Deserialize)]
+struct DeviceParams {
+    scsi_id: u32,
+    lun: u32,
+}
+
+const FSTYPES: &[&str] = &["erofs", "ext4", "xfs", "ext3", "ext2", "vfat"];
+/// Types we can create (mke2fs is in the initramfs).
+const FORMATS: &[&str] = &["ext4", "ext3", "ext2"];
+const MKFS: &str = "/sbin/mke2fs";
+const WAIT: Duration = Duration::from_secs(10);
 
 pub fn is_mountpoint(path: &str) -> bool {
+    mount_fstype(path).is_some()
+}
+
+/// The filesystem type mounted at `path` (the topmost mount), if any.
+pub fn mount_fstype(path: &str) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(path))
+    // mountinfo: id parent major:minor root mountpoint opts [optional...] - fstype source super
+    mounts.lines().rfind(|l| l.split(' ').nth(4) == Some(path)).map(|l| {
+        l.split(" - ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("").to_string()
+    })
 }
 
 /// Size in sectors from sysfs (0 while the disk is still being probed).
@@ -44,13 +67,96 @@ fn find_block(scsi_id: u32, lun: u32) -> Option<PathBuf> {
     dev.exists().then_some(dev)
 }
 
-pub async fn mount_disk(params: Value) -> Result<Value> {
-    let p: MountParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("disk.mount: {e}")))?;
-    if p.scsi_id > 255 || p.lun > 16383 {
+fn check_scsi(scsi_id: u32, lun: u32) -> Result<()> {
+    if scsi_id > 255 || lun > 16383 {
         return Err(AgentError::invalid("scsi_id/lun out of range"));
     }
-    if !FSTYPES.contains(&p.fstype.as_str()) {
+    Ok(())
+}
+
+/// The SCSI scan is asynchronous: the sysfs entry and /dev node can exist before the disk is
+/// readable (size still 0, open gives ENXIO). Wait until it can be opened, ≤ 10 s.
+async fn wait_device(scsi_id: u32, lun: u32) -> Result<PathBuf> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let err = match find_block(scsi_id, lun) {
+            None => format!("SCSI disk 0:0:{scsi_id}:{lun} did not appear"),
+            Some(dev) if block_size(&dev) == 0 => format!("{} has no media yet", dev.display()),
+            Some(dev) => match std::fs::File::open(&dev) {
+                Ok(_) => return Ok(dev),
+                Err(e) => format!("open {}: {e}", dev.display()),
+            },
+        };
+        if Instant::now() > deadline {
+            return Err(AgentError::timeout(format!("{err} (waited 10 s)")));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `disk.device`: the block device of a SCSI disk (for raw block volumes).
+pub async fn device(params: Value) -> Result<Value> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    let p: DeviceParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("disk.device: {e}")))?;
+    check_scsi(p.scsi_id, p.lun)?;
+    let dev = wait_device(p.scsi_id, p.lun).await?;
+    let md = std::fs::metadata(&dev).ctx("stat device")?;
+    if !md.file_type().is_block_device() {
+        return Err(AgentError::internal(format!("{} is not a block device", dev.display())));
+    }
+    let rdev = md.rdev();
+    Ok(json!({ "device": dev.to_string_lossy(), "major": libc::major(rdev), "minor": libc::minor(rdev) }))
+}
+
+/// Create a filesystem on a blank disk; refuse anything that is not blank.
+async fn format_if_blank(agent: &Agent, dev: &Path, fstype: &str) -> Result<()> {
+    match probe::probe_device(dev).ctx("read device")? {
+        probe::Probe::Fs(_) => return Ok(()),
+        probe::Probe::Unknown => {
+            return Err(AgentError::precondition(format!(
+                "{} has data but no filesystem signature we know; refusing to format it",
+                dev.display()
+            )))
+        }
+        probe::Probe::Blank => {}
+    }
+    let t0 = Instant::now();
+    // lazy_itable_init: the kernel zeroes inode tables in the background instead of mke2fs
+    // writing them all now (slow under TCG for big volumes). -m0: no root reserve on volumes.
+    // Spawned by hand and waited through the reaper: PID 1 reaps every child itself.
+    let mut child = std::process::Command::new(MKFS)
+        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-t", fstype])
+        .arg(dev)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ctx("run mke2fs")?;
+    let rx = agent.reaper.watch(child.id() as i32);
+    let st = rx.await.map_err(|_| AgentError::internal("mke2fs: exit status lost"))?;
+    if st.code != 0 {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = (&mut e).take(4096).read_to_string(&mut err);
+        }
+        return Err(AgentError::internal(format!("mke2fs -t {fstype} {}: exit {}: {}", dev.display(), st.code, err.trim())));
+    }
+    crate::log!("formatted {} as {fstype} in {:?}", dev.display(), t0.elapsed());
+    Ok(())
+}
+
+pub async fn mount_disk(agent: &Agent, params: Value) -> Result<Value> {
+    let p: MountParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("disk.mount: {e}")))?;
+    check_scsi(p.scsi_id, p.lun)?;
+    if p.fstype != "auto" && !FSTYPES.contains(&p.fstype.as_str()) {
         return Err(AgentError::invalid(format!("unsupported fstype {:?}", p.fstype)));
+    }
+    if let Some(f) = &p.format {
+        if !FORMATS.contains(&f.as_str()) {
+            return Err(AgentError::invalid(format!("cannot format as {f:?} (supported: {FORMATS:?})")));
+        }
     }
     let target = check_run_path("target", &p.target)?;
     let (mut flags, data) = parse_options(&p.options)?;
@@ -62,43 +168,56 @@ pub async fn mount_disk(params: Value) -> Result<Value> {
         return Err(AgentError::exists(format!("{tstr} is already mounted")));
     }
 
-    let group = match p.fstype.as_str() {
+    let dev = wait_device(p.scsi_id, p.lun).await?;
+    if let Some(f) = &p.format {
+        if p.readonly {
+            return Err(AgentError::invalid("format and readonly exclude each other"));
+        }
+        format_if_blank(agent, &dev, f).await?;
+    }
+    let fstype = if p.fstype == "auto" {
+        match probe::probe_device(&dev).ctx("read device")? {
+            probe::Probe::Fs(t) if FSTYPES.contains(&t) => t.to_string(),
+            probe::Probe::Fs(t) => return Err(AgentError::precondition(format!("{} holds {t}, which the guest cannot mount", dev.display()))),
+            _ => return Err(AgentError::precondition(format!("{} has no filesystem", dev.display()))),
+        }
+    } else {
+        p.fstype.clone()
+    };
+    let group = match fstype.as_str() {
         "ext2" | "ext3" | "ext4" => Some("ext4"),
         "xfs" => Some("xfs"),
+        "vfat" => Some("vfat"),
         _ => None,
     };
     if let Some(g) = group {
         crate::modules::ensure(g).map_err(AgentError::internal)?;
     }
-    // The SCSI scan is asynchronous: the sysfs entry and /dev node can exist before the disk
-    // is readable (size still 0, open gives ENXIO). Retry until it mounts or 10 s pass.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Opening worked, but the first mount can still race the end of the scan: retry briefly.
+    let deadline = Instant::now() + WAIT;
     std::fs::create_dir_all(&target).ctx("mkdir target")?;
-    let dev = loop {
-        let err = match find_block(p.scsi_id, p.lun) {
-            None => format!("SCSI disk 0:0:{}:{} did not appear", p.scsi_id, p.lun),
-            Some(dev) if block_size(&dev) == 0 => format!("{} has no media yet", dev.display()),
-            Some(dev) => match mount(Some(&dev), &target, Some(p.fstype.as_str()), flags, (!data.is_empty()).then_some(data.as_str())) {
-                Ok(()) => break dev,
-                Err(e @ (Errno::ENXIO | Errno::ENODEV | Errno::ENOENT | Errno::ENOMEDIUM)) => {
-                    format!("mount {} ({}) on {tstr}: {e}", dev.display(), p.fstype)
-                }
-                Err(e) => {
-                    return Err(AgentError::internal(format!("mount {} ({}) on {tstr}: {e}", dev.display(), p.fstype)));
-                }
-            },
+    loop {
+        let err = match mount(Some(&dev), &target, Some(fstype.as_str()), flags, (!data.is_empty()).then_some(data.as_str())) {
+            Ok(()) => break,
+            Err(e @ (Errno::ENXIO | Errno::ENODEV | Errno::ENOENT | Errno::ENOMEDIUM)) => {
+                format!("mount {} ({fstype}) on {tstr}: {e}", dev.display())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&target);
+                return Err(AgentError::internal(format!("mount {} ({fstype}) on {tstr}: {e}", dev.display())));
+            }
         };
         if Instant::now() > deadline {
             let _ = std::fs::remove_dir(&target);
             return Err(AgentError::timeout(format!("{err} (waited 10 s)")));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    Ok(json!({ "device": dev.to_string_lossy() }))
+    }
+    Ok(json!({ "device": dev.to_string_lossy(), "fstype": fstype }))
 }
 
 /// Mount flags by name; everything else is passed to the filesystem, after a sanity check.
-fn parse_options(opts: &[String]) -> Result<(MsFlags, String)> {
+pub fn parse_options(opts: &[String]) -> Result<(MsFlags, String)> {
     let mut flags = MsFlags::MS_NODEV;
     let mut data = Vec::new();
     for o in opts {
@@ -133,6 +252,13 @@ pub fn unmount_disk(params: Value) -> Result<Value> {
     let tstr = target.to_string_lossy().to_string();
     if !is_mountpoint(&tstr) {
         return Err(AgentError::not_found(format!("{tstr} is not mounted")));
+    }
+    // NFS: detach lazily; a plain umount can block on a server that is gone, and there is no
+    // device to unplug.
+    if mount_fstype(&tstr).map(|t| t.starts_with("nfs")).unwrap_or(false) {
+        umount2(&target, MntFlags::MNT_DETACH).map_err(|e| AgentError::precondition(format!("umount {tstr}: {e}")))?;
+        let _ = std::fs::remove_dir(&target);
+        return Ok(json!({}));
     }
     // Not lazy: the host unplugs the disk next, so a busy mount must be an error, not a
     // silent detach that leaves I/O pointing at a vanished device.

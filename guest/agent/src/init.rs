@@ -15,6 +15,8 @@ use nix::mount::{mount, MsFlags};
 use crate::log;
 
 const NEWROOT: &str = "/newroot";
+/// Extra files (absolute paths, one a line) that must survive leaving the initramfs.
+const KEEP_LIST: &str = "/lib/podvisor.keep";
 
 fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
     let _ = std::fs::create_dir_all(target);
@@ -53,12 +55,16 @@ fn switch_root() -> std::io::Result<()> {
     std::fs::copy("/init", format!("{NEWROOT}/init"))?;
     std::fs::set_permissions(format!("{NEWROOT}/init"), std::fs::Permissions::from_mode(0o755))?;
     copy_dir("/etc", &format!("{NEWROOT}/etc"))?;
-    // On-demand modules and their list move with us; boot modules are freed with the initramfs.
-    for f in crate::modules::late_files().iter().map(String::as_str).chain([crate::modules::LATE_LIST]) {
+    // On-demand modules and their list move with us, and the few tools listed in KEEP_LIST
+    // (mke2fs and its libraries); boot modules are freed with the initramfs.
+    let keep = std::fs::read_to_string(KEEP_LIST).unwrap_or_default();
+    let keep = keep.lines().map(str::trim).filter(|l| l.starts_with('/'));
+    for f in crate::modules::late_files().iter().map(String::as_str).chain([crate::modules::LATE_LIST]).chain(keep) {
         let to = format!("{NEWROOT}{f}");
         if let Some(parent) = Path::new(&to).parent() {
             std::fs::create_dir_all(parent)?;
         }
+        // fs::copy keeps the mode bits (executables stay executable).
         if let Err(e) = std::fs::copy(f, &to) {
             log!("keep {f}: {e}");
         }
@@ -136,7 +142,7 @@ pub fn stage2() {
     mnt("shm", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"));
     mnt("run", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"));
     mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, Some("nsdelegate"));
-    for (l, t) in [("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2")] {
+    for (l, t) in [("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"), ("/etc/mtab", "/proc/self/mounts")] {
         let _ = std::os::unix::fs::symlink(t, l);
     }
     // Enable controllers one by one so a missing one does not block the others.

@@ -12,8 +12,12 @@ mod frame;
 mod handshake;
 mod init;
 mod modules;
+mod netlink;
+mod network;
+mod nfs;
 mod port;
 mod portforward;
+mod probe;
 mod reaper;
 mod rpc;
 mod sandbox;
@@ -57,7 +61,23 @@ impl std::io::Write for FdWriter {
     }
 }
 
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Rust starts with SIGPIPE ignored, and an ignored signal stays ignored across exec: every
+/// container process would inherit it (`yes | head` would spin on EPIPE forever). A no-op
+/// handler gives the agent the same EPIPE behaviour, and exec resets it to the default.
+fn sigpipe_handler() {
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGPIPE, &sa, std::ptr::null_mut());
+    }
+}
+
 fn main() {
+    sigpipe_handler();
     std::panic::set_hook(Box::new(|info| {
         log!("panic: {info}");
     }));

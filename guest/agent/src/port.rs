@@ -3,12 +3,17 @@
 //!
 //! Why threads and not tokio's epoll: while the host side is not connected the port reads 0
 //! and polls as EPOLLHUP, which tokio treats as a sticky "closed" state, so an AsyncFd spins or
-//! never wakes again after a reconnect. Blocking read() simply waits for data while the host is
-//! connected; when it returns 0 (host away) the reader sleeps 50 ms and tries again.
-//! Blocking write() waits for the host to connect, which is exactly the back-pressure we want.
+//! never wakes again after a reconnect. The threads poll(2) while the host is connected and
+//! sleep-retry while it is away.
+//!
+//! Host reconnects (PROTOCOL.md "Handshake"): responses and CREDITs belong to one session and
+//! are dropped once it ends; stream DATA/EOF and events are held by the writer from the moment
+//! the host goes away until the next hello is answered, then written in order.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,16 +23,42 @@ use tokio::sync::{mpsc, oneshot};
 
 pub enum PortEvent {
     Data(Vec<u8>),
-    /// read() returned 0 after data had flowed: the host closed its end.
+    /// read() returned 0 after data had flowed: the host closed its end. The reader has
+    /// already bumped the session (so the writer stops at once).
     Disconnected,
 }
 
 pub enum Out {
-    /// A frame for the session it was produced in; dropped if the session has changed
-    /// (the host that would understand it is gone).
-    Frame(u64, Vec<u8>),
+    /// Bound to the session it was produced in (a response, a CREDIT): dropped if the session
+    /// has changed, because the host that would understand it is gone.
+    Session(u64, Vec<u8>),
+    /// Stream DATA/EOF and events: survive a host change. Written only while the gate is open
+    /// (a hello was answered in the current session), otherwise held and written after the
+    /// next hello. `unsent` counts a stream's DATA bytes not yet on the wire (for the window
+    /// reset at hello).
+    Held(Held),
+    /// hello answered in this session: write what was held, then keep the gate open.
+    Open(u64),
     Flush(oneshot::Sender<()>),
 }
+
+pub struct Held {
+    pub bytes: Vec<u8>,
+    pub event: bool,
+    pub unsent: Option<Arc<AtomicU64>>,
+}
+
+impl Held {
+    fn done(&self) {
+        if let Some(u) = &self.unsent {
+            u.fetch_sub(self.bytes.len().saturating_sub(9) as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Events kept while no host is there: the last ones win (a long disconnect must not grow
+/// the agent without bound; DATA is bounded by the stream windows anyway).
+pub const MAX_HELD_EVENTS: usize = 1024;
 
 /// Wait until the port named `name` shows up, return its /dev node.
 pub async fn find(name: &str) -> PathBuf {
@@ -45,7 +76,7 @@ pub async fn find(name: &str) -> PathBuf {
             }
         }
         waited += 1;
-        if waited % 500 == 0 {
+        if waited.is_multiple_of(500) {
             crate::log!("still waiting for virtio port {name}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -58,27 +89,44 @@ pub fn start(
     session: Arc<AtomicU64>,
 ) -> std::io::Result<(mpsc::UnboundedReceiver<PortEvent>, std::sync::mpsc::Sender<Out>)> {
     use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a blocked write() would deliver the rest of an old frame to the next host
+    // once it connects; with EAGAIN + poll the writer re-checks the session between chunks.
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
     let w = f.try_clone()?;
     let (etx, erx) = mpsc::unbounded_channel();
     let (otx, orx) = std::sync::mpsc::channel();
-    std::thread::Builder::new().name("port-rd".into()).spawn(move || reader(f, etx))?;
-    std::thread::Builder::new().name("port-wr".into()).spawn(move || writer(w, orx, session))?;
+    let s2 = session.clone();
+    std::thread::Builder::new().name("port-rd".into()).spawn(move || reader(f, etx, s2))?;
+    let mut wr = Writer { f: w, session, open: None, held: VecDeque::new(), held_events: 0 };
+    std::thread::Builder::new().name("port-wr".into()).spawn(move || wr.run(orx))?;
     Ok((erx, otx))
 }
 
-fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>) {
+/// poll(2) one fd; returns revents (0 on timeout).
+fn poll1(f: &File, events: libc::c_short, timeout_ms: i32) -> libc::c_short {
+    let mut p = libc::pollfd { fd: f.as_raw_fd(), events, revents: 0 };
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if r > 0 {
+        p.revents
+    } else {
+        0
+    }
+}
+
+fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 128 * 1024];
     let mut connected = false;
     loop {
         match f.read(&mut buf) {
+            // No data and no host: virtio_console reads 0 (and polls HUP) until one connects.
             Ok(0) => {
                 if connected {
                     connected = false;
+                    session.fetch_add(1, Ordering::SeqCst);
                     if tx.send(PortEvent::Disconnected).is_err() {
                         return;
                     }
@@ -91,6 +139,10 @@ fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>) {
                     return;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Host connected, nothing to read: sleep until data or a disconnect wakes us.
+                poll1(&f, libc::POLLIN, -1);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 crate::log!("port read: {e}");
@@ -100,38 +152,113 @@ fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>) {
     }
 }
 
-/// Write one frame, in as many write() calls as the port needs (it takes at most 32 KiB per
-/// call). If the session changes between calls (host went away), drop the rest rather than
-/// hand a new host the tail of a frame it never saw the start of.
-fn write_frame(f: &mut File, mut bytes: &[u8], s: u64, session: &AtomicU64) {
-    while !bytes.is_empty() {
-        if s != session.load(Ordering::SeqCst) {
-            return;
-        }
-        match f.write(bytes) {
-            Ok(0) => return,
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                crate::log!("port write: {e}");
-                return;
+struct Writer {
+    f: File,
+    session: Arc<AtomicU64>,
+    /// the session whose hello was answered (gate open for held frames)
+    open: Option<u64>,
+    held: VecDeque<Held>,
+    held_events: usize,
+}
+
+impl Writer {
+    fn run(&mut self, rx: std::sync::mpsc::Receiver<Out>) {
+        while let Ok(out) = rx.recv() {
+            match out {
+                Out::Session(s, bytes) => {
+                    let session = self.session.clone();
+                    self.write(&bytes, || session.load(Ordering::SeqCst) == s);
+                }
+                Out::Held(h) => {
+                    if self.is_open() && self.held.is_empty() {
+                        if let Some(h) = self.write_held(h) {
+                            self.hold(h);
+                        }
+                    } else {
+                        self.hold(h);
+                    }
+                }
+                Out::Open(s) => {
+                    if s == self.session.load(Ordering::SeqCst) {
+                        self.open = Some(s);
+                        while self.is_open() {
+                            let Some(h) = self.held.pop_front() else { break };
+                            if h.event {
+                                self.held_events -= 1;
+                            }
+                            if let Some(h) = self.write_held(h) {
+                                if h.event {
+                                    self.held_events += 1;
+                                }
+                                self.held.push_front(h);
+                            }
+                        }
+                    }
+                }
+                Out::Flush(done) => {
+                    let _ = done.send(());
+                }
             }
         }
     }
-}
 
-fn writer(mut f: File, rx: std::sync::mpsc::Receiver<Out>, session: Arc<AtomicU64>) {
-    while let Ok(out) = rx.recv() {
-        match out {
-            Out::Frame(s, bytes) => {
-                if s != session.load(Ordering::SeqCst) {
-                    continue;
+    fn is_open(&self) -> bool {
+        self.open == Some(self.session.load(Ordering::SeqCst))
+    }
+
+    fn hold(&mut self, h: Held) {
+        if h.event {
+            if self.held_events >= MAX_HELD_EVENTS {
+                if let Some(i) = self.held.iter().position(|x| x.event) {
+                    self.held.remove(i);
+                    self.held_events -= 1;
                 }
-                write_frame(&mut f, &bytes, s, &session);
             }
-            Out::Flush(done) => {
-                let _ = done.send(());
+            self.held_events += 1;
+        }
+        self.held.push_back(h);
+    }
+
+    /// Write a held-class frame; give it back if the gate closed before any byte went out.
+    fn write_held(&mut self, h: Held) -> Option<Held> {
+        let session = self.session.clone();
+        let open = self.open;
+        let written = self.write(&h.bytes, || open == Some(session.load(Ordering::SeqCst)));
+        if written == 0 && !h.bytes.is_empty() {
+            self.open = None;
+            return Some(h);
+        }
+        // Fully written, or partly written to a host that went away (its tail is useless to
+        // the next host, which must see whole frames): either way it is gone.
+        h.done();
+        None
+    }
+
+    /// Write `bytes` while `valid()` holds, in as many write() calls as the port needs (it
+    /// takes at most 32 KiB per call, all or nothing). Returns the bytes written.
+    fn write(&mut self, bytes: &[u8], valid: impl Fn() -> bool) -> usize {
+        let mut done = 0;
+        while done < bytes.len() {
+            if !valid() {
+                return done;
+            }
+            match self.f.write(&bytes[done..]) {
+                Ok(0) => return done,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Queue full (host slow) or no host: POLLHUP means no host, back off.
+                    let rev = poll1(&self.f, libc::POLLOUT, 100);
+                    if rev & libc::POLLHUP != 0 {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    crate::log!("port write: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
+        done
     }
 }

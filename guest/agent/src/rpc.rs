@@ -6,13 +6,16 @@ use serde_json::{json, Value};
 
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::{containers, disks, exec, portforward, sandbox, stats};
+use crate::{containers, disks, exec, network, nfs, portforward, sandbox, stats};
 
 pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<Value> {
     match method {
         "sandbox.setup" => sandbox::setup(params),
-        "disk.mount" => disks::mount_disk(params).await,
+        "network.configure" => network::configure(params),
+        "disk.mount" => disks::mount_disk(agent, params).await,
+        "disk.device" => disks::device(params).await,
         "disk.unmount" => disks::unmount_disk(params),
+        "nfs.mount" => nfs::mount(agent, params).await,
         "container.create" => containers::create(agent, params),
         "container.start" => containers::start(agent, params),
         "container.signal" => containers::signal(agent, params),

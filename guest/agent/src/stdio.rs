@@ -18,10 +18,12 @@ use tokio::task::JoinHandle;
 use crate::agent::Agent;
 use crate::error::{AgentError, Ctx, Result};
 use crate::reaper::ExitStatus;
-use crate::streams::{self, InKind};
+use crate::streams::{self, InKind, OutStream};
 use crate::util;
 
 const TTY_DIR: &str = "/run/podvisor/tty";
+const GRACE_TICK: Duration = Duration::from_millis(100);
+const GRACE_IDLE: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize, Clone, Copy, Default)]
 pub struct StdioIds {
@@ -112,7 +114,7 @@ fn recv_master(l: &UnixListener) -> Result<OwnedFd> {
 }
 
 pub struct Attached {
-    pub pumps: Vec<(u32, JoinHandle<()>)>,
+    pub pumps: Vec<(u32, JoinHandle<()>, Rc<OutStream>)>,
     pub stdin: u32,
     pub master: Option<Rc<OwnedFd>>,
 }
@@ -128,17 +130,20 @@ pub fn attach(agent: &Rc<Agent>, ids: &StdioIds, mut p: Prepared) -> Result<Atta
         if ids.stdin != 0 {
             streams::spawn_in(agent, ids.stdin, util::dup(&m)?, InKind::Tty);
         }
-        pumps.push((ids.stdout, streams::spawn_out(agent, ids.stdout, util::dup(&m)?)));
+        let (h, st) = streams::spawn_out(agent, ids.stdout, util::dup(&m)?);
+        pumps.push((ids.stdout, h, st));
         master = Some(Rc::new(m));
     } else {
         if let Some(fd) = p.host_in.take() {
             streams::spawn_in(agent, ids.stdin, fd, InKind::Pipe);
         }
         if let Some(fd) = p.host_out.take() {
-            pumps.push((ids.stdout, streams::spawn_out(agent, ids.stdout, fd)));
+            let (h, st) = streams::spawn_out(agent, ids.stdout, fd);
+            pumps.push((ids.stdout, h, st));
         }
         if let Some(fd) = p.host_err.take() {
-            pumps.push((ids.stderr, streams::spawn_out(agent, ids.stderr, fd)));
+            let (h, st) = streams::spawn_out(agent, ids.stderr, fd);
+            pumps.push((ids.stderr, h, st));
         }
     }
     Ok(Attached { pumps, stdin: ids.stdin, master })
@@ -168,12 +173,23 @@ pub fn spawn_waiter(
     tokio::task::spawn_local(async move {
         let st = rx.await.unwrap_or(ExitStatus { code: 255, signal: None });
         // The exit event must come after all output. Normally the pipes hit EOF as soon as the
-        // process is gone; a background grandchild that keeps them open gets 2 s.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        for (id, mut h) in att.pumps {
-            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
-                h.abort();
-                streams::force_eof(&agent, id);
+        // process is gone; a background grandchild that keeps them open gets 2 s of idle
+        // reading. Time spent waiting for window (slow or absent host) does not count: that
+        // output must not be lost.
+        let mut idle = Duration::ZERO;
+        for (id, mut h, st) in att.pumps {
+            loop {
+                if tokio::time::timeout(GRACE_TICK, &mut h).await.is_ok() {
+                    break;
+                }
+                if st.is_reading() {
+                    idle += GRACE_TICK;
+                }
+                if idle >= GRACE_IDLE {
+                    h.abort();
+                    streams::force_eof(&agent, id);
+                    break;
+                }
             }
         }
         if att.stdin != 0 {

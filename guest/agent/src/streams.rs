@@ -11,6 +11,8 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, Notify};
@@ -25,6 +27,17 @@ pub struct OutStream {
     window: Cell<u64>,
     wake: Notify,
     stopped: Cell<bool>,
+    /// DATA bytes handed to the port writer and not yet written (held while the host is away)
+    unsent: Arc<AtomicU64>,
+    /// waiting for the source to become readable (not for window): lets the exit waiter tell
+    /// "a grandchild holds the pipe" from "the host is slow or away"
+    reading: Cell<bool>,
+}
+
+impl OutStream {
+    pub fn is_reading(&self) -> bool {
+        self.reading.get()
+    }
 }
 
 pub struct InStream {
@@ -35,7 +48,8 @@ pub struct InStream {
 }
 
 enum InMsg {
-    Data(Vec<u8>),
+    /// bytes and the session they arrived in (CREDIT for them only goes to that host)
+    Data(u64, Vec<u8>),
     Eof,
 }
 
@@ -61,6 +75,20 @@ impl Streams {
         self.out.contains_key(&id) || self.inp.contains_key(&id)
     }
 
+    /// A (re)connected host said hello: it re-adopts the open streams with fresh windows.
+    /// Our DATA still held by the port writer will count against the new window.
+    pub fn reset_windows(&mut self) {
+        for s in self.out.values() {
+            let unsent = s.unsent.load(Ordering::SeqCst);
+            s.window.set((INITIAL_WINDOW as u64).saturating_sub(unsent));
+            crate::debug!("hello: stream window {} (unsent {unsent})", s.window.get());
+            s.wake.notify_one();
+        }
+        for s in self.inp.values() {
+            s.window.set(INITIAL_WINDOW);
+        }
+    }
+
     pub fn reset_all(&mut self) {
         for (_, s) in self.out.drain() {
             s.stopped.set(true);
@@ -70,7 +98,7 @@ impl Streams {
     }
 
     /// Host DATA. Err = protocol violation (window exceeded).
-    pub fn on_data(&mut self, id: u32, data: Vec<u8>) -> std::result::Result<(), String> {
+    pub fn on_data(&mut self, id: u32, data: Vec<u8>, session: u64) -> std::result::Result<(), String> {
         let Some(s) = self.inp.get(&id) else {
             // Late data for a stream we already closed (process exited): not a violation.
             return Ok(());
@@ -80,7 +108,7 @@ impl Streams {
             return Err(format!("stream {id}: DATA of {len} exceeds window {}", s.window.get()));
         }
         s.window.set(s.window.get() - len);
-        let _ = s.tx.send(InMsg::Data(data));
+        let _ = s.tx.send(InMsg::Data(session, data));
         Ok(())
     }
 
@@ -121,12 +149,19 @@ pub fn check_new_ids(agent: &Agent, ids: &[u32]) -> Result<()> {
 }
 
 /// Start pumping `fd` to the host as stream `id`. The task ends after sending EOF (or on
-/// RESET / session loss, without EOF).
-pub fn spawn_out(agent: &Rc<Agent>, id: u32, fd: OwnedFd) -> JoinHandle<()> {
-    let st = Rc::new(OutStream { window: Cell::new(INITIAL_WINDOW as u64), wake: Notify::new(), stopped: Cell::new(false) });
+/// RESET / protocol violation, without EOF).
+pub fn spawn_out(agent: &Rc<Agent>, id: u32, fd: OwnedFd) -> (JoinHandle<()>, Rc<OutStream>) {
+    let st = Rc::new(OutStream {
+        window: Cell::new(INITIAL_WINDOW as u64),
+        wake: Notify::new(),
+        stopped: Cell::new(false),
+        unsent: Arc::new(AtomicU64::new(0)),
+        reading: Cell::new(false),
+    });
     agent.streams.borrow_mut().out.insert(id, st.clone());
     let agent = agent.clone();
-    tokio::task::spawn_local(async move {
+    let st2 = st.clone();
+    let h = tokio::task::spawn_local(async move {
         let eof = pump_out(&agent, id, &st, fd).await;
         if eof && !st.stopped.get() {
             agent.send(frame::EOF, id, &[]);
@@ -135,7 +170,8 @@ pub fn spawn_out(agent: &Rc<Agent>, id: u32, fd: OwnedFd) -> JoinHandle<()> {
         if streams.out.get(&id).map(|s| Rc::ptr_eq(s, &st)).unwrap_or(false) {
             streams.out.remove(&id);
         }
-    })
+    });
+    (h, st2)
 }
 
 /// Used when a pump had to be abandoned (e.g. a grandchild keeps the pipe open after the
@@ -162,21 +198,25 @@ async fn pump_out(agent: &Agent, id: u32, st: &OutStream, fd: OwnedFd) -> bool {
     let mut buf = vec![0u8; MAX_DATA];
     loop {
         while st.window.get() == 0 && !st.stopped.get() {
+            crate::debug!("stream {id}: window 0, unsent {}", st.unsent.load(Ordering::SeqCst));
             st.wake.notified().await;
         }
         if st.stopped.get() {
             return false;
         }
         let max = (st.window.get() as usize).min(MAX_DATA);
+        st.reading.set(true);
         let n = tokio::select! {
             r = read_fd(&afd, &mut buf[..max]) => r,
             _ = st.wake.notified() => continue, // credit or stop: re-evaluate
         };
+        st.reading.set(false);
         match n {
             Ok(0) => return true,
             Ok(n) => {
-                st.window.set(st.window.get() - n as u64);
-                agent.send(frame::DATA, id, &buf[..n]);
+                // The window may have been reset (hello) while we were reading.
+                st.window.set(st.window.get().saturating_sub(n as u64));
+                agent.send_data(id, &buf[..n], &st.unsent);
             }
             // EIO: pty master after the last slave closed = EOF.
             Err(_) => return true,
@@ -226,7 +266,6 @@ pub fn spawn_in(agent: &Rc<Agent>, id: u32, fd: OwnedFd, kind: InKind) -> JoinHa
     let window = Rc::new(Cell::new(INITIAL_WINDOW));
     agent.streams.borrow_mut().inp.insert(id, Rc::new(InStream { window: window.clone(), tx }));
     let agent = agent.clone();
-    let session = agent.session();
     tokio::task::spawn_local(async move {
         util::set_nonblocking(fd.as_raw_fd());
         let afd = match AsyncFd::new(fd) {
@@ -239,7 +278,7 @@ pub fn spawn_in(agent: &Rc<Agent>, id: u32, fd: OwnedFd, kind: InKind) -> JoinHa
         let mut broken = false;
         while let Some(msg) = rx.recv().await {
             match msg {
-                InMsg::Data(d) => {
+                InMsg::Data(session, d) => {
                     if !broken && write_fd(&afd, &d).await.is_err() {
                         // The reader is gone; keep granting credit so the host is not stuck.
                         broken = true;

@@ -1,0 +1,156 @@
+// Pod networking end to end: Debian's CNI plugins (bridge, host-local, portmap, loopback), the
+// pod netns, the tap mirrored into the VM, and the guest configured by the agent.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { pushBusybox } from '../test/support/images';
+import { Registry, startRegistry } from '../test/support/registry';
+import { podConfig, TestDaemon } from './support/daemon';
+
+jest.setTimeout(300_000);
+
+const BRIDGE = 'pve2e0';
+const SUBNET = '10.213.0';
+let registry: Registry;
+let d: TestDaemon;
+let image: string;
+let ipamDir: string;
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8' });
+}
+
+function httpGet(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { timeout: 10_000 }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve(body));
+    });
+    req.on('timeout', () => req.destroy(new Error(`timeout: ${url}`)));
+    req.on('error', reject);
+  });
+}
+
+async function retry<T>(fn: () => Promise<T>, ms = 30_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+}
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  await pushBusybox(registry, 'e2e/busybox', 'latest', { extra: [{ name: 'www/', type: 'directory' }, { name: 'www/index.html', content: 'hello from the pod\n' }] });
+  image = `${registry.host}/e2e/busybox:latest`;
+  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` } });
+  ipamDir = path.join(d.dir, 'ipam');
+  fs.writeFileSync(path.join(d.cniConfDir, '10-e2e.conflist'), JSON.stringify({
+    cniVersion: '1.0.0',
+    name: 'e2e',
+    plugins: [
+      { type: 'bridge', bridge: BRIDGE, isGateway: true, ipMasq: false, hairpinMode: true,
+        ipam: { type: 'host-local', ranges: [[{ subnet: `${SUBNET}.0/24` }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: ipamDir } },
+      { type: 'portmap', capabilities: { portMappings: true } },
+    ],
+  }));
+  await retry(async () => {
+    const s = await d.runtime('Status', {});
+    if (!s.status.conditions.find((c: any) => c.type === 'NetworkReady')?.status) throw new Error('network not ready yet');
+  });
+  await d.image('PullImage', { image: { image } });
+});
+
+afterAll(async () => {
+  await d?.destroy();
+  await registry?.stop();
+  try { sh('ip', ['link', 'del', BRIDGE]); } catch { /* already gone */ }
+});
+
+async function podWithServer(name: string, extra: Record<string, unknown> = {}): Promise<{ pod: string; ip: string; ctr: string }> {
+  const cfg = podConfig(name, path.join(d.logs, name), extra);
+  const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+  const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod });
+  const { container_id } = await d.runtime('CreateContainer', {
+    pod_sandbox_id: pod,
+    config: { metadata: { name: 'web' }, image: { image }, command: ['/bin/busybox', 'httpd', '-f', '-p', '8080', '-h', '/www'], linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } } },
+    sandbox_config: cfg,
+  });
+  await d.runtime('StartContainer', { container_id });
+  return { pod, ip: st.status.network.ip, ctr: container_id };
+}
+
+async function exec(ctr: string, cmd: string[]): Promise<{ out: string; code: number }> {
+  const r = await d.runtime('ExecSync', { container_id: ctr, cmd, timeout: 60 });
+  return { out: Buffer.from(r.stdout).toString(), code: r.exit_code };
+}
+
+describe('pods on a CNI bridge', () => {
+  let a: { pod: string; ip: string; ctr: string };
+  let b: { pod: string; ip: string; ctr: string };
+
+  beforeAll(async () => {
+    a = await podWithServer('net-a', {
+      port_mappings: [{ protocol: 'TCP', container_port: 8080, host_port: 18080, host_ip: '' }],
+      dns_config: { servers: [`${SUBNET}.53`], searches: ['e2e.example'], options: ['ndots:2'] },
+    });
+    b = await podWithServer('net-b');
+  });
+
+  it('reports the pod IP from the CNI result', () => {
+    expect(a.ip).toMatch(new RegExp(`^${SUBNET.replace(/\./g, '\\.')}\\.\\d+$`));
+    expect(b.ip).not.toBe(a.ip);
+  });
+
+  it('serves a TCP server in a container to a client in the host namespace', async () => {
+    expect(await retry(() => httpGet(`http://${a.ip}:8080/index.html`))).toBe('hello from the pod\n');
+  });
+
+  it('lets two pod VMs reach each other', async () => {
+    const r = await retry(async () => {
+      const res = await exec(a.ctr, ['/bin/busybox', 'wget', '-q', '-O', '-', `http://${b.ip}:8080/index.html`]);
+      if (res.code !== 0) throw new Error(`wget exit ${res.code}`);
+      return res;
+    });
+    expect(r.out).toBe('hello from the pod\n');
+  });
+
+  it('maps a hostPort to the pod', async () => {
+    expect(await retry(() => httpGet(`http://${SUBNET}.1:18080/index.html`))).toBe('hello from the pod\n');
+  });
+
+  it('puts the pod DNS config into /etc/resolv.conf', async () => {
+    const r = await exec(a.ctr, ['/bin/cat', '/etc/resolv.conf']);
+    expect(r.out).toContain(`nameserver ${SUBNET}.53`);
+    expect(r.out).toContain('search e2e.example');
+    expect(r.out).toContain('options ndots:2');
+  });
+
+  afterAll(async () => {
+    for (const p of [a, b]) if (p) await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.pod });
+  });
+});
+
+describe('network cleanup', () => {
+  it('leaves no netns, link, tc filter, iptables rule or IPAM lease after 20 run/stop/remove cycles', async () => {
+    const linksBefore = sh('ip', ['-o', 'link']).split('\n').length;
+    for (let i = 0; i < 20; i++) {
+      const cfg = podConfig(`cycle-${i}`, path.join(d.logs, 'cycles'), { port_mappings: [{ protocol: 'TCP', container_port: 80, host_port: 19000 + i, host_ip: '' }] });
+      const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+      expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.network.ip).toBeTruthy();
+      await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+      await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+    }
+    expect(sh('ip', ['netns', 'list']).split('\n').filter((l) => l.startsWith('pv-'))).toEqual([]);
+    expect(sh('ip', ['-o', 'link']).split('\n').length).toBe(linksBefore);
+    const leases = fs.existsSync(path.join(ipamDir, 'e2e')) ? fs.readdirSync(path.join(ipamDir, 'e2e')).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [];
+    expect(leases).toEqual([]);
+    expect(sh('iptables-save', ['-t', 'nat'])).not.toMatch(/190\d\d/);
+  });
+});
