@@ -114,3 +114,11 @@ describe('VM sizing and config', () => {
     fs.rmSync(dir, { recursive: true });
   });
 });
+
+describe('deploy/config.toml', () => {
+  it('is a valid config that states the embedded defaults', () => {
+    const cfg = loadConfig(path.join(__dirname, '..', 'deploy', 'config.toml'), false);
+    const def = defaultConfig();
+    expect({ ...cfg, vm: { ...cfg.vm, kernel: def.vm.kernel, initramfs: def.vm.initramfs } }).toEqual(def);
+  });
+});
