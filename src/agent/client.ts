@@ -3,7 +3,8 @@
 // Any protocol violation by the guest closes the connection; callers see AgentError and the
 // pod is failed, the daemon carries on.
 import { EventEmitter } from 'node:events';
-import net from 'node:net';
+import type net from 'node:net';
+import { connectWhenReady } from '../util/unix-socket';
 import { Duplex } from 'node:stream';
 import {
   encodeCredit,
@@ -55,19 +56,10 @@ export class AgentClient extends EventEmitter {
 
   /** Connects to the agent's unix socket, retrying while QEMU has not created it yet. */
   static async connect(path: string, timeoutMs = 10_000): Promise<AgentClient> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        const sock = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.createConnection(path);
-          s.once('connect', () => { s.removeAllListeners('error'); resolve(s); });
-          s.once('error', reject);
-        });
-        return new AgentClient(sock);
-      } catch (err) {
-        if (Date.now() > deadline) throw new AgentError('unavailable', `cannot connect to agent socket ${path}: ${(err as Error).message}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
+    try {
+      return await connectWhenReady(path, timeoutMs, async (sock) => new AgentClient(sock));
+    } catch (err) {
+      throw new AgentError('unavailable', `cannot connect to agent socket ${path}: ${(err as Error).message}`);
     }
   }
 

@@ -10,6 +10,7 @@ import type { ImageManager, ImageRecord } from '../image/manager';
 import type { Logger } from '../log';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { RecordStore } from '../store/record-store';
+import { findByIdOrPrefix } from '../util/lookup';
 import { ContainerLog, nowNs } from './container-log';
 import { KeyedMutex } from './lock';
 import { buildSpec, GuestMount, ociResources } from './oci-spec';
@@ -68,11 +69,7 @@ export class ContainerManager {
   }
 
   find(id: string): Live | undefined {
-    if (!id) return undefined;
-    const exact = this.containers.get(id);
-    if (exact) return exact;
-    const m = [...this.containers.values()].filter((c) => c.rec.id.startsWith(id));
-    return m.length === 1 ? m[0] : undefined;
+    return findByIdOrPrefix(this.containers, id);
   }
 
   isImageInUse(imageId: string): boolean {

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { failedPrecondition, invalidArgument, notFound, unavailable } from '../cri/errors';
 import type { Logger } from '../log';
 import { RecordStore } from '../store/record-store';
+import { findByIdOrPrefix } from '../util/lookup';
 import type { Config } from '../config/config';
 import type { Hypervisor } from '../vm/hypervisor';
 import type { NetworkDriver, PodNetworkRequest } from '../../network/network-driver';
@@ -96,11 +97,7 @@ export class SandboxManager {
 
   /** Looks a sandbox up by full id or unique prefix. */
   find(id: string): Sandbox | undefined {
-    if (!id) return undefined;
-    const exact = this.sandboxes.get(id);
-    if (exact) return exact;
-    const matches = [...this.sandboxes.values()].filter((s) => s.rec.id.startsWith(id));
-    return matches.length === 1 ? matches[0] : undefined;
+    return findByIdOrPrefix(this.sandboxes, id);
   }
 
   save(sb: Sandbox): Promise<void> {

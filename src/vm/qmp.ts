@@ -1,7 +1,8 @@
 // A small QMP client: one JSON object per line, commands answered in order, asynchronous events
 // interleaved. Written here because the job is tiny and specific (dependencies.md).
 import { EventEmitter } from 'node:events';
-import net from 'node:net';
+import type net from 'node:net';
+import { connectWhenReady } from '../util/unix-socket';
 
 export class QmpError extends Error {
   constructor(readonly errorClass: string, message: string) {
@@ -34,21 +35,14 @@ export class QmpClient extends EventEmitter {
 
   /** Connects (retrying until QEMU has created the socket), reads the greeting, enters command mode. */
   static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        const sock = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.createConnection(path);
-          s.once('connect', () => { s.removeAllListeners('error'); resolve(s); });
-          s.once('error', reject);
-        });
+    try {
+      return await connectWhenReady(path, timeoutMs, async (sock) => {
         const client = new QmpClient(sock);
         await client.handshake();
         return client;
-      } catch (err) {
-        if (Date.now() > deadline) throw new Error(`cannot connect to QMP socket ${path}: ${(err as Error).message}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      });
+    } catch (err) {
+      throw new Error(`cannot connect to QMP socket ${path}: ${(err as Error).message}`);
     }
   }
 
