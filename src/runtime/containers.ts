@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { AgentStream } from '../agent/client';
-import { deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../cri/errors';
+import { CriError, deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../cri/errors';
 import type { ImageManager, ImageRecord } from '../image/manager';
 import type { Logger } from '../log';
 import type { VolumeManager } from '../../storage/volume-manager';
@@ -479,6 +479,8 @@ async function collect(s: AgentStream): Promise<Buffer> {
 export function mapAgentError(err: unknown, what: string): Error {
   const e = err as { name?: string; code?: unknown; message?: string };
   if (e?.name === 'CriError') return err as Error;
+  // volume attach failures (storage/errors.ts StorageError) carry their gRPC status: keep it
+  if (e?.name === 'StorageError' && typeof e.code === 'number') return new CriError(e.code as CriError['code'], `${what}: ${e.message}`);
   if (e?.name === 'AgentError') {
     const msg = `${what}: ${e.message}`;
     switch (e.code) {

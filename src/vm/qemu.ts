@@ -51,7 +51,7 @@ export type Boot =
   | { mode: 'clone'; memPath: string; statePath: string };
 
 // Bump when the device layout below changes: templates are keyed on it.
-export const DEVICE_LAYOUT_VERSION = 1;
+export const DEVICE_LAYOUT_VERSION = 2;
 
 export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator'>, boot: Boot = { mode: 'cold' }): string[] {
   const f = (name: string) => path.join(spec.dir, name);

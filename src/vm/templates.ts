@@ -166,6 +166,7 @@ export class TemplateManager {
     const netns = size.nics ? `pvtpl-${crypto.randomBytes(4).toString('hex')}` : undefined;
     const hv = new QemuHypervisor({ ...this.o.qemu, logger: this.o.logger });
     let vm: QemuVm | undefined;
+    let agent: AgentClient | undefined;
     try {
       const nics = [];
       if (netns) {
@@ -185,17 +186,16 @@ export class TemplateManager {
         network: netns ? { netnsPath: `/run/netns/${netns}`, nics } : undefined,
       };
       vm = await hv.launch(spec, { mode: 'template', memPath: path.join(work, 'mem') });
-      const agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
-      try {
-        const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
-        const res = await Promise.race([
-          agent.call('hello', { protocol: PROTOCOL_VERSION, nonce: key, time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(), entropy: crypto.randomBytes(32).toString('base64'), hostname: 'template' }, 30_000),
-          died,
-        ]);
-        if (res?.nonce !== key) throw new Error('template agent answered hello wrongly');
-      } finally {
-        agent.close();
-      }
+      agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
+      // The agent connection stays open through the snapshot: the clones then restore a port
+      // that never saw its host go away, so no late "host disconnected" in a clone can undo
+      // the clone's own hello.
+      const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
+      const res = await Promise.race([
+        agent.call('hello', { protocol: PROTOCOL_VERSION, nonce: key, time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(), entropy: crypto.randomBytes(32).toString('base64'), hostname: 'template' }, 30_000),
+        died,
+      ]);
+      if (res?.nonce !== key) throw new Error('template agent answered hello wrongly');
       await vm.qmp.execute('stop');
       await vm.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await vm.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(path.join(work, 'state'))}` });
@@ -219,6 +219,7 @@ export class TemplateManager {
       this.o.logger.info({ key, ...size, buildMs: meta.buildMs }, 'VM template built');
       return meta;
     } finally {
+      agent?.close();
       if (vm) await vm.stop(0).catch(() => undefined);
       if (netns) await run('ip', ['netns', 'delete', netns]).catch(() => undefined);
       await fsp.rm(work, { recursive: true, force: true });
