@@ -198,6 +198,22 @@ describe('a pod VM with busybox containers', () => {
     expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(d.dir);
   });
 
+  it('applies per-container cgroup limits in the guest and reports OOMKilled', async () => {
+    const limit = 48 * 1024 * 1024;
+    const resources = { memory_limit_in_bytes: String(limit), cpu_period: '100000', cpu_quota: '50000' };
+    const base = containerConfig('limited', ['/bin/sleep', '3600']);
+    const id = await runContainer(pod, cfg, { ...base, linux: { ...base.linux, resources } });
+    await waitState(id, 'CONTAINER_RUNNING');
+    const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/cat', '/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/cpu.max'], timeout: 30 });
+    expect(Buffer.from(r.stdout).toString().split('\n').slice(0, 2)).toEqual([String(limit), '50000 100000']);
+    // a process that outgrows the limit is killed by the guest kernel's OOM killer
+    const hogCfg = containerConfig('hog', ['/bin/sh', '-c', 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived']);
+    const hog = await runContainer(pod, cfg, { ...hogCfg, linux: { ...hogCfg.linux, resources } });
+    const st = await waitState(hog, 'CONTAINER_EXITED', 120_000);
+    expect(st.reason).toBe('OOMKilled');
+    expect(st.exit_code).toBe(137);
+  });
+
   it('removes containers, then stops and removes the pod with nothing left behind', async () => {
     const all = await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } });
     expect(all.containers.length).toBeGreaterThan(0);
@@ -240,6 +256,35 @@ describe('a daemon restart', () => {
     await d.runtime('StopContainer', { container_id: id, timeout: 0 });
     expect((await waitState(id, 'CONTAINER_EXITED')).exit_code).toBe(137);
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+  });
+});
+
+describe('a pod VM that dies underneath', () => {
+  it('is reported NOTREADY with its containers exited, and still stops and removes cleanly', async () => {
+    const cfg = podConfig('doomed', path.join(d.logs, 'doomed'));
+    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    const id = await runContainer(pod, cfg, containerConfig('victim', ['/bin/sleep', '3600']));
+    await waitState(id, 'CONTAINER_RUNNING');
+    const pid = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true })).info.info).vm.pid;
+    process.kill(pid, 'SIGKILL');
+    const st = await waitState(id, 'CONTAINER_EXITED');
+    expect(st.exit_code).toBe(137);
+    expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.state).toBe('SANDBOX_NOTREADY');
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+    expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
+    expect(fs.existsSync(path.join(d.state, 'vm', pod.slice(0, 16)))).toBe(false);
+  });
+});
+
+describe('the daemon socket', () => {
+  it('is refused to a second daemon while the first one serves it', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const r = spawnSync(process.execPath, [path.join(__dirname, '..', 'dist', 'src', 'cli', 'main.js'), 'serve', '--config', d.configFile, '--socket', d.socket, '--root', path.join(d.dir, 'root2'), '--state', path.join(d.dir, 'state2')], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).not.toBe(0);
+    expect(r.stdout + r.stderr).toContain('already listening');
+    expect(fs.statSync(d.socket).mode & 0o777).toBe(0o660);
+    expect((await d.runtime('Version', {})).runtime_name).toBe('podvisor'); // the first one still serves
   });
 });
 
