@@ -206,7 +206,8 @@ export function buildSpec(input: SpecInput): BuiltSpec {
       env: envList(img.Env, config.envs),
       cwd: config.working_dir || img.WorkingDir || '/',
       capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: [] as string[], ambient: [] as string[] },
-      noNewPrivileges: !!sc.no_new_privs,
+      // omitted unless true: libcontainer loads seccomp before dropping capabilities only when unset
+      noNewPrivileges: sc.no_new_privs ? true : undefined,
       oomScoreAdj: linux.resources?.oom_score_adj ? Number(linux.resources.oom_score_adj) : undefined,
       rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1048576, soft: 1048576 }],
     },
