@@ -141,6 +141,9 @@ export class VolumeManager {
       // containers of the pod can still share one writable attachment. Raw devices have no
       // bind: their mode is the first request's.
       const ro = d.readOnly || (source.raw ? readonly : false);
+      // refuse before touching the VM: result() would refuse it only after the attachment was
+      // made and saved, leaving a reference no container holds (attached until the pod stops)
+      if (ro && !readonly) throw precondition(`volume ${source.key} is read-only; it can only be mounted read-only`);
       const guestPath = `${GUEST_VOLUMES}/${source.key}`;
       const target = this.trackScsi(pod);
       const handle = await this.driver(d).attach(target, d, { readonly: ro, guestPath, tag: source.key.slice(-12), raw: source.raw });

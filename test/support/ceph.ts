@@ -35,11 +35,11 @@ export function cephAvailable(): boolean {
     ['/usr/bin', '/usr/sbin', '/bin'].some((d) => fs.existsSync(path.join(d, b))));
 }
 
-export async function freePort(): Promise<number> {
+export async function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
+    s.listen(0, host, () => {
       const port = (s.address() as net.AddressInfo).port;
       s.close(() => resolve(port));
     });
@@ -57,24 +57,30 @@ function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function startCeph(opts: { pool?: string } = {}): Promise<CephCluster> {
+/**
+ * `host`: the local IPv4 address the mon and the OSD bind to (default 127.0.0.1). Give the
+ * gateway address of a pod bridge to make the cluster reachable from pod network namespaces
+ * (QEMU's librbd runs inside the pod's netns, where the host's 127.0.0.1 is not reachable).
+ */
+export async function startCeph(opts: { pool?: string; host?: string } = {}): Promise<CephCluster> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-ceph-'));
   const pool = opts.pool ?? 'rbd';
-  const port = await freePort();
+  const host = opts.host ?? '127.0.0.1';
+  const port = await freePort(host);
   const fsid = crypto.randomUUID();
   const conf = path.join(dir, 'ceph.conf');
   for (const d of ['mon', 'osd', 'run', 'log']) fs.mkdirSync(path.join(dir, d));
   fs.writeFileSync(conf, [
     '[global]',
     `fsid = ${fsid}`,
-    `mon host = v1:127.0.0.1:${port}`,
+    `mon host = v1:${host}:${port}`,
     'mon initial members = a',
     'auth cluster required = cephx',
     'auth service required = cephx',
     'auth client required = cephx',
     'ms bind msgr2 = false',
     'ms bind ipv6 = false',
-    'public addr = 127.0.0.1',
+    `public addr = ${host}`,
     'osd pool default size = 1',
     'osd pool default min size = 1',
     'mon allow pool size one = true',
@@ -99,7 +105,7 @@ export async function startCeph(opts: { pool?: string } = {}): Promise<CephClust
   ].join('\n'));
   const procs: ChildProcess[] = [];
   const cluster: CephCluster = {
-    dir, monitor: `127.0.0.1:${port}`, monHost: '127.0.0.1', monPort: port, pool, conf,
+    dir, monitor: `${host}:${port}`, monHost: host, monPort: port, pool, conf,
     adminKey: '', user: 'pvtest', userKey: '', adminKeyFile: path.join(dir, 'admin.key'), userKeyFile: path.join(dir, 'pvtest.key'),
     ceph: (args, t) => run('ceph', ['-c', conf, ...args], t),
     rbd: (args, t) => run('rbd', ['-c', conf, ...args], t),
@@ -126,7 +132,7 @@ export async function startCeph(opts: { pool?: string } = {}): Promise<CephClust
       '--cap', 'mon', 'allow *', '--cap', 'osd', 'allow *', '--cap', 'mgr', 'allow *']);
     fs.renameSync(cluster.adminKeyFile + 'ring', path.join(dir, 'admin.keyring'));
     await run('ceph-authtool', [monKeyring, '--import-keyring', path.join(dir, 'admin.keyring')]);
-    await run('monmaptool', ['--create', '--addv', 'a', `[v1:127.0.0.1:${port}]`, '--fsid', fsid, path.join(dir, 'monmap')]);
+    await run('monmaptool', ['--create', '--addv', 'a', `[v1:${host}:${port}]`, '--fsid', fsid, path.join(dir, 'monmap')]);
     await run('ceph-mon', ['-c', conf, '--mkfs', '-i', 'a', '--monmap', path.join(dir, 'monmap'), '--keyring', monKeyring]);
     daemon('ceph-mon', ['-i', 'a']);
     const osdId = (await cluster.ceph(['osd', 'create'], 30_000)).trim();
