@@ -60,7 +60,9 @@ export class RuntimeStreamingBackend implements StreamingBackend {
     const exit = this.containers.expectExecExit(execId);
     // output nobody asked for is still read, so the process never blocks on it
     const sink = (src: AgentStream, dst: Writable | undefined) => (dst ? copyInto(src, dst) : copyInto(src, nullWriter()));
-    const outputs = [sink(stdout, io.stdout), stderr ? sink(stderr, io.stderr) : Promise.resolve()];
+    // caught from the start: if exec.start fails, `finally` destroys the streams and these reject
+    // (ERR_STREAM_PREMATURE_CLOSE) with nobody awaiting them, an unhandled rejection that kills the daemon
+    const outputs = [sink(stdout, io.stdout), stderr ? sink(stderr, io.stderr) : Promise.resolve()].map((p) => p.catch(() => undefined));
     try {
       await pod.agent.call('exec.start', {
         container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: io.tty,
@@ -69,7 +71,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
       if (stdin && io.stdin) pipeline(io.stdin, stdin).catch(() => stdin.destroy());
       if (io.resize) this.forwardResize(io.resize, c.rec.id, execId);
       const ev = await exit;
-      await Promise.all(outputs.map((p) => p.catch(() => undefined)));
+      await Promise.all(outputs);
       return { exitCode: Number.isInteger(ev.exit_code) ? ev.exit_code : 255 };
     } catch (err) {
       throw mapAgentError(err, 'exec');
@@ -135,9 +137,16 @@ export class RuntimeStreamingBackend implements StreamingBackend {
       stream.destroy();
       throw mapAgentError(err, `port-forward to ${port}`);
     }
-    await Promise.all([
-      pipeline(conn, stream).catch(() => stream.destroy()),
-      pipeline(stream, conn).catch(() => conn.destroy()),
-    ]);
+    let clientDone = false;
+    const toPod = pipeline(conn, stream).catch(() => stream.destroy()).finally(() => (clientDone = true));
+    await pipeline(stream, conn).catch(() => conn.destroy());
+    // The pod closed its side: as containerd, give the client 1 s to finish its own, then stop
+    // (the SPDY error stream then closes). Waiting for the client's half-close instead deadlocks
+    // older client-go (kubectl): it waits for the error stream to close before it closes the
+    // local connection, and so before it half-closes the data stream.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([toPod, new Promise((r) => (timer = setTimeout(r, 1000)))]);
+    clearTimeout(timer);
+    if (!clientDone) stream.destroy();
   }
 }
