@@ -132,6 +132,27 @@ describe('template lifecycle', () => {
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
   });
 
+  it('is managed by `podvisor template build|ls|rm`, which never deletes a template in use', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', 'dist', 'src', 'cli', 'main.js'), 'template', ...args, '--config', d.configFile, '--root', d.root], { encoding: 'utf8', timeout: 120_000 });
+    const built = cli('build', '--vcpus', '1', '--memory', '320', '--nics', '0');
+    expect(built.status).toBe(0);
+    const key = built.stdout.split(' ')[0];
+    expect(key).toMatch(/^[0-9a-f]{32}$/);
+    const cfg = podConfig('cli', path.join(d.logs, 'cli'), { linux: { resources: { memory_limit_in_bytes: String(320 * 1024 * 1024) } } });
+    const id = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    const info = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info);
+    expect(info.vm.boot).toBe('clone'); // cloned from the template the CLI built
+    expect(cli('ls').stdout).toMatch(new RegExp(`${key}\\s+1x320x0\\s+\\S+\\s+yes`));
+    const refused = cli('rm', key);
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toContain('in use');
+    expect(fs.existsSync(path.join(d.templateDir, key, 'mem'))).toBe(true);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: id });
+    expect(cli('rm', key).status).toBe(0);
+    expect(fs.existsSync(path.join(d.templateDir, key))).toBe(false);
+  });
+
   it('builds a new template when its inputs change (size class)', async () => {
     const cfg = podConfig('big', path.join(d.logs, 'big'), {
       linux: { resources: { memory_limit_in_bytes: String(384 * 1024 * 1024) }, security_context: { namespace_options: { pid: 'CONTAINER' } } },

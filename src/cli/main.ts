@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { ConfigError, loadConfig } from '../config/config';
 import { Daemon, VERSION } from '../daemon';
 import { createLogger } from '../log';
+import { registerTemplateCommands } from './template';
 import { registerVolumeCommands } from './volume';
 
 const DEFAULT_CONFIG = '/etc/podvisor/config.toml';
@@ -51,6 +52,7 @@ program
   });
 
 registerVolumeCommands(program);
+registerTemplateCommands(program);
 
 program.parseAsync(process.argv).catch((err) => {
   process.stderr.write(`podvisor: ${(err as Error).message}\n`);
