@@ -6,7 +6,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { pushBusybox } from '../test/support/images';
 import { Registry, startRegistry } from '../test/support/registry';
-import { podConfig, TestDaemon } from './support/daemon';
+import { podConfig, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
 
@@ -33,17 +33,6 @@ function httpGet(url: string): Promise<string> {
   });
 }
 
-async function retry<T>(fn: () => Promise<T>, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 300));
-    }
-  }
-}
 
 beforeAll(async () => {
   registry = await startRegistry();

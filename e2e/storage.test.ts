@@ -33,7 +33,7 @@ import { pushBusybox } from '../test/support/images';
 import { NfsServer, startNfs } from '../test/support/nfs';
 import { Registry, startRegistry } from '../test/support/registry';
 import { Loops, mountPoints } from '../test/storage/helpers';
-import { podConfig, TestDaemon } from './support/daemon';
+import { podConfig, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(600_000);
 
@@ -188,17 +188,6 @@ function debugfsCat(devOrFile: string, file: string): string {
   return sh('debugfs', ['-R', `cat ${file}`, devOrFile]);
 }
 
-async function retry<T>(fn: () => Promise<T>, ms = 60_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await sleep(300);
-    }
-  }
-}
 
 beforeAll(async () => {
   const t0 = Date.now();
@@ -245,7 +234,7 @@ beforeAll(async () => {
   await retry(async () => {
     const s = await daemon().runtime('Status', {});
     if (!s.status.conditions.find((x: any) => x.type === 'NetworkReady')?.status) throw new Error('network not ready yet');
-  });
+  }, 60_000);
   await Promise.all([d.image('PullImage', { image: { image } }), dr.image('PullImage', { image: { image } })]);
 
   const rbdArgs = ['--rbd', `${ceph.pool}/e2e-data`, '--monitors', ceph.monitor, '--user', ceph.user, '--key-file', ceph.userKeyFile];

@@ -161,3 +161,16 @@ export function podConfig(name: string, logDir: string, extra: Record<string, un
     ...extra,
   };
 }
+
+/** Calls `fn` until it resolves, every `everyMs`, failing with its last error after `ms`. */
+export async function retry<T>(fn: () => Promise<T>, ms = 30_000, everyMs = 300): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, everyMs));
+    }
+  }
+}
