@@ -4,24 +4,23 @@
 //
 // Two daemons:
 //   - `d` has a CNI bridge conflist (bridge created here, private /24, host-local IPAM in
-//     .10-.200): its pods get the pod network and QEMU runs inside the pod netns. NFS and raw
-//     block volumes are tested there. NFS: ganesha in its own netns (test/support/nfs.ts) plus
-//     one extra veth from that netns into the bridge, address .250: the guest kernel mounts it
-//     over the pod network; traffic stays inside the bridge and namespaces made here.
-//   - `dr` has no CNI config: its pods get loopback only and QEMU runs in the host netns. RBD
-//     volumes are tested there. Why: QEMU's librbd opens its Ceph sockets in QEMU's own netns,
-//     and in a CNI pod netns every packet arriving on the CNI interface is redirected by tc
-//     mirred to the VM's tap (network/tap.ts), so librbd's replies go to the guest and the
-//     connection times out ("RBD in a CNI pod" below pins that down).
+//     .10-.200): its pods get the pod network. NFS, raw block and RBD volumes are tested there.
+//     NFS: ganesha in its own netns (test/support/nfs.ts) plus one extra veth from that netns
+//     into the bridge, address .250: the guest kernel mounts it over the pod network; traffic
+//     stays inside the bridge and namespaces made here. RBD: QEMU runs in the host netns (only
+//     its taps are in the pod netns, opened by podvisor-launch), so its librbd reaches Ceph
+//     through the host's network while the guest keeps the pod network ("RBD in a CNI pod").
+//   - `dr` has no CNI config: its pods get loopback only. Most RBD tests run there.
 //   - Ceph: mon + OSD bound to the bridge's gateway address (.1) in the host netns, reachable
-//     from the host netns (daemon preflight, CSI controller, `dr`'s QEMU) and, were it not for
-//     the tc redirect, from pod netns through the bridge.
+//     from the host netns (daemon preflight, CSI controller, every pod's QEMU).
 // QMP checks: QEMU's QMP socket serves one client at a time and the daemon holds it, so
 // qmpInventory() stops the daemon (pod VMs keep running), asks QEMU directly and restarts the
 // daemon, which reconnects to its VMs.
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
@@ -439,21 +438,48 @@ describe('failures on CreateContainer', () => {
     const ok = await startCtr(q, 'good', [{ container_path: '/data', host_path: vol.nfs }]);
     expect((await execOk(ok, 'cat /data/from-server')).trim()).toBe('exported');
   });
+});
 
-  // Known limitation, pinned down: QEMU runs in the pod netns, where tc mirred sends every packet
-  // arriving on the CNI interface to the VM's tap, so QEMU's own librbd connections never see a
-  // reply. Today that fails cleanly (and leaves nothing behind); when RBD over the pod network
-  // works, this test fails: turn it into a round trip on `d`.
-  test.failing('RBD in a CNI pod: QEMU librbd cannot reach the monitors from the pod netns (known limitation)', async () => {
-    const pod = await runPod(daemon(), 'rbd-cni');
+describe('RBD in a CNI pod', () => {
+  // QEMU's librbd talks to Ceph from the host netns while the guest is on the pod network: data
+  // written through the volume outlives the pod, and the pod network works all along.
+  let web: http.Server | undefined;
+  afterAll(() => new Promise<void>((r) => (web ? web.close(() => r()) : r())));
+
+  it('round trip over an RBD volume in pods on the CNI bridge; the pods still reach the network', async () => {
+    const body = `from-the-bridge-${ID}`;
+    web = http.createServer((_req, res) => res.end(body));
+    await new Promise<void>((r) => web!.listen(0, GATEWAY, () => r()));
+    const url = `http://${GATEWAY}:${(web.address() as AddressInfo).port}/`;
+    const token = `rbd-cni-${crypto.randomBytes(6).toString('hex')}`;
+    let a: Pod | undefined;
+    let b: Pod | undefined;
     try {
-      const err = await createCtr(pod, 'w', [{ container_path: '/data', host_path: vol.rbdCni }]).then(() => undefined, (e) => e);
-      // eslint-disable-next-line no-console
-      console.log(`RBD in a CNI pod: ${err?.code} ${err?.details}`);
-      expect(err).toBeUndefined();
+      a = await timed('rbd-cni: RunPodSandbox', () => runPod(daemon(), 'rbd-cni-writer'));
+      const ip = (await a.d.runtime('PodSandboxStatus', { pod_sandbox_id: a.id })).status.network.ip;
+      expect(ip).toMatch(new RegExp(`^${SUBNET.replace(/\./g, '\\.')}\\.`));
+      const w = await timed('rbd-cni: CreateContainer with attach', () => startCtr(a!, 'writer', [{ container_path: '/data', host_path: vol.rbdCni }]));
+      expect(await mountLine(w, '/data')).toMatch(/^\/dev\/sd[a-z]+ \/data ext4 rw/);
+      await execOk(w, `echo ${token} > /data/hello && sync`);
+      // the guest is on the pod network: it reaches a server on the bridge, and is reached
+      expect((await retry(() => execOk(w, `wget -q -O - ${url}`), 30_000)).trim()).toBe(body);
+      expect(sh('busybox', ['ping', '-c', '1', '-W', '10', ip])).toMatch(/1 (packets )?received/);
+      await removePod(a);
+      a = undefined;
+
+      b = await runPod(daemon(), 'rbd-cni-reader');
+      const r = await startCtr(b, 'reader', [{ container_path: '/data', host_path: vol.rbdCni }]);
+      expect((await execOk(r, 'cat /data/hello')).trim()).toBe(token);
+      expect((await retry(() => execOk(r, `wget -q -O - ${url}`), 30_000)).trim()).toBe(body);
     } finally {
-      await removePod(pod);
+      await removePod(a).catch(() => undefined);
+      await removePod(b).catch(() => undefined);
     }
+    // and it is on the image
+    const img = path.join(daemon().dir, 'rbd-cni-export.img');
+    await ceph!.rbd(['export', `${ceph!.pool}/e2e-data`, img]);
+    expect(debugfsCat(img, '/hello').trim()).toBe(token);
+    fs.rmSync(img, { force: true });
   });
 });
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the podvisor guest: OUTDIR/vmlinux (PVH ELF), OUTDIR/initramfs.img (newc cpio, /init =
-# the static agent), OUTDIR/manifest.json. Idempotent; downloads are cached under OUTDIR/cache.
+# the static agent), OUTDIR/manifest.json; and the host's OUTDIR/podvisor-launch (launcher/).
+# Idempotent; downloads are cached under OUTDIR/cache.
 #
 #   guest/build.sh OUTDIR
 #
@@ -110,6 +111,14 @@ AGENT_VERSION=$(grep -m1 '^version' "$HERE/agent/Cargo.toml" | cut -d'"' -f2)
 if command -v file >/dev/null && file "$AGENT" | grep -q "dynamically linked"; then
   log "agent is not static"; exit 1
 fi
+
+# --- 3b. the host launcher ----------------------------------------------------------------------
+# podvisor-launch (launcher/) runs on the host, not in the guest: it opens a pod's taps inside the
+# pod netns and execs QEMU in the host netns. Built here so one command builds all the Rust.
+log "building podvisor-launch"
+(cd "$HERE/../launcher" && cargo build --release --locked >&2)
+install -m 0755 "$HERE/../launcher/target/release/podvisor-launch" "$OUT/podvisor-launch.tmp"
+mv "$OUT/podvisor-launch.tmp" "$OUT/podvisor-launch"
 
 # --- 4. initramfs tree --------------------------------------------------------------------------
 ROOT=$OUT/initramfs.root

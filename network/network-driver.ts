@@ -1,5 +1,5 @@
 // The seam between the runtime and pod networking. The runtime calls setUp in RunPodSandbox
-// (before QEMU starts: QEMU runs in `netnsPath` and opens `nics[].tap` by name), hands
+// (before QEMU starts: podvisor-launch opens `nics[].tap` inside `netnsPath` for QEMU), hands
 // `interfaces` + `routes` to the guest agent (`network.configure`), and calls tearDown in
 // StopPodSandbox/RemovePodSandbox (idempotent). See network/README.md.
 
@@ -34,7 +34,7 @@ export interface PodRoute {
 export interface PodNetwork {
   netnsName: string;
   netnsPath: string;
-  /** one per guest NIC: QEMU `-netdev tap,ifname=<tap>` + `virtio-net-device,mac=<mac>` */
+  /** one per guest NIC: QEMU `-netdev tap,fd=N` (the tap opened by podvisor-launch) + `virtio-net-device,mac=<mac>` */
   nics: Array<{ tap: string; mac: string }>;
   interfaces: PodInterface[];
   routes: PodRoute[];

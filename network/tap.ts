@@ -21,8 +21,8 @@ async function redirect(ns: string, from: string, to: string): Promise<void> {
 }
 
 /**
- * Creates the tap (persistent, single queue, vnet_hdr; QEMU attaches to it by name from inside
- * the netns), brings both up and installs the mirred redirects. Undoes its own work on failure.
+ * Creates the tap (persistent, single queue, vnet_hdr; podvisor-launch attaches to it by name
+ * from inside the netns and hands it to QEMU), brings both up and installs the mirred redirects. Undoes its own work on failure.
  */
 export async function setUpTap(ns: string, p: TapPair): Promise<void> {
   try {

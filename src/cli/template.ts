@@ -17,7 +17,7 @@ function config(opts: { config: string; root?: string }): Config {
 
 async function manager(cfg: Config): Promise<TemplateManager> {
   const logger = createLogger(process.env.PODVISOR_LOG_LEVEL ?? 'warn');
-  const qemu = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs };
+  const qemu = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
   // the daemon's cached KVM verdict (or a probe, once) so keys match the daemon's
   const accelerator = await chooseAccelerator(cfg.vm.accelerator, { ...qemu, logger }, cfg.root, cfg.state, logger);
   return new TemplateManager({ dir: cfg.vm.templateDir, qemu: { ...qemu, accelerator }, guestDigest: () => guestDigest(cfg), logger });

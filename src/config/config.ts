@@ -15,6 +15,8 @@ export interface Config {
     kernel: string;
     initramfs: string;
     kernelArgs: string;
+    /** podvisor-launch (opens taps in the pod netns, execs QEMU); '' = next to the kernel */
+    launcher: string;
     accelerator: 'auto' | 'kvm' | 'tcg';
     defaultVcpus: number;
     defaultMemoryMiB: number;
@@ -66,6 +68,7 @@ export function defaultConfig(): Config {
       kernel: path.join(guest, 'vmlinux'),
       initramfs: path.join(guest, 'initramfs.img'),
       kernelArgs: '',
+      launcher: '',
       accelerator: 'auto',
       defaultVcpus: 1,
       defaultMemoryMiB: 256,
@@ -94,6 +97,7 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   kernel: 'kernel',
   initramfs: 'initramfs',
   kernel_args: 'kernelArgs',
+  launcher: 'launcher',
   accelerator: 'accelerator',
   default_vcpus: 'defaultVcpus',
   default_memory_mib: 'defaultMemoryMiB',

@@ -4,7 +4,7 @@
 export type Accelerator = 'kvm' | 'tcg';
 
 export interface VmNetwork {
-  /** path of the pod's network namespace (e.g. /run/netns/<name>); QEMU runs inside it */
+  /** path of the pod's network namespace (e.g. /run/netns/<name>) holding the taps; QEMU runs in the host's */
   netnsPath: string;
   /** one virtio-net device per tap (inside the netns), with the MAC of its CNI interface */
   nics: Array<{ tap: string; mac: string }>;

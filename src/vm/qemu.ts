@@ -17,6 +17,18 @@ export interface QemuOptions {
   kernelArgs: string;
   accelerator: Accelerator;
   logger: Logger;
+  /**
+   * the podvisor-launch helper (launcher/): opens the pod's taps inside its netns, gives QEMU
+   * its own mount namespace, execs QEMU. Default: `podvisor-launch` next to the guest kernel.
+   */
+  launcher?: string;
+}
+
+/** QEMU gets the i-th tap as file descriptor TAP_FD_BASE + i (podvisor-launch puts it there). */
+export const TAP_FD_BASE = 3;
+
+export function launcherPath(o: Pick<QemuOptions, 'kernel' | 'launcher'>): string {
+  return o.launcher || path.join(path.dirname(o.kernel), 'podvisor-launch');
 }
 
 const AGENT_PORT = 'podvisor.agent';
@@ -51,7 +63,8 @@ export type Boot =
   | { mode: 'clone'; memPath: string; statePath: string };
 
 // Bump when the device layout below changes: templates are keyed on it.
-export const DEVICE_LAYOUT_VERSION = 2;
+// 3: NICs are tap file descriptors opened by podvisor-launch (QEMU runs in the host netns).
+export const DEVICE_LAYOUT_VERSION = 3;
 
 export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator'>, boot: Boot = { mode: 'cold' }): string[] {
   const f = (name: string) => path.join(spec.dir, name);
@@ -84,7 +97,8 @@ export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramf
     '-pidfile', f('qemu.pid'),
   ];
   spec.network?.nics.forEach((nic, i) => {
-    args.push('-netdev', `tap,id=net${i},ifname=${nic.tap},script=no,downscript=no`);
+    // fd: the tap lives in the pod netns, QEMU in the host's (see launchArgv)
+    args.push('-netdev', `tap,id=net${i},fd=${TAP_FD_BASE + i}`);
     args.push('-device', `virtio-net-device,netdev=net${i},mac=${nic.mac}`);
   });
   if (boot.mode === 'clone') args.push('-incoming', 'defer');
@@ -99,9 +113,9 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   async readiness(): Promise<string | undefined> {
-    for (const [what, p] of [['QEMU binary', this.o.binary], ['guest kernel', this.o.kernel], ['guest initramfs', this.o.initramfs]]) {
+    for (const [what, p] of [['QEMU binary', this.o.binary], ['guest kernel', this.o.kernel], ['guest initramfs', this.o.initramfs], ['podvisor-launch', launcherPath(this.o)]]) {
       try {
-        await fsp.access(p, what === 'QEMU binary' ? fs.constants.X_OK : fs.constants.R_OK);
+        await fsp.access(p, what === 'QEMU binary' || what === 'podvisor-launch' ? fs.constants.X_OK : fs.constants.R_OK);
       } catch {
         return `${what} not found at ${p}`;
       }
@@ -131,11 +145,9 @@ export class QemuHypervisor implements Hypervisor {
   async launch(spec: VmSpec, boot: Boot): Promise<QemuVm> {
     const args = qemuArgs(spec, this.o, boot);
     const out = fs.openSync(path.join(spec.dir, 'qemu.log'), 'a');
-    // QEMU gets a mount namespace of its own (slave: host mounts still reach it). The binds
-    // that feed the 9p share are made inside it, so nothing is ever mounted in the host's
-    // namespace and every bind vanishes with the VM. Both wrappers exec, keeping the pid.
-    let argv = ['unshare', '--mount', '--propagation', 'slave', '--', this.o.binary, ...args];
-    if (spec.network) argv = ['ip', 'netns', 'exec', path.basename(spec.network.netnsPath), ...argv];
+    const launcher = launcherPath(this.o);
+    if (!fs.existsSync(launcher)) throw new Error(`podvisor-launch not found at ${launcher} (bash guest/build.sh builds it next to the guest kernel)`);
+    const argv = launchArgv(spec, launcher, this.o.binary, args);
     // detached: the VM must survive a daemon restart; its lifetime is managed through QMP.
     const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', out, out] });
     fs.closeSync(out);
@@ -189,6 +201,24 @@ export class QemuHypervisor implements Hypervisor {
     });
     return new QemuVm(info, qmp, exited);
   }
+}
+
+/**
+ * QEMU runs in the host network namespace, so its own connections (librbd to the Ceph monitors
+ * and OSDs) use the host's network; the pod netns, where tc mirred sends every frame arriving on
+ * the CNI interface to the tap, only carries the guest's traffic. podvisor-launch enters the pod
+ * netns just to attach the taps (fds TAP_FD_BASE…), comes back, gives QEMU a mount namespace of
+ * its own (slave: host mounts still reach it; the binds that feed the 9p share are made inside
+ * it, so nothing is ever mounted in the host's namespace and every bind vanishes with the VM)
+ * and execs QEMU, keeping the pid.
+ */
+export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuArgs: string[]): string[] {
+  const argv = [launcher, '--mount-ns'];
+  if (spec.network) {
+    argv.push('--netns', spec.network.netnsPath);
+    for (const nic of spec.network.nics) argv.push('--tap', nic.tap);
+  }
+  return [...argv, '--', binary, ...qemuArgs];
 }
 
 /** Loads a template's device state into a clone started with `-incoming defer`, then runs it. */

@@ -1,0 +1,262 @@
+//! podvisor-launch: the few steps Node cannot do before QEMU starts.
+//!
+//! ```text
+//! podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] -- PROGRAM [ARG]...
+//! ```
+//!
+//! 1. With `--netns`: enter that network namespace, open `/dev/net/tun` and attach each `--tap`
+//!    (TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, as QEMU's own tap backend does), then go
+//!    back to the original network namespace. The program therefore runs in the *host* netns
+//!    (so QEMU's own sockets, e.g. librbd's to Ceph, never enter the pod network) while its NICs
+//!    are the pod's taps: the i-th `--tap` is file descriptor 3 + i, inheritable, for
+//!    `-netdev tap,fd=3+i`.
+//! 2. With `--mount-ns`: a new mount namespace with slave propagation (host mounts still reach
+//!    it, nothing made inside reaches the host), like `unshare --mount --propagation slave`.
+//! 3. exec the program (same pid: callers track the pid they spawned).
+//!
+//! Any failure is printed to stderr as `podvisor-launch: …` and the exit status is 127; nothing
+//! is left behind (the tap fds close with the process).
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::io::RawFd;
+
+/// First file descriptor handed to the program for the taps.
+const TAP_FD_BASE: RawFd = 3;
+const MAX_TAPS: usize = 32;
+
+// <linux/if_tun.h>
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+#[derive(Debug, Default, PartialEq)]
+struct Opts {
+    netns: Option<OsString>,
+    taps: Vec<String>,
+    mount_ns: bool,
+    program: Vec<OsString>,
+}
+
+const USAGE: &str = "usage: podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] -- PROGRAM [ARG]...";
+
+fn parse(args: Vec<OsString>) -> Result<Opts, String> {
+    let mut o = Opts::default();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--netns") => {
+                let p = it.next().ok_or("--netns needs a path")?;
+                if !p.as_bytes().starts_with(b"/") {
+                    return Err(format!("--netns {:?}: must be an absolute path", p));
+                }
+                if o.netns.replace(p).is_some() {
+                    return Err("--netns given twice".into());
+                }
+            }
+            Some("--tap") => {
+                let t = it.next().ok_or("--tap needs an interface name")?;
+                let t = t.into_string().map_err(|t| format!("--tap {t:?}: not UTF-8"))?;
+                if t.is_empty() || t.len() >= libc::IFNAMSIZ || t.bytes().any(|b| b == b'/' || b == b':' || b <= b' ' || b == 0x7f) {
+                    return Err(format!("--tap {t:?}: not a valid interface name"));
+                }
+                o.taps.push(t);
+            }
+            Some("--mount-ns") => o.mount_ns = true,
+            Some("--") => {
+                o.program = it.collect();
+                break;
+            }
+            _ => return Err(format!("unexpected argument {a:?}\n{USAGE}")),
+        }
+    }
+    if o.program.is_empty() {
+        return Err(format!("no program given\n{USAGE}"));
+    }
+    if o.taps.len() > MAX_TAPS {
+        return Err(format!("at most {MAX_TAPS} taps"));
+    }
+    if !o.taps.is_empty() && o.netns.is_none() {
+        return Err("--tap needs --netns (the namespace that holds the taps)".into());
+    }
+    Ok(o)
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+fn cstr(p: &[u8]) -> Result<CString, String> {
+    CString::new(p).map_err(|_| format!("{:?}: contains a NUL byte", String::from_utf8_lossy(p)))
+}
+
+fn open_cloexec(path: &[u8], flags: libc::c_int) -> Result<RawFd, String> {
+    let c = cstr(path)?;
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open {}: {}", String::from_utf8_lossy(path), errno()));
+    }
+    Ok(fd)
+}
+
+fn setns_net(fd: RawFd, what: &str) -> Result<(), String> {
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("entering {what}: {}", errno()));
+    }
+    Ok(())
+}
+
+/// Attaches to the existing (persistent) tap `name` in the current netns. Close-on-exec until
+/// it is moved to its final number.
+fn open_tap(name: &str) -> Result<RawFd, String> {
+    // TUNSETIFF would create a missing tap: it must be the one network/ set up, so look first.
+    let cname = cstr(name.as_bytes())?;
+    if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+        return Err(format!("tap {name}: no such interface in the network namespace"));
+    }
+    let fd = open_cloexec(b"/dev/net/tun", libc::O_RDWR)?;
+    // struct ifreq: ifr_name[IFNAMSIZ], then a union whose first member here is short ifr_flags
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    ifr[libc::IFNAMSIZ..libc::IFNAMSIZ + 2].copy_from_slice(&flags.to_ne_bytes());
+    if unsafe { libc::ioctl(fd, TUNSETIFF as _, ifr.as_mut_ptr()) } != 0 {
+        let e = errno();
+        unsafe { libc::close(fd) };
+        return Err(format!("attaching tap {name} (TUNSETIFF): {e}"));
+    }
+    Ok(fd)
+}
+
+/// Opens every tap inside `netns` and returns to the original netns, even when an open failed.
+fn open_taps(netns: &OsString, taps: &[String]) -> Result<Vec<RawFd>, String> {
+    let host = open_cloexec(b"/proc/self/ns/net", libc::O_RDONLY)?;
+    let pod = match open_cloexec(netns.as_bytes(), libc::O_RDONLY) {
+        Ok(fd) => fd,
+        Err(e) => {
+            unsafe { libc::close(host) };
+            return Err(format!("network namespace: {e}"));
+        }
+    };
+    let mut fds = Vec::new();
+    let entered = setns_net(pod, &format!("network namespace {}", netns.to_string_lossy()));
+    let res = entered.and_then(|_| {
+        for t in taps {
+            fds.push(open_tap(t)?);
+        }
+        Ok(())
+    });
+    // Back to where we came from before anything else: QEMU must not run in the pod netns.
+    let back = setns_net(host, "the original network namespace");
+    unsafe {
+        libc::close(pod);
+        libc::close(host);
+    }
+    if let Err(e) = res.and(back) {
+        for fd in fds {
+            unsafe { libc::close(fd) };
+        }
+        return Err(e);
+    }
+    Ok(fds)
+}
+
+fn private_mount_ns() -> Result<(), String> {
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(format!("unshare(CLONE_NEWNS): {}", errno()));
+    }
+    let none = cstr(b"none")?;
+    let root = cstr(b"/")?;
+    if unsafe { libc::mount(none.as_ptr(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) } != 0 {
+        return Err(format!("making / a slave mount: {}", errno()));
+    }
+    Ok(())
+}
+
+/// Moves the tap fds to TAP_FD_BASE.. without close-on-exec. Copies go above the target range
+/// first, so no target number can clobber a tap that still has to move.
+fn place_fds(fds: Vec<RawFd>) -> Result<(), String> {
+    let above = TAP_FD_BASE + fds.len() as RawFd;
+    let mut high = Vec::new();
+    for fd in fds {
+        let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+        if h < 0 {
+            return Err(format!("fcntl(F_DUPFD_CLOEXEC): {}", errno()));
+        }
+        unsafe { libc::close(fd) };
+        high.push(h);
+    }
+    for (i, h) in high.into_iter().enumerate() {
+        let target = TAP_FD_BASE + i as RawFd;
+        if unsafe { libc::dup2(h, target) } < 0 {
+            return Err(format!("dup2 to fd {target}: {}", errno()));
+        }
+        unsafe { libc::close(h) };
+    }
+    Ok(())
+}
+
+fn exec(program: Vec<OsString>) -> Result<std::convert::Infallible, String> {
+    let argv: Vec<CString> = program.into_iter().map(|a| cstr(&a.into_vec())).collect::<Result<_, _>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    Err(format!("exec {}: {}", argv[0].to_string_lossy(), errno()))
+}
+
+fn run(args: Vec<OsString>) -> Result<std::convert::Infallible, String> {
+    let o = parse(args)?;
+    let fds = match &o.netns {
+        Some(ns) => open_taps(ns, &o.taps)?,
+        None => Vec::new(),
+    };
+    if o.mount_ns {
+        private_mount_ns()?;
+    }
+    place_fds(fds)?;
+    exec(o.program)
+}
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let Err(e) = run(args);
+    eprintln!("podvisor-launch: {e}");
+    std::process::exit(127);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parses_a_full_command_line() {
+        let o = parse(args(&["--netns", "/run/netns/pv-1", "--tap", "tap0", "--tap", "tap1", "--mount-ns", "--", "qemu", "-m", "256"])).unwrap();
+        assert_eq!(o.netns, Some(OsString::from("/run/netns/pv-1")));
+        assert_eq!(o.taps, vec!["tap0", "tap1"]);
+        assert!(o.mount_ns);
+        assert_eq!(o.program, args(&["qemu", "-m", "256"]));
+    }
+
+    #[test]
+    fn refuses_bad_command_lines() {
+        for bad in [
+            &["qemu"][..],
+            &["--"],
+            &["--tap", "tap0", "--", "qemu"],
+            &["--netns", "relative", "--", "qemu"],
+            &["--netns", "/a", "--netns", "/b", "--", "qemu"],
+            &["--netns", "/a", "--tap", "", "--", "qemu"],
+            &["--netns", "/a", "--tap", "waytoolongname01", "--", "qemu"],
+            &["--netns", "/a", "--tap", "../x", "--", "qemu"],
+            &["--netns", "/a", "--tap", "a b", "--", "qemu"],
+            &["--bogus", "--", "qemu"],
+        ] {
+            assert!(parse(args(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+}
