@@ -1,0 +1,143 @@
+// Test helpers for image files: mount an erofs image read-only on a loop device (the real
+// kernel reads it), read and set xattrs through libc (koffi, async calls only), and build tar
+// archives with raw PAX records (tar-stream writes PAX values as UTF-8 text only).
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const execFileP = promisify(execFile);
+
+// ---- loop mounts ---------------------------------------------------------------------------
+
+interface Mounted {
+  dir: string;
+  dev: string;
+}
+const mounted: Mounted[] = [];
+
+/** Attaches `image` to a free loop device (read-only) and mounts it on `dir` as erofs. */
+export async function mountErofs(image: string, dir: string): Promise<void> {
+  // util-linux's `mount -o loop` waits for udev, which this machine does not run.
+  const { stdout } = await execFileP('losetup', ['-f', '--show', '-r', image], { timeout: 20_000 });
+  const dev = stdout.trim();
+  try {
+    await execFileP('mount', ['-t', 'erofs', '-o', 'ro', dev, dir], { timeout: 20_000 });
+  } catch (e) {
+    await execFileP('losetup', ['-d', dev], { timeout: 20_000 }).catch(() => undefined);
+    throw e;
+  }
+  mounted.push({ dir, dev });
+}
+
+/** Unmounts every image mounted by mountErofs and detaches its loop device. */
+export async function unmountAll(): Promise<void> {
+  while (mounted.length) {
+    const m = mounted.pop()!;
+    await execFileP('umount', [m.dir], { timeout: 20_000 }).catch(() => execFileP('umount', ['-l', m.dir], { timeout: 20_000 }));
+    await execFileP('losetup', ['-d', m.dev], { timeout: 20_000 }).catch(() => undefined);
+  }
+}
+
+// ---- xattrs --------------------------------------------------------------------------------
+
+type Fn = ((...args: any[]) => any) & { async: (...args: any[]) => void };
+let libc: { lsetxattr: Fn; lgetxattr: Fn; llistxattr: Fn } | undefined;
+function lib() {
+  if (!libc) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const koffi = require('koffi');
+    const so = koffi.load('libc.so.6');
+    libc = {
+      lsetxattr: so.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)'),
+      lgetxattr: so.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)'),
+      llistxattr: so.func('intptr_t llistxattr(const char *path, void *list, size_t size)'),
+    };
+  }
+  return libc;
+}
+const call = (f: Fn, ...args: unknown[]): Promise<number> => new Promise((resolve, reject) => f.async(...args, (e: Error | null, r: number) => (e ? reject(e) : resolve(Number(r)))));
+
+/** lsetxattr(2) (never follows a symlink). */
+export async function setXattr(p: string, name: string, value: Buffer): Promise<void> {
+  const r = await call(lib().lsetxattr, p, name, value, value.length, 0);
+  if (r !== 0) throw new Error(`lsetxattr ${p} ${name} failed`);
+}
+
+/** Every xattr of `path` (not following a symlink), name → value. A Buffer path may hold any bytes. */
+export async function readXattrs(path: string | Buffer): Promise<Record<string, Buffer>> {
+  const l = lib();
+  const p = Buffer.isBuffer(path) ? Buffer.concat([path, Buffer.alloc(1)]) : path;
+  const n = await call(l.llistxattr, p, null, 0);
+  if (n < 0) throw new Error(`llistxattr ${p} failed`);
+  const out: Record<string, Buffer> = {};
+  if (n === 0) return out;
+  const list = Buffer.alloc(n);
+  const got = await call(l.llistxattr, p, list, n);
+  for (const name of list.subarray(0, got).toString('latin1').split('\0').filter(Boolean)) {
+    const size = await call(l.lgetxattr, p, name, null, 0);
+    if (size < 0) continue; // listed but not readable (e.g. user.* on a symlink)
+    const v = Buffer.alloc(size);
+    const r = await call(l.lgetxattr, p, name, v, size);
+    out[name] = v.subarray(0, r);
+  }
+  return out;
+}
+
+// ---- raw tar -------------------------------------------------------------------------------
+
+export interface RawEntry {
+  name: string;
+  type?: '0' | '1' | '2' | '3' | '4' | '5' | '6' | 'S';
+  data?: Buffer;
+  mode?: number;
+  linkname?: string;
+  /** PAX records with raw byte values (key → value). */
+  pax?: [string, Buffer][];
+}
+
+function field(h: Buffer, off: number, len: number, value: number): void {
+  h.write(value.toString(8).padStart(len - 1, '0') + '\0', off, len, 'latin1');
+}
+
+function header(name: string, type: string, size: number, mode: number, linkname = ''): Buffer {
+  const h = Buffer.alloc(512);
+  h.write(name, 0, 100, 'latin1');
+  field(h, 100, 8, mode);
+  field(h, 108, 8, 0);
+  field(h, 116, 8, 0);
+  field(h, 124, 12, size);
+  field(h, 136, 12, 1704067200);
+  h.write(type, 156, 1, 'latin1');
+  h.write(linkname, 157, 100, 'latin1');
+  h.write('ustar\0' + '00', 257, 8, 'latin1');
+  h.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'latin1');
+  return h;
+}
+
+const pad = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
+
+/** One PAX record: "<len> <key>=<value>\n", where len counts itself. */
+export function paxRecord(key: string, value: Buffer): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`, 'latin1'), value, Buffer.from('\n')]);
+  let len = body.length + 1;
+  while (String(len).length + body.length !== len) len = String(len).length + body.length;
+  return Buffer.concat([Buffer.from(String(len)), body]);
+}
+
+/** A ustar archive with optional PAX headers carrying raw bytes. */
+export function rawTar(entries: RawEntry[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const e of entries) {
+    if (e.pax?.length) {
+      const body = Buffer.concat(e.pax.map(([k, v]) => paxRecord(k, v)));
+      parts.push(header('PaxHeaders/x', 'x', body.length, 0o644), pad(body));
+    }
+    const data = e.data ?? Buffer.alloc(0);
+    parts.push(header(e.name, e.type ?? '0', data.length, e.mode ?? 0o644, e.linkname));
+    if (data.length) parts.push(pad(data));
+  }
+  parts.push(Buffer.alloc(1024));
+  return Buffer.concat(parts);
+}
