@@ -7,18 +7,16 @@
 //   metadata.json          the index (metadata.ts)
 // A pull becomes visible only when blobs, erofs file and metadata are all durable, so a
 // failed or interrupted pull leaves nothing half-visible and can simply be retried.
-import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CriError, Code, internal } from '../cri/errors';
 import type { Logger } from '../log';
 import { credentialsFrom, type AuthConfig } from './auth';
 import { ContentStore } from './content-store';
-import { buildErofs, type ErofsCompression } from './erofs';
 import { MetadataStore, type StoredImage } from './metadata';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
-import { DEFAULT_LIMITS, RootfsBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
+import { DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
 
 export type { AuthConfig } from './auth';
 
@@ -41,7 +39,6 @@ export interface ImageManagerOptions {
   pinned?: string[];
   /** Caps against hostile layers (defaults in unpack.ts). */
   limits?: Partial<UnpackLimits>;
-  erofsCompression?: ErofsCompression;
   /** Parallel layer downloads per pull. */
   downloadConcurrency?: number;
 }
@@ -103,6 +100,8 @@ export class ImageManager {
     await fsp.rm(this.tmpDir, { recursive: true, force: true });
     await this.content.init();
     await fsp.mkdir(this.erofsDir, { recursive: true });
+    // Images whose build was interrupted (ImageBuilder's temp files).
+    for (const f of await fsp.readdir(this.erofsDir)) if (f.startsWith('.tmp-')) await fsp.rm(path.join(this.erofsDir, f), { force: true });
     const stored = await this.meta.load();
     let dropped = false;
     for (const s of stored) {
@@ -295,24 +294,22 @@ export class ImageManager {
 
   /**
    * Downloads the layers (a few at a time) and applies each, in order, as soon as it and all
-   * before it are present; then builds the erofs file.
+   * before it are present, straight into the image's erofs file (unpack.ts, erofs.ts).
    */
   private async build(id: string, session: RepositorySession, r: ResolvedImage, diffIds: string[]): Promise<void> {
     const layers = r.manifest.layers;
     const abort = new AbortController();
     const downloads = this.downloadAll(session, layers, abort.signal);
     downloads.forEach((p) => p.catch(() => undefined)); // failures surface in order below
-    const work = path.join(this.tmpDir, `unpack-${id.slice(7, 19)}-${randomBytes(4).toString('hex')}`);
-    const rootfs = path.join(work, 'rootfs');
-    await fsp.mkdir(rootfs, { recursive: true, mode: 0o700 });
-    await fsp.chmod(rootfs, 0o755);
     const t0 = Date.now();
+    const builder = await ImageBuilder.create(path.join(this.erofsDir, `${id.slice(7)}.erofs`), this.log, this.limits);
+    let waitMs = 0;
     try {
-      const builder = new RootfsBuilder(rootfs, this.log, this.limits);
       for (let i = 0; i < layers.length; i++) {
         const tWait = Date.now();
         await downloads[i];
         const tApply = Date.now();
+        waitMs += tApply - tWait;
         try {
           await builder.applyLayerFile(this.content.path(layers[i].digest), diffIds[i], layers[i].digest);
           this.log.debug({ id, layer: layers[i].digest, waitMs: tApply - tWait, applyMs: Date.now() - tApply }, 'layer applied');
@@ -321,15 +318,13 @@ export class ImageManager {
           throw internal(`applying layer ${layers[i].digest}: ${e?.message ?? e}`);
         }
       }
-      await builder.finish();
       const t1 = Date.now();
-      await buildErofs(rootfs, path.join(this.erofsDir, `${id.slice(7)}.erofs`), { compression: this.opts.erofsCompression ?? 'none' });
-      this.log.info({ id, layers: layers.length, unpackMs: t1 - t0, erofsMs: Date.now() - t1 }, 'image built');
+      const { bytes, inodes } = await builder.commit();
+      this.log.info({ id, layers: layers.length, downloadWaitMs: waitMs, unpackMs: t1 - t0 - waitMs, erofsMs: Date.now() - t1, bytes, inodes }, 'image built');
     } catch (e) {
       abort.abort();
+      await builder.abort();
       throw e;
-    } finally {
-      await fsp.rm(work, { recursive: true, force: true });
     }
   }
 

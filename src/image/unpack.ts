@@ -1,34 +1,33 @@
-// Applies image layers (tar, gzip or zstd) in order onto one directory tree, with OCI
-// whiteouts, keeping ownership, modes, times, symlinks, hard links and device nodes.
+// Applies image layers (tar, gzip or zstd) in order and builds the image's erofs file from
+// them directly: file contents stream into the image as they are read, the tree lives in
+// memory, and erofs.ts lays out the metadata at the end. OCI whiteouts (`.wh.` files, opaque
+// dirs), ownership, modes, times, xattrs, symlinks, hard links and device nodes are kept.
 //
-// Path safety is written here by hand (no library does it the way we need). Layers are
-// hostile input; the invariant is that nothing is created, changed or removed outside `root`:
+// Path safety is written here by hand (no library does it the way we need). Layers are hostile
+// input; since the tree is a model, nothing on the host is ever created from an entry name,
+// and the image's own namespace is kept the way a chroot would keep it:
 //  - entry names are cleaned lexically: a leading '/' is dropped (neutralized), a '..' that
 //    would climb above the root refuses the layer;
-//  - every parent directory is resolved inside the root, component by component with lstat,
-//    following symlinks the way a chroot would (an absolute target restarts at the root, '..'
-//    stops at the root) — so `evil -> /etc` then `evil/passwd` lands in <root>/etc/passwd;
-//  - the final component is never followed: an existing entry is removed first and new files
-//    are opened O_CREAT|O_EXCL|O_NOFOLLOW;
-//  - hard-link targets get the same treatment and must already exist in the tree;
-//  - entry counts, single entry sizes and total bytes are capped (tar bombs, absurd headers).
-// Only this process writes under `root` (a private 0700 temp dir) while a layer is applied, so
-// checking then acting is not racy.
-// Per-entry metadata calls are synchronous on purpose: each takes microseconds on the page
-// cache, while a threadpool round trip per call made unpacking 3x slower for small files; the
-// loop still yields between tar entries.
+//  - every parent directory is resolved inside the root, following symlinks the way a chroot
+//    would (an absolute target restarts at the root, '..' stops at the root) — so
+//    `evil -> /etc` then `evil/passwd` lands in the image's /etc/passwd;
+//  - the final component is never followed: an existing entry is replaced;
+//  - hard-link targets get the same treatment, must already exist and must not be directories;
+//  - entry counts, single entry sizes, total bytes, metadata records and xattrs are capped
+//    (tar bombs, absurd headers).
+// xattrs: user.* (regular files and directories only, as Linux allows), trusted.* and
+// security.* are kept (security.capability included, bytes exact). overlayfs' own
+// trusted.overlay.* / user.overlay.* are dropped: the guest stacks an overlay on this image and
+// an image must not steer it (opaque, redirect, metacopy). Other namespaces (system.* ACLs)
+// are dropped with a warning.
 import { createHash } from 'node:crypto';
-import fs, { promises as fsp, constants as C, createReadStream } from 'node:fs';
-import { execFile, spawn } from 'node:child_process';
-import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { promises as fsp, createReadStream } from 'node:fs';
+import { spawn } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { promisify } from 'node:util';
-import * as tar from 'tar-stream';
 import type { Logger } from '../log';
-
-const execFileP = promisify(execFile);
+import { BLOCK_SIZE, DeviceNode, DirNode, EROFS_NAME_MAX, ErofsImage, FileNode, SymlinkNode, XATTR_NAME_MAX, XATTR_PREFIXES, XATTR_VALUE_MAX, xattrBodySize, type Node } from './erofs';
+import { TarFormatError, TarParser, type TarHandler, type TarHeader } from './tar';
 
 export class UnsafeArchiveError extends Error {
   constructor(message: string) {
@@ -38,42 +37,55 @@ export class UnsafeArchiveError extends Error {
 }
 
 export interface UnpackLimits {
-  maxEntries: number;      // per image
-  maxEntryBytes: number;   // one file
-  maxTotalBytes: number;   // all layers, uncompressed file data
+  maxEntries: number; // per image
+  maxEntryBytes: number; // one file
+  maxTotalBytes: number; // all layers, uncompressed file data
+  /** Names, symlink targets and xattrs held in memory for the whole image. */
+  maxMetadataBytes: number;
 }
 
 export const DEFAULT_LIMITS: UnpackLimits = {
   maxEntries: 2_000_000,
   maxEntryBytes: 64 * 2 ** 30,
   maxTotalBytes: 256 * 2 ** 30,
+  maxMetadataBytes: 1 * 2 ** 30,
 };
+
+/** Per-inode xattr caps (Linux: XATTR_NAME_MAX 255, values ≤ 64 KiB). */
+export const MAX_XATTRS_PER_ENTRY = 128;
+export const MAX_XATTR_BYTES_PER_ENTRY = 64 * 1024;
+/** File tails kept in memory to be stored inline (after that, tails take a data block). */
+const INLINE_BUDGET = 64 << 20;
+/** Largest PAX / GNU long-name record. */
+const MAX_META_RECORD = 1 << 20;
+const PATH_MAX = 4096;
 
 const WHITEOUT = '.wh.';
 const OPAQUE = '.wh..wh..opq';
 const MAX_SYMLINK_HOPS = 40;
+
+/** An entry name (latin1 byte string) for messages. */
+function show(s: string): string {
+  return JSON.stringify(Buffer.from(s, 'latin1').toString('utf8'));
+}
 
 /**
  * Cleans a tar entry name to a root-relative path ('' is the root itself). Leading '/' and
  * '.' components are dropped; '..' is resolved lexically and refused if it leaves the root.
  */
 export function cleanEntryPath(name: string): string {
-  if (name.includes('\0')) throw new UnsafeArchiveError(`entry name contains NUL: ${JSON.stringify(name)}`);
+  if (name.includes('\0')) throw new UnsafeArchiveError(`entry name contains NUL: ${show(name)}`);
   const out: string[] = [];
   for (const c of name.split('/')) {
     if (c === '' || c === '.') continue;
     if (c === '..') {
-      if (out.length === 0) throw new UnsafeArchiveError(`entry escapes the root: ${JSON.stringify(name)}`);
+      if (out.length === 0) throw new UnsafeArchiveError(`entry escapes the root: ${show(name)}`);
       out.pop();
       continue;
     }
     out.push(c);
   }
   return out.join('/');
-}
-
-function isENOENT(e: any): boolean {
-  return e?.code === 'ENOENT';
 }
 
 /** Sniffs the compression of a layer file from its magic bytes (media types lie sometimes). */
@@ -90,37 +102,49 @@ async function sniff(file: string): Promise<'gzip' | 'zstd' | 'none'> {
   }
 }
 
-let setfattrAvailable: Promise<boolean> | undefined;
-function haveSetfattr(): Promise<boolean> {
-  setfattrAvailable ??= execFileP('setfattr', ['--version']).then(() => true, () => false);
-  return setfattrAvailable;
+/** Where the data of the regular file being read goes. */
+interface Sink {
+  node: FileNode | null; // null: discard (whiteout bodies, the root as a file …)
+  /** Bytes still to send to the data area (full blocks, plus the tail when not inline). */
+  toData: number;
+  tailFill: number;
 }
 
 /**
- * Builds one image's root filesystem. Create it on an empty directory, call applyLayer for
- * each layer in order, then finish().
+ * Builds one image: create() it, applyLayerFile()/applyTarStream() each layer in order, then
+ * commit() (or abort()).
  */
-export class RootfsBuilder {
+export class ImageBuilder implements TarHandler {
+  readonly root: DirNode;
   private entries = 0;
   private totalBytes = 0;
-  /** Root-relative paths known to be real directories (not symlinks): saves lstat calls. */
-  private knownDirs = new Set<string>(['']);
-  /** Paths created by the layer being applied (an opaque dir keeps those). */
-  private createdThisLayer = new Set<string>();
-  private dirTimes = new Map<string, Date>();
-  private warnedXattr = false;
+  private metaBytes = 0;
+  private inlineBytes = 0;
+  private readonly now = Math.floor(Date.now() / 1000);
+  /** Names created or replaced by the layer being applied, per directory (opaque dirs keep those). */
+  private touched = new Map<DirNode, Set<string>>();
+  private sink: Sink | null = null;
+  private label = 'layer';
+  private droppedXattrs = new Set<string>();
 
-  constructor(
-    readonly root: string,
+  private constructor(
+    private readonly image: ErofsImage,
     private readonly logger: Logger,
-    private readonly limits: UnpackLimits = DEFAULT_LIMITS,
-  ) {}
+    private readonly limits: UnpackLimits,
+  ) {
+    this.root = new DirNode(0o755, 0, 0, this.now, 0, null);
+  }
+
+  /** Starts an image that commit() will move to `out` (a temp file next to it until then). */
+  static async create(out: string, logger: Logger, limits: Partial<UnpackLimits> = {}): Promise<ImageBuilder> {
+    return new ImageBuilder(await ErofsImage.create(out), logger, { ...DEFAULT_LIMITS, ...limits });
+  }
 
   /**
    * Applies a layer file (compression sniffed). When `diffId` is given, the uncompressed
    * stream must hash to it (the image config's rootfs.diff_ids).
    */
-  async applyLayerFile(file: string, diffId?: string, label = path.basename(file)): Promise<void> {
+  async applyLayerFile(file: string, diffId?: string, label = file): Promise<void> {
     const kind = await sniff(file);
     let source: Readable;
     let child: ReturnType<typeof spawn> | undefined;
@@ -132,324 +156,318 @@ export class RootfsBuilder {
       child.stderr!.on('data', (d) => (err += d));
       childDone = new Promise((resolve, reject) => {
         child!.on('error', reject);
-        child!.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`zstd -d failed (${code}): ${err.trim()}`))));
+        child!.on('close', (code) => (code === 0 ? resolve() : reject(new UnsafeArchiveError(`layer ${label}: zstd -d failed (${code}): ${err.trim()}`))));
       });
       childDone.catch(() => undefined);
       source = child.stdout!;
     } else {
       const raw = createReadStream(file, { highWaterMark: 1 << 20 });
-      source = kind === 'gzip' ? raw.pipe(createGunzip()) : raw;
-      if (kind === 'gzip') raw.on('error', (e) => source.destroy(e));
+      if (kind === 'gzip') {
+        source = raw.pipe(createGunzip({ chunkSize: 256 << 10 }));
+        raw.on('error', (e) => source.destroy(e));
+      } else {
+        source = raw;
+      }
     }
-    const hash = createHash('sha256');
-    const tap = new Transform({
-      transform(chunk, _enc, cb) {
-        hash.update(chunk);
-        cb(null, chunk);
-      },
-    });
-    source.on('error', (e) => tap.destroy(e)); // pipe() does not forward errors
+    const hash = diffId ? createHash('sha256') : null;
     try {
-      // pipeline() inside consumes the stream to its end (padding after the tar end marker
-      // included), so the hash covers the whole uncompressed layer.
-      await this.applyTarStream(source.pipe(tap), label);
+      await this.applyTarStream(source, label, hash ? (c) => hash.update(c) : undefined);
       await childDone;
     } catch (e) {
       source.destroy();
       child?.kill();
       throw e;
     }
-    if (diffId) {
+    if (hash && diffId) {
       const got = `sha256:${hash.digest('hex')}`;
       if (got !== diffId) throw new UnsafeArchiveError(`layer ${label}: uncompressed content ${got} does not match diff_id ${diffId}`);
     }
   }
 
-  /** Applies one uncompressed tar stream. */
-  async applyTarStream(stream: Readable, label = 'layer'): Promise<void> {
-    this.createdThisLayer = new Set();
-    const extract = tar.extract();
-    const feeding = pipeline(stream, extract).catch((e) => {
-      extract.destroy(e);
-      throw e;
-    });
-    try {
-      for await (const entry of extract) {
-        await this.applyEntry(entry.header, entry as unknown as AsyncIterable<Buffer>, label);
-        entry.resume();
-      }
-    } catch (e: any) {
-      stream.destroy();
-      await feeding.catch(() => undefined);
-      if (e instanceof UnsafeArchiveError) throw e;
-      throw new UnsafeArchiveError(`layer ${label}: ${e?.message ?? e}`);
-    }
-    await feeding.catch((e) => {
-      throw new UnsafeArchiveError(`layer ${label}: ${e?.message ?? e}`);
-    });
-  }
-
-  /** Sets directory times last (adding children changes them), deepest first. */
-  async finish(): Promise<void> {
-    const dirs = [...this.dirTimes.entries()].sort((a, b) => b[0].split('/').length - a[0].split('/').length);
-    for (const [rel, t] of dirs) {
-      await fsp.lutimes(this.abs(rel), t, t).catch((e) => {
-        if (!isENOENT(e)) throw e;
-      });
-    }
-  }
-
-  private abs(rel: string): string {
-    return rel === '' ? this.root : path.join(this.root, rel);
-  }
-
-  /** Drops cached directory knowledge at and below `rel` after it was removed or replaced. */
-  private forget(rel: string): void {
-    if (rel === '') {
-      this.knownDirs = new Set(['']);
-      return;
-    }
-    for (const d of this.knownDirs) if (d === rel || d.startsWith(`${rel}/`)) this.knownDirs.delete(d);
-    this.dirTimes.delete(rel);
-  }
-
   /**
-   * Resolves a root-relative path inside the root, following symlinks in every component
-   * (and in the last one too when `followLast`) as if the root were '/'. Returns the
-   * root-relative path of a location whose existing ancestors are all real directories.
+   * Applies one uncompressed tar stream. The whole stream is read (padding after the end
+   * marker too), so `onChunk` sees every byte (diff_id hashing).
    */
-  async resolveInRoot(rel: string, followLast: boolean): Promise<string> {
-    const todo = rel.split('/').filter((c) => c !== '' && c !== '.');
-    const done: string[] = [];
-    let hops = 0;
-    let missing = false;
-    while (todo.length) {
-      const c = todo.shift()!;
-      if (c === '' || c === '.') continue;
-      if (c === '..') {
-        done.pop(); // never above the root
-        continue;
+  async applyTarStream(stream: AsyncIterable<Buffer>, label = 'layer', onChunk?: (c: Buffer) => void): Promise<void> {
+    this.label = label;
+    this.touched = new Map();
+    this.droppedXattrs = new Set();
+    const parser = new TarParser(this, { maxMetaBytes: MAX_META_RECORD });
+    const data = this.image.data;
+    try {
+      for await (const chunk of stream) {
+        onChunk?.(chunk);
+        parser.write(chunk);
+        if (data.busy) await data.drain();
       }
-      const candidate = done.length ? `${done.join('/')}/${c}` : c;
-      if (missing || (todo.length === 0 && !followLast) || this.knownDirs.has(candidate)) {
-        done.push(c);
-        continue;
-      }
-      let st;
-      try {
-        st = fs.lstatSync(this.abs(candidate));
-      } catch (e) {
-        if (!isENOENT(e)) throw e;
-        missing = true; // nothing below a missing entry can be a symlink
-        done.push(c);
-        continue;
-      }
-      if (st.isSymbolicLink()) {
-        if (++hops > MAX_SYMLINK_HOPS) throw new UnsafeArchiveError(`too many symlinks resolving ${rel}`);
-        const target = fs.readlinkSync(this.abs(candidate));
-        if (target.startsWith('/')) done.length = 0;
-        todo.unshift(...target.split('/'));
-        continue;
-      }
-      if (st.isDirectory()) this.knownDirs.add(candidate);
-      done.push(c);
+      parser.finish();
+    } catch (e: any) {
+      (stream as Readable).destroy?.();
+      // The layer's fault (bad tar, bad compression) refuses it; I/O errors stay what they are.
+      if (e instanceof TarFormatError || String(e?.code).startsWith('Z_')) throw new UnsafeArchiveError(`layer ${label}: ${e?.message ?? e}`);
+      throw e;
+    } finally {
+      this.sink = null;
     }
-    return done.join('/');
+    if (this.droppedXattrs.size) this.logger.warn({ layer: label, xattrs: [...this.droppedXattrs].slice(0, 20) }, 'xattrs dropped (namespace not allowed in images)');
   }
 
-  /** Creates the missing directories of root-relative `rel` (already resolved, no symlinks). */
-  private async mkdirs(rel: string): Promise<void> {
-    if (rel === '' || this.knownDirs.has(rel)) return;
-    const parts = rel.split('/');
-    let cur = '';
-    for (const p of parts) {
-      cur = cur ? `${cur}/${p}` : p;
-      if (this.knownDirs.has(cur)) continue;
-      try {
-        fs.mkdirSync(this.abs(cur), 0o755);
-      } catch (e: any) {
-        if (e.code !== 'EEXIST') throw e;
-        const st = fs.lstatSync(this.abs(cur));
-        // resolveInRoot already followed symlinks, so anything but a directory is a conflict.
-        if (!st.isDirectory()) throw new UnsafeArchiveError(`parent ${cur} is not a directory`);
-      }
-      this.knownDirs.add(cur);
-      this.createdThisLayer.add(cur);
-    }
+  /** Writes the image's metadata, syncs it and moves it into place. */
+  async commit(): Promise<{ bytes: number; inodes: number }> {
+    return this.image.commit(this.root, { buildTime: this.now });
   }
 
-  /** Removes whatever is at root-relative `rel` (never following it), recursively. */
-  private async removeAt(rel: string): Promise<void> {
-    if (rel === '') throw new UnsafeArchiveError('refusing to remove the root');
-    // rm with force does not follow a symlink at `rel` itself; its parents are resolved.
-    await fsp.rm(this.abs(rel), { recursive: true, force: true });
-    this.forget(rel);
+  async abort(): Promise<void> {
+    await this.image.abort();
   }
 
-  private async applyEntry(h: tar.Header, body: AsyncIterable<Buffer>, label: string): Promise<void> {
+  // ---- TarHandler --------------------------------------------------------------------
+
+  entry(h: TarHeader): void {
+    const label = this.label;
     if (++this.entries > this.limits.maxEntries) throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxEntries} entries`);
-    const size = h.size ?? 0;
+    const size = h.size;
     if (!Number.isSafeInteger(size) || size < 0 || size > this.limits.maxEntryBytes)
-      throw new UnsafeArchiveError(`layer ${label}: entry ${JSON.stringify(h.name)} has an absurd size ${size}`);
-    if ((this.totalBytes += size) > this.limits.maxTotalBytes)
-      throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxTotalBytes} bytes of files`);
+      throw new UnsafeArchiveError(`layer ${label}: entry ${show(h.name)} has an absurd size ${size}`);
+    if ((this.totalBytes += size) > this.limits.maxTotalBytes) throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxTotalBytes} bytes of files`);
+    if (h.uid > 0xffffffff || h.gid > 0xffffffff) throw new UnsafeArchiveError(`layer ${label}: ${show(h.name)}: uid/gid out of range`);
+    this.sink = null;
 
     const rel = cleanEntryPath(h.name);
-    const base = path.posix.basename(rel);
-    const parentRel = await this.resolveInRoot(path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel), true);
+    this.account(rel.length + h.linkname.length);
+    const slash = rel.lastIndexOf('/');
+    const base = slash < 0 ? rel : rel.slice(slash + 1);
+    const parentParts = slash < 0 ? [] : rel.slice(0, slash).split('/');
 
     // Whiteouts: remove from lower layers, never materialize.
     if (base === OPAQUE) {
-      await this.makeOpaque(parentRel);
-      return;
+      this.makeOpaque(this.walk(parentParts, 'create-or-skip'));
+      return this.discard(h);
     }
     if (base.startsWith(WHITEOUT)) {
       const victim = base.slice(WHITEOUT.length);
-      if (victim.startsWith('.wh.')) return; // other AUFS metadata (.wh..wh.plnk …)
-      if (victim && victim !== '.' && victim !== '..') await this.removeAt(parentRel ? `${parentRel}/${victim}` : victim);
-      return;
+      if (!victim.startsWith('.wh.') && victim && victim !== '.' && victim !== '..') {
+        // AUFS metadata (.wh..wh.plnk …) is ignored
+        const dir = this.walk(parentParts, 'lookup');
+        dir?.children.delete(victim);
+      }
+      return this.discard(h);
     }
 
     if (rel === '') {
       // The root itself ('./'): only its metadata.
-      if (h.type === 'directory') await this.setMeta('', h, 'directory');
+      if (h.type === 'dir') this.setMeta(this.root, h);
+      return this.discard(h);
+    }
+    if (base.length > EROFS_NAME_MAX) throw new UnsafeArchiveError(`layer ${label}: name longer than ${EROFS_NAME_MAX} bytes: ${show(h.name)}`);
+
+    if (h.type === 'other') {
+      this.logger.debug({ layer: label, entry: show(h.name), typeflag: h.typeflag }, 'skipping unsupported tar entry type');
+      return this.discard(h);
+    }
+
+    // A hard link's target is looked up before anything at its own name is replaced.
+    let linked: Node | undefined;
+    if (h.type === 'link') {
+      const linkRel = cleanEntryPath(h.linkname);
+      if (linkRel === '') throw new UnsafeArchiveError(`layer ${label}: hard link ${show(h.name)} to the root`);
+      const ls = linkRel.lastIndexOf('/');
+      const dir = this.walk(ls < 0 ? [] : linkRel.slice(0, ls).split('/'), 'lookup');
+      linked = dir?.children.get(ls < 0 ? linkRel : linkRel.slice(ls + 1));
+      if (!linked) throw new UnsafeArchiveError(`layer ${label}: hard link ${show(h.name)} to missing ${show(h.linkname)}`);
+      if (linked.kind === 'dir') throw new UnsafeArchiveError(`layer ${label}: hard link ${show(h.name)} to a directory`);
+    }
+
+    const parent = this.walk(parentParts, 'create')!;
+    const existing = parent.children.get(base);
+    this.touch(parent, base);
+    if (h.type === 'dir') {
+      if (existing?.kind === 'dir') {
+        this.setMeta(existing, h);
+      } else {
+        const d = new DirNode(0o755, 0, 0, this.now, 0, null);
+        this.setMeta(d, h);
+        parent.children.set(base, d);
+      }
       return;
     }
-    await this.mkdirs(parentRel);
-    const target = parentRel ? `${parentRel}/${base}` : base;
-    const dest = this.abs(target);
-
-    let existing;
-    try {
-      existing = fs.lstatSync(dest);
-    } catch (e) {
-      if (!isENOENT(e)) throw e;
-    }
-    if (existing) {
-      if (h.type === 'directory' && existing.isDirectory()) {
-        await this.setMeta(target, h, 'directory');
-        this.createdThisLayer.add(target);
-        return;
-      }
-      await this.removeAt(target);
-    }
-    this.createdThisLayer.add(target);
 
     switch (h.type) {
-      case 'directory':
-        fs.mkdirSync(dest, 0o700);
-        this.knownDirs.add(target);
-        await this.setMeta(target, h, 'directory');
-        return;
-      case 'file':
-      case 'contiguous-file': {
-        const fd = fs.openSync(dest, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
-        try {
-          let written = 0;
-          for await (const chunk of body) {
-            for (let off = 0; off < chunk.length; ) off += fs.writeSync(fd, chunk, off);
-            written += chunk.length;
-          }
-          if (written !== size) throw new UnsafeArchiveError(`layer ${label}: ${h.name} truncated`);
-          if (h.uid || h.gid) fs.fchownSync(fd, h.uid ?? 0, h.gid ?? 0); // we run as root: new files are 0:0
-          fs.fchmodSync(fd, (h.mode ?? 0o644) & 0o7777); // after chown, which clears setuid
-          if (h.mtime) fs.futimesSync(fd, h.mtime, h.mtime);
-        } finally {
-          fs.closeSync(fd);
+      case 'file': {
+        const f = new FileNode(h.mode, h.uid, h.gid, h.mtime, h.mtimeNsec, this.xattrsFor(h, 'file'));
+        f.size = size;
+        const tail = size % BLOCK_SIZE;
+        const full = size - tail;
+        const inline = tail > 0 && 64 + xattrBodySize(f.xattrs) + tail <= BLOCK_SIZE && this.inlineBytes + tail <= INLINE_BUDGET;
+        if (inline) {
+          f.tail = Buffer.allocUnsafe(tail);
+          this.inlineBytes += tail;
         }
-        await this.setXattrs(dest, h);
+        const data = this.image.data;
+        f.blkaddr = full > 0 || !inline ? data.block : 0;
+        parent.children.set(base, f);
+        this.sink = { node: f, toData: inline ? full : size, tailFill: 0 };
         return;
       }
-      case 'symlink':
-        if (!h.linkname || h.linkname.includes('\0')) throw new UnsafeArchiveError(`layer ${label}: bad symlink ${h.name}`);
-        // The link text is data, interpreted later inside the container's root: it is never
-        // followed here except by resolveInRoot, which keeps it inside.
-        fs.symlinkSync(h.linkname, dest);
-        await this.setMeta(target, h, 'symlink');
-        return;
-      case 'link': {
-        const linkRel = cleanEntryPath(h.linkname ?? '');
-        if (linkRel === '') throw new UnsafeArchiveError(`layer ${label}: hard link ${h.name} to the root`);
-        const lp = path.posix.dirname(linkRel);
-        const srcParent = await this.resolveInRoot(lp === '.' ? '' : lp, true);
-        const srcRel = srcParent ? `${srcParent}/${path.posix.basename(linkRel)}` : path.posix.basename(linkRel);
-        let st;
-        try {
-          st = fs.lstatSync(this.abs(srcRel));
-        } catch (e) {
-          if (isENOENT(e)) throw new UnsafeArchiveError(`layer ${label}: hard link ${h.name} to missing ${h.linkname}`);
-          throw e;
-        }
-        if (st.isDirectory()) throw new UnsafeArchiveError(`layer ${label}: hard link ${h.name} to a directory`);
-        // link(2) does not follow a symlink source: the new name shares that inode, in the root.
-        fs.linkSync(this.abs(srcRel), dest);
+      case 'symlink': {
+        if (!h.linkname || h.linkname.includes('\0')) throw new UnsafeArchiveError(`layer ${label}: bad symlink ${show(h.name)}`);
+        if (h.linkname.length >= PATH_MAX) throw new UnsafeArchiveError(`layer ${label}: symlink ${show(h.name)} target longer than ${PATH_MAX - 1} bytes`);
+        // The link text is data, interpreted later inside the container's root: it is only
+        // ever followed by walk(), which keeps it inside.
+        parent.children.set(base, new SymlinkNode(h.linkname, h.uid, h.gid, h.mtime, h.mtimeNsec, this.xattrsFor(h, 'symlink')));
         return;
       }
-      case 'character-device':
-      case 'block-device':
+      case 'link':
+        parent.children.set(base, linked!);
+        return;
+      case 'char':
+      case 'block':
       case 'fifo': {
-        const t = h.type === 'fifo' ? ['p'] : [h.type === 'character-device' ? 'c' : 'b', String(h.devmajor ?? 0), String(h.devminor ?? 0)];
-        // Node has no mknod(2); coreutils' creates the node at exactly `dest` (its parent is resolved).
-        await execFileP('mknod', ['-m', ((h.mode ?? 0o600) & 0o777).toString(8), '--', dest, ...t]);
-        await this.setMeta(target, h, 'node');
+        const isDev = h.type !== 'fifo';
+        if (isDev && (!Number.isSafeInteger(h.devmajor) || !Number.isSafeInteger(h.devminor) || h.devmajor < 0 || h.devminor < 0 || h.devmajor > 0xfff || h.devminor > 0xfffff))
+          throw new UnsafeArchiveError(`layer ${label}: device ${show(h.name)} has an invalid number ${h.devmajor}:${h.devminor}`);
+        const kind = h.type === 'char' ? 'chr' : h.type === 'block' ? 'blk' : 'fifo';
+        parent.children.set(base, new DeviceNode(kind, isDev ? h.devmajor : 0, isDev ? h.devminor : 0, h.mode, h.uid, h.gid, h.mtime, h.mtimeNsec, this.xattrsFor(h, 'node')));
         return;
       }
-      default:
-        this.logger.debug({ layer: label, entry: h.name, type: h.type }, 'skipping unsupported tar entry type');
-        this.createdThisLayer.delete(target);
     }
+  }
+
+  data(chunk: Buffer): void {
+    const s = this.sink;
+    if (!s?.node) return;
+    let off = 0;
+    if (s.toData > 0) {
+      const n = Math.min(s.toData, chunk.length);
+      this.image.data.write(n === chunk.length ? chunk : chunk.subarray(0, n));
+      s.toData -= n;
+      off = n;
+    }
+    if (off < chunk.length) {
+      const tail = s.node.tail!;
+      chunk.copy(tail, s.tailFill, off);
+      s.tailFill += chunk.length - off;
+    }
+  }
+
+  end(): void {
+    if (this.sink?.node) this.image.data.pad();
+    this.sink = null;
+  }
+
+  // ---- helpers -----------------------------------------------------------------------
+
+  private discard(h: TarHeader): void {
+    if (h.type === 'file') this.sink = { node: null, toData: 0, tailFill: 0 };
+  }
+
+  private account(bytes: number): void {
+    if ((this.metaBytes += bytes) > this.limits.maxMetadataBytes)
+      throw new UnsafeArchiveError(`layer ${this.label}: more than ${this.limits.maxMetadataBytes} bytes of names, link targets and xattrs`);
+  }
+
+  private touch(dir: DirNode, name: string): void {
+    let s = this.touched.get(dir);
+    if (!s) this.touched.set(dir, (s = new Set()));
+    s.add(name);
+  }
+
+  /**
+   * Resolves directory components from the root the way a chroot would: symlinks are
+   * followed (an absolute target restarts at the root), '..' never leaves the root. Missing
+   * directories are created unless `mode` is 'lookup' (then null is returned); a
+   * non-directory in the way refuses the entry in 'create' mode and yields null otherwise.
+   */
+  private walk(parts: string[], mode: 'lookup' | 'create' | 'create-or-skip'): DirNode | null {
+    const create = mode !== 'lookup';
+    const stack: DirNode[] = [this.root];
+    let todo = parts;
+    let hops = 0;
+    for (let i = 0; i < todo.length; i++) {
+      const c = todo[i];
+      if (c === '' || c === '.') continue;
+      if (c === '..') {
+        if (stack.length > 1) stack.pop();
+        continue;
+      }
+      const cur = stack[stack.length - 1];
+      const child = cur.children.get(c);
+      if (child === undefined) {
+        if (!create) return null;
+        if (c.length > EROFS_NAME_MAX) throw new UnsafeArchiveError(`layer ${this.label}: name longer than ${EROFS_NAME_MAX} bytes: ${show(c)}`);
+        this.account(c.length);
+        const d = new DirNode(0o755, 0, 0, this.now, 0, null);
+        cur.children.set(c, d);
+        this.touch(cur, c);
+        stack.push(d);
+        continue;
+      }
+      if (child.kind === 'dir') {
+        stack.push(child);
+        continue;
+      }
+      if (child.kind === 'symlink') {
+        if (++hops > MAX_SYMLINK_HOPS) throw new UnsafeArchiveError(`layer ${this.label}: too many symlinks resolving ${show(parts.join('/'))}`);
+        if (child.target.startsWith('/')) stack.length = 1;
+        todo = [...child.target.split('/'), ...todo.slice(i + 1)];
+        i = -1;
+        continue;
+      }
+      if (mode !== 'create') return null;
+      throw new UnsafeArchiveError(`layer ${this.label}: parent ${show(parts.join('/'))} is not a directory`);
+    }
+    return stack[stack.length - 1];
   }
 
   /** An opaque directory hides everything lower layers put in it. */
-  private async makeOpaque(dirRel: string): Promise<void> {
-    let names: string[];
-    try {
-      const st = await fsp.lstat(this.abs(dirRel));
-      if (!st.isDirectory()) return;
-      names = await fsp.readdir(this.abs(dirRel));
-    } catch (e) {
-      if (isENOENT(e)) {
-        await this.mkdirs(dirRel);
-        return;
-      }
-      throw e;
-    }
-    for (const n of names) {
-      const child = dirRel ? `${dirRel}/${n}` : n;
-      if (!this.createdThisLayer.has(child)) await this.removeAt(child);
-    }
+  private makeOpaque(dir: DirNode | null): void {
+    if (!dir) return;
+    const keep = this.touched.get(dir);
+    for (const name of [...dir.children.keys()]) if (!keep?.has(name)) dir.children.delete(name);
   }
 
-  private async setMeta(rel: string, h: tar.Header, kind: 'directory' | 'symlink' | 'node'): Promise<void> {
-    const p = this.abs(rel);
-    fs.lchownSync(p, h.uid ?? 0, h.gid ?? 0);
-    if (kind !== 'symlink') fs.chmodSync(p, (h.mode ?? (kind === 'directory' ? 0o755 : 0o644)) & 0o7777);
-    if (h.mtime) {
-      if (kind === 'directory') this.dirTimes.set(rel, h.mtime);
-      else fs.lutimesSync(p, h.mtime, h.mtime);
+  private setMeta(n: DirNode, h: TarHeader): void {
+    n.mode = h.mode & 0o7777;
+    n.uid = h.uid;
+    n.gid = h.gid;
+    n.mtime = h.mtime;
+    n.mtimeNsec = h.mtimeNsec;
+    // Like containerd, a directory entry over an existing directory adds its xattrs to the
+    // ones lower layers set (image differs often write only some, e.g. security.capability).
+    const x = this.xattrsFor(h, 'dir');
+    if (x && n.xattrs) {
+      for (const [k, v] of x) n.xattrs.set(k, v);
+      if (n.xattrs.size > MAX_XATTRS_PER_ENTRY || xattrBodySize(n.xattrs) > MAX_XATTR_BYTES_PER_ENTRY)
+        throw new UnsafeArchiveError(`layer ${this.label}: ${show(h.name)}: more than ${MAX_XATTRS_PER_ENTRY} xattrs or ${MAX_XATTR_BYTES_PER_ENTRY} bytes of them`);
+    } else {
+      n.xattrs ??= x;
     }
-    if (kind !== 'symlink') await this.setXattrs(p, h);
+    if (n === this.root && xattrBodySize(n.xattrs) > BLOCK_SIZE - 1152 - 64)
+      throw new UnsafeArchiveError(`layer ${this.label}: xattrs of the root directory are too large`);
   }
 
-  /** PAX SCHILY.xattr.* records. Applied with setfattr when installed; else dropped (logged once). */
-  private async setXattrs(p: string, h: tar.Header): Promise<void> {
-    const pax = h.pax as Record<string, string> | null | undefined;
-    if (!pax) return;
-    const xattrs = Object.entries(pax).filter(([k]) => k.startsWith('SCHILY.xattr.'));
-    if (!xattrs.length) return;
-    if (!(await haveSetfattr())) {
-      if (!this.warnedXattr) this.logger.warn({ entry: h.name }, 'image has xattrs but setfattr is not installed: xattrs dropped');
-      this.warnedXattr = true;
-      return;
-    }
-    for (const [k, v] of xattrs) {
-      // tar-stream decodes PAX values as UTF-8, so binary values (security.capability) can't be
-      // recovered exactly; skip those rather than write a corrupt attribute.
-      if (v.includes('\ufffd')) {
-        this.logger.warn({ entry: h.name, xattr: k.slice(13) }, 'binary xattr value dropped');
+  /** The entry's xattrs that an image may carry; refuses absurd ones. */
+  private xattrsFor(h: TarHeader, kind: 'file' | 'dir' | 'symlink' | 'node'): Map<string, Buffer> | null {
+    if (!h.xattrs) return null;
+    const out = new Map<string, Buffer>();
+    let bytes = 12;
+    for (const [name, value] of h.xattrs) {
+      if (name.length > XATTR_NAME_MAX || name.includes('\0'))
+        throw new UnsafeArchiveError(`layer ${this.label}: ${show(h.name)}: invalid xattr name ${show(name.slice(0, 64))}`);
+      if (value.length > XATTR_VALUE_MAX) throw new UnsafeArchiveError(`layer ${this.label}: ${show(h.name)}: xattr ${show(name)} value of ${value.length} bytes`);
+      const prefix = XATTR_PREFIXES.find(([p]) => name.startsWith(p));
+      const overlay = name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.');
+      if (!prefix || name.length === prefix[0].length || overlay || (prefix[0] === 'user.' && kind !== 'file' && kind !== 'dir')) {
+        this.droppedXattrs.add(name);
         continue;
       }
-      await execFileP('setfattr', ['-h', '-n', k.slice(13), '-v', `0x${Buffer.from(v, 'utf8').toString('hex')}`, '--', p]);
+      out.set(name, value);
+      bytes += (4 + name.length - prefix[0].length + value.length + 3) & ~3;
+      if (out.size > MAX_XATTRS_PER_ENTRY || bytes > MAX_XATTR_BYTES_PER_ENTRY)
+        throw new UnsafeArchiveError(`layer ${this.label}: ${show(h.name)}: more than ${MAX_XATTRS_PER_ENTRY} xattrs or ${MAX_XATTR_BYTES_PER_ENTRY} bytes of them`);
     }
+    if (out.size === 0) return null;
+    this.account(bytes);
+    return out;
   }
 }

@@ -11,6 +11,7 @@ import { ImageManager, type ImageManagerOptions } from '../../src/image/manager'
 import { closeAgents } from '../../src/image/registry';
 import { makeLayer, pushBusybox, pushImage, pushMultiArch } from '../support/images';
 import { registryBlobPath, startProxy, startRegistry, type Proxy, type Registry } from '../support/registry';
+import { mountErofs, rawTar, readXattrs, unmountAll } from './helpers';
 
 jest.setTimeout(60_000);
 
@@ -83,6 +84,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await unmountAll();
   await closeAgents();
   await reg?.stop();
   await fsp.rm(work, { recursive: true, force: true });
@@ -140,6 +142,27 @@ describe('pull', () => {
       const x = extractErofs(r.erofsPath);
       expect(readFileSync(path.join(x, 'AMD64'), 'utf8')).toBe('amd64\n');
       expect(existsSync(path.join(x, 'ARM64'))).toBe(false);
+    }
+  });
+
+  test('xattrs (a file capability, user.*) survive into the image the guest mounts', async () => {
+    const cap = Buffer.from('0100000200200000000000000000000000000000', 'hex'); // cap_net_raw+ep
+    const lower = await makeLayer(rawTar([{ name: 'usr/bin/ping', data: Buffer.from('v1'), mode: 0o755, pax: [['SCHILY.xattr.user.v', Buffer.from('1')]] }]));
+    const upper = await makeLayer(
+      rawTar([
+        { name: 'usr/bin/ping', data: readFileSync('/bin/busybox'), mode: 0o755, pax: [['SCHILY.xattr.security.capability', cap], ['SCHILY.xattr.user.mime', Buffer.from('application/x-executable')], ['SCHILY.xattr.trusted.overlay.opaque', Buffer.from('y')]] },
+      ]),
+    );
+    await pushImage(reg, 'xattr/img', 'v1', { layers: [lower, upper] });
+    const m = await manager();
+    const r = await m.pull(`${reg.host}/xattr/img:v1`);
+    const mnt = mkdtempSync(path.join(work, 'mnt-'));
+    await mountErofs(r.erofsPath, mnt);
+    try {
+      expect(readFileSync(path.join(mnt, 'usr/bin/ping')).equals(readFileSync('/bin/busybox'))).toBe(true);
+      expect(await readXattrs(path.join(mnt, 'usr/bin/ping'))).toEqual({ 'security.capability': cap, 'user.mime': Buffer.from('application/x-executable') });
+    } finally {
+      await unmountAll();
     }
   });
 
@@ -320,6 +343,7 @@ describe('robustness', () => {
     expect(existsSync('/tmp/podvisor-pwned')).toBe(false);
     expect(m.list()).toEqual([]);
     expect(await fsp.readdir(path.join(root, 'tmp'))).toEqual([]);
+    expect(await fsp.readdir(path.join(root, 'erofs'))).toEqual([]);
   });
 });
 

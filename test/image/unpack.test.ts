@@ -1,17 +1,29 @@
-// Layer application: whiteouts, links, devices, metadata, and every hostile-archive case.
-// Each case runs in <tmp>/case-N/{rootfs,outside}; after it, the test proves that nothing
-// outside rootfs/ changed (listing + contents of the case dir, and the host's /etc/passwd).
+// Layer application: whiteouts, links, devices, metadata, xattrs, and every hostile-archive
+// case. Each case builds an erofs image from its layers, then mounts it read-only (loop device,
+// the host kernel's erofs) on <tmp>/case-N/rootfs and looks at the result there; fsck.erofs
+// checks every image too. The test also proves that nothing outside rootfs/ changed (listing +
+// contents of the case dir, and the host's /etc/passwd), and that a refused image leaves no file.
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { promises as fsp, mkdtempSync, readFileSync, statSync, lstatSync } from 'node:fs';
+import { promises as fsp, mkdtempSync, readFileSync, statSync, lstatSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
 import { silentLogger } from '../../src/log';
-import { cleanEntryPath, RootfsBuilder, UnsafeArchiveError, type UnpackLimits } from '../../src/image/unpack';
+import { cleanEntryPath, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from '../../src/image/unpack';
 import { makeLayer, makeTar, type TarEntry } from '../support/images';
+import { mountErofs, rawTar, readXattrs, setXattr, unmountAll } from './helpers';
+
+const execFileP = promisify(execFile);
+jest.setTimeout(30_000);
 
 const base = mkdtempSync(path.join(os.tmpdir(), 'podvisor-unpack-'));
-afterAll(() => fsp.rm(base, { recursive: true, force: true }));
+afterEach(unmountAll);
+afterAll(async () => {
+  await unmountAll();
+  await fsp.rm(base, { recursive: true, force: true });
+});
 
 let n = 0;
 const hostPasswd = () => {
@@ -42,35 +54,53 @@ interface Case {
   dir: string;
   root: string;
   outside: string;
+  image: string;
   error?: unknown;
 }
 
+/** fsck.erofs (erofs-utils) walks the whole image: a second, independent reader. */
+async function fsck(image: string): Promise<void> {
+  await execFileP('fsck.erofs', [image], { timeout: 60_000 });
+}
+
+/** Temp files ImageBuilder left next to its images (a refused build must leave none). */
+const leftovers = () => readdirSync(base).filter((f) => f.startsWith('.tmp-'));
+
 /**
- * Applies the layers (entry lists, or raw tar buffers) to a fresh rootfs and checks that
- * nothing outside it changed. Returns the error, if the layer was refused.
+ * Builds an image from the layers (entry lists, or raw tar buffers), checks that nothing
+ * outside the case's rootfs changed, and mounts the image on rootfs. Returns the error, if
+ * a layer was refused.
  */
 async function apply(layers: ((c: Case) => TarEntry[] | Buffer)[], limits?: Partial<UnpackLimits>): Promise<Case> {
   const dir = path.join(base, `case-${++n}`);
-  const c: Case = { dir, root: path.join(dir, 'rootfs'), outside: path.join(dir, 'outside') };
+  const c: Case = { dir, root: path.join(dir, 'rootfs'), outside: path.join(dir, 'outside'), image: path.join(base, `case-${n}.erofs`) };
   await fsp.mkdir(c.root, { recursive: true });
   await fsp.mkdir(path.join(c.outside, 'sub'), { recursive: true });
   await fsp.writeFile(path.join(c.outside, 'keep'), 'precious\n');
   await fsp.writeFile(path.join(c.outside, 'sub', 'deep'), 'deep\n');
   const before = await snapshot(dir, c.root);
   const passwdBefore = hostPasswd();
-  const b = new RootfsBuilder(c.root, silentLogger, { maxEntries: 10_000, maxEntryBytes: 1 << 30, maxTotalBytes: 2 ** 31, ...limits });
+  const b = await ImageBuilder.create(c.image, silentLogger, { maxEntries: 10_000, maxEntryBytes: 1 << 30, maxTotalBytes: 2 ** 31, ...limits });
   try {
     for (const l of layers) {
       const spec = l(c);
       const buf = Buffer.isBuffer(spec) ? spec : await makeTar(spec);
       await b.applyTarStream(Readable.from([buf]));
     }
-    await b.finish();
+    await b.commit();
   } catch (e) {
     c.error = e;
+    await b.abort();
   }
   expect(await snapshot(dir, c.root)).toEqual(before);
   expect(hostPasswd()).toEqual(passwdBefore);
+  expect(leftovers()).toEqual([]);
+  if (c.error) {
+    expect(await exists(c.image)).toBe(false);
+  } else {
+    await fsck(c.image);
+    await mountErofs(c.image, c.root);
+  }
   return c;
 }
 
@@ -211,18 +241,24 @@ describe('layer semantics', () => {
     const dir = path.join(base, `files-${++n}`);
     const root = path.join(dir, 'rootfs');
     await fsp.mkdir(root, { recursive: true });
-    const b = new RootfsBuilder(root, silentLogger);
+    const b = await ImageBuilder.create(path.join(dir, 'img.erofs'), silentLogger);
     for (const [i, kind] of (['gzip', 'zstd', 'none'] as const).entries()) {
       const l = await makeLayer([{ name: `f${i}`, content: kind }], kind);
       await fsp.writeFile(path.join(dir, `l${i}`), l.blob);
       await b.applyLayerFile(path.join(dir, `l${i}`), l.diffId);
-      expect(readFileSync(path.join(root, `f${i}`), 'utf8')).toBe(kind);
     }
+    await b.commit();
+    await mountErofs(path.join(dir, 'img.erofs'), root);
+    for (const [i, kind] of ['gzip', 'zstd', 'none'].entries()) expect(readFileSync(path.join(root, `f${i}`), 'utf8')).toBe(kind);
+
+    const b2 = await ImageBuilder.create(path.join(dir, 'img2.erofs'), silentLogger);
     const l = await makeLayer([{ name: 'g', content: 'g' }]);
     await fsp.writeFile(path.join(dir, 'bad'), l.blob);
-    await expect(b.applyLayerFile(path.join(dir, 'bad'), `sha256:${'0'.repeat(64)}`)).rejects.toThrow(/diff_id/);
+    await expect(b2.applyLayerFile(path.join(dir, 'bad'), `sha256:${'0'.repeat(64)}`)).rejects.toThrow(/diff_id/);
     await fsp.writeFile(path.join(dir, 'corrupt'), Buffer.concat([l.blob.subarray(0, 20), Buffer.alloc(50, 7)]));
-    await expect(b.applyLayerFile(path.join(dir, 'corrupt'))).rejects.toThrow();
+    await expect(b2.applyLayerFile(path.join(dir, 'corrupt'))).rejects.toThrow();
+    await b2.abort();
+    expect(readdirSync(dir).filter((f) => f.endsWith('.erofs') || f.startsWith('.tmp-'))).toEqual(['img.erofs']);
   });
 });
 
@@ -382,5 +418,145 @@ describe('hostile archives', () => {
   test('truncated archives are refused', async () => {
     const t = await makeTar([{ name: 'f', content: 'y'.repeat(10000) }]);
     refused(await apply([() => t.subarray(0, 2048)]));
+  });
+});
+
+// ---- whole trees and xattrs --------------------------------------------------------------
+
+/** type, mode, owner, size, mtime, link count, device, link target, content hash, xattrs of every entry under dir. */
+async function describeTree(dir: string, dropXattr: (name: string) => boolean = () => false): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = {};
+  const walk = async (rel: Buffer) => {
+    const p = Buffer.concat([Buffer.from(dir + '/'), rel]);
+    const st = await fsp.lstat(p);
+    const x = await readXattrs(p);
+    const xattrs = Object.fromEntries(Object.entries(x).filter(([k]) => !dropXattr(k)).map(([k, v]) => [k, v.toString('hex')]));
+    const d: Record<string, unknown> = { mode: st.mode.toString(8), uid: st.uid, gid: st.gid, mtime: st.mtimeMs, nlink: st.isDirectory() ? undefined : st.nlink, xattrs };
+    if (st.isFile()) Object.assign(d, { size: st.size, sha: createHash('sha256').update(await fsp.readFile(p)).digest('hex') });
+    if (st.isSymbolicLink()) d.target = (await fsp.readlink(p, { encoding: 'buffer' })).toString('hex');
+    if (st.isCharacterDevice() || st.isBlockDevice()) d.rdev = st.rdev;
+    out[rel.toString('hex') || '.'] = d;
+    if (st.isDirectory()) {
+      const names = (await fsp.readdir(p, { encoding: 'buffer' })).sort(Buffer.compare);
+      for (const name of names) await walk(rel.length ? Buffer.concat([rel, Buffer.from('/'), name]) : name);
+    }
+  };
+  await walk(Buffer.alloc(0));
+  return out;
+}
+
+// security.capability v2: cap_net_raw (bit 13) permitted, effective flag set.
+const CAP_NET_RAW = Buffer.from('0100000200200000000000000000000000000000', 'hex');
+
+describe('whole trees', () => {
+  test('a GNU tar (POSIX format, --xattrs) of a real tree comes out identical, xattrs included', async () => {
+    const src = path.join(base, `src-${++n}`);
+    await fsp.mkdir(src);
+    // file sizes around the block size (inline tails, plain blocks, exact multiples)
+    for (const size of [0, 1, 100, 2900, 3000, 4031, 4095, 4096, 4097, 8191, 8192, 12289, 100_000, (1 << 20) + 3])
+      await fsp.writeFile(path.join(src, `f${size}`), Buffer.from(Array.from({ length: size }, (_, i) => (i * 7 + size) & 0xff)));
+    // a directory spanning several blocks, and long and non-UTF-8 names
+    await fsp.mkdir(path.join(src, 'big'));
+    for (let i = 0; i < 700; i++) await fsp.writeFile(path.join(src, 'big', `entry-${String(i).padStart(4, '0')}-${'x'.repeat(i % 40)}`), `${i}\n`);
+    await fsp.writeFile(path.join(src, 'n'.repeat(255)), 'long name');
+    await fsp.writeFile(Buffer.from([...Buffer.from(src + '/latin-'), 0xe9, 0xff, 0x80]) as unknown as string, 'bytes');
+    // symlinks: short (inline), long (a data block), dangling; hard links; special files
+    await fsp.symlink('f100', path.join(src, 'short'));
+    await fsp.symlink('t'.repeat(4000), path.join(src, 'long'));
+    await fsp.symlink('/nowhere/at/all', path.join(src, 'dangling'));
+    for (const l of ['h1', 'h2', 'h3']) await fsp.link(path.join(src, 'f4097'), path.join(src, l));
+    execFileSync('mknod', [path.join(src, 'null'), 'c', '1', '3']);
+    execFileSync('mknod', [path.join(src, 'loop'), 'b', '7', '300']);
+    execFileSync('mkfifo', [path.join(src, 'fifo')]);
+    // owners, modes, times (with nanoseconds)
+    await fsp.mkdir(path.join(src, 'deep/er/still'), { recursive: true });
+    await fsp.writeFile(path.join(src, 'deep/er/still/suid'), 'x');
+    await fsp.chmod(path.join(src, 'deep/er/still/suid'), 0o4755);
+    await fsp.chown(path.join(src, 'deep/er/still/suid'), 100_000, 4_000_000_000);
+    await fsp.chmod(path.join(src, 'deep'), 0o1777);
+    await fsp.lchown(path.join(src, 'short'), 7, 8);
+    // xattrs: a file capability, user.* on a file and a directory, trusted.* on a symlink
+    await setXattr(path.join(src, 'f1'), 'security.capability', CAP_NET_RAW);
+    await setXattr(path.join(src, 'f1'), 'user.mime', Buffer.from('text/plain'));
+    await setXattr(path.join(src, 'f2900'), 'user.bin', Buffer.from([0, 0xff, 0x80, 0x0a, 0x3d, 0]));
+    await setXattr(path.join(src, 'f2900'), 'trusted.big', Buffer.alloc(1100, 0xab)); // no longer fits inline with the tail
+    await setXattr(path.join(src, 'deep'), 'user.dir', Buffer.from('yes'));
+    await setXattr(path.join(src, 'deep'), 'trusted.overlay.opaque', Buffer.from('y')); // overlayfs' own: dropped
+    await setXattr(path.join(src, 'short'), 'trusted.link', Buffer.from('on a symlink'));
+    const when = new Date('2021-03-04T05:06:07.123456789Z');
+    for (const f of ['f1', 'deep/er', 'big', 'short']) await fsp.lutimes(path.join(src, f), when, when);
+    await fsp.utimes(src, when, when);
+
+    const tarball = execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--format=posix', '--numeric-owner', '-C', src, '-cf', '-', '.'], { maxBuffer: 64 << 20 });
+    const c = await apply([() => tarball]);
+    expect(c.error).toBeUndefined();
+    const want = await describeTree(src, (x) => x.startsWith('trusted.overlay.'));
+    const got = await describeTree(c.root);
+    expect(got).toEqual(want);
+    // the checks above compare against the source; these pin the interesting ones
+    expect((await readXattrs(at(c, 'f1')))['security.capability']).toEqual(CAP_NET_RAW);
+    expect((await readXattrs(at(c, 'deep')))['trusted.overlay.opaque']).toBeUndefined();
+    expect(statSync(at(c, 'f4097')).nlink).toBe(4);
+    expect(lstatSync(at(c, 'loop')).rdev).toBe(lstatSync(path.join(src, 'loop')).rdev);
+  });
+});
+
+describe('xattrs', () => {
+  test('SCHILY values are kept byte for byte, LIBARCHIVE ones are base64 with %-escaped names', async () => {
+    const binary = Buffer.from([0xff, 0xfe, 0, 0x80, 0xc3, 0x28, 0x0a]);
+    const c = await apply([
+      () =>
+        rawTar([
+          { name: 'bin/', type: '5', mode: 0o755 },
+          { name: 'bin/ping', data: Buffer.from('ELF'), mode: 0o755, pax: [['SCHILY.xattr.security.capability', CAP_NET_RAW], ['SCHILY.xattr.user.raw', binary]] },
+          { name: 'lib', data: Buffer.from('x'), pax: [['LIBARCHIVE.xattr.user.a%3Db%25', Buffer.from(binary.toString('base64'))], ['LIBARCHIVE.xattr.trusted.t', Buffer.from('aGk=')]] },
+          { name: 'sym', type: '2', linkname: 'lib', pax: [['SCHILY.xattr.security.selinux', Buffer.from('system_u:object_r:bin_t:s0\0')]] },
+        ]),
+    ]);
+    expect(c.error).toBeUndefined();
+    expect(await readXattrs(at(c, 'bin/ping'))).toEqual({ 'security.capability': CAP_NET_RAW, 'user.raw': binary });
+    expect(await readXattrs(at(c, 'lib'))).toEqual({ 'user.a=b%': binary, 'trusted.t': Buffer.from('hi') });
+    expect(await readXattrs(at(c, 'sym'))).toEqual({ 'security.selinux': Buffer.from('system_u:object_r:bin_t:s0\0') });
+  });
+
+  test('overlayfs, system.* and user.* on special files are dropped; an upper directory entry adds to lower xattrs', async () => {
+    const c = await apply([
+      () =>
+        rawTar([
+          { name: 'd/', type: '5', pax: [['SCHILY.xattr.user.low', Buffer.from('1')], ['SCHILY.xattr.user.both', Buffer.from('old')]] },
+          { name: 'f', data: Buffer.from('f'), pax: [['SCHILY.xattr.trusted.overlay.redirect', Buffer.from('/etc')], ['SCHILY.xattr.user.overlay.origin', Buffer.from('x')], ['SCHILY.xattr.system.posix_acl_access', Buffer.from('AgAAAAEABgD/////', 'base64')], ['SCHILY.xattr.os2.name', Buffer.from('x')], ['SCHILY.xattr.user.ok', Buffer.from('ok')]] },
+          { name: 'l', type: '2', linkname: 'f', pax: [['SCHILY.xattr.user.onlink', Buffer.from('no')]] },
+          { name: 'p', type: '6', pax: [['SCHILY.xattr.user.onfifo', Buffer.from('no')], ['SCHILY.xattr.trusted.onfifo', Buffer.from('yes')]] },
+        ]),
+      () => rawTar([{ name: 'd/', type: '5', pax: [['SCHILY.xattr.user.up', Buffer.from('2')], ['SCHILY.xattr.user.both', Buffer.from('new')]] }]),
+    ]);
+    expect(c.error).toBeUndefined();
+    expect(await readXattrs(at(c, 'f'))).toEqual({ 'user.ok': Buffer.from('ok') });
+    expect(await readXattrs(at(c, 'l'))).toEqual({});
+    expect(await readXattrs(at(c, 'p'))).toEqual({ 'trusted.onfifo': Buffer.from('yes') });
+    expect(await readXattrs(at(c, 'd'))).toEqual({ 'user.low': Buffer.from('1'), 'user.up': Buffer.from('2'), 'user.both': Buffer.from('new') });
+  });
+
+  test('absurd xattrs are refused: too many, too large, bad names, a huge PAX record', async () => {
+    const one = (pax: [string, Buffer][]) => () => rawTar([{ name: 'f', data: Buffer.from('x'), pax }]);
+    const tooMany = Array.from({ length: 200 }, (_, i): [string, Buffer] => [`SCHILY.xattr.user.a${i}`, Buffer.from('v')]);
+    const cases = [
+      one(tooMany),
+      one([['SCHILY.xattr.user.big', Buffer.alloc(70_000)]]),
+      one([['SCHILY.xattr.user.a', Buffer.alloc(40_000)], ['SCHILY.xattr.user.b', Buffer.alloc(40_000)]]),
+      one([[`SCHILY.xattr.user.${'n'.repeat(300)}`, Buffer.from('v')]]),
+      one([['SCHILY.xattr.user.a\0b', Buffer.from('v')]]),
+      one([['SCHILY.xattr.user.pad', Buffer.alloc(2 << 20)]]),
+    ];
+    for (const layer of cases) {
+      const c = await apply([layer]);
+      expect(c.error).toBeInstanceOf(UnsafeArchiveError);
+    }
+    // the root directory's xattrs must fit next to the superblock
+    const root = await apply([() => rawTar([{ name: './', type: '5', pax: [['SCHILY.xattr.user.r', Buffer.alloc(3000)]] }])]);
+    expect(String((root.error as Error).message)).toMatch(/root directory/);
+    const ok = await apply([() => rawTar([{ name: './', type: '5', pax: [['SCHILY.xattr.user.r', Buffer.from('small')]] }, { name: 'x', data: Buffer.from('x') }])]);
+    expect(ok.error).toBeUndefined();
+    expect(await readXattrs(ok.root)).toEqual({ 'user.r': Buffer.from('small') });
   });
 });
