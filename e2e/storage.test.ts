@@ -59,6 +59,8 @@ const loops = new Loops();
 process.once('exit', () => loops.detachAll());
 let image: string;
 let loopDev: string;
+/** loop devices handed raw to containers */
+const rawDevs: string[] = [];
 let mountsBefore: string[];
 const vol: Record<string, string> = {};
 const timings: Record<string, number> = {};
@@ -557,6 +559,125 @@ describe('CSI controller + node through the plugin socket', () => {
   });
 });
 
+describe('raw block devices in containers (CRI mounts of a device, LinuxContainerConfig devices)', () => {
+  // a blank loop device: the guest sees it as one more SCSI disk, the container as a device node
+  let raw: string;
+  const pods: Pod[] = [];
+  beforeAll(() => {
+    raw = loops.create(16);
+    rawDevs.push(raw);
+  });
+  afterAll(async () => {
+    for (const p of pods) await removePod(p).catch(() => undefined);
+  });
+
+  type Device = { container_path: string; host_path: string; permissions: string };
+  async function startWith(p: Pod, name: string, mounts: Mount[], devices: Device[] = []): Promise<Ctr> {
+    const config = { ...ctrConfig(name, mounts), devices };
+    const r = await p.d.runtime('CreateContainer', { pod_sandbox_id: p.id, config, sandbox_config: p.cfg }, 180_000);
+    await p.d.runtime('StartContainer', { container_id: r.container_id });
+    return { d: p.d, id: r.container_id };
+  }
+  const readBlock = (ctr: Ctr, dev: string) => execOk(ctr, `dd if=${dev} bs=4096 skip=1 count=1 2>/dev/null | tr -d '\\0'`);
+  function hostBlock(): string {
+    // buffered read: QEMU's O_DIRECT writes invalidate the host's page cache of that range
+    const fd = fs.openSync(raw, fs.constants.O_RDONLY);
+    try {
+      const buf = Buffer.alloc(4096);
+      fs.readSync(fd, buf, 0, 4096, 4096);
+      return buf.toString('utf8').replace(/\0+$/, '');
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  it('a container writes through the device node; a second container shares the one attachment read-only; a new pod reads it back', async () => {
+    const token = `raw-${crypto.randomBytes(6).toString('hex')}`;
+    const a = await runPod(rbdDaemon(), 'raw-a');
+    pods.push(a);
+    // a CRI mount whose host_path is a block device, outside /dev: the guest node bound there
+    const w = await startWith(a, 'writer', [{ container_path: '/data/disk', host_path: raw }]);
+    expect(await execOk(w, 'ls -l /data/disk')).toMatch(/^b/);
+    await execOk(w, `printf ${token} | dd of=/data/disk bs=4096 seek=1 conv=fsync 2>&1`);
+    expect(hostBlock()).toBe(token); // on the host's device, without the host mounting anything
+
+    // LinuxContainerConfig devices, read-only: a node made under /dev; reads work, writes are
+    // refused by the device cgroup although the attachment itself is writable
+    const r = await startWith(a, 'reader', [], [{ container_path: '/dev/xvdb', host_path: raw, permissions: 'r' }]);
+    expect(await execOk(r, 'ls -l /dev/xvdb')).toMatch(/^b/);
+    expect(await readBlock(r, '/dev/xvdb')).toBe(token);
+    const denied = await exec(r, 'echo nope | dd of=/dev/xvdb bs=4096 seek=2 conv=fsync');
+    expect(denied.code).not.toBe(0);
+    expect(denied.err).toMatch(/Operation not permitted/);
+    // one SCSI disk for the two containers
+    const state = podVolumeState(a);
+    expect(state.map((e: any) => [e.handle.kind, e.handle.raw, e.refs, e.handle.readonly])).toEqual([['block', true, 2, false]]);
+    // nor can it make a node of its own for the device and write through that: the rule is
+    // the cgroup's, not the node's
+    const { major, minor } = state[0].handle.guestDevice;
+    const sneaky = await exec(r, `mknod /tmp/sd b ${major} ${minor} && echo nope | dd of=/tmp/sd bs=4096 seek=2`);
+    expect(sneaky.code).not.toBe(0);
+    expect(sneaky.err).toMatch(/can't open '\/tmp\/sd': Operation not permitted/);
+    // and the container that may write sees that only it wrote
+    expect(await readBlock(w, '/data/disk')).toBe(token);
+    await removePod(a);
+    pods.pop();
+
+    const b = await runPod(rbdDaemon(), 'raw-b');
+    pods.push(b);
+    const c = await startWith(b, 'again', [], [{ container_path: '/dev/disk0', host_path: raw, permissions: 'rwm' }]);
+    expect(await readBlock(c, '/dev/disk0')).toBe(token);
+    await execOk(c, `printf ${token}-b | dd of=/dev/disk0 bs=4096 seek=1 conv=fsync 2>&1`);
+    expect(hostBlock()).toBe(`${token}-b`);
+    await removePod(b);
+    pods.pop();
+  });
+
+  it('a read-only mount gives a read-only device; read-write use of it in that pod is refused', async () => {
+    const p = await runPod(rbdDaemon(), 'raw-ro');
+    pods.push(p);
+    const c = await startWith(p, 'ro', [{ container_path: '/dev/ro', host_path: raw, readonly: true }]);
+    expect((await readBlock(c, '/dev/ro')).length).toBeGreaterThan(0);
+    const w = await exec(c, 'echo nope | dd of=/dev/ro bs=4096 seek=2 conv=fsync');
+    expect(w.code).not.toBe(0);
+    // the guest's disk itself is read-only (QEMU read-only node), not just the cgroup rule
+    const dev = podVolumeState(p)[0].handle.guestPath.replace('/dev/', '');
+    expect((await execOk(c, `cat /sys/block/${dev}/ro`)).trim()).toBe('1');
+    await expect(startWith(p, 'rw', [{ container_path: '/dev/rw', host_path: raw }])).rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/read-only/) });
+    await expect(startWith(p, 'rw-dev', [], [{ container_path: '/dev/rw', host_path: raw, permissions: 'rw' }])).rejects.toMatchObject({ code: status.FAILED_PRECONDITION });
+    expect(podVolumeState(p).map((e: any) => [e.handle.readonly, e.refs])).toEqual([[true, 1]]);
+  });
+
+  it('bad devices and paths give clear errors and attach nothing', async () => {
+    const p = await runPod(rbdDaemon(), 'raw-errors');
+    pods.push(p);
+    const file = path.join(rbdDaemon().dir, 'not-a-device');
+    fs.writeFileSync(file, 'x');
+    const cases: Array<[string, Mount[], Device[], status, RegExp]> = [
+      ['missing device', [], [{ container_path: '/dev/x', host_path: '/dev/pv-no-such-device', permissions: 'rwm' }], status.NOT_FOUND, /\/dev\/pv-no-such-device does not exist/],
+      ['character device', [], [{ container_path: '/dev/x', host_path: '/dev/null', permissions: 'rwm' }], status.FAILED_PRECONDITION, /character device/],
+      ['regular file', [], [{ container_path: '/dev/x', host_path: file, permissions: 'rwm' }], status.INVALID_ARGUMENT, /is not a device/],
+      ['relative container path', [], [{ container_path: 'dev/x', host_path: raw, permissions: 'rwm' }], status.INVALID_ARGUMENT, /container_path/],
+      ['relative host path', [], [{ container_path: '/dev/x', host_path: 'dev/loop0', permissions: 'rwm' }], status.INVALID_ARGUMENT, /host_path/],
+      ['bad permissions', [], [{ container_path: '/dev/x', host_path: raw, permissions: 'rwx' }], status.INVALID_ARGUMENT, /permissions/],
+      ['one device twice at one path', [], [{ container_path: '/dev/x', host_path: raw, permissions: 'r' }, { container_path: '/dev/x', host_path: raw, permissions: 'r' }], status.INVALID_ARGUMENT, /two devices at \/dev\/x/],
+      ['a device that is mounted as a volume in the pod', [{ container_path: '/fs', host_path: vol.blockR }], [{ container_path: '/dev/x', host_path: loopDev, permissions: 'rw' }], status.FAILED_PRECONDITION, /already attached to this pod with a filesystem mounted/],
+    ];
+    const got: Record<string, string> = {};
+    for (const [name, mounts, devices, code, details] of cases) {
+      const err = await startWith(p, name.replace(/ /g, '-'), mounts, devices).then(() => undefined, (e) => e);
+      got[name] = `${err?.code} ${err?.details}`;
+      expect({ name, code: err?.code }).toEqual({ name, code });
+      expect(err.details).toMatch(details);
+    }
+    // eslint-disable-next-line no-console
+    console.log(`raw device errors: ${JSON.stringify(got, null, 1)}`);
+    expect((await p.d.runtime('ListContainers', { filter: { pod_sandbox_id: p.id } })).containers).toEqual([]);
+    expect(podVolumeState(p)).toEqual([]);
+    expect(await qmpInventory(p)).toEqual({ devices: [], nodes: [], objects: [] });
+  });
+});
+
 describe('host hygiene', () => {
   it('mounted nothing on the host and left no attachment state', async () => {
     expect(mountPoints()).toEqual(mountsBefore);
@@ -567,8 +688,10 @@ describe('host hygiene', () => {
       const pods = path.join(dm.root, 'storage', 'pods');
       expect(fs.existsSync(pods) ? fs.readdirSync(pods) : []).toEqual([]);
     }
-    // the loop device is free again (no QEMU holds it): O_EXCL open succeeds
-    const fd = fs.openSync(loopDev, fs.constants.O_RDONLY | fs.constants.O_EXCL);
-    fs.closeSync(fd);
+    // the loop devices are free again (no QEMU holds them): O_EXCL open succeeds
+    for (const dev of [loopDev, ...rawDevs]) {
+      expect(mi).not.toContain(dev + ' ');
+      fs.closeSync(fs.openSync(dev, fs.constants.O_RDONLY | fs.constants.O_EXCL));
+    }
   });
 });

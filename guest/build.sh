@@ -94,10 +94,18 @@ fi
 
 # --- 3. the agent -------------------------------------------------------------------------------
 # libcontainer's seccomp support links libseccomp statically (Debian's libseccomp-dev has the .a).
+# Device cgroup rules (libcontainer's cgroupsv2_devices) build libbpf from source: libelf and
+# zlib headers and static libraries.
 SECCOMP_A=/usr/lib/x86_64-linux-gnu/libseccomp.a
-if [[ ! -f $SECCOMP_A ]]; then
-  log "installing libseccomp-dev (static libseccomp for the agent)"
-  apt-get install -y -qq libseccomp-dev >&2 || { apt-get update -qq >&2 && apt-get install -y -qq libseccomp-dev >&2; }
+BUILD_PKGS=()
+[[ -f $SECCOMP_A ]] || BUILD_PKGS+=(libseccomp-dev)
+[[ -f /usr/lib/x86_64-linux-gnu/libelf.a ]] || BUILD_PKGS+=(libelf-dev)
+[[ -f /usr/lib/x86_64-linux-gnu/libz.a ]] || BUILD_PKGS+=(zlib1g-dev)
+command -v make >/dev/null || BUILD_PKGS+=(make)
+command -v pkg-config >/dev/null || BUILD_PKGS+=(pkg-config)
+if ((${#BUILD_PKGS[@]})); then
+  log "installing ${BUILD_PKGS[*]} (static libraries for the agent)"
+  apt-get install -y -qq "${BUILD_PKGS[@]}" >&2 || { apt-get update -qq >&2 && apt-get install -y -qq "${BUILD_PKGS[@]}" >&2; }
 fi
 log "building the agent"
 (

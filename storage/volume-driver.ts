@@ -43,6 +43,9 @@ export interface AttachHandle {
   lun?: number;
   /** true when the guest mounted something at guestPath */
   mounted: boolean;
+  /** raw passthrough: guestPath is the guest's device node, with these numbers */
+  raw?: boolean;
+  guestDevice?: { major: number; minor: number };
 }
 
 export interface AttachOptions {

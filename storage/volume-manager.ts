@@ -45,6 +45,8 @@ export interface AttachResult {
    */
   bindReadonly: boolean;
   raw: boolean;
+  /** raw sources: the guest device numbers of guestPath (for the container's device rules) */
+  guestDevice?: { major: number; minor: number };
 }
 
 interface Entry {
@@ -120,6 +122,27 @@ export class VolumeManager {
     return { hostPath, descriptor, raw: false, key: this.keyFor(this.identity(descriptor)) };
   }
 
+  /**
+   * A CRI `devices` entry: the host path must be a block device (it is handed to the VM as a
+   * SCSI disk); anything else can never reach a container inside a pod VM, so it is an error.
+   */
+  async rawDevice(hostPath: string): Promise<VolumeSource> {
+    if (!path.isAbsolute(hostPath) || path.normalize(hostPath) !== hostPath) throw new StorageError(status.INVALID_ARGUMENT, `device host_path ${JSON.stringify(hostPath)} must be an absolute, normalised path`);
+    let st;
+    try {
+      st = await fsp.stat(hostPath);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError(status.NOT_FOUND, `device ${hostPath} does not exist`);
+      throw new StorageError(status.FAILED_PRECONDITION, `device ${hostPath}: ${(err as Error).message}`);
+    }
+    if (st.isCharacterDevice()) throw new StorageError(status.FAILED_PRECONDITION, `${hostPath} is a character device: only block devices can be passed into a pod VM`);
+    if (!st.isBlockDevice()) throw new StorageError(status.INVALID_ARGUMENT, `${hostPath} is not a device`);
+    const source = await this.classify(hostPath);
+    if (!source?.raw) throw new StorageError(status.INVALID_ARGUMENT, `${hostPath} is not a block device`);
+    return source;
+  }
+
   /** Attaches `source` to the pod (once per pod + volume) and returns where the guest has it. */
   attach(pod: PodVolumeTarget, source: VolumeSource, readonly: boolean): Promise<AttachResult> {
     return this.locked(pod.id, async () => {
@@ -129,6 +152,9 @@ export class VolumeManager {
       const existing = state.entries.find((e) => e.identity === identity);
       if (existing) {
         if (existing.handle.kind !== d.kind) throw precondition(`volume ${source.key} is already attached as ${existing.handle.kind}`);
+        if (!!existing.handle.raw !== source.raw) {
+          throw precondition(`${source.hostPath}: ${d.kind === 'block' ? `block device ${d.block.device}` : 'this volume'} is already attached to this pod ${existing.handle.raw ? 'as a raw device' : 'with a filesystem mounted'}; it cannot also be used ${source.raw ? 'as a raw device' : 'as a filesystem'}`);
+        }
         const res = this.result(existing, readonly, source.raw);
         existing.refs++;
         await this.save(pod.id, state);
@@ -218,7 +244,7 @@ export class VolumeManager {
     if (!readonly && e.handle.readonly) {
       throw precondition(`volume ${e.key} is attached read-only to this pod; it cannot also be used read-write`);
     }
-    return { guestPath: e.handle.guestPath, key: e.key, readonly: e.handle.readonly, bindReadonly: readonly, raw };
+    return { guestPath: e.handle.guestPath, key: e.key, readonly: e.handle.readonly, bindReadonly: readonly, raw, guestDevice: e.handle.guestDevice };
   }
 
   private identity(d: VolumeDescriptor): string {

@@ -5,8 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { loadConfig, defaultConfig } from '../src/config/config';
 import { formatLines, rfc3339Nano } from '../src/runtime/container-log';
-import { resolveLogPath, signalNumber } from '../src/runtime/containers';
-import { buildSpec, DEFAULT_CAPS, parseImageUser, processArgs } from '../src/runtime/oci-spec';
+import { checkDevices, resolveLogPath, signalNumber } from '../src/runtime/containers';
+import { buildSpec, DEFAULT_CAPS, deviceRule, ociResources, parseImageUser, processArgs } from '../src/runtime/oci-spec';
 import { vmSize } from '../src/runtime/sandboxes';
 
 describe('CRI log format', () => {
@@ -74,6 +74,40 @@ describe('OCI spec', () => {
     const priv = buildSpec({ config: { ...base, command: ['sh'], linux: { security_context: { privileged: true } } }, sandboxConfig: {}, imageConfig: {}, mounts: [] }).spec;
     expect(priv.linux.maskedPaths).toEqual([]);
     expect(priv.process.capabilities.bounding).toContain('CAP_SYS_ADMIN');
+  });
+
+  it('raw block devices: nodes under /dev, device cgroup rules with their access, all devices for privileged', () => {
+    const devices = [
+      { containerPath: '/dev/xvdb', major: 8, minor: 16, access: 'r', fileMode: 0o660, uid: 0, gid: 6, node: true },
+      { containerPath: '/data/disk', major: 8, minor: 32, access: 'rw', fileMode: 0o660, uid: 0, gid: 6, node: false },
+    ];
+    const { spec } = buildSpec({ config: { ...base, command: ['sh'], linux: { resources: { cpu_shares: '512' } } }, sandboxConfig: {}, imageConfig: {}, mounts: [], devices });
+    expect(spec.linux.devices).toEqual([{ path: '/dev/xvdb', type: 'b', major: 8, minor: 16, fileMode: 0o660, uid: 0, gid: 6 }]);
+    expect(spec.linux.resources.devices).toEqual([
+      { allow: false, access: 'rwm' },
+      { allow: true, type: 'b', major: 8, minor: 16, access: 'r' },
+      { allow: true, type: 'b', major: 8, minor: 32, access: 'rw' },
+    ]);
+    expect(spec.linux.resources.cpu).toEqual({ shares: 512 });
+    const plain = buildSpec({ config: { ...base, command: ['sh'] }, sandboxConfig: {}, imageConfig: {}, mounts: [] }).spec;
+    expect(plain.linux.devices).toBeUndefined();
+    expect(plain.linux.resources.devices).toEqual([{ allow: false, access: 'rwm' }]);
+    const priv = buildSpec({ config: { ...base, command: ['sh'], linux: { security_context: { privileged: true } } }, sandboxConfig: {}, imageConfig: {}, mounts: [] }).spec;
+    expect(priv.linux.resources.devices).toEqual([{ allow: false, access: 'rwm' }, { allow: true, access: 'rwm' }]);
+    // UpdateContainerResources keeps the rules
+    expect(ociResources({ memory_limit_in_bytes: '1048576' }, [deviceRule(devices[0])]).devices).toEqual([{ allow: false, access: 'rwm' }, { allow: true, type: 'b', major: 8, minor: 16, access: 'r' }]);
+  });
+
+  it('checks CRI devices before attaching anything', () => {
+    expect(checkDevices([{ container_path: '/dev/xvdb', host_path: '/dev/loop0', permissions: '' }])).toEqual([{ containerPath: '/dev/xvdb', hostPath: '/dev/loop0', permissions: 'rwm' }]);
+    expect(checkDevices(undefined)).toEqual([]);
+    expect(() => checkDevices([{ container_path: 'xvdb', host_path: '/dev/loop0', permissions: 'r' }])).toThrow(/container_path/);
+    expect(() => checkDevices([{ container_path: '/dev/../etc/x', host_path: '/dev/loop0', permissions: 'r' }])).toThrow(/normalised/);
+    expect(() => checkDevices([{ container_path: '/dev/x', host_path: 'loop0', permissions: 'r' }])).toThrow(/host_path/);
+    expect(() => checkDevices([{ container_path: '/dev/x', host_path: '/dev/loop0', permissions: 'rx' }])).toThrow(/permissions/);
+    expect(() => checkDevices([{ container_path: '/dev/x', host_path: '/dev/loop0', permissions: 'rr' }])).toThrow(/permissions/);
+    expect(() => checkDevices([{ container_path: '/dev/x', host_path: '/dev/loop0', permissions: 'm' }])).toThrow(/neither read nor write/);
+    expect(() => checkDevices([{ container_path: '/dev/x', host_path: '/dev/loop0', permissions: 'r' }, { container_path: '/dev/x', host_path: '/dev/loop1', permissions: 'r' }])).toThrow(/two devices/);
   });
 
   it('refuses host namespaces', () => {

@@ -8,12 +8,12 @@ import type { AgentStream } from '../agent/client';
 import { CriError, deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../cri/errors';
 import type { ImageManager, ImageRecord } from '../image/manager';
 import type { Logger } from '../log';
-import type { VolumeManager } from '../../storage/volume-manager';
+import type { AttachResult, VolumeManager } from '../../storage/volume-manager';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
 import { ContainerLog, nowNs } from './container-log';
 import { KeyedMutex } from './lock';
-import { buildSpec, GuestMount, ociResources } from './oci-spec';
+import { buildSpec, deviceRules, GuestDevice, GuestMount, ociResources } from './oci-spec';
 import { ContainerRecord, labelsMatch } from './records';
 import type { Sandbox, SandboxManager } from './sandboxes';
 
@@ -96,6 +96,7 @@ export class ContainerManager {
       if (!m.container_path || !path.isAbsolute(m.container_path)) throw invalidArgument(`mount container_path ${JSON.stringify(m.container_path)} must be absolute`);
       if (!m.host_path || !path.isAbsolute(m.host_path)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
     }
+    const devices = checkDevices(config.devices);
     const targetPid = this.targetPid(config);
 
     const id = crypto.randomBytes(32).toString('hex');
@@ -128,15 +129,21 @@ export class ContainerManager {
         if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not ready`);
         const rootfs = await this.ensureImage(sb, image);
         const mounts: GuestMount[] = [];
+        const guestDevices: GuestDevice[] = [];
         let i = 0;
         for (const m of config.mounts ?? []) {
           // A volume descriptor or block device goes to the VM as a disk (or NFS mount);
           // everything else reaches the guest through the pod's 9p share.
           const volume = await this.volumes.classify(m.host_path);
           if (volume) {
-            if (volume.raw) throw failedPrecondition(`${m.host_path} is a block device: raw device passthrough into containers is not supported yet`);
             const att = await this.volumes.attach(pod, volume, !!m.readonly);
             rec.volumes.push(att.key);
+            if (att.raw) {
+              // a block device as host_path: the container gets the device node at
+              // container_path, read-only unless the mount is writable
+              guestDevices.push(await rawGuestDevice(m.host_path, m.container_path, att, m.readonly ? 'r' : 'rw', mounts));
+              continue;
+            }
             mounts.push({ destination: m.container_path, source: att.guestPath, readonly: !!m.readonly || att.bindReadonly || att.readonly, propagation: propagation(m.propagation) });
             continue;
           }
@@ -146,7 +153,16 @@ export class ContainerManager {
           const guest = await pod.bindIntoShare(m.host_path, `${rec.shareDir}/${i++}`, !!m.readonly);
           mounts.push({ destination: m.container_path, source: guest, readonly: !!m.recursive_read_only, propagation: propagation(m.propagation) });
         }
-        const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, targetPid });
+        // LinuxContainerConfig devices: host block devices, each a SCSI disk of the VM (attached
+        // once per pod) whose guest node the container gets at container_path
+        for (const dev of devices) {
+          const source = await this.volumes.rawDevice(dev.hostPath);
+          const att = await this.volumes.attach(pod, source, !dev.permissions.includes('w'));
+          rec.volumes.push(att.key);
+          guestDevices.push(await rawGuestDevice(dev.hostPath, dev.containerPath, att, dev.permissions, mounts));
+        }
+        rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, guestDevices);
+        const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices: guestDevices, targetPid });
         const stdout = pod.agent.openStream();
         const stderr = config.tty ? undefined : pod.agent.openStream();
         const stdin = config.stdin ? pod.agent.openStream() : undefined;
@@ -299,7 +315,7 @@ export class ContainerManager {
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is not running`);
     try {
-      await this.podOf(c).agent.call('container.update', { id: c.rec.id, resources: ociResources(linux) });
+      await this.podOf(c).agent.call('container.update', { id: c.rec.id, resources: ociResources(linux, c.rec.deviceRules ?? []) });
     } catch (err) {
       throw mapAgentError(err, `update container ${c.rec.id}`);
     }
@@ -443,6 +459,42 @@ export function resolveLogPath(dir: string | undefined, rel: string | undefined)
   const abs = path.resolve(dir, rel);
   if (!abs.startsWith(path.resolve(dir) + path.sep)) throw invalidArgument(`log_path ${JSON.stringify(rel)} escapes the log directory`);
   return abs;
+}
+
+/** CRI Device entries, checked before anything is attached. */
+export function checkDevices(devices: any[] | undefined): Array<{ containerPath: string; hostPath: string; permissions: string }> {
+  const seen = new Set<string>();
+  return (devices ?? []).map((d) => {
+    const containerPath = String(d?.container_path ?? '');
+    const hostPath = String(d?.host_path ?? '');
+    if (!path.isAbsolute(containerPath) || path.posix.normalize(containerPath) !== containerPath || containerPath === '/') {
+      throw invalidArgument(`device container_path ${JSON.stringify(d?.container_path)} must be an absolute, normalised path`);
+    }
+    if (!path.isAbsolute(hostPath)) throw invalidArgument(`device host_path ${JSON.stringify(d?.host_path)} must be absolute`);
+    // kubelet sends "rwm"; an empty string means the default, as in containerd
+    const permissions = String(d?.permissions ?? '') || 'rwm';
+    if (!/^[rwm]{1,3}$/.test(permissions) || new Set(permissions).size !== permissions.length) {
+      throw invalidArgument(`device ${hostPath}: permissions ${JSON.stringify(d?.permissions)} must be made of r, w and m`);
+    }
+    if (!permissions.includes('r') && !permissions.includes('w')) throw invalidArgument(`device ${hostPath}: permissions ${JSON.stringify(permissions)} give neither read nor write access`);
+    if (seen.has(containerPath)) throw invalidArgument(`two devices at ${containerPath}`);
+    seen.add(containerPath);
+    return { containerPath, hostPath, permissions };
+  });
+}
+
+/**
+ * The container's view of a raw device attached to the pod: a device node made by
+ * libcontainer when containerPath is under /dev (OCI linux.devices), else the guest's own node
+ * bind-mounted there (added to `mounts`). Mode and owner come from the host's node, as
+ * containerd does; `access` goes into the device cgroup rule.
+ */
+async function rawGuestDevice(hostPath: string, containerPath: string, att: AttachResult, access: string, mounts: GuestMount[]): Promise<GuestDevice> {
+  if (!att.guestDevice) throw failedPrecondition(`${hostPath}: the guest did not report the device numbers of ${att.guestPath}`);
+  const st = await fsp.stat(hostPath);
+  const node = containerPath.startsWith('/dev/');
+  if (!node) mounts.push({ destination: containerPath, source: att.guestPath, readonly: !access.includes('w') });
+  return { containerPath, major: att.guestDevice.major, minor: att.guestDevice.minor, access, fileMode: st.mode & 0o777, uid: st.uid, gid: st.gid, node };
 }
 
 function propagation(p: string | undefined): string | undefined {

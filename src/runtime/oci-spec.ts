@@ -2,6 +2,7 @@
 // config and the guest paths of its mounts. The guest agent only adjusts root.path and resolves
 // a username; every policy decision (caps, masks, namespaces, env) is made here on the host.
 import { invalidArgument } from '../cri/errors';
+import type { DeviceRule } from './records';
 import { seccompFor } from './seccomp';
 
 export const DEFAULT_CAPS = [
@@ -34,11 +35,31 @@ export interface GuestMount {
   propagation?: string;
 }
 
+/** A raw block device handed to the container (a guest device node; see containers.ts). */
+export interface GuestDevice {
+  /** where the container sees it */
+  containerPath: string;
+  major: number;
+  minor: number;
+  /** device cgroup access, subset of "rwm" */
+  access: string;
+  fileMode: number;
+  uid: number;
+  gid: number;
+  /**
+   * true: libcontainer creates the node (linux.devices, paths under /dev only); false: the
+   * guest's node is bind-mounted at containerPath (a GuestMount the caller adds)
+   */
+  node: boolean;
+}
+
 export interface SpecInput {
   config: any; // CRI ContainerConfig
   sandboxConfig: any; // CRI PodSandboxConfig
   imageConfig: any; // OCI image config
   mounts: GuestMount[];
+  /** raw block devices: device nodes and their device cgroup rules */
+  devices?: GuestDevice[];
   /** guest pid of the TARGET container for NamespaceMode TARGET */
   targetPid?: number;
 }
@@ -129,11 +150,28 @@ function namespaces(nsOpts: any, targetPid: number | undefined): any[] {
   return ns;
 }
 
-/** CRI LinuxContainerResources → OCI linux.resources */
-export function ociResources(r: any): any {
-  if (!r) return {};
+/**
+ * The device cgroup rules beyond the guest's defaults: a privileged container may use every
+ * device of the VM (as runc's privileged containers every host device); others only their raw
+ * block devices, each with its own access.
+ */
+export function deviceRules(privileged: boolean, devices: GuestDevice[]): DeviceRule[] {
+  return privileged ? [{ allow: true, access: 'rwm' }] : devices.map(deviceRule);
+}
+
+/** The device cgroup rule that lets a container use one guest block device. */
+export function deviceRule(d: Pick<GuestDevice, 'major' | 'minor' | 'access'>): DeviceRule {
+  return { allow: true, type: 'b', major: d.major, minor: d.minor, access: d.access };
+}
+
+/**
+ * CRI LinuxContainerResources → OCI linux.resources. Devices: deny everything but the guest's
+ * defaults (null, zero, tty, pts, …, which libcontainer always allows), then `allowDevices`.
+ */
+export function ociResources(r: any, allowDevices: DeviceRule[] = []): any {
+  if (!r) return allowDevices.length ? { devices: [{ allow: false, access: 'rwm' }, ...allowDevices] } : {};
   const num = (v: unknown) => (v === undefined || v === null || v === '' ? 0 : Number(v));
-  const out: any = { devices: [{ allow: false, access: 'rwm' }] };
+  const out: any = { devices: [{ allow: false, access: 'rwm' }, ...allowDevices] };
   const cpu: any = {};
   if (num(r.cpu_shares) > 0) cpu.shares = num(r.cpu_shares);
   if (num(r.cpu_quota) > 0) cpu.quota = num(r.cpu_quota);
@@ -151,6 +189,7 @@ export function ociResources(r: any): any {
 
 export function buildSpec(input: SpecInput): BuiltSpec {
   const { config, sandboxConfig, imageConfig, mounts } = input;
+  const devices = input.devices ?? [];
   const img = imageConfig?.config ?? {};
   const linux = config.linux ?? {};
   const sc = linux.security_context ?? {};
@@ -216,7 +255,10 @@ export function buildSpec(input: SpecInput): BuiltSpec {
     mounts: specMounts,
     linux: {
       namespaces: ns,
-      resources: ociResources(linux.resources),
+      resources: ociResources(linux.resources ?? {}, deviceRules(privileged, devices)),
+      devices: devices.some((d) => d.node)
+        ? devices.filter((d) => d.node).map((d) => ({ path: d.containerPath, type: 'b', major: d.major, minor: d.minor, fileMode: d.fileMode, uid: d.uid, gid: d.gid }))
+        : undefined,
       maskedPaths,
       readonlyPaths,
       sysctl: linux.sysctls && Object.keys(linux.sysctls).length ? linux.sysctls : undefined,

@@ -52,6 +52,21 @@ export interface ContainerRecord {
   shareDir: string;
   /** keys of the volumes (storage/) this container holds attached */
   volumes: string[];
+  /** guest device cgroup rules of its raw block devices (kept across UpdateContainerResources) */
+  deviceRules?: DeviceRule[];
+}
+
+/**
+ * OCI linux.resources.devices entry allowing one guest block device, or (no type, no numbers)
+ * every device: a privileged container's.
+ */
+export interface DeviceRule {
+  allow: true;
+  type?: 'b';
+  major?: number;
+  minor?: number;
+  /** subset of "rwm" */
+  access: string;
 }
 
 export function labelsMatch(labels: Record<string, string> | undefined, selector: Record<string, string> | undefined): boolean {

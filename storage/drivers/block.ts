@@ -76,6 +76,10 @@ export class BlockDriver implements VolumeDriver<BlockDesc> {
       const m = await guestMountDisk(target, addr, desc, opts).catch((e) => { throw wrap(`mounting ${desc.block.device} in the guest`, e); });
       h.guestPath = m.guestPath;
       h.mounted = m.mounted;
+      if (opts.raw) {
+        h.raw = true;
+        h.guestDevice = m.guestDevice;
+      }
     });
     return h;
   }

@@ -80,12 +80,14 @@ export function wrap(what: string, err: unknown, code?: status): StorageError {
 /** Mounts SCSI disk (scsiId, lun) at opts.guestPath in the guest (or, raw, just finds its node). */
 export async function guestMountDisk(
   target: PodVolumeTarget, addr: { scsiId: number; lun: number }, desc: { fsType: string; mountOptions: string[]; format: boolean }, opts: AttachOptions,
-): Promise<{ guestPath: string; mounted: boolean }> {
+): Promise<{ guestPath: string; mounted: boolean; guestDevice?: { major: number; minor: number } }> {
   if (opts.raw) {
     // raw passthrough: the container gets the device node itself (agent `disk.device`)
     const r = await target.agentCall('disk.device', { scsi_id: addr.scsiId, lun: addr.lun }, 15_000);
-    if (typeof r?.device !== 'string') throw new StorageError(status.INTERNAL, 'agent disk.device answered without a device');
-    return { guestPath: r.device, mounted: false };
+    if (typeof r?.device !== 'string' || !Number.isInteger(r?.major) || !Number.isInteger(r?.minor)) {
+      throw new StorageError(status.INTERNAL, 'agent disk.device answered without a device');
+    }
+    return { guestPath: r.device, mounted: false, guestDevice: { major: r.major, minor: r.minor } };
   }
   const params: Record<string, unknown> = {
     scsi_id: addr.scsiId,

@@ -107,9 +107,9 @@ describeQemu('raw block volumes on a real QEMU', () => {
     const dev = loops.create();
     const src = (await mgr.classify(dev))!;
     expect(src).toMatchObject({ raw: true, descriptor: { kind: 'block', block: { device: dev } } });
-    vm.agentHandler = (c) => (c.method === 'disk.device' ? { device: '/dev/sdb' } : {});
+    vm.agentHandler = (c) => (c.method === 'disk.device' ? { device: '/dev/sdb', major: 8, minor: 16 } : {});
     const a = await mgr.attach(vm, src, false);
-    expect(a).toMatchObject({ guestPath: '/dev/sdb', raw: true });
+    expect(a).toMatchObject({ guestPath: '/dev/sdb', raw: true, guestDevice: { major: 8, minor: 16 } });
     expect(vm.calls.map((c) => c.method)).toEqual(['disk.device']);
     await mgr.detachAll(vm);
     expect(vm.calls.map((c) => c.method)).toEqual(['disk.device']); // nothing to unmount
