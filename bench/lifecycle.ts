@@ -787,7 +787,7 @@ function idleRows(idle: IdleResult[]): string[] {
 // ---------------------------------------------------------------- main
 
 /**
- * Copies the guest build (vmlinux, initramfs.img) into the work dir and points the daemons at
+ * Copies the guest build (vmlinux, initramfs.img, podvisor-launch) into the work dir and points the daemons at
  * the copy, so a guest rebuilt while the bench runs does not change what is measured.
  */
 function snapshotGuest(work: string): string {
@@ -803,6 +803,9 @@ function snapshotGuest(work: string): string {
   }
   for (let attempt = 0; ; attempt++) {
     for (const f of ['vmlinux', 'initramfs.img']) fs.copyFileSync(path.join(src, f), path.join(dst, f));
+    // the host helper that starts QEMU is found next to the kernel
+    fs.copyFileSync(path.join(src, 'podvisor-launch'), path.join(dst, 'podvisor-launch'));
+    fs.chmodSync(path.join(dst, 'podvisor-launch'), 0o755);
     const want = manifest?.initramfs?.sha256;
     if (!want || sha(path.join(dst, 'initramfs.img')) === want || attempt >= 5) break;
     sh('sleep', ['2']); // being rebuilt: wait for a consistent copy
