@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import { parseResult } from '../../network/cni';
 import { buildPodNetwork } from '../../network/pod-network';
-import { qemuArgs } from '../../src/vm/qemu';
+import { launchArgv, qemuArgs } from '../../src/vm/qemu';
 
 const ns = `pvt-mi-${crypto.randomBytes(3).toString('hex')}`;
 const ip = (...args: string[]) => execFileSync('ip', ['-n', ns, ...args], { encoding: 'utf8' });
@@ -48,4 +48,10 @@ test('two sandbox interfaces give two NICs, in order, with their own addresses a
   );
   const devices = args.filter((a) => a.startsWith('virtio-net-device'));
   expect(devices).toEqual(['virtio-net-device,netdev=net0,mac=02:11:22:33:44:01', 'virtio-net-device,netdev=net1,mac=02:11:22:33:44:02']);
+  // QEMU gets the taps as fds 3 and 4 from podvisor-launch, which opens them in the pod netns
+  expect(args.filter((a) => a.startsWith('tap,'))).toEqual(['tap,id=net0,fd=3', 'tap,id=net1,fd=4']);
+  const spec = { id: 'x', dir: '/tmp/x', vcpus: 1, memoryMiB: 256, sharePath: '/tmp/x/s', network: { netnsPath: path, nics: [{ tap: 'tap0', mac: 'm0' }, { tap: 'tap1', mac: 'm1' }] } };
+  expect(launchArgv(spec, '/g/podvisor-launch', '/usr/bin/qemu', ['-m', '256'])).toEqual(
+    ['/g/podvisor-launch', '--mount-ns', '--netns', path, '--tap', 'tap0', '--tap', 'tap1', '--', '/usr/bin/qemu', '-m', '256']);
+  expect(launchArgv({ ...spec, network: undefined }, '/g/podvisor-launch', '/usr/bin/qemu', [])).toEqual(['/g/podvisor-launch', '--mount-ns', '--', '/usr/bin/qemu']);
 });
