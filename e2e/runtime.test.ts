@@ -4,7 +4,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { pushBusybox } from '../test/support/images';
 import { Registry, startRegistry } from '../test/support/registry';
-import { podConfig, qemuPidsUnder, TestDaemon } from './support/daemon';
+import { podConfig, podQemuPids, TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
@@ -230,7 +230,7 @@ describe('a pod VM with busybox containers', () => {
     await expect(d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).rejects.toMatchObject({ code: status.NOT_FOUND });
     expect((await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } })).containers).toEqual([]);
     expect(fs.readdirSync(path.join(d.state, 'vm'))).toEqual([]);
-    expect(qemuPidsUnder(d.state)).toEqual([]);
+    expect(podQemuPids(d.state)).toEqual([]);
   });
 });
 

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pushBusybox } from '../test/support/images';
 import { Registry, startRegistry } from '../test/support/registry';
-import { podConfig, qemuPidsUnder, TestDaemon } from './support/daemon';
+import { podConfig, podQemuPids, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
 
@@ -106,9 +106,66 @@ describe('pods cloned from a template', () => {
 
   it('leave no template or clone files behind once removed (the template stays for the next pod)', async () => {
     for (const p of [a, b]) await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
-    expect(qemuPidsUnder(d.state)).toEqual([]);
+    expect(podQemuPids(d.state)).toEqual([]);
     expect(fs.readdirSync(path.join(d.state, 'vm'))).toEqual([]);
     expect(fs.readdirSync(d.templateDir).filter((k) => k.includes('.build-'))).toEqual([]);
+  });
+});
+
+describe('warm spares', () => {
+  const sparesDir = () => path.join(d.state, 'spares');
+  const spares = () => (fs.existsSync(sparesDir()) ? fs.readdirSync(sparesDir()) : []);
+  const oneSpare = () => retry(async () => {
+    expect(spares()).toHaveLength(1);
+    const s = spares()[0];
+    expect(fs.existsSync(path.join(sparesDir(), s, 'ready'))).toBe(true);
+    return s;
+  }, 60_000);
+
+  it("are made ahead of pods and handed over with the pod's own identity", async () => {
+    const s1 = await oneSpare(); // made after the default-size pods above
+    const p = await runPod('from-spare-1');
+    expect(p.info.vm).toMatchObject({ boot: 'clone', spare: true });
+    expect(fs.readFileSync(`/proc/${p.info.vm.pid}/cmdline`, 'utf8')).toContain(`podvisor-${s1},`);
+    // the spare's files moved into the pod's directory
+    expect(fs.existsSync(path.join(d.state, 'vm', p.id.slice(0, 16), 'qmp.sock'))).toBe(true);
+    expect(spares()).not.toContain(s1);
+    const s2 = await oneSpare(); // the next one
+    expect(s2).not.toBe(s1);
+    const q = await runPod('from-spare-2');
+    expect(q.info.vm.spare).toBe(true);
+    const script = 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; date +%s; hostname';
+    const [bytesP, timeP, hostP] = (await sh(p.id, 'id-p', script)).trim().split('\n');
+    const [bytesQ, , hostQ] = (await sh(q.id, 'id-q', script)).trim().split('\n');
+    expect(bytesP).toMatch(/^[0-9a-f]{64}$/);
+    expect(bytesP).not.toBe(bytesQ);
+    expect(Math.abs(Number(timeP) - Date.now() / 1000)).toBeLessThan(5);
+    expect([hostP, hostQ]).toEqual(['from-spare-1', 'from-spare-2']);
+    for (const x of [p, q]) await d.runtime('RemovePodSandbox', { pod_sandbox_id: x.id });
+    expect(podQemuPids(d.state)).toEqual([]);
+    expect(fs.readdirSync(path.join(d.state, 'vm'))).toEqual([]);
+  });
+
+  it('go with the daemon; a restarted daemon reaps the spares of one that was killed', async () => {
+    const alive = (pid: number) => fs.existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const pidOf = (s: string) => Number(fs.readFileSync(path.join(sparesDir(), s, 'qemu.pid'), 'utf8').trim());
+    const s1 = await oneSpare();
+    const pid1 = pidOf(s1);
+    await d.stopProcess(); // SIGTERM
+    expect(alive(pid1)).toBe(false);
+    expect(spares()).toEqual([]);
+    await d.launch();
+    const p = await runPod('refill'); // a pod of the default size: the pool fills again
+    expect(p.info.vm.spare).toBe(false);
+    const s2 = await oneSpare();
+    const pid2 = pidOf(s2);
+    await d.killProcess(); // SIGKILL: no chance to clean up
+    expect(alive(pid2)).toBe(true);
+    await d.launch();
+    expect(alive(pid2)).toBe(false);
+    expect(spares()).not.toContain(s2);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
+    expect(podQemuPids(d.state)).toEqual([]);
   });
 });
 
@@ -119,13 +176,18 @@ describe('template lifecycle', () => {
     const p = await runPod('after-wipe');
     expect(['clone', 'cold']).toContain(p.info.vm.boot); // rebuilt on demand, or cold if the rebuild failed
     expect(await sh(p.id, 'works', 'echo alive')).toBe('alive\n');
-    expect(fs.existsSync(templateMem())).toBe(true);
+    await retry(async () => expect(fs.existsSync(templateMem())).toBe(true), 60_000);
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
   });
 
   it('does not clone a template whose state is broken: the pod cold-boots and works', async () => {
     const state = path.join(path.dirname(templateMem()), 'state');
+    await retry(async () => expect(fs.readdirSync(path.join(d.state, 'spares')).filter((s) => fs.existsSync(path.join(d.state, 'spares', s, 'ready')))).toHaveLength(1), 60_000);
     fs.writeFileSync(state, 'not a migration stream');
+    // the spare was restored before the state broke: the next pod takes it; no new one can be made
+    const first = await runPod('before-broken-state');
+    expect(first.info.vm).toMatchObject({ boot: 'clone', spare: true });
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: first.id });
     const p = await runPod('broken-state');
     expect(p.info.vm.boot).toBe('cold');
     expect(await sh(p.id, 'works', 'echo alive')).toBe('alive\n');

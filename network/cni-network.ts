@@ -9,7 +9,7 @@ import { alreadyExists, CriError, internal, invalidArgument, unavailable } from 
 import type { Logger } from '../src/log';
 import { CniError, CniResult, execPlugin, parseResult } from './cni';
 import { capabilityArgs, loadNetworkConfig, NetworkConfigList, pluginStdin } from './cni-config';
-import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest } from './network-driver';
+import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest, SetUpOptions } from './network-driver';
 import { createNetns, deleteNetns, ipJson, netnsExists, netnsPath } from './netns';
 import { buildPodNetwork } from './pod-network';
 import { setUpTap, TapPair, tearDownTap } from './tap';
@@ -68,9 +68,9 @@ export class CniNetwork implements NetworkDriver {
     this.watcher = undefined;
   }
 
-  setUp(req: PodNetworkRequest): Promise<PodNetwork> {
+  setUp(req: PodNetworkRequest, opts: SetUpOptions = {}): Promise<PodNetwork> {
     checkId(req.sandboxId);
-    return this.serial(req.sandboxId, () => this.doSetUp(req));
+    return this.serial(req.sandboxId, () => this.doSetUp(req, opts));
   }
 
   tearDown(req: PodNetworkRequest, net: PodNetwork | null): Promise<void> {
@@ -103,7 +103,7 @@ export class CniNetwork implements NetworkDriver {
 
   // --- set up / tear down ----------------------------------------------------------------
 
-  private async doSetUp(req: PodNetworkRequest): Promise<PodNetwork> {
+  private async doSetUp(req: PodNetworkRequest, opts: SetUpOptions): Promise<PodNetwork> {
     const { config, problem } = loadNetworkConfig(this.o.confDir);
     if (!config) throw unavailable(`pod network not ready: ${problem}`);
     let caps: Record<string, unknown>;
@@ -127,7 +127,7 @@ export class CniNetwork implements NetworkDriver {
       const { net, taps } = await buildPodNetwork(netnsName, netnsPath(netnsName), result, IFNAME);
       entry.taps = [];
       for (const t of taps) {
-        await setUpTap(netnsName, t);
+        await setUpTap(netnsName, t, opts.tapsFrom);
         entry.taps.push(t);
       }
       this.writeCache(entry);

@@ -44,6 +44,14 @@ export interface PodNetwork {
   dns?: { nameservers: string[]; domain?: string; search: string[]; options: string[] };
 }
 
+export interface SetUpOptions {
+  /**
+   * A netns holding taps tap0… that a VM started before its pod (a spare) already has open:
+   * they are moved into the pod netns instead of new ones being made.
+   */
+  tapsFrom?: string;
+}
+
 export interface NetworkReadiness {
   ready: boolean;
   reason: string;
@@ -53,7 +61,7 @@ export interface NetworkReadiness {
 export interface NetworkDriver {
   /** For the CRI Status NetworkReady condition. */
   ready(): NetworkReadiness;
-  setUp(req: PodNetworkRequest): Promise<PodNetwork>;
+  setUp(req: PodNetworkRequest, opts?: SetUpOptions): Promise<PodNetwork>;
   /** Idempotent; `net` may be null (e.g. after a daemon restart or a failed setUp). */
   tearDown(req: PodNetworkRequest, net: PodNetwork | null): Promise<void>;
   close(): void;

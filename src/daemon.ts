@@ -20,6 +20,7 @@ import { SandboxManager } from './runtime/sandboxes';
 import { startServer } from './server';
 import { chooseAccelerator } from './vm/accel';
 import { QemuHypervisor } from './vm/qemu';
+import { SparePool } from './vm/spares';
 import { TemplateManager } from './vm/templates';
 import { CniNetwork } from '../network/cni-network';
 import { VolumeManager } from '../storage/volume-manager';
@@ -38,6 +39,7 @@ export class Daemon {
   private server?: grpc.Server;
   private network?: CniNetwork;
   private streaming?: StreamingServer;
+  private spares?: SparePool;
 
   constructor(readonly cfg: Config, readonly logger: Logger) {}
 
@@ -48,6 +50,7 @@ export class Daemon {
     const qemuOpts = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
     const hypervisor = new QemuHypervisor({ ...qemuOpts, accelerator });
+    let spares: SparePool | undefined;
     if (cfg.vm.template) {
       const templates = new TemplateManager({
         dir: cfg.vm.templateDir,
@@ -56,8 +59,13 @@ export class Daemon {
         logger,
       });
       hypervisor.templates = templates;
-      this.prebuild(templates);
+      const prebuilt = this.sizeClasses();
+      this.prebuild(templates, prebuilt);
+      const classes = [{ vcpus: cfg.vm.defaultVcpus, memoryMiB: cfg.vm.defaultMemoryMiB }, ...prebuilt];
+      spares = new SparePool({ hypervisor, templates, dir: path.join(cfg.state, 'spares'), count: cfg.vm.templateSpares, classes, logger });
     }
+    this.spares = spares;
+    await spares?.reap();
 
     const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned });
     await images.init();
@@ -65,6 +73,7 @@ export class Daemon {
     this.network = network;
     const volumes = await VolumeManager.create({ stateDir: path.join(cfg.root, 'storage'), logger });
     const sandboxes = new SandboxManager(cfg, hypervisor, network, volumes, logger);
+    sandboxes.spares = spares;
     const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers
     await images.collectGarbage();
@@ -89,15 +98,20 @@ export class Daemon {
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');
   }
 
-  /** Builds the configured size classes in the background: pods never wait on this. */
-  private prebuild(templates: TemplateManager): void {
-    for (const cls of this.cfg.vm.prebuildTemplates) {
+  /** prebuild_templates as size classes; bad entries are logged and skipped */
+  private sizeClasses(): Array<{ vcpus: number; memoryMiB: number; nics: number }> {
+    return this.cfg.vm.prebuildTemplates.flatMap((cls) => {
       const [vcpus, memoryMiB, nics = 0] = cls.split('x').map(Number);
-      if (!(vcpus > 0 && memoryMiB > 0)) {
-        this.logger.error({ cls }, 'bad template size class in config (want <vcpus>x<MiB>[x<nics>])');
-        continue;
-      }
-      templates.ensure({ vcpus, memoryMiB, nics }).catch((err) => this.logger.error({ cls, err: err.message }, 'template prebuild failed'));
+      if (vcpus > 0 && memoryMiB > 0 && nics >= 0) return [{ vcpus, memoryMiB, nics }];
+      this.logger.error({ cls }, 'bad template size class in config (want <vcpus>x<MiB>[x<nics>])');
+      return [];
+    });
+  }
+
+  /** Builds the configured size classes in the background: pods never wait on this. */
+  private prebuild(templates: TemplateManager, sizes: Array<{ vcpus: number; memoryMiB: number; nics: number }>): void {
+    for (const size of sizes) {
+      templates.ensure(size).catch((err) => this.logger.error({ size, err: err.message }, 'template prebuild failed'));
     }
   }
 
@@ -108,6 +122,7 @@ export class Daemon {
     await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
     this.network?.close();
     await this.streaming?.stop();
+    await this.spares?.close();
     await fsp.rm(this.cfg.socket, { force: true });
   }
 }

@@ -121,6 +121,16 @@ export class TestDaemon {
     if (p.exitCode === null) p.kill('SIGKILL');
   }
 
+  /** SIGKILL: the daemon dies without cleaning up (a crash). */
+  async killProcess(): Promise<void> {
+    this.closeClients();
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await gone;
+  }
+
   /** Removes every pod through CRI, stops the daemon, kills anything left, deletes the scratch dir. */
   async destroy(): Promise<void> {
     try {
@@ -136,6 +146,29 @@ export class TestDaemon {
     fs.rmSync(this.dir, { recursive: true, force: true });
     fs.rmSync(this.templateDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * QEMU processes of the daemon's pods under `state`: warm spares that no pod has taken yet (their
+ * directory is still in <state>/spares) left out. Taken spares count: they are pods.
+ */
+export function podQemuPids(state: string): number[] {
+  let spares: string[] = [];
+  try {
+    spares = fs.readdirSync(path.join(state, 'spares'));
+  } catch {
+    /* none */
+  }
+  return qemuPidsUnder(state).filter((pid) => {
+    let cmdline = '';
+    try {
+      cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      return false; // gone
+    }
+    const m = /podvisor-(spare-[0-9a-f]+)/.exec(cmdline);
+    return !(m && spares.includes(m[1]));
+  });
 }
 
 /** QEMU processes whose command line mentions `dir` (leak checks and cleanup). */

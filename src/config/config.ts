@@ -30,6 +30,8 @@ export interface Config {
     templateDir: string;
     /** size classes to build at start, "<vcpus>x<MiB>" or "<vcpus>x<MiB>x<nics>" */
     prebuildTemplates: string[];
+    /** warm clones kept running ahead of pods (of the size class last asked for); 0 = none */
+    templateSpares: number;
   };
   image: {
     /** directory holding certs.d/<host>/hosts.toml */
@@ -79,6 +81,7 @@ export function defaultConfig(): Config {
       template: true,
       templateDir: '/dev/shm/podvisor/templates',
       prebuildTemplates: [],
+      templateSpares: 1,
     },
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
@@ -108,6 +111,7 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   template: 'template',
   template_dir: 'templateDir',
   prebuild_templates: 'prebuildTemplates',
+  template_spares: 'templateSpares',
 };
 const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
 const CNI_KEYS: Record<string, keyof Config['cni']> = { conf_dir: 'confDir', bin_dirs: 'binDirs' };
@@ -157,5 +161,6 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
   }
   if (!['auto', 'kvm', 'tcg'].includes(cfg.vm.accelerator)) throw new ConfigError(`${file}: vm.accelerator must be auto, kvm or tcg`);
   if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
+  if (!Number.isInteger(cfg.vm.templateSpares) || cfg.vm.templateSpares > 16) throw new ConfigError(`${file}: vm.template_spares must be an integer 0..16`);
   return cfg;
 }

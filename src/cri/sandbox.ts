@@ -51,6 +51,7 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
             pid: rec.vm.pid,
             accelerator: rec.vm.accelerator,
             boot: rec.vm.bootMode,
+            spare: rec.vm.spare ?? false,
             vcpus: rec.vm.vcpus,
             memoryMiB: rec.vm.memoryMiB,
             alive: !!sb.pod?.vm.alive(),

@@ -60,12 +60,13 @@ export class PodVm implements PodVolumeTarget {
   }
 
   /** Connects to the agent and runs the identity handshake (a clone runs it too). */
-  async connect(hostname: string, timeoutMs: number): Promise<{ agent_version: string; boot_id: string }> {
+  /** Greets the agent with this pod's identity, over `agent` when already connected (a spare). */
+  async connect(hostname: string, timeoutMs: number, agent?: AgentClient): Promise<{ agent_version: string; boot_id: string }> {
     const deadline = Date.now() + timeoutMs;
     const died = this.vm.exited.then(() => {
       throw new Error('the VM exited during boot; see console.log in its state directory');
     });
-    this.agent = await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs), died]);
+    this.agent = agent ?? await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs), died]);
     this.agent.on('event', (ev: AgentEvent) => this.eventHandler(ev));
     this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
     const nonce = crypto.randomBytes(16).toString('hex');

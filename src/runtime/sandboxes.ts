@@ -9,7 +9,9 @@ import type { Logger } from '../log';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
 import type { Config } from '../config/config';
-import type { Hypervisor } from '../vm/hypervisor';
+import type { Hypervisor, Vm } from '../vm/hypervisor';
+import type { Spare, SparePool } from '../vm/spares';
+import { deleteNetns } from '../../network/netns';
 import type { NetworkDriver, PodNetworkRequest } from '../../network/network-driver';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { KeyedMutex } from './lock';
@@ -73,6 +75,9 @@ export class SandboxManager {
   readonly lock = new KeyedMutex();
   private readonly store: RecordStore<SandboxRecord>;
   hooks!: ContainerHooks;
+
+  /** warm spare VMs, when templates are on (set by the daemon) */
+  spares?: SparePool;
 
   constructor(
     private readonly cfg: Config,
@@ -141,7 +146,7 @@ export class SandboxManager {
         await this.boot(sb);
         rec.state = 'SANDBOX_READY';
         await this.save(sb);
-        this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode }, 'pod sandbox ready');
+        this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode, spare: rec.vm?.spare ?? false }, 'pod sandbox ready');
         return id;
       } catch (err) {
         this.logger.error({ sandbox: id, err: (err as Error).message }, 'pod sandbox failed to start');
@@ -158,28 +163,72 @@ export class SandboxManager {
   private async boot(sb: Sandbox): Promise<void> {
     const { id, config } = sb.rec;
     const dir = this.dir(id);
+    const size = vmSize(config, this.cfg.vm);
+    const networked = this.network.ready().ready;
+    if (!networked) this.logger.warn({ sandbox: id, why: this.network.ready().message }, 'no pod network configured: the pod gets loopback only');
+    const spare = this.spares?.take({ ...size, nics: networked ? 1 : 0 });
+    if (spare) {
+      try {
+        return await this.bootSpare(sb, spare, networked);
+      } catch (err) {
+        // not the pod's fault (e.g. CNI gave two interfaces, the spare has one NIC): start over
+        this.logger.warn({ sandbox: id, spare: spare.name, err: (err as Error).message }, 'taking a spare VM failed: starting a fresh clone');
+        sb.pod = undefined;
+        if (spare.vm.alive()) await spare.vm.stop(0).catch(() => undefined);
+        await this.spares!.discard(spare);
+        await this.tearDownNetwork(sb);
+        await fsp.rm(dir, { recursive: true, force: true });
+      }
+    }
     const share = path.join(dir, 'shared');
     await fsp.mkdir(share, { recursive: true, mode: 0o700 });
-    const size = vmSize(config, this.cfg.vm);
-    if (this.network.ready().ready) {
-      sb.rec.network = await this.network.setUp(networkRequest(sb.rec));
-    } else {
-      this.logger.warn({ sandbox: id, why: this.network.ready().message }, 'no pod network configured: the pod gets loopback only');
-    }
+    if (networked) sb.rec.network = await this.network.setUp(networkRequest(sb.rec));
     const net = sb.rec.network;
     const vm = await this.hv.start({ id, dir, sharePath: share, ...size, network: net ? { netnsPath: net.netnsPath, nics: net.nics } : undefined });
+    const pod = this.attach(sb, vm);
+    await pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
+    await this.setUpGuest(sb, pod);
+  }
+
+  /**
+   * A spare is already running: it moves into the pod's directory, then the pod's network (CNI
+   * ADD, the spare's taps moved into the pod netns) and the guest's new identity are done at the
+   * same time; the guest learns its addresses last.
+   */
+  private async bootSpare(sb: Sandbox, spare: Spare, networked: boolean): Promise<void> {
+    const { id, config } = sb.rec;
+    await fsp.mkdir(path.dirname(this.dir(id)), { recursive: true });
+    await this.spares!.moveTo(spare, this.dir(id));
+    const pod = this.attach(sb, spare.vm);
+    const network = networked
+      ? this.network.setUp(networkRequest(sb.rec), { tapsFrom: spare.netns }).then((net) => { sb.rec.network = net; })
+      : Promise.resolve();
+    const guest = pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000, spare.agent).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
+    const [n, g] = await Promise.allSettled([network, guest]);
+    if (n.status === 'rejected') throw n.reason;
+    if (g.status === 'rejected') throw g.reason;
+    if (sb.rec.network && sb.rec.network.nics.length !== spare.size.nics) throw new Error(`the pod network has ${sb.rec.network.nics.length} interfaces, the spare VM ${spare.size.nics}`);
+    if (spare.netns) await deleteNetns(spare.netns).catch(() => undefined);
+    sb.rec.vm!.spare = true;
+    await this.setUpGuest(sb, pod);
+  }
+
+  private attach(sb: Sandbox, vm: Vm): PodVm {
     sb.rec.vm = vm.info;
-    const pod = new PodVm(vm, share, this.logger);
+    const pod = new PodVm(vm, path.join(this.dir(sb.rec.id), 'shared'), this.logger);
     sb.pod = pod;
-    pod.onEvent((ev) => this.hooks.onEvent(id, ev));
+    pod.onEvent((ev) => this.hooks.onEvent(sb.rec.id, ev));
     this.watchExit(sb, pod);
-    const hostname = podHostname(config);
-    const hello = await pod.connect(hostname, this.cfg.vm.bootTimeoutS * 1000);
-    sb.rec.agentVersion = hello.agent_version;
+    return pod;
+  }
+
+  private async setUpGuest(sb: Sandbox, pod: PodVm): Promise<void> {
+    const { config } = sb.rec;
     const dns = config.dns_config
       ? { servers: config.dns_config.servers ?? [], searches: config.dns_config.searches ?? [], options: config.dns_config.options ?? [] }
       : null;
-    await pod.setup({ hostname, dns, sysctls: config.linux?.sysctls ?? {} });
+    await pod.setup({ hostname: podHostname(config), dns, sysctls: config.linux?.sysctls ?? {} });
+    const net = sb.rec.network;
     if (net) await pod.agent.call('network.configure', { interfaces: net.interfaces, routes: net.routes });
   }
 

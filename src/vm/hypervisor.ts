@@ -36,6 +36,8 @@ export interface VmInfo {
   accelerator: Accelerator;
   /** how the VM came to be: booted from the kernel, or cloned from a template */
   bootMode: 'cold' | 'clone';
+  /** a clone started ahead of its pod (a warm spare) and handed to it */
+  spare?: boolean;
   dir: string;
   agentSocket: string;
   qmpSocket: string;

@@ -44,6 +44,19 @@ function fileDigest(file: string): string {
   return `${st.size}:${Math.trunc(st.mtimeMs)}`;
 }
 
+/**
+ * Taps tap0…tap<n-1> in `netns`, for VMs made before their pod exists (templates, spares); the
+ * MACs are placeholders, the agent sets the pod's.
+ */
+export async function createScratchTaps(netns: string, n: number): Promise<Array<{ tap: string; mac: string }>> {
+  const nics = [];
+  for (let i = 0; i < n; i++) {
+    await run('ip', ['-n', netns, 'tuntap', 'add', 'dev', `tap${i}`, 'mode', 'tap', 'vnet_hdr']);
+    nics.push({ tap: `tap${i}`, mac: i === 0 ? TEMPLATE_MAC : TEMPLATE_MAC.replace(/01$/, (i + 1).toString(16).padStart(2, '0')) });
+  }
+  return nics;
+}
+
 export class TemplateManager {
   private readonly builds = new Map<string, Promise<TemplateMeta>>();
   private readonly broken = new Set<string>();
@@ -168,15 +181,9 @@ export class TemplateManager {
     let vm: QemuVm | undefined;
     let agent: AgentClient | undefined;
     try {
-      const nics = [];
-      if (netns) {
-        // The template's NICs need a tap backend; a scratch netns holds it until the snapshot.
-        await run('ip', ['netns', 'add', netns]);
-        for (let i = 0; i < size.nics; i++) {
-          await run('ip', ['netns', 'exec', netns, 'ip', 'tuntap', 'add', 'dev', `tap${i}`, 'mode', 'tap', 'vnet_hdr']);
-          nics.push({ tap: `tap${i}`, mac: i === 0 ? TEMPLATE_MAC : TEMPLATE_MAC.replace(/01$/, (i + 1).toString(16).padStart(2, '0')) });
-        }
-      }
+      // The template's NICs need a tap backend; a scratch netns holds it until the snapshot.
+      if (netns) await run('ip', ['netns', 'add', netns]);
+      const nics = netns ? await createScratchTaps(netns, size.nics) : [];
       const spec: VmSpec = {
         id: `template-${key}`,
         dir: work,

@@ -1,0 +1,218 @@
+// Warm spares: clones of a template that are already restored, running and greeted before any
+// pod asks for them. RunPodSandbox then skips QEMU's start-up and the first pass of the guest
+// through the agent's code (under TCG, the first run of every code path pays for translation),
+// and only gives the spare its identity: hello with the pod's nonce, fresh entropy and clock,
+// then the pod's hostname, DNS and network.
+//
+// A spare belongs to no pod until taken: its files live under <state>/spares/<name> and move to
+// the pod's directory when taken; its taps (if its size class has NICs) wait in a netns of its
+// own and move into the pod netns once CNI has run. Only the configured size classes get spares
+// (the default one and those prebuilt), and only the class in use: taking from one class drops
+// the spares of the others (e.g. NICs or nothing as CNI comes and goes). Spares never outlive
+// the daemon.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { AgentClient } from '../agent/client';
+import { PROTOCOL_VERSION } from '../agent/protocol';
+import type { Logger } from '../log';
+import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
+import type { VmSpec } from './hypervisor';
+import { isOurQemu, QemuHypervisor, QemuVm, SHARE_TAG } from './qemu';
+import { createScratchTaps, SizeClass, TemplateManager } from './templates';
+
+export interface Spare {
+  readonly name: string;
+  readonly key: string;
+  readonly size: SizeClass;
+  readonly vm: QemuVm;
+  readonly agent: AgentClient;
+  /** holds the spare's taps (tap0…) until a pod's network takes them; absent without NICs */
+  readonly netns?: string;
+}
+
+export interface SparePoolOptions {
+  hypervisor: QemuHypervisor;
+  templates: TemplateManager;
+  /** <state>/spares: same filesystem as the pods' VM directories (spares are renamed into them) */
+  dir: string;
+  /** spares kept per size class in use; 0 = none */
+  count: number;
+  /** the size classes (vCPUs × MiB) worth spares: the default and the prebuilt ones */
+  classes: Array<{ vcpus: number; memoryMiB: number }>;
+  logger: Logger;
+}
+
+const NETNS_PREFIX = 'pvsp-';
+
+export class SparePool {
+  private readonly ready = new Map<string, Spare[]>();
+  private readonly filling = new Map<string, Promise<void>>();
+  private closed = false;
+  /** per pool (several daemons may share a host, e.g. in tests): reap() only touches its own */
+  private readonly netnsPrefix: string;
+
+  constructor(private readonly o: SparePoolOptions) {
+    this.netnsPrefix = `${NETNS_PREFIX}${crypto.createHash('sha256').update(o.dir).digest('hex').slice(0, 6)}-`;
+  }
+
+  get enabled(): boolean {
+    return this.o.count > 0 && !this.closed;
+  }
+
+  /**
+   * Pops a live spare of this size class (undefined when none is ready) and starts making the
+   * next one. The caller owns what it gets: it adopts the spare or must discard() it.
+   */
+  take(size: SizeClass): Spare | undefined {
+    if (!this.enabled || !this.o.classes.some((c) => c.vcpus === size.vcpus && c.memoryMiB === size.memoryMiB)) return undefined;
+    const key = this.o.templates.keyOf(size);
+    for (const [k, list] of this.ready) {
+      if (k === key) continue;
+      this.ready.delete(k);
+      for (const s of list) void this.discard(s);
+    }
+    const list = this.ready.get(key) ?? [];
+    let spare: Spare | undefined;
+    while ((spare = list.shift())) {
+      if (spare.vm.alive() && !spare.agent.closed) break;
+      void this.discard(spare);
+    }
+    void this.fill(size);
+    return spare;
+  }
+
+  /** Tops the class up to `count` spares; concurrent calls share one fill. */
+  fill(size: SizeClass): Promise<void> {
+    if (!this.enabled) return Promise.resolve();
+    const key = this.o.templates.keyOf(size);
+    let f = this.filling.get(key);
+    if (!f) {
+      f = this.doFill(key, size).finally(() => this.filling.delete(key));
+      this.filling.set(key, f);
+    }
+    return f;
+  }
+
+  private async doFill(key: string, size: SizeClass): Promise<void> {
+    while (this.enabled && (this.ready.get(key)?.length ?? 0) < this.o.count) {
+      let spare: Spare;
+      try {
+        spare = await this.launch(key, size);
+      } catch (err) {
+        this.o.logger.warn({ key, err: (err as Error).message }, 'could not make a spare pod VM; pods start as plain clones');
+        return;
+      }
+      // the class may have changed (or the pool closed) while this one booted
+      if (!this.enabled || this.o.templates.keyOf(size) !== key || [...this.ready.keys()].some((k) => k !== key)) {
+        await this.discard(spare);
+        return;
+      }
+      const list = this.ready.get(key) ?? [];
+      list.push(spare);
+      this.ready.set(key, list);
+    }
+  }
+
+  private async launch(key: string, size: SizeClass): Promise<Spare> {
+    const name = `spare-${crypto.randomBytes(6).toString('hex')}`;
+    const dir = path.join(this.o.dir, name);
+    await fsp.mkdir(path.join(dir, 'shared'), { recursive: true, mode: 0o700 });
+    const netns = size.nics > 0 ? `${this.netnsPrefix}${name.slice('spare-'.length)}` : undefined;
+    let vm: QemuVm | undefined;
+    let agent: AgentClient | undefined;
+    try {
+      const nics = netns ? (await createNetns(netns), await createScratchTaps(netns, size.nics)) : [];
+      const spec: VmSpec = {
+        id: name,
+        dir,
+        vcpus: size.vcpus,
+        memoryMiB: size.memoryMiB,
+        sharePath: path.join(dir, 'shared'),
+        network: netns ? { netnsPath: netnsPath(netns), nics } : undefined,
+      };
+      const src = await this.o.templates.cloneSource(spec);
+      if (!src) throw new Error('no template to clone');
+      vm = await this.o.hypervisor.launch(spec, { mode: 'clone', ...src });
+      agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
+      // A first identity, replaced by the pod's at adoption; this pass also runs (and so
+      // translates, under TCG) the code the adoption will run again.
+      await agent.call('hello', {
+        protocol: PROTOCOL_VERSION,
+        nonce: name,
+        time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(),
+        entropy: crypto.randomBytes(64).toString('base64'),
+        hostname: 'spare',
+      }, 10_000);
+      // mounts the share (this spare's own, the pod's once adopted) and the pod /dev/shm
+      await agent.call('sandbox.setup', { hostname: 'spare', dns: null, share_tag: SHARE_TAG, sysctls: {} }, 10_000);
+      await fsp.writeFile(path.join(dir, 'ready'), ''); // for operators and tests: this one can be taken
+      this.o.logger.debug({ spare: name, key, pid: vm.info.pid }, 'spare pod VM ready');
+      return { name, key, size, vm, agent, netns };
+    } catch (err) {
+      agent?.close();
+      await vm?.stop(0).catch(() => undefined);
+      if (netns) await deleteNetns(netns).catch(() => undefined);
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /**
+   * Moves a taken spare's files to `dir` (the pod's VM directory) and points its VmInfo there.
+   * QEMU holds its files open, and its sockets are found by path, so the move is invisible to
+   * it; the QEMU process keeps the spare's name (VmInfo.id), by which a restarted daemon
+   * recognises it.
+   */
+  async moveTo(spare: Spare, dir: string): Promise<void> {
+    await fsp.rename(path.join(this.o.dir, spare.name), dir);
+    const info = spare.vm.info;
+    info.dir = dir;
+    info.agentSocket = path.join(dir, path.basename(info.agentSocket));
+    info.qmpSocket = path.join(dir, path.basename(info.qmpSocket));
+  }
+
+  /** Stops a spare and removes everything it had (a taken one too, if its pod did not start). */
+  async discard(spare: Spare): Promise<void> {
+    spare.agent.close();
+    await spare.vm.stop(0).catch(() => undefined);
+    if (spare.netns) await deleteNetns(spare.netns).catch(() => undefined);
+    await fsp.rm(path.join(this.o.dir, spare.name), { recursive: true, force: true });
+  }
+
+  /** Daemon start: spares of an earlier daemon are nobody's; kill them and drop their files. */
+  async reap(): Promise<void> {
+    let names: string[] = [];
+    try {
+      names = await fsp.readdir(this.o.dir);
+    } catch {
+      /* none yet */
+    }
+    for (const name of names) {
+      try {
+        const pid = Number((await fsp.readFile(path.join(this.o.dir, name, 'qemu.pid'), 'utf8')).trim());
+        if (pid > 0 && isOurQemu(pid, name)) process.kill(pid, 'SIGKILL');
+      } catch {
+        /* no pid file: nothing running */
+      }
+      await fsp.rm(path.join(this.o.dir, name), { recursive: true, force: true });
+    }
+    let nets: string[] = [];
+    try {
+      nets = fs.readdirSync('/run/netns').filter((n) => n.startsWith(this.netnsPrefix));
+    } catch {
+      /* no netns at all */
+    }
+    for (const n of nets) await deleteNetns(n).catch(() => undefined);
+  }
+
+  /** Daemon stop: spares are not pods, they go with the daemon. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.filling.values()]);
+    const all = [...this.ready.values()].flat();
+    this.ready.clear();
+    await Promise.all(all.map((s) => this.discard(s)));
+  }
+}
