@@ -29,10 +29,12 @@ interface Options {
   pods: number[];
   containerd: boolean;
   cold: boolean;
+  /** idle pods run a sleep container each (default); false: pod sandboxes only (containerd: pause) */
+  idleContainers: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true };
+  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true, idleContainers: true };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -44,8 +46,9 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--pods') o.pods = val().split(',').filter(Boolean).map((x) => parseInt(x, 10)).filter((x) => x > 0);
     else if (a === '--no-containerd') o.containerd = false;
     else if (a === '--no-cold') o.cold = false;
+    else if (a === '--idle-sandboxes-only') o.idleContainers = false;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold]');
+      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only]');
       process.exit(0);
     } else if (a !== '--') throw new Error(`unknown argument ${a}`);
   }
@@ -565,7 +568,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
     };
     for (const k of idleCounts) {
       log(`${label}: ${k} idle pod(s)…`);
-      const r = await idlePods(target, k, out.run.containersWork, m, Math.min(20_000, 3000 + k * 200));
+      const r = await idlePods(target, k, out.run.containersWork && opts.idleContainers, m, Math.min(20_000, 3000 + k * 200));
       r.templateTmpfsMiB = templates ? duKb(d.templateDir) / 1024 : undefined;
       out.idle.push(r);
       log(`${label}: ${r.running} idle pods: ${r.pssPerPod?.toFixed(1)} MiB PSS per pod`);
@@ -725,7 +728,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     };
     for (const k of idleCounts) {
       log(`containerd+runc: ${k} idle pod(s)…`);
-      const r = await idlePods(track, k, true, m, 3000);
+      const r = await idlePods(track, k, opts.idleContainers, m, 3000);
       out.idle.push(r);
       log(`containerd+runc: ${r.running} idle pods: ${r.pssPerPod?.toFixed(1)} MiB PSS per pod`);
     }

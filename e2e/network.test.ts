@@ -110,6 +110,30 @@ describe('pods on a CNI bridge', () => {
     expect(r.out).toBe('hello from the pod\n');
   });
 
+  it('puts a pod started from a warm spare VM on the network like any other', async () => {
+    const spares = path.join(d.state, 'spares');
+    await retry(async () => expect(fs.readdirSync(spares).filter((s) => fs.existsSync(path.join(spares, s, 'ready')))).toHaveLength(1), 60_000);
+    const c = await podWithServer('net-spare');
+    try {
+      const info = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: c.pod, verbose: true })).info.info);
+      expect(info.vm.spare).toBe(true);
+      expect(c.ip).toMatch(new RegExp(`^${SUBNET.replace(/\./g, '\\.')}\\.\\d+$`));
+      expect(await retry(() => httpGet(`http://${c.ip}:8080/index.html`))).toBe('hello from the pod\n');
+      const r = await retry(async () => {
+        const res = await exec(c.ctr, ['/bin/busybox', 'wget', '-q', '-O', '-', `http://${a.ip}:8080/index.html`]);
+        if (res.code !== 0) throw new Error(`wget exit ${res.code}`);
+        return res;
+      });
+      expect(r.out).toBe('hello from the pod\n');
+      // the spare's taps moved into the pod netns; the spare's own netns is gone
+      const netns = sh('ip', ['netns', 'list']);
+      expect(netns).toContain(`pv-${c.pod.slice(0, 16)}`);
+      expect(sh('ip', ['-n', `pv-${c.pod.slice(0, 16)}`, '-o', 'link', 'show', 'type', 'tun'])).toMatch(/tap0/);
+    } finally {
+      await d.runtime('RemovePodSandbox', { pod_sandbox_id: c.pod });
+    }
+  });
+
   it('maps a hostPort to the pod', async () => {
     expect(await retry(() => httpGet(`http://${SUBNET}.1:18080/index.html`))).toBe('hello from the pod\n');
   });
