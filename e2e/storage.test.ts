@@ -499,7 +499,7 @@ describe('CSI controller + node through the plugin socket', () => {
   }
   afterAll(() => closers.forEach((c) => c()));
 
-  it('CreateVolume → NodePublish → attach + write → ControllerExpand → next attach sees the bigger disk → NodeUnpublish → DeleteVolume', async () => {
+  it('CreateVolume → NodePublish → attach + write → ControllerExpand → next attach grows disk and filesystem → NodeUnpublish → DeleteVolume', async () => {
     const c = ceph!;
     const dm = rbdDaemon();
     const sock = path.join(dm.dir, 'csi.sock');
@@ -529,6 +529,8 @@ describe('CSI controller + node through the plugin socket', () => {
     await node.NodePublishVolume({ volume_id: created.volume.volume_id, target_path: target, volume_capability: cap, secrets, volume_context: created.volume.volume_context });
     expect(fs.existsSync(path.join(target, DESCRIPTOR_FILE))).toBe(true);
 
+    // the filesystem's size (1K blocks, busybox df)
+    const fsSize = async (ctr: Ctr) => Number((await execOk(ctr, 'df -k /data | tail -1')).trim().split(/\s+/)[1]) * 1024;
     const sizeOf = async (ctr: Ctr) => Number((await execOk(ctr, 'cat /sys/block/$(grep " /data " /proc/mounts | cut -d" " -f1 | cut -d/ -f3)/size')).trim()) * 512;
     let p: Pod | undefined;
     try {
@@ -536,6 +538,8 @@ describe('CSI controller + node through the plugin socket', () => {
       const w = await startCtr(p, 'w', [{ container_path: '/data', host_path: target }]);
       expect(await mountLine(w, '/data')).toMatch(/ ext4 rw,.*noatime/);
       expect(await sizeOf(w)).toBe(32 * MiB);
+      const fsBefore = await fsSize(w);
+      expect(fsBefore).toBeLessThanOrEqual(32 * MiB);
       await execOk(w, 'echo csi-data > /data/f && sync');
       await removePod(p);
       p = undefined;
@@ -547,7 +551,12 @@ describe('CSI controller + node through the plugin socket', () => {
       p = await runPod(dm, 'csi-b');
       const r = await startCtr(p, 'r', [{ container_path: '/data', host_path: target }]);
       expect(await sizeOf(r)).toBe(64 * MiB);
+      // NodeExpandVolume's part, done on attach: the filesystem grew with the disk
+      const fsAfter = await fsSize(r);
+      expect(fsAfter).toBeGreaterThan(fsBefore + 28 * MiB);
+      expect(fsAfter).toBeLessThanOrEqual(64 * MiB);
       expect((await execOk(r, 'cat /data/f')).trim()).toBe('csi-data');
+      await execOk(r, 'dd if=/dev/zero of=/data/big bs=1M count=40 && sync && rm /data/big'); // the new space is usable
     } finally {
       await removePod(p).catch(() => undefined);
     }

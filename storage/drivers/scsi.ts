@@ -98,6 +98,9 @@ export async function guestMountDisk(
     options: opts.readonly ? [...desc.mountOptions.filter((o) => o !== 'rw'), 'ro'] : desc.mountOptions,
   };
   if (desc.format && !opts.readonly) params.format = desc.fsType;
+  // a volume expanded while detached (CSI ControllerExpandVolume grows the RBD image) gets its
+  // filesystem grown to the device's size here, on its next attach (NodeExpandVolume's job)
+  if (!opts.readonly) params.grow = true;
   await target.agentCall('disk.mount', params, MOUNT_TIMEOUT_MS);
   return { guestPath: opts.guestPath, mounted: true };
 }

@@ -27,6 +27,10 @@ struct MountParams {
     /// format with this type first when the disk is blank
     #[serde(default)]
     format: Option<String>,
+    /// grow the filesystem to the device's size when the device is larger (a volume expanded
+    /// while detached, e.g. CSI ControllerExpandVolume); ext2/3/4, read-write mounts only
+    #[serde(default)]
+    grow: bool,
 }
 
 #[derive(Deserialize)]
@@ -213,7 +217,53 @@ pub async fn mount_disk(agent: &Agent, params: Value) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(json!({ "device": dev.to_string_lossy(), "fstype": fstype }))
+    let mut res = json!({ "device": dev.to_string_lossy(), "fstype": fstype });
+    if p.grow && !flags.contains(MsFlags::MS_RDONLY) && group == Some("ext4") {
+        // A grow that fails leaves a working, smaller filesystem: report it, do not fail the mount.
+        match grow_ext4(&dev, &target) {
+            Ok(Some((from, to))) => {
+                crate::log!("grew {} on {tstr} from {from} to {to} bytes", dev.display());
+                res["grown"] = json!({ "from": from, "to": to });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                crate::log!("growing {} on {tstr}: {}", dev.display(), e.message);
+                res["grow_error"] = json!(e.message);
+            }
+        }
+    }
+    Ok(res)
+}
+
+/// EXT4_IOC_RESIZE_FS = _IOW('f', 16, __u64): online resize of a mounted ext2/3/4 (ext4 driver).
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// Grows the ext2/3/4 filesystem mounted at `target` to fill `dev` when the device is larger.
+/// Returns (old, new) size in bytes, or None when there is nothing to grow.
+fn grow_ext4(dev: &Path, target: &Path) -> Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let mut sb = [0u8; 1024];
+    std::fs::File::open(dev).and_then(|f| f.read_exact_at(&mut sb, 1024)).ctx("read ext4 superblock")?;
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]) as u64;
+    if sb[56..58] != [0x53, 0xef] {
+        return Err(AgentError::internal("no ext2/3/4 superblock"));
+    }
+    let block = 1024u64 << u32_at(24).min(6);
+    let incompat_64bit = u32_at(0x60) & 0x80 != 0;
+    let blocks = u32_at(4) | if incompat_64bit { u32_at(0x150) << 32 } else { 0 };
+    let mut want = block_size(dev) * 512 / block;
+    if !incompat_64bit {
+        want = want.min(u32::MAX as u64); // a 32-bit filesystem cannot address more
+    }
+    if want <= blocks {
+        return Ok(None);
+    }
+    let dir = std::fs::File::open(target).ctx("open mount point")?;
+    if unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS as _, &want as *const u64) } != 0 {
+        return Err(AgentError::internal(format!("EXT4_IOC_RESIZE_FS to {want} blocks: {}", std::io::Error::last_os_error())));
+    }
+    Ok(Some((blocks * block, want * block)))
 }
 
 /// Mount flags by name; everything else is passed to the filesystem, after a sanity check.
