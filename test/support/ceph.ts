@@ -58,9 +58,9 @@ function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * `host`: the local IPv4 address the mon and the OSD bind to (default 127.0.0.1). Give the
- * gateway address of a pod bridge to make the cluster reachable from pod network namespaces
- * (QEMU's librbd runs inside the pod's netns, where the host's 127.0.0.1 is not reachable).
+ * `host`: the local IPv4 address the mon and the OSD bind to (default 127.0.0.1). QEMU's librbd
+ * runs in the host netns (podvisor-launch), so 127.0.0.1 serves pods on a CNI network too; the
+ * gateway address of a pod bridge also makes the cluster reachable from inside pod guests.
  */
 export async function startCeph(opts: { pool?: string; host?: string } = {}): Promise<CephCluster> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-ceph-'));
