@@ -166,7 +166,18 @@ export class SandboxManager {
     const size = vmSize(config, this.cfg.vm);
     const networked = this.network.ready().ready;
     if (!networked) this.logger.warn({ sandbox: id, why: this.network.ready().message }, 'no pod network configured: the pod gets loopback only');
-    const spare = this.spares?.take({ ...size, nics: networked ? 1 : 0 });
+    const cls = { ...size, nics: networked ? 1 : 0 };
+    try {
+      await this.bootVm(sb, this.spares?.take(cls), networked);
+    } finally {
+      void this.spares?.fill(cls); // the next pod's spare, made once this pod no longer needs the CPU
+    }
+  }
+
+  private async bootVm(sb: Sandbox, spare: Spare | undefined, networked: boolean): Promise<void> {
+    const { id, config } = sb.rec;
+    const dir = this.dir(id);
+    const size = vmSize(config, this.cfg.vm);
     if (spare) {
       try {
         return await this.bootSpare(sb, spare, networked);
@@ -192,8 +203,9 @@ export class SandboxManager {
 
   /**
    * A spare is already running: it moves into the pod's directory, then the pod's network (CNI
-   * ADD, the spare's taps moved into the pod netns) and the guest's new identity are done at the
-   * same time; the guest learns its addresses last.
+   * ADD, the spare's taps moved into the pod netns) and the guest's new identity and settings
+   * (hello, then hostname, DNS, sysctls) are done at the same time; the guest learns its
+   * addresses last.
    */
   private async bootSpare(sb: Sandbox, spare: Spare, networked: boolean): Promise<void> {
     const { id, config } = sb.rec;
@@ -203,14 +215,17 @@ export class SandboxManager {
     const network = networked
       ? this.network.setUp(networkRequest(sb.rec), { tapsFrom: spare.netns }).then((net) => { sb.rec.network = net; })
       : Promise.resolve();
-    const guest = pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000, spare.agent).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
+    const guest = pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000, spare.agent).then(async (hello) => {
+      sb.rec.agentVersion = hello.agent_version;
+      await this.setUpGuest(sb, pod, false);
+    });
     const [n, g] = await Promise.allSettled([network, guest]);
     if (n.status === 'rejected') throw n.reason;
     if (g.status === 'rejected') throw g.reason;
     if (sb.rec.network && sb.rec.network.nics.length !== spare.size.nics) throw new Error(`the pod network has ${sb.rec.network.nics.length} interfaces, the spare VM ${spare.size.nics}`);
     if (spare.netns) await deleteNetns(spare.netns).catch(() => undefined);
     sb.rec.vm!.spare = true;
-    await this.setUpGuest(sb, pod);
+    if (sb.rec.network) await pod.agent.call('network.configure', { interfaces: sb.rec.network.interfaces, routes: sb.rec.network.routes });
   }
 
   private attach(sb: Sandbox, vm: Vm): PodVm {
@@ -222,14 +237,15 @@ export class SandboxManager {
     return pod;
   }
 
-  private async setUpGuest(sb: Sandbox, pod: PodVm): Promise<void> {
+  /** Hostname, DNS, sysctls, the share; then (with `withNetwork`) the pod's addresses and routes. */
+  private async setUpGuest(sb: Sandbox, pod: PodVm, withNetwork = true): Promise<void> {
     const { config } = sb.rec;
     const dns = config.dns_config
       ? { servers: config.dns_config.servers ?? [], searches: config.dns_config.searches ?? [], options: config.dns_config.options ?? [] }
       : null;
     await pod.setup({ hostname: podHostname(config), dns, sysctls: config.linux?.sysctls ?? {} });
     const net = sb.rec.network;
-    if (net) await pod.agent.call('network.configure', { interfaces: net.interfaces, routes: net.routes });
+    if (withNetwork && net) await pod.agent.call('network.configure', { interfaces: net.interfaces, routes: net.routes });
   }
 
   private async tearDownNetwork(sb: Sandbox): Promise<void> {

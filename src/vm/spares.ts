@@ -61,12 +61,17 @@ export class SparePool {
     return this.o.count > 0 && !this.closed;
   }
 
+  private eligible(size: SizeClass): boolean {
+    return this.enabled && this.o.classes.some((c) => c.vcpus === size.vcpus && c.memoryMiB === size.memoryMiB);
+  }
+
   /**
-   * Pops a live spare of this size class (undefined when none is ready) and starts making the
-   * next one. The caller owns what it gets: it adopts the spare or must discard() it.
+   * Pops a live spare of this size class (undefined when none is ready). The caller owns what
+   * it gets: it adopts the spare or must discard() it; and it calls fill() once its pod is up
+   * (not before: on 2 cores a spare booting next to the pod slows the pod down).
    */
   take(size: SizeClass): Spare | undefined {
-    if (!this.enabled || !this.o.classes.some((c) => c.vcpus === size.vcpus && c.memoryMiB === size.memoryMiB)) return undefined;
+    if (!this.eligible(size)) return undefined;
     const key = this.o.templates.keyOf(size);
     for (const [k, list] of this.ready) {
       if (k === key) continue;
@@ -79,13 +84,12 @@ export class SparePool {
       if (spare.vm.alive() && !spare.agent.closed) break;
       void this.discard(spare);
     }
-    void this.fill(size);
     return spare;
   }
 
-  /** Tops the class up to `count` spares; concurrent calls share one fill. */
+  /** Tops the class up to `count` spares (if it gets spares at all); concurrent calls share one fill. */
   fill(size: SizeClass): Promise<void> {
-    if (!this.enabled) return Promise.resolve();
+    if (!this.eligible(size)) return Promise.resolve();
     const key = this.o.templates.keyOf(size);
     let f = this.filling.get(key);
     if (!f) {
