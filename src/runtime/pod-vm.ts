@@ -25,14 +25,14 @@ export class PodVm implements PodVolumeTarget {
   agent!: AgentClient;
   private eventHandler: (ev: AgentEvent) => void = () => undefined;
 
-  constructor(readonly vm: Vm, readonly sharePath: string, private readonly logger: Logger) {}
+  /**
+   * `id` is the sandbox id: it names the pod's volume state, so it must not be the VM's own id
+   * (a warm spare VM keeps the name it was started with).
+   */
+  constructor(readonly vm: Vm, readonly sharePath: string, private readonly logger: Logger, readonly id: string = vm.info.id) {}
 
   get pid(): number {
     return this.vm.info.pid;
-  }
-
-  get id(): string {
-    return this.vm.info.id;
   }
 
   alive(): boolean {

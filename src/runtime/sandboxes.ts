@@ -230,7 +230,7 @@ export class SandboxManager {
 
   private attach(sb: Sandbox, vm: Vm): PodVm {
     sb.rec.vm = vm.info;
-    const pod = new PodVm(vm, path.join(this.dir(sb.rec.id), 'shared'), this.logger);
+    const pod = new PodVm(vm, path.join(this.dir(sb.rec.id), 'shared'), this.logger, sb.rec.id);
     sb.pod = pod;
     pod.onEvent((ev) => this.hooks.onEvent(sb.rec.id, ev));
     this.watchExit(sb, pod);
@@ -323,7 +323,7 @@ export class SandboxManager {
         continue;
       }
       vm.reserveScsiIds(await this.volumes.scsiIds(rec.id));
-      const pod = new PodVm(vm, path.join(this.dir(rec.id), 'shared'), this.logger);
+      const pod = new PodVm(vm, path.join(this.dir(rec.id), 'shared'), this.logger, rec.id);
       sb.pod = pod;
       pod.onEvent((ev) => this.hooks.onEvent(rec.id, ev));
       this.watchExit(sb, pod);
