@@ -576,8 +576,9 @@ describe('raw block devices in containers (CRI mounts of a device, LinuxContaine
     raw = loops.create(16);
     rawDevs.push(raw);
   });
-  afterAll(async () => {
-    for (const p of pods) await removePod(p).catch(() => undefined);
+  // each test's pods go with it: a failed test must not leave the device attached to the next
+  afterEach(async () => {
+    for (const p of pods.splice(0)) await removePod(p).catch(() => undefined);
   });
 
   type Device = { container_path: string; host_path: string; permissions: string };
@@ -662,6 +663,10 @@ describe('raw block devices in containers (CRI mounts of a device, LinuxContaine
     pods.push(p);
     const file = path.join(rbdDaemon().dir, 'not-a-device');
     fs.writeFileSync(file, 'x');
+    // another pod holds the raw device read-write (QEMU's image lock keeps a second VM out)
+    const holder = await runPod(rbdDaemon(), 'raw-holder');
+    pods.push(holder);
+    await startWith(holder, 'holder', [], [{ container_path: '/dev/held', host_path: raw, permissions: 'rw' }]);
     const cases: Array<[string, Mount[], Device[], status, RegExp]> = [
       ['missing device', [], [{ container_path: '/dev/x', host_path: '/dev/pv-no-such-device', permissions: 'rwm' }], status.NOT_FOUND, /\/dev\/pv-no-such-device does not exist/],
       ['character device', [], [{ container_path: '/dev/x', host_path: '/dev/null', permissions: 'rwm' }], status.FAILED_PRECONDITION, /character device/],
@@ -670,6 +675,7 @@ describe('raw block devices in containers (CRI mounts of a device, LinuxContaine
       ['relative host path', [], [{ container_path: '/dev/x', host_path: 'dev/loop0', permissions: 'rwm' }], status.INVALID_ARGUMENT, /host_path/],
       ['bad permissions', [], [{ container_path: '/dev/x', host_path: raw, permissions: 'rwx' }], status.INVALID_ARGUMENT, /permissions/],
       ['one device twice at one path', [], [{ container_path: '/dev/x', host_path: raw, permissions: 'r' }, { container_path: '/dev/x', host_path: raw, permissions: 'r' }], status.INVALID_ARGUMENT, /two devices at \/dev\/x/],
+      ['a device another pod uses', [], [{ container_path: '/dev/x', host_path: raw, permissions: 'rw' }], status.FAILED_PRECONDITION, /in use by another pod VM/],
       ['a device that is mounted as a volume in the pod', [{ container_path: '/fs', host_path: vol.blockR }], [{ container_path: '/dev/x', host_path: loopDev, permissions: 'rw' }], status.FAILED_PRECONDITION, /already attached to this pod with a filesystem mounted/],
     ];
     const got: Record<string, string> = {};

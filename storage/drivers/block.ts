@@ -69,7 +69,12 @@ export class BlockDriver implements VolumeDriver<BlockDesc> {
       h.nodes!.push(n.file);
       await target.qmp('blockdev-add', { driver: 'raw', 'node-name': n.format, file: n.file, 'read-only': opts.readonly });
       h.nodes!.push(n.format);
-      const addr = await plugScsi(target, n.format, n.device).catch((e) => { throw wrap(`plugging ${desc.block.device}`, e, status.INTERNAL); });
+      const addr = await plugScsi(target, n.format, n.device).catch((e) => {
+        // QEMU's image locking: another VM (pod) has the device open for writing, or any access
+        // while we want to write
+        if (/Failed to get .*lock/.test(String((e as Error)?.message))) throw wrap(`plugging ${desc.block.device} (in use by another pod VM?)`, e, status.FAILED_PRECONDITION);
+        throw wrap(`plugging ${desc.block.device}`, e, status.INTERNAL);
+      });
       h.device = n.device;
       h.scsiId = addr.scsiId;
       h.lun = addr.lun;
