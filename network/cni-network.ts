@@ -12,7 +12,7 @@ import { capabilityArgs, loadNetworkConfig, NetworkConfigList, pluginStdin } fro
 import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest, SetUpOptions } from './network-driver';
 import { createNetns, deleteNetns, ipJson, netnsExists, netnsPath } from './netns';
 import { buildPodNetwork } from './pod-network';
-import { setUpTap, TapPair, tearDownTap } from './tap';
+import { moveTaps, setUpTaps, TapPair, tearDownTap } from './tap';
 
 export interface CniNetworkOptions {
   confDir: string;
@@ -120,18 +120,26 @@ export class CniNetwork implements NetworkDriver {
     const log = this.log.child({ sandbox: req.sandboxId, netns: netnsName, network: config.name });
     const started = Date.now();
     try {
+      const ms: Record<string, number> = {};
+      const lap = (k: string) => { ms[k] = Date.now() - started; };
       this.writeCache(entry); // first: a crash from here on still leaves what DEL needs
-      await createNetns(netnsName);
+      await createNetns(netnsName, false); // lo comes up with the taps
+      lap('netns');
+      // a spare's taps move in while the chain runs
+      const from = opts.tapsFrom;
+      const moved = from ? moveTaps(from.netns, netnsName, from.taps) : Promise.resolve();
+      moved.catch(() => undefined); // observed below
       entry.result = await this.addChain(entry);
+      await moved;
+      lap('add');
       const result: CniResult = parseResult(entry.result);
       const { net, taps } = await buildPodNetwork(netnsName, netnsPath(netnsName), result, IFNAME);
-      entry.taps = [];
-      for (const t of taps) {
-        await setUpTap(netnsName, t, opts.tapsFrom);
-        entry.taps.push(t);
-      }
+      lap('read');
+      await setUpTaps(netnsName, taps, from?.taps ?? []);
+      entry.taps = taps;
+      lap('taps');
       this.writeCache(entry);
-      log.info({ ips: net.ips, nics: net.nics, ms: Date.now() - started }, 'pod network set up');
+      log.info({ ips: net.ips, nics: net.nics, ms: Date.now() - started, steps: ms }, 'pod network set up');
       return net;
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'pod network set-up failed; cleaning up');

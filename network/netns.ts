@@ -18,10 +18,11 @@ export function netnsExists(name: string): boolean {
   }
 }
 
-export async function createNetns(name: string): Promise<string> {
+/** `loopbackUp` false: the caller brings lo up itself later (e.g. batched with other links). */
+export async function createNetns(name: string, loopbackUp = true): Promise<string> {
   await run('ip', ['netns', 'add', name]);
   // lo up: harmless, and some plugins/tools expect it
-  await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+  if (loopbackUp) await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
   return netnsPath(name);
 }
 

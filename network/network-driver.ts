@@ -46,10 +46,11 @@ export interface PodNetwork {
 
 export interface SetUpOptions {
   /**
-   * A netns holding taps tap0… that a VM started before its pod (a spare) already has open:
-   * they are moved into the pod netns instead of new ones being made.
+   * Taps that a VM started before its pod (a spare) already has open, waiting in a netns of
+   * their own: they are moved into the pod netns (while the CNI chain runs) instead of new ones
+   * being made.
    */
-  tapsFrom?: string;
+  tapsFrom?: { netns: string; taps: string[] };
 }
 
 export interface NetworkReadiness {

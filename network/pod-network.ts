@@ -18,10 +18,16 @@ export async function buildPodNetwork(
   if (result.interfaces.length === 0) sandbox = [{ name: defaultIfName, idx: -1 }];
   if (sandbox.length === 0) throw new Error('the CNI result names no interface inside the pod netns');
 
+  // all reads at once: each is a process, and they do not depend on each other
+  const [links, routes4, routes6] = await Promise.all([
+    Promise.all(sandbox.map((ifc) => ipJson<any[]>(netnsName, ['addr', 'show', 'dev', ifc.name]))),
+    ipJson<any[]>(netnsName, ['-4', 'route', 'show', 'table', 'main']),
+    ipJson<any[]>(netnsName, ['-6', 'route', 'show', 'table', 'main']),
+  ]);
   const interfaces: PodInterface[] = [];
   const taps: TapPair[] = [];
   for (const [k, ifc] of sandbox.entries()) {
-    const [link] = await ipJson<any[]>(netnsName, ['addr', 'show', 'dev', ifc.name]);
+    const [link] = links[k];
     if (!link) throw new Error(`interface ${ifc.name} is not in netns ${netnsName}`);
     let addresses: string[] = (link.addr_info ?? [])
       .filter((a: any) => (a.family === 'inet' || a.family === 'inet6') && a.scope === 'global')
@@ -36,8 +42,8 @@ export async function buildPodNetwork(
 
   const names = new Set(interfaces.map((i) => i.name));
   const routes: PodRoute[] = [];
-  for (const fam of ['-4', '-6']) {
-    for (const r of await ipJson<any[]>(netnsName, [fam, 'route', 'show', 'table', 'main'])) {
+  for (const [fam, table] of [['-4', routes4], ['-6', routes6]] as const) {
+    for (const r of table) {
       if (r.protocol === 'kernel' || (r.type && r.type !== 'unicast') || !names.has(r.dev)) continue;
       let dest = String(r.dst);
       if (dest === 'default') dest = fam === '-4' ? '0.0.0.0/0' : '::/0';

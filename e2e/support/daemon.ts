@@ -1,6 +1,7 @@
 // Runs the real `podvisor serve` (compiled CLI) in a scratch directory and talks CRI to it
 // over its unix socket, as kubelet and crictl do.
-import { ChildProcess, spawn, execFileSync } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -142,6 +143,11 @@ export class TestDaemon {
     await this.stopProcess();
     for (const pid of qemuPidsUnder(this.state)) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+    // the netns of warm spares a killed daemon could not remove (src/vm/spares.ts names them)
+    const sparePrefix = `pvsp-${crypto.createHash('sha256').update(path.join(this.state, 'spares')).digest('hex').slice(0, 6)}-`;
+    for (const ns of fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []) {
+      if (ns.startsWith(sparePrefix)) spawnSync('ip', ['netns', 'delete', ns]);
     }
     fs.rmSync(this.dir, { recursive: true, force: true });
     fs.rmSync(this.templateDir, { recursive: true, force: true });

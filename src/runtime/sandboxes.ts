@@ -212,12 +212,16 @@ export class SandboxManager {
     await fsp.mkdir(path.dirname(this.dir(id)), { recursive: true });
     await this.spares!.moveTo(spare, this.dir(id));
     const pod = this.attach(sb, spare.vm);
+    const t0 = Date.now();
+    const ms: Record<string, number> = {};
     const network = networked
-      ? this.network.setUp(networkRequest(sb.rec), { tapsFrom: spare.netns }).then((net) => { sb.rec.network = net; })
+      ? this.network.setUp(networkRequest(sb.rec), { tapsFrom: spare.netns ? { netns: spare.netns, taps: spare.taps } : undefined }).then((net) => { sb.rec.network = net; ms.network = Date.now() - t0; })
       : Promise.resolve();
     const guest = pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000, spare.agent).then(async (hello) => {
       sb.rec.agentVersion = hello.agent_version;
+      ms.hello = Date.now() - t0;
       await this.setUpGuest(sb, pod, false);
+      ms.setup = Date.now() - t0;
     });
     const [n, g] = await Promise.allSettled([network, guest]);
     if (n.status === 'rejected') throw n.reason;
@@ -226,6 +230,8 @@ export class SandboxManager {
     if (spare.netns) await deleteNetns(spare.netns).catch(() => undefined);
     sb.rec.vm!.spare = true;
     if (sb.rec.network) await pod.agent.call('network.configure', { interfaces: sb.rec.network.interfaces, routes: sb.rec.network.routes });
+    ms.configured = Date.now() - t0;
+    this.logger.debug({ sandbox: id, spare: spare.name, ms }, 'spare VM taken');
   }
 
   private attach(sb: Sandbox, vm: Vm): PodVm {

@@ -28,8 +28,9 @@ export interface Spare {
   readonly size: SizeClass;
   readonly vm: QemuVm;
   readonly agent: AgentClient;
-  /** holds the spare's taps (tap0…) until a pod's network takes them; absent without NICs */
+  /** holds the spare's taps until a pod's network takes them; absent without NICs */
   readonly netns?: string;
+  readonly taps: string[];
 }
 
 export interface SparePoolOptions {
@@ -45,6 +46,8 @@ export interface SparePoolOptions {
 }
 
 const NETNS_PREFIX = 'pvsp-';
+/** locally administered, never a pod's (CNI bridge MACs come from the kernel or the plugin) */
+const SPARE_MAC = '02:50:56:00:00:fe';
 
 export class SparePool {
   private readonly ready = new Map<string, Spare[]>();
@@ -151,9 +154,13 @@ export class SparePool {
       }, 10_000);
       // mounts the share (this spare's own, the pod's once adopted) and the pod /dev/shm
       await agent.call('sandbox.setup', { hostname: 'spare', dns: null, share_tag: SHARE_TAG, sysctls: {} }, 10_000);
+      // The NIC code path too, with no address and a MAC of its own (the pod's replaces it; the
+      // MAC change takes the link down, which drops this MAC's IPv6 link-local address). Its tap
+      // is down in the spare's netns: nothing leaves.
+      if (nics.length) await agent.call('network.configure', { interfaces: [{ name: 'eth0', mac: SPARE_MAC, mtu: 1500, addresses: [] }], routes: [] }, 10_000);
       await fsp.writeFile(path.join(dir, 'ready'), ''); // for operators and tests: this one can be taken
       this.o.logger.debug({ spare: name, key, pid: vm.info.pid }, 'spare pod VM ready');
-      return { name, key, size, vm, agent, netns };
+      return { name, key, size, vm, agent, netns, taps: nics.map((n) => n.tap) };
     } catch (err) {
       agent?.close();
       await vm?.stop(0).catch(() => undefined);
