@@ -111,25 +111,27 @@ export class TestDaemon {
     this.runtimeClient = this.imageClient = undefined;
   }
 
-  /** SIGTERM: the daemon exits, pod VMs keep running. */
-  async stopProcess(): Promise<void> {
-    this.closeClients();
-    const p = this.proc;
-    if (!p || p.exitCode !== null) return;
-    const gone = new Promise((r) => p.once('exit', r));
-    p.kill('SIGTERM');
-    await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000))]);
-    if (p.exitCode === null) p.kill('SIGKILL');
+  /** SIGTERM: the daemon exits, pod VMs keep running (SIGKILL after 10 s). */
+  stopProcess(): Promise<void> {
+    return this.signal('SIGTERM');
   }
 
   /** SIGKILL: the daemon dies without cleaning up (a crash). */
-  async killProcess(): Promise<void> {
+  killProcess(): Promise<void> {
+    return this.signal('SIGKILL');
+  }
+
+  private async signal(sig: 'SIGTERM' | 'SIGKILL'): Promise<void> {
     this.closeClients();
     const p = this.proc;
     if (!p || p.exitCode !== null) return;
     const gone = new Promise((r) => p.once('exit', r));
-    p.kill('SIGKILL');
-    await gone;
+    p.kill(sig);
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000))]);
+    if (p.exitCode === null) {
+      p.kill('SIGKILL');
+      await gone;
+    }
   }
 
   /** Removes every pod through CRI, stops the daemon, kills anything left, deletes the scratch dir. */
