@@ -2,7 +2,7 @@
 // its size and digest were checked: it is written to <root>/tmp, hashed while streaming,
 // fsynced, then renamed into place (and the directory fsynced). Concurrent ingests of one
 // digest share a single download.
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -69,35 +69,75 @@ export class ContentStore {
   /**
    * Makes blob `b` present, downloading it with `open` unless it already is. Resolves once
    * the verified blob is in place; rejects with DATA_LOSS when the content does not match.
+   * `tap` sees every downloaded chunk in order as it arrives (its promise is awaited: back
+   * pressure; its rejection aborts the download). Resolves true when this call downloaded
+   * the blob through `tap`, false when the blob was already there or another call was
+   * downloading it (then `tap` saw nothing).
    */
-  ingest(b: BlobRef, open: () => Promise<AsyncIterable<Buffer> | Readable>, progress?: Progress): Promise<void> {
+  ingest(b: BlobRef, open: () => Promise<AsyncIterable<Buffer> | Readable>, progress?: Progress, tap?: (chunk: Buffer) => Promise<void> | void): Promise<boolean> {
     const key = b.digest;
     const running = this.inflight.get(key);
-    if (running) return running;
+    if (running) return running.then(() => false);
     const p = (async () => {
-      if (await this.has(b)) return;
-      await this.download(b, open, progress);
+      if (await this.has(b)) return false;
+      await this.download(b, open, progress, tap);
+      return true;
     })().finally(() => this.inflight.delete(key));
-    this.inflight.set(key, p);
+    this.inflight.set(key, p.then(() => undefined));
+    this.inflight.get(key)!.catch(() => undefined);
     return p;
   }
 
-  private async download(b: BlobRef, open: () => Promise<AsyncIterable<Buffer> | Readable>, progress?: Progress): Promise<void> {
+  private async download(b: BlobRef, open: () => Promise<AsyncIterable<Buffer> | Readable>, progress?: Progress, tap?: (chunk: Buffer) => Promise<void> | void): Promise<void> {
     const final = this.path(b.digest);
     const tmp = path.join(this.tmpDir, `blob-${b.digest.slice(7, 19)}-${randomBytes(6).toString('hex')}`);
     const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
     let ok = false;
     try {
       const src = await open();
-      const hash = createHash('sha256');
+      const hash: Hash = createHash('sha256');
       let n = 0;
+      // Network chunks are small: they are written in batches of ~1 MiB, two batches in flight.
+      let batch: Buffer[] = [];
+      let batchBytes = 0;
+      let written = 0;
+      const writes = new Set<Promise<void>>();
+      let writeError: unknown;
+      const flush = async (max: number) => {
+        if (batchBytes) {
+          const want = batchBytes;
+          const p: Promise<void> = fh
+            .writev(batch, written)
+            .then(({ bytesWritten }) => {
+              if (bytesWritten !== want) throw new Error(`short write (${bytesWritten} of ${want} bytes)`);
+            })
+            .catch((e) => {
+              writeError ??= e;
+            })
+            .finally(() => writes.delete(p));
+          writes.add(p);
+          written += batchBytes;
+          batch = [];
+          batchBytes = 0;
+        }
+        while (writes.size > max) await Promise.race(writes);
+        if (writeError) throw writeError;
+      };
       try {
-        for await (const chunk of src as AsyncIterable<Buffer>) {
-          n += chunk.length;
-          if (n > b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: more data than its size ${b.size}`);
-          hash.update(chunk);
-          await fh.write(chunk);
-          progress?.(n, b.size);
+        try {
+          for await (const chunk of src as AsyncIterable<Buffer>) {
+            n += chunk.length;
+            if (n > b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: more data than its size ${b.size}`);
+            hash.update(chunk);
+            batch.push(chunk);
+            batchBytes += chunk.length;
+            if (batchBytes >= 1 << 20) await flush(2);
+            if (tap) await tap(chunk);
+            progress?.(n, b.size);
+          }
+          await flush(0);
+        } finally {
+          await Promise.all(writes);
         }
       } catch (e: any) {
         if (e instanceof CriError) throw e;

@@ -141,86 +141,37 @@ export type Node = DirNode | FileNode | SymlinkNode | DeviceNode;
 // ---- the image file ------------------------------------------------------------------------
 
 const STAGE = 1 << 20;
+const MAX_INFLIGHT = 8;
 
 /**
- * Sequential writer of whole blocks at increasing offsets: copies into 1 MiB staging buffers
- * written with positioned async writes (a few in flight), so the caller keeps parsing while
- * the kernel copies. Padding is written as zeros (stale bytes past EOF would show in mmap).
+ * The image file: a bump allocator of blocks and positioned async writes (a few in flight,
+ * failures reported at the next drain). Block 0 holds the superblock and the root inode and
+ * is written last; data starts at block 1.
  */
-export class BlockWriter {
-  private buf = Buffer.allocUnsafe(STAGE);
-  private fill = 0;
-  private bufPos: number;
+export class ImageFile {
+  private next = 1;
   private inflight = new Set<Promise<void>>();
   private failed: Error | null = null;
 
-  constructor(private readonly fh: FileHandle, startBlock: number) {
-    this.bufPos = startBlock * BLOCK_SIZE;
+  constructor(readonly fh: FileHandle) {}
+
+  /** Reserves `n` contiguous blocks; returns the first. */
+  alloc(n: number): number {
+    const b = this.next;
+    this.next += n;
+    return b;
   }
 
-  /** Current position in bytes. */
-  get pos(): number {
-    return this.bufPos + this.fill;
+  /** Blocks allocated so far (the end of the data area). */
+  get end(): number {
+    return this.next;
   }
 
-  /** Current position in blocks (the writer must be block-aligned). */
-  get block(): number {
-    const p = this.pos;
-    if (p % BLOCK_SIZE) throw new Error('BlockWriter: not block-aligned');
-    return p / BLOCK_SIZE;
-  }
-
-  write(chunk: Buffer): void {
-    let off = 0;
-    while (off < chunk.length) {
-      const n = Math.min(chunk.length - off, STAGE - this.fill);
-      chunk.copy(this.buf, this.fill, off, off + n);
-      this.fill += n;
-      off += n;
-      if (this.fill === STAGE) this.flush();
-    }
-  }
-
-  zeros(n: number): void {
-    while (n > 0) {
-      const k = Math.min(n, STAGE - this.fill);
-      this.buf.fill(0, this.fill, this.fill + k);
-      this.fill += k;
-      n -= k;
-      if (this.fill === STAGE) this.flush();
-    }
-  }
-
-  /** Zero-fills up to the next block boundary. */
-  pad(): void {
-    const r = this.pos % BLOCK_SIZE;
-    if (r) this.zeros(BLOCK_SIZE - r);
-  }
-
-  /** True when the caller should await drain() before writing more. */
-  get busy(): boolean {
-    return this.inflight.size >= 4;
-  }
-
-  async drain(max = 3): Promise<void> {
-    while (this.inflight.size > max) await Promise.race(this.inflight);
-    if (this.failed) throw this.failed;
-  }
-
-  private flush(): void {
-    if (this.fill === 0) return;
-    const buf = this.buf;
-    const len = this.fill;
-    const at = this.bufPos;
-    this.bufPos += len;
-    this.buf = Buffer.allocUnsafe(STAGE);
-    this.fill = 0;
+  /** Writes `parts` (`len` bytes in all) at byte `at`, in the background. */
+  writev(parts: Buffer[], len: number, at: number): void {
     const p: Promise<void> = (async () => {
-      let off = 0;
-      while (off < len) {
-        const { bytesWritten } = await this.fh.write(buf, off, len - off, at + off);
-        off += bytesWritten;
-      }
+      const { bytesWritten } = await this.fh.writev(parts, at);
+      if (bytesWritten !== len) throw new Error(`short write to the image (${bytesWritten} of ${len} bytes)`);
     })().then(
       () => {
         this.inflight.delete(p);
@@ -233,23 +184,92 @@ export class BlockWriter {
     this.inflight.add(p);
   }
 
-  /** Flushes everything staged and waits for all writes. */
+  get busy(): boolean {
+    return this.inflight.size >= MAX_INFLIGHT;
+  }
+
+  async drain(max = MAX_INFLIGHT - 1): Promise<void> {
+    while (this.inflight.size > max) await Promise.race(this.inflight);
+    if (this.failed) throw this.failed;
+  }
+}
+
+const ZEROS = Buffer.alloc(BLOCK_SIZE);
+
+/**
+ * Writes extents of the image: begin() allocates an extent, write() appends to it. Chunks are
+ * not copied: up to ~1 MiB of them (and zero padding to whole blocks) is gathered and written
+ * with one positioned writev, so callers must not modify a chunk after passing it (zlib and
+ * the tar reader hand out fresh buffers). Consecutive extents of one Stager are usually
+ * contiguous and share a write. Padding matters: stale bytes past EOF would show in mmap.
+ * One Stager per concurrent producer (layer).
+ */
+export class Stager {
+  private parts: Buffer[] = [];
+  private bytes = 0;
+  /** Byte position of the first gathered part in the image. */
+  private pos = -1;
+
+  constructor(readonly file: ImageFile) {}
+
+  /** Allocates `blocks` blocks and positions the writer at the first; returns its number. */
+  begin(blocks: number): number {
+    this.pad();
+    const b = this.file.alloc(blocks);
+    if (this.pos + this.bytes !== b * BLOCK_SIZE) {
+      this.flush();
+      this.pos = b * BLOCK_SIZE;
+    }
+    return b;
+  }
+
+  write(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.parts.push(chunk);
+    this.bytes += chunk.length;
+    if (this.bytes >= STAGE || this.parts.length >= 1000) this.flush();
+  }
+
+  zeros(n: number): void {
+    while (n > 0) {
+      const k = Math.min(n, BLOCK_SIZE);
+      this.write(ZEROS.subarray(0, k));
+      n -= k;
+    }
+  }
+
+  /** Zero-fills up to the next block boundary. */
+  pad(): void {
+    const r = (this.pos + this.bytes) % BLOCK_SIZE;
+    if (this.pos >= 0 && r) this.zeros(BLOCK_SIZE - r);
+  }
+
+  private flush(): void {
+    if (this.bytes === 0) return;
+    this.file.writev(this.parts, this.bytes, this.pos);
+    this.pos += this.bytes;
+    this.parts = [];
+    this.bytes = 0;
+  }
+
+  /** Pads, flushes what is gathered and waits for every write of the file. */
   async close(): Promise<void> {
+    this.pad();
     this.flush();
-    await this.drain(0);
+    await this.file.drain(0);
   }
 }
 
 /** An image being built: a temp file next to `out`, renamed into place by commit(). */
 export class ErofsImage {
-  readonly data: BlockWriter;
+  readonly file: ImageFile;
 
   private constructor(
     readonly out: string,
     readonly tmp: string,
     readonly fh: FileHandle,
   ) {
-    this.data = new BlockWriter(fh, 1); // block 0: superblock + root inode, written last
+    this.file = new ImageFile(fh);
   }
 
   static async create(out: string): Promise<ErofsImage> {
@@ -259,24 +279,27 @@ export class ErofsImage {
   }
 
   async abort(): Promise<void> {
-    await this.data.close().catch(() => undefined);
+    await this.file.drain(0).catch(() => undefined);
     await this.fh.close().catch(() => undefined);
     await fsp.rm(this.tmp, { force: true });
   }
 
   /**
    * Lays out the metadata of `root` after the data, writes it, syncs and renames the image to
-   * its final name. Returns the image's size and inode count.
+   * its final name. Every Stager used for data must be closed. Returns size and inode count.
    */
-  async commit(root: DirNode, opts: { buildTime?: number } = {}): Promise<{ bytes: number; inodes: number }> {
+  async commit(root: DirNode, opts: { buildTime?: number } = {}): Promise<{ bytes: number; inodes: number; metadataMs: number; syncMs: number }> {
     try {
-      const r = await writeMetadata(this.fh, this.data, root, opts.buildTime ?? Math.floor(Date.now() / 1000));
+      const t0 = Date.now();
+      await this.file.drain(0);
+      const r = await writeMetadata(this.file, root, opts.buildTime ?? Math.floor(Date.now() / 1000));
+      const t1 = Date.now();
       await this.fh.chmod(0o444);
       await this.fh.sync();
       await this.fh.close();
       await fsp.rename(this.tmp, this.out);
       await fsyncDir(path.dirname(this.out));
-      return r;
+      return { ...r, metadataMs: t1 - t0, syncMs: Date.now() - t1 };
     } catch (e) {
       await this.abort();
       throw e;
@@ -362,8 +385,8 @@ function encodeDev(major: number, minor: number): number {
   return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
-async function writeMetadata(fh: FileHandle, data: BlockWriter, root: DirNode, buildTime: number): Promise<{ bytes: number; inodes: number }> {
-  data.pad();
+async function writeMetadata(file: ImageFile, root: DirNode, buildTime: number): Promise<{ bytes: number; inodes: number }> {
+  const fh = file.fh;
 
   // 1. Every inode once (hard links share a node), with link counts and parents.
   const plans: Planned[] = [];
@@ -398,7 +421,7 @@ async function writeMetadata(fh: FileHandle, data: BlockWriter, root: DirNode, b
   }
 
   // 2. Sizes and data layouts; blocks for directories and long symlinks go after the data.
-  let extraBlock = data.block;
+  let extraBlock = file.end;
   const extra: Planned[] = [];
   for (const p of plans) {
     const n = p.node;
@@ -466,22 +489,36 @@ async function writeMetadata(fh: FileHandle, data: BlockWriter, root: DirNode, b
   }
   const totalBlocks = Math.ceil(pos / BLOCK_SIZE);
 
-  // 4. Directory and symlink blocks, in the order they were allocated.
-  const blk = Buffer.alloc(BLOCK_SIZE);
+  // 4. Directory and symlink blocks, in the order they were allocated, then the inodes. They
+  // are encoded into fresh 1 MiB buffers (the Stager keeps references, it does not copy).
+  const data = new Stager(file);
+  data.begin(totalBlocks - file.end);
+  let cur = Buffer.alloc(STAGE);
+  let fill = 0;
+  /** `n` zeroed bytes at cur[fill…]; returns their offset. */
+  const reserve = (n: number): number => {
+    if (fill + n > cur.length) {
+      data.write(cur.subarray(0, fill));
+      cur = Buffer.alloc(Math.max(STAGE, n));
+      fill = 0;
+    }
+    const at = fill;
+    fill += n;
+    return at;
+  };
   for (const p of extra) {
     const n = p.node;
+    // (reserve() may switch `cur`: call it before reading `cur`.)
     if (n.kind === 'symlink') {
-      blk.fill(0);
-      blk.write(n.target, 0, 'latin1');
-      data.write(blk);
+      const at = reserve(BLOCK_SIZE);
+      cur.write(n.target, at, 'latin1');
     } else if (n.kind === 'dir') {
       for (let b = 0; b < p.extraBlocks; b++) {
-        blk.fill(0);
-        encodeDirBlock(p, b, n.children, n, parentOf.get(n)!, blk, 0);
-        data.write(blk);
+        const at = reserve(BLOCK_SIZE);
+        encodeDirBlock(p, b, n.children, n, parentOf.get(n)!, cur, at);
       }
     }
-    if (data.busy) await data.drain();
+    if (file.busy) await file.drain();
   }
   // Inline directory tails.
   for (const p of plans) {
@@ -491,25 +528,22 @@ async function writeMetadata(fh: FileHandle, data: BlockWriter, root: DirNode, b
       encodeDirBlock(p, b, n.children, n, parentOf.get(n)!, p.inline, 0);
     }
   }
-  if (data.pos !== metaStart) throw new Error('erofs layout: data area size mismatch');
 
   // 5. Inodes.
   let metaPos = metaStart;
-  const scratch = Buffer.alloc(BLOCK_SIZE * 17);
   for (const p of plans) {
     if (p.node === root) continue;
     const at = p.node.nid * 32;
-    if (at > metaPos) data.zeros(at - metaPos);
+    if (at > metaPos) reserve(at - metaPos);
     const len = INODE_SIZE + p.xattrSize + (p.inline?.length ?? 0);
     const padded = (len + 31) & ~31;
-    const out = padded <= scratch.length ? scratch : Buffer.alloc(padded);
-    out.fill(0, 0, padded);
-    encodeInode(p, buildTime, out, 0);
-    data.write(out.subarray(0, padded));
+    const off = reserve(padded);
+    encodeInode(p, buildTime, cur, off);
     metaPos = at + padded;
-    if (data.busy) await data.drain();
+    if (file.busy) await file.drain();
   }
-  data.zeros(totalBlocks * BLOCK_SIZE - metaPos);
+  reserve(totalBlocks * BLOCK_SIZE - metaPos);
+  data.write(cur.subarray(0, fill));
   await data.close();
 
   // 6. Block 0: superblock and root inode.

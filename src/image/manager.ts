@@ -7,7 +7,7 @@
 //   metadata.json          the index (metadata.ts)
 // A pull becomes visible only when blobs, erofs file and metadata are all durable, so a
 // failed or interrupted pull leaves nothing half-visible and can simply be retried.
-import { promises as fsp } from 'node:fs';
+import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CriError, Code, internal } from '../cri/errors';
 import type { Logger } from '../log';
@@ -16,7 +16,7 @@ import { ContentStore } from './content-store';
 import { MetadataStore, type StoredImage } from './metadata';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
-import { DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
+import { BuildFailedError, DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
 
 export type { AuthConfig } from './auth';
 
@@ -293,34 +293,28 @@ export class ImageManager {
   }
 
   /**
-   * Downloads the layers (a few at a time) and applies each, in order, as soon as it and all
-   * before it are present, straight into the image's erofs file (unpack.ts, erofs.ts).
+   * Downloads the layers (a few at a time) and reads each one into the image as its bytes
+   * arrive (a tee of the download), all layers at once; each layer's changes are applied in
+   * order once its blob digest and diff_id are verified (unpack.ts), then the erofs metadata
+   * is written and the file synced (erofs.ts). Layers already in the store are read from it.
    */
   private async build(id: string, session: RepositorySession, r: ResolvedImage, diffIds: string[]): Promise<void> {
     const layers = r.manifest.layers;
     const abort = new AbortController();
-    const downloads = this.downloadAll(session, layers, abort.signal);
-    downloads.forEach((p) => p.catch(() => undefined)); // failures surface in order below
     const t0 = Date.now();
     const builder = await ImageBuilder.create(path.join(this.erofsDir, `${id.slice(7)}.erofs`), this.log, this.limits);
-    let waitMs = 0;
+    const slot = semaphore(Math.max(1, this.opts.downloadConcurrency ?? 4));
+    const jobs = layers.map((l, i) => this.layerJob(session, l, i, diffIds[i], builder, abort.signal, slot, t0));
+    jobs.forEach((j) => j.catch(() => abort.abort()));
     try {
-      for (let i = 0; i < layers.length; i++) {
-        const tWait = Date.now();
-        await downloads[i];
-        const tApply = Date.now();
-        waitMs += tApply - tWait;
-        try {
-          await builder.applyLayerFile(this.content.path(layers[i].digest), diffIds[i], layers[i].digest);
-          this.log.debug({ id, layer: layers[i].digest, waitMs: tApply - tWait, applyMs: Date.now() - tApply }, 'layer applied');
-        } catch (e: any) {
-          if (e instanceof UnsafeArchiveError) throw new CriError(Code.FAILED_PRECONDITION, `layer ${layers[i].digest} refused: ${e.message}`);
-          throw internal(`applying layer ${layers[i].digest}: ${e?.message ?? e}`);
-        }
-      }
+      const settled = await Promise.allSettled(jobs);
+      // The first layer that failed by itself names the cause; the others only stopped.
+      const failed = settled.filter((x): x is PromiseRejectedResult => x.status === 'rejected').map((x) => x.reason);
+      const secondary = (e: unknown) => e instanceof BuildFailedError || (e instanceof CriError && e.code === Code.CANCELLED);
+      if (failed.length) throw failed.find((e) => !secondary(e)) ?? failed[0].reason ?? failed[0];
       const t1 = Date.now();
-      const { bytes, inodes } = await builder.commit();
-      this.log.info({ id, layers: layers.length, downloadWaitMs: waitMs, unpackMs: t1 - t0 - waitMs, erofsMs: Date.now() - t1, bytes, inodes }, 'image built');
+      const { bytes, inodes, metadataMs, syncMs } = await builder.commit();
+      this.log.info({ id, layers: layers.length, layersMs: t1 - t0, erofsMs: Date.now() - t1, metadataMs, syncMs, bytes, inodes }, 'image built');
     } catch (e) {
       abort.abort();
       await builder.abort();
@@ -328,21 +322,24 @@ export class ImageManager {
     }
   }
 
-  private downloadAll(session: RepositorySession, layers: Descriptor[], signal: AbortSignal): Promise<void>[] {
-    const limit = Math.max(1, this.opts.downloadConcurrency ?? 3);
-    let active = 0;
-    const waiting: (() => void)[] = [];
-    const slot = async () => {
-      if (active >= limit) await new Promise<void>((r) => waiting.push(r));
-      active++;
-    };
-    const free = () => {
-      active--;
-      waiting.shift()?.();
-    };
-    return layers.map(async (l) => {
+  /** Fetches layer `i` (unless stored) and feeds it to the builder while it downloads. */
+  private async layerJob(
+    session: RepositorySession,
+    l: Descriptor,
+    i: number,
+    diffId: string,
+    builder: ImageBuilder,
+    signal: AbortSignal,
+    slot: () => Promise<() => void>,
+    t0: number,
+  ): Promise<void> {
+    const file = this.content.path(l.digest);
+    const ch = new ChunkChannel(16 << 20);
+    let tapped = false;
+    let cancelled = false;
+    const download = (async () => {
       if (await this.content.has(l)) return;
-      await slot();
+      const release = await slot();
       try {
         if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
         let lastPct = -1;
@@ -358,11 +355,46 @@ export class ImageManager {
                 }
               }
             : undefined,
+          (chunk) => {
+            if (cancelled || signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+            tapped = true;
+            return ch.push(chunk); // a no-op once the reader is gone: the digest is still checked
+          },
         );
       } finally {
-        free();
+        release();
       }
+    })();
+    download.then(
+      () => ch.end(),
+      (e) => ch.fail(e),
+    );
+    // The download's own bytes when it was tapped; else (stored already, or fetched by another
+    // pull) the stored blob, once it is there.
+    const input = (async function* () {
+      yield* ch;
+      if (!tapped) yield* createReadStream(file, { highWaterMark: 1 << 20 });
+    })();
+    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest });
+    applying.catch((e) => {
+      ch.close(); // a reader that stopped never drains the channel
+      // When this layer's own bytes were refused, the download goes on so that the error can
+      // say whether they were corrupted on the way (DATA_LOSS) or really are what the
+      // registry serves; when the build failed elsewhere, it stops.
+      if (e instanceof BuildFailedError) cancelled = true;
     });
+    const [a, d] = await Promise.allSettled([applying, download]);
+    const applyErr = a.status === 'rejected' ? a.reason : undefined;
+    const downloadErr = d.status === 'rejected' ? d.reason : undefined;
+    const cancel = downloadErr instanceof CriError && downloadErr.code === Code.CANCELLED;
+    const e = downloadErr !== undefined && !cancel ? downloadErr : applyErr ?? downloadErr;
+    if (e !== undefined) {
+      if (e instanceof BuildFailedError) throw e;
+      if (e instanceof UnsafeArchiveError) throw new CriError(Code.FAILED_PRECONDITION, `layer ${l.digest} refused: ${e.message}`);
+      if (e instanceof CriError) throw e;
+      throw internal(`applying layer ${l.digest}: ${e?.message ?? e}`);
+    }
+    this.log.debug({ layer: l.digest, index: i, tapped, doneMs: Date.now() - t0 }, 'layer applied');
   }
 
   // ---- removal and in-use tracking -----------------------------------------------------
@@ -496,4 +528,105 @@ export async function dirUsage(dir: string): Promise<{ bytes: number; inodes: nu
   };
   await walk(dir);
   return { bytes, inodes };
+}
+
+/** A counting semaphore: `await acquire()` returns the release function. */
+function semaphore(limit: number): () => Promise<() => void> {
+  let active = 0;
+  const waiting: (() => void)[] = [];
+  const release = () => {
+    active--;
+    waiting.shift()?.();
+  };
+  return async () => {
+    while (active >= limit) await new Promise<void>((r) => waiting.push(r));
+    active++;
+    let done = false;
+    return () => {
+      if (!done) {
+        done = true;
+        release();
+      }
+    };
+  };
+}
+
+/**
+ * A bounded queue of chunks from one producer (a download) to one consumer (a layer
+ * reader): push() waits while more than `max` bytes are queued, and drops chunks once the
+ * consumer has stopped; the consumer sees end() as the end of the stream and fail(e) as an
+ * error.
+ */
+export class ChunkChannel implements AsyncIterable<Buffer> {
+  private q: Buffer[] = [];
+  private bytes = 0;
+  private ended = false;
+  private error: unknown = undefined;
+  private closed = false;
+  private wakeReader: (() => void) | undefined;
+  private wakeWriter: (() => void) | undefined;
+
+  constructor(
+    private readonly max: number,
+    private readonly batch = 1 << 20,
+  ) {}
+
+  async push(c: Buffer): Promise<void> {
+    if (this.closed) return;
+    this.q.push(c);
+    this.bytes += c.length;
+    if (this.bytes >= this.batch) this.wake('reader');
+    while (this.bytes > this.max && !this.closed) await new Promise<void>((r) => (this.wakeWriter = r));
+  }
+
+  end(): void {
+    this.ended = true;
+    this.wake('reader');
+  }
+
+  /** The consumer is gone: pending and later push() calls return at once, dropping the chunk. */
+  close(): void {
+    this.closed = true;
+    this.q = [];
+    this.wake('writer');
+  }
+
+  fail(e: unknown): void {
+    this.error = e ?? new Error('download failed');
+    this.wake('reader');
+  }
+
+  private wake(who: 'reader' | 'writer'): void {
+    const w = who === 'reader' ? this.wakeReader : this.wakeWriter;
+    if (who === 'reader') this.wakeReader = undefined;
+    else this.wakeWriter = undefined;
+    w?.();
+  }
+
+  /**
+   * Yields the queued chunks joined into pieces of at least `batch` bytes (except the last):
+   * consumers such as zlib pay per call, and network chunks are small.
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
+    try {
+      for (;;) {
+        if (this.q.length > 0 && (this.bytes >= this.batch || this.ended || this.error !== undefined)) {
+          const parts = this.q;
+          this.q = [];
+          const piece = parts.length === 1 ? parts[0] : Buffer.concat(parts, this.bytes);
+          this.bytes = 0;
+          this.wake('writer');
+          yield piece;
+          continue;
+        }
+        if (this.error !== undefined) throw this.error;
+        if (this.ended) return;
+        await new Promise<void>((r) => (this.wakeReader = r));
+      }
+    } finally {
+      this.closed = true;
+      this.q = [];
+      this.wake('writer');
+    }
+  }
 }

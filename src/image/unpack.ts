@@ -3,6 +3,12 @@
 // memory, and erofs.ts lays out the metadata at the end. OCI whiteouts (`.wh.` files, opaque
 // dirs), ownership, modes, times, xattrs, symlinks, hard links and device nodes are kept.
 //
+// Layers are read concurrently (each as it downloads: decompression runs on libuv's threads,
+// file data goes to extents of the image allocated as entries arrive), and each layer's
+// changes to the tree are recorded, then replayed strictly in layer order once the layer's
+// diff_id has been verified. So nothing unverified ever reaches the tree, and a layer's data
+// never waits for the layers below it.
+//
 // Path safety is written here by hand (no library does it the way we need). Layers are hostile
 // input; since the tree is a model, nothing on the host is ever created from an entry name,
 // and the image's own namespace is kept the way a chroot would keep it:
@@ -21,18 +27,27 @@
 // an image must not steer it (opaque, redirect, metacopy). Other namespaces (system.* ACLs)
 // are dropped with a warning.
 import { createHash } from 'node:crypto';
-import { promises as fsp, createReadStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { spawn } from 'node:child_process';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import type { Logger } from '../log';
-import { BLOCK_SIZE, DeviceNode, DirNode, EROFS_NAME_MAX, ErofsImage, FileNode, SymlinkNode, XATTR_NAME_MAX, XATTR_PREFIXES, XATTR_VALUE_MAX, xattrBodySize, type Node } from './erofs';
+import { BLOCK_SIZE, DeviceNode, DirNode, EROFS_NAME_MAX, ErofsImage, FileNode, Stager, SymlinkNode, XATTR_NAME_MAX, XATTR_PREFIXES, XATTR_VALUE_MAX, xattrBodySize, type Node } from './erofs';
 import { TarFormatError, TarParser, type TarHandler, type TarHeader } from './tar';
 
 export class UnsafeArchiveError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'UnsafeArchiveError';
+  }
+}
+
+/** A layer stopped because the build failed elsewhere (another layer, abort()); `reason` is why. */
+export class BuildFailedError extends Error {
+  constructor(readonly reason: Error) {
+    super(reason.message);
+    this.name = 'BuildFailedError';
   }
 }
 
@@ -88,18 +103,54 @@ export function cleanEntryPath(name: string): string {
   return out.join('/');
 }
 
-/** Sniffs the compression of a layer file from its magic bytes (media types lie sometimes). */
-async function sniff(file: string): Promise<'gzip' | 'zstd' | 'none'> {
-  const fh = await fsp.open(file, 'r');
-  try {
-    const b = Buffer.alloc(4);
-    const { bytesRead } = await fh.read(b, 0, 4, 0);
-    if (bytesRead >= 2 && b[0] === 0x1f && b[1] === 0x8b) return 'gzip';
-    if (bytesRead >= 4 && b.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
-    return 'none';
-  } finally {
-    await fh.close();
+type Compression = 'gzip' | 'zstd' | 'none';
+
+/** Sniffs the compression of a layer from its first bytes (media types lie sometimes). */
+function sniff(b: Buffer): Compression {
+  if (b.length >= 2 && b[0] === 0x1f && b[1] === 0x8b) return 'gzip';
+  if (b.length >= 4 && b.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+  return 'none';
+}
+
+/** The stream's bytes, with the first (at least 4, unless shorter) read ahead for sniffing. */
+async function peek(input: AsyncIterable<Buffer>): Promise<{ head: Buffer; rest: AsyncIterable<Buffer> }> {
+  const it = input[Symbol.asyncIterator]();
+  const got: Buffer[] = [];
+  let n = 0;
+  let done = false;
+  while (n < 4) {
+    const r = await it.next();
+    if (r.done) {
+      done = true;
+      break;
+    }
+    got.push(r.value);
+    n += r.value.length;
   }
+  const head = Buffer.concat(got);
+  const rest = (async function* () {
+    try {
+      if (head.length) yield head;
+      if (done) return;
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return;
+        yield r.value;
+      }
+    } finally {
+      if (!done) await it.return?.(); // closes the source when reading stops early
+    }
+  })();
+  return { head, rest };
+}
+
+/** One tar entry of a layer as the replay needs it (file data is already in the image). */
+interface Op {
+  h: TarHeader;
+  rel: string;
+  /** Regular files: the node, data written. */
+  file: FileNode | null;
+  xattrs: Map<string, Buffer> | null;
 }
 
 /** Where the data of the regular file being read goes. */
@@ -110,27 +161,38 @@ interface Sink {
   tailFill: number;
 }
 
+export interface LayerOptions {
+  /** Position of the layer in the image (0 = bottom); defaults to the order of the calls. */
+  index?: number;
+  /** sha256 of the uncompressed layer (config rootfs.diff_ids); checked before it is applied. */
+  diffId?: string;
+  label?: string;
+}
+
 /**
- * Builds one image: create() it, applyLayerFile()/applyTarStream() each layer in order, then
- * commit() (or abort()).
+ * Builds one image: create() it, apply each layer (applyLayer/applyLayerFile/applyTarStream;
+ * concurrently with explicit indexes, or one after the other), then commit() (or abort()).
  */
-export class ImageBuilder implements TarHandler {
+export class ImageBuilder {
   readonly root: DirNode;
-  private entries = 0;
-  private totalBytes = 0;
+  entries = 0;
+  totalBytes = 0;
   private metaBytes = 0;
-  private inlineBytes = 0;
-  private readonly now = Math.floor(Date.now() / 1000);
-  /** Names created or replaced by the layer being applied, per directory (opaque dirs keep those). */
+  inlineBytes = 0;
+  readonly now = Math.floor(Date.now() / 1000);
+  /** Names created or replaced by the layer being replayed, per directory (opaque dirs keep those). */
   private touched = new Map<DirNode, Set<string>>();
-  private sink: Sink | null = null;
   private label = 'layer';
-  private droppedXattrs = new Set<string>();
+  private nextIndex = 0;
+  private applied = 0;
+  private turnWaiters = new Map<number, () => void>();
+  private failed: Error | null = null;
+  private readonly failedWaiters = new Set<(e: Error) => void>();
 
   private constructor(
-    private readonly image: ErofsImage,
-    private readonly logger: Logger,
-    private readonly limits: UnpackLimits,
+    readonly image: ErofsImage,
+    readonly logger: Logger,
+    readonly limits: UnpackLimits,
   ) {
     this.root = new DirNode(0o755, 0, 0, this.now, 0, null);
   }
@@ -140,18 +202,96 @@ export class ImageBuilder implements TarHandler {
     return new ImageBuilder(await ErofsImage.create(out), logger, { ...DEFAULT_LIMITS, ...limits });
   }
 
-  /**
-   * Applies a layer file (compression sniffed). When `diffId` is given, the uncompressed
-   * stream must hash to it (the image config's rootfs.diff_ids).
-   */
+  /** Applies a layer file (compression sniffed). */
   async applyLayerFile(file: string, diffId?: string, label = file): Promise<void> {
-    const kind = await sniff(file);
-    let source: Readable;
+    return this.applyLayer(createReadStream(file, { highWaterMark: 1 << 20 }), { diffId, label });
+  }
+
+  /** Applies one (uncompressed) tar stream. */
+  async applyTarStream(stream: AsyncIterable<Buffer>, label?: string): Promise<void> {
+    return this.applyLayer(stream, { label });
+  }
+
+  /**
+   * Reads a layer (gzip, zstd or plain tar, sniffed) from `input` — as fast as it comes, in
+   * parallel with other layers — then, once every layer below it is applied and its diff_id
+   * verified, applies its changes to the tree. The whole input is read (padding after the
+   * tar end marker too), so the diff_id covers every byte. Any failure fails the builder:
+   * other layers waiting for their turn are rejected too.
+   */
+  async applyLayer(input: AsyncIterable<Buffer>, opts: LayerOptions = {}): Promise<void> {
+    const index = opts.index ?? this.nextIndex++;
+    const label = opts.label ?? String(index);
+    try {
+      this.check();
+      const ops = await this.readLayer(input, opts.diffId, label);
+      await this.turn(index);
+      this.replay(ops, label);
+      this.applied++;
+      this.turnWaiters.get(this.applied)?.();
+    } catch (e: any) {
+      if (!(e instanceof BuildFailedError)) this.fail(e);
+      throw e;
+    }
+  }
+
+  /** Writes the image's metadata, syncs it and moves it into place. */
+  async commit(): Promise<{ bytes: number; inodes: number; metadataMs: number; syncMs: number }> {
+    this.check();
+    return this.image.commit(this.root, { buildTime: this.now });
+  }
+
+  async abort(): Promise<void> {
+    this.fail(new Error('image build aborted'));
+    await this.image.abort();
+  }
+
+  // ---- reading -------------------------------------------------------------------------
+
+  private check(): void {
+    if (this.failed) throw new BuildFailedError(this.failed);
+  }
+
+  private fail(e: Error): void {
+    if (this.failed) return;
+    this.failed = e;
+    for (const w of this.failedWaiters) w(e);
+  }
+
+  private turn(index: number): Promise<void> {
+    this.check();
+    if (this.applied === index) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onFail = (e: Error) => {
+        this.turnWaiters.delete(index);
+        reject(new BuildFailedError(e));
+      };
+      this.failedWaiters.add(onFail);
+      this.turnWaiters.set(index, () => {
+        this.turnWaiters.delete(index);
+        this.failedWaiters.delete(onFail);
+        resolve();
+      });
+    });
+  }
+
+  private async readLayer(input: AsyncIterable<Buffer>, diffId: string | undefined, label: string): Promise<Op[]> {
+    const { head, rest } = await peek(input);
+    const kind = sniff(head);
+    let tar: AsyncIterable<Buffer>;
+    let feeding: Promise<void> = Promise.resolve();
     let child: ReturnType<typeof spawn> | undefined;
     let childDone: Promise<void> = Promise.resolve();
-    if (kind === 'zstd') {
+    const source = Readable.from(rest, { objectMode: false });
+    if (kind === 'gzip') {
+      const gunzip = createGunzip({ chunkSize: 1 << 20 });
+      feeding = pipeline(source, gunzip).catch((e) => {
+        gunzip.destroy(e);
+      });
+      tar = gunzip;
+    } else if (kind === 'zstd') {
       // Node 20's zlib has no zstd; Debian's zstd CLI streams it.
-      child = spawn('zstd', ['-dcq', '--', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      child = spawn('zstd', ['-dcq'], { stdio: ['pipe', 'pipe', 'pipe'] });
       let err = '';
       child.stderr!.on('data', (d) => (err += d));
       childDone = new Promise((resolve, reject) => {
@@ -159,82 +299,63 @@ export class ImageBuilder implements TarHandler {
         child!.on('close', (code) => (code === 0 ? resolve() : reject(new UnsafeArchiveError(`layer ${label}: zstd -d failed (${code}): ${err.trim()}`))));
       });
       childDone.catch(() => undefined);
-      source = child.stdout!;
+      const out = child.stdout!;
+      feeding = pipeline(source, child.stdin!).catch((e) => {
+        out.destroy(e);
+      });
+      tar = out;
     } else {
-      const raw = createReadStream(file, { highWaterMark: 1 << 20 });
-      if (kind === 'gzip') {
-        source = raw.pipe(createGunzip({ chunkSize: 256 << 10 }));
-        raw.on('error', (e) => source.destroy(e));
-      } else {
-        source = raw;
-      }
+      tar = source;
     }
+    const reader = new LayerReader(this, new Stager(this.image.file), label);
     const hash = diffId ? createHash('sha256') : null;
     try {
-      await this.applyTarStream(source, label, hash ? (c) => hash.update(c) : undefined);
-      await childDone;
-    } catch (e) {
+      try {
+        for await (const chunk of tar) {
+          hash?.update(chunk);
+          reader.parser.write(chunk);
+          const file = this.image.file;
+          if (file.busy) await file.drain();
+          this.check();
+        }
+        reader.parser.finish();
+        await feeding;
+        await childDone;
+      } finally {
+        await reader.stager.close();
+      }
+    } catch (e: any) {
       source.destroy();
       child?.kill();
+      // The layer's fault (bad tar, bad compression) refuses it; I/O errors stay what they are.
+      if (e instanceof TarFormatError || String(e?.code).startsWith('Z_')) throw new UnsafeArchiveError(`layer ${label}: ${e?.message ?? e}`);
       throw e;
     }
     if (hash && diffId) {
       const got = `sha256:${hash.digest('hex')}`;
       if (got !== diffId) throw new UnsafeArchiveError(`layer ${label}: uncompressed content ${got} does not match diff_id ${diffId}`);
     }
+    if (reader.droppedXattrs.size) this.logger.warn({ layer: label, xattrs: [...reader.droppedXattrs].slice(0, 20) }, 'xattrs dropped (namespace not allowed in images)');
+    return reader.ops;
   }
 
-  /**
-   * Applies one uncompressed tar stream. The whole stream is read (padding after the end
-   * marker too), so `onChunk` sees every byte (diff_id hashing).
-   */
-  async applyTarStream(stream: AsyncIterable<Buffer>, label = 'layer', onChunk?: (c: Buffer) => void): Promise<void> {
+  /** Counts names, link targets and xattrs against the image's metadata budget. */
+  account(bytes: number, label: string): void {
+    if ((this.metaBytes += bytes) > this.limits.maxMetadataBytes)
+      throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxMetadataBytes} bytes of names, link targets and xattrs`);
+  }
+
+  // ---- applying ------------------------------------------------------------------------
+
+  private replay(ops: Op[], label: string): void {
     this.label = label;
     this.touched = new Map();
-    this.droppedXattrs = new Set();
-    const parser = new TarParser(this, { maxMetaBytes: MAX_META_RECORD });
-    const data = this.image.data;
-    try {
-      for await (const chunk of stream) {
-        onChunk?.(chunk);
-        parser.write(chunk);
-        if (data.busy) await data.drain();
-      }
-      parser.finish();
-    } catch (e: any) {
-      (stream as Readable).destroy?.();
-      // The layer's fault (bad tar, bad compression) refuses it; I/O errors stay what they are.
-      if (e instanceof TarFormatError || String(e?.code).startsWith('Z_')) throw new UnsafeArchiveError(`layer ${label}: ${e?.message ?? e}`);
-      throw e;
-    } finally {
-      this.sink = null;
-    }
-    if (this.droppedXattrs.size) this.logger.warn({ layer: label, xattrs: [...this.droppedXattrs].slice(0, 20) }, 'xattrs dropped (namespace not allowed in images)');
+    for (const op of ops) this.apply(op);
   }
 
-  /** Writes the image's metadata, syncs it and moves it into place. */
-  async commit(): Promise<{ bytes: number; inodes: number }> {
-    return this.image.commit(this.root, { buildTime: this.now });
-  }
-
-  async abort(): Promise<void> {
-    await this.image.abort();
-  }
-
-  // ---- TarHandler --------------------------------------------------------------------
-
-  entry(h: TarHeader): void {
+  private apply(op: Op): void {
+    const { h, rel } = op;
     const label = this.label;
-    if (++this.entries > this.limits.maxEntries) throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxEntries} entries`);
-    const size = h.size;
-    if (!Number.isSafeInteger(size) || size < 0 || size > this.limits.maxEntryBytes)
-      throw new UnsafeArchiveError(`layer ${label}: entry ${show(h.name)} has an absurd size ${size}`);
-    if ((this.totalBytes += size) > this.limits.maxTotalBytes) throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxTotalBytes} bytes of files`);
-    if (h.uid > 0xffffffff || h.gid > 0xffffffff) throw new UnsafeArchiveError(`layer ${label}: ${show(h.name)}: uid/gid out of range`);
-    this.sink = null;
-
-    const rel = cleanEntryPath(h.name);
-    this.account(rel.length + h.linkname.length);
     const slash = rel.lastIndexOf('/');
     const base = slash < 0 ? rel : rel.slice(slash + 1);
     const parentParts = slash < 0 ? [] : rel.slice(0, slash).split('/');
@@ -242,29 +363,22 @@ export class ImageBuilder implements TarHandler {
     // Whiteouts: remove from lower layers, never materialize.
     if (base === OPAQUE) {
       this.makeOpaque(this.walk(parentParts, 'create-or-skip'));
-      return this.discard(h);
+      return;
     }
     if (base.startsWith(WHITEOUT)) {
       const victim = base.slice(WHITEOUT.length);
       if (!victim.startsWith('.wh.') && victim && victim !== '.' && victim !== '..') {
         // AUFS metadata (.wh..wh.plnk …) is ignored
-        const dir = this.walk(parentParts, 'lookup');
-        dir?.children.delete(victim);
+        this.walk(parentParts, 'lookup')?.children.delete(victim);
       }
-      return this.discard(h);
+      return;
     }
-
     if (rel === '') {
       // The root itself ('./'): only its metadata.
-      if (h.type === 'dir') this.setMeta(this.root, h);
-      return this.discard(h);
+      if (h.type === 'dir') this.setMeta(this.root, op);
+      return;
     }
-    if (base.length > EROFS_NAME_MAX) throw new UnsafeArchiveError(`layer ${label}: name longer than ${EROFS_NAME_MAX} bytes: ${show(h.name)}`);
-
-    if (h.type === 'other') {
-      this.logger.debug({ layer: label, entry: show(h.name), typeflag: h.typeflag }, 'skipping unsupported tar entry type');
-      return this.discard(h);
-    }
+    if (h.type === 'other') return;
 
     // A hard link's target is looked up before anything at its own name is replaced.
     let linked: Node | undefined;
@@ -281,89 +395,36 @@ export class ImageBuilder implements TarHandler {
     const parent = this.walk(parentParts, 'create')!;
     const existing = parent.children.get(base);
     this.touch(parent, base);
-    if (h.type === 'dir') {
-      if (existing?.kind === 'dir') {
-        this.setMeta(existing, h);
-      } else {
-        const d = new DirNode(0o755, 0, 0, this.now, 0, null);
-        this.setMeta(d, h);
-        parent.children.set(base, d);
-      }
-      return;
-    }
-
     switch (h.type) {
-      case 'file': {
-        const f = new FileNode(h.mode, h.uid, h.gid, h.mtime, h.mtimeNsec, this.xattrsFor(h, 'file'));
-        f.size = size;
-        const tail = size % BLOCK_SIZE;
-        const full = size - tail;
-        const inline = tail > 0 && 64 + xattrBodySize(f.xattrs) + tail <= BLOCK_SIZE && this.inlineBytes + tail <= INLINE_BUDGET;
-        if (inline) {
-          f.tail = Buffer.allocUnsafe(tail);
-          this.inlineBytes += tail;
+      case 'dir':
+        if (existing?.kind === 'dir') {
+          this.setMeta(existing, op);
+        } else {
+          const d = new DirNode(0o755, 0, 0, this.now, 0, null);
+          this.setMeta(d, op);
+          parent.children.set(base, d);
         }
-        const data = this.image.data;
-        f.blkaddr = full > 0 || !inline ? data.block : 0;
-        parent.children.set(base, f);
-        this.sink = { node: f, toData: inline ? full : size, tailFill: 0 };
         return;
-      }
-      case 'symlink': {
-        if (!h.linkname || h.linkname.includes('\0')) throw new UnsafeArchiveError(`layer ${label}: bad symlink ${show(h.name)}`);
-        if (h.linkname.length >= PATH_MAX) throw new UnsafeArchiveError(`layer ${label}: symlink ${show(h.name)} target longer than ${PATH_MAX - 1} bytes`);
+      case 'file':
+        parent.children.set(base, op.file!);
+        return;
+      case 'symlink':
         // The link text is data, interpreted later inside the container's root: it is only
         // ever followed by walk(), which keeps it inside.
-        parent.children.set(base, new SymlinkNode(h.linkname, h.uid, h.gid, h.mtime, h.mtimeNsec, this.xattrsFor(h, 'symlink')));
+        parent.children.set(base, new SymlinkNode(h.linkname, h.uid, h.gid, h.mtime, h.mtimeNsec, op.xattrs));
         return;
-      }
       case 'link':
         parent.children.set(base, linked!);
         return;
       case 'char':
       case 'block':
       case 'fifo': {
-        const isDev = h.type !== 'fifo';
-        if (isDev && (!Number.isSafeInteger(h.devmajor) || !Number.isSafeInteger(h.devminor) || h.devmajor < 0 || h.devminor < 0 || h.devmajor > 0xfff || h.devminor > 0xfffff))
-          throw new UnsafeArchiveError(`layer ${label}: device ${show(h.name)} has an invalid number ${h.devmajor}:${h.devminor}`);
         const kind = h.type === 'char' ? 'chr' : h.type === 'block' ? 'blk' : 'fifo';
-        parent.children.set(base, new DeviceNode(kind, isDev ? h.devmajor : 0, isDev ? h.devminor : 0, h.mode, h.uid, h.gid, h.mtime, h.mtimeNsec, this.xattrsFor(h, 'node')));
+        const dev = kind !== 'fifo';
+        parent.children.set(base, new DeviceNode(kind, dev ? h.devmajor : 0, dev ? h.devminor : 0, h.mode, h.uid, h.gid, h.mtime, h.mtimeNsec, op.xattrs));
         return;
       }
     }
-  }
-
-  data(chunk: Buffer): void {
-    const s = this.sink;
-    if (!s?.node) return;
-    let off = 0;
-    if (s.toData > 0) {
-      const n = Math.min(s.toData, chunk.length);
-      this.image.data.write(n === chunk.length ? chunk : chunk.subarray(0, n));
-      s.toData -= n;
-      off = n;
-    }
-    if (off < chunk.length) {
-      const tail = s.node.tail!;
-      chunk.copy(tail, s.tailFill, off);
-      s.tailFill += chunk.length - off;
-    }
-  }
-
-  end(): void {
-    if (this.sink?.node) this.image.data.pad();
-    this.sink = null;
-  }
-
-  // ---- helpers -----------------------------------------------------------------------
-
-  private discard(h: TarHeader): void {
-    if (h.type === 'file') this.sink = { node: null, toData: 0, tailFill: 0 };
-  }
-
-  private account(bytes: number): void {
-    if ((this.metaBytes += bytes) > this.limits.maxMetadataBytes)
-      throw new UnsafeArchiveError(`layer ${this.label}: more than ${this.limits.maxMetadataBytes} bytes of names, link targets and xattrs`);
   }
 
   private touch(dir: DirNode, name: string): void {
@@ -395,7 +456,7 @@ export class ImageBuilder implements TarHandler {
       if (child === undefined) {
         if (!create) return null;
         if (c.length > EROFS_NAME_MAX) throw new UnsafeArchiveError(`layer ${this.label}: name longer than ${EROFS_NAME_MAX} bytes: ${show(c)}`);
-        this.account(c.length);
+        this.account(c.length, this.label);
         const d = new DirNode(0o755, 0, 0, this.now, 0, null);
         cur.children.set(c, d);
         this.touch(cur, c);
@@ -426,7 +487,8 @@ export class ImageBuilder implements TarHandler {
     for (const name of [...dir.children.keys()]) if (!keep?.has(name)) dir.children.delete(name);
   }
 
-  private setMeta(n: DirNode, h: TarHeader): void {
+  private setMeta(n: DirNode, op: Op): void {
+    const h = op.h;
     n.mode = h.mode & 0o7777;
     n.uid = h.uid;
     n.gid = h.gid;
@@ -434,16 +496,117 @@ export class ImageBuilder implements TarHandler {
     n.mtimeNsec = h.mtimeNsec;
     // Like containerd, a directory entry over an existing directory adds its xattrs to the
     // ones lower layers set (image differs often write only some, e.g. security.capability).
-    const x = this.xattrsFor(h, 'dir');
+    const x = op.xattrs;
     if (x && n.xattrs) {
       for (const [k, v] of x) n.xattrs.set(k, v);
       if (n.xattrs.size > MAX_XATTRS_PER_ENTRY || xattrBodySize(n.xattrs) > MAX_XATTR_BYTES_PER_ENTRY)
         throw new UnsafeArchiveError(`layer ${this.label}: ${show(h.name)}: more than ${MAX_XATTRS_PER_ENTRY} xattrs or ${MAX_XATTR_BYTES_PER_ENTRY} bytes of them`);
-    } else {
-      n.xattrs ??= x;
+    } else if (x) {
+      n.xattrs = new Map(x);
     }
     if (n === this.root && xattrBodySize(n.xattrs) > BLOCK_SIZE - 1152 - 64)
       throw new UnsafeArchiveError(`layer ${this.label}: xattrs of the root directory are too large`);
+  }
+}
+
+/**
+ * Reads one layer's tar stream: checks every entry (limits, names, link targets, device
+ * numbers, xattrs), writes regular files' data into the image, and records the entries
+ * for the replay.
+ */
+class LayerReader implements TarHandler {
+  readonly ops: Op[] = [];
+  readonly parser: TarParser;
+  readonly droppedXattrs = new Set<string>();
+  private sink: Sink | null = null;
+
+  constructor(
+    private readonly b: ImageBuilder,
+    readonly stager: Stager,
+    private readonly label: string,
+  ) {
+    this.parser = new TarParser(this, { maxMetaBytes: MAX_META_RECORD });
+  }
+
+  entry(h: TarHeader): void {
+    const b = this.b;
+    const label = this.label;
+    const limits = b.limits;
+    if (++b.entries > limits.maxEntries) throw new UnsafeArchiveError(`layer ${label}: more than ${limits.maxEntries} entries`);
+    const size = h.size;
+    if (!Number.isSafeInteger(size) || size < 0 || size > limits.maxEntryBytes) throw new UnsafeArchiveError(`layer ${label}: entry ${show(h.name)} has an absurd size ${size}`);
+    if ((b.totalBytes += size) > limits.maxTotalBytes) throw new UnsafeArchiveError(`layer ${label}: more than ${limits.maxTotalBytes} bytes of files`);
+    if (h.uid > 0xffffffff || h.gid > 0xffffffff) throw new UnsafeArchiveError(`layer ${label}: ${show(h.name)}: uid/gid out of range`);
+    this.sink = null;
+
+    const rel = cleanEntryPath(h.name);
+    b.account(rel.length + h.linkname.length, label);
+    const base = rel.slice(rel.lastIndexOf('/') + 1);
+    const op: Op = { h, rel, file: null, xattrs: null };
+    if (rel === '' || base.startsWith(WHITEOUT) || h.type === 'other') {
+      if (h.type === 'other') b.logger.debug({ layer: label, entry: show(h.name), typeflag: h.typeflag }, 'skipping unsupported tar entry type');
+      if (rel === '' && h.type === 'dir') op.xattrs = this.xattrsFor(h, 'dir');
+      this.ops.push(op);
+      if (h.type === 'file') this.sink = { node: null, toData: 0, tailFill: 0 };
+      return;
+    }
+    if (base.length > EROFS_NAME_MAX) throw new UnsafeArchiveError(`layer ${label}: name longer than ${EROFS_NAME_MAX} bytes: ${show(h.name)}`);
+    switch (h.type) {
+      case 'symlink':
+        if (!h.linkname || h.linkname.includes('\0')) throw new UnsafeArchiveError(`layer ${label}: bad symlink ${show(h.name)}`);
+        if (h.linkname.length >= PATH_MAX) throw new UnsafeArchiveError(`layer ${label}: symlink ${show(h.name)} target longer than ${PATH_MAX - 1} bytes`);
+        op.xattrs = this.xattrsFor(h, 'symlink');
+        break;
+      case 'char':
+      case 'block':
+        if (!Number.isSafeInteger(h.devmajor) || !Number.isSafeInteger(h.devminor) || h.devmajor < 0 || h.devminor < 0 || h.devmajor > 0xfff || h.devminor > 0xfffff)
+          throw new UnsafeArchiveError(`layer ${label}: device ${show(h.name)} has an invalid number ${h.devmajor}:${h.devminor}`);
+        op.xattrs = this.xattrsFor(h, 'node');
+        break;
+      case 'fifo':
+        op.xattrs = this.xattrsFor(h, 'node');
+        break;
+      case 'dir':
+        op.xattrs = this.xattrsFor(h, 'dir');
+        break;
+      case 'file': {
+        const f = new FileNode(h.mode, h.uid, h.gid, h.mtime, h.mtimeNsec, this.xattrsFor(h, 'file'));
+        f.size = size;
+        const tail = size % BLOCK_SIZE;
+        const full = size - tail;
+        const inline = tail > 0 && 64 + xattrBodySize(f.xattrs) + tail <= BLOCK_SIZE && b.inlineBytes + tail <= INLINE_BUDGET;
+        if (inline) {
+          f.tail = Buffer.allocUnsafe(tail);
+          b.inlineBytes += tail;
+        }
+        const blocks = Math.ceil((inline ? full : size) / BLOCK_SIZE);
+        f.blkaddr = blocks > 0 ? this.stager.begin(blocks) : 0;
+        op.file = f;
+        this.sink = { node: f, toData: inline ? full : size, tailFill: 0 };
+        break;
+      }
+    }
+    this.ops.push(op);
+  }
+
+  data(chunk: Buffer): void {
+    const s = this.sink;
+    if (!s?.node) return;
+    let off = 0;
+    if (s.toData > 0) {
+      const n = Math.min(s.toData, chunk.length);
+      this.stager.write(n === chunk.length ? chunk : chunk.subarray(0, n));
+      s.toData -= n;
+      off = n;
+    }
+    if (off < chunk.length) {
+      chunk.copy(s.node.tail!, s.tailFill, off);
+      s.tailFill += chunk.length - off;
+    }
+  }
+
+  end(): void {
+    this.sink = null;
   }
 
   /** The entry's xattrs that an image may carry; refuses absurd ones. */
@@ -467,7 +630,7 @@ export class ImageBuilder implements TarHandler {
         throw new UnsafeArchiveError(`layer ${this.label}: ${show(h.name)}: more than ${MAX_XATTRS_PER_ENTRY} xattrs or ${MAX_XATTR_BYTES_PER_ENTRY} bytes of them`);
     }
     if (out.size === 0) return null;
-    this.account(bytes);
+    this.b.account(bytes, this.label);
     return out;
   }
 }

@@ -1,7 +1,10 @@
 // Test helpers for image files: mount an erofs image read-only on a loop device (the real
-// kernel reads it), read and set xattrs through libc (koffi, async calls only), and build tar
-// archives with raw PAX records (tar-stream writes PAX values as UTF-8 text only).
+// kernel reads it), read and set xattrs through libc (koffi, async calls only), build tar
+// archives with raw PAX records (tar-stream writes PAX values as UTF-8 text only), and a
+// registry proxy that sends blobs slowly.
 import { execFile } from 'node:child_process';
+import http from 'node:http';
+import type net from 'node:net';
 import { promisify } from 'node:util';
 
 const execFileP = promisify(execFile);
@@ -140,4 +143,57 @@ export function rawTar(entries: RawEntry[]): Buffer {
   }
   parts.push(Buffer.alloc(1024));
   return Buffer.concat(parts);
+}
+
+// ---- a slow registry -----------------------------------------------------------------------
+
+/**
+ * An HTTP proxy in front of a registry that sends blob bodies in 64 KiB pieces, one every
+ * `tickMs`: a pull then reads a layer while it is still downloading.
+ */
+export async function startSlowProxy(target: string, tickMs = 5): Promise<{ host: string; stop(): Promise<void> }> {
+  const t = new URL(target);
+  const server = http.createServer((req, res) => {
+    const slow = (req.url ?? '').includes('/blobs/');
+    const up = http.request({ host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } }, (ur) => {
+      res.writeHead(ur.statusCode ?? 502, ur.headers);
+      if (!slow) {
+        ur.pipe(res);
+        return;
+      }
+      ur.pause();
+      const pending: Buffer[] = [];
+      let ended = false;
+      ur.on('data', (c: Buffer) => pending.push(c));
+      ur.on('end', () => (ended = true));
+      ur.resume();
+      const timer = setInterval(() => {
+        let budget = 64 << 10;
+        while (budget > 0 && pending.length) {
+          const c = pending[0];
+          const n = Math.min(budget, c.length);
+          res.write(c.subarray(0, n));
+          if (n === c.length) pending.shift();
+          else pending[0] = c.subarray(n);
+          budget -= n;
+        }
+        if (ended && !pending.length) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, tickMs);
+      res.on('close', () => clearInterval(timer));
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    host: `127.0.0.1:${port}`,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
 }

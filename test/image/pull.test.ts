@@ -1,5 +1,6 @@
 // ImageManager and the CRI image handlers against real local registries (docker-registry).
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp, mkdtempSync, readFileSync, existsSync, lstatSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,7 +12,7 @@ import { ImageManager, type ImageManagerOptions } from '../../src/image/manager'
 import { closeAgents } from '../../src/image/registry';
 import { makeLayer, pushBusybox, pushImage, pushMultiArch } from '../support/images';
 import { registryBlobPath, startProxy, startRegistry, type Proxy, type Registry } from '../support/registry';
-import { mountErofs, rawTar, readXattrs, unmountAll } from './helpers';
+import { mountErofs, rawTar, readXattrs, startSlowProxy, unmountAll } from './helpers';
 
 jest.setTimeout(60_000);
 
@@ -322,6 +323,56 @@ describe('robustness', () => {
     }
     await m.pull(`${reg.host}/${repo}:v1`);
     expect(m.list()).toHaveLength(1);
+  });
+
+  test('a blob corrupted mid-way is DATA_LOSS even though its layer is read while it downloads', async () => {
+    const repo = 'corrupt/middle';
+    // compressible (Huffman-coded) data, so that the corruption breaks the deflate stream itself
+    const big = await makeLayer([{ name: 'big', content: randomBytes(3 << 20).toString('base64') }, { name: 'small', content: 'x'.repeat(100_000) }]);
+    await pushImage(reg, repo, 'v1', { layers: [big] });
+    const file = registryBlobPath(reg, big.digest);
+    const good = await fsp.readFile(file);
+    const bad = Buffer.from(good);
+    for (let i = 0; i < 64; i++) bad[(good.length >> 1) + i] ^= 0x5a; // the deflate stream breaks here
+    await fsp.writeFile(file, bad);
+    const root = path.join(work, 'corrupt-middle', 'images');
+    const m = await manager({ root });
+    const slow = await startSlowProxy(reg.url); // the reader hits the bad bytes long before the download ends
+    try {
+      const err = await errorOf(m.pull(`${slow.host}/${repo}:v1`));
+      expect(err.code).toBe(Code.DATA_LOSS);
+      expect(err.message).toContain(big.digest);
+      expect(m.list()).toEqual([]);
+      expect(await fsp.readdir(path.join(root, 'erofs'))).toEqual([]);
+      expect(await fsp.readdir(path.join(root, 'tmp'))).toEqual([]);
+    } finally {
+      await slow.stop();
+      await fsp.writeFile(file, good);
+    }
+  });
+
+  test('layers that finish downloading out of order still apply in order (whiteouts, opaque dirs, replacements)', async () => {
+    const bottom = await makeLayer([
+      { name: 'big', content: randomBytes(8 << 20) },
+      { name: 'gone', content: 'lower' },
+      { name: 'd/old', content: 'lower' },
+      { name: 'keep', content: 'lower' },
+    ]);
+    const middle = await makeLayer([{ name: '.wh.gone', content: '' }, { name: 'd/', type: 'directory' }, { name: 'd/.wh..wh..opq', content: '' }, { name: 'd/new', content: 'middle' }, { name: 'keep', content: 'middle' }]);
+    const top = await makeLayer([{ name: 'big', content: 'small now' }, { name: 'gone', type: 'directory' }]);
+    await pushImage(reg, 'order/img', 'v1', { layers: [bottom, middle, top] });
+    const m = await manager();
+    const r = await m.pull(`${proxy.host}/order/img:v1`);
+    const mnt = mkdtempSync(path.join(work, 'mnt-'));
+    await mountErofs(r.erofsPath, mnt);
+    try {
+      expect(readFileSync(path.join(mnt, 'big'), 'utf8')).toBe('small now');
+      expect(statSync(path.join(mnt, 'gone')).isDirectory()).toBe(true);
+      expect(await fsp.readdir(path.join(mnt, 'd'))).toEqual(['new']);
+      expect(readFileSync(path.join(mnt, 'keep'), 'utf8')).toBe('middle');
+    } finally {
+      await unmountAll();
+    }
   });
 
   test('a hostile layer pulled from a registry is refused and leaves nothing', async () => {

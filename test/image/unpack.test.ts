@@ -499,6 +499,29 @@ describe('whole trees', () => {
     expect(statSync(at(c, 'f4097')).nlink).toBe(4);
     expect(lstatSync(at(c, 'loop')).rdev).toBe(lstatSync(path.join(src, 'loop')).rdev);
   });
+
+  test('an image with megabytes of metadata (30000 entries, big directories, long symlinks)', async () => {
+    const entries: TarEntry[] = [];
+    for (let d = 0; d < 30; d++) {
+      entries.push({ name: `dir${d}/`, type: 'directory', mode: 0o750 + (d % 8) });
+      for (let f = 0; f < 900; f++) entries.push({ name: `dir${d}/file-${f}-${'n'.repeat(f % 60)}`, content: `${d}/${f}\n`.repeat(f % 50), uid: f, gid: d });
+      for (let l = 0; l < 100; l++) entries.push({ name: `dir${d}/link-${l}`, type: 'symlink', linkname: `${'../'.repeat(l % 5)}t${'t'.repeat(l * 40)}` });
+    }
+    const c = await apply([() => entries], { maxEntries: 100_000 }); // fsck.erofs walks it all in apply()
+    expect(c.error).toBeUndefined();
+    for (const d of [0, 17, 29]) {
+      const names = await fsp.readdir(at(c, `dir${d}`));
+      expect(names).toHaveLength(1000);
+      for (const f of [0, 449, 899]) {
+        const st = statSync(at(c, `dir${d}/file-${f}-${'n'.repeat(f % 60)}`));
+        expect([st.uid, st.gid, st.size]).toEqual([f, d, Buffer.byteLength(`${d}/${f}\n`.repeat(f % 50))]);
+        expect(readFileSync(at(c, `dir${d}/file-${f}-${'n'.repeat(f % 60)}`), 'utf8')).toBe(`${d}/${f}\n`.repeat(f % 50));
+      }
+      for (const l of [0, 51, 99]) expect(await fsp.readlink(at(c, `dir${d}/link-${l}`))).toBe(`${'../'.repeat(l % 5)}t${'t'.repeat(l * 40)}`);
+      expect(statSync(at(c, `dir${d}`)).mode & 0o777).toBe(0o750 + (d % 8));
+    }
+    expect(statSync(c.image).size).toBeGreaterThan(4 << 20);
+  });
 });
 
 describe('xattrs', () => {
