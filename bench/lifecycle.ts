@@ -371,6 +371,8 @@ interface IdleResult {
   wanted: number;
   running: number;
   withContainers: boolean;
+  /** why the pods are bare, when they are */
+  bareNote?: string;
   containerErrors: number;
   rampSeconds: number;
   /** MiB per running pod */
@@ -396,8 +398,8 @@ interface Measurer {
   extraKb?(): number;
 }
 
-async function idlePods(t: Target, k: number, withContainers: boolean, m: Measurer, settleMs: number): Promise<IdleResult> {
-  const r: IdleResult = { label: t.label, wanted: k, running: 0, withContainers, containerErrors: 0, rampSeconds: 0, errors: [] };
+async function idlePods(t: Target, k: number, withContainers: boolean, m: Measurer, settleMs: number, bareNote = 'bare pods (containers failed)'): Promise<IdleResult> {
+  const r: IdleResult = { label: t.label, wanted: k, running: 0, withContainers, bareNote, containerErrors: 0, rampSeconds: 0, errors: [] };
   const pods: string[] = [];
   const before = memAvailableKb();
   const t0 = Date.now();
@@ -568,7 +570,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
     };
     for (const k of idleCounts) {
       log(`${label}: ${k} idle pod(s)…`);
-      const r = await idlePods(target, k, out.run.containersWork && opts.idleContainers, m, Math.min(20_000, 3000 + k * 200));
+      const r = await idlePods(target, k, out.run.containersWork && opts.idleContainers, m, Math.min(20_000, 3000 + k * 200), opts.idleContainers ? undefined : SANDBOXES_ONLY);
       r.templateTmpfsMiB = templates ? duKb(d.templateDir) / 1024 : undefined;
       out.idle.push(r);
       log(`${label}: ${r.running} idle pods: ${r.pssPerPod?.toFixed(1)} MiB PSS per pod`);
@@ -728,7 +730,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     };
     for (const k of idleCounts) {
       log(`containerd+runc: ${k} idle pod(s)…`);
-      const r = await idlePods(track, k, opts.idleContainers, m, 3000);
+      const r = await idlePods(track, k, opts.idleContainers, m, 3000, SANDBOXES_ONLY);
       out.idle.push(r);
       log(`containerd+runc: ${r.running} idle pods: ${r.pssPerPod?.toFixed(1)} MiB PSS per pod`);
     }
@@ -773,13 +775,15 @@ function phaseRows(runs: Array<{ label: string; r?: RunResult; error?: string }>
   return lines;
 }
 
+const SANDBOXES_ONLY = 'pod sandboxes only (--idle-sandboxes-only)';
+
 function idleRows(idle: IdleResult[]): string[] {
   const head = `${'runtime'.padEnd(30)}${'pods'.padStart(8)}${'PSS/pod'.padStart(10)}${'procs/pod'.padStart(10)}${'daemon/pod'.padStart(12)}${'daemon'.padStart(9)}${'MemAvail↓/pod'.padStart(15)}${'MemAvail↓'.padStart(11)}${'tmpl tmpfs'.padStart(12)}${'idle CPU%'.padStart(11)}${'start s'.padStart(9)}  note`;
   const lines = [head, '-'.repeat(head.length + 10)];
   for (const r of idle) {
     const pods = `${r.running}/${r.wanted}`;
     const note = [
-      r.withContainers ? `each with a sleep container${r.containerErrors ? ` (${r.containerErrors} FAILED)` : ''}` : 'bare pods (containers failed)',
+      r.withContainers ? `each with a sleep container${r.containerErrors ? ` (${r.containerErrors} FAILED)` : ''}` : r.bareNote,
       ...r.errors.slice(0, 2),
     ].join('; ');
     lines.push(`${r.label.padEnd(30)}${pods.padStart(8)}${f0(r.pssPerPod).padStart(10)}${f0(r.workloadPerPod).padStart(10)}${f0(r.daemonSharePerPod).padStart(12)}${f0(r.daemonPssMiB).padStart(9)}${f0(r.memAvailableDropPerPod).padStart(15)}${f0(r.memAvailableDropMiB).padStart(11)}${f0(r.templateTmpfsMiB).padStart(12)}${f0(r.idleCpuPercent).padStart(11)}${r.rampSeconds.toFixed(0).padStart(9)}  ${note}`);
