@@ -1,9 +1,11 @@
 // Pull benchmark: builds a ~100 MB multi-layer image from local data (random incompressible
 // files, text from /usr/share and /usr/lib, binaries), pushes it to a local docker-registry,
-// then pulls it with ImageManager and with `skopeo copy docker://… dir:…`, and prints the
-// times. Then, for comparison, unpacks the pulled image to a directory (fsck.erofs --extract,
-// which also checks it) and times Debian's mkfs.erofs on that tree, uncompressed and lz4.
-//   bash bench/pull.sh            (runs this file through TypeScript's transpiler)
+// then pulls it N times, alternating: ImageManager into a fresh store (until the erofs image is
+// synced and recorded, i.e. ready for CreateContainer) and `skopeo copy docker://… dir:…` into
+// a fresh directory; prints every pair, the medians and the machine's load. Then checks the
+// pulled image with fsck.erofs --extract and, for comparison, times Debian's mkfs.erofs on
+// the extracted tree (what the image service ran before it wrote erofs itself).
+//   bash bench/pull.sh [--runs N]   (default 5; runs this file through TypeScript's transpiler)
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, readdirSync, lstatSync, readFileSync, mkdtempSync, statSync } from 'node:fs';
@@ -65,30 +67,46 @@ async function main() {
     console.log(`image: ${layers.length} layers, ${files} files, ${(raw.reduce((a, b) => a + b) / MB).toFixed(1)} MB uncompressed, ${(layers.reduce((n, l) => n + l.blob.length, 0) / MB).toFixed(1)} MB compressed`);
     await pushImage(reg, 'bench/big', 'v1', { layers });
 
-    // 1. ImageManager (fresh store), with the per-phase log lines captured.
-    const lines: any[] = [];
-    const logger = pino({ level: 'debug' }, new Writable({ write: (c, _e, cb) => (lines.push(...c.toString().trim().split('\n').map((l: string) => JSON.parse(l))), cb()) }));
-    const root = path.join(work, 'images');
-    const m = new ImageManager({ root, configDir: path.join(work, 'etc'), logger });
-    await m.init();
-    const [rec, tPull] = await time(() => m.pull(`${reg.host}/bench/big:v1`));
-    const built = lines.find((l) => l.msg === 'image built');
-    console.log(
-      `ImageManager.pull: ${(tPull / 1000).toFixed(2)} s total (layers downloaded+read+applied ${built.layersMs} ms, erofs metadata+fsync ${built.erofsMs} ms); erofs ${(statSync(rec.erofsPath).size / MB).toFixed(1)} MB, ${built.inodes} inodes`,
-    );
-    for (const l of lines.filter((x) => x.msg === 'layer applied')) console.log(`  layer ${l.index} ${l.layer.slice(7, 19)}: applied ${l.doneMs} ms after the build started`);
-    const [, tAgain] = await time(() => m.pull(`${reg.host}/bench/big:v1`));
+    const runs = Math.max(1, Number(process.argv[process.argv.indexOf('--runs') + 1]) || 5);
+    const load = () => os.loadavg().map((x) => x.toFixed(2)).join(' ');
+    console.log(`${runs} runs, alternating; load average before: ${load()} (${os.cpus().length} cores)`);
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+    const pulls: number[] = [];
+    const skopeos: number[] = [];
+    let rec: Awaited<ReturnType<ImageManager['pull']>> | undefined;
+    let m: ImageManager | undefined;
+    for (let i = 0; i < runs; i++) {
+      // ImageManager into a fresh store, with the per-phase log lines captured.
+      const lines: any[] = [];
+      const logger = pino({ level: 'debug' }, new Writable({ write: (c, _e, cb) => (lines.push(...c.toString().trim().split('\n').map((l: string) => JSON.parse(l))), cb()) }));
+      const root = path.join(work, `images-${i}`);
+      if (m) await fsp.rm(path.dirname(path.dirname(rec!.erofsPath)), { recursive: true, force: true });
+      m = new ImageManager({ root, configDir: path.join(work, 'etc'), logger });
+      await m.init();
+      const [r, tPull] = await time(() => m!.pull(`${reg.host}/bench/big:v1`));
+      rec = r;
+      pulls.push(tPull);
+      const built = lines.find((l) => l.msg === 'image built');
+      const layersAt = lines.filter((x) => x.msg === 'layer applied').map((l) => `${l.index}:${l.doneMs}`).join(' ');
+      // skopeo copy to a fresh dir: download + verify only (no unpack).
+      const dir = path.join(work, `skopeo-${i}`);
+      const [, tSkopeo] = await time(async () => execFileSync('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reg.host}/bench/big:v1`, `dir:${dir}`]));
+      await fsp.rm(dir, { recursive: true, force: true });
+      skopeos.push(tSkopeo);
+      console.log(
+        `run ${i + 1}: ImageManager.pull ${(tPull / 1000).toFixed(2)} s (layers ${built.layersMs} ms [applied at ms: ${layersAt}], erofs metadata ${built.metadataMs} ms + fsync ${built.syncMs} ms) | skopeo copy ${(tSkopeo / 1000).toFixed(2)} s`,
+      );
+    }
+    console.log(`load average after: ${load()}`);
+    console.log(`median: ImageManager.pull ${(median(pulls) / 1000).toFixed(2)} s, skopeo copy ${(median(skopeos) / 1000).toFixed(2)} s → ${(median(pulls) / median(skopeos)).toFixed(2)}x`);
+    console.log(`erofs image ${(statSync(rec!.erofsPath).size / MB).toFixed(1)} MB`);
+    const [, tAgain] = await time(() => m!.pull(`${reg.host}/bench/big:v1`));
     console.log(`ImageManager.pull again (present): ${tAgain.toFixed(0)} ms`);
-
-    // 2. skopeo copy to a dir: download + verify only (no unpack).
-    const [, tSkopeo] = await time(async () => execFileSync('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reg.host}/bench/big:v1`, `dir:${path.join(work, 'skopeo')}`]));
-    console.log(`skopeo copy docker:// dir: ${(tSkopeo / 1000).toFixed(2)} s`);
-    console.log(`→ ImageManager / skopeo: ${(tPull / tSkopeo).toFixed(2)}x`);
 
     // 3. For comparison: the same tree through Debian's mkfs.erofs (what the image service used
     // before it wrote erofs itself), uncompressed and lz4.
     const tree = path.join(work, 'tree');
-    const [, tExtract] = await time(async () => execFileSync('fsck.erofs', [`--extract=${tree}`, rec.erofsPath]));
+    const [, tExtract] = await time(async () => execFileSync('fsck.erofs', [`--extract=${tree}`, rec!.erofsPath]));
     console.log(`fsck.erofs --extract of the pulled image (reads and checks every file): ${tExtract.toFixed(0)} ms`);
     for (const c of ['none', 'lz4'] as const) {
       const out = path.join(work, `img-${c}.erofs`);

@@ -1,7 +1,7 @@
 // Content-addressed blob store: <root>/blobs/sha256/<hex>. A blob becomes visible only after
 // its size and digest were checked: it is written to <root>/tmp, hashed while streaming,
 // fsynced, then renamed into place (and the directory fsynced). Concurrent ingests of one
-// digest share a single download.
+// digest share a single download, which a caller can tap to read the bytes as they arrive.
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';

@@ -399,8 +399,7 @@ async function writeMetadata(file: ImageFile, root: DirNode, buildTime: number):
   };
   const dirs: DirNode[] = [root];
   root.nlink = 2;
-  const dirPlans = new Map<DirNode, Planned>();
-  dirPlans.set(root, plan(root));
+  plan(root);
   for (let i = 0; i < dirs.length; i++) {
     const d = dirs[i];
     for (const child of d.children.values()) {
@@ -409,7 +408,7 @@ async function writeMetadata(file: ImageFile, root: DirNode, buildTime: number):
         child.nlink = 2;
         parentOf.set(child, d);
         dirs.push(child);
-        dirPlans.set(child, plan(child));
+        plan(child);
       } else if (!seen.has(child)) {
         seen.add(child);
         child.nlink = 1;

@@ -2,11 +2,13 @@
 // read-only erofs file shared by all its containers, and keeps the names (tags, digests)
 // pointing at them. Layout under `root`:
 //   blobs/sha256/<hex>     manifests, configs, compressed layers (verified)
-//   erofs/<id hex>.erofs   one per image id
-//   tmp/                   downloads and unpacked trees in progress (wiped at init)
+//   erofs/<id hex>.erofs   one per image id (built as erofs/.tmp-* until complete)
+//   tmp/                   downloads in progress (wiped at init, like erofs/.tmp-*)
 //   metadata.json          the index (metadata.ts)
-// A pull becomes visible only when blobs, erofs file and metadata are all durable, so a
-// failed or interrupted pull leaves nothing half-visible and can simply be retried.
+// Layers are read into the image while they download (a tee of each download), all at once,
+// and applied in order once verified (unpack.ts); the image file is written directly
+// (erofs.ts). A pull becomes visible only when blobs, erofs file and metadata are all
+// durable, so a failed or interrupted pull leaves nothing half-visible and can be retried.
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CriError, Code, internal } from '../cri/errors';
@@ -366,7 +368,10 @@ export class ImageManager {
       }
     })();
     download.then(
-      () => ch.end(),
+      () => {
+        ch.end();
+        this.log.debug({ layer: l.digest, index: i, tapped, doneMs: Date.now() - t0 }, 'layer downloaded');
+      },
       (e) => ch.fail(e),
     );
     // The download's own bytes when it was tapped; else (stored already, or fetched by another
