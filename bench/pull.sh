@@ -6,4 +6,4 @@ exec node -e '
 const ts = require("typescript"), fs = require("fs");
 require.extensions[".ts"] = (m, f) => m._compile(ts.transpileModule(fs.readFileSync(f, "utf8"),
   { compilerOptions: { module: "commonjs", target: "es2022", esModuleInterop: true }, fileName: f }).outputText, f);
-require("./bench/pull.ts");'
+require("./bench/pull.ts");' -- "$@"

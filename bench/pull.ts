@@ -87,14 +87,15 @@ async function main() {
       rec = r;
       pulls.push(tPull);
       const built = lines.find((l) => l.msg === 'image built');
-      const layersAt = lines.filter((x) => x.msg === 'layer applied').map((l) => `${l.index}:${l.doneMs}`).join(' ');
+      const at = (msg: string) => lines.filter((x) => x.msg === msg).sort((a, b) => a.index - b.index).map((l) => `${l.index}:${l.doneMs}`).join(' ');
+      const layersAt = `downloaded ${at('layer downloaded')}; applied ${at('layer applied')}`;
       // skopeo copy to a fresh dir: download + verify only (no unpack).
       const dir = path.join(work, `skopeo-${i}`);
       const [, tSkopeo] = await time(async () => execFileSync('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reg.host}/bench/big:v1`, `dir:${dir}`]));
       await fsp.rm(dir, { recursive: true, force: true });
       skopeos.push(tSkopeo);
       console.log(
-        `run ${i + 1}: ImageManager.pull ${(tPull / 1000).toFixed(2)} s (layers ${built.layersMs} ms [applied at ms: ${layersAt}], erofs metadata ${built.metadataMs} ms + fsync ${built.syncMs} ms) | skopeo copy ${(tSkopeo / 1000).toFixed(2)} s`,
+        `run ${i + 1}: ImageManager.pull ${(tPull / 1000).toFixed(2)} s (layers ${built.layersMs} ms [ms after start: ${layersAt}], erofs metadata ${built.metadataMs} ms + fsync ${built.syncMs} ms) | skopeo copy ${(tSkopeo / 1000).toFixed(2)} s`,
       );
     }
     console.log(`load average after: ${load()}`);

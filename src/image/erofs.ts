@@ -167,8 +167,8 @@ export class ImageFile {
     return this.next;
   }
 
-  /** Writes `parts` (`len` bytes in all) at byte `at`, in the background. */
-  writev(parts: Buffer[], len: number, at: number): void {
+  /** Writes `parts` (`len` bytes in all) at byte `at`, in the background; the promise never rejects (see drain). */
+  writev(parts: Buffer[], len: number, at: number): Promise<void> {
     const p: Promise<void> = (async () => {
       const { bytesWritten } = await this.fh.writev(parts, at);
       if (bytesWritten !== len) throw new Error(`short write to the image (${bytesWritten} of ${len} bytes)`);
@@ -182,14 +182,20 @@ export class ImageFile {
       },
     );
     this.inflight.add(p);
+    return p;
   }
 
   get busy(): boolean {
     return this.inflight.size >= MAX_INFLIGHT;
   }
 
+  /** Waits until at most `max` writes are in flight; throws the first write error. */
   async drain(max = MAX_INFLIGHT - 1): Promise<void> {
     while (this.inflight.size > max) await Promise.race(this.inflight);
+    this.check();
+  }
+
+  check(): void {
     if (this.failed) throw this.failed;
   }
 }
@@ -209,6 +215,8 @@ export class Stager {
   private bytes = 0;
   /** Byte position of the first gathered part in the image. */
   private pos = -1;
+  /** This Stager's own writes in flight (other producers' writes never hold it up). */
+  private inflight = new Set<Promise<void>>();
 
   constructor(readonly file: ImageFile) {}
 
@@ -246,17 +254,28 @@ export class Stager {
 
   private flush(): void {
     if (this.bytes === 0) return;
-    this.file.writev(this.parts, this.bytes, this.pos);
+    const p = this.file.writev(this.parts, this.bytes, this.pos).finally(() => this.inflight.delete(p));
+    this.inflight.add(p);
     this.pos += this.bytes;
     this.parts = [];
     this.bytes = 0;
   }
 
-  /** Pads, flushes what is gathered and waits for every write of the file. */
+  /** True when the caller should await drain() before handing over more data. */
+  get busy(): boolean {
+    return this.inflight.size >= 4;
+  }
+
+  async drain(max = 3): Promise<void> {
+    while (this.inflight.size > max) await Promise.race(this.inflight);
+    this.file.check();
+  }
+
+  /** Pads, flushes what is gathered and waits for this Stager's writes. */
   async close(): Promise<void> {
     this.pad();
     this.flush();
-    await this.file.drain(0);
+    await this.drain(0);
   }
 }
 

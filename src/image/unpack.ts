@@ -314,8 +314,7 @@ export class ImageBuilder {
         for await (const chunk of tar) {
           hash?.update(chunk);
           reader.parser.write(chunk);
-          const file = this.image.file;
-          if (file.busy) await file.drain();
+          if (reader.stager.busy) await reader.stager.drain();
           this.check();
         }
         reader.parser.finish();
