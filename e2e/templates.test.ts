@@ -167,6 +167,20 @@ describe('warm spares', () => {
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
     expect(podQemuPids(d.state)).toEqual([]);
   });
+
+  it('a pod VM that was a spare is still reaped when its record is gone', async () => {
+    const primer = await runPod('primer'); // spares are made once a pod of the class has started
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: primer.id });
+    await oneSpare();
+    const p = await runPod('recordless');
+    expect(p.info.vm.spare).toBe(true);
+    await d.stopProcess();
+    fs.rmSync(path.join(d.root, 'sandboxes', `${p.id}.json`)); // e.g. lost between two steps of a removal
+    expect(fs.existsSync(`/proc/${p.info.vm.pid}`)).toBe(true);
+    await d.launch();
+    await retry(async () => expect(fs.existsSync(`/proc/${p.info.vm.pid}`) && !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${p.info.vm.pid}/status`, 'utf8'))).toBe(false), 10_000);
+    expect(fs.existsSync(path.join(d.state, 'vm', p.id.slice(0, 16)))).toBe(false);
+  });
 });
 
 describe('template lifecycle', () => {

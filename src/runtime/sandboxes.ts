@@ -10,7 +10,7 @@ import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
 import type { Config } from '../config/config';
 import type { Hypervisor, Vm } from '../vm/hypervisor';
-import type { Spare, SparePool } from '../vm/spares';
+import { VM_NAME_FILE, type Spare, type SparePool } from '../vm/spares';
 import { deleteNetns } from '../../network/netns';
 import type { NetworkDriver, PodNetworkRequest } from '../../network/network-driver';
 import type { VolumeManager } from '../../storage/volume-manager';
@@ -364,7 +364,9 @@ export class SandboxManager {
       try {
         const pid = Number((await fsp.readFile(path.join(dir, name, 'qemu.pid'), 'utf8')).trim());
         const { isOurQemu } = await import('../vm/qemu');
-        if (pid > 0 && isOurQemu(pid, name)) {
+        // a VM that started as a warm spare is named after the spare
+        const vmName = (await fsp.readFile(path.join(dir, name, VM_NAME_FILE), 'utf8').catch(() => name)).trim();
+        if (pid > 0 && isOurQemu(pid, vmName)) {
           process.kill(pid, 'SIGKILL');
           this.logger.warn({ sandbox: name, pid }, 'reaped a VM without a record');
         }

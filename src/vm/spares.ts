@@ -46,6 +46,8 @@ export interface SparePoolOptions {
 }
 
 const NETNS_PREFIX = 'pvsp-';
+/** in a pod's VM directory: the name its QEMU was started with, when that is not the pod's */
+export const VM_NAME_FILE = 'vm-name';
 /** locally administered, never a pod's (CNI bridge MACs come from the kernel or the plugin) */
 const SPARE_MAC = '02:50:56:00:00:fe';
 
@@ -178,6 +180,9 @@ export class SparePool {
    */
   async moveTo(spare: Spare, dir: string): Promise<void> {
     await fsp.rename(path.join(this.o.dir, spare.name), dir);
+    // the QEMU process is named after the spare: a restarted daemon that finds this directory
+    // without a record must still recognise (and reap) it
+    await fsp.writeFile(path.join(dir, VM_NAME_FILE), spare.name);
     const info = spare.vm.info;
     info.dir = dir;
     info.agentSocket = path.join(dir, path.basename(info.agentSocket));
