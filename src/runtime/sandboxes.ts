@@ -161,23 +161,21 @@ export class SandboxManager {
   }
 
   private async boot(sb: Sandbox): Promise<void> {
-    const { id, config } = sb.rec;
-    const dir = this.dir(id);
-    const size = vmSize(config, this.cfg.vm);
+    const id = sb.rec.id;
+    const size = vmSize(sb.rec.config, this.cfg.vm);
     const networked = this.network.ready().ready;
     if (!networked) this.logger.warn({ sandbox: id, why: this.network.ready().message }, 'no pod network configured: the pod gets loopback only');
     const cls = { ...size, nics: networked ? 1 : 0 };
     try {
-      await this.bootVm(sb, this.spares?.take(cls), networked);
+      await this.bootVm(sb, size, this.spares?.take(cls), networked);
     } finally {
       void this.spares?.fill(cls); // the next pod's spare, made once this pod no longer needs the CPU
     }
   }
 
-  private async bootVm(sb: Sandbox, spare: Spare | undefined, networked: boolean): Promise<void> {
+  private async bootVm(sb: Sandbox, size: { vcpus: number; memoryMiB: number }, spare: Spare | undefined, networked: boolean): Promise<void> {
     const { id, config } = sb.rec;
     const dir = this.dir(id);
-    const size = vmSize(config, this.cfg.vm);
     if (spare) {
       try {
         return await this.bootSpare(sb, spare, networked);
@@ -199,6 +197,7 @@ export class SandboxManager {
     const pod = this.attach(sb, vm);
     await pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
     await this.setUpGuest(sb, pod);
+    await this.configureGuestNetwork(sb, pod);
   }
 
   /**
@@ -220,7 +219,7 @@ export class SandboxManager {
     const guest = pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000, spare.agent).then(async (hello) => {
       sb.rec.agentVersion = hello.agent_version;
       ms.hello = Date.now() - t0;
-      await this.setUpGuest(sb, pod, false);
+      await this.setUpGuest(sb, pod);
       ms.setup = Date.now() - t0;
     });
     const [n, g] = await Promise.allSettled([network, guest]);
@@ -229,7 +228,7 @@ export class SandboxManager {
     if (sb.rec.network && sb.rec.network.nics.length !== spare.size.nics) throw new Error(`the pod network has ${sb.rec.network.nics.length} interfaces, the spare VM ${spare.size.nics}`);
     if (spare.netns) await deleteNetns(spare.netns).catch(() => undefined);
     sb.rec.vm!.spare = true;
-    if (sb.rec.network) await pod.agent.call('network.configure', { interfaces: sb.rec.network.interfaces, routes: sb.rec.network.routes });
+    await this.configureGuestNetwork(sb, pod);
     ms.configured = Date.now() - t0;
     this.logger.debug({ sandbox: id, spare: spare.name, ms }, 'spare VM taken');
   }
@@ -243,15 +242,19 @@ export class SandboxManager {
     return pod;
   }
 
-  /** Hostname, DNS, sysctls, the share; then (with `withNetwork`) the pod's addresses and routes. */
-  private async setUpGuest(sb: Sandbox, pod: PodVm, withNetwork = true): Promise<void> {
+  /** Hostname, DNS, sysctls, the share. */
+  private async setUpGuest(sb: Sandbox, pod: PodVm): Promise<void> {
     const { config } = sb.rec;
     const dns = config.dns_config
       ? { servers: config.dns_config.servers ?? [], searches: config.dns_config.searches ?? [], options: config.dns_config.options ?? [] }
       : null;
     await pod.setup({ hostname: podHostname(config), dns, sysctls: config.linux?.sysctls ?? {} });
+  }
+
+  /** The pod's addresses and routes, once its network is set up. */
+  private async configureGuestNetwork(sb: Sandbox, pod: PodVm): Promise<void> {
     const net = sb.rec.network;
-    if (withNetwork && net) await pod.agent.call('network.configure', { interfaces: net.interfaces, routes: net.routes });
+    if (net) await pod.agent.call('network.configure', { interfaces: net.interfaces, routes: net.routes });
   }
 
   private async tearDownNetwork(sb: Sandbox): Promise<void> {
