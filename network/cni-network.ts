@@ -123,7 +123,7 @@ export class CniNetwork implements NetworkDriver {
       const ms: Record<string, number> = {};
       const lap = (k: string) => { ms[k] = Date.now() - started; };
       this.writeCache(entry); // first: a crash from here on still leaves what DEL needs
-      await createNetns(netnsName, false); // lo comes up with the taps
+      await createNetns(netnsName); // lo comes up with the taps
       lap('netns');
       // a spare's taps move in while the chain runs
       const from = opts.tapsFrom;

@@ -18,11 +18,9 @@ export function netnsExists(name: string): boolean {
   }
 }
 
-/** `loopbackUp` false: the caller brings lo up itself later (e.g. batched with other links). */
-export async function createNetns(name: string, loopbackUp = true): Promise<string> {
+/** Creates an empty named netns (lo still down: pod set-up brings it up with the taps). */
+export async function createNetns(name: string): Promise<string> {
   await run('ip', ['netns', 'add', name]);
-  // lo up: harmless, and some plugins/tools expect it
-  if (loopbackUp) await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
   return netnsPath(name);
 }
 

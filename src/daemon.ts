@@ -47,14 +47,15 @@ export class Daemon {
     const { cfg, logger } = this;
     await fsp.mkdir(cfg.root, { recursive: true, mode: 0o700 });
     await fsp.mkdir(cfg.state, { recursive: true, mode: 0o711 });
-    const qemuOpts = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher, logger };
+    const guest = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
+    const qemuOpts = { ...guest, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
     const hypervisor = new QemuHypervisor({ ...qemuOpts, accelerator });
     let spares: SparePool | undefined;
     if (cfg.vm.template) {
       const templates = new TemplateManager({
         dir: cfg.vm.templateDir,
-        qemu: { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher, accelerator },
+        qemu: { ...guest, accelerator },
         guestDigest: () => guestDigest(cfg),
         logger,
       });

@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient, AgentEvent } from '../agent/client';
-import { PROTOCOL_VERSION } from '../agent/protocol';
+import { helloParams, PROTOCOL_VERSION } from '../agent/protocol';
 import type { Logger } from '../log';
 import type { Vm } from '../vm/hypervisor';
 import type { PodVolumeTarget } from '../../storage/volume-driver';
@@ -71,13 +71,7 @@ export class PodVm implements PodVolumeTarget {
     this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
     const nonce = crypto.randomBytes(16).toString('hex');
     const res = await Promise.race([
-      this.agent.call('hello', {
-        protocol: PROTOCOL_VERSION,
-        nonce,
-        time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(),
-        entropy: crypto.randomBytes(64).toString('base64'),
-        hostname,
-      }, Math.max(1000, deadline - Date.now())),
+      this.agent.call('hello', helloParams(nonce, hostname), Math.max(1000, deadline - Date.now())),
       died,
     ]);
     if (res?.nonce !== nonce || res?.protocol !== PROTOCOL_VERSION) throw new Error('agent answered hello with a wrong nonce or protocol');

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { AgentClient } from '../agent/client';
-import { PROTOCOL_VERSION } from '../agent/protocol';
+import { helloParams } from '../agent/protocol';
 import type { Logger } from '../log';
 import type { Accelerator } from './hypervisor';
 import { QemuHypervisor, QemuOptions } from './qemu';
@@ -33,7 +33,7 @@ async function kvmBoots(o: Omit<QemuOptions, 'accelerator'>, scratch: string): P
     const agent = await AgentClient.connect(vm.info.agentSocket, 5000);
     const died = vm.exited.then(() => false);
     const hello = agent
-      .call('hello', { protocol: PROTOCOL_VERSION, nonce: 'probe', time_unix_ns: '0', entropy: crypto.randomBytes(32).toString('base64'), hostname: 'probe' }, 20_000)
+      .call('hello', helloParams('probe', 'probe'), 20_000)
       .then((r) => r?.nonce === 'probe', () => false);
     const ok = await Promise.race([hello, died]);
     agent.close();

@@ -8,7 +8,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { AgentClient } from '../agent/client';
-import { PROTOCOL_VERSION } from '../agent/protocol';
+import { helloParams } from '../agent/protocol';
 import { run } from '../runtime/exec-file';
 import type { Logger } from '../log';
 import type { VmSpec } from './hypervisor';
@@ -199,7 +199,7 @@ export class TemplateManager {
       // the clone's own hello.
       const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
       const res = await Promise.race([
-        agent.call('hello', { protocol: PROTOCOL_VERSION, nonce: key, time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(), entropy: crypto.randomBytes(32).toString('base64'), hostname: 'template' }, 30_000),
+        agent.call('hello', helloParams(key, 'template'), 30_000),
         died,
       ]);
       if (res?.nonce !== key) throw new Error('template agent answered hello wrongly');
