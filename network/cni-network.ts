@@ -10,7 +10,7 @@ import type { Logger } from '../src/log';
 import { CniError, CniResult, execPlugin, parseResult } from './cni';
 import { capabilityArgs, loadNetworkConfig, NetworkConfigList, pluginStdin } from './cni-config';
 import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest, SetUpOptions } from './network-driver';
-import { createNetns, deleteNetns, ipJson, netnsExists, netnsPath } from './netns';
+import { createNetns, deleteNetns, ipJson, netnsExists, netnsPath, renameNetns } from './netns';
 import { buildPodNetwork } from './pod-network';
 import { moveTaps, setUpTaps, TapPair, tearDownTap } from './tap';
 
@@ -123,20 +123,33 @@ export class CniNetwork implements NetworkDriver {
       const ms: Record<string, number> = {};
       const lap = (k: string) => { ms[k] = Date.now() - started; };
       this.writeCache(entry); // first: a crash from here on still leaves what DEL needs
-      await createNetns(netnsName); // lo comes up with the taps
+      const from = opts.adopt;
+      let renamed = false;
+      if (from) {
+        try {
+          await renameNetns(from.netns, netnsName);
+          renamed = true;
+        } catch (err) {
+          log.warn({ err: (err as Error).message }, 'could not rename the spare VM\'s netns: moving its taps');
+        }
+      }
+      let moved = Promise.resolve();
+      if (!renamed) {
+        await createNetns(netnsName); // lo comes up with the taps
+        if (from) moved = moveTaps(from.netns, netnsName, from.taps); // while the chain runs
+        moved.catch(() => undefined); // observed below
+      }
       lap('netns');
-      // a spare's taps move in while the chain runs
-      const from = opts.tapsFrom;
-      const moved = from ? moveTaps(from.netns, netnsName, from.taps) : Promise.resolve();
-      moved.catch(() => undefined); // observed below
       entry.result = await this.addChain(entry);
       await moved;
       lap('add');
       const result: CniResult = parseResult(entry.result);
       const { net, taps } = await buildPodNetwork(netnsName, netnsPath(netnsName), result, IFNAME);
       lap('read');
-      await setUpTaps(netnsName, taps, from?.taps ?? []);
       entry.taps = taps;
+      const [wired, other] = await Promise.allSettled([setUpTaps(netnsName, taps, from?.taps ?? []), opts.whileWiring?.(net)]);
+      if (wired.status === 'rejected') throw wired.reason;
+      if (other.status === 'rejected') throw other.reason;
       lap('taps');
       this.writeCache(entry);
       log.info({ ips: net.ips, nics: net.nics, ms: Date.now() - started, steps: ms }, 'pod network set up');

@@ -1,6 +1,7 @@
 // Named network namespaces (`ip netns`), /run/netns/<name>.
 import fs from 'node:fs';
-import { run } from '../src/runtime/exec-file';
+import { promisify } from 'node:util';
+import { run, runWithInput } from '../src/runtime/exec-file';
 
 export const NETNS_DIR = '/run/netns';
 const NSFS_MAGIC = 0x6e736673;
@@ -24,6 +25,64 @@ export async function createNetns(name: string): Promise<string> {
   return netnsPath(name);
 }
 
+// libc's mount(2) and umount2(2) through koffi, loaded on first use: a rename costs no process.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AsyncFn = { async: (...args: any[]) => void };
+let libc: { koffi: any; mount: AsyncFn; umount2: AsyncFn } | undefined;
+function loadLibc() {
+  if (!libc) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const koffi = require('koffi');
+    const so = koffi.load('libc.so.6');
+    libc = {
+      koffi,
+      mount: so.func('mount', 'int', ['str', 'str', 'str', 'ulong', 'void *']),
+      umount2: so.func('umount2', 'int', ['str', 'int']),
+    };
+  }
+  return libc;
+}
+
+/** Calls a libc function on koffi's worker threads; -1 becomes an Error with errno's name. */
+async function sysCall(what: string, fn: AsyncFn, ...args: unknown[]): Promise<void> {
+  const c = loadLibc();
+  let errno = 0;
+  const rc = await promisify((cb: (err: Error | null, res: number) => void) => fn.async(...args, (err: Error | null, res: number) => {
+    if (res === -1) errno = c.koffi.errno();
+    cb(err, res);
+  }))();
+  if (rc !== 0) {
+    const name = Object.entries(c.koffi.os.errno as Record<string, number>).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
+    throw new Error(`${what}: ${name}`);
+  }
+}
+
+const MS_BIND = 0x1000;
+const MNT_DETACH = 2;
+
+/**
+ * Gives the netns `from` the name `to` (which must not exist), as `ip netns` names are made: a
+ * bind mount of the namespace on /run/netns/<to>; then the old name goes. Processes and open
+ * fds in the namespace (a spare VM's taps) do not notice. No process is started: on a busy node
+ * this is ~10 ms cheaper than `ip netns add` and moving the links.
+ */
+export async function renameNetns(from: string, to: string): Promise<void> {
+  if (!netnsExists(from)) throw new Error(`netns ${from} does not exist`);
+  fs.writeFileSync(netnsPath(to), '', { flag: 'wx', mode: 0 });
+  try {
+    await sysCall(`bind ${netnsPath(from)} on ${netnsPath(to)}`, loadLibc().mount, netnsPath(from), netnsPath(to), 'none', MS_BIND, null);
+  } catch (err) {
+    fs.rmSync(netnsPath(to), { force: true });
+    throw err;
+  }
+  try {
+    await sysCall(`unmount ${netnsPath(from)}`, loadLibc().umount2, netnsPath(from), MNT_DETACH);
+    fs.rmSync(netnsPath(from), { force: true });
+  } catch {
+    await deleteNetns(from); // the namespace lives on under its new name
+  }
+}
+
 /** Deletes the netns; a missing one is fine. Also removes a stale, unmounted file. */
 export async function deleteNetns(name: string): Promise<void> {
   if (netnsExists(name)) {
@@ -34,6 +93,18 @@ export async function deleteNetns(name: string): Promise<void> {
     }
   }
   fs.rmSync(netnsPath(name), { force: true });
+}
+
+/**
+ * Several `ip` reads in one process (`ip -n <ns> -j -batch -`): one parsed JSON array per line
+ * of `cmds`, in order. A failing command fails them all.
+ */
+export async function ipJsonBatch(ns: string, cmds: string[]): Promise<any[][]> {
+  const out = await runWithInput('ip', ['-n', ns, '-j', '-batch', '-'], cmds.map((c) => `${c}\n`).join(''));
+  // each command prints its array on one line
+  const arrays = out.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+  if (arrays.length !== cmds.length || !arrays.every(Array.isArray)) throw new Error(`ip -batch: ${cmds.length} reads gave ${arrays.length} answers`);
+  return arrays;
 }
 
 /** `ip -n <ns> -j <args>` parsed. */

@@ -46,11 +46,16 @@ export interface PodNetwork {
 
 export interface SetUpOptions {
   /**
-   * Taps that a VM started before its pod (a spare) already has open, waiting in a netns of
-   * their own: they are moved into the pod netns (while the CNI chain runs) instead of new ones
-   * being made.
+   * A VM started before its pod (a spare) waits with its taps open in a netns of its own: that
+   * netns becomes the pod netns (renamed; CNI runs into it) and its taps are wired instead of new
+   * ones being made.
    */
-  tapsFrom?: { netns: string; taps: string[] };
+  adopt?: { netns: string; taps: string[] };
+  /**
+   * Work that needs only the pod's addresses (the guest's network.configure), run while the taps
+   * are wired; set-up fails if it fails.
+   */
+  whileWiring?: (net: PodNetwork) => Promise<void>;
 }
 
 export interface NetworkReadiness {

@@ -12,7 +12,7 @@ import type { Config } from '../config/config';
 import type { Hypervisor, Vm } from '../vm/hypervisor';
 import { VM_NAME_FILE, type Spare, type SparePool } from '../vm/spares';
 import { deleteNetns } from '../../network/netns';
-import type { NetworkDriver, PodNetworkRequest } from '../../network/network-driver';
+import type { NetworkDriver, PodNetwork, PodNetworkRequest } from '../../network/network-driver';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { KeyedMutex } from './lock';
 import { PodVm } from './pod-vm';
@@ -197,7 +197,7 @@ export class SandboxManager {
     const pod = this.attach(sb, vm);
     await pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
     await this.setUpGuest(sb, pod);
-    await this.configureGuestNetwork(sb, pod);
+    await this.configureGuestNetwork(pod, sb.rec.network);
   }
 
   /**
@@ -213,23 +213,31 @@ export class SandboxManager {
     const pod = this.attach(sb, spare.vm);
     const t0 = Date.now();
     const ms: Record<string, number> = {};
-    const network = networked
-      ? this.network.setUp(networkRequest(sb.rec), { tapsFrom: spare.netns ? { netns: spare.netns, taps: spare.taps } : undefined }).then((net) => { sb.rec.network = net; ms.network = Date.now() - t0; })
-      : Promise.resolve();
     const guest = pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000, spare.agent).then(async (hello) => {
       sb.rec.agentVersion = hello.agent_version;
       ms.hello = Date.now() - t0;
       await this.setUpGuest(sb, pod);
       ms.setup = Date.now() - t0;
     });
+    guest.catch(() => undefined); // observed below
+    // the guest learns its addresses (after its new identity) while the host wires the taps
+    const whileWiring = async (net: PodNetwork) => {
+      if (net.nics.length !== spare.size.nics) throw new Error(`the pod network has ${net.nics.length} interfaces, the spare VM ${spare.size.nics}`);
+      ms.network = Date.now() - t0;
+      await guest;
+      await this.configureGuestNetwork(pod, net);
+      ms.configured = Date.now() - t0;
+    };
+    const adopt = spare.netns ? { netns: spare.netns, taps: spare.taps } : undefined;
+    const network = networked
+      ? this.network.setUp(networkRequest(sb.rec), { adopt, whileWiring }).then((net) => { sb.rec.network = net; })
+      : Promise.resolve();
     const [n, g] = await Promise.allSettled([network, guest]);
     if (n.status === 'rejected') throw n.reason;
     if (g.status === 'rejected') throw g.reason;
-    if (sb.rec.network && sb.rec.network.nics.length !== spare.size.nics) throw new Error(`the pod network has ${sb.rec.network.nics.length} interfaces, the spare VM ${spare.size.nics}`);
-    if (spare.netns) await deleteNetns(spare.netns).catch(() => undefined);
+    if (spare.netns) void deleteNetns(spare.netns).catch(() => undefined); // gone already unless the rename failed
     sb.rec.vm!.spare = true;
-    await this.configureGuestNetwork(sb, pod);
-    ms.configured = Date.now() - t0;
+    ms.wired = Date.now() - t0;
     this.logger.debug({ sandbox: id, spare: spare.name, ms }, 'spare VM taken');
   }
 
@@ -252,8 +260,7 @@ export class SandboxManager {
   }
 
   /** The pod's addresses and routes, once its network is set up. */
-  private async configureGuestNetwork(sb: Sandbox, pod: PodVm): Promise<void> {
-    const net = sb.rec.network;
+  private async configureGuestNetwork(pod: PodVm, net: PodNetwork | null): Promise<void> {
     if (net) await pod.agent.call('network.configure', { interfaces: net.interfaces, routes: net.routes });
   }
 
