@@ -97,6 +97,36 @@ function pssKb(pid: number): number {
   }
 }
 
+/** Where a QEMU's PSS lies, kB, from /proc/<pid>/smaps (see BREAKDOWN_KEYS). */
+const BREAKDOWN_KEYS = ['guest RAM', 'TCG code', 'heap', 'other anon', 'libs+bin', 'other'] as const;
+type Breakdown = Record<(typeof BREAKDOWN_KEYS)[number], number>;
+function qemuBreakdownKb(pid: number): Breakdown | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const b = Object.fromEntries(BREAKDOWN_KEYS.map((k) => [k, 0])) as Breakdown;
+  let key: keyof Breakdown = 'other';
+  for (const line of text.split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ (\S{4}) \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (head) {
+      const [, perms, file] = head;
+      if (file.startsWith('/dev/shm/') || file.includes('/templates/')) key = 'guest RAM';
+      else if (file === '' && perms.startsWith('rwx')) key = 'TCG code'; // TCG's code buffer is the one rwx mapping
+      else if (file === '[heap]') key = 'heap';
+      else if (file === '' || file.startsWith('[stack')) key = 'other anon'; // glibc arenas, thread stacks, RAM blocks that are not guest RAM
+      else if (file.startsWith('/')) key = 'libs+bin';
+      else key = 'other';
+      continue;
+    }
+    const pss = /^Pss:\s+(\d+) kB/.exec(line);
+    if (pss) b[key] += Number(pss[1]);
+  }
+  return b;
+}
+
 function memAvailableKb(): number {
   return Number(/^MemAvailable:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))![1]);
 }
@@ -387,6 +417,8 @@ interface IdleResult {
   idleCpuPercent?: number;
   /** tmpfs holding VM templates (podvisor) */
   templateTmpfsMiB?: number;
+  /** podvisor: where the QEMU processes' PSS lies, MiB per pod */
+  breakdown?: Breakdown;
   errors: string[];
 }
 
@@ -396,6 +428,8 @@ interface Measurer {
   /** the daemon process(es) */
   daemonPids(): number[];
   extraKb?(): number;
+  /** QEMU processes whose smaps make the per-pod breakdown */
+  breakdownPids?(): number[];
 }
 
 async function idlePods(t: Target, k: number, withContainers: boolean, m: Measurer, settleMs: number, bareNote = 'bare pods (containers failed)'): Promise<IdleResult> {
@@ -448,6 +482,10 @@ async function idlePods(t: Target, k: number, withContainers: boolean, m: Measur
       r.pssPerPod = (best!.work + best!.daemon) / 1024 / n;
       r.memAvailableDropMiB = (before - best!.avail) / 1024;
       r.memAvailableDropPerPod = r.memAvailableDropMiB / n;
+      const parts = m.breakdownPids?.().map(qemuBreakdownKb).filter((x): x is Breakdown => !!x) ?? [];
+      if (parts.length) {
+        r.breakdown = Object.fromEntries(BREAKDOWN_KEYS.map((k) => [k, parts.reduce((a, x) => a + x[k], 0) / 1024 / parts.length])) as Breakdown;
+      }
     }
   } finally {
     log(`${t.label}: removing ${pods.length} idle pods`);
@@ -566,6 +604,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
     const daemonPattern = `${d.configFile} --socket ${d.socket}`;
     const m: Measurer = {
       workloadPids: () => pgrep(`qemu-system.*${dd.state}`),
+      breakdownPids: () => pgrep(`qemu-system.*${dd.state}`),
       daemonPids: () => pgrep(daemonPattern),
     };
     for (const k of idleCounts) {
@@ -868,6 +907,14 @@ async function main() {
   lines.push('containerd: shims + pause + sleep; daemon = podvisor daemon or containerd; MemAvail↓ = drop of /proc/meminfo MemAvailable while they run;');
   lines.push('tmpl tmpfs = VM templates on /dev/shm (shared by all clones, not in PSS/pod); idle CPU% = pods + daemon over ~3 s, % of one core)');
   lines.push(...idleRows([...clone.idle, ...cold.idle, ...ctd.idle]));
+  const split = [...clone.idle, ...cold.idle].filter((r) => r.breakdown);
+  if (split.length) {
+    lines.push('');
+    lines.push('Where a pod QEMU\'s PSS lies, MiB per pod (/proc/<pid>/smaps; guest RAM = the RAM file: pages written privately + its share of the template\'s;');
+    lines.push('TCG code = the translation buffer; other anon = glibc arenas, thread stacks, ROM/firmware blocks; libs+bin = QEMU and its libraries)');
+    lines.push(`${'runtime'.padEnd(30)}${'pods'.padStart(8)}${BREAKDOWN_KEYS.map((k) => k.padStart(12)).join('')}`);
+    for (const r of split) lines.push(`${r.label.padEnd(30)}${String(r.running).padStart(8)}${BREAKDOWN_KEYS.map((k) => f0(r.breakdown![k]).padStart(12)).join('')}  ${r.withContainers ? 'with a sleep container' : 'sandbox only'}`);
+  }
   for (const [l, e] of [['podvisor clone', clone.error], ['podvisor cold boot', cold.error], ['containerd+runc', ctd.error]]) if (e) lines.push(`${l}: ERROR ${e}`);
   for (const r of [clone, cold] as PvResult[]) if (r.probeMs !== undefined) lines.push(`${r.label}: the daemon's first RunPodSandbox${r === clone ? ' (builds the VM template)' : ''}: ${r.probeMs.toFixed(0)} ms`);
   for (const r of [clone, cold] as PvResult[]) if (r.cniError) lines.push(`${r.label}: pods FAILED with the CNI bridge conflist (${r.cniError}); measured without pod networking (loopback only), containerd+runc with CNI`);

@@ -143,6 +143,12 @@ describe('VM sizing and config', () => {
     expect(() => loadConfig(f, false)).toThrow(/unknown key vm.defualt_vcpus/);
     fs.writeFileSync(f, '[vm]\ndefault_vcpus = "two"\n');
     expect(() => loadConfig(f, false)).toThrow(/expected number/);
+    fs.writeFileSync(f, '[vm]\ntcg_code_mib = 12\n');
+    expect(loadConfig(f, false).vm.tcgCodeMiB).toBe(12);
+    for (const bad of ['2', '12.5', '4096']) {
+      fs.writeFileSync(f, `[vm]\ntcg_code_mib = ${bad}\n`);
+      expect(() => loadConfig(f, false)).toThrow(/tcg_code_mib must be an integer 4..1024/);
+    }
     expect(loadConfig(path.join(dir, 'missing.toml'), true).socket).toBe('/run/podvisor/podvisor.sock');
     expect(() => loadConfig(path.join(dir, 'missing.toml'), false)).toThrow(/cannot read/);
     fs.rmSync(dir, { recursive: true });

@@ -1,7 +1,7 @@
 //! podvisor-launch: the few steps Node cannot do before QEMU starts.
 //!
 //! ```text
-//! podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] -- PROGRAM [ARG]...
+//! podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] -- PROGRAM [ARG]...
 //! ```
 //!
 //! 1. With `--netns`: enter that network namespace, open `/dev/net/tun` and attach each `--tap`
@@ -12,7 +12,11 @@
 //!    `-netdev tap,fd=3+i`.
 //! 2. With `--mount-ns`: a new mount namespace with slave propagation (host mounts still reach
 //!    it, nothing made inside reaches the host), like `unshare --mount --propagation slave`.
-//! 3. exec the program (same pid: callers track the pid they spawned).
+//! 3. With `--no-thp`: no transparent huge pages for the program (PR_SET_THP_DISABLE, kept
+//!    across exec). A clone's RAM is a file mapped privately, which THP never backs; what THP
+//!    would back are QEMU's small anonymous blocks (ACPI table ROM, TCG's code buffer), where
+//!    one touched byte costs a whole 2 MiB page per VM.
+//! 4. exec the program (same pid: callers track the pid they spawned).
 //!
 //! Any failure is printed to stderr as `podvisor-launch: …` and the exit status is 127; nothing
 //! is left behind (the tap fds close with the process).
@@ -36,10 +40,11 @@ struct Opts {
     netns: Option<OsString>,
     taps: Vec<String>,
     mount_ns: bool,
+    no_thp: bool,
     program: Vec<OsString>,
 }
 
-const USAGE: &str = "usage: podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] -- PROGRAM [ARG]...";
+const USAGE: &str = "usage: podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] -- PROGRAM [ARG]...";
 
 fn parse(args: Vec<OsString>) -> Result<Opts, String> {
     let mut o = Opts::default();
@@ -64,6 +69,7 @@ fn parse(args: Vec<OsString>) -> Result<Opts, String> {
                 o.taps.push(t);
             }
             Some("--mount-ns") => o.mount_ns = true,
+            Some("--no-thp") => o.no_thp = true,
             Some("--") => {
                 o.program = it.collect();
                 break;
@@ -214,6 +220,9 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible, String> {
     if o.mount_ns {
         private_mount_ns()?;
     }
+    if o.no_thp && unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        return Err(format!("PR_SET_THP_DISABLE: {}", errno()));
+    }
     place_fds(fds)?;
     exec(o.program)
 }
@@ -235,10 +244,11 @@ mod tests {
 
     #[test]
     fn parses_a_full_command_line() {
-        let o = parse(args(&["--netns", "/run/netns/pv-1", "--tap", "tap0", "--tap", "tap1", "--mount-ns", "--", "qemu", "-m", "256"])).unwrap();
+        let o = parse(args(&["--netns", "/run/netns/pv-1", "--tap", "tap0", "--tap", "tap1", "--mount-ns", "--no-thp", "--", "qemu", "-m", "256"])).unwrap();
         assert_eq!(o.netns, Some(OsString::from("/run/netns/pv-1")));
         assert_eq!(o.taps, vec!["tap0", "tap1"]);
         assert!(o.mount_ns);
+        assert!(o.no_thp);
         assert_eq!(o.program, args(&["qemu", "-m", "256"]));
     }
 

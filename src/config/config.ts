@@ -32,6 +32,12 @@ export interface Config {
     prebuildTemplates: string[];
     /** warm clones kept running ahead of pods (of the size class last asked for); 0 = none */
     templateSpares: number;
+    /**
+     * TCG only: QEMU's translated-code buffer per VM, MiB (tb-size). Every pod fills it as it
+     * starts, so it is most of an idle pod's memory; smaller means denser and slower (see
+     * bench/README.md: 12 MiB saves 4 MiB a pod, costs ~1.4x container start).
+     */
+    tcgCodeMiB: number;
   };
   image: {
     /** directory holding certs.d/<host>/hosts.toml */
@@ -82,6 +88,7 @@ export function defaultConfig(): Config {
       templateDir: '/dev/shm/podvisor/templates',
       prebuildTemplates: [],
       templateSpares: 1,
+      tcgCodeMiB: 16,
     },
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
@@ -112,6 +119,7 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   template_dir: 'templateDir',
   prebuild_templates: 'prebuildTemplates',
   template_spares: 'templateSpares',
+  tcg_code_mib: 'tcgCodeMiB',
 };
 const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
 const CNI_KEYS: Record<string, keyof Config['cni']> = { conf_dir: 'confDir', bin_dirs: 'binDirs' };
@@ -162,5 +170,6 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
   if (!['auto', 'kvm', 'tcg'].includes(cfg.vm.accelerator)) throw new ConfigError(`${file}: vm.accelerator must be auto, kvm or tcg`);
   if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
   if (!Number.isInteger(cfg.vm.templateSpares) || cfg.vm.templateSpares > 16) throw new ConfigError(`${file}: vm.template_spares must be an integer 0..16`);
+  if (!Number.isInteger(cfg.vm.tcgCodeMiB) || cfg.vm.tcgCodeMiB < 4 || cfg.vm.tcgCodeMiB > 1024) throw new ConfigError(`${file}: vm.tcg_code_mib must be an integer 4..1024`);
   return cfg;
 }

@@ -16,6 +16,8 @@ export interface QemuOptions {
   /** extra kernel command line */
   kernelArgs: string;
   accelerator: Accelerator;
+  /** TCG's translated-code buffer, MiB (QEMU tb-size); default 16 */
+  tcgCodeMiB?: number;
   logger: Logger;
   /**
    * the podvisor-launch helper (launcher/): opens the pod's taps inside its netns, gives QEMU
@@ -66,9 +68,9 @@ export type Boot =
 // 3: NICs are tap file descriptors opened by podvisor-launch (QEMU runs in the host netns).
 export const DEVICE_LAYOUT_VERSION = 3;
 
-export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator'>, boot: Boot = { mode: 'cold' }): string[] {
+export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator' | 'tcgCodeMiB'>, boot: Boot = { mode: 'cold' }): string[] {
   const f = (name: string) => path.join(spec.dir, name);
-  const accel = o.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,tb-size=16', '-cpu', 'max'];
+  const accel = o.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', `tcg,tb-size=${o.tcgCodeMiB ?? 16}`, '-cpu', 'max'];
   const mem = boot.mode === 'cold' ? [] : [
     '-object', `memory-backend-file,id=mem,size=${spec.memoryMiB}M,mem-path=${boot.memPath},share=${boot.mode === 'template' ? 'on' : 'off'}`,
   ];
@@ -147,7 +149,9 @@ export class QemuHypervisor implements Hypervisor {
     const out = fs.openSync(path.join(spec.dir, 'qemu.log'), 'a');
     const launcher = launcherPath(this.o);
     if (!fs.existsSync(launcher)) throw new Error(`podvisor-launch not found at ${launcher} (bash guest/build.sh builds it next to the guest kernel)`);
-    const argv = launchArgv(spec, launcher, this.o.binary, args);
+    // Huge pages buy nothing for a clone's RAM (a file mapped privately) nor under TCG (guest
+    // memory goes through QEMU's soft TLB), and cost 2 MiB per VM for each small block touched.
+    const argv = launchArgv(spec, launcher, this.o.binary, args, { noThp: boot.mode === 'clone' || this.o.accelerator === 'tcg' });
     // detached: the VM must survive a daemon restart; its lifetime is managed through QMP.
     const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', out, out] });
     fs.closeSync(out);
@@ -212,8 +216,9 @@ export class QemuHypervisor implements Hypervisor {
  * it, so nothing is ever mounted in the host's namespace and every bind vanishes with the VM)
  * and execs QEMU, keeping the pid.
  */
-export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuArgs: string[]): string[] {
+export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuArgs: string[], o: { noThp?: boolean } = {}): string[] {
   const argv = [launcher, '--mount-ns'];
+  if (o.noThp) argv.push('--no-thp');
   if (spec.network) {
     argv.push('--netns', spec.network.netnsPath);
     for (const nic of spec.network.nics) argv.push('--tap', nic.tap);
