@@ -19,6 +19,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadCri } from '../cri-api';
 import { TestDaemon } from '../e2e/support/daemon';
+import { defaultConfig } from '../src/config/config';
 import { makeLayer, pushBusybox, pushImage } from '../test/support/images';
 import { startRegistry, type Registry } from '../test/support/registry';
 
@@ -31,6 +32,8 @@ interface Options {
   cold: boolean;
   /** idle pods run a sleep container each (default); false: pod sandboxes only (containerd: pause) */
   idleContainers: boolean;
+  /** [vm] tcg_code_mib of the podvisor daemons (default: the daemon's) */
+  tcgCodeMiB?: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -47,8 +50,9 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--no-containerd') o.containerd = false;
     else if (a === '--no-cold') o.cold = false;
     else if (a === '--idle-sandboxes-only') o.idleContainers = false;
+    else if (a === '--tcg-code-mib') o.tcgCodeMiB = parseInt(val(), 10);
     else if (a === '--help' || a === '-h') {
-      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only]');
+      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only] [--tcg-code-mib N]');
       process.exit(0);
     } else if (a !== '--') throw new Error(`unknown argument ${a}`);
   }
@@ -550,7 +554,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
   const undo = onCleanup(`daemon ${label}`, async () => { await d?.destroy(); });
   try {
     log(`${label}: starting the daemon (templates ${templates ? 'on' : 'off'})`);
-    d = await TestDaemon.start({ templates, registries: { [reg.host]: `http://${reg.host}` } });
+    d = await TestDaemon.start({ templates, registries: { [reg.host]: `http://${reg.host}` }, vmToml: opts.tcgCodeMiB ? `tcg_code_mib = ${opts.tcgCodeMiB}\n` : undefined });
     const dd = d;
     // podvisor reaps netns of pods it knows; after a crash the records name the rest
     onCleanup(`netns of ${label}`, () => {
@@ -893,7 +897,7 @@ async function main() {
   const vm = clone.vm ?? cold.vm;
   const lines: string[] = [];
   lines.push(`podvisor lifecycle bench — ${started.toISOString()} — ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, QEMU ${qemuVersion}` +
-    `${vm ? `, accel ${vm.accelerator}, pod VM ${vm.vcpus} vCPU/${vm.memoryMiB} MiB` : ''}\nguest ${guest}` +
+    `${vm ? `, accel ${vm.accelerator}, pod VM ${vm.vcpus} vCPU/${vm.memoryMiB} MiB${vm.accelerator === 'tcg' ? `, TCG code buffer ${opts.tcgCodeMiB ?? defaultConfig().vm.tcgCodeMiB} MiB` : ''}` : ''}\nguest ${guest}` +
     `, containerd ${ctd.version ?? 'n/a'}`);
   lines.push(`${opts.iterations} iterations after one warm-up; times are client-side gRPC round trips; CNI: bridge ${bridge} ${subnet} (no gateway, no masquerade) for every runtime`);
   lines.push('');

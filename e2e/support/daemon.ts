@@ -13,6 +13,8 @@ const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 export interface DaemonOptions {
   /** extra TOML appended to the generated config */
   configToml?: string;
+  /** extra keys for its [vm] table */
+  vmToml?: string;
   /** certs.d hosts to configure: host → server URL */
   registries?: Record<string, string>;
   /** start pods from VM templates (the default) or cold-boot them */
@@ -56,7 +58,7 @@ export class TestDaemon {
     fs.mkdirSync(d.cniConfDir);
     // PODVISOR_GUEST_DIR: test another guest build than build/guest
     const guest = process.env.PODVISOR_GUEST_DIR ? `kernel = "${process.env.PODVISOR_GUEST_DIR}/vmlinux"\ninitramfs = "${process.env.PODVISOR_GUEST_DIR}/initramfs.img"\n` : '';
-    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
+    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}${opts.vmToml ?? ''}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
     await d.launch();
     return d;
   }
