@@ -114,10 +114,12 @@ function qemuBreakdownKb(pid: number): Breakdown | undefined {
   const b = Object.fromEntries(BREAKDOWN_KEYS.map((k) => [k, 0])) as Breakdown;
   let key: keyof Breakdown = 'other';
   for (const line of text.split('\n')) {
-    const head = /^[0-9a-f]+-[0-9a-f]+ (\S{4}) \S+ \S+ \d+\s*(.*)$/.exec(line);
+    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s*(.*)$/.exec(line);
     if (head) {
-      const [, perms, file] = head;
-      if (file.startsWith('/dev/shm/') || file.includes('/templates/')) key = 'guest RAM';
+      const [, from, to, perms, file] = head;
+      const big = parseInt(to, 16) - parseInt(from, 16) >= 64 * 1024 * 1024 && perms.startsWith('rw');
+      // a clone's RAM is the template file; a cold boot's is one big anonymous block
+      if (file.startsWith('/dev/shm/') || file.includes('/templates/') || (file === '' && big)) key = 'guest RAM';
       else if (file === '' && perms.startsWith('rwx')) key = 'TCG code'; // TCG's code buffer is the one rwx mapping
       else if (file === '[heap]') key = 'heap';
       else if (file === '' || file.startsWith('[stack')) key = 'other anon'; // glibc arenas, thread stacks, RAM blocks that are not guest RAM
