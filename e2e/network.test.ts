@@ -80,6 +80,20 @@ async function exec(ctr: string, cmd: string[]): Promise<{ out: string; code: nu
   return { out: Buffer.from(r.stdout).toString(), code: r.exit_code };
 }
 
+/** The daemon's one ready spare VM: its directory name and the netns holding its taps. */
+async function readySpare(): Promise<{ name: string; netns: string }> {
+  const spares = path.join(d.state, 'spares');
+  const name = await retry(async () => {
+    const ready = fs.readdirSync(spares).filter((s) => fs.existsSync(path.join(spares, s, 'ready')));
+    expect(ready).toHaveLength(1);
+    return ready[0];
+  }, 60_000);
+  const suffix = `-${name.slice('spare-'.length)}`;
+  const netns = sh('ip', ['netns', 'list']).split('\n').map((l) => l.split(' ')[0]).find((n) => n.startsWith('pvsp-') && n.endsWith(suffix));
+  if (!netns) throw new Error(`no netns for spare ${name}`);
+  return { name, netns };
+}
+
 describe('pods on a CNI bridge', () => {
   let a: { pod: string; ip: string; ctr: string };
   let b: { pod: string; ip: string; ctr: string };
@@ -111,8 +125,7 @@ describe('pods on a CNI bridge', () => {
   });
 
   it('puts a pod started from a warm spare VM on the network like any other', async () => {
-    const spares = path.join(d.state, 'spares');
-    await retry(async () => expect(fs.readdirSync(spares).filter((s) => fs.existsSync(path.join(spares, s, 'ready')))).toHaveLength(1), 60_000);
+    const spare = await readySpare();
     const c = await podWithServer('net-spare');
     try {
       const info = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: c.pod, verbose: true })).info.info);
@@ -125,10 +138,28 @@ describe('pods on a CNI bridge', () => {
         return res;
       });
       expect(r.out).toBe('hello from the pod\n');
-      // the spare's taps moved into the pod netns; the spare's own netns is gone
+      // the spare's netns, with its tap, became the pod netns: the spare's name is gone
       const netns = sh('ip', ['netns', 'list']);
       expect(netns).toContain(`pv-${c.pod.slice(0, 16)}`);
+      expect(netns).not.toContain(spare.netns);
       expect(sh('ip', ['-n', `pv-${c.pod.slice(0, 16)}`, '-o', 'link', 'show', 'type', 'tun'])).toMatch(/tap0/);
+    } finally {
+      await d.runtime('RemovePodSandbox', { pod_sandbox_id: c.pod });
+    }
+  });
+
+  it('starts the pod on a fresh clone when the spare cannot be taken (its netns is gone)', async () => {
+    const spare = await readySpare();
+    sh('ip', ['netns', 'delete', spare.netns]);
+    const c = await podWithServer('net-nospare');
+    try {
+      const info = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: c.pod, verbose: true })).info.info);
+      expect(info.vm.boot).toBe('clone');
+      expect(info.vm.spare).toBeFalsy();
+      expect(await retry(() => httpGet(`http://${c.ip}:8080/index.html`))).toBe('hello from the pod\n');
+      // the spare that failed is gone, files and QEMU
+      expect(fs.existsSync(path.join(d.state, 'spares', spare.name))).toBe(false);
+      expect(sh('ps', ['-eo', 'args']).split('\n').filter((l) => l.includes('qemu-system') && l.includes(spare.name))).toEqual([]);
     } finally {
       await d.runtime('RemovePodSandbox', { pod_sandbox_id: c.pod });
     }

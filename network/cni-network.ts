@@ -12,7 +12,7 @@ import { capabilityArgs, loadNetworkConfig, NetworkConfigList, pluginStdin } fro
 import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest, SetUpOptions } from './network-driver';
 import { createNetns, deleteNetns, ipJson, netnsExists, netnsPath, renameNetns } from './netns';
 import { buildPodNetwork } from './pod-network';
-import { moveTaps, setUpTaps, TapPair, tearDownTap } from './tap';
+import { setUpTaps, TapPair, tearDownTap } from './tap';
 
 export interface CniNetworkOptions {
   confDir: string;
@@ -123,25 +123,13 @@ export class CniNetwork implements NetworkDriver {
       const ms: Record<string, number> = {};
       const lap = (k: string) => { ms[k] = Date.now() - started; };
       this.writeCache(entry); // first: a crash from here on still leaves what DEL needs
+      // a spare's netns, its taps open in it, becomes the pod netns (if that fails, so does
+      // set-up, and the caller starts a fresh VM instead)
       const from = opts.adopt;
-      let renamed = false;
-      if (from) {
-        try {
-          await renameNetns(from.netns, netnsName);
-          renamed = true;
-        } catch (err) {
-          log.warn({ err: (err as Error).message }, 'could not rename the spare VM\'s netns: moving its taps');
-        }
-      }
-      let moved = Promise.resolve();
-      if (!renamed) {
-        await createNetns(netnsName); // lo comes up with the taps
-        if (from) moved = moveTaps(from.netns, netnsName, from.taps); // while the chain runs
-        moved.catch(() => undefined); // observed below
-      }
+      if (from) await renameNetns(from.netns, netnsName);
+      else await createNetns(netnsName); // lo comes up with the taps
       lap('netns');
       entry.result = await this.addChain(entry);
-      await moved;
       lap('add');
       const result: CniResult = parseResult(entry.result);
       const { net, taps } = await buildPodNetwork(netnsName, netnsPath(netnsName), result, IFNAME);

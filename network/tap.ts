@@ -20,11 +20,6 @@ function redirect(from: string, to: string): string {
     `filter add dev ${from} parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev ${to}\n`;
 }
 
-/** Moves taps that a VM made before its pod (a spare) already holds open into the pod netns. */
-export async function moveTaps(from: string, ns: string, taps: string[]): Promise<void> {
-  if (taps.length) await runWithInput('ip', ['-n', from, '-batch', '-'], taps.map((t) => `link set dev ${t} netns ${ns}\n`).join(''));
-}
-
 /**
  * Wires each tap to its CNI interface: creates the taps not in `existing` (persistent, single
  * queue, vnet_hdr; podvisor-launch attaches to them by name from inside the netns and hands them

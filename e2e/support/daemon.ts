@@ -153,6 +153,8 @@ export class TestDaemon {
     for (const ns of fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []) {
       if (ns.startsWith(sparePrefix)) spawnSync('ip', ['netns', 'delete', ns]);
     }
+    // PV_KEEP_LOG=<file>: keep the daemon's log of a test run (debugging a failure)
+    if (process.env.PV_KEEP_LOG) fs.copyFileSync(path.join(this.dir, 'daemon.log'), process.env.PV_KEEP_LOG);
     fs.rmSync(this.dir, { recursive: true, force: true });
     fs.rmSync(this.templateDir, { recursive: true, force: true });
   }

@@ -55,6 +55,9 @@ export class SparePool {
   private readonly ready = new Map<string, Spare[]>();
   private readonly filling = new Map<string, Promise<void>>();
   private closed = false;
+  /** consecutive failed launches, and the timer of the next try */
+  private failures = 0;
+  private retry: NodeJS.Timeout | undefined;
   /** per pool (several daemons may share a host, e.g. in tests): reap() only touches its own */
   private readonly netnsPrefix: string;
 
@@ -105,12 +108,19 @@ export class SparePool {
   }
 
   private async doFill(key: string, size: SizeClass): Promise<void> {
+    clearTimeout(this.retry);
     while (this.enabled && (this.ready.get(key)?.length ?? 0) < this.o.count) {
       let spare: Spare;
       try {
         spare = await this.launch(key, size);
+        this.failures = 0;
       } catch (err) {
-        this.o.logger.warn({ key, err: (err as Error).message }, 'could not make a spare pod VM; pods start as plain clones');
+        // e.g. a guest too slow to answer on a loaded node: try again later, not only when
+        // the next pod comes (which would then start without a spare)
+        const delayMs = Math.min(60_000, 2_000 * 2 ** this.failures++);
+        this.o.logger.warn({ key, err: (err as Error).message, retryInMs: delayMs }, 'could not make a spare pod VM; pods start as plain clones meanwhile');
+        this.retry = setTimeout(() => void this.fill(size), delayMs);
+        this.retry.unref();
         return;
       }
       // the class may have changed (or the pool closed) while this one booted
@@ -220,6 +230,7 @@ export class SparePool {
   /** Daemon stop: spares are not pods, they go with the daemon. */
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.retry);
     await Promise.allSettled([...this.filling.values()]);
     const all = [...this.ready.values()].flat();
     this.ready.clear();
