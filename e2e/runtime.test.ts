@@ -198,6 +198,47 @@ describe('a pod VM with busybox containers', () => {
     expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(d.dir);
   });
 
+  it('confines the container and every process exec\'d into it with its seccomp profile', async () => {
+    const status = async (id: string, pid: string) => {
+      const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/sh', '-c', `grep -E '^(Seccomp|CapEff|NoNewPrivs):' /proc/${pid}/status`], timeout: 30 });
+      return Object.fromEntries(Buffer.from(r.stdout).toString().trim().split('\n').map((l) => l.split(/:\s+/)));
+    };
+    const base = containerConfig('seccomp', ['/bin/sleep', '3600']);
+    const confined = await runContainer(pod, cfg, { ...base, linux: { security_context: { ...base.linux.security_context, seccomp: { profile_type: 'RuntimeDefault' } } } });
+    await waitState(confined, 'CONTAINER_RUNNING');
+    const init = await status(confined, '1'); // pid: CONTAINER, so the sleep is pid 1
+    const exec = await status(confined, 'self');
+    expect(init.Seccomp).toBe('2');
+    expect(exec.Seccomp).toBe('2');
+    // the exec'd process keeps the container's capabilities: none gained to load the filter
+    expect(exec.CapEff).toBe(init.CapEff);
+    expect(BigInt(`0x${exec.CapEff}`) & (1n << 21n)).toBe(0n); // CAP_SYS_ADMIN
+    expect(exec.NoNewPrivs).toBe('0');
+    // the profile bites: swapoff is refused (EPERM) even to a process holding CAP_SYS_ADMIN,
+    // which without the filter gets as far as looking for the file (ENOENT)
+    const swapoff = async (id: string) => {
+      const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/busybox', 'swapoff', '/no-such-swap'], timeout: 30 });
+      expect(r.exit_code).not.toBe(0);
+      return Buffer.from(r.stderr).toString() + Buffer.from(r.stdout).toString();
+    };
+    const admin = { add_capabilities: ['SYS_ADMIN'] };
+    const withAdmin = await runContainer(pod, cfg, {
+      ...containerConfig('seccomp-admin', ['/bin/sleep', '3600']),
+      linux: { security_context: { ...base.linux.security_context, seccomp: { profile_type: 'RuntimeDefault' }, capabilities: admin } },
+    });
+    await waitState(withAdmin, 'CONTAINER_RUNNING');
+    expect(await swapoff(withAdmin)).toMatch(/Operation not permitted/);
+    // Unconfined: no filter for either
+    const free = await runContainer(pod, cfg, {
+      ...containerConfig('unconfined', ['/bin/sleep', '3600']),
+      linux: { security_context: { ...base.linux.security_context, seccomp: { profile_type: 'Unconfined' }, capabilities: admin } },
+    });
+    await waitState(free, 'CONTAINER_RUNNING');
+    expect((await status(free, '1')).Seccomp).toBe('0');
+    expect((await status(free, 'self')).Seccomp).toBe('0');
+    expect(await swapoff(free)).toMatch(/No such file or directory/);
+  });
+
   it('applies per-container cgroup limits in the guest and reports OOMKilled', async () => {
     const limit = 48 * 1024 * 1024;
     const resources = { memory_limit_in_bytes: String(limit), cpu_period: '100000', cpu_quota: '50000' };

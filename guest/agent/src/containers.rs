@@ -52,6 +52,8 @@ pub struct Container {
     pub cgroup_rel: PathBuf,
     /// spec.process, the template for exec processes
     pub process: Value,
+    /// spec.linux.seccomp: exec processes get it too (libcontainer's tenant path leaves it out)
+    pub seccomp: Option<Value>,
     pub execs: HashMap<String, Proc>,
 }
 
@@ -173,6 +175,7 @@ fn create_inner(agent: &Rc<Agent>, p: &CreateParams, image: &Path, dir: &Path, r
             cgroup,
             cgroup_rel,
             process: spec.get("process").cloned().unwrap_or(Value::Null),
+            seccomp: spec.pointer("/linux/seccomp").filter(|v| !v.is_null()).cloned(),
             execs: HashMap::new(),
         },
     );

@@ -5,7 +5,10 @@
 use std::rc::Rc;
 
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -54,7 +57,7 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
             return Err(AgentError::invalid("cwd must be absolute"));
         }
     }
-    let (dir, mut process) = {
+    let (dir, mut process, seccomp) = {
         let cs = agent.containers.borrow();
         let c = cs.get(&p.container_id).ok_or_else(|| AgentError::not_found(format!("container {}", p.container_id)))?;
         if c.status != Status::Running {
@@ -63,11 +66,15 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
         if c.execs.get(&p.exec_id).map(|e| e.exit.is_none()).unwrap_or(false) {
             return Err(AgentError::exists(format!("exec {} is running", p.exec_id)));
         }
-        (c.dir.clone(), c.process.clone())
+        (c.dir.clone(), c.process.clone(), c.seccomp.clone())
     };
 
     // The exec process: the container's process spec with args/env/cwd/terminal replaced.
     let obj = process.as_object_mut().ok_or_else(|| AgentError::internal("container has no process spec"))?;
+    let executor = match seccomp {
+        Some(s) => Some(SeccompExecutor::prepare(s, obj)?),
+        None => None,
+    };
     obj.insert("args".into(), json!(p.args));
     obj.insert("terminal".into(), json!(p.tty));
     obj.remove("consoleSize");
@@ -101,6 +108,9 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     }
     if let Some((_, path)) = &prepared.console {
         b = b.with_console_socket(Some(path));
+    }
+    if let Some(x) = executor {
+        b = b.with_executor(x);
     }
     let t0 = std::time::Instant::now();
     let res = b.as_tenant().with_process(Some(&proc_path)).with_detach(true).build();
@@ -188,3 +198,64 @@ pub fn resize(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     Ok(json!({}))
 }
 
+
+/// Runs an exec process under its container's seccomp filter, which libcontainer's tenant path
+/// does not load. The filter goes on last, just before execve, in the exec'd process itself.
+/// Loading a filter takes no_new_privs or CAP_SYS_ADMIN; a process with neither (the usual
+/// container) is given CAP_SYS_ADMIN in its effective and permitted sets only (never the
+/// bounding set, so execve could not keep it anyway), loads the filter with it, and drops it
+/// again before execve: the order runc uses for such processes.
+#[derive(Clone)]
+struct SeccompExecutor {
+    seccomp: LinuxSeccomp,
+    drop_sys_admin: bool,
+}
+
+impl SeccompExecutor {
+    /// `process` is the exec process spec; it is adjusted when the filter needs CAP_SYS_ADMIN.
+    fn prepare(seccomp: Value, process: &mut serde_json::Map<String, Value>) -> Result<Self> {
+        let seccomp: LinuxSeccomp = serde_json::from_value(seccomp).map_err(|e| AgentError::internal(format!("container seccomp: {e}")))?;
+        let nnp = process.get("noNewPrivileges").and_then(Value::as_bool).unwrap_or(false);
+        let has = |set: &str| {
+            process.get("capabilities").and_then(|c| c.get(set)).and_then(Value::as_array).map(|a| a.iter().any(|c| c == "CAP_SYS_ADMIN")).unwrap_or(false)
+        };
+        let drop_sys_admin = !nnp && !has("effective");
+        if drop_sys_admin {
+            let caps = process.entry("capabilities").or_insert_with(|| json!({}));
+            let caps = caps.as_object_mut().ok_or_else(|| AgentError::internal("process capabilities is not an object"))?;
+            for set in ["effective", "permitted"] {
+                let list = caps.entry(set).or_insert_with(|| json!([]));
+                if let Some(a) = list.as_array_mut() {
+                    if !a.iter().any(|c| c == "CAP_SYS_ADMIN") {
+                        a.push(json!("CAP_SYS_ADMIN"));
+                    }
+                }
+            }
+        }
+        Ok(SeccompExecutor { seccomp, drop_sys_admin })
+    }
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        match libcontainer::seccomp::initialize_seccomp(&self.seccomp) {
+            Ok(None) => {}
+            // a notify filter needs a listener to hand the fd to; exec processes have none
+            Ok(Some(fd)) => {
+                unsafe { libc::close(fd) };
+                return Err(ExecutorError::Other("seccomp notify is not supported for exec processes".into()));
+            }
+            Err(e) => return Err(ExecutorError::Other(format!("loading the container's seccomp filter: {e}"))),
+        }
+        if self.drop_sys_admin {
+            for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
+                caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN).map_err(|e| ExecutorError::Other(format!("dropping CAP_SYS_ADMIN: {e}")))?;
+            }
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
