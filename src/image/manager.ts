@@ -18,6 +18,7 @@ import { ContentStore } from './content-store';
 import { MetadataStore, type StoredImage } from './metadata';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
+import { layerWorkersEnabled, prewarmLayerWorkers } from './layer-pool';
 import { BuildFailedError, DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
 
 export type { AuthConfig } from './auth';
@@ -119,6 +120,8 @@ export class ImageManager {
     }
     if (dropped) await this.save();
     await this.collectGarbage(false);
+    // Layer reader threads (layer-pool.ts), started now so that a first pull need not wait.
+    if (layerWorkersEnabled()) void prewarmLayerWorkers().catch(() => undefined);
     this.log.info({ images: this.list().length }, 'image store ready');
   }
 
@@ -380,7 +383,8 @@ export class ImageManager {
       yield* ch;
       if (!tapped) yield* createReadStream(file, { highWaterMark: 1 << 20 });
     })();
-    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest });
+    // The channel's pieces are its own copies and fs read streams hand out fresh buffers.
+    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest, owned: true });
     applying.catch((e) => {
       ch.close(); // a reader that stopped never drains the channel
       // When this layer's own bytes were refused, the download goes on so that the error can
@@ -610,7 +614,9 @@ export class ChunkChannel implements AsyncIterable<Buffer> {
 
   /**
    * Yields the queued chunks joined into pieces of at least `batch` bytes (except the last):
-   * consumers such as zlib pay per call, and network chunks are small.
+   * consumers such as zlib pay per call, and network chunks are small. Pieces are always
+   * fresh copies (the consumer may keep or transfer them; the producer's chunks are still
+   * being written to the blob file).
    */
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
     try {
@@ -618,7 +624,7 @@ export class ChunkChannel implements AsyncIterable<Buffer> {
         if (this.q.length > 0 && (this.bytes >= this.batch || this.ended || this.error !== undefined)) {
           const parts = this.q;
           this.q = [];
-          const piece = parts.length === 1 ? parts[0] : Buffer.concat(parts, this.bytes);
+          const piece = Buffer.concat(parts, this.bytes);
           this.bytes = 0;
           this.wake('writer');
           yield piece;
