@@ -25,11 +25,31 @@ import type { LayerRead, Op, UnpackLimits } from './unpack';
 
 const WINDOW = 8 << 20;
 const IDLE_MS = 5 * 60_000;
+/** Input is packed into shared slabs of this size (one copy, no allocation per piece). */
+const SLAB = 1 << 20;
+/** Chunks at least this large that the caller owns are transferred instead. */
+const TRANSFER_MIN = 256 << 10;
+const MAX_FREE_SLABS = 16;
+
+// Free slabs. Network chunks are small and short-lived: packing them into reused shared
+// memory instead of fresh buffers keeps ~1 byte of garbage per downloaded byte away from the
+// main thread's heap (each fresh buffer counts towards V8's next full collection).
+const freeSlabs: SharedArrayBuffer[] = [];
+
+function takeSlab(): SharedArrayBuffer {
+  return freeSlabs.pop() ?? new SharedArrayBuffer(SLAB);
+}
+
+function returnSlab(sab: SharedArrayBuffer): void {
+  if (freeSlabs.length < MAX_FREE_SLABS && sab.byteLength === SLAB) freeSlabs.push(sab);
+}
 
 /** Messages to a worker. */
 export type ToWorker =
   | { t: 'start'; id: number; fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string }
   | { t: 'data'; id: number; buf: ArrayBuffer }
+  /** `len` bytes at the start of a shared slab: the worker copies them out and acknowledges `slab`. */
+  | { t: 'shared'; id: number; sab: SharedArrayBuffer; len: number }
   | { t: 'end'; id: number }
   | { t: 'abort'; id: number; message: string };
 
@@ -37,6 +57,8 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'ready' }
   | { t: 'ack'; id: number; bytes: number }
+  /** A slab copied out, free for reuse. */
+  | { t: 'slab'; sab: SharedArrayBuffer }
   | { t: 'done'; id: number; result: LayerRead }
   | { t: 'error'; id: number; name: string; message: string; code?: string };
 
@@ -112,6 +134,7 @@ class LayerWorker {
     this.ready = new Promise((r) => (ready = r));
     this.worker.on('message', (m: FromWorker) => {
       if (m.t === 'ready') return ready();
+      if (m.t === 'slab') return returnSlab(m.sab);
       const job = this.jobs.get(m.id);
       if (!job) return;
       if (m.t === 'ack') {
@@ -150,7 +173,10 @@ class LayerWorker {
     if (this.jobs.size === 0 && !this.dead) {
       this.worker.unref();
       clearTimeout(this.idle);
-      this.idle = setTimeout(() => void this.worker.terminate(), IDLE_MS).unref();
+      this.idle = setTimeout(() => {
+        freeSlabs.length = 0;
+        void this.worker.terminate();
+      }, IDLE_MS).unref();
     }
   }
 
@@ -260,6 +286,19 @@ export function readOnWorker(
     let settledWake: Promise<void> | undefined;
     const settled = () => (settledWake ??= done.then(() => undefined, () => undefined));
     const it = input[Symbol.asyncIterator]();
+    let slab: SharedArrayBuffer | undefined;
+    let fill = 0;
+    const flush = () => {
+      if (!slab) return;
+      if (fill > 0 && !job.settled) {
+        job.inflight += fill;
+        w.post({ t: 'shared', id, sab: slab, len: fill });
+      } else {
+        returnSlab(slab);
+      }
+      slab = undefined;
+      fill = 0;
+    };
     try {
       for (;;) {
         if (job.settled) break;
@@ -271,23 +310,29 @@ export function readOnWorker(
           break;
         }
         if (r.done) {
+          flush();
           w.post({ t: 'end', id });
           break;
         }
         const c = r.value;
         if (c.length === 0) continue;
-        // Transfer the chunk's memory when it is all ours (a whole, unshared ArrayBuffer: not a
-        // slice of Buffer's pool or of a socket read); copy it otherwise.
-        const whole = p.owned && c.byteOffset === 0 && c.byteLength === c.buffer.byteLength && Object.prototype.toString.call(c.buffer) === '[object ArrayBuffer]';
-        let buf: ArrayBuffer;
-        if (whole) {
-          buf = c.buffer as ArrayBuffer;
+        // A large chunk that is all ours (a whole, unshared ArrayBuffer: not a slice of
+        // Buffer's pool or of a socket read) is transferred; the others are packed into slabs.
+        if (p.owned && c.length >= TRANSFER_MIN && c.byteOffset === 0 && c.byteLength === c.buffer.byteLength && Object.prototype.toString.call(c.buffer) === '[object ArrayBuffer]') {
+          flush();
+          const buf = c.buffer as ArrayBuffer;
+          job.inflight += c.length;
+          w.post({ t: 'data', id, buf }, [buf]);
         } else {
-          buf = new ArrayBuffer(c.length);
-          new Uint8Array(buf).set(c);
+          for (let off = 0; off < c.length; ) {
+            slab ??= takeSlab();
+            const n = Math.min(c.length - off, SLAB - fill);
+            new Uint8Array(slab, fill, n).set(c.subarray(off, off + n));
+            fill += n;
+            off += n;
+            if (fill === SLAB) flush();
+          }
         }
-        job.inflight += c.length;
-        w.post({ t: 'data', id, buf }, [buf]);
         while (job.inflight > WINDOW && !job.settled) await new Promise<void>((res) => (job.wake = res));
       }
     } catch (e) {

@@ -95,6 +95,14 @@ port.on('message', (m: ToWorker) => {
     case 'data':
       inboxes.get(m.id)?.push(Buffer.from(m.buf));
       return;
+    case 'shared': {
+      // Copied out at once, so that the main thread can reuse the slab.
+      const b = Buffer.allocUnsafeSlow(m.len);
+      b.set(new Uint8Array(m.sab, 0, m.len));
+      post({ t: 'slab', sab: m.sab });
+      inboxes.get(m.id)?.push(b);
+      return;
+    }
     case 'end':
       inboxes.get(m.id)?.end();
       return;

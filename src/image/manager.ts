@@ -339,7 +339,9 @@ export class ImageManager {
     t0: number,
   ): Promise<void> {
     const file = this.content.path(l.digest);
-    const ch = new ChunkChannel(16 << 20);
+    // Layer readers on worker threads pack the chunks into shared memory themselves (one
+    // copy); the main-thread reader wants them joined into larger pieces.
+    const ch = new ChunkChannel(16 << 20, 1 << 20, !builder.workers);
     let tapped = false;
     let cancelled = false;
     const download = (async () => {
@@ -383,8 +385,8 @@ export class ImageManager {
       yield* ch;
       if (!tapped) yield* createReadStream(file, { highWaterMark: 1 << 20 });
     })();
-    // The channel's pieces are its own copies and fs read streams hand out fresh buffers.
-    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest, owned: true });
+    // Network chunks are still being written to the blob file: not ours to give away.
+    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest });
     applying.catch((e) => {
       ch.close(); // a reader that stopped never drains the channel
       // When this layer's own bytes were refused, the download goes on so that the error can
@@ -578,6 +580,8 @@ export class ChunkChannel implements AsyncIterable<Buffer> {
   constructor(
     private readonly max: number,
     private readonly batch = 1 << 20,
+    /** Join queued chunks into pieces of at least `batch` bytes (else: hand them out as they are). */
+    private readonly join = true,
   ) {}
 
   async push(c: Buffer): Promise<void> {
@@ -614,13 +618,19 @@ export class ChunkChannel implements AsyncIterable<Buffer> {
 
   /**
    * Yields the queued chunks joined into pieces of at least `batch` bytes (except the last):
-   * consumers such as zlib pay per call, and network chunks are small. Pieces are always
-   * fresh copies (the consumer may keep or transfer them; the producer's chunks are still
-   * being written to the blob file).
+   * consumers such as zlib pay per call, and network chunks are small. Without `join`, the
+   * chunks themselves, one by one.
    */
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
     try {
       for (;;) {
+        if (!this.join && this.q.length > 0) {
+          const c = this.q.shift()!;
+          this.bytes -= c.length;
+          this.wake('writer');
+          yield c;
+          continue;
+        }
         if (this.q.length > 0 && (this.bytes >= this.batch || this.ended || this.error !== undefined)) {
           const parts = this.q;
           this.q = [];

@@ -60,12 +60,14 @@ function layers(): TarEntry[][] {
 }
 
 /** Builds one image from gzip layers, all applied at once (explicit indexes), fed in small pieces. */
-async function build(blobs: Buffer[], diffIds: string[], workers: boolean, piece = 50_000): Promise<string> {
+async function build(blobs: Buffer[], diffIds: string[], workers: boolean, piece = 50_000, owned = false): Promise<string> {
   const out = path.join(base, `img-${++n}.erofs`);
   const b = await ImageBuilder.create(out, silentLogger, {}, { workers });
-  const pieces = (buf: Buffer) => Readable.from(Array.from({ length: Math.ceil(buf.length / piece) }, (_, i) => buf.subarray(i * piece, (i + 1) * piece)));
+  // Owned: every piece in its own ArrayBuffer (transferred when large enough).
+  const cut = (buf: Buffer, i: number) => (owned ? Buffer.from(new Uint8Array(buf.subarray(i * piece, (i + 1) * piece))) : buf.subarray(i * piece, (i + 1) * piece));
+  const pieces = (buf: Buffer) => Readable.from(Array.from({ length: Math.ceil(buf.length / piece) }, (_, i) => cut(buf, i)));
   try {
-    await Promise.all(blobs.map((blob, i) => b.applyLayer(pieces(blob), { index: i, diffId: diffIds[i], label: `l${i}` })));
+    await Promise.all(blobs.map((blob, i) => b.applyLayer(pieces(blob), { index: i, diffId: diffIds[i], label: `l${i}`, owned })));
     await b.commit();
   } catch (e) {
     await b.abort();
@@ -82,6 +84,9 @@ test('workers and the main thread build the same tree; the caller\'s chunks stay
   const viaWorkers = await tree(await build(blobs, diffIds, true));
   const local = await tree(await build(blobs, diffIds, false));
   expect(viaWorkers).toEqual(local);
+  // Owned pieces of 300 kB (transferred) and of 1000 bytes (packed into shared slabs).
+  expect(await tree(await build(blobs, diffIds, true, 300_000, true))).toEqual(local);
+  expect(await tree(await build(blobs, diffIds, true, 1000, true))).toEqual(local);
   expect(viaWorkers['etc/hello']).toBeUndefined();
   expect(viaWorkers['data/f3']).toMatch(/^644 9 /);
   expect(viaWorkers['link']).toBe('-> data/f4');
