@@ -20,6 +20,7 @@ import { promises as fsp, constants as C, writev as fsWritev } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fsyncDir } from './content-store';
+import { startWriteback } from './writeback';
 
 export const BLOCK_SIZE = 4096;
 const BLOCK_BITS = 12;
@@ -173,6 +174,9 @@ export class BlockCounter {
   }
 }
 
+/** Dirty bytes of the image after which its writeback is started (see writeback.ts). */
+const WRITEBACK_EVERY = 8 << 20;
+
 /**
  * The image file: block allocation (shared, see BlockCounter) and positioned async writes
  * (a few in flight, failures reported at the next drain) through a FileHandle or, on a
@@ -182,11 +186,15 @@ export class ImageFile {
   private inflight = new Set<Promise<void>>();
   private failed: Error | null = null;
   private readonly write: (parts: Buffer[], at: number) => Promise<number>;
+  private readonly fd: number;
+  /** Bytes written since writeback was last started. */
+  private dirty = 0;
 
   constructor(
     target: FileHandle | number,
     readonly blocks: BlockCounter = BlockCounter.create(),
   ) {
+    this.fd = typeof target === 'number' ? target : target.fd;
     if (typeof target === 'number') {
       this.write = (parts, at) =>
         new Promise((resolve, reject) => fsWritev(target, parts, at, (e, n) => (e ? reject(e) : resolve(n))));
@@ -210,6 +218,12 @@ export class ImageFile {
     const p: Promise<void> = (async () => {
       const bytesWritten = await this.write(parts, at);
       if (bytesWritten !== len) throw new Error(`short write to the image (${bytesWritten} of ${len} bytes)`);
+      if ((this.dirty += len) >= WRITEBACK_EVERY) {
+        this.dirty = 0;
+        // Not waited for by the writer; drain(0) waits for it (the descriptor stays open).
+        const wb: Promise<void> = startWriteback(this.fd).finally(() => this.inflight.delete(wb));
+        this.inflight.add(wb);
+      }
     })().then(
       () => {
         this.inflight.delete(p);
@@ -350,8 +364,11 @@ export class ErofsImage {
     try {
       const t0 = Date.now();
       await this.file.drain(0);
+      // The data is all written: its writeback runs while the metadata is laid out.
+      const wb = startWriteback(this.fh.fd);
       const r = await writeMetadata(this.file, this.fh, root, opts.buildTime ?? Math.floor(Date.now() / 1000));
       const t1 = Date.now();
+      await wb;
       await this.fh.chmod(0o444);
       await this.fh.sync();
       await this.fh.close();

@@ -70,13 +70,13 @@ const inboxes = new Map<number, Inbox>();
 async function run(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
   const inbox = new Inbox(m.id);
   inboxes.set(m.id, inbox);
+  const file = new ImageFile(m.fd, new BlockCounter(m.cells));
   try {
     const budget = new SharedBudget(m.cells, m.limits);
-    const file = new ImageFile(m.fd, new BlockCounter(m.cells));
     const check = () => {
       if (budget.failed) throw new BuildFailed();
     };
-    const result = await readLayerStream(inbox, m.diffId, m.label, budget, new Stager(file), check);
+    const result = await readLayerStream(inbox, m.diffId, m.label, budget, new Stager(file), check).finally(() => file.drain(0).catch(() => undefined));
     // Raw PAX xattrs are not needed any more (the checked ones are in op.xattrs / the file).
     for (const op of result.ops) op.h.xattrs = null;
     post({ t: 'done', id: m.id, result });

@@ -155,3 +155,13 @@ test('an input error fails the layer with that error', async () => {
   await b.abort();
   expect(leftovers()).toEqual([]);
 });
+
+test('startWriteback is only a hint: it resolves for a file, and for a bad descriptor too', async () => {
+  const { startWriteback } = await import('../../src/image/writeback');
+  const f = path.join(base, 'wb');
+  const fh = await fsp.open(f, 'w');
+  await fh.write(randomBytes(1 << 20));
+  await expect(startWriteback(fh.fd)).resolves.toBeUndefined();
+  await fh.close();
+  await expect(startWriteback(987654)).resolves.toBeUndefined();
+});
