@@ -46,7 +46,7 @@ function returnSlab(sab: SharedArrayBuffer): void {
 
 /** Messages to a worker. */
 export type ToWorker =
-  | { t: 'start'; id: number; fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string }
+  | { t: 'start'; id: number; fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; hashInput: boolean }
   | { t: 'data'; id: number; buf: ArrayBuffer }
   /** `len` bytes at the start of a shared slab: the worker copies them out and acknowledges `slab`. */
   | { t: 'shared'; id: number; sab: SharedArrayBuffer; len: number }
@@ -57,6 +57,8 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'ready' }
   | { t: 'ack'; id: number; bytes: number }
+  /** sha256 of every byte the job received, sent when its input ended (hashInput). */
+  | { t: 'input'; id: number; digest: string }
   /** A slab copied out, free for reuse. */
   | { t: 'slab'; sab: SharedArrayBuffer }
   | { t: 'done'; id: number; result: LayerRead }
@@ -80,6 +82,8 @@ interface Job {
   /** Resolves when the worker took some bytes, or the job settled. */
   wake: (() => void) | undefined;
   resolve: (r: LayerRead) => void;
+  /** Called once: the input's digest, or undefined when the job ended without it. */
+  onInput?: (digest: string | undefined) => void;
   reject: (e: Error) => void;
 }
 
@@ -137,6 +141,12 @@ class LayerWorker {
       if (m.t === 'slab') return returnSlab(m.sab);
       const job = this.jobs.get(m.id);
       if (!job) return;
+      if (m.t === 'input') {
+        const f = job.onInput;
+        job.onInput = undefined;
+        f?.(m.digest);
+        return;
+      }
       if (m.t === 'ack') {
         job.inflight -= m.bytes;
         const w = job.wake;
@@ -166,6 +176,9 @@ class LayerWorker {
 
   private finish(id: number, job: Job): void {
     job.settled = true;
+    const f = job.onInput;
+    job.onInput = undefined;
+    f?.(undefined);
     this.jobs.delete(id);
     const w = job.wake;
     job.wake = undefined;
@@ -263,7 +276,7 @@ export interface RemoteRead {
  */
 export function readOnWorker(
   input: AsyncIterable<Buffer>,
-  p: { fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; owned: boolean },
+  p: { fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; owned: boolean; inputDigest?: (digest: string | undefined) => void },
 ): RemoteRead {
   const w = pick();
   const id = nextId++;
@@ -274,9 +287,9 @@ export function readOnWorker(
     reject = rej;
   });
   done.catch(() => undefined);
-  const job: Job = { inflight: 0, settled: false, wake: undefined, resolve, reject };
+  const job: Job = { inflight: 0, settled: false, wake: undefined, resolve, reject, onInput: p.inputDigest };
   w.start(id, job);
-  w.post({ t: 'start', id, fd: p.fd, cells: p.cells, limits: p.limits, diffId: p.diffId, label: p.label });
+  w.post({ t: 'start', id, fd: p.fd, cells: p.cells, limits: p.limits, diffId: p.diffId, label: p.label, hashInput: !!p.inputDigest });
   const abort = (message: string) => {
     if (!job.settled) w.post({ t: 'abort', id, message });
   };

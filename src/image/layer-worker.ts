@@ -1,6 +1,7 @@
 // The worker thread of layer-pool.ts: reads layers (unpack.ts readLayerStream) from chunks
 // the main thread sends, writes their file data to the image through its descriptor, and
 // sends back the entries. Several layers can be read at once (each is its own job).
+import { createHash, type Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { BlockCounter, ImageFile, Stager } from './erofs';
 import type { FromWorker, ToWorker } from './layer-pool';
@@ -66,10 +67,18 @@ class BuildFailed extends Error {
 }
 
 const inboxes = new Map<number, Inbox>();
+/** Jobs whose raw input (the compressed blob) is hashed as it arrives, for the blob's digest. */
+const inputHashes = new Map<number, Hash>();
+
+function received(id: number, b: Buffer): void {
+  inputHashes.get(id)?.update(b);
+  inboxes.get(id)?.push(b);
+}
 
 async function run(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
   const inbox = new Inbox(m.id);
   inboxes.set(m.id, inbox);
+  if (m.hashInput) inputHashes.set(m.id, createHash('sha256'));
   const file = new ImageFile(m.fd, new BlockCounter(m.cells));
   try {
     const budget = new SharedBudget(m.cells, m.limits);
@@ -84,6 +93,7 @@ async function run(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
     post({ t: 'error', id: m.id, name: String(e?.name ?? 'Error'), message: String(e?.message ?? e), ...(typeof e?.code === 'string' ? { code: e.code } : {}) });
   } finally {
     inboxes.delete(m.id);
+    inputHashes.delete(m.id);
   }
 }
 
@@ -93,19 +103,25 @@ port.on('message', (m: ToWorker) => {
       void run(m);
       return;
     case 'data':
-      inboxes.get(m.id)?.push(Buffer.from(m.buf));
+      received(m.id, Buffer.from(m.buf));
       return;
     case 'shared': {
       // Copied out at once, so that the main thread can reuse the slab.
       const b = Buffer.allocUnsafeSlow(m.len);
       b.set(new Uint8Array(m.sab, 0, m.len));
       post({ t: 'slab', sab: m.sab });
-      inboxes.get(m.id)?.push(b);
+      received(m.id, b);
       return;
     }
-    case 'end':
+    case 'end': {
+      const h = inputHashes.get(m.id);
+      if (h) {
+        inputHashes.delete(m.id);
+        post({ t: 'input', id: m.id, digest: `sha256:${h.digest('hex')}` });
+      }
       inboxes.get(m.id)?.end();
       return;
+    }
     case 'abort':
       inboxes.get(m.id)?.fail(Object.assign(new Error(m.message), { name: 'BuildFailedError' }));
       return;

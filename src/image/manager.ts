@@ -344,6 +344,9 @@ export class ImageManager {
     const ch = new ChunkChannel(16 << 20, 1 << 20, !builder.workers);
     let tapped = false;
     let cancelled = false;
+    // The layer reader hashes the blob's bytes as it reads them (on its worker thread).
+    let setInputDigest!: (d: string | undefined) => void;
+    const inputDigest = new Promise<string | undefined>((r) => (setInputDigest = r));
     const download = (async () => {
       if (await this.content.has(l)) return;
       const release = await slot();
@@ -367,6 +370,12 @@ export class ImageManager {
             tapped = true;
             return ch.push(chunk); // a no-op once the reader is gone: the digest is still checked
           },
+          // Every chunk went through the tap: the reader's input ends here, and its digest of
+          // it is the blob's (undefined if the reader stopped: the store hashes the file).
+          () => {
+            ch.end();
+            return inputDigest;
+          },
         );
       } finally {
         release();
@@ -386,7 +395,7 @@ export class ImageManager {
       if (!tapped) yield* createReadStream(file, { highWaterMark: 1 << 20 });
     })();
     // Network chunks are still being written to the blob file: not ours to give away.
-    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest });
+    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest, inputDigest: setInputDigest });
     applying.catch((e) => {
       ch.close(); // a reader that stopped never drains the channel
       // When this layer's own bytes were refused, the download goes on so that the error can

@@ -321,6 +321,12 @@ export interface LayerOptions {
    * handed to the worker thread without a copy. Otherwise they are copied.
    */
   owned?: boolean;
+  /**
+   * Asks for the sha256 of the raw input (the compressed blob, every byte the call read):
+   * called once, with 'sha256:<hex>' when the input ended, or with undefined when reading
+   * stopped before (the layer was refused, the build failed).
+   */
+  inputDigest?: (digest: string | undefined) => void;
 }
 
 /**
@@ -392,7 +398,7 @@ export class ImageBuilder {
     const label = opts.label ?? String(index);
     try {
       this.check();
-      const ops = await this.readLayer(input, opts.diffId, label, opts.owned ?? false);
+      const ops = await this.readLayer(input, opts.diffId, label, opts.owned ?? false, opts.inputDigest);
       await this.turn(index);
       this.replay(ops, label);
       this.applied++;
@@ -447,10 +453,10 @@ export class ImageBuilder {
     });
   }
 
-  private async readLayer(input: AsyncIterable<Buffer>, diffId: string | undefined, label: string, owned: boolean): Promise<Op[]> {
+  private async readLayer(input: AsyncIterable<Buffer>, diffId: string | undefined, label: string, owned: boolean, inputDigest?: (d: string | undefined) => void): Promise<Op[]> {
     let r: LayerRead;
     if (this.workers) {
-      const job = readOnWorker(input, { fd: this.image.fh.fd, cells: this.budget.cells, limits: this.limits, diffId, label, owned });
+      const job = readOnWorker(input, { fd: this.image.fh.fd, cells: this.budget.cells, limits: this.limits, diffId, label, owned, inputDigest });
       this.remote.add(job);
       if (this.failed) job.abort(this.failed.message);
       try {
@@ -463,7 +469,25 @@ export class ImageBuilder {
         this.remote.delete(job);
       }
     } else {
-      r = await readLayerStream(input, diffId, label, this.budget, new Stager(this.image.file), () => this.check());
+      let report = inputDigest;
+      if (report) {
+        const h = createHash('sha256');
+        const src = input;
+        input = (async function* () {
+          for await (const c of src) {
+            h.update(c);
+            yield c;
+          }
+          const f = report;
+          report = undefined;
+          f?.(`sha256:${h.digest('hex')}`);
+        })();
+      }
+      try {
+        r = await readLayerStream(input, diffId, label, this.budget, new Stager(this.image.file), () => this.check());
+      } finally {
+        report?.(undefined);
+      }
     }
     for (const s of r.skipped) this.logger.debug({ layer: label, ...s }, 'skipping unsupported tar entry type');
     if (r.droppedXattrs.length) this.logger.warn({ layer: label, xattrs: r.droppedXattrs.slice(0, 20) }, 'xattrs dropped (namespace not allowed in images)');
