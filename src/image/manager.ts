@@ -226,14 +226,29 @@ export class ImageManager {
     const configDesc = manifest.config;
     const id = configDesc.digest;
 
-    // Manifests and config are stored like any blob (verified) for a later rebuild/inspection.
-    await this.content.putBuffer({ digest: resolved.topDigest, size: resolved.topBytes.length }, resolved.topBytes);
-    if (resolved.manifestDigest !== resolved.topDigest)
-      await this.content.putBuffer({ digest: resolved.manifestDigest, size: resolved.manifestBytes.length }, resolved.manifestBytes);
-    if (!(await this.content.has(configDesc))) await this.content.putBuffer(configDesc, await session.fetchSmallBlob(configDesc));
+    // Manifests and config are stored like any blob (verified) for a later rebuild/inspection:
+    // written and synced while the layers download (their digests were checked in memory), and
+    // waited for before the image is recorded.
+    const configBytes = (await this.content.has(configDesc)) ? await this.content.read(id) : await session.fetchSmallBlob(configDesc);
+    const small: [{ digest: string; size: number }, Buffer][] = [[{ digest: resolved.topDigest, size: resolved.topBytes.length }, resolved.topBytes]];
+    if (resolved.manifestDigest !== resolved.topDigest) small.push([{ digest: resolved.manifestDigest, size: resolved.manifestBytes.length }, resolved.manifestBytes]);
+    small.push([configDesc, configBytes]);
+    const stored = Promise.all(small.map(([d, bytes]) => this.content.putBuffer(d, bytes)));
+    stored.catch(() => undefined);
+    try {
+      return await this.pullStored(parsed, session, resolved, started, configBytes, stored);
+    } finally {
+      await stored.catch(() => undefined); // nothing keeps writing after the pull returned
+    }
+  }
+
+  private async pullStored(parsed: Reference, session: RepositorySession, resolved: ResolvedImage, started: number, configBytes: Buffer, stored: Promise<unknown>): Promise<ImageRecord> {
+    const name = formatReference(parsed);
+    const manifest = resolved.manifest;
+    const id = manifest.config.digest;
     let config: any;
     try {
-      config = JSON.parse((await this.content.read(id)).toString('utf8'));
+      config = JSON.parse(configBytes.toString('utf8'));
     } catch {
       throw new CriError(Code.FAILED_PRECONDITION, `${name}: image config ${id} is not JSON`);
     }
@@ -250,6 +265,7 @@ export class ImageManager {
       }
       await b;
     }
+    await stored;
 
     // Point the names at the image (moving a tag away from an older image if needed).
     const entry = this.images.get(id) ?? this.addEntry(id, resolved, config);
