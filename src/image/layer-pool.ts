@@ -187,6 +187,9 @@ class LayerWorker {
       this.worker.unref();
       clearTimeout(this.idle);
       this.idle = setTimeout(() => {
+        // Out of the pool first, so that no new job picks a thread that is going away.
+        this.dead = true;
+        this.onGone(this);
         freeSlabs.length = 0;
         void this.worker.terminate();
       }, IDLE_MS).unref();
