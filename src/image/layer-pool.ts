@@ -95,8 +95,8 @@ function spawnWorker(): Worker {
   const file = path.join(__dirname, `layer-worker${ext}`);
   if (ext !== '.ts') return new Worker(file);
   // Running from TypeScript sources (tests, bench/*.sh): this thread transpiles the worker's
-  // modules (this directory's .ts files) and hands over the JavaScript, so that the worker's
-  // heap does not carry a TypeScript compiler.
+  // modules (layer-worker.ts and what it imports from the sources) and hands over the
+  // JavaScript, so that the worker's heap does not carry a TypeScript compiler.
   if (!transpiled) {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const ts = require('typescript');
