@@ -3,7 +3,7 @@
 // fsynced, then renamed into place (and the directory fsynced). Concurrent ingests of one
 // digest share a single download, which a caller can tap to read the bytes as they arrive.
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { promises as fsp, constants as C } from 'node:fs';
+import { createReadStream, promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CriError, Code } from '../cri/errors';
@@ -24,6 +24,12 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+async function hashFile(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(c);
+  return `sha256:${h.digest('hex')}`;
 }
 
 export class ContentStore {
@@ -73,14 +79,26 @@ export class ContentStore {
    * pressure; its rejection aborts the download). Resolves true when this call downloaded
    * the blob through `tap`, false when the blob was already there or another call was
    * downloading it (then `tap` saw nothing).
+   *
+   * With `tapDigest`, the tap's consumer hashes the bytes instead of this call (a layer
+   * reader on a worker thread sees every one of them anyway): once every chunk has gone
+   * through `tap` and been written, `tapDigest()` gives the sha256 of all of them, or
+   * undefined when the consumer stopped early; then the written file is hashed here. Either
+   * way the digest is checked before the blob is synced and moved into place.
    */
-  ingest(b: BlobRef, open: () => Promise<AsyncIterable<Buffer> | Readable>, progress?: Progress, tap?: (chunk: Buffer) => Promise<void> | void): Promise<boolean> {
+  ingest(
+    b: BlobRef,
+    open: () => Promise<AsyncIterable<Buffer> | Readable>,
+    progress?: Progress,
+    tap?: (chunk: Buffer) => Promise<void> | void,
+    tapDigest?: () => Promise<string | undefined>,
+  ): Promise<boolean> {
     const key = b.digest;
     const running = this.inflight.get(key);
     if (running) return running.then(() => false);
     const p = (async () => {
       if (await this.has(b)) return false;
-      await this.download(b, open, progress, tap);
+      await this.download(b, open, progress, tap, tap ? tapDigest : undefined);
       return true;
     })().finally(() => this.inflight.delete(key));
     this.inflight.set(key, p.then(() => undefined));
@@ -88,14 +106,20 @@ export class ContentStore {
     return p;
   }
 
-  private async download(b: BlobRef, open: () => Promise<AsyncIterable<Buffer> | Readable>, progress?: Progress, tap?: (chunk: Buffer) => Promise<void> | void): Promise<void> {
+  private async download(
+    b: BlobRef,
+    open: () => Promise<AsyncIterable<Buffer> | Readable>,
+    progress?: Progress,
+    tap?: (chunk: Buffer) => Promise<void> | void,
+    tapDigest?: () => Promise<string | undefined>,
+  ): Promise<void> {
     const final = this.path(b.digest);
     const tmp = path.join(this.tmpDir, `blob-${b.digest.slice(7, 19)}-${randomBytes(6).toString('hex')}`);
     const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
     let ok = false;
     try {
       const src = await open();
-      const hash: Hash = createHash('sha256');
+      const hash: Hash | null = tapDigest ? null : createHash('sha256');
       let n = 0;
       // Network chunks are small: they are written in batches of ~1 MiB, two batches in flight.
       let batch: Buffer[] = [];
@@ -128,7 +152,7 @@ export class ContentStore {
           for await (const chunk of src as AsyncIterable<Buffer>) {
             n += chunk.length;
             if (n > b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: more data than its size ${b.size}`);
-            hash.update(chunk);
+            hash?.update(chunk);
             batch.push(chunk);
             batchBytes += chunk.length;
             if (batchBytes >= 1 << 20) await flush(2);
@@ -147,7 +171,7 @@ export class ContentStore {
         (src as Readable).destroy?.();
       }
       if (n !== b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: size mismatch (expected ${b.size}, got ${n})`);
-      const got = `sha256:${hash.digest('hex')}`;
+      const got = hash ? `sha256:${hash.digest('hex')}` : ((await tapDigest!()) ?? (await hashFile(tmp)));
       if (got !== b.digest) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: digest mismatch (got ${got})`);
       await fh.sync();
       ok = true;

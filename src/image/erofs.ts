@@ -16,10 +16,11 @@
 //   - directories: blocks of sorted dirents ('.' and '..' included), names after the dirents.
 // The result is checked by the tests with the kernel (loop mount) and fsck.erofs.
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as C } from 'node:fs';
+import { promises as fsp, constants as C, writev as fsWritev } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fsyncDir } from './content-store';
+import { startWriteback } from './writeback';
 
 export const BLOCK_SIZE = 4096;
 const BLOCK_BITS = 12;
@@ -144,34 +145,85 @@ const STAGE = 1 << 20;
 const MAX_INFLIGHT = 8;
 
 /**
- * The image file: a bump allocator of blocks and positioned async writes (a few in flight,
- * failures reported at the next drain). Block 0 holds the superblock and the root inode and
- * is written last; data starts at block 1.
+ * The image's block allocator: a bump counter in shared memory, so that layer readers on
+ * worker threads (layer-pool.ts) allocate extents of the same image. Cell `slot` of `cells`
+ * holds the next free block; block 0 (superblock, root inode) is written last, data starts
+ * at block 1. Other cells of the array are free for the caller's own counters.
  */
-export class ImageFile {
-  private next = 1;
-  private inflight = new Set<Promise<void>>();
-  private failed: Error | null = null;
+export class BlockCounter {
+  constructor(
+    readonly cells: BigInt64Array,
+    readonly slot = 0,
+  ) {}
 
-  constructor(readonly fh: FileHandle) {}
+  /** A counter in a fresh shared array of `cells` cells (slot 0 starts at block 1). */
+  static create(cells = 8): BlockCounter {
+    const c = new BlockCounter(new BigInt64Array(new SharedArrayBuffer(cells * 8)));
+    Atomics.store(c.cells, 0, 1n);
+    return c;
+  }
 
   /** Reserves `n` contiguous blocks; returns the first. */
   alloc(n: number): number {
-    const b = this.next;
-    this.next += n;
-    return b;
+    return Number(Atomics.add(this.cells, this.slot, BigInt(n)));
   }
 
   /** Blocks allocated so far (the end of the data area). */
   get end(): number {
-    return this.next;
+    return Number(Atomics.load(this.cells, this.slot));
+  }
+}
+
+/** Dirty bytes of the image after which its writeback is started (see writeback.ts). */
+const WRITEBACK_EVERY = 8 << 20;
+
+/**
+ * The image file: block allocation (shared, see BlockCounter) and positioned async writes
+ * (a few in flight, failures reported at the next drain) through a FileHandle or, on a
+ * worker thread, the same file's descriptor number.
+ */
+export class ImageFile {
+  private inflight = new Set<Promise<void>>();
+  private failed: Error | null = null;
+  private readonly write: (parts: Buffer[], at: number) => Promise<number>;
+  private readonly fd: number;
+  /** Bytes written since writeback was last started. */
+  private dirty = 0;
+
+  constructor(
+    target: FileHandle | number,
+    readonly blocks: BlockCounter = BlockCounter.create(),
+  ) {
+    this.fd = typeof target === 'number' ? target : target.fd;
+    if (typeof target === 'number') {
+      this.write = (parts, at) =>
+        new Promise((resolve, reject) => fsWritev(target, parts, at, (e, n) => (e ? reject(e) : resolve(n))));
+    } else {
+      this.write = async (parts, at) => (await target.writev(parts, at)).bytesWritten;
+    }
+  }
+
+  /** Reserves `n` contiguous blocks; returns the first. */
+  alloc(n: number): number {
+    return this.blocks.alloc(n);
+  }
+
+  /** Blocks allocated so far (the end of the data area). */
+  get end(): number {
+    return this.blocks.end;
   }
 
   /** Writes `parts` (`len` bytes in all) at byte `at`, in the background; the promise never rejects (see drain). */
   writev(parts: Buffer[], len: number, at: number): Promise<void> {
     const p: Promise<void> = (async () => {
-      const { bytesWritten } = await this.fh.writev(parts, at);
+      const bytesWritten = await this.write(parts, at);
       if (bytesWritten !== len) throw new Error(`short write to the image (${bytesWritten} of ${len} bytes)`);
+      if ((this.dirty += len) >= WRITEBACK_EVERY) {
+        this.dirty = 0;
+        // Not waited for by the writer; drain(0) waits for it (the descriptor stays open).
+        const wb: Promise<void> = startWriteback(this.fd).finally(() => this.inflight.delete(wb));
+        this.inflight.add(wb);
+      }
     })().then(
       () => {
         this.inflight.delete(p);
@@ -287,14 +339,15 @@ export class ErofsImage {
     readonly out: string,
     readonly tmp: string,
     readonly fh: FileHandle,
+    blocks: BlockCounter,
   ) {
-    this.file = new ImageFile(fh);
+    this.file = new ImageFile(fh, blocks);
   }
 
-  static async create(out: string): Promise<ErofsImage> {
+  static async create(out: string, blocks = BlockCounter.create()): Promise<ErofsImage> {
     const tmp = path.join(path.dirname(out), `.tmp-${path.basename(out)}-${randomBytes(4).toString('hex')}`);
     const fh = await fsp.open(tmp, C.O_RDWR | C.O_CREAT | C.O_EXCL, 0o600);
-    return new ErofsImage(out, tmp, fh);
+    return new ErofsImage(out, tmp, fh, blocks);
   }
 
   async abort(): Promise<void> {
@@ -311,8 +364,11 @@ export class ErofsImage {
     try {
       const t0 = Date.now();
       await this.file.drain(0);
-      const r = await writeMetadata(this.file, root, opts.buildTime ?? Math.floor(Date.now() / 1000));
+      // The data is all written: its writeback runs while the metadata is laid out.
+      const wb = startWriteback(this.fh.fd);
+      const r = await writeMetadata(this.file, this.fh, root, opts.buildTime ?? Math.floor(Date.now() / 1000));
       const t1 = Date.now();
+      await wb;
       await this.fh.chmod(0o444);
       await this.fh.sync();
       await this.fh.close();
@@ -404,8 +460,7 @@ function encodeDev(major: number, minor: number): number {
   return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
-async function writeMetadata(file: ImageFile, root: DirNode, buildTime: number): Promise<{ bytes: number; inodes: number }> {
-  const fh = file.fh;
+async function writeMetadata(file: ImageFile, fh: FileHandle, root: DirNode, buildTime: number): Promise<{ bytes: number; inodes: number }> {
 
   // 1. Every inode once (hard links share a node), with link counts and parents.
   const plans: Planned[] = [];

@@ -18,6 +18,7 @@ import { ContentStore } from './content-store';
 import { MetadataStore, type StoredImage } from './metadata';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
+import { layerWorkersEnabled, prewarmLayerWorkers } from './layer-pool';
 import { BuildFailedError, DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
 
 export type { AuthConfig } from './auth';
@@ -119,6 +120,8 @@ export class ImageManager {
     }
     if (dropped) await this.save();
     await this.collectGarbage(false);
+    // Layer reader threads (layer-pool.ts), started now so that a first pull need not wait.
+    if (layerWorkersEnabled()) void prewarmLayerWorkers().catch(() => undefined);
     this.log.info({ images: this.list().length }, 'image store ready');
   }
 
@@ -223,14 +226,29 @@ export class ImageManager {
     const configDesc = manifest.config;
     const id = configDesc.digest;
 
-    // Manifests and config are stored like any blob (verified) for a later rebuild/inspection.
-    await this.content.putBuffer({ digest: resolved.topDigest, size: resolved.topBytes.length }, resolved.topBytes);
-    if (resolved.manifestDigest !== resolved.topDigest)
-      await this.content.putBuffer({ digest: resolved.manifestDigest, size: resolved.manifestBytes.length }, resolved.manifestBytes);
-    if (!(await this.content.has(configDesc))) await this.content.putBuffer(configDesc, await session.fetchSmallBlob(configDesc));
+    // Manifests and config are stored like any blob (verified) for a later rebuild/inspection:
+    // written and synced while the layers download (their digests were checked in memory), and
+    // waited for before the image is recorded.
+    const configBytes = (await this.content.has(configDesc)) ? await this.content.read(id) : await session.fetchSmallBlob(configDesc);
+    const small: [{ digest: string; size: number }, Buffer][] = [[{ digest: resolved.topDigest, size: resolved.topBytes.length }, resolved.topBytes]];
+    if (resolved.manifestDigest !== resolved.topDigest) small.push([{ digest: resolved.manifestDigest, size: resolved.manifestBytes.length }, resolved.manifestBytes]);
+    small.push([configDesc, configBytes]);
+    const stored = Promise.all(small.map(([d, bytes]) => this.content.putBuffer(d, bytes)));
+    stored.catch(() => undefined);
+    try {
+      return await this.pullStored(parsed, session, resolved, started, configBytes, stored);
+    } finally {
+      await stored.catch(() => undefined); // nothing keeps writing after the pull returned
+    }
+  }
+
+  private async pullStored(parsed: Reference, session: RepositorySession, resolved: ResolvedImage, started: number, configBytes: Buffer, stored: Promise<unknown>): Promise<ImageRecord> {
+    const name = formatReference(parsed);
+    const manifest = resolved.manifest;
+    const id = manifest.config.digest;
     let config: any;
     try {
-      config = JSON.parse((await this.content.read(id)).toString('utf8'));
+      config = JSON.parse(configBytes.toString('utf8'));
     } catch {
       throw new CriError(Code.FAILED_PRECONDITION, `${name}: image config ${id} is not JSON`);
     }
@@ -247,6 +265,7 @@ export class ImageManager {
       }
       await b;
     }
+    await stored;
 
     // Point the names at the image (moving a tag away from an older image if needed).
     const entry = this.images.get(id) ?? this.addEntry(id, resolved, config);
@@ -336,9 +355,14 @@ export class ImageManager {
     t0: number,
   ): Promise<void> {
     const file = this.content.path(l.digest);
-    const ch = new ChunkChannel(16 << 20);
+    // Layer readers on worker threads pack the chunks into shared memory themselves (one
+    // copy); the main-thread reader wants them joined into larger pieces.
+    const ch = new ChunkChannel(16 << 20, 1 << 20, !builder.workers);
     let tapped = false;
     let cancelled = false;
+    // The layer reader hashes the blob's bytes as it reads them (on its worker thread).
+    let setInputDigest!: (d: string | undefined) => void;
+    const inputDigest = new Promise<string | undefined>((r) => (setInputDigest = r));
     const download = (async () => {
       if (await this.content.has(l)) return;
       const release = await slot();
@@ -362,6 +386,12 @@ export class ImageManager {
             tapped = true;
             return ch.push(chunk); // a no-op once the reader is gone: the digest is still checked
           },
+          // Every chunk went through the tap: the reader's input ends here, and its digest of
+          // it is the blob's (undefined if the reader stopped: the store hashes the file).
+          () => {
+            ch.end();
+            return inputDigest;
+          },
         );
       } finally {
         release();
@@ -380,7 +410,8 @@ export class ImageManager {
       yield* ch;
       if (!tapped) yield* createReadStream(file, { highWaterMark: 1 << 20 });
     })();
-    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest });
+    // Network chunks are still being written to the blob file: not ours to give away.
+    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest, inputDigest: setInputDigest });
     applying.catch((e) => {
       ch.close(); // a reader that stopped never drains the channel
       // When this layer's own bytes were refused, the download goes on so that the error can
@@ -574,6 +605,8 @@ export class ChunkChannel implements AsyncIterable<Buffer> {
   constructor(
     private readonly max: number,
     private readonly batch = 1 << 20,
+    /** Join queued chunks into pieces of at least `batch` bytes (else: hand them out as they are). */
+    private readonly join = true,
   ) {}
 
   async push(c: Buffer): Promise<void> {
@@ -610,15 +643,23 @@ export class ChunkChannel implements AsyncIterable<Buffer> {
 
   /**
    * Yields the queued chunks joined into pieces of at least `batch` bytes (except the last):
-   * consumers such as zlib pay per call, and network chunks are small.
+   * consumers such as zlib pay per call, and network chunks are small. Without `join`, the
+   * chunks themselves, one by one.
    */
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
     try {
       for (;;) {
+        if (!this.join && this.q.length > 0) {
+          const c = this.q.shift()!;
+          this.bytes -= c.length;
+          this.wake('writer');
+          yield c;
+          continue;
+        }
         if (this.q.length > 0 && (this.bytes >= this.batch || this.ended || this.error !== undefined)) {
           const parts = this.q;
           this.q = [];
-          const piece = parts.length === 1 ? parts[0] : Buffer.concat(parts, this.bytes);
+          const piece = Buffer.concat(parts, this.bytes);
           this.bytes = 0;
           this.wake('writer');
           yield piece;

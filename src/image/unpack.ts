@@ -33,7 +33,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import type { Logger } from '../log';
-import { BLOCK_SIZE, DeviceNode, DirNode, EROFS_NAME_MAX, ErofsImage, FileNode, Stager, SymlinkNode, XATTR_NAME_MAX, XATTR_PREFIXES, XATTR_VALUE_MAX, xattrBodySize, type Node } from './erofs';
+import { readOnWorker, layerWorkersEnabled, type RemoteRead } from './layer-pool';
+import { BLOCK_SIZE, BlockCounter, DeviceNode, DirNode, EROFS_NAME_MAX, ErofsImage, FileNode, Stager, SymlinkNode, XATTR_NAME_MAX, XATTR_PREFIXES, XATTR_VALUE_MAX, xattrBodySize, type Node } from './erofs';
 import { TarFormatError, TarParser, type TarHandler, type TarHeader } from './tar';
 
 export class UnsafeArchiveError extends Error {
@@ -145,7 +146,7 @@ async function peek(input: AsyncIterable<Buffer>): Promise<{ head: Buffer; rest:
 }
 
 /** One tar entry of a layer as the replay needs it (file data is already in the image). */
-interface Op {
+export interface Op {
   h: TarHeader;
   rel: string;
   /** Regular files: the node, data written. */
@@ -161,12 +162,171 @@ interface Sink {
   tailFill: number;
 }
 
+// Cells of the image's shared counters (BigInt64Array; cell 0 is erofs.ts' block counter).
+const ENTRIES = 1;
+const TOTAL_BYTES = 2;
+const META_BYTES = 3;
+const INLINE_BYTES = 4;
+const FAILED = 5;
+export const BUDGET_CELLS = 8;
+const CELLS = BUDGET_CELLS;
+
+/**
+ * The image-wide limits and counters, in shared memory so that the layer readers on worker
+ * threads (layer-pool.ts) and the replay on the main thread count against the same budget.
+ */
+export class SharedBudget {
+  constructor(
+    readonly cells: BigInt64Array,
+    readonly limits: UnpackLimits,
+  ) {
+    if (cells.length < CELLS) throw new Error('SharedBudget: too few cells');
+  }
+
+  private add(cell: number, n: number): number {
+    return Number(Atomics.add(this.cells, cell, BigInt(n))) + n;
+  }
+
+  private get(cell: number): number {
+    return Number(Atomics.load(this.cells, cell));
+  }
+
+  get entries(): number {
+    return this.get(ENTRIES);
+  }
+
+  get totalBytes(): number {
+    return this.get(TOTAL_BYTES);
+  }
+
+  /** One more entry; refuses the layer past maxEntries. */
+  entry(label: string): void {
+    if (this.add(ENTRIES, 1) > this.limits.maxEntries) throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxEntries} entries`);
+  }
+
+  /** `size` more bytes of file data; refuses the layer past maxTotalBytes. */
+  fileBytes(size: number, label: string): void {
+    if (this.add(TOTAL_BYTES, size) > this.limits.maxTotalBytes) throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxTotalBytes} bytes of files`);
+  }
+
+  /** Names, link targets and xattrs held in memory, against maxMetadataBytes. */
+  account(bytes: number, label: string): void {
+    if (this.add(META_BYTES, bytes) > this.limits.maxMetadataBytes)
+      throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxMetadataBytes} bytes of names, link targets and xattrs`);
+  }
+
+  /** Takes `n` bytes of the in-memory budget for inline tails, if there is room. */
+  takeInline(n: number): boolean {
+    if (this.add(INLINE_BYTES, n) <= INLINE_BUDGET) return true;
+    this.add(INLINE_BYTES, -n);
+    return false;
+  }
+
+  /** The build failed (on any thread): readers stop at their next chunk. */
+  setFailed(): void {
+    Atomics.store(this.cells, FAILED, 1n);
+  }
+
+  get failed(): boolean {
+    return Atomics.load(this.cells, FAILED) !== 0n;
+  }
+}
+
+/** What reading one layer produced (its file data is in the image already): the replay's input. */
+export interface LayerRead {
+  ops: Op[];
+  droppedXattrs: string[];
+  /** Entries of unsupported types, for the log. */
+  skipped: { entry: string; typeflag: string }[];
+}
+
+/**
+ * Reads one layer (gzip, zstd or plain tar, sniffed) from `input`: checks and hashes it
+ * (diff_id), writes file data through `stager`, records the entries. `check` is called per
+ * chunk and throws when the build failed elsewhere. Runs on the main thread or on a worker
+ * (layer-pool.ts). The whole input is read (padding after the tar end marker too), so the
+ * diff_id covers every byte.
+ */
+export async function readLayerStream(input: AsyncIterable<Buffer>, diffId: string | undefined, label: string, budget: SharedBudget, stager: Stager, check: () => void): Promise<LayerRead> {
+  const { head, rest } = await peek(input);
+  const kind = sniff(head);
+  let tar: AsyncIterable<Buffer>;
+  let feeding: Promise<void> = Promise.resolve();
+  let child: ReturnType<typeof spawn> | undefined;
+  let childDone: Promise<void> = Promise.resolve();
+  const source = Readable.from(rest, { objectMode: false });
+  if (kind === 'gzip') {
+    const gunzip = createGunzip({ chunkSize: 1 << 20 });
+    feeding = pipeline(source, gunzip).catch((e) => {
+      gunzip.destroy(e);
+    });
+    tar = gunzip;
+  } else if (kind === 'zstd') {
+    // Node 20's zlib has no zstd; Debian's zstd CLI streams it.
+    child = spawn('zstd', ['-dcq'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    childDone = new Promise((resolve, reject) => {
+      child!.on('error', reject);
+      child!.on('close', (code) => (code === 0 ? resolve() : reject(new UnsafeArchiveError(`layer ${label}: zstd -d failed (${code}): ${err.trim()}`))));
+    });
+    childDone.catch(() => undefined);
+    const out = child.stdout!;
+    feeding = pipeline(source, child.stdin!).catch((e) => {
+      out.destroy(e);
+    });
+    tar = out;
+  } else {
+    tar = source;
+  }
+  const reader = new LayerReader(budget, stager, label);
+  const hash = diffId ? createHash('sha256') : null;
+  try {
+    try {
+      for await (const chunk of tar) {
+        hash?.update(chunk);
+        reader.parser.write(chunk);
+        if (stager.busy) await stager.drain();
+        check();
+      }
+      reader.parser.finish();
+      await feeding;
+      await childDone;
+    } finally {
+      await stager.close();
+    }
+  } catch (e: any) {
+    source.destroy();
+    child?.kill();
+    // The layer's fault (bad tar, bad compression) refuses it; I/O errors stay what they are.
+    if (e instanceof TarFormatError || String(e?.code).startsWith('Z_')) throw new UnsafeArchiveError(`layer ${label}: ${e?.message ?? e}`);
+    throw e;
+  }
+  if (hash && diffId) {
+    const got = `sha256:${hash.digest('hex')}`;
+    if (got !== diffId) throw new UnsafeArchiveError(`layer ${label}: uncompressed content ${got} does not match diff_id ${diffId}`);
+  }
+  return { ops: reader.ops, droppedXattrs: [...reader.droppedXattrs], skipped: reader.skipped };
+}
+
+
 export interface LayerOptions {
   /** Position of the layer in the image (0 = bottom); defaults to the order of the calls. */
   index?: number;
   /** sha256 of the uncompressed layer (config rootfs.diff_ids); checked before it is applied. */
   diffId?: string;
   label?: string;
+  /**
+   * The input's chunks belong to this call (nothing else reads or reuses them): they are
+   * handed to the worker thread without a copy. Otherwise they are copied.
+   */
+  owned?: boolean;
+  /**
+   * Asks for the sha256 of the raw input (the compressed blob, every byte the call read):
+   * called once, with 'sha256:<hex>' when the input ended, or with undefined when reading
+   * stopped before (the layer was refused, the build failed).
+   */
+  inputDigest?: (digest: string | undefined) => void;
 }
 
 /**
@@ -175,10 +335,7 @@ export interface LayerOptions {
  */
 export class ImageBuilder {
   readonly root: DirNode;
-  entries = 0;
-  totalBytes = 0;
-  private metaBytes = 0;
-  inlineBytes = 0;
+  readonly budget: SharedBudget;
   readonly now = Math.floor(Date.now() / 1000);
   /** Names created or replaced by the layer being replayed, per directory (opaque dirs keep those). */
   private touched = new Map<DirNode, Set<string>>();
@@ -189,22 +346,39 @@ export class ImageBuilder {
   private failed: Error | null = null;
   private readonly failedWaiters = new Set<(e: Error) => void>();
 
+  /** Layer reads in flight on worker threads (they write to the image's descriptor). */
+  private readonly remote = new Set<RemoteRead>();
+
   private constructor(
     readonly image: ErofsImage,
     readonly logger: Logger,
     readonly limits: UnpackLimits,
+    readonly workers: boolean,
   ) {
     this.root = new DirNode(0o755, 0, 0, this.now, 0, null);
+    this.budget = new SharedBudget(image.file.blocks.cells, limits);
   }
 
-  /** Starts an image that commit() will move to `out` (a temp file next to it until then). */
-  static async create(out: string, logger: Logger, limits: Partial<UnpackLimits> = {}): Promise<ImageBuilder> {
-    return new ImageBuilder(await ErofsImage.create(out), logger, { ...DEFAULT_LIMITS, ...limits });
+  /**
+   * Starts an image that commit() will move to `out` (a temp file next to it until then).
+   * Layers are read on worker threads (layer-pool.ts) unless `opts.workers` is false.
+   */
+  static async create(out: string, logger: Logger, limits: Partial<UnpackLimits> = {}, opts: { workers?: boolean } = {}): Promise<ImageBuilder> {
+    const image = await ErofsImage.create(out, BlockCounter.create(CELLS));
+    return new ImageBuilder(image, logger, { ...DEFAULT_LIMITS, ...limits }, opts.workers ?? layerWorkersEnabled());
+  }
+
+  get entries(): number {
+    return this.budget.entries;
+  }
+
+  get totalBytes(): number {
+    return this.budget.totalBytes;
   }
 
   /** Applies a layer file (compression sniffed). */
   async applyLayerFile(file: string, diffId?: string, label = file): Promise<void> {
-    return this.applyLayer(createReadStream(file, { highWaterMark: 1 << 20 }), { diffId, label });
+    return this.applyLayer(createReadStream(file, { highWaterMark: 1 << 20 }), { diffId, label, owned: true });
   }
 
   /** Applies one (uncompressed) tar stream. */
@@ -224,7 +398,7 @@ export class ImageBuilder {
     const label = opts.label ?? String(index);
     try {
       this.check();
-      const ops = await this.readLayer(input, opts.diffId, label);
+      const ops = await this.readLayer(input, opts.diffId, label, opts.owned ?? false, opts.inputDigest);
       await this.turn(index);
       this.replay(ops, label);
       this.applied++;
@@ -243,6 +417,8 @@ export class ImageBuilder {
 
   async abort(): Promise<void> {
     this.fail(new Error('image build aborted'));
+    // Workers write through the image's descriptor: it stays open until they are done.
+    await Promise.allSettled([...this.remote].map((j) => j.result));
     await this.image.abort();
   }
 
@@ -255,6 +431,8 @@ export class ImageBuilder {
   private fail(e: Error): void {
     if (this.failed) return;
     this.failed = e;
+    this.budget.setFailed();
+    for (const j of this.remote) j.abort(e.message);
     for (const w of this.failedWaiters) w(e);
   }
 
@@ -275,73 +453,50 @@ export class ImageBuilder {
     });
   }
 
-  private async readLayer(input: AsyncIterable<Buffer>, diffId: string | undefined, label: string): Promise<Op[]> {
-    const { head, rest } = await peek(input);
-    const kind = sniff(head);
-    let tar: AsyncIterable<Buffer>;
-    let feeding: Promise<void> = Promise.resolve();
-    let child: ReturnType<typeof spawn> | undefined;
-    let childDone: Promise<void> = Promise.resolve();
-    const source = Readable.from(rest, { objectMode: false });
-    if (kind === 'gzip') {
-      const gunzip = createGunzip({ chunkSize: 1 << 20 });
-      feeding = pipeline(source, gunzip).catch((e) => {
-        gunzip.destroy(e);
-      });
-      tar = gunzip;
-    } else if (kind === 'zstd') {
-      // Node 20's zlib has no zstd; Debian's zstd CLI streams it.
-      child = spawn('zstd', ['-dcq'], { stdio: ['pipe', 'pipe', 'pipe'] });
-      let err = '';
-      child.stderr!.on('data', (d) => (err += d));
-      childDone = new Promise((resolve, reject) => {
-        child!.on('error', reject);
-        child!.on('close', (code) => (code === 0 ? resolve() : reject(new UnsafeArchiveError(`layer ${label}: zstd -d failed (${code}): ${err.trim()}`))));
-      });
-      childDone.catch(() => undefined);
-      const out = child.stdout!;
-      feeding = pipeline(source, child.stdin!).catch((e) => {
-        out.destroy(e);
-      });
-      tar = out;
-    } else {
-      tar = source;
-    }
-    const reader = new LayerReader(this, new Stager(this.image.file), label);
-    const hash = diffId ? createHash('sha256') : null;
-    try {
+  private async readLayer(input: AsyncIterable<Buffer>, diffId: string | undefined, label: string, owned: boolean, inputDigest?: (d: string | undefined) => void): Promise<Op[]> {
+    let r: LayerRead;
+    if (this.workers) {
+      const job = readOnWorker(input, { fd: this.image.fh.fd, cells: this.budget.cells, limits: this.limits, diffId, label, owned, inputDigest });
+      this.remote.add(job);
+      if (this.failed) job.abort(this.failed.message);
       try {
-        for await (const chunk of tar) {
-          hash?.update(chunk);
-          reader.parser.write(chunk);
-          if (reader.stager.busy) await reader.stager.drain();
-          this.check();
-        }
-        reader.parser.finish();
-        await feeding;
-        await childDone;
+        r = await job.result;
+      } catch (e: any) {
+        if (e?.name === 'BuildFailedError') throw new BuildFailedError(this.failed ?? e);
+        if (e?.name === 'UnsafeArchiveError') throw new UnsafeArchiveError(e.message);
+        throw e;
       } finally {
-        await reader.stager.close();
+        this.remote.delete(job);
       }
-    } catch (e: any) {
-      source.destroy();
-      child?.kill();
-      // The layer's fault (bad tar, bad compression) refuses it; I/O errors stay what they are.
-      if (e instanceof TarFormatError || String(e?.code).startsWith('Z_')) throw new UnsafeArchiveError(`layer ${label}: ${e?.message ?? e}`);
-      throw e;
+    } else {
+      let report = inputDigest;
+      if (report) {
+        const h = createHash('sha256');
+        const src = input;
+        input = (async function* () {
+          for await (const c of src) {
+            h.update(c);
+            yield c;
+          }
+          const f = report;
+          report = undefined;
+          f?.(`sha256:${h.digest('hex')}`);
+        })();
+      }
+      try {
+        r = await readLayerStream(input, diffId, label, this.budget, new Stager(this.image.file), () => this.check());
+      } finally {
+        report?.(undefined);
+      }
     }
-    if (hash && diffId) {
-      const got = `sha256:${hash.digest('hex')}`;
-      if (got !== diffId) throw new UnsafeArchiveError(`layer ${label}: uncompressed content ${got} does not match diff_id ${diffId}`);
-    }
-    if (reader.droppedXattrs.size) this.logger.warn({ layer: label, xattrs: [...reader.droppedXattrs].slice(0, 20) }, 'xattrs dropped (namespace not allowed in images)');
-    return reader.ops;
+    for (const s of r.skipped) this.logger.debug({ layer: label, ...s }, 'skipping unsupported tar entry type');
+    if (r.droppedXattrs.length) this.logger.warn({ layer: label, xattrs: r.droppedXattrs.slice(0, 20) }, 'xattrs dropped (namespace not allowed in images)');
+    return r.ops;
   }
 
   /** Counts names, link targets and xattrs against the image's metadata budget. */
   account(bytes: number, label: string): void {
-    if ((this.metaBytes += bytes) > this.limits.maxMetadataBytes)
-      throw new UnsafeArchiveError(`layer ${label}: more than ${this.limits.maxMetadataBytes} bytes of names, link targets and xattrs`);
+    this.budget.account(bytes, label);
   }
 
   // ---- applying ------------------------------------------------------------------------
@@ -517,10 +672,11 @@ class LayerReader implements TarHandler {
   readonly ops: Op[] = [];
   readonly parser: TarParser;
   readonly droppedXattrs = new Set<string>();
+  readonly skipped: { entry: string; typeflag: string }[] = [];
   private sink: Sink | null = null;
 
   constructor(
-    private readonly b: ImageBuilder,
+    private readonly b: SharedBudget,
     readonly stager: Stager,
     private readonly label: string,
   ) {
@@ -531,10 +687,10 @@ class LayerReader implements TarHandler {
     const b = this.b;
     const label = this.label;
     const limits = b.limits;
-    if (++b.entries > limits.maxEntries) throw new UnsafeArchiveError(`layer ${label}: more than ${limits.maxEntries} entries`);
+    b.entry(label);
     const size = h.size;
     if (!Number.isSafeInteger(size) || size < 0 || size > limits.maxEntryBytes) throw new UnsafeArchiveError(`layer ${label}: entry ${show(h.name)} has an absurd size ${size}`);
-    if ((b.totalBytes += size) > limits.maxTotalBytes) throw new UnsafeArchiveError(`layer ${label}: more than ${limits.maxTotalBytes} bytes of files`);
+    b.fileBytes(size, label);
     if (h.uid > 0xffffffff || h.gid > 0xffffffff) throw new UnsafeArchiveError(`layer ${label}: ${show(h.name)}: uid/gid out of range`);
     this.sink = null;
 
@@ -543,7 +699,7 @@ class LayerReader implements TarHandler {
     const base = rel.slice(rel.lastIndexOf('/') + 1);
     const op: Op = { h, rel, file: null, xattrs: null };
     if (rel === '' || base.startsWith(WHITEOUT) || h.type === 'other') {
-      if (h.type === 'other') b.logger.debug({ layer: label, entry: show(h.name), typeflag: h.typeflag }, 'skipping unsupported tar entry type');
+      if (h.type === 'other' && this.skipped.length < 100) this.skipped.push({ entry: show(h.name), typeflag: h.typeflag });
       if (rel === '' && h.type === 'dir') op.xattrs = this.xattrsFor(h, 'dir');
       this.ops.push(op);
       if (h.type === 'file') this.sink = { node: null, toData: 0, tailFill: 0 };
@@ -573,11 +729,8 @@ class LayerReader implements TarHandler {
         f.size = size;
         const tail = size % BLOCK_SIZE;
         const full = size - tail;
-        const inline = tail > 0 && 64 + xattrBodySize(f.xattrs) + tail <= BLOCK_SIZE && b.inlineBytes + tail <= INLINE_BUDGET;
-        if (inline) {
-          f.tail = Buffer.allocUnsafe(tail);
-          b.inlineBytes += tail;
-        }
+        const inline = tail > 0 && 64 + xattrBodySize(f.xattrs) + tail <= BLOCK_SIZE && b.takeInline(tail);
+        if (inline) f.tail = Buffer.allocUnsafe(tail);
         const blocks = Math.ceil((inline ? full : size) / BLOCK_SIZE);
         f.blkaddr = blocks > 0 ? this.stager.begin(blocks) : 0;
         op.file = f;

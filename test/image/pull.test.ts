@@ -325,6 +325,28 @@ describe('robustness', () => {
     expect(m.list()).toHaveLength(1);
   });
 
+  test('a blob whose layer reads fine but whose bytes differ (gzip header) is DATA_LOSS: the reader\'s digest is checked', async () => {
+    const repo = 'corrupt/header';
+    const layer = await makeLayer([{ name: 'f', content: randomBytes(2 << 20) }]);
+    await pushImage(reg, repo, 'v1', { layers: [layer] });
+    const file = registryBlobPath(reg, layer.digest);
+    const good = await fsp.readFile(file);
+    const bad = Buffer.from(good);
+    bad[4] ^= 0x01; // gzip MTIME: gunzip ignores it, the tar and its diff_id are unchanged
+    await fsp.writeFile(file, bad);
+    const m = await manager();
+    try {
+      const err = await errorOf(m.pull(`${reg.host}/${repo}:v1`));
+      expect(err.code).toBe(Code.DATA_LOSS);
+      expect(err.message).toContain(layer.digest);
+      expect(m.list()).toEqual([]);
+    } finally {
+      await fsp.writeFile(file, good);
+    }
+    await m.pull(`${reg.host}/${repo}:v1`);
+    expect(m.list()).toHaveLength(1);
+  });
+
   test('a blob corrupted mid-way is DATA_LOSS even though its layer is read while it downloads', async () => {
     const repo = 'corrupt/middle';
     // compressible (Huffman-coded) data, so that the corruption breaks the deflate stream itself

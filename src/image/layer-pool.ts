@@ -1,0 +1,369 @@
+// Layer readers on worker threads. Reading a layer is CPU work on every byte: gunzip output
+// handling, the diff_id hash, tar parsing, queueing file data to the image. On the main
+// thread it competed with the download it was reading (the event loop was ~90% busy, the
+// largest layer finished downloading late) and every buffer it allocated (~100 MB of inflated
+// data per 100 MB image) triggered full garbage collections of the daemon's whole heap. A
+// worker has a heap of a few MB, runs beside the main thread, and writes the file data to the
+// image through the same descriptor (positioned writes to extents allocated from a shared
+// counter, erofs.ts BlockCounter); the image-wide limits are shared counters too
+// (unpack.ts SharedBudget). Only the entries of the layer (names, modes, xattrs, inline tails,
+// extents) come back to the main thread, which replays layers in order as before.
+//
+// Compressed chunks go to the worker as transferred ArrayBuffers (no copy) when the caller
+// owns them (LayerOptions.owned), copied otherwise; the worker acknowledges what it has taken
+// so that at most WINDOW bytes per layer are in flight (back pressure to the download).
+//
+// Workers are kept in a small pool (PODVISOR_LAYER_WORKERS, default: the CPU count, 1–4; 0
+// reads layers on the main thread), started on first use or by prewarmLayerWorkers(), and
+// stopped after IDLE_MS without work.
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { FileNode } from './erofs';
+import type { LayerRead, Op, UnpackLimits } from './unpack';
+
+const WINDOW = 8 << 20;
+const IDLE_MS = 5 * 60_000;
+/** Input is packed into shared slabs of this size (one copy, no allocation per piece). */
+const SLAB = 1 << 20;
+/** Chunks at least this large that the caller owns are transferred instead. */
+const TRANSFER_MIN = 256 << 10;
+const MAX_FREE_SLABS = 16;
+
+// Free slabs. Network chunks are small and short-lived: packing them into reused shared
+// memory instead of fresh buffers keeps ~1 byte of garbage per downloaded byte away from the
+// main thread's heap (each fresh buffer counts towards V8's next full collection).
+const freeSlabs: SharedArrayBuffer[] = [];
+
+function takeSlab(): SharedArrayBuffer {
+  return freeSlabs.pop() ?? new SharedArrayBuffer(SLAB);
+}
+
+function returnSlab(sab: SharedArrayBuffer): void {
+  if (freeSlabs.length < MAX_FREE_SLABS && sab.byteLength === SLAB) freeSlabs.push(sab);
+}
+
+/** Messages to a worker. */
+export type ToWorker =
+  | { t: 'start'; id: number; fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; hashInput: boolean }
+  | { t: 'data'; id: number; buf: ArrayBuffer }
+  /** `len` bytes at the start of a shared slab: the worker copies them out and acknowledges `slab`. */
+  | { t: 'shared'; id: number; sab: SharedArrayBuffer; len: number }
+  | { t: 'end'; id: number }
+  | { t: 'abort'; id: number; message: string };
+
+/** Messages from a worker. */
+export type FromWorker =
+  | { t: 'ready' }
+  | { t: 'ack'; id: number; bytes: number }
+  /** sha256 of every byte the job received, sent when its input ended (hashInput). */
+  | { t: 'input'; id: number; digest: string }
+  /** A slab copied out, free for reuse. */
+  | { t: 'slab'; sab: SharedArrayBuffer }
+  | { t: 'done'; id: number; result: LayerRead }
+  | { t: 'error'; id: number; name: string; message: string; code?: string };
+
+function configuredSize(): number {
+  const env = process.env.PODVISOR_LAYER_WORKERS;
+  if (env !== undefined && env !== '' && /^\d+$/.test(env)) return Math.min(16, Number(env));
+  const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  return Math.max(1, Math.min(4, cpus));
+}
+
+/** Whether layers are read on worker threads (PODVISOR_LAYER_WORKERS is not 0). */
+export function layerWorkersEnabled(): boolean {
+  return configuredSize() > 0;
+}
+
+interface Job {
+  inflight: number;
+  settled: boolean;
+  /** Resolves when the worker took some bytes, or the job settled. */
+  wake: (() => void) | undefined;
+  resolve: (r: LayerRead) => void;
+  /** Called once: the input's digest, or undefined when the job ended without it. */
+  onInput?: (digest: string | undefined) => void;
+  reject: (e: Error) => void;
+}
+
+/** The worker's modules, transpiled once, when running from TypeScript sources. */
+let transpiled: Record<string, string> | undefined;
+
+function spawnWorker(): Worker {
+  const ext = path.extname(__filename);
+  const file = path.join(__dirname, `layer-worker${ext}`);
+  if (ext !== '.ts') return new Worker(file);
+  // Running from TypeScript sources (tests, bench/*.sh): this thread transpiles the worker's
+  // modules (layer-worker.ts and what it imports from the sources) and hands over the
+  // JavaScript, so that the worker's heap does not carry a TypeScript compiler.
+  if (!transpiled) {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const ts = require('typescript');
+    const out: Record<string, string> = {};
+    const add = (full: string) => {
+      if (out[full] !== undefined) return;
+      const js: string = ts.transpileModule(readFileSync(full, 'utf8'), {
+        compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
+        fileName: full,
+      }).outputText;
+      out[full] = js;
+      // Its relative imports, recursively (the worker loads nothing else from the sources).
+      for (const m of js.matchAll(/require\("(\.{1,2}\/[^"]+)"\)/g)) add(path.resolve(path.dirname(full), `${m[1]}.ts`));
+    };
+    add(file);
+    transpiled = out;
+  }
+  const boot = `
+    const { workerData } = require('node:worker_threads');
+    require.extensions['.ts'] = (m, f) => {
+      const js = workerData.sources[f];
+      if (js === undefined) throw new Error('layer worker: no transpiled source for ' + f);
+      m._compile(js, f);
+    };
+    require(workerData.main);`;
+  return new Worker(boot, { eval: true, workerData: { sources: transpiled, main: file } });
+}
+
+class LayerWorker {
+  readonly worker: Worker;
+  readonly jobs = new Map<number, Job>();
+  readonly ready: Promise<void>;
+  private idle: NodeJS.Timeout | undefined;
+  dead = false;
+
+  constructor(private readonly onGone: (w: LayerWorker) => void) {
+    this.worker = spawnWorker();
+    let ready!: () => void;
+    this.ready = new Promise((r) => (ready = r));
+    this.worker.on('message', (m: FromWorker) => {
+      if (m.t === 'ready') return ready();
+      if (m.t === 'slab') return returnSlab(m.sab);
+      const job = this.jobs.get(m.id);
+      if (!job) return;
+      if (m.t === 'input') {
+        const f = job.onInput;
+        job.onInput = undefined;
+        f?.(m.digest);
+        return;
+      }
+      if (m.t === 'ack') {
+        job.inflight -= m.bytes;
+        const w = job.wake;
+        job.wake = undefined;
+        w?.();
+        return;
+      }
+      this.finish(m.id, job);
+      if (m.t === 'done') job.resolve(m.result);
+      else job.reject(Object.assign(new Error(m.message), { name: m.name, ...(m.code ? { code: m.code } : {}) }));
+    });
+    const gone = (e: Error) => {
+      if (this.dead) return;
+      this.dead = true;
+      ready();
+      clearTimeout(this.idle);
+      for (const [id, job] of this.jobs) {
+        this.finish(id, job);
+        job.reject(e);
+      }
+      this.onGone(this);
+    };
+    this.worker.on('error', gone);
+    this.worker.on('exit', (code) => gone(new Error(`layer reader thread exited (code ${code})`)));
+    this.worker.unref();
+  }
+
+  private finish(id: number, job: Job): void {
+    job.settled = true;
+    const f = job.onInput;
+    job.onInput = undefined;
+    f?.(undefined);
+    this.jobs.delete(id);
+    const w = job.wake;
+    job.wake = undefined;
+    w?.();
+    if (this.jobs.size === 0 && !this.dead) {
+      this.worker.unref();
+      clearTimeout(this.idle);
+      this.idle = setTimeout(() => {
+        // Out of the pool first, so that no new job picks a thread that is going away.
+        this.dead = true;
+        this.onGone(this);
+        freeSlabs.length = 0;
+        void this.worker.terminate();
+      }, IDLE_MS).unref();
+    }
+  }
+
+  start(id: number, job: Job): void {
+    clearTimeout(this.idle);
+    this.worker.ref();
+    this.jobs.set(id, job);
+  }
+
+  post(m: ToWorker, transfer?: ArrayBuffer[]): void {
+    if (!this.dead) this.worker.postMessage(m, transfer);
+  }
+}
+
+const pool: LayerWorker[] = [];
+let nextId = 1;
+
+function remove(w: LayerWorker): void {
+  const i = pool.indexOf(w);
+  if (i >= 0) pool.splice(i, 1);
+}
+
+/** The least busy worker; a new one while the pool is not full and every worker has work. */
+function pick(): LayerWorker {
+  let best: LayerWorker | undefined;
+  for (const w of pool) if (!best || w.jobs.size < best.jobs.size) best = w;
+  if ((!best || best.jobs.size > 0) && pool.length < Math.max(1, configuredSize())) {
+    best = new LayerWorker(remove);
+    pool.push(best);
+  }
+  return best!;
+}
+
+/** Starts the pool's workers (not waiting for them); resolves once they are ready. */
+export function prewarmLayerWorkers(): Promise<void> {
+  const n = configuredSize();
+  while (pool.length < n) pool.push(new LayerWorker(remove));
+  return Promise.all(pool.map((w) => w.ready)).then(() => undefined);
+}
+
+/** Stops the workers (tests, shutdown); layer reads in progress fail. */
+export async function closeLayerWorkers(): Promise<void> {
+  const all = pool.splice(0);
+  await Promise.all(all.map((w) => w.worker.terminate()));
+}
+
+function toBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+function toBufferMap(m: Map<string, Uint8Array> | null): Map<string, Buffer> | null {
+  if (!m) return null;
+  const out = new Map<string, Buffer>();
+  for (const [k, v] of m) out.set(k, toBuffer(v));
+  return out;
+}
+
+/** Structured cloning turned Buffers into Uint8Arrays and FileNodes into plain objects. */
+function revive(r: LayerRead): LayerRead {
+  for (const op of r.ops as Op[]) {
+    op.xattrs = toBufferMap(op.xattrs as any);
+    const f = op.file as any;
+    if (f) {
+      const n = new FileNode(f.mode, f.uid, f.gid, f.mtime, f.mtimeNsec, toBufferMap(f.xattrs));
+      n.size = f.size;
+      n.blkaddr = f.blkaddr;
+      n.tail = f.tail ? toBuffer(f.tail) : null;
+      op.file = n;
+    }
+  }
+  return r;
+}
+
+export interface RemoteRead {
+  result: Promise<LayerRead>;
+  /** Stops the read (the build failed elsewhere); `result` settles once the worker stopped writing. */
+  abort(message: string): void;
+}
+
+/**
+ * Reads one layer on a worker: feeds it `input` and resolves with what readLayerStream
+ * returned there. Errors keep their name ('UnsafeArchiveError', 'BuildFailedError' …),
+ * message and code. `result` settles only after the worker has stopped writing to `fd`.
+ */
+export function readOnWorker(
+  input: AsyncIterable<Buffer>,
+  p: { fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; owned: boolean; inputDigest?: (digest: string | undefined) => void },
+): RemoteRead {
+  const w = pick();
+  const id = nextId++;
+  let resolve!: (r: LayerRead) => void;
+  let reject!: (e: Error) => void;
+  const done = new Promise<LayerRead>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  done.catch(() => undefined);
+  const job: Job = { inflight: 0, settled: false, wake: undefined, resolve, reject, onInput: p.inputDigest };
+  w.start(id, job);
+  w.post({ t: 'start', id, fd: p.fd, cells: p.cells, limits: p.limits, diffId: p.diffId, label: p.label, hashInput: !!p.inputDigest });
+  const abort = (message: string) => {
+    if (!job.settled) w.post({ t: 'abort', id, message });
+  };
+
+  const result = (async () => {
+    let inputError: unknown;
+    let settledWake: Promise<void> | undefined;
+    const settled = () => (settledWake ??= done.then(() => undefined, () => undefined));
+    const it = input[Symbol.asyncIterator]();
+    let slab: SharedArrayBuffer | undefined;
+    let fill = 0;
+    const flush = () => {
+      if (!slab) return;
+      if (fill > 0 && !job.settled) {
+        job.inflight += fill;
+        w.post({ t: 'shared', id, sab: slab, len: fill });
+      } else {
+        returnSlab(slab);
+      }
+      slab = undefined;
+      fill = 0;
+    };
+    try {
+      for (;;) {
+        if (job.settled) break;
+        const next = it.next();
+        // A worker that failed (or was aborted) must not wait for the download's next chunk.
+        const r = await Promise.race([next, settled().then(() => null)]);
+        if (r === null) {
+          next.catch(() => undefined);
+          break;
+        }
+        if (r.done) {
+          flush();
+          w.post({ t: 'end', id });
+          break;
+        }
+        const c = r.value;
+        if (c.length === 0) continue;
+        // A large chunk that is all ours (a whole, unshared ArrayBuffer: not a slice of
+        // Buffer's pool or of a socket read) is transferred; the others are packed into slabs.
+        if (p.owned && c.length >= TRANSFER_MIN && c.byteOffset === 0 && c.byteLength === c.buffer.byteLength && Object.prototype.toString.call(c.buffer) === '[object ArrayBuffer]') {
+          flush();
+          const buf = c.buffer as ArrayBuffer;
+          job.inflight += c.length;
+          w.post({ t: 'data', id, buf }, [buf]);
+        } else {
+          for (let off = 0; off < c.length; ) {
+            slab ??= takeSlab();
+            const n = Math.min(c.length - off, SLAB - fill);
+            new Uint8Array(slab, fill, n).set(c.subarray(off, off + n));
+            fill += n;
+            off += n;
+            if (fill === SLAB) flush();
+          }
+        }
+        while (job.inflight > WINDOW && !job.settled) await new Promise<void>((res) => (job.wake = res));
+      }
+    } catch (e) {
+      inputError = e ?? new Error('layer input failed');
+      abort(`layer input failed: ${(e as any)?.message ?? e}`);
+    } finally {
+      if (job.settled || inputError !== undefined) void it.return?.()?.catch?.(() => undefined);
+    }
+    try {
+      const r = await done;
+      if (inputError !== undefined) throw inputError;
+      return revive(r);
+    } catch (e) {
+      throw inputError ?? e;
+    }
+  })();
+  return { result, abort };
+}
