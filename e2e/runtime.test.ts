@@ -239,6 +239,42 @@ describe('a pod VM with busybox containers', () => {
     expect(await swapoff(free)).toMatch(/No such file or directory/);
   });
 
+  it('mounts image volumes read-only, whole or a sub path, and names the image in ContainerStatus', async () => {
+    const { image: img } = await d.image('ImageStatus', { image: { image } });
+    const base = containerConfig('imgvol', ['/bin/sleep', '3600']);
+    const id = await runContainer(pod, cfg, {
+      ...base,
+      mounts: [
+        { container_path: '/mnt/whole', readonly: true, image: { image } },
+        { container_path: '/mnt/bin', readonly: true, image: { image }, image_sub_path: 'bin' },
+      ],
+    });
+    await waitState(id, 'CONTAINER_RUNNING');
+    const run = async (cmd: string[]) => {
+      const r = await d.runtime('ExecSync', { container_id: id, cmd, timeout: 30 });
+      return { code: r.exit_code, out: Buffer.from(r.stdout).toString() + Buffer.from(r.stderr).toString() };
+    };
+    // the image's own busybox runs from the volume (not noexec); the sub path is the image's bin/
+    expect(await run(['/mnt/whole/bin/busybox', 'echo', 'from the volume'])).toEqual({ code: 0, out: 'from the volume\n' });
+    expect((await run(['/bin/ls', '/mnt/bin/busybox'])).code).toBe(0);
+    const write = await run(['/bin/touch', '/mnt/whole/new']);
+    expect(write.code).not.toBe(0);
+    expect(write.out).toMatch(/Read-only file system/);
+    const { status: st } = await d.runtime('ContainerStatus', { container_id: id });
+    const whole = st.mounts.find((m: any) => m.container_path === '/mnt/whole');
+    expect(whole.image.image_ref).toBe(img.id);
+    await d.runtime('StopContainer', { container_id: id, timeout: 0 });
+    await d.runtime('RemoveContainer', { container_id: id });
+
+    const bad = async (mount: any) => d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { ...containerConfig(`imgvol-bad-${Math.random()}`, ['/bin/true']), mounts: [mount] }, sandbox_config: cfg });
+    await expect(bad({ container_path: '/mnt/x', readonly: false, image: { image } })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image }, image_sub_path: '../etc' })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image: `${registry.host}/e2e/never-pulled:1` } })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image }, image_sub_path: 'no/such/dir' })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    // bin/sh is a symlink in the image: a sub path never goes through one
+    await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image }, image_sub_path: 'bin/sh' })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+  });
+
   it('applies per-container cgroup limits in the guest and reports OOMKilled', async () => {
     const limit = 48 * 1024 * 1024;
     const resources = { memory_limit_in_bytes: String(limit), cpu_period: '100000', cpu_quota: '50000' };

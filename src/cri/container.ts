@@ -31,7 +31,11 @@ export function containerStatus(rec: ContainerRecord, images?: ImageManager) {
     message: rec.message,
     labels: rec.config.labels ?? {},
     annotations: rec.config.annotations ?? {},
-    mounts: rec.config.mounts ?? [],
+    // an image volume names the image it mounts (ImageSpec.image_ref, the image id)
+    mounts: (rec.config.mounts ?? []).map((m: any) => {
+      const v = m.image?.image ? rec.imageVolumes?.find((x) => x.containerPath === m.container_path) : undefined;
+      return v ? { ...m, image: { ...m.image, image_ref: v.imageId } } : m;
+    }),
     log_path: rec.logPath,
     resources: rec.config.linux?.resources ? { linux: rec.config.linux.resources } : null,
     stop_signal: rec.config.stop_signal ?? 'SIGNAL_RUNTIME_DEFAULT',

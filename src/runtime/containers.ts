@@ -73,7 +73,7 @@ export class ContainerManager {
   }
 
   isImageInUse(imageId: string): boolean {
-    for (const c of this.containers.values()) if (c.rec.imageId === imageId) return true;
+    for (const c of this.containers.values()) if (c.rec.imageId === imageId || c.rec.imageVolumes?.some((v) => v.imageId === imageId)) return true;
     return false;
   }
 
@@ -92,8 +92,14 @@ export class ContainerManager {
     const logPath = resolveLogPath(sandboxConfig?.log_directory || sb.rec.config.log_directory, config.log_path);
     const image = this.images.resolve(config.image.image);
     if (!image) throw notFound(`image ${JSON.stringify(config.image.image)} not found: pull it first`);
+    const imageVolumes: Array<{ containerPath: string; imageId: string; image: ImageRecord; subPath: string }> = [];
     for (const m of config.mounts ?? []) {
       if (!m.container_path || !path.isAbsolute(m.container_path)) throw invalidArgument(`mount container_path ${JSON.stringify(m.container_path)} must be absolute`);
+      if (m.image?.image) {
+        const v = imageVolume(m, this.images.resolve(m.image.image));
+        imageVolumes.push({ containerPath: m.container_path, imageId: v.image.id, ...v });
+        continue;
+      }
       if (!m.host_path || !path.isAbsolute(m.host_path)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
     }
     const devices = checkDevices(config.devices);
@@ -120,9 +126,11 @@ export class ContainerManager {
       streams: { stdin: 0, stdout: 0, stderr: 0 },
       shareDir: `c/${id}`,
       volumes: [],
+      imageVolumes: imageVolumes.map((v) => ({ containerPath: v.containerPath, imageId: v.imageId })),
     };
     const live: Live = { rec, exitWaiters: [] };
     this.images.acquire(image.id);
+    for (const v of imageVolumes) this.images.acquire(v.imageId);
     try {
       await this.sandboxes.lock.run(sb.rec.id, async () => {
         const pod = sb.pod;
@@ -132,6 +140,14 @@ export class ContainerManager {
         const guestDevices: GuestDevice[] = [];
         let i = 0;
         for (const m of config.mounts ?? []) {
+          if (m.image?.image) {
+            // an image volume: a bind out of the image's erofs, mounted in the pod once for all
+            // its containers (the agent checks the sub path: present, no symlink on the way)
+            const v = imageVolumes.find((x) => x.containerPath === m.container_path)!;
+            const target = await this.ensureImage(sb, v.image);
+            mounts.push({ destination: m.container_path, source: v.subPath ? path.posix.join(target, v.subPath) : target, readonly: true });
+            continue;
+          }
           // A volume descriptor or block device goes to the VM as a disk (or NFS mount);
           // everything else reaches the guest through the pod's 9p share.
           const volume = await this.volumes.classify(m.host_path);
@@ -191,6 +207,7 @@ export class ContainerManager {
     } catch (err) {
       this.containers.delete(id);
       this.images.release(image.id);
+      for (const v of imageVolumes) this.images.release(v.imageId);
       await live.log?.close();
       await this.releaseVolumes(rec, sb);
       await sb.pod?.unbindFromShare(rec.shareDir).catch(() => undefined);
@@ -298,6 +315,7 @@ export class ContainerManager {
     else await fsp.rm(path.join(this.sandboxes.dir(c.rec.sandboxId), 'shared', c.rec.shareDir), { recursive: true, force: true });
     this.containers.delete(c.rec.id);
     this.images.release(c.rec.imageId);
+    for (const v of c.rec.imageVolumes ?? []) this.images.release(v.imageId);
     await this.store.delete(c.rec.id);
   }
 
@@ -447,8 +465,26 @@ export class ContainerManager {
     for (const rec of records) {
       this.containers.set(rec.id, { rec, exitWaiters: [] });
       this.images.acquire(rec.imageId);
+      for (const v of rec.imageVolumes ?? []) this.images.acquire(v.imageId);
     }
   }
+}
+
+/**
+ * A CRI image volume (Mount.image): the image must be present (kubelet pulls it first) and the
+ * mount read-only (an image is never written); the sub path is relative and normalized.
+ */
+function imageVolume(m: any, image: ImageRecord | undefined): { image: ImageRecord; subPath: string } {
+  if (!image) throw notFound(`image volume ${JSON.stringify(m.image.image)} at ${m.container_path}: image not found, pull it first`);
+  if (!m.readonly) throw invalidArgument(`image volume at ${m.container_path} must be read-only`);
+  const sub: string = m.image_sub_path ?? '';
+  if (sub) {
+    const parts = sub.split('/');
+    if (sub.length > 4096 || sub.includes('\0') || path.posix.isAbsolute(sub) || parts.some((p) => p === '..' || p === '.' || p === '')) {
+      throw invalidArgument(`image volume sub path ${JSON.stringify(sub)} must be relative and normalized`);
+    }
+  }
+  return { image, subPath: sub };
 }
 
 /** The log file must stay inside the pod's log directory. */

@@ -52,6 +52,8 @@ export interface ContainerRecord {
   shareDir: string;
   /** keys of the volumes (storage/) this container holds attached */
   volumes: string[];
+  /** image volumes (CRI Mount.image): container path → image id, held while the container exists */
+  imageVolumes?: Array<{ containerPath: string; imageId: string }>;
   /** guest device cgroup rules of its raw block devices (kept across UpdateContainerResources) */
   deviceRules?: DeviceRule[];
 }

@@ -268,6 +268,16 @@ fn prepare_spec(p: &CreateParams, image: &Path, rootfs: &Path) -> Result<(Value,
             }
         }
     }
+    // Image volumes: binds out of an image mounted in the pod (the runtime mounted it there).
+    if let Some(mounts) = spec.get("mounts").and_then(Value::as_array) {
+        for m in mounts {
+            if let Some(src) = m.get("source").and_then(Value::as_str) {
+                if Path::new(src).starts_with(IMAGES_DIR) {
+                    check_image_source(src)?;
+                }
+            }
+        }
+    }
     // Validate through oci-spec now: a clear invalid_argument beats a failure deep in create.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| AgentError::invalid(format!("spec: {e}")))?;
     Ok((spec, cgroup_rel))
@@ -429,4 +439,32 @@ pub fn oom_kills(cgroup: &Path) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
+}
+
+/// Where the runtime mounts images in the pod (pod-vm.ts GUEST_IMAGES).
+const IMAGES_DIR: &str = "/run/podvisor/images";
+
+/// A bind source inside an image mount (an image volume, perhaps a sub path of it) must exist in
+/// the image and reach it without a symlink: the image is untrusted, and a link in it would make
+/// the bind take anything of the guest's. The image is a read-only erofs, so what is checked
+/// here stays true until the bind.
+fn check_image_source(src: &str) -> Result<()> {
+    let rel = Path::new(src).strip_prefix(IMAGES_DIR).map_err(|_| AgentError::invalid(format!("image volume source {src:?}")))?;
+    let mut cur = PathBuf::from(IMAGES_DIR);
+    let mut depth = 0;
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => cur.push(n),
+            _ => return Err(AgentError::invalid(format!("image volume path {src:?} must be normalized"))),
+        }
+        depth += 1;
+        let md = std::fs::symlink_metadata(&cur).map_err(|e| AgentError::not_found(format!("image volume path {}: {e}", cur.display())))?;
+        if md.file_type().is_symlink() {
+            return Err(AgentError::invalid(format!("image volume path {} is a symlink", cur.display())));
+        }
+    }
+    if depth == 0 {
+        return Err(AgentError::invalid("image volume source names no image"));
+    }
+    Ok(())
 }
