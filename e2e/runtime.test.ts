@@ -336,6 +336,27 @@ describe('a daemon restart', () => {
   });
 });
 
+describe('a daemon stop', () => {
+  it('does not wait for calls that are still running (a long exec probe): they are cut after a grace time', async () => {
+    const cfg = podConfig('stop-grace', path.join(d.logs, 'stop-grace'));
+    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    const id = await runContainer(pod, cfg, containerConfig('prober', ['/bin/sleep', '3600']));
+    await waitState(id, 'CONTAINER_RUNNING');
+    const other = d.newRuntimeClient() as any;
+    const probe = new Promise((resolve) => other.ExecSync({ container_id: id, cmd: ['/bin/sleep', '120'], timeout: 120 }, (err: any, res: any) => resolve(err ?? res)));
+    await new Promise((r) => setTimeout(r, 1500)); // the exec is running in the guest
+    const t0 = Date.now();
+    await d.stopProcess();
+    expect(d.exitCode).toBe(0); // it exited by itself, not by the harness's SIGKILL after 10 s
+    expect(Date.now() - t0).toBeLessThan(9_000);
+    expect(await probe).toMatchObject({ code: expect.any(Number) }); // the call was cut, not answered
+    other.close();
+    await d.launch();
+    expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.state).toBe('SANDBOX_READY');
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+  });
+});
+
 describe('a pod VM that dies underneath', () => {
   it('is reported NOTREADY with its containers exited, and still stops and removes cleanly', async () => {
     const cfg = podConfig('doomed', path.join(d.logs, 'doomed'));

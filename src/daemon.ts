@@ -35,6 +35,9 @@ export function guestDigest(cfg: Config): string {
   }).join('|');
 }
 
+/** How long in-flight CRI calls may finish when the daemon stops. */
+const SHUTDOWN_GRACE_MS = 5_000;
+
 export class Daemon {
   private server?: grpc.Server;
   private network?: CniNetwork;
@@ -120,7 +123,19 @@ export class Daemon {
   async stop(): Promise<void> {
     const server = this.server;
     if (!server) return;
-    await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    // In-flight calls get a few seconds (kubelet's exec probes can run for minutes): then they
+    // are cut, so the daemon always stops and takes its spares and sockets with it.
+    await new Promise<void>((resolve) => {
+      const cut = setTimeout(() => {
+        this.logger.warn({ graceMs: SHUTDOWN_GRACE_MS }, 'calls still running at shutdown: cancelling them');
+        server.forceShutdown();
+        resolve();
+      }, SHUTDOWN_GRACE_MS);
+      server.tryShutdown(() => {
+        clearTimeout(cut);
+        resolve();
+      });
+    });
     this.network?.close();
     await this.streaming?.stop();
     await this.spares?.close();

@@ -113,6 +113,16 @@ export class TestDaemon {
     this.runtimeClient = this.imageClient = undefined;
   }
 
+  /** The daemon process's exit code once it has exited (null while it runs, or if killed). */
+  get exitCode(): number | null {
+    return this.proc?.exitCode ?? null;
+  }
+
+  /** A client of its own (as a second kubelet connection would be); the caller closes it. */
+  newRuntimeClient(): grpc.Client {
+    return new (loadCri().RuntimeServiceClient)(`unix://${this.socket}`, grpc.credentials.createInsecure());
+  }
+
   /** SIGTERM: the daemon exits, pod VMs keep running (SIGKILL after 10 s). */
   stopProcess(): Promise<void> {
     return this.signal('SIGTERM');
