@@ -1,4 +1,5 @@
 // The core runtime end to end: the real daemon, real QEMU pod VMs, a real registry.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -195,6 +196,34 @@ describe('a pod VM with busybox containers', () => {
     expect((await sh('echo x > /config/written')).code).not.toBe(0);
     expect(fs.existsSync(path.join(vol, 'written'))).toBe(false);
     // nothing of this is mounted in the host's mount namespace
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(d.dir);
+  });
+
+  it('takes the mounts under a host path made after the pod started; read-only is the top mount\'s only', async () => {
+    // as kubelet does for a projected or emptyDir medium=Memory volume: a tmpfs under the path
+    const vol = path.join(d.dir, 'with-submount');
+    fs.mkdirSync(path.join(vol, 'mem'), { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', path.join(vol, 'mem')]);
+    try {
+      const id = await runContainer(pod, cfg, containerConfig('submount', ['/bin/sleep', '3600'], {
+        mounts: [{ container_path: '/data', host_path: vol, readonly: true }],
+      }));
+      await waitState(id, 'CONTAINER_RUNNING');
+      const sh = async (cmd: string) => {
+        const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/sh', '-c', cmd], timeout: 30 });
+        return { out: Buffer.from(r.stdout).toString() + Buffer.from(r.stderr).toString(), code: r.exit_code };
+      };
+      const top = await sh('echo x > /data/top');
+      expect(top.code).not.toBe(0);
+      expect(top.out).toMatch(/Read-only file system/);
+      expect((await sh('echo inside > /data/mem/written')).code).toBe(0);
+      expect(fs.readFileSync(path.join(vol, 'mem', 'written'), 'utf8')).toBe('inside\n'); // the host's tmpfs
+      await d.runtime('StopContainer', { container_id: id, timeout: 0 });
+      await d.runtime('RemoveContainer', { container_id: id });
+    } finally {
+      execFileSync('umount', [path.join(vol, 'mem')]);
+    }
+    // the bind lives in QEMU's mount namespace only
     expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(d.dir);
   });
 

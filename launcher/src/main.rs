@@ -20,6 +20,17 @@
 //!
 //! Any failure is printed to stderr as `podvisor-launch: …` and the exit status is 127; nothing
 //! is left behind (the tap fds close with the process).
+//!
+//! ```text
+//! podvisor-launch bind [--ro] MOUNT_NS SRC DST
+//! ```
+//!
+//! Bind-mounts host path SRC, with the mounts under it, onto DST inside the mount namespace
+//! MOUNT_NS (a VM's, `/proc/<qemu pid>/ns/mnt`). The tree is cloned in the caller's namespace
+//! (open_tree), so mounts the host made after the VM started are in it even when the host's
+//! mounts do not propagate; `--ro` makes the top mount read-only and leaves the mounts under it
+//! as they are (CRI's non-recursive read-only); then the process enters MOUNT_NS and attaches
+//! the tree at DST (move_mount).
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -227,8 +238,89 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible, String> {
     exec(o.program)
 }
 
+// <linux/mount.h>
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+#[derive(Debug, PartialEq)]
+struct BindOpts {
+    readonly: bool,
+    mount_ns: OsString,
+    src: OsString,
+    dst: OsString,
+}
+
+fn parse_bind(args: Vec<OsString>) -> Result<BindOpts, String> {
+    let usage = "usage: podvisor-launch bind [--ro] MOUNT_NS SRC DST";
+    let mut readonly = false;
+    let mut rest = Vec::new();
+    for a in args {
+        if a == "--ro" && rest.is_empty() {
+            readonly = true;
+        } else {
+            rest.push(a);
+        }
+    }
+    let [mount_ns, src, dst]: [OsString; 3] = rest.try_into().map_err(|_| usage.to_string())?;
+    for (what, p) in [("MOUNT_NS", &mount_ns), ("SRC", &src), ("DST", &dst)] {
+        if !p.as_bytes().starts_with(b"/") {
+            return Err(format!("{what} {p:?}: must be an absolute path"));
+        }
+    }
+    Ok(BindOpts { readonly, mount_ns, src, dst })
+}
+
+fn bind(o: BindOpts) -> Result<(), String> {
+    let src = cstr(o.src.as_bytes())?;
+    let dst = cstr(o.dst.as_bytes())?;
+    let empty = cstr(b"")?;
+    let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), flags) } as RawFd;
+    if tree < 0 {
+        return Err(format!("open_tree {}: {}", o.src.to_string_lossy(), errno()));
+    }
+    if o.readonly {
+        // without AT_RECURSIVE: the top mount only
+        let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        let rc = unsafe {
+            libc::syscall(libc::SYS_mount_setattr, tree, empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+        };
+        if rc != 0 {
+            return Err(format!("making {} read-only: {}", o.src.to_string_lossy(), errno()));
+        }
+    }
+    let ns = open_cloexec(o.mount_ns.as_bytes(), libc::O_RDONLY)?;
+    if unsafe { libc::setns(ns, libc::CLONE_NEWNS) } != 0 {
+        return Err(format!("entering mount namespace {}: {}", o.mount_ns.to_string_lossy(), errno()));
+    }
+    let rc = unsafe { libc::syscall(libc::SYS_move_mount, tree, empty.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
+    if rc != 0 {
+        return Err(format!("attaching {} at {}: {}", o.src.to_string_lossy(), o.dst.to_string_lossy(), errno()));
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().map(|a| a == "bind").unwrap_or(false) {
+        match parse_bind(args[1..].to_vec()).and_then(bind) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("podvisor-launch: {e}");
+                std::process::exit(127);
+            }
+        }
+    }
     let Err(e) = run(args);
     eprintln!("podvisor-launch: {e}");
     std::process::exit(127);
@@ -250,6 +342,16 @@ mod tests {
         assert!(o.mount_ns);
         assert!(o.no_thp);
         assert_eq!(o.program, args(&["qemu", "-m", "256"]));
+    }
+
+    #[test]
+    fn parses_bind() {
+        let o = parse_bind(args(&["--ro", "/proc/1/ns/mnt", "/a", "/b"])).unwrap();
+        assert_eq!(o, BindOpts { readonly: true, mount_ns: "/proc/1/ns/mnt".into(), src: "/a".into(), dst: "/b".into() });
+        assert!(!parse_bind(args(&["/proc/1/ns/mnt", "/a", "/b"])).unwrap().readonly);
+        for bad in [&["/ns", "/a"][..], &["/ns", "/a", "/b", "/c"], &["ns", "/a", "/b"], &["/ns", "a", "/b"], &["/ns", "/a", "b"], &["/ns", "/a", "/b", "--ro"]] {
+            assert!(parse_bind(args(bad)).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -115,9 +115,7 @@ export class PodVm implements PodVolumeTarget {
     await fsp.mkdir(path.dirname(dst), { recursive: true });
     if (st.isDirectory()) await fsp.mkdir(dst, { recursive: true });
     else await fsp.writeFile(dst, '', { flag: 'a' });
-    const ns = ['-t', String(this.pid), '-m', '--'];
-    await run('nsenter', [...ns, 'mount', '--rbind', src, dst]);
-    if (readonly) await run('nsenter', [...ns, 'mount', '-o', 'remount,bind,ro', dst]);
+    await this.vm.bindIntoMountNs(src, dst, readonly);
     return path.posix.join(GUEST_SHARE, rel);
   }
 

@@ -62,6 +62,8 @@ export interface Vm {
   releaseScsiId(id: number): void;
   /** marks ids held by attachments made before a daemon restart */
   reserveScsiIds(ids: number[]): void;
+  /** host path `src` (and the mounts under it) at `dst` in the VM process's own mount namespace; `readonly` for the top mount */
+  bindIntoMountNs(src: string, dst: string, readonly: boolean): Promise<void>;
   /** asks QEMU to quit, then kills it after `graceMs`; resolves when the process is gone */
   stop(graceMs: number): Promise<void>;
 }

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Logger } from '../log';
 import { Accelerator, DiskAttachment, Hypervisor, Vm, VmInfo, VmSpec } from './hypervisor';
 import { QmpClient } from './qmp';
+import { run } from '../runtime/exec-file';
 
 export interface QemuOptions {
   binary: string;
@@ -177,7 +178,7 @@ export class QemuHypervisor implements Hypervisor {
       try { process.kill(info.pid, 'SIGKILL'); } catch { /* gone */ }
       throw err;
     }
-    const vm = new QemuVm(info, qmp, exited);
+    const vm = new QemuVm(info, qmp, exited, launcher);
     if (boot.mode === 'clone') {
       try {
         await restoreClone(qmp, boot.statePath);
@@ -203,7 +204,7 @@ export class QemuHypervisor implements Hypervisor {
       const check = () => (isAlive(info.pid) ? setTimeout(check, 1000).unref() : resolve());
       qmp.once('close', () => setTimeout(check, 10));
     });
-    return new QemuVm(info, qmp, exited);
+    return new QemuVm(info, qmp, exited, launcherPath(this.o));
   }
 }
 
@@ -251,7 +252,7 @@ export class QemuVm implements Vm {
   private nextScsiId = 1;
   private readonly scsiInUse: Set<number>;
 
-  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>) {
+  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string) {
     exited.then(() => {
       this.dead = true;
       qmp.close();
@@ -321,6 +322,16 @@ export class QemuVm implements Vm {
     }
     this.releaseScsiId(this.info.disks[idx].scsiId);
     this.info.disks.splice(idx, 1);
+  }
+
+  /**
+   * Host path `src` (with the mounts under it) appears at `dst` inside QEMU's own mount
+   * namespace, never the host's: podvisor-launch clones the tree in the host's namespace, so
+   * host mounts made after QEMU started are included whatever the host's propagation.
+   * `readonly`: the top mount only (mounts under it keep their mode).
+   */
+  async bindIntoMountNs(src: string, dst: string, readonly: boolean): Promise<void> {
+    await run(this.launcher, ['bind', ...(readonly ? ['--ro'] : []), `/proc/${this.info.pid}/ns/mnt`, src, dst]);
   }
 
   async stop(graceMs: number): Promise<void> {
