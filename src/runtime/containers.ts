@@ -92,12 +92,11 @@ export class ContainerManager {
     const logPath = resolveLogPath(sandboxConfig?.log_directory || sb.rec.config.log_directory, config.log_path);
     const image = this.images.resolve(config.image.image);
     if (!image) throw notFound(`image ${JSON.stringify(config.image.image)} not found: pull it first`);
-    const imageVolumes: Array<{ containerPath: string; imageId: string; image: ImageRecord; subPath: string }> = [];
+    const imageVolumes: Array<{ containerPath: string; image: ImageRecord; subPath: string }> = [];
     for (const m of config.mounts ?? []) {
       if (!m.container_path || !path.isAbsolute(m.container_path)) throw invalidArgument(`mount container_path ${JSON.stringify(m.container_path)} must be absolute`);
       if (m.image?.image) {
-        const v = imageVolume(m, this.images.resolve(m.image.image));
-        imageVolumes.push({ containerPath: m.container_path, imageId: v.image.id, ...v });
+        imageVolumes.push({ containerPath: m.container_path, ...imageVolume(m, this.images.resolve(m.image.image)) });
         continue;
       }
       if (!m.host_path || !path.isAbsolute(m.host_path)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
@@ -126,11 +125,11 @@ export class ContainerManager {
       streams: { stdin: 0, stdout: 0, stderr: 0 },
       shareDir: `c/${id}`,
       volumes: [],
-      imageVolumes: imageVolumes.map((v) => ({ containerPath: v.containerPath, imageId: v.imageId })),
+      imageVolumes: imageVolumes.map((v) => ({ containerPath: v.containerPath, imageId: v.image.id })),
     };
     const live: Live = { rec, exitWaiters: [] };
     this.images.acquire(image.id);
-    for (const v of imageVolumes) this.images.acquire(v.imageId);
+    for (const v of imageVolumes) this.images.acquire(v.image.id);
     try {
       await this.sandboxes.lock.run(sb.rec.id, async () => {
         const pod = sb.pod;
@@ -207,7 +206,7 @@ export class ContainerManager {
     } catch (err) {
       this.containers.delete(id);
       this.images.release(image.id);
-      for (const v of imageVolumes) this.images.release(v.imageId);
+      for (const v of imageVolumes) this.images.release(v.image.id);
       await live.log?.close();
       await this.releaseVolumes(rec, sb);
       await sb.pod?.unbindFromShare(rec.shareDir).catch(() => undefined);

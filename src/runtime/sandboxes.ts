@@ -11,7 +11,6 @@ import { findByIdOrPrefix } from '../util/lookup';
 import type { Config } from '../config/config';
 import type { Hypervisor, Vm } from '../vm/hypervisor';
 import { VM_NAME_FILE, type Spare, type SparePool } from '../vm/spares';
-import { deleteNetns } from '../../network/netns';
 import type { NetworkDriver, PodNetwork, PodNetworkRequest } from '../../network/network-driver';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { KeyedMutex } from './lock';
@@ -235,7 +234,6 @@ export class SandboxManager {
     const [n, g] = await Promise.allSettled([network, guest]);
     if (n.status === 'rejected') throw n.reason;
     if (g.status === 'rejected') throw g.reason;
-    if (spare.netns) void deleteNetns(spare.netns).catch(() => undefined); // gone already unless the rename failed
     sb.rec.vm!.spare = true;
     ms.wired = Date.now() - t0;
     this.logger.debug({ sandbox: id, spare: spare.name, ms }, 'spare VM taken');
