@@ -434,8 +434,8 @@ interface Measurer {
   /** the daemon process(es) */
   daemonPids(): number[];
   extraKb?(): number;
-  /** QEMU processes whose smaps make the per-pod breakdown */
-  breakdownPids?(): number[];
+  /** the workload pids are QEMU processes: their smaps make the per-pod breakdown */
+  qemu?: boolean;
 }
 
 async function idlePods(t: Target, k: number, withContainers: boolean, m: Measurer, settleMs: number, bareNote = 'bare pods (containers failed)'): Promise<IdleResult> {
@@ -488,7 +488,7 @@ async function idlePods(t: Target, k: number, withContainers: boolean, m: Measur
       r.pssPerPod = (best!.work + best!.daemon) / 1024 / n;
       r.memAvailableDropMiB = (before - best!.avail) / 1024;
       r.memAvailableDropPerPod = r.memAvailableDropMiB / n;
-      const parts = m.breakdownPids?.().map(qemuBreakdownKb).filter((x): x is Breakdown => !!x) ?? [];
+      const parts = m.qemu ? m.workloadPids().map(qemuBreakdownKb).filter((x): x is Breakdown => !!x) : [];
       if (parts.length) {
         r.breakdown = Object.fromEntries(BREAKDOWN_KEYS.map((k) => [k, parts.reduce((a, x) => a + x[k], 0) / 1024 / parts.length])) as Breakdown;
       }
@@ -610,7 +610,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
     const daemonPattern = `${d.configFile} --socket ${d.socket}`;
     const m: Measurer = {
       workloadPids: () => pgrep(`qemu-system.*${dd.state}`),
-      breakdownPids: () => pgrep(`qemu-system.*${dd.state}`),
+      qemu: true,
       daemonPids: () => pgrep(daemonPattern),
     };
     for (const k of idleCounts) {
