@@ -13,7 +13,7 @@ import path from 'node:path';
 import { leftovers, makeEnv, podRequest, sh, Env } from './helpers';
 import { AgentClient } from '../../src/agent/client';
 import { silentLogger } from '../../src/log';
-import { QemuHypervisor } from '../../src/vm/qemu';
+import { kernelCmdline, QemuHypervisor } from '../../src/vm/qemu';
 import type { Vm } from '../../src/vm/hypervisor';
 import type { PodNetwork } from '../../network/network-driver';
 
@@ -142,11 +142,12 @@ function buildInitramfs(dir: string): string {
     const initrd = buildInitramfs(dir);
     net = await driver.setUp(req);
     const ifc = net.interfaces[0];
-    const cmdline = [
-      'console=ttyS0', 'quiet', 'panic=-1', 'nokaslr', 'mitigations=off', 'no_timer_check', 'tsc=reliable',
+    // the daemon's own kernel command line: under TCG on a loaded host the guest hangs
+    // calibrating its TSC without the tsc_early_khz hint it carries
+    const cmdline = kernelCmdline([
       `pv.mac=${ifc.mac}`, `pv.mtu=${ifc.mtu}`, `pv.name=${ifc.name}`, `pv.addrs=${ifc.addresses.join(',')}`,
       `pv.routes=${net.routes.map((r) => `${r.dest}@${r.gateway ?? '-'}`).join(',')}`,
-    ].join(' ');
+    ].join(' '));
     qemu = spawn('ip', ['netns', 'exec', net.netnsName, 'qemu-system-x86_64',
       '-M', 'microvm,x-option-roms=off,rtc=on', '-accel', 'tcg,tb-size=16', '-cpu', 'max', '-m', '256', '-smp', '1',
       '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
@@ -155,9 +156,14 @@ function buildInitramfs(dir: string): string {
       '-netdev', `tap,id=net0,ifname=${net.nics[0].tap},script=no,downscript=no`,
       '-device', `virtio-net-device,netdev=net0,mac=${net.nics[0].mac}`,
     ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    qemu.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
     const deadline = Date.now() + 120_000;
     while (!(fs.existsSync(consoleLog) && fs.readFileSync(consoleLog, 'utf8').includes('PV-GUEST-READY'))) {
-      if (Date.now() > deadline || qemu.exitCode !== null) throw new Error(`guest did not come up: ${fs.existsSync(consoleLog) ? fs.readFileSync(consoleLog, 'utf8').slice(-2000) : 'no console'}`);
+      if (Date.now() > deadline || qemu.exitCode !== null) {
+        const console = fs.existsSync(consoleLog) ? fs.readFileSync(consoleLog, 'utf8').slice(-3000) : 'no console';
+        throw new Error(`guest did not come up (exit ${qemu.exitCode}): stderr: ${stderr.slice(-1000)}\nconsole: ${console}`);
+      }
       await new Promise((r) => setTimeout(r, 200));
     }
     const inHost = (...a: string[]) => sh('ip', ['netns', 'exec', env.hostNetns, ...a]);
