@@ -117,6 +117,16 @@ fn poll1(f: &File, events: libc::c_short, timeout_ms: i32) -> libc::c_short {
     }
 }
 
+/// Whether the kernel believes the host end is open (the port polls HUP while it does not).
+fn host_present(f: &File) -> bool {
+    poll1(f, libc::POLLIN, 0) & libc::POLLHUP == 0
+}
+
+/// `connected` means the kernel has *said* the host is there, not merely that data arrived:
+/// QEMU queues a connecting host's PORT_OPEN on the control queue and its first bytes on the
+/// port's queue, and the guest may read the bytes first. A 0-byte read in that window is the
+/// open not yet seen, not a host that left; taking it for a disconnect would drop the hello
+/// just answered ("hello first" on the host's next request).
 fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 128 * 1024];
     let mut connected = false;
@@ -134,13 +144,15 @@ fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<Atomic
                 std::thread::sleep(Duration::from_millis(50));
             }
             Ok(n) => {
-                connected = true;
+                connected = connected || host_present(&f);
                 if tx.send(PortEvent::Data(buf[..n].to_vec())).is_err() {
                     return;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Host connected, nothing to read: sleep until data or a disconnect wakes us.
+                // Host connected (EAGAIN only comes with host_connected), nothing to read:
+                // sleep until data or a disconnect wakes us.
+                connected = true;
                 poll1(&f, libc::POLLIN, -1);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
