@@ -108,12 +108,7 @@ if ((${#BUILD_PKGS[@]})); then
   apt-get install -y -qq "${BUILD_PKGS[@]}" >&2 || { apt-get update -qq >&2 && apt-get install -y -qq "${BUILD_PKGS[@]}" >&2; }
 fi
 log "building the agent"
-(
-  cd "$HERE/agent"
-  LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(dirname "$SECCOMP_A") \
-  RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --release --locked --target x86_64-unknown-linux-gnu >&2
-)
+bash "$HERE/agent/cargo.sh" build --release >&2
 AGENT=$HERE/agent/target/x86_64-unknown-linux-gnu/release/podvisor-agent
 AGENT_VERSION=$(grep -m1 '^version' "$HERE/agent/Cargo.toml" | cut -d'"' -f2)
 if command -v file >/dev/null && file "$AGENT" | grep -q "dynamically linked"; then

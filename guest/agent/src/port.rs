@@ -274,3 +274,71 @@ impl Writer {
         done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reader against a unix socket pair: like the port, it reads 0 and polls HUP once the
+    //! other end is gone, and EAGAIN while the other end is there with nothing to say.
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (File, UnixStream) {
+        let (ours, host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (File::from(std::os::fd::OwnedFd::from(ours)), host)
+    }
+
+    fn spawn_reader(f: File) -> (mpsc::UnboundedReceiver<PortEvent>, Arc<AtomicU64>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = Arc::new(AtomicU64::new(1));
+        let s2 = session.clone();
+        std::thread::spawn(move || reader(f, tx, s2));
+        (rx, session)
+    }
+
+    fn next(rx: &mut mpsc::UnboundedReceiver<PortEvent>, within: Duration) -> Option<PortEvent> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(ev) = rx.try_recv() {
+                return Some(ev);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn bytes_read_before_the_open_is_seen_do_not_make_a_session() {
+        let (f, mut host) = pair();
+        // the bytes are there while the kernel still says "no host" (HUP)
+        host.write_all(b"hello").unwrap();
+        drop(host);
+        let (mut rx, session) = spawn_reader(f);
+        match next(&mut rx, Duration::from_secs(5)) {
+            Some(PortEvent::Data(d)) => assert_eq!(d, b"hello"),
+            _ => panic!("expected the bytes"),
+        }
+        // the 0-byte reads that follow are "not open yet", not "the host left"
+        assert!(next(&mut rx, Duration::from_millis(400)).is_none(), "no Disconnected");
+        assert_eq!(session.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_host_seen_and_then_gone_is_a_disconnect() {
+        let (f, mut host) = pair();
+        let (mut rx, session) = spawn_reader(f);
+        host.write_all(b"req").unwrap();
+        match next(&mut rx, Duration::from_secs(5)) {
+            Some(PortEvent::Data(d)) => assert_eq!(d, b"req"),
+            _ => panic!("expected the bytes"),
+        }
+        // the reader now sees EAGAIN (host there, nothing to read), then the host goes
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(next(&mut rx, Duration::from_millis(10)).is_none());
+        drop(host);
+        assert!(matches!(next(&mut rx, Duration::from_secs(5)), Some(PortEvent::Disconnected)));
+        assert_eq!(session.load(Ordering::SeqCst), 2);
+    }
+}
