@@ -5,6 +5,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'smol-toml';
 
+/**
+ * TCG's translated-code buffer per VM, MiB. The code a pod runs again and again (an exec probe:
+ * fork, setns, execve in the guest kernel plus libcontainer in the agent) translates to ~18-20
+ * MiB here; a smaller buffer is flushed on every exec and retranslated (5th ExecSync in a pod:
+ * 289 ms at 16 MiB, 86 ms at 20, 37 ms at 24). Each MiB is paid in every idle pod's PSS.
+ */
+export const DEFAULT_TCG_CODE_MIB = 24;
+
 export interface Config {
   socket: string;
   root: string;
@@ -34,8 +42,8 @@ export interface Config {
     templateSpares: number;
     /**
      * TCG only: QEMU's translated-code buffer per VM, MiB (tb-size). Every pod fills it as it
-     * starts, so it is most of an idle pod's memory; smaller means denser and slower (see
-     * bench/README.md: 12 MiB saves 4 MiB a pod, costs ~1.4x container start).
+     * starts, so it is most of an idle pod's memory; smaller means denser and slower, and below
+     * the exec path's ~20 MiB every exec retranslates (DEFAULT_TCG_CODE_MIB, bench/README.md).
      */
     tcgCodeMiB: number;
   };
@@ -88,7 +96,7 @@ export function defaultConfig(): Config {
       templateDir: '/dev/shm/podvisor/templates',
       prebuildTemplates: [],
       templateSpares: 1,
-      tcgCodeMiB: 16,
+      tcgCodeMiB: DEFAULT_TCG_CODE_MIB,
     },
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },

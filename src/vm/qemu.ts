@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { DEFAULT_TCG_CODE_MIB } from '../config/config';
 import type { Logger } from '../log';
 import { Accelerator, DiskAttachment, Hypervisor, Vm, VmInfo, VmSpec } from './hypervisor';
 import { QmpClient } from './qmp';
@@ -17,7 +18,7 @@ export interface QemuOptions {
   /** extra kernel command line */
   kernelArgs: string;
   accelerator: Accelerator;
-  /** TCG's translated-code buffer, MiB (QEMU tb-size); default 16 */
+  /** TCG's translated-code buffer, MiB (QEMU tb-size); default DEFAULT_TCG_CODE_MIB */
   tcgCodeMiB?: number;
   logger: Logger;
   /**
@@ -71,7 +72,7 @@ export const DEVICE_LAYOUT_VERSION = 3;
 
 export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator' | 'tcgCodeMiB'>, boot: Boot = { mode: 'cold' }): string[] {
   const f = (name: string) => path.join(spec.dir, name);
-  const accel = o.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', `tcg,tb-size=${o.tcgCodeMiB ?? 16}`, '-cpu', 'max'];
+  const accel = o.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', `tcg,tb-size=${o.tcgCodeMiB ?? DEFAULT_TCG_CODE_MIB}`, '-cpu', 'max'];
   const mem = boot.mode === 'cold' ? [] : [
     '-object', `memory-backend-file,id=mem,size=${spec.memoryMiB}M,mem-path=${boot.memPath},share=${boot.mode === 'template' ? 'on' : 'off'}`,
   ];
