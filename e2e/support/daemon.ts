@@ -59,7 +59,14 @@ export class TestDaemon {
     // PODVISOR_GUEST_DIR: test another guest build than build/guest
     const guest = process.env.PODVISOR_GUEST_DIR ? `kernel = "${process.env.PODVISOR_GUEST_DIR}/vmlinux"\ninitramfs = "${process.env.PODVISOR_GUEST_DIR}/initramfs.img"\n` : '';
     fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}${opts.vmToml ?? ''}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
-    await d.launch();
+    try {
+      await d.launch();
+    } catch (err) {
+      // a daemon that does not come up (bad config …) leaves neither its dirs nor a process
+      d.closeClients();
+      await d.destroy().catch(() => undefined);
+      throw err;
+    }
     return d;
   }
 
