@@ -57,6 +57,15 @@ async function runContainer(pod: string, podCfg: any, cfg: any): Promise<string>
   return container_id;
 }
 
+/** A pod named `name` (logs under d.logs/name) with one container running `command`. */
+async function podWithRunningContainer(name: string, container: string, command: string[]): Promise<{ cfg: any; pod: string; id: string }> {
+  const cfg = podConfig(name, path.join(d.logs, name));
+  const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+  const id = await runContainer(pod, cfg, containerConfig(container, command));
+  await waitState(id, 'CONTAINER_RUNNING');
+  return { cfg, pod, id };
+}
+
 describe('runtime info', () => {
   it('answers Version as kubelet requires', async () => {
     const v = await d.runtime('Version', { version: 'v1' });
@@ -342,10 +351,7 @@ describe('a pod VM with busybox containers', () => {
 
 describe('a daemon restart', () => {
   it('finds running pods and containers again', async () => {
-    const cfg = podConfig('restart', path.join(d.logs, 'restart'));
-    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
-    const id = await runContainer(pod, cfg, containerConfig('survivor', ['/bin/sh', '-c', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done']));
-    await waitState(id, 'CONTAINER_RUNNING');
+    const { pod, id } = await podWithRunningContainer('restart', 'survivor', ['/bin/sh', '-c', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done']);
     const before = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
     await d.stopProcess();
     await d.launch();
@@ -367,10 +373,7 @@ describe('a daemon restart', () => {
 
 describe('a daemon stop', () => {
   it('does not wait for calls that are still running (a long exec probe): they are cut after a grace time', async () => {
-    const cfg = podConfig('stop-grace', path.join(d.logs, 'stop-grace'));
-    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
-    const id = await runContainer(pod, cfg, containerConfig('prober', ['/bin/sleep', '3600']));
-    await waitState(id, 'CONTAINER_RUNNING');
+    const { pod, id } = await podWithRunningContainer('stop-grace', 'prober', ['/bin/sleep', '3600']);
     const other = d.newRuntimeClient() as any;
     const probe = new Promise((resolve) => other.ExecSync({ container_id: id, cmd: ['/bin/sleep', '120'], timeout: 120 }, (err: any, res: any) => resolve(err ?? res)));
     await new Promise((r) => setTimeout(r, 1500)); // the exec is running in the guest
@@ -388,10 +391,7 @@ describe('a daemon stop', () => {
 
 describe('a pod VM that dies underneath', () => {
   it('is reported NOTREADY with its containers exited, and still stops and removes cleanly', async () => {
-    const cfg = podConfig('doomed', path.join(d.logs, 'doomed'));
-    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
-    const id = await runContainer(pod, cfg, containerConfig('victim', ['/bin/sleep', '3600']));
-    await waitState(id, 'CONTAINER_RUNNING');
+    const { pod, id } = await podWithRunningContainer('doomed', 'victim', ['/bin/sleep', '3600']);
     const pid = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true })).info.info).vm.pid;
     process.kill(pid, 'SIGKILL');
     const st = await waitState(id, 'CONTAINER_EXITED');
