@@ -2,7 +2,8 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
+import { credentials, status } from '@grpc/grpc-js';
+import { loadCri } from '../cri-api';
 import { pushBusybox } from '../test/support/images';
 import { Registry, startRegistry } from '../test/support/registry';
 import { podConfig, podQemuPids, TestDaemon } from './support/daemon';
@@ -346,6 +347,94 @@ describe('a pod VM with busybox containers', () => {
     expect((await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } })).containers).toEqual([]);
     expect(fs.readdirSync(path.join(d.state, 'vm'))).toEqual([]);
     expect(podQemuPids(d.state)).toEqual([]);
+  });
+});
+
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`not within ${ms} ms`)), ms).unref())]);
+}
+
+/** Reads a server stream to its end (or until `until` says stop, then cancels it). */
+function readStream(call: any, until?: (msgs: any[]) => boolean): Promise<any[]> {
+  return new Promise((resolve, reject) => {
+    const msgs: any[] = [];
+    call.on('data', (m: any) => {
+      msgs.push(m);
+      if (until?.(msgs)) {
+        call.cancel();
+        resolve(msgs);
+      }
+    });
+    call.on('end', () => resolve(msgs));
+    call.on('error', (e: any) => (e.code === status.CANCELLED ? resolve(msgs) : reject(e)));
+  });
+}
+
+describe('container events and the Stream* lists', () => {
+  it('streams created, started, stopped and deleted with the pod and container statuses of the moment', async () => {
+    const client = d.newRuntimeClient() as any;
+    try {
+      const cfg = podConfig('events', path.join(d.logs, 'events'));
+      const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+      const stream = client.GetContainerEvents({});
+      let id = '';
+      const done = readStream(stream, (msgs) => msgs.some((m) => m.container_id === id && m.container_event_type === 'CONTAINER_DELETED_EVENT'));
+      await new Promise((r) => setTimeout(r, 200)); // the subscription is made when the call arrives
+      const t0 = BigInt(Date.now()) * 1_000_000n;
+      id = await runContainer(pod, cfg, containerConfig('brief', ['/bin/sh', '-c', 'sleep 0.5; exit 3']));
+      await waitState(id, 'CONTAINER_EXITED');
+      await d.runtime('RemoveContainer', { container_id: id });
+      const mine = (await within(done, 30_000)).filter((m) => m.container_id === id);
+      expect(mine.map((m) => m.container_event_type)).toEqual(['CONTAINER_CREATED_EVENT', 'CONTAINER_STARTED_EVENT', 'CONTAINER_STOPPED_EVENT', 'CONTAINER_DELETED_EVENT']);
+      for (const m of mine) {
+        expect(BigInt(m.created_at)).toBeGreaterThanOrEqual(t0);
+        expect(m.pod_sandbox_status).toMatchObject({ id: pod, state: 'SANDBOX_READY', metadata: { name: cfg.metadata.name } });
+      }
+      const own = (m: any) => m.containers_statuses.find((c: any) => c.id === id);
+      expect(own(mine[0])).toMatchObject({ state: 'CONTAINER_CREATED', metadata: { name: 'brief' } });
+      expect(own(mine[1]).state).toBe('CONTAINER_RUNNING');
+      expect(own(mine[2])).toMatchObject({ state: 'CONTAINER_EXITED', exit_code: 3, reason: 'Error' });
+      expect(own(mine[3])).toBeUndefined();
+      await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+      await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+    } finally {
+      client.close();
+    }
+  });
+
+  it('streams the same items as the List calls, filters included', async () => {
+    const { pod, id } = await podWithRunningContainer('lists', 'lister', ['/bin/sleep', '3600']);
+    const client = d.newRuntimeClient() as any;
+    const { ImageServiceClient } = loadCri();
+    const images = new ImageServiceClient(`unix://${d.socket}`, credentials.createInsecure()) as any;
+    try {
+      const flat = async (call: any, field: string) => (await readStream(call)).flatMap((m) => m[field]);
+      const ids = (xs: any[]) => xs.map((x) => x.id ?? x.attributes?.id).sort();
+      const cases: Array<[string, string, any, string, any, string]> = [
+        ['StreamPodSandboxes', 'pod_sandboxes', {}, 'ListPodSandbox', {}, 'items'],
+        ['StreamPodSandboxes', 'pod_sandboxes', { filter: { id: pod } }, 'ListPodSandbox', { filter: { id: pod } }, 'items'],
+        ['StreamContainers', 'containers', { filter: { pod_sandbox_id: pod } }, 'ListContainers', { filter: { pod_sandbox_id: pod } }, 'containers'],
+        ['StreamContainers', 'containers', { filter: { label_selector: { role: 'nobody' } } }, 'ListContainers', { filter: { label_selector: { role: 'nobody' } } }, 'containers'],
+        ['StreamContainerStats', 'container_stats', { filter: { id } }, 'ListContainerStats', { filter: { id } }, 'stats'],
+        ['StreamPodSandboxStats', 'pod_sandbox_stats', { filter: { id: pod } }, 'ListPodSandboxStats', { filter: { id: pod } }, 'stats'],
+      ];
+      for (const [stream, field, req, list, listReq, listField] of cases) {
+        const got = await flat(client[stream](req), field);
+        const want = (await d.runtime(list, listReq))[listField];
+        expect({ stream, ids: ids(got) }).toEqual({ stream, ids: ids(want) });
+      }
+      expect(ids(await flat(client.StreamContainers({ filter: { pod_sandbox_id: pod } }), 'containers'))).toEqual([id]);
+      expect(await flat(client.StreamContainers({ filter: { label_selector: { role: 'nobody' } } }), 'containers')).toEqual([]);
+      const got = await flat(images.StreamImages({}), 'images');
+      expect(got.map((x: any) => x.id).sort()).toEqual((await d.image('ListImages', {})).images.map((x: any) => x.id).sort());
+      expect(got.some((x: any) => x.repo_tags.includes(image))).toBe(true);
+      await expect(readStream(client.StreamPodSandboxMetrics({}))).rejects.toMatchObject({ code: status.UNIMPLEMENTED });
+    } finally {
+      client.close();
+      images.close();
+    }
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
   });
 });
 

@@ -5,6 +5,7 @@ import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { Config, packageRoot } from './config/config';
 import { containerHandlers } from './cri/container';
+import { eventHandlers } from './cri/events';
 import { imageHandlers } from './cri/image';
 import { runtimeInfoHandlers } from './cri/runtime-info';
 import { sandboxHandlers } from './cri/sandbox';
@@ -98,7 +99,7 @@ export class Daemon {
       ...streamingHandlers(streaming),
       ...statsHandlers(new StatsCollector(sandboxes, containers, logger), sandboxes, containers),
     };
-    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger);
+    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger, eventHandlers(containers, sandboxes, images));
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');
   }
 

@@ -1,6 +1,7 @@
 // The gRPC server: CRI RuntimeService and ImageService on a unix socket. Every RPC of the API
 // is registered: real handlers where they exist, UNIMPLEMENTED with a message elsewhere, so a
-// client never sees a crash or a silent OK.
+// client never sees a crash or a silent OK. Server-streaming RPCs get a StreamSink; the
+// Stream* list variants are served from their List RPC (list-streams.ts).
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
@@ -8,10 +9,48 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { IMAGE_METHODS, loadCri, RUNTIME_METHODS, STREAMING_METHODS } from '../cri-api';
 import { CriError } from './cri/errors';
+import { listStreamHandlers } from './cri/list-streams';
 import type { Logger } from './log';
 
 export type UnaryHandler = (req: any) => Promise<any>;
 export type Handlers = Record<string, UnaryHandler>;
+
+/** What a server-streaming handler writes to. */
+export interface StreamSink {
+  /** Sends one message; resolves when the transport can take more (back pressure). */
+  write(msg: object): Promise<void>;
+  /** Whether the client has gone (cancelled, deadline, connection closed). */
+  readonly closed: boolean;
+  /** Resolves when the client has gone. */
+  readonly gone: Promise<void>;
+}
+/** Resolves when the stream is complete (the server ends it); rejects to end it with an error. */
+export type StreamHandler = (req: any, sink: StreamSink) => Promise<void>;
+export type StreamHandlers = Record<string, StreamHandler>;
+
+function sinkOf(call: grpc.ServerWritableStream<any, any>): StreamSink {
+  let closed = false;
+  let setGone!: () => void;
+  const gone = new Promise<void>((r) => (setGone = r));
+  const close = () => {
+    closed = true;
+    setGone();
+  };
+  call.once('cancelled', close);
+  call.once('close', close);
+  call.once('error', close);
+  return {
+    get closed() {
+      return closed;
+    },
+    gone,
+    async write(msg) {
+      if (closed) return;
+      if (call.write(msg)) return;
+      await Promise.race([new Promise<void>((r) => call.once('drain', () => r())), gone]);
+    },
+  };
+}
 
 const QUIET = new Set(['Version', 'Status', 'ListPodSandbox', 'ListContainers', 'PodSandboxStatus', 'ContainerStatus', 'ImageStatus', 'ListImages', 'ImageFsInfo', 'ListContainerStats', 'ListPodSandboxStats']);
 
@@ -24,12 +63,26 @@ function toStatus(err: unknown, method: string, logger: Logger): Partial<grpc.St
   return { code: grpc.status.INTERNAL, details: `${method}: ${(err as Error)?.message ?? String(err)}` };
 }
 
-function implement(methods: string[], handlers: Handlers, logger: Logger): grpc.UntypedServiceImplementation {
+function implement(methods: string[], handlers: Handlers, streams: StreamHandlers, logger: Logger): grpc.UntypedServiceImplementation {
   const impl: grpc.UntypedServiceImplementation = {};
+  const allStreams = { ...listStreamHandlers(handlers), ...streams };
   for (const method of methods) {
     if (STREAMING_METHODS.has(method)) {
+      const fn = allStreams[method];
       impl[method] = (call: grpc.ServerWritableStream<any, any>) => {
-        call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: `${method} is not implemented by podvisor yet` });
+        if (!fn) {
+          call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: `${method} is not implemented by podvisor yet` });
+          return;
+        }
+        const sink = sinkOf(call);
+        fn(call.request ?? {}, sink).then(
+          () => {
+            if (!sink.closed) call.end();
+          },
+          (err) => {
+            if (!sink.closed) call.emit('error', toStatus(err, method, logger));
+          },
+        );
       };
       continue;
     }
@@ -64,11 +117,11 @@ async function claimSocket(socket: string): Promise<void> {
   await fsp.rm(socket, { force: true });
 }
 
-export async function startServer(socket: string, runtime: Handlers, image: Handlers, logger: Logger): Promise<grpc.Server> {
+export async function startServer(socket: string, runtime: Handlers, image: Handlers, logger: Logger, streams: StreamHandlers = {}): Promise<grpc.Server> {
   const cri = loadCri();
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024, 'grpc.max_send_message_length': 64 * 1024 * 1024 });
-  server.addService(cri.runtime, implement(RUNTIME_METHODS, runtime, logger));
-  server.addService(cri.image, implement(IMAGE_METHODS, image, logger));
+  server.addService(cri.runtime, implement(RUNTIME_METHODS, runtime, streams, logger));
+  server.addService(cri.image, implement(IMAGE_METHODS, image, streams, logger));
   await fsp.mkdir(path.dirname(socket), { recursive: true });
   await claimSocket(socket);
   await new Promise<void>((resolve, reject) =>

@@ -1,4 +1,5 @@
 // RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
 import type { SandboxRecord } from '../runtime/records';
 import type { SandboxManager } from '../runtime/sandboxes';
@@ -21,6 +22,20 @@ function summary(rec: SandboxRecord) {
     annotations: rec.config.annotations ?? {},
     runtime_handler: rec.runtimeHandler,
   };
+}
+
+/** PodSandboxStatus.status of a pod (also sent with each container event). */
+export function podSandboxStatus(rec: SandboxRecord) {
+  return {
+    ...summary(rec),
+    network: { ip: rec.network?.ips[0] ?? '', additional_ips: (rec.network?.ips.slice(1) ?? []).map((ip) => ({ ip })) },
+    linux: { namespaces: { options: namespaceOptions(rec) } },
+  };
+}
+
+/** The statuses of a pod's containers. */
+export function containerStatuses(containers: ContainerManager, sandboxId: string, images?: ImageManager) {
+  return containers.list({ pod_sandbox_id: sandboxId }).map((c) => containerStatus(c, images));
 }
 
 export function sandboxHandlers(sandboxes: SandboxManager, containers: ContainerManager) {
@@ -61,17 +76,7 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
           config: rec.config,
         });
       }
-      const mine = containers.list({ pod_sandbox_id: rec.id });
-      return {
-        status: {
-          ...summary(rec),
-          network: { ip: rec.network?.ips[0] ?? '', additional_ips: (rec.network?.ips.slice(1) ?? []).map((ip) => ({ ip })) },
-          linux: { namespaces: { options: namespaceOptions(rec) } },
-        },
-        info,
-        containers_statuses: mine.map((c) => containerStatus(c)),
-        timestamp: nowNs().toString(),
-      };
+      return { status: podSandboxStatus(rec), info, containers_statuses: containerStatuses(containers, rec.id), timestamp: nowNs().toString() };
     },
 
     async ListPodSandbox(req: any) {

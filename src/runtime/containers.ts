@@ -30,6 +30,18 @@ interface ExecWaiter {
   resolve: (ev: any) => void;
 }
 
+/** CRI ContainerEventType names. */
+export type ContainerEventType = 'CONTAINER_CREATED_EVENT' | 'CONTAINER_STARTED_EVENT' | 'CONTAINER_STOPPED_EVENT' | 'CONTAINER_DELETED_EVENT';
+
+/** A container's lifecycle step, told to subscribers as it happens (GetContainerEvents). */
+export interface ContainerEvent {
+  type: ContainerEventType;
+  containerId: string;
+  sandboxId: string;
+  /** when it happened, ns since the epoch */
+  at: bigint;
+}
+
 export function signalNumber(sig: unknown): number | undefined {
   if (typeof sig === 'number') return sig > 0 && sig < 65 ? sig : undefined;
   if (typeof sig !== 'string' || !sig) return undefined;
@@ -44,6 +56,7 @@ export class ContainerManager {
   private readonly store: RecordStore<ContainerRecord>;
   private readonly lock = new KeyedMutex();
   private readonly execWaiters = new Map<string, ExecWaiter>();
+  private readonly listeners = new Set<(ev: ContainerEvent) => void>();
 
   constructor(
     root: string,
@@ -60,6 +73,24 @@ export class ContainerManager {
       onEvent: (id, ev) => this.onEvent(id, ev),
       reattach: (id) => this.reattach(id),
     };
+  }
+
+  /** Calls `fn` for every container event from now on, synchronously as it happens; returns the unsubscribe. */
+  subscribe(fn: (ev: ContainerEvent) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private emit(rec: ContainerRecord, type: ContainerEventType): void {
+    if (!this.listeners.size) return;
+    const ev: ContainerEvent = { type, containerId: rec.id, sandboxId: rec.sandboxId, at: nowNs() };
+    for (const fn of this.listeners) {
+      try {
+        fn(ev);
+      } catch (err) {
+        this.logger.error({ container: rec.id, event: type, err: (err as Error).message }, 'container event listener failed');
+      }
+    }
   }
 
   get(id: string): Live {
@@ -213,6 +244,7 @@ export class ContainerManager {
       throw mapAgentError(err, `create container ${md.name}`);
     }
     this.logger.info({ container: id, sandbox: sb.rec.id, name: md.name, image: image.id }, 'container created');
+    this.emit(rec, 'CONTAINER_CREATED_EVENT');
     return id;
   }
 
@@ -251,9 +283,11 @@ export class ContainerManager {
         c.rec.reason = 'StartError';
         c.rec.message = (err as Error).message;
         await this.store.save(c.rec);
+        this.emit(c.rec, 'CONTAINER_STOPPED_EVENT');
         throw mapAgentError(err, `start container ${c.rec.id}`);
       }
       await this.store.save(c.rec);
+      this.emit(c.rec, 'CONTAINER_STARTED_EVENT');
     });
   }
 
@@ -316,6 +350,7 @@ export class ContainerManager {
     this.images.release(c.rec.imageId);
     for (const v of c.rec.imageVolumes ?? []) this.images.release(v.imageId);
     await this.store.delete(c.rec.id);
+    this.emit(c.rec, 'CONTAINER_DELETED_EVENT');
   }
 
   list(filter: any): ContainerRecord[] {
@@ -410,6 +445,7 @@ export class ContainerManager {
     c.rec.finishedAt = nowNs().toString();
     c.stdin?.destroy();
     for (const w of c.exitWaiters.splice(0)) w();
+    this.emit(c.rec, 'CONTAINER_STOPPED_EVENT');
   }
 
   private ofSandbox(sandboxId: string): Live[] {

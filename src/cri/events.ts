@@ -1,0 +1,52 @@
+// GetContainerEvents: a server stream of container lifecycle events (created, started,
+// stopped, deleted), each with the pod's sandbox status and the statuses of its containers as
+// they were when it happened. kubelet's evented PLEG reads it instead of relisting every second.
+//
+// Statuses are taken when the event happens, not when it is sent. A client that stops reading
+// while events pile up is cut off with RESOURCE_EXHAUSTED rather than buffered without bound:
+// it reconnects and relists, as it does after any stream error.
+import type { ImageManager } from '../image/manager';
+import type { ContainerEvent, ContainerManager } from '../runtime/containers';
+import type { SandboxManager } from '../runtime/sandboxes';
+import type { StreamHandlers } from '../server';
+import { resourceExhausted } from './errors';
+import { containerStatuses, podSandboxStatus } from './sandbox';
+
+/** Events queued for one client before it is cut off. */
+export const MAX_QUEUED_EVENTS = 1024;
+
+export function eventHandlers(containers: ContainerManager, sandboxes: SandboxManager, images: ImageManager): StreamHandlers {
+  const response = (ev: ContainerEvent) => {
+    const sb = sandboxes.find(ev.sandboxId);
+    return {
+      container_id: ev.containerId,
+      container_event_type: ev.type,
+      created_at: ev.at.toString(),
+      pod_sandbox_status: sb ? podSandboxStatus(sb.rec) : null,
+      containers_statuses: containerStatuses(containers, ev.sandboxId, images),
+    };
+  };
+  return {
+    async GetContainerEvents(_req, sink) {
+      const queue: object[] = [];
+      let overflow = false;
+      let wake: (() => void) | undefined;
+      const off = containers.subscribe((ev) => {
+        if (queue.length >= MAX_QUEUED_EVENTS) overflow = true;
+        else queue.push(response(ev));
+        wake?.();
+      });
+      try {
+        for (;;) {
+          while (queue.length && !sink.closed) await sink.write(queue.shift()!);
+          if (sink.closed) return;
+          if (overflow) throw resourceExhausted(`more than ${MAX_QUEUED_EVENTS} container events waited for this client: reconnect and list again`);
+          await Promise.race([new Promise<void>((r) => (wake = r)), sink.gone]);
+          wake = undefined;
+        }
+      } finally {
+        off();
+      }
+    },
+  };
+}
