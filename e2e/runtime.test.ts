@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { credentials, status } from '@grpc/grpc-js';
 import { loadCri } from '../cri-api';
+import { podHierarchies } from '../src/runtime/pod-cgroup';
 import { pushBusybox } from '../test/support/images';
 import { Registry, startRegistry } from '../test/support/registry';
 import { podConfig, podQemuPids, TestDaemon } from './support/daemon';
@@ -428,6 +429,8 @@ describe('container events and the Stream* lists', () => {
       const got = await flat(images.StreamImages({}), 'images');
       expect(got.map((x: any) => x.id).sort()).toEqual((await d.image('ListImages', {})).images.map((x: any) => x.id).sort());
       expect(got.some((x: any) => x.repo_tags.includes(image))).toBe(true);
+      // cAdvisor metrics are not served yet (critest wants the whole cAdvisor set): no stream either
+      await expect(d.runtime('ListPodSandboxMetrics', {})).rejects.toMatchObject({ code: status.UNIMPLEMENTED });
       await expect(readStream(client.StreamPodSandboxMetrics({}))).rejects.toMatchObject({ code: status.UNIMPLEMENTED });
     } finally {
       client.close();
@@ -435,6 +438,41 @@ describe('container events and the Stream* lists', () => {
     }
     await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+  });
+});
+
+describe("the pod's host cgroup", () => {
+  it("holds the pod VM under kubelet's cgroup_parent (driver CGROUPFS in RuntimeConfig) and goes with the pod", async () => {
+    expect((await d.runtime('RuntimeConfig', {})).linux.cgroup_driver).toBe('CGROUPFS');
+    const top = `/podvisor-e2e-${process.pid}`;
+    const parent = `${top}/kubepods/burstable/pod-cg`;
+    const cfg = podConfig('cg', path.join(d.logs, 'cg'));
+    cfg.linux.cgroup_parent = parent;
+    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    const hs = await podHierarchies();
+    const own = `${parent}/podvisor-${pod}`;
+    const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+    const pid = JSON.parse(st.info.info).vm.pid;
+    const lines = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8').trim().split('\n');
+    expect(lines.filter((l) => l.endsWith(`:${own}`)).length).toBe(hs.length);
+    await runContainer(pod, cfg, containerConfig('cg-c', ['/bin/sleep', '3600']));
+    // what the VM allocates from now on is charged to the pod (a moved process's old pages stay where they were)
+    const usage = hs.map((h) => ['memory.usage_in_bytes', 'memory.current'].map((f) => path.join(h.mount, own, f)).find((f) => fs.existsSync(f))).find(Boolean);
+    expect(usage).toBeDefined();
+    expect(Number(fs.readFileSync(usage!, 'utf8'))).toBeGreaterThan(0);
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+    expect(fs.existsSync(path.join(hs[0].mount, own))).toBe(true); // kept until the pod is removed
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+    for (const h of hs) expect(fs.existsSync(path.join(h.mount, top))).toBe(false);
+  });
+
+  it('refuses a cgroup_parent its driver would not write, before any VM starts', async () => {
+    const before = podQemuPids(d.state).length;
+    const cfg = podConfig('cg-bad', path.join(d.logs, 'cg-bad'));
+    cfg.linux.cgroup_parent = 'kubepods-burstable.slice';
+    await expect(d.runtime('RunPodSandbox', { config: cfg })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT, details: expect.stringContaining('cgroupfs') });
+    expect(podQemuPids(d.state).length).toBe(before);
+    expect((await d.runtime('ListPodSandbox', {})).items.filter((p: any) => p.metadata.name === 'cg-bad')).toEqual([]);
   });
 });
 

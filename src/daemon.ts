@@ -92,12 +92,13 @@ export class Daemon {
     });
     await streaming.start();
     this.streaming = streaming;
+    const stats = new StatsCollector(sandboxes, containers, logger);
     const runtime = {
-      ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, hypervisor, network, config: cfg }),
+      ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, hypervisor, network, config: cfg, cgroupDriver: cfg.cgroupDriver }),
       ...sandboxHandlers(sandboxes, containers),
       ...containerHandlers(containers, images),
       ...streamingHandlers(streaming),
-      ...statsHandlers(new StatsCollector(sandboxes, containers, logger), sandboxes, containers),
+      ...statsHandlers(stats, sandboxes, containers),
     };
     this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger, eventHandlers(containers, sandboxes, images));
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');

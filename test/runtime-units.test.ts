@@ -149,6 +149,12 @@ describe('VM sizing and config', () => {
       fs.writeFileSync(f, `[vm]\ntcg_code_mib = ${bad}\n`);
       expect(() => loadConfig(f, false)).toThrow(/tcg_code_mib must be an integer 4..1024/);
     }
+    fs.writeFileSync(f, 'log_level = "debug"\n');
+    expect(loadConfig(f, false).cgroupDriver).toBe('cgroupfs');
+    fs.writeFileSync(f, 'cgroup_driver = "systemd"\n');
+    expect(loadConfig(f, false).cgroupDriver).toBe('systemd');
+    fs.writeFileSync(f, 'cgroup_driver = "systemdd"\n');
+    expect(() => loadConfig(f, false)).toThrow(/cgroup_driver must be cgroupfs or systemd/);
     expect(loadConfig(path.join(dir, 'missing.toml'), true).socket).toBe('/run/podvisor/podvisor.sock');
     expect(() => loadConfig(path.join(dir, 'missing.toml'), false)).toThrow(/cannot read/);
     fs.rmSync(dir, { recursive: true });

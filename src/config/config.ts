@@ -18,6 +18,11 @@ export interface Config {
   root: string;
   state: string;
   logLevel: string;
+  /**
+   * How kubelet writes a pod's cgroup_parent (its cgroupDriver; RuntimeConfig tells kubelet):
+   * "cgroupfs" (a path) or "systemd" (a slice name). Pod VMs go into a cgroup under it.
+   */
+  cgroupDriver: 'cgroupfs' | 'systemd';
   vm: {
     qemu: string;
     kernel: string;
@@ -79,6 +84,7 @@ export function defaultConfig(): Config {
     root: '/var/lib/podvisor',
     state: '/run/podvisor',
     logLevel: 'info',
+    cgroupDriver: 'cgroupfs',
     vm: {
       qemu: '/usr/bin/qemu-system-x86_64',
       kernel: path.join(guest, 'vmlinux'),
@@ -109,6 +115,7 @@ const TOML_KEYS: Record<string, [keyof Config | null, string | null]> = {
   root: ['root', null],
   state: ['state', null],
   log_level: ['logLevel', null],
+  cgroup_driver: ['cgroupDriver', null],
 };
 const VM_KEYS: Record<string, keyof Config['vm']> = {
   qemu: 'qemu',
@@ -175,6 +182,7 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
       throw new ConfigError(`${file}: unknown key ${k}`);
     }
   }
+  if (!['cgroupfs', 'systemd'].includes(cfg.cgroupDriver)) throw new ConfigError(`${file}: cgroup_driver must be cgroupfs or systemd`);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.vm.accelerator)) throw new ConfigError(`${file}: vm.accelerator must be auto, kvm or tcg`);
   if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
   if (!Number.isInteger(cfg.vm.templateSpares) || cfg.vm.templateSpares > 16) throw new ConfigError(`${file}: vm.template_spares must be an integer 0..16`);

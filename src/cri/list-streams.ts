@@ -1,8 +1,9 @@
 // StreamPodSandboxes, StreamContainers, StreamContainerStats, StreamPodSandboxStats,
-// StreamImages: the server-streaming variants of the List RPCs. They answer with the same
-// items as the List call, in batches, so that a node with many pods, containers or images never
-// puts them all into one response (a client refuses a message over its limit: kubelet's is
-// 16 MiB). A List handler is the one place that knows how to list; this only cuts its answer.
+// StreamImages, StreamPodSandboxMetrics: the server-streaming variants of the List RPCs. They
+// answer with the same items as the List call, in batches, so that a node with many pods,
+// containers or images never puts them all into one response (a client refuses a message over
+// its limit: kubelet's is 16 MiB). A List handler is the one place that knows how to list; this
+// only cuts its answer. A stream whose List is not served answers UNIMPLEMENTED.
 import type { Handlers, StreamHandlers } from '../server';
 
 /** stream RPC → [its List RPC, the List response's repeated field, the stream response's] */
@@ -12,6 +13,7 @@ export const LIST_STREAMS: Readonly<Record<string, readonly [string, string, str
   StreamContainerStats: ['ListContainerStats', 'stats', 'container_stats'],
   StreamPodSandboxStats: ['ListPodSandboxStats', 'stats', 'pod_sandbox_stats'],
   StreamImages: ['ListImages', 'images', 'images'],
+  StreamPodSandboxMetrics: ['ListPodSandboxMetrics', 'pod_metrics', 'pod_sandbox_metrics'],
 };
 
 /** A batch ends after this many items, or once its items' JSON size passes BATCH_BYTES. */

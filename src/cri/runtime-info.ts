@@ -4,7 +4,6 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import type { Hypervisor } from '../vm/hypervisor';
-import { unimplemented } from './errors';
 
 export const RUNTIME_NAME = 'podvisor';
 // The CRI API version string kubelet checks, not ours.
@@ -14,7 +13,7 @@ export interface NetworkStatus {
   ready(): { ready: boolean; reason: string; message: string };
 }
 
-export function runtimeInfoHandlers(deps: { version: string; root: string; hypervisor: Hypervisor; network: NetworkStatus; config: object }) {
+export function runtimeInfoHandlers(deps: { version: string; root: string; hypervisor: Hypervisor; network: NetworkStatus; config: object; cgroupDriver: 'cgroupfs' | 'systemd' }) {
   const runtimeConfigFile = path.join(deps.root, 'runtime-config.json');
   return {
     async Version() {
@@ -45,10 +44,9 @@ export function runtimeInfoHandlers(deps: { version: string; root: string; hyper
       return {};
     },
 
+    // kubelet takes its cgroup driver from here: the one pod VMs' cgroups are made with
     async RuntimeConfig() {
-      // Pod VMs are not placed in host cgroups by podvisor yet, so there is no cgroup driver
-      // to report; kubelet accepts UNIMPLEMENTED and keeps its own setting.
-      throw unimplemented('RuntimeConfig: podvisor does not manage host cgroups for pod VMs yet');
+      return { linux: { cgroup_driver: deps.cgroupDriver === 'systemd' ? 'SYSTEMD' : 'CGROUPFS' } };
     },
   };
 }

@@ -24,6 +24,8 @@ export interface SandboxRecord {
   agentVersion: string;
   /** the pod's CNI network while it is set up */
   network: PodNetwork | null;
+  /** host cgroup directories made for the pod VM under cgroup_parent (pod-cgroup.ts) */
+  cgroups?: string[];
 }
 
 export interface ContainerRecord {

@@ -4,7 +4,7 @@
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { failedPrecondition, invalidArgument, notFound, unavailable } from '../cri/errors';
+import { failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../cri/errors';
 import type { Logger } from '../log';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
@@ -14,6 +14,7 @@ import { VM_NAME_FILE, type Spare, type SparePool } from '../vm/spares';
 import type { NetworkDriver, PodNetwork, PodNetworkRequest } from '../../network/network-driver';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { KeyedMutex } from './lock';
+import { cgroupParentPath, enterPodCgroup, removeCgroups } from './pod-cgroup';
 import { PodVm } from './pod-vm';
 import { labelsMatch, SandboxRecord } from './records';
 import { nowNs } from './container-log';
@@ -117,6 +118,7 @@ export class SandboxManager {
     }
     if (nsOpts.pid === 'NODE' || nsOpts.ipc === 'NODE') throw failedPrecondition('podvisor runs every pod in its own VM: host PID/IPC namespaces are not available');
     if (runtimeHandler && !['podvisor', 'kata', 'vm'].includes(runtimeHandler)) throw notFound(`runtime handler ${JSON.stringify(runtimeHandler)} is not known to podvisor`);
+    if (config.linux?.cgroup_parent) cgroupParentPath(config.linux.cgroup_parent, this.cfg.cgroupDriver);
     for (const sb of this.sandboxes.values()) {
       const m = sb.rec.config.metadata;
       if (m.name === md.name && m.namespace === md.namespace && m.uid === md.uid && (m.attempt ?? 0) === (md.attempt ?? 0)) {
@@ -150,6 +152,7 @@ export class SandboxManager {
       } catch (err) {
         this.logger.error({ sandbox: id, err: (err as Error).message }, 'pod sandbox failed to start');
         await sb.pod?.stop(1000).catch(() => undefined);
+        await this.leaveCgroup(sb).catch((e) => this.logger.error({ sandbox: id, err: e.message }, 'cgroup removal after a failed start'));
         await this.tearDownNetwork(sb).catch((e) => this.logger.error({ sandbox: id, err: e.message }, 'network teardown after a failed start'));
         this.sandboxes.delete(id);
         await this.store.delete(id).catch(() => undefined);
@@ -183,6 +186,7 @@ export class SandboxManager {
         this.logger.warn({ sandbox: id, spare: spare.name, err: (err as Error).message }, 'taking a spare VM failed: starting a fresh clone');
         sb.pod = undefined;
         if (spare.vm.alive()) await spare.vm.stop(0).catch(() => undefined);
+        await this.leaveCgroup(sb);
         await this.spares!.discard(spare);
         await this.tearDownNetwork(sb);
         await fsp.rm(dir, { recursive: true, force: true });
@@ -194,6 +198,7 @@ export class SandboxManager {
     const net = sb.rec.network;
     const vm = await this.hv.start({ id, dir, sharePath: share, ...size, network: net ? { netnsPath: net.netnsPath, nics: net.nics } : undefined });
     const pod = this.attach(sb, vm);
+    await this.enterCgroup(sb, vm);
     await pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
     await this.setUpGuest(sb, pod);
     await this.configureGuestNetwork(pod, sb.rec.network);
@@ -210,6 +215,7 @@ export class SandboxManager {
     await fsp.mkdir(path.dirname(this.dir(id)), { recursive: true });
     await this.spares!.moveTo(spare, this.dir(id));
     const pod = this.attach(sb, spare.vm);
+    await this.enterCgroup(sb, spare.vm);
     const t0 = Date.now();
     const ms: Record<string, number> = {};
     const guest = pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000, spare.agent).then(async (hello) => {
@@ -246,6 +252,21 @@ export class SandboxManager {
     pod.onEvent((ev) => this.hooks.onEvent(sb.rec.id, ev));
     this.watchExit(sb, pod);
     return pod;
+  }
+
+  /** The VM joins a cgroup of its own under the pod's cgroup_parent (kubelet's pod cgroup). */
+  private async enterCgroup(sb: Sandbox, vm: Vm): Promise<void> {
+    const parent = sb.rec.config.linux?.cgroup_parent;
+    if (!parent) return;
+    // recorded with the pod once it is ready (a failed start removes them itself)
+    sb.rec.cgroups = await enterPodCgroup(parent, this.cfg.cgroupDriver, sb.rec.id, vm.info.pid);
+  }
+
+  /** Removes the VM's cgroups; the VM must be gone. */
+  private async leaveCgroup(sb: Sandbox): Promise<void> {
+    if (!sb.rec.cgroups?.length) return;
+    await removeCgroups(sb.rec.cgroups);
+    sb.rec.cgroups = undefined;
   }
 
   /** Hostname, DNS, sysctls, the share. */
@@ -304,6 +325,9 @@ export class SandboxManager {
     await this.hooks.removeAll(sb.rec.id);
     await this.lock.run(sb.rec.id, async () => {
       if (sb.pod) await this.volumes.detachAll(sb.pod).catch(() => undefined); // VM gone: only forgets state
+      await this.leaveCgroup(sb).catch((err) => {
+        throw internal(`remove pod sandbox ${sb.rec.id}: ${(err as Error).message}`);
+      });
       this.sandboxes.delete(sb.rec.id);
       await this.store.delete(sb.rec.id);
       await fsp.rm(this.dir(sb.rec.id), { recursive: true, force: true });
