@@ -124,6 +124,22 @@ describe('pods on a CNI bridge', () => {
     expect(r.out).toBe('hello from the pod\n');
   });
 
+  it("counts the pod's traffic in its network metrics (cAdvisor's, per guest NIC)", async () => {
+    const bytes = async () => {
+      const { pod_metrics } = await d.runtime('ListPodSandboxMetrics', {});
+      const pm = pod_metrics.find((x: any) => x.pod_sandbox_id === a.pod);
+      const rx = pm.metrics.find((m: any) => m.name === 'container_network_receive_bytes_total' && m.label_values[3] === 'eth0');
+      const tx = pm.metrics.find((m: any) => m.name === 'container_network_transmit_bytes_total' && m.label_values[3] === 'eth0');
+      expect(rx.label_values.slice(0, 3)).toEqual([a.pod, 'POD', '']);
+      return { rx: Number(rx.value.value), tx: Number(tx.value.value) };
+    };
+    const before = await bytes();
+    const page = await retry(() => httpGet(`http://${a.ip}:8080/index.html`));
+    const after = await bytes();
+    expect(after.rx).toBeGreaterThan(before.rx); // the request came in
+    expect(after.tx).toBeGreaterThanOrEqual(before.tx + page.length); // the page went out
+  });
+
   it('puts a pod started from a warm spare VM on the network like any other', async () => {
     const spare = await readySpare();
     const c = await podWithServer('net-spare');

@@ -6,6 +6,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { Config, packageRoot } from './config/config';
 import { containerHandlers } from './cri/container';
 import { eventHandlers } from './cri/events';
+import { metricsHandlers } from './cri/metrics';
 import { imageHandlers } from './cri/image';
 import { runtimeInfoHandlers } from './cri/runtime-info';
 import { sandboxHandlers } from './cri/sandbox';
@@ -99,6 +100,7 @@ export class Daemon {
       ...containerHandlers(containers, images),
       ...streamingHandlers(streaming),
       ...statsHandlers(stats, sandboxes, containers),
+      ...metricsHandlers(stats),
     };
     this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger, eventHandlers(containers, sandboxes, images));
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');

@@ -8,13 +8,34 @@ import type { ContainerManager } from './containers';
 import { ContainerRecord, labelsMatch, SandboxRecord } from './records';
 import type { Sandbox, SandboxManager } from './sandboxes';
 
-interface GuestContainerStats {
+/** What the agent's `stats` says of a container (guest/agent/src/stats.rs); untrusted numbers. */
+export interface GuestContainerStats {
   id: string;
   cpu_usage_ns: number;
   memory_working_set: number;
   memory_rss: number;
   memory_usage: number;
   pids: number;
+  [more: string]: unknown;
+}
+
+/** What the agent's `stats` says of the pod's guest: the writable layers' file system, its NICs. */
+export interface GuestPodStats {
+  byId: Map<string, GuestContainerStats>;
+  total?: number;
+  available?: number;
+  layerFs?: Record<string, unknown>;
+  interfaces: Array<Record<string, unknown>>;
+}
+
+/** The figures of one pod, as the guest and the host see them (ListPodSandboxMetrics). */
+export interface PodSample {
+  sandbox: SandboxRecord;
+  containers: ContainerRecord[];
+  guest: GuestPodStats;
+  /** the VM's private memory on the host, bytes */
+  vmPrivate?: number;
+  at: bigint;
 }
 
 const u64 = (v: number | bigint | undefined) => (v === undefined ? null : { value: String(v) });
@@ -45,19 +66,41 @@ export class StatsCollector {
     return Math.round(((usage - prev.usage) * 1e9) / Number(at - prev.ns));
   }
 
-  private async guestStats(sb: Sandbox, ids: string[]): Promise<{ byId: Map<string, GuestContainerStats>; total?: number; available?: number }> {
+  private async guestStats(sb: Sandbox, ids: string[]): Promise<GuestPodStats> {
     const byId = new Map<string, GuestContainerStats>();
-    if (!sb.pod || sb.rec.state !== 'SANDBOX_READY' || !ids.length) return { byId };
+    if (!sb.pod || sb.rec.state !== 'SANDBOX_READY') return { byId, interfaces: [] };
     try {
+      // with no ids the agent answers for all its containers: none of them is kept here, the pod's figures are
       const r = await sb.pod.agent.call('stats', { ids }, 5000);
       for (const c of Array.isArray(r?.containers) ? r.containers.slice(0, ids.length) : []) {
         if (typeof c?.id === 'string' && ids.includes(c.id)) byId.set(c.id, c);
       }
-      return { byId, total: Number(r?.memory_total) || undefined, available: Number(r?.memory_available) || undefined };
+      const obj = (v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined);
+      return {
+        byId,
+        total: Number(r?.memory_total) || undefined,
+        available: Number(r?.memory_available) || undefined,
+        layerFs: obj(r?.layer_fs),
+        interfaces: (Array.isArray(r?.interfaces) ? r.interfaces.slice(0, 64) : []).map(obj).filter((x: unknown): x is Record<string, unknown> => !!x),
+      };
     } catch (err) {
       this.logger.debug({ sandbox: sb.rec.id, err: (err as Error).message }, 'guest stats unavailable');
-      return { byId };
+      return { byId, interfaces: [] };
     }
+  }
+
+  /** A pod's figures at one moment: its containers' from the guest, its VM's from the host. */
+  async sample(sb: Sandbox): Promise<PodSample> {
+    const containers = this.containers.list({ pod_sandbox_id: sb.rec.id });
+    const running = containers.filter((r) => r.state === 'CONTAINER_RUNNING' || r.state === 'CONTAINER_CREATED');
+    const guest = await this.guestStats(sb, running.map((r) => r.id));
+    const vmPrivate = sb.pod && sb.pod.vm.alive() ? await vmPrivateBytes(sb.pod.pid) : undefined;
+    return { sandbox: sb.rec, containers, guest, vmPrivate, at: nowNs() };
+  }
+
+  /** Samples of every pod. */
+  async samples(): Promise<PodSample[]> {
+    return Promise.all([...this.sandboxes.sandboxes.values()].map((s) => this.sample(s)));
   }
 
   private containerStats(rec: ContainerRecord, g: GuestContainerStats | undefined, at: bigint, available?: number) {
@@ -94,15 +137,10 @@ export class StatsCollector {
   }
 
   async podStats(sb: Sandbox): Promise<any> {
-    const rec: SandboxRecord = sb.rec;
-    const list = this.containers.list({ pod_sandbox_id: rec.id });
-    const running = list.filter((r) => r.state === 'CONTAINER_RUNNING' || r.state === 'CONTAINER_CREATED');
-    const g = await this.guestStats(sb, running.map((r) => r.id));
-    const at = nowNs();
+    const { sandbox: rec, containers: list, guest: g, vmPrivate: priv, at } = await this.sample(sb);
     const ts = at.toString();
     const cpu = [...g.byId.values()].reduce((n, c) => n + (Number(c.cpu_usage_ns) || 0), 0);
     const pids = [...g.byId.values()].reduce((n, c) => n + (Number(c.pids) || 0), 0);
-    const priv = sb.pod && sb.pod.vm.alive() ? await vmPrivateBytes(sb.pod.pid) : undefined;
     return {
       attributes: { id: rec.id, metadata: rec.config.metadata, labels: rec.config.labels ?? {}, annotations: rec.config.annotations ?? {} },
       linux: {
