@@ -34,6 +34,7 @@ const full = {
   memory_cache: 5, memory_mapped_file: 6, memory_kernel: 7, memory_pgfault: 8, memory_pgmajfault: 9, memory_peak: 1500,
   memory_swap: 0, memory_limit: 64 << 20, memory_swap_limit: null, memory_events_max: 1, oom_kills: 1,
   pids_max: null, processes: 2, fds: 12, sockets: 3, io_read_bytes: 1, io_write_bytes: 2, io_reads: 3, io_writes: 4, layer_bytes: 4096, layer_inodes: 3,
+  io_devices: [{ major: 254, minor: 0, name: '/dev/vda', read_bytes: 4096, write_bytes: 8192 }, { major: 'x', minor: 1, name: '/dev/bad' }],
 };
 
 describe('ListPodSandboxMetrics', () => {
@@ -64,6 +65,10 @@ describe('ListPodSandboxMetrics', () => {
     expect(v('container_threads_max')).toBe('0');
     expect(v('container_start_time_seconds')).toBe('1700000000');
     expect(v('container_last_seen')).toBe('1700000100');
+    expect(c1.metrics.filter((s) => s.name === 'container_blkio_device_usage_total').map((s) => [...s.label_values.slice(3), s.value.value])).toEqual([
+      ['/dev/vda', '254', '0', 'Read', '4096'],
+      ['/dev/vda', '254', '0', 'Write', '8192'],
+    ]);
     expect(c1.metrics.filter((s) => s.name === 'container_memory_failures_total').map((s) => s.label_values.slice(3).join('/')).sort()).toEqual(['pgfault/container', 'pgfault/hierarchy', 'pgmajfault/container', 'pgmajfault/hierarchy']);
     // an exited container has no live figures, and no start time when it never started
     const c2 = m.container_metrics.find((c) => c.container_id === 'c2')!;

@@ -49,6 +49,7 @@ const METRICS: Record<string, [string, Kind, string[]?]> = {
   container_fs_limit_bytes: ['Number of bytes the container can consume on this file system.', 'GAUGE', ['device']],
   container_fs_inodes_total: ['Number of inodes on this file system.', 'GAUGE', ['device']],
   container_fs_inodes_free: ['Number of free inodes on this file system.', 'GAUGE', ['device']],
+  container_blkio_device_usage_total: ['Block I/O device usage in bytes, per device and operation.', 'COUNTER', ['device', 'major', 'minor', 'operation']],
   container_fs_reads_bytes_total: ['Cumulative count of bytes read from block devices.', 'COUNTER', ['device']],
   container_fs_writes_bytes_total: ['Cumulative count of bytes written to block devices.', 'COUNTER', ['device']],
   container_fs_reads_total: ['Cumulative count of reads completed on block devices.', 'COUNTER', ['device']],
@@ -169,6 +170,15 @@ export function podSandboxMetrics(s: PodSample) {
       ...series('container_fs_writes_bytes_total', disks, n(g.io_write_bytes)),
       ...series('container_fs_reads_total', disks, n(g.io_reads)),
       ...series('container_fs_writes_total', disks, n(g.io_writes)),
+      ...(Array.isArray(g.io_devices) ? g.io_devices.slice(0, 64) : []).flatMap((dv: any) => {
+        const name = typeof dv?.name === 'string' && /^[A-Za-z0-9/_.-]{0,64}$/.test(dv.name) ? dv.name : '';
+        if (n(dv?.major) === undefined || n(dv?.minor) === undefined) return [];
+        const d = [...l, name, String(dv.major), String(dv.minor)];
+        return [
+          ...series('container_blkio_device_usage_total', [...d, 'Read'], n(dv.read_bytes)),
+          ...series('container_blkio_device_usage_total', [...d, 'Write'], n(dv.write_bytes)),
+        ];
+      }),
     );
     return { container_id: c.id, metrics: out };
   });

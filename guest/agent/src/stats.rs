@@ -56,11 +56,15 @@ fn cpu_max(cg: &Path) -> (Option<u64>, u64) {
     (quota, period)
 }
 
-/// io.stat summed over devices: rbytes, wbytes, rios, wios.
-fn io_totals(cg: &Path) -> [u64; 4] {
-    let mut t = [0u64; 4];
-    for line in std::fs::read_to_string(cg.join("io.stat")).unwrap_or_default().lines() {
-        for field in line.split_whitespace().skip(1) {
+/// io.stat per device: (major, minor, [rbytes, wbytes, rios, wios]), at most 64 devices.
+fn io_devices(cg: &Path) -> Vec<(u32, u32, [u64; 4])> {
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(cg.join("io.stat")).unwrap_or_default().lines().take(64) {
+        let mut fields = line.split_whitespace();
+        let Some((major, minor)) = fields.next().and_then(|d| d.split_once(':')) else { continue };
+        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else { continue };
+        let mut t = [0u64; 4];
+        for field in fields {
             let Some((k, v)) = field.split_once('=') else { continue };
             let i = match k {
                 "rbytes" => 0,
@@ -69,10 +73,31 @@ fn io_totals(cg: &Path) -> [u64; 4] {
                 "wios" => 3,
                 _ => continue,
             };
-            t[i] = t[i].saturating_add(v.parse().unwrap_or(0));
+            t[i] = v.parse().unwrap_or(0);
+        }
+        out.push((major, minor, t));
+    }
+    out
+}
+
+/// io.stat summed over devices: rbytes, wbytes, rios, wios.
+fn io_totals(devices: &[(u32, u32, [u64; 4])]) -> [u64; 4] {
+    let mut t = [0u64; 4];
+    for (_, _, d) in devices {
+        for i in 0..4 {
+            t[i] = t[i].saturating_add(d[i]);
         }
     }
     t
+}
+
+/// A block device's name in the guest (/dev/<DEVNAME>), from sysfs.
+fn block_name(major: u32, minor: u32) -> String {
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME=").map(|n| format!("/dev/{n}")))
+        .unwrap_or_default()
 }
 
 /// The container's processes, then their open descriptors and how many of those are sockets.
@@ -175,7 +200,8 @@ pub fn stats(agent: &Rc<Agent>, params: Value) -> Result<Value> {
         let events = kv(&cg.join("memory.events"));
         let (quota, period) = cpu_max(cg);
         let weight = read_u64(&cg.join("cpu.weight"));
-        let io = io_totals(cg);
+        let devices = io_devices(cg);
+        let io = io_totals(&devices);
         let (procs, fds, sockets) = processes(cg);
         let (layer_bytes, layer_inodes) = usage(&Path::new(CONTAINERS_DIR).join(&id).join("upper"));
         out.push(json!({
@@ -213,6 +239,9 @@ pub fn stats(agent: &Rc<Agent>, params: Value) -> Result<Value> {
             "io_write_bytes": io[1],
             "io_reads": io[2],
             "io_writes": io[3],
+            "io_devices": devices.iter().map(|(major, minor, d)| json!({
+                "major": major, "minor": minor, "name": block_name(*major, *minor), "read_bytes": d[0], "write_bytes": d[1],
+            })).collect::<Vec<_>>(),
             "layer_bytes": layer_bytes,
             "layer_inodes": layer_inodes,
         }));
@@ -266,7 +295,9 @@ mod tests {
             ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nnr_throttled 3\n"),
         ]);
         assert_eq!(cpu_max(&cg), (Some(20000), 100000));
-        assert_eq!(io_totals(&cg), [4097, 8193, 2, 3]);
+        let devs = io_devices(&cg);
+        assert_eq!(devs[0], (254, 0, [4096, 8192, 1, 2]));
+        assert_eq!(io_totals(&devs), [4097, 8193, 2, 3]);
         assert_eq!(read_limit(&cg.join("memory.max")), None);
         assert_eq!(read_limit(&cg.join("pids.max")), Some(128));
         let cpu = kv(&cg.join("cpu.stat"));
