@@ -134,6 +134,14 @@ describe('VM sizing and config', () => {
 
   it('reads TOML and refuses unknown keys', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-cfg-'));
+    try {
+      readsToml(dir);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  function readsToml(dir: string): void {
     const f = path.join(dir, 'c.toml');
     fs.writeFileSync(f, 'socket = "/tmp/x.sock"\n[vm]\ndefault_memory_mib = 512\naccelerator = "tcg"\n');
     const cfg = loadConfig(f, false);
@@ -157,8 +165,7 @@ describe('VM sizing and config', () => {
     expect(() => loadConfig(f, false)).toThrow(/cgroup_driver must be cgroupfs or systemd/);
     expect(loadConfig(path.join(dir, 'missing.toml'), true).socket).toBe('/run/podvisor/podvisor.sock');
     expect(() => loadConfig(path.join(dir, 'missing.toml'), false)).toThrow(/cannot read/);
-    fs.rmSync(dir, { recursive: true });
-  });
+  }
 });
 
 describe('deploy/config.toml', () => {
