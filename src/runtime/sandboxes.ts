@@ -198,8 +198,8 @@ export class SandboxManager {
     const net = sb.rec.network;
     const vm = await this.hv.start({ id, dir, sharePath: share, ...size, network: net ? { netnsPath: net.netnsPath, nics: net.nics } : undefined });
     const pod = this.attach(sb, vm);
-    await this.enterCgroup(sb, vm);
     await pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
+    await this.enterCgroup(sb, vm);
     await this.setUpGuest(sb, pod);
     await this.configureGuestNetwork(pod, sb.rec.network);
   }
@@ -254,7 +254,12 @@ export class SandboxManager {
     return pod;
   }
 
-  /** The VM joins a cgroup of its own under the pod's cgroup_parent (kubelet's pod cgroup). */
+  /**
+   * The VM joins a cgroup of its own under the pod's cgroup_parent (kubelet's pod cgroup) once
+   * it is up: what booting it (or keeping it as a spare) touched stays charged where that ran,
+   * the podvisor service, so the pod is charged what it costs from then on, which the
+   * RuntimeClass overhead covers (an idle pod's private memory), not a cold boot's peak.
+   */
   private async enterCgroup(sb: Sandbox, vm: Vm): Promise<void> {
     const parent = sb.rec.config.linux?.cgroup_parent;
     if (!parent) return;
