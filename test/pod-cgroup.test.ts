@@ -91,6 +91,24 @@ describe('a process in a pod cgroup of this host', () => {
     for (const h of hs) expect(fs.existsSync(path.join(h.mount, `/podvisor-test-${process.pid}`))).toBe(false);
   });
 
+  it('nests a systemd slice as systemd does and names the VM a scope', async () => {
+    const hs = await podHierarchies();
+    const slice = `podvisortest${process.pid}-burstable-pod7.slice`;
+    const child = spawn('sleep', ['60'], { stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
+    let made: string[] = [];
+    try {
+      made = await enterPodCgroup(slice, 'systemd', 'sb3', child.pid!, hs);
+      const want = `/podvisortest${process.pid}.slice/podvisortest${process.pid}-burstable.slice/${slice}/podvisor-sb3.scope`;
+      expect(fs.readFileSync(`/proc/${child.pid}/cgroup`, 'utf8')).toContain(`:${want}\n`);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    await removeCgroups(made);
+    for (const h of hs) expect(fs.existsSync(path.join(h.mount, `podvisortest${process.pid}.slice`))).toBe(false);
+  });
+
   it('keeps a parent that existed before, and removes nothing when it cannot join', async () => {
     const [h] = await podHierarchies();
     const parent = path.join(h.mount, `podvisor-keep-${process.pid}`);
