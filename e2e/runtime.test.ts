@@ -549,6 +549,20 @@ describe('a daemon stop', () => {
     expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.state).toBe('SANDBOX_READY');
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
   });
+
+  it('ends container event streams at once, so that only running calls hold it', async () => {
+    const other = d.newRuntimeClient() as any;
+    const stream = other.GetContainerEvents({});
+    const ended = new Promise<any>((resolve) => { stream.on('data', () => undefined); stream.on('error', resolve); });
+    await new Promise((r) => setTimeout(r, 300));
+    const t0 = Date.now();
+    await d.stopProcess();
+    expect(d.exitCode).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(4_000); // well under the 5 s grace for running calls
+    expect(await ended).toMatchObject({ code: status.UNAVAILABLE });
+    other.close();
+    await d.launch();
+  });
 });
 
 describe('a pod VM that dies underneath', () => {

@@ -42,6 +42,8 @@ const SHUTDOWN_GRACE_MS = 5_000;
 
 export class Daemon {
   private server?: grpc.Server;
+  /** aborted when stop() begins */
+  private readonly stopping = new AbortController();
   private network?: CniNetwork;
   private streaming?: StreamingServer;
   private spares?: SparePool;
@@ -102,7 +104,7 @@ export class Daemon {
       ...statsHandlers(stats, sandboxes, containers),
       ...metricsHandlers(stats),
     };
-    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger, eventHandlers(containers, sandboxes, images));
+    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger, eventHandlers(containers, sandboxes, images, this.stopping.signal));
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');
   }
 
@@ -127,6 +129,7 @@ export class Daemon {
   async stop(): Promise<void> {
     const server = this.server;
     if (!server) return;
+    this.stopping.abort(); // long-lived streams (container events) end now, not at the grace time
     // In-flight calls get a few seconds (kubelet's exec probes can run for minutes): then they
     // are cut, so the daemon always stops and takes its spares and sockets with it.
     await new Promise<void>((resolve) => {

@@ -26,6 +26,7 @@ const sandboxes: any = {
   find: (id: string) => (id === 'p1' ? { rec: { id: 'p1', config: { metadata: { name: 'pod', namespace: 'ns', uid: 'u', attempt: 0 } }, state: 'SANDBOX_READY', createdAt: '1', network: null } } : undefined),
 };
 const images: any = { resolve: () => undefined };
+const stopping = new AbortController();
 const emit = (type: ContainerEvent['type'], at: bigint) => {
   for (const fn of listeners) fn({ type, containerId: 'c1', sandboxId: 'p1', at });
 };
@@ -38,7 +39,7 @@ describe('GetContainerEvents', () => {
   beforeAll(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'podvisor-events-'));
     const socket = path.join(dir, 'cri.sock');
-    server = await startServer(socket, {}, {}, pino({ level: 'silent' }), eventHandlers(containers, sandboxes, images));
+    server = await startServer(socket, {}, {}, pino({ level: 'silent' }), eventHandlers(containers, sandboxes, images, stopping.signal));
     client = new (loadCri().RuntimeServiceClient)(`unix://${socket}`, grpc.credentials.createInsecure());
   });
 
@@ -92,6 +93,15 @@ describe('GetContainerEvents', () => {
     expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
     expect(err.details).toMatch(/reconnect/);
     expect(received).toBeLessThan(total);
+    await until(() => listeners.size === 0);
+  });
+
+  it('ends every stream with UNAVAILABLE when the daemon stops, so that shutdown does not wait on them', async () => {
+    const calls = [client.GetContainerEvents({}), client.GetContainerEvents({})];
+    const ended = calls.map((c) => new Promise<any>((resolve) => { c.on('data', () => undefined); c.on('error', resolve); }));
+    await until(() => listeners.size === 2);
+    stopping.abort();
+    for (const e of await Promise.all(ended)) expect(e).toMatchObject({ code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/stopping/) });
     await until(() => listeners.size === 0);
   });
 });

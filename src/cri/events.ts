@@ -4,18 +4,20 @@
 //
 // Statuses are taken when the event happens, not when it is sent. A client that stops reading
 // while events pile up is cut off with RESOURCE_EXHAUSTED rather than buffered without bound:
-// it reconnects and relists, as it does after any stream error.
+// it reconnects and relists, as it does after any stream error. When the daemon stops, the
+// streams end with UNAVAILABLE at once (they would otherwise hold the shutdown's grace time).
 import type { ImageManager } from '../image/manager';
 import type { ContainerEvent, ContainerManager } from '../runtime/containers';
 import type { SandboxManager } from '../runtime/sandboxes';
 import type { StreamHandlers } from '../server';
-import { resourceExhausted } from './errors';
+import { resourceExhausted, unavailable } from './errors';
 import { containerStatuses, podSandboxStatus } from './sandbox';
 
 /** Events queued for one client before it is cut off. */
 export const MAX_QUEUED_EVENTS = 1024;
 
-export function eventHandlers(containers: ContainerManager, sandboxes: SandboxManager, images: ImageManager): StreamHandlers {
+export function eventHandlers(containers: ContainerManager, sandboxes: SandboxManager, images: ImageManager, stopping: AbortSignal): StreamHandlers {
+  const stopped = new Promise<void>((r) => (stopping.aborted ? r() : stopping.addEventListener('abort', () => r(), { once: true })));
   const response = (ev: ContainerEvent) => {
     const sb = sandboxes.find(ev.sandboxId);
     return {
@@ -41,7 +43,8 @@ export function eventHandlers(containers: ContainerManager, sandboxes: SandboxMa
           while (queue.length && !sink.closed) await sink.write(queue.shift()!);
           if (sink.closed) return;
           if (overflow) throw resourceExhausted(`more than ${MAX_QUEUED_EVENTS} container events waited for this client: reconnect and list again`);
-          await Promise.race([new Promise<void>((r) => (wake = r)), sink.gone]);
+          if (stopping.aborted) throw unavailable('podvisor is stopping: reconnect');
+          await Promise.race([new Promise<void>((r) => (wake = r)), sink.gone, stopped]);
           wake = undefined;
         }
       } finally {
