@@ -247,3 +247,37 @@ describe('template lifecycle', () => {
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: id });
   });
 });
+
+describe('[vm] ksm', () => {
+  const mergeAny = (pid: number) => /^ksm_merge_any: (\w+)$/m.exec(fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8'))?.[1];
+
+  it('lets KSM merge all of each pod VM\'s memory when on (clones and spares alike), and is off by default', async () => {
+    const off = await runPod('ksm-off');
+    expect(mergeAny(off.info.vm.pid)).toBe('no');
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: off.id });
+    const k = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` }, templates: true, vmToml: 'ksm = true\n' });
+    try {
+      const cfg = podConfig('ksm-on', path.join(k.logs, 'ksm-on'));
+      const pod = (await k.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+      const info = JSON.parse((await k.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true })).info.info);
+      expect(mergeAny(info.vm.pid)).toBe('yes');
+      // the spare made behind it too: every QEMU of this daemon
+      const qemus = await retry(async () => {
+        const found = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+          try {
+            const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
+            return cmd.split('\0')[0].endsWith('qemu-system-x86_64') && cmd.includes(k.state);
+          } catch {
+            return false;
+          }
+        });
+        if (found.length < 2) throw new Error(`${found.length} QEMU processes, waiting for the spare`);
+        return found;
+      });
+      for (const p of qemus) expect({ p, merge: mergeAny(Number(p)) }).toEqual({ p, merge: 'yes' });
+      await k.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+    } finally {
+      await k.destroy();
+    }
+  });
+});

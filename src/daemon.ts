@@ -55,7 +55,7 @@ export class Daemon {
     await fsp.mkdir(cfg.root, { recursive: true, mode: 0o700 });
     await fsp.mkdir(cfg.state, { recursive: true, mode: 0o711 });
     const guest = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
-    const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, logger };
+    const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
     const hypervisor = new QemuHypervisor({ ...qemuOpts, accelerator });
     let spares: SparePool | undefined;

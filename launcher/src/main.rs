@@ -1,7 +1,7 @@
 //! podvisor-launch: the few steps Node cannot do before QEMU starts.
 //!
 //! ```text
-//! podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] -- PROGRAM [ARG]...
+//! podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] [--ksm] -- PROGRAM [ARG]...
 //! ```
 //!
 //! 1. With `--netns`: enter that network namespace, open `/dev/net/tun` and attach each `--tap`
@@ -16,7 +16,11 @@
 //!    across exec). A clone's RAM is a file mapped privately, which THP never backs; what THP
 //!    would back are QEMU's small anonymous blocks (ACPI table ROM, TCG's code buffer), where
 //!    one touched byte costs a whole 2 MiB page per VM.
-//! 4. exec the program (same pid: callers track the pid they spawned).
+//! 4. With `--ksm`: all the program's anonymous memory may be merged by the kernel's samepage
+//!    merging (PR_SET_MEMORY_MERGE, Linux 6.4+, kept across exec): QEMU's heap, TCG's buffers
+//!    and relocated library pages, not only the guest RAM that QEMU marks itself. ksmd must run
+//!    (/sys/kernel/mm/ksm/run) for anything to be merged.
+//! 5. exec the program (same pid: callers track the pid they spawned).
 //!
 //! Any failure is printed to stderr as `podvisor-launch: …` and the exit status is 127; nothing
 //! is left behind (the tap fds close with the process).
@@ -52,10 +56,13 @@ struct Opts {
     taps: Vec<String>,
     mount_ns: bool,
     no_thp: bool,
+    ksm: bool,
     program: Vec<OsString>,
 }
 
-const USAGE: &str = "usage: podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] -- PROGRAM [ARG]...";
+const USAGE: &str = "usage: podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] [--ksm] -- PROGRAM [ARG]...";
+// <linux/prctl.h>
+const PR_SET_MEMORY_MERGE: libc::c_int = 67;
 
 fn parse(args: Vec<OsString>) -> Result<Opts, String> {
     let mut o = Opts::default();
@@ -81,6 +88,7 @@ fn parse(args: Vec<OsString>) -> Result<Opts, String> {
             }
             Some("--mount-ns") => o.mount_ns = true,
             Some("--no-thp") => o.no_thp = true,
+            Some("--ksm") => o.ksm = true,
             Some("--") => {
                 o.program = it.collect();
                 break;
@@ -234,6 +242,9 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible, String> {
     if o.no_thp && unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
         return Err(format!("PR_SET_THP_DISABLE: {}", errno()));
     }
+    if o.ksm && unsafe { libc::prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) } != 0 {
+        return Err(format!("PR_SET_MEMORY_MERGE (needs Linux 6.4 or later): {}", errno()));
+    }
     place_fds(fds)?;
     exec(o.program)
 }
@@ -336,7 +347,8 @@ mod tests {
 
     #[test]
     fn parses_a_full_command_line() {
-        let o = parse(args(&["--netns", "/run/netns/pv-1", "--tap", "tap0", "--tap", "tap1", "--mount-ns", "--no-thp", "--", "qemu", "-m", "256"])).unwrap();
+        let o = parse(args(&["--netns", "/run/netns/pv-1", "--tap", "tap0", "--tap", "tap1", "--mount-ns", "--no-thp", "--ksm", "--", "qemu", "-m", "256"])).unwrap();
+        assert!(o.ksm);
         assert_eq!(o.netns, Some(OsString::from("/run/netns/pv-1")));
         assert_eq!(o.taps, vec!["tap0", "tap1"]);
         assert!(o.mount_ns);

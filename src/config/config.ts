@@ -51,6 +51,12 @@ export interface Config {
      * the exec path's ~20 MiB every exec retranslates (DEFAULT_TCG_CODE_MIB, bench/README.md).
      */
     tcgCodeMiB: number;
+    /**
+     * Let the kernel's samepage merging (KSM) merge all of each VM's anonymous memory (QEMU's
+     * heap, TCG buffers, relocated libraries), not only guest RAM. Denser, at the cost of ksmd
+     * CPU and of KSM's cross-VM timing side channel; ksmd must be turned on by the operator.
+     */
+    ksm: boolean;
   };
   image: {
     /** directory holding certs.d/<host>/hosts.toml */
@@ -103,6 +109,7 @@ export function defaultConfig(): Config {
       prebuildTemplates: [],
       templateSpares: 1,
       tcgCodeMiB: DEFAULT_TCG_CODE_MIB,
+      ksm: false,
     },
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
@@ -135,6 +142,7 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   prebuild_templates: 'prebuildTemplates',
   template_spares: 'templateSpares',
   tcg_code_mib: 'tcgCodeMiB',
+  ksm: 'ksm',
 };
 const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
 const CNI_KEYS: Record<string, keyof Config['cni']> = { conf_dir: 'confDir', bin_dirs: 'binDirs' };

@@ -20,6 +20,8 @@ export interface QemuOptions {
   accelerator: Accelerator;
   /** TCG's translated-code buffer, MiB (QEMU tb-size); default DEFAULT_TCG_CODE_MIB */
   tcgCodeMiB?: number;
+  /** all of QEMU's anonymous memory may be merged by KSM (podvisor-launch --ksm) */
+  ksm?: boolean;
   logger: Logger;
   /**
    * the podvisor-launch helper (launcher/): opens the pod's taps inside its netns, gives QEMU
@@ -153,7 +155,7 @@ export class QemuHypervisor implements Hypervisor {
     if (!fs.existsSync(launcher)) throw new Error(`podvisor-launch not found at ${launcher} (bash guest/build.sh builds it next to the guest kernel)`);
     // Huge pages buy nothing for a clone's RAM (a file mapped privately) nor under TCG (guest
     // memory goes through QEMU's soft TLB), and cost 2 MiB per VM for each small block touched.
-    const argv = launchArgv(spec, launcher, this.o.binary, args, { noThp: boot.mode === 'clone' || this.o.accelerator === 'tcg' });
+    const argv = launchArgv(spec, launcher, this.o.binary, args, { noThp: boot.mode === 'clone' || this.o.accelerator === 'tcg', ksm: this.o.ksm });
     // detached: the VM must survive a daemon restart; its lifetime is managed through QMP.
     const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', out, out] });
     fs.closeSync(out);
@@ -218,9 +220,10 @@ export class QemuHypervisor implements Hypervisor {
  * it, so nothing is ever mounted in the host's namespace and every bind vanishes with the VM)
  * and execs QEMU, keeping the pid.
  */
-export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuArgs: string[], o: { noThp?: boolean } = {}): string[] {
+export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuArgs: string[], o: { noThp?: boolean; ksm?: boolean } = {}): string[] {
   const argv = [launcher, '--mount-ns'];
   if (o.noThp) argv.push('--no-thp');
+  if (o.ksm) argv.push('--ksm');
   if (spec.network) {
     argv.push('--netns', spec.network.netnsPath);
     for (const nic of spec.network.nics) argv.push('--tap', nic.tap);
