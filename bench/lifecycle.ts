@@ -34,10 +34,12 @@ interface Options {
   idleContainers: boolean;
   /** [vm] tcg_code_mib of the podvisor daemons (default: the daemon's) */
   tcgCodeMiB?: number;
+  /** [vm] ksm = true, and ksmd on while idle pods are measured (see ksmSettle) */
+  ksm: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true, idleContainers: true };
+  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true, idleContainers: true, ksm: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -51,8 +53,9 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--no-cold') o.cold = false;
     else if (a === '--idle-sandboxes-only') o.idleContainers = false;
     else if (a === '--tcg-code-mib') o.tcgCodeMiB = parseInt(val(), 10);
+    else if (a === '--ksm') o.ksm = true;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only] [--tcg-code-mib N]');
+      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only] [--tcg-code-mib N] [--ksm]');
       process.exit(0);
     } else if (a !== '--') throw new Error(`unknown argument ${a}`);
   }
@@ -432,6 +435,8 @@ interface IdleResult {
   templateTmpfsMiB?: number;
   /** podvisor: where the QEMU processes' PSS lies, MiB per pod */
   breakdown?: Breakdown;
+  /** with --ksm: how merging went before the measurement */
+  ksmNote?: string;
   errors: string[];
 }
 
@@ -443,6 +448,10 @@ interface Measurer {
   extraKb?(): number;
   /** the workload pids are QEMU processes: their smaps make the per-pod breakdown */
   qemu?: boolean;
+  /** runs once the pods are idle, before the measurement; says how it went */
+  settle?(): Promise<string>;
+  /** more pids whose CPU is the pods' cost (ksmd) */
+  extraCpuPids?(): number[];
 }
 
 async function idlePods(t: Target, k: number, withContainers: boolean, m: Measurer, settleMs: number, bareNote = 'bare pods (containers failed)'): Promise<IdleResult> {
@@ -474,14 +483,16 @@ async function idlePods(t: Target, k: number, withContainers: boolean, m: Measur
     r.running = pods.length;
     if (pods.length > 0) {
       await sleep(settleMs); // let the guests go idle after boot/clone
+      if (m.settle) r.ksmNote = await m.settle();
       // two samples a few seconds apart, the lower kept (boot-time transients); CPU in between
       let best: { work: number; daemon: number; avail: number } | undefined;
-      const cpu0 = cpuTicks([...m.workloadPids(), ...m.daemonPids()]);
+      const cpuPids = () => [...m.workloadPids(), ...m.daemonPids(), ...(m.extraCpuPids?.() ?? [])];
+      const cpu0 = cpuTicks(cpuPids());
       const c0 = Date.now();
       for (let s = 0; s < 2; s++) {
         if (s) {
           await sleep(3000);
-          r.idleCpuPercent = ((cpuTicks([...m.workloadPids(), ...m.daemonPids()]) - cpu0) / CLK_TCK) / ((Date.now() - c0) / 1000) * 100;
+          r.idleCpuPercent = ((cpuTicks(cpuPids()) - cpu0) / CLK_TCK) / ((Date.now() - c0) / 1000) * 100;
         }
         const work = m.workloadPids().reduce((a, p) => a + pssKb(p), 0) + (m.extraKb?.() ?? 0);
         const daemon = m.daemonPids().reduce((a, p) => a + pssKb(p), 0);
@@ -508,6 +519,38 @@ async function idlePods(t: Target, k: number, withContainers: boolean, m: Measur
     }));
   }
   return r;
+}
+
+// ---------------------------------------------------------------- KSM (--ksm)
+
+const KSM = '/sys/kernel/mm/ksm';
+const ksmRead = (f: string) => fs.readFileSync(path.join(KSM, f), 'utf8').trim();
+const ksmWrite = (f: string, v: string | number) => fs.writeFileSync(path.join(KSM, f), String(v));
+/** The operator's KSM settings, put back when the bench ends. */
+let ksmSaved: Record<string, string> | undefined;
+
+/**
+ * ksmd on, scanning fast until two full scans have passed since the pods went idle (merged
+ * pages need a page seen twice), then at the kernel's default rate (100 pages / 200 ms): the idle
+ * CPU that follows counts ksmd at that rate.
+ */
+async function ksmSettle(): Promise<string> {
+  if (!ksmSaved) {
+    ksmSaved = Object.fromEntries(['run', 'pages_to_scan', 'sleep_millisecs'].map((f) => [f, ksmRead(f)]));
+    onCleanup('KSM settings', () => {
+      for (const [f, v] of Object.entries(ksmSaved!)) ksmWrite(f, v);
+    });
+  }
+  ksmWrite('pages_to_scan', 20000);
+  ksmWrite('sleep_millisecs', 20);
+  ksmWrite('run', 1);
+  const t0 = Date.now();
+  const scans0 = Number(ksmRead('full_scans'));
+  while (Number(ksmRead('full_scans')) < scans0 + 2 && Date.now() - t0 < 300_000) await sleep(500);
+  ksmWrite('pages_to_scan', 100);
+  ksmWrite('sleep_millisecs', 200);
+  const mib = (pages: string) => ((Number(pages) * 4096) / MiB).toFixed(0);
+  return `KSM: ${Number(ksmRead('full_scans')) - scans0} full scans in ${((Date.now() - t0) / 1000).toFixed(0)} s, ${mib(ksmRead('pages_sharing'))} MiB saved (pages_sharing); then 100 pages/200 ms, ksmd in idle CPU%`;
 }
 
 // ---------------------------------------------------------------- environment: images, CNI
@@ -563,7 +606,8 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
   const undo = onCleanup(`daemon ${label}`, async () => { await d?.destroy(); });
   try {
     log(`${label}: starting the daemon (templates ${templates ? 'on' : 'off'})`);
-    d = await TestDaemon.start({ templates, registries: { [reg.host]: `http://${reg.host}` }, vmToml: opts.tcgCodeMiB ? `tcg_code_mib = ${opts.tcgCodeMiB}\n` : undefined });
+    const vmToml = (opts.tcgCodeMiB ? `tcg_code_mib = ${opts.tcgCodeMiB}\n` : '') + (opts.ksm ? 'ksm = true\n' : '');
+    d = await TestDaemon.start({ templates, registries: { [reg.host]: `http://${reg.host}` }, vmToml: vmToml || undefined });
     const dd = d;
     // podvisor reaps netns of pods it knows; after a crash the records name the rest
     onCleanup(`netns of ${label}`, () => {
@@ -619,6 +663,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
       workloadPids: () => pgrep(`qemu-system.*${dd.state}`),
       qemu: true,
       daemonPids: () => pgrep(daemonPattern),
+      ...(opts.ksm ? { settle: ksmSettle, extraCpuPids: () => sh('pgrep', ['-x', 'ksmd'], { ignore: true }).split('\n').filter(Boolean).map(Number) } : {}),
     };
     for (const k of idleCounts) {
       log(`${label}: ${k} idle pod(s)…`);
@@ -836,6 +881,7 @@ function idleRows(idle: IdleResult[]): string[] {
     const pods = `${r.running}/${r.wanted}`;
     const note = [
       r.withContainers ? `each with a sleep container${r.containerErrors ? ` (${r.containerErrors} FAILED)` : ''}` : r.bareNote,
+      ...(r.ksmNote ? [r.ksmNote] : []),
       ...r.errors.slice(0, 2),
     ].join('; ');
     lines.push(`${r.label.padEnd(30)}${pods.padStart(8)}${f0(r.pssPerPod).padStart(10)}${f0(r.workloadPerPod).padStart(10)}${f0(r.daemonSharePerPod).padStart(12)}${f0(r.daemonPssMiB).padStart(9)}${f0(r.memAvailableDropPerPod).padStart(15)}${f0(r.memAvailableDropMiB).padStart(11)}${f0(r.templateTmpfsMiB).padStart(12)}${f0(r.idleCpuPercent).padStart(11)}${r.rampSeconds.toFixed(0).padStart(9)}  ${note}`);
@@ -896,7 +942,7 @@ async function main() {
   const conflist = (dir: string, dataDir: string) => writeConflist(dir, bridge, subnet, dataDir);
   log(`registry ${reg.host}, CNI bridge ${bridge} ${subnet}, iterations ${opts.iterations}, idle pods ${opts.pods.join(',')}`);
 
-  const clone = await benchPodvisor('podvisor clone', true, reg, image, conflist, opts, [1, ...opts.pods]);
+  const clone = await benchPodvisor(opts.ksm ? 'podvisor clone, KSM' : 'podvisor clone', true, reg, image, conflist, opts, [1, ...opts.pods]);
   const cold = opts.cold ? await benchPodvisor('podvisor cold boot', false, reg, image, conflist, opts, [1]) : { idle: [], error: 'skipped (--no-cold)' } as any;
   const ctd = opts.containerd
     ? (pauseImage ? await benchContainerd(reg, image, pauseImage, conflist, opts, opts.pods) : { idle: [], error: 'no pause image' } as any)
@@ -906,7 +952,7 @@ async function main() {
   const vm = clone.vm ?? cold.vm;
   const lines: string[] = [];
   lines.push(`podvisor lifecycle bench — ${started.toISOString()} — ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, QEMU ${qemuVersion}` +
-    `${vm ? `, accel ${vm.accelerator}, pod VM ${vm.vcpus} vCPU/${vm.memoryMiB} MiB${vm.accelerator === 'tcg' ? `, TCG code buffer ${opts.tcgCodeMiB ?? defaultConfig().vm.tcgCodeMiB} MiB` : ''}` : ''}\nguest ${guest}` +
+    `${vm ? `, accel ${vm.accelerator}, pod VM ${vm.vcpus} vCPU/${vm.memoryMiB} MiB${vm.accelerator === 'tcg' ? `, TCG code buffer ${opts.tcgCodeMiB ?? defaultConfig().vm.tcgCodeMiB} MiB` : ''}${opts.ksm ? ', [vm] ksm on' : ''}` : ''}\nguest ${guest}` +
     `, containerd ${ctd.version ?? 'n/a'}`);
   lines.push(`${opts.iterations} iterations after one warm-up; times are client-side gRPC round trips; CNI: bridge ${bridge} ${subnet} (no gateway, no masquerade) for every runtime`);
   lines.push('');
@@ -938,7 +984,7 @@ async function main() {
   const idleTarget = clone.idle.filter((r: IdleResult) => r.wanted > 1 && r.pssPerPod !== undefined);
   const verdict = (ok: boolean | undefined) => (ok === undefined ? 'NOT MEASURED' : ok ? 'met' : 'NOT met');
   lines.push(`target RunPodSandbox median (clone) ≤ containerd+runc: ${f0(cloneRun)} vs ${f0(ctdRun)} ms → ${verdict(cloneRun !== undefined && ctdRun !== undefined ? cloneRun <= ctdRun : undefined)}`);
-  for (const r of idleTarget) lines.push(`target ≤ 32 MiB PSS per idle pod (${r.running} pods, TCG): ${f0(r.pssPerPod)} MiB → ${verdict(r.pssPerPod! <= 32)}`);
+  for (const r of idleTarget) lines.push(`target ≤ 32 MiB PSS per idle pod (${r.running} pods, TCG${opts.ksm ? ', with KSM' : ''}): ${f0(r.pssPerPod)} MiB → ${verdict(r.pssPerPod! <= 32)}`);
   if (!idleTarget.length) lines.push('target ≤ 32 MiB PSS per idle pod: NOT MEASURED');
   const two = clone.idle.find((r: IdleResult) => r.wanted >= 200);
   lines.push(`target 200 idle pods: ${two ? `${two.running}/${two.wanted} ran${two.running >= 200 ? ' → met' : ' → NOT met'}` : 'not run (use --pods 200)'}`);
