@@ -70,7 +70,7 @@ export class StatsCollector {
     const byId = new Map<string, GuestContainerStats>();
     if (!sb.pod || sb.rec.state !== 'SANDBOX_READY') return { byId, interfaces: [] };
     try {
-      // with no ids the agent answers for all its containers: none of them is kept here, the pod's figures are
+      // empty ids: no container, the pod's own figures (layer file system, NICs) only
       const r = await sb.pod.agent.call('stats', { ids }, 5000);
       for (const c of Array.isArray(r?.containers) ? r.containers.slice(0, ids.length) : []) {
         if (typeof c?.id === 'string' && ids.includes(c.id)) byId.set(c.id, c);

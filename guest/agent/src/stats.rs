@@ -22,8 +22,9 @@ const CONTAINERS_DIR: &str = "/run/podvisor/containers";
 
 #[derive(Deserialize)]
 struct StatsParams {
+    /// the containers to report: all of them when absent, none when empty (the pod's figures only)
     #[serde(default)]
-    ids: Vec<String>,
+    ids: Option<Vec<String>>,
 }
 
 fn read_u64(p: &Path) -> u64 {
@@ -181,11 +182,11 @@ fn interfaces() -> Vec<Value> {
 
 pub fn stats(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     let p: StatsParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("stats: {e}")))?;
-    if p.ids.len() > 4096 {
+    if p.ids.as_ref().is_some_and(|ids| ids.len() > 4096) {
         return Err(AgentError::invalid("too many ids"));
     }
     let cs = agent.containers.borrow();
-    let ids: Vec<String> = if p.ids.is_empty() { cs.keys().cloned().collect() } else { p.ids };
+    let ids: Vec<String> = p.ids.unwrap_or_else(|| cs.keys().cloned().collect());
     let layer_fs = nix::sys::statvfs::statvfs(CONTAINERS_DIR).ok();
     let mut out = Vec::new();
     for id in ids {
