@@ -46,6 +46,9 @@ interface Hierarchy {
   cpuset: boolean;
 }
 
+/** This host's pod hierarchies, read once: cgroup file systems are mounted at boot. */
+let hostHierarchies: Promise<Hierarchy[]> | undefined;
+
 /** The cgroup hierarchies mounted here that a pod VM joins (from /proc/self/mountinfo). */
 export async function podHierarchies(mountinfo = '/proc/self/mountinfo'): Promise<Hierarchy[]> {
   const out: Hierarchy[] = [];
@@ -98,7 +101,10 @@ export async function enterPodCgroup(parent: string, driver: CgroupDriver, sandb
   const rel = path.posix.join(cgroupParentPath(parent, driver), sandboxCgroupName(sandboxId, driver));
   const made: string[] = [];
   try {
-    const hs = hierarchies ?? (await podHierarchies());
+    const hs = hierarchies ?? (await (hostHierarchies ??= podHierarchies().catch((e) => {
+      hostHierarchies = undefined; // read again next time
+      throw e;
+    })));
     if (!hs.length) throw new Error('no cgroup hierarchy is mounted');
     for (const h of hs) {
       const dir = await makeCgroup(h, rel, made);

@@ -129,9 +129,10 @@ export class StatsCollector {
       const sb = this.sandboxes.find(sid);
       if (!sb) continue;
       const running = list.filter((r) => r.state === 'CONTAINER_RUNNING' || r.state === 'CONTAINER_CREATED');
-      const g = await this.guestStats(sb, running.map((r) => r.id));
+      // nothing to ask the guest when none runs (kubelet polls this for every pod)
+      const g = running.length ? await this.guestStats(sb, running.map((r) => r.id)) : undefined;
       const at = nowNs();
-      for (const r of list) out.push(this.containerStats(r, g.byId.get(r.id), at, g.available));
+      for (const r of list) out.push(this.containerStats(r, g?.byId.get(r.id), at, g?.available));
     }
     return out;
   }
