@@ -7,6 +7,7 @@ import { createReadStream, promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CriError, Code } from '../cri/errors';
+import { BatchWriter } from './batch-writer';
 
 const HEX = /^[a-f0-9]{64}$/;
 
@@ -16,6 +17,15 @@ export interface BlobRef {
 }
 
 export type Progress = (done: number, total: number) => void;
+
+/** A blob being written through `fd` by someone else (ContentStore.stage). */
+export interface StagedBlob {
+  fd: number;
+  /** Checks size and digest (DATA_LOSS), syncs, moves it into place; removes it on mismatch. */
+  commit(bytes: number, digest: () => Promise<string>): Promise<void>;
+  /** Removes the file (nothing was stored); concurrent ingests then download it themselves. */
+  discard(): Promise<void>;
+}
 
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
@@ -95,7 +105,9 @@ export class ContentStore {
   ): Promise<boolean> {
     const key = b.digest;
     const running = this.inflight.get(key);
-    if (running) return running.then(() => false);
+    // Once the other call is done, the blob is there (false), or that call gave up without
+    // storing it (a staged blob discarded) and this one downloads it.
+    if (running) return running.then(() => this.ingest(b, open, progress, tap, tapDigest));
     const p = (async () => {
       if (await this.has(b)) return false;
       await this.download(b, open, progress, tap, tap ? tapDigest : undefined);
@@ -106,6 +118,75 @@ export class ContentStore {
     return p;
   }
 
+  /**
+   * Starts storing blob `b` through a descriptor that someone else fills (a layer worker's
+   * own download, layer-fetch.ts). Undefined when the blob is present or another call is
+   * storing it. Until commit() or discard(), concurrent ingests of the digest wait.
+   */
+  async stage(b: BlobRef): Promise<StagedBlob | undefined> {
+    if (this.inflight.has(b.digest) || (await this.has(b)) || this.inflight.has(b.digest)) return undefined;
+    let settle!: () => void;
+    let fail!: (e: unknown) => void;
+    const running = new Promise<void>((res, rej) => ((settle = res), (fail = rej)));
+    running.catch(() => undefined);
+    this.inflight.set(b.digest, running);
+    const end = (e?: unknown) => {
+      this.inflight.delete(b.digest);
+      if (e === undefined) settle();
+      else fail(e);
+    };
+    let t: { tmp: string; fh: fsp.FileHandle };
+    try {
+      t = await this.tempFile(b);
+    } catch (e) {
+      end();
+      throw e;
+    }
+    let closed = false;
+    return {
+      fd: t.fh.fd,
+      commit: async (bytes, digest) => {
+        closed = true;
+        try {
+          await this.keep(b, t.tmp, t.fh, bytes, digest);
+          end();
+        } catch (e) {
+          end(e);
+          throw e;
+        }
+      },
+      discard: async () => {
+        if (closed) return;
+        closed = true;
+        await t.fh.close().catch(() => undefined);
+        await fsp.rm(t.tmp, { force: true });
+        end();
+      },
+    };
+  }
+
+  private async tempFile(b: BlobRef): Promise<{ tmp: string; fh: fsp.FileHandle }> {
+    const tmp = path.join(this.tmpDir, `blob-${b.digest.slice(7, 19)}-${randomBytes(6).toString('hex')}`);
+    return { tmp, fh: await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644) };
+  }
+
+  /** Checks what was written to `tmp`, syncs it and moves it into place; removes it if it does not match. */
+  private async keep(b: BlobRef, tmp: string, fh: fsp.FileHandle, bytes: number, digest: () => Promise<string>): Promise<void> {
+    let ok = false;
+    try {
+      if (bytes !== b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: size mismatch (expected ${b.size}, got ${bytes})`);
+      const got = await digest();
+      if (got !== b.digest) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: digest mismatch (got ${got})`);
+      await fh.sync();
+      ok = true;
+    } finally {
+      await fh.close();
+      if (!ok) await fsp.rm(tmp, { force: true });
+    }
+    await fsp.rename(tmp, this.path(b.digest));
+    await fsyncDir(this.blobDir);
+  }
+
   private async download(
     b: BlobRef,
     open: () => Promise<AsyncIterable<Buffer> | Readable>,
@@ -113,55 +194,27 @@ export class ContentStore {
     tap?: (chunk: Buffer) => Promise<void> | void,
     tapDigest?: () => Promise<string | undefined>,
   ): Promise<void> {
-    const final = this.path(b.digest);
-    const tmp = path.join(this.tmpDir, `blob-${b.digest.slice(7, 19)}-${randomBytes(6).toString('hex')}`);
-    const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
-    let ok = false;
+    const { tmp, fh } = await this.tempFile(b);
+    let handed = false;
     try {
       const src = await open();
       const hash: Hash | null = tapDigest ? null : createHash('sha256');
       let n = 0;
       // Network chunks are small: they are written in batches of ~1 MiB, two batches in flight.
-      let batch: Buffer[] = [];
-      let batchBytes = 0;
-      let written = 0;
-      const writes = new Set<Promise<void>>();
-      let writeError: unknown;
-      const flush = async (max: number) => {
-        if (batchBytes) {
-          const want = batchBytes;
-          const p: Promise<void> = fh
-            .writev(batch, written)
-            .then(({ bytesWritten }) => {
-              if (bytesWritten !== want) throw new Error(`short write (${bytesWritten} of ${want} bytes)`);
-            })
-            .catch((e) => {
-              writeError ??= e;
-            })
-            .finally(() => writes.delete(p));
-          writes.add(p);
-          written += batchBytes;
-          batch = [];
-          batchBytes = 0;
-        }
-        while (writes.size > max) await Promise.race(writes);
-        if (writeError) throw writeError;
-      };
+      const out = new BatchWriter(fh.fd);
       try {
         try {
           for await (const chunk of src as AsyncIterable<Buffer>) {
             n += chunk.length;
             if (n > b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: more data than its size ${b.size}`);
             hash?.update(chunk);
-            batch.push(chunk);
-            batchBytes += chunk.length;
-            if (batchBytes >= 1 << 20) await flush(2);
+            await out.add(chunk);
             if (tap) await tap(chunk);
             progress?.(n, b.size);
           }
-          await flush(0);
+          await out.finish();
         } finally {
-          await Promise.all(writes);
+          await out.settle();
         }
       } catch (e: any) {
         if (e instanceof CriError) throw e;
@@ -170,17 +223,14 @@ export class ContentStore {
       } finally {
         (src as Readable).destroy?.();
       }
-      if (n !== b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: size mismatch (expected ${b.size}, got ${n})`);
-      const got = hash ? `sha256:${hash.digest('hex')}` : ((await tapDigest!()) ?? (await hashFile(tmp)));
-      if (got !== b.digest) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: digest mismatch (got ${got})`);
-      await fh.sync();
-      ok = true;
+      handed = true;
+      await this.keep(b, tmp, fh, n, async () => (hash ? `sha256:${hash.digest('hex')}` : ((await tapDigest!()) ?? (await hashFile(tmp)))));
     } finally {
-      await fh.close();
-      if (!ok) await fsp.rm(tmp, { force: true });
+      if (!handed) {
+        await fh.close();
+        await fsp.rm(tmp, { force: true });
+      }
     }
-    await fsp.rename(tmp, final);
-    await fsyncDir(this.blobDir);
   }
 
   async delete(digest: string): Promise<void> {

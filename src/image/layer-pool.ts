@@ -9,7 +9,9 @@
 // (unpack.ts SharedBudget). Only the entries of the layer (names, modes, xattrs, inline tails,
 // extents) come back to the main thread, which replays layers in order as before.
 //
-// Compressed chunks go to the worker as transferred ArrayBuffers (no copy) when the caller
+// A layer whose blob is not stored yet is downloaded by the worker itself (layer-fetch.ts):
+// then no byte of it crosses this thread. Otherwise (a stored blob, a fallback download)
+// compressed chunks go to the worker as transferred ArrayBuffers (no copy) when the caller
 // owns them (LayerOptions.owned), copied otherwise; the worker acknowledges what it has taken
 // so that at most WINDOW bytes per layer are in flight (back pressure to the download).
 //
@@ -19,8 +21,10 @@
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import v8 from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import { FileNode } from './erofs';
+import type { FetchOutcome, RemoteBlob } from './layer-fetch';
 import type { LayerRead, Op, UnpackLimits } from './unpack';
 
 const WINDOW = 8 << 20;
@@ -46,12 +50,13 @@ function returnSlab(sab: SharedArrayBuffer): void {
 
 /** Messages to a worker. */
 export type ToWorker =
-  | { t: 'start'; id: number; fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; hashInput: boolean }
+  | { t: 'start'; id: number; fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; hashInput: boolean; fetch?: RemoteBlob }
   | { t: 'data'; id: number; buf: ArrayBuffer }
   /** `len` bytes at the start of a shared slab: the worker copies them out and acknowledges `slab`. */
   | { t: 'shared'; id: number; sab: SharedArrayBuffer; len: number }
   | { t: 'end'; id: number }
-  | { t: 'abort'; id: number; message: string };
+  /** `cancel`: the pull was cancelled: a download whose reader failed by itself stops too. */
+  | { t: 'abort'; id: number; message: string; cancel?: boolean };
 
 /** Messages from a worker. */
 export type FromWorker =
@@ -61,6 +66,9 @@ export type FromWorker =
   | { t: 'input'; id: number; digest: string }
   /** A slab copied out, free for reuse. */
   | { t: 'slab'; sab: SharedArrayBuffer }
+  /** How the job's own download ended (fetch jobs), sent before 'done' or 'error'. */
+  | { t: 'fetched'; id: number; outcome: FetchOutcome }
+  | { t: 'progress'; id: number; bytes: number }
   | { t: 'done'; id: number; result: LayerRead }
   | { t: 'error'; id: number; name: string; message: string; code?: string };
 
@@ -84,13 +92,31 @@ interface Job {
   resolve: (r: LayerRead) => void;
   /** Called once: the input's digest, or undefined when the job ended without it. */
   onInput?: (digest: string | undefined) => void;
+  onFetched?: (o: FetchOutcome) => void;
+  onProgress?: (bytes: number) => void;
   reject: (e: Error) => void;
 }
 
 /** The worker's modules, transpiled once, when running from TypeScript sources. */
 let transpiled: Record<string, string> | undefined;
 
+/**
+ * A worker's first full collection waits until its old generation holds this much. Layer
+ * reading churns through ~1 byte of short-lived buffers per byte of image (network reads,
+ * inflated chunks, file data queued for writing); with V8's default start (a limit just above
+ * the worker's ~10 MB of code and modules) a worker ran a mark-compact every ~25 ms while
+ * reading: ~18 a pull, a quarter of the pull's CPU. 64 MB cuts that to ~3 (bench/README).
+ */
+const WORKER_INITIAL_OLD_SPACE_MB = 64;
+let heapFlagSet = false;
+
 function spawnWorker(): Worker {
+  if (!heapFlagSet) {
+    // Read when an isolate is created, so it applies to isolates made from now on: only these
+    // workers (the daemon's own isolate exists already). Worker resourceLimits has no such knob.
+    v8.setFlagsFromString(`--initial-old-space-size=${WORKER_INITIAL_OLD_SPACE_MB}`);
+    heapFlagSet = true;
+  }
   const ext = path.extname(__filename);
   const file = path.join(__dirname, `layer-worker${ext}`);
   if (ext !== '.ts') return new Worker(file);
@@ -147,6 +173,13 @@ class LayerWorker {
         f?.(m.digest);
         return;
       }
+      if (m.t === 'fetched') {
+        const f = job.onFetched;
+        job.onFetched = undefined;
+        f?.(m.outcome);
+        return;
+      }
+      if (m.t === 'progress') return job.onProgress?.(m.bytes);
       if (m.t === 'ack') {
         job.inflight -= m.bytes;
         const w = job.wake;
@@ -179,6 +212,9 @@ class LayerWorker {
     const f = job.onInput;
     job.onInput = undefined;
     f?.(undefined);
+    const g = job.onFetched;
+    job.onFetched = undefined;
+    g?.({ ok: false, fallback: false, code: 'UNAVAILABLE', message: 'the layer reader thread stopped' });
     this.jobs.delete(id);
     const w = job.wake;
     job.wake = undefined;
@@ -269,17 +305,30 @@ function revive(r: LayerRead): LayerRead {
 export interface RemoteRead {
   result: Promise<LayerRead>;
   /** Stops the read (the build failed elsewhere); `result` settles once the worker stopped writing. */
-  abort(message: string): void;
+  abort(message: string, cancel?: boolean): void;
 }
 
 /**
- * Reads one layer on a worker: feeds it `input` and resolves with what readLayerStream
- * returned there. Errors keep their name ('UnsafeArchiveError', 'BuildFailedError' …),
- * message and code. `result` settles only after the worker has stopped writing to `fd`.
+ * Reads one layer on a worker: feeds it `input`, or has it download `p.fetch` (then
+ * `p.onFetched` gets the download's outcome before `result` settles), and resolves with what
+ * readLayerStream returned there. Errors keep their name ('UnsafeArchiveError',
+ * 'BuildFailedError', 'FetchFallbackError' …), message and code. `result` settles only after
+ * the worker has stopped writing to `fd` (and to the blob's file).
  */
 export function readOnWorker(
-  input: AsyncIterable<Buffer>,
-  p: { fd: number; cells: BigInt64Array; limits: UnpackLimits; diffId?: string; label: string; owned: boolean; inputDigest?: (digest: string | undefined) => void },
+  input: AsyncIterable<Buffer> | null,
+  p: {
+    fd: number;
+    cells: BigInt64Array;
+    limits: UnpackLimits;
+    diffId?: string;
+    label: string;
+    owned: boolean;
+    inputDigest?: (digest: string | undefined) => void;
+    fetch?: RemoteBlob;
+    onFetched?: (o: FetchOutcome) => void;
+    onProgress?: (bytes: number) => void;
+  },
 ): RemoteRead {
   const w = pick();
   const id = nextId++;
@@ -290,12 +339,13 @@ export function readOnWorker(
     reject = rej;
   });
   done.catch(() => undefined);
-  const job: Job = { inflight: 0, settled: false, wake: undefined, resolve, reject, onInput: p.inputDigest };
+  const job: Job = { inflight: 0, settled: false, wake: undefined, resolve, reject, onInput: p.inputDigest, onFetched: p.onFetched, onProgress: p.onProgress };
   w.start(id, job);
-  w.post({ t: 'start', id, fd: p.fd, cells: p.cells, limits: p.limits, diffId: p.diffId, label: p.label, hashInput: !!p.inputDigest });
-  const abort = (message: string) => {
-    if (!job.settled) w.post({ t: 'abort', id, message });
+  w.post({ t: 'start', id, fd: p.fd, cells: p.cells, limits: p.limits, diffId: p.diffId, label: p.label, hashInput: !!p.inputDigest, fetch: p.fetch });
+  const abort = (message: string, cancel?: boolean) => {
+    if (!job.settled) w.post({ t: 'abort', id, message, cancel });
   };
+  if (!input) return { result: done.then(revive), abort };
 
   const result = (async () => {
     let inputError: unknown;

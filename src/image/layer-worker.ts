@@ -1,26 +1,48 @@
 // The worker thread of layer-pool.ts: reads layers (unpack.ts readLayerStream) from chunks
-// the main thread sends, writes their file data to the image through its descriptor, and
-// sends back the entries. Several layers can be read at once (each is its own job).
+// the main thread sends, or from a blob it downloads itself (layer-fetch.ts), writes their
+// file data to the image through its descriptor, and sends back the entries. Several layers
+// can be read at once (each is its own job).
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { BlockCounter, ImageFile, Stager } from './erofs';
 import type { FromWorker, ToWorker } from './layer-pool';
+import type { HttpResponse } from './http';
+import { openBlob, streamBlob, type FetchOutcome } from './layer-fetch';
 import { readLayerStream, SharedBudget } from './unpack';
+
+/** Bytes of a download queued for its reader before the download waits. */
+const LOCAL_WINDOW = 8 << 20;
+/** Download progress is reported to the main thread every this many bytes. */
+const PROGRESS_STEP = 4 << 20;
 
 const port = parentPort!;
 
 /** The chunks of one job, as an async iterable; taking a chunk acknowledges its bytes. */
 class Inbox implements AsyncIterable<Buffer> {
   private q: Buffer[] = [];
+  private queued = 0;
   private ended = false;
   private error: Error | undefined;
   private wake: (() => void) | undefined;
+  private room: (() => void) | undefined;
 
-  constructor(private readonly id: number) {}
+  /** `local`: fed by this thread's own download (no acknowledgements to the main thread). */
+  constructor(private readonly id: number, private readonly local = false) {}
 
   push(b: Buffer): void {
     this.q.push(b);
+    this.queued += b.length;
     this.poke();
+  }
+
+  /** Queues a chunk of this thread's download; resolves when the reader has room again. */
+  async feed(b: Buffer): Promise<void> {
+    this.push(b);
+    while (this.queued > LOCAL_WINDOW && !this.error) await new Promise<void>((r) => (this.room = r));
+  }
+
+  get failed(): boolean {
+    return this.error !== undefined;
   }
 
   end(): void {
@@ -31,7 +53,9 @@ class Inbox implements AsyncIterable<Buffer> {
   fail(e: Error): void {
     this.error ??= e;
     this.q = [];
+    this.queued = 0;
     this.poke();
+    this.unblock();
   }
 
   private poke(): void {
@@ -40,12 +64,23 @@ class Inbox implements AsyncIterable<Buffer> {
     w?.();
   }
 
+  private unblock(): void {
+    const r = this.room;
+    this.room = undefined;
+    r?.();
+  }
+
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
     for (;;) {
       if (this.error) throw this.error;
       const b = this.q.shift();
       if (b) {
-        post({ t: 'ack', id: this.id, bytes: b.length });
+        this.queued -= b.length;
+        if (this.local) {
+          if (this.queued <= LOCAL_WINDOW) this.unblock();
+        } else {
+          post({ t: 'ack', id: this.id, bytes: b.length });
+        }
         yield b;
         continue;
       }
@@ -75,26 +110,74 @@ function received(id: number, b: Buffer): void {
   inboxes.get(id)?.push(b);
 }
 
+/** Jobs that download their blob here: stopped when the build fails elsewhere. */
+const downloads = new Map<number, { stop: AbortController; readerFailed: boolean }>();
+
 async function run(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
-  const inbox = new Inbox(m.id);
+  const stop = new AbortController();
+  let res: HttpResponse | undefined;
+  if (m.fetch) {
+    downloads.set(m.id, { stop, readerFailed: false });
+    const opened = await openBlob(m.fetch, stop.signal);
+    if (!('body' in opened) || stop.signal.aborted) {
+      downloads.delete(m.id);
+      if ('body' in opened) opened.body.destroy();
+      // Aborted meanwhile (the build failed elsewhere), or nothing was read: then the main
+      // thread fetches it the usual way.
+      const outcome: FetchOutcome = stop.signal.aborted ? { ok: false, fallback: false, code: 'CANCELLED', message: 'pull aborted' } : (opened as FetchOutcome);
+      post({ t: 'fetched', id: m.id, outcome });
+      post({ t: 'error', id: m.id, name: stop.signal.aborted ? 'BuildFailedError' : 'FetchFallbackError', message: outcome.ok ? '' : outcome.message });
+      return;
+    }
+    res = opened;
+  }
+  const inbox = new Inbox(m.id, !!m.fetch);
   inboxes.set(m.id, inbox);
   if (m.hashInput) inputHashes.set(m.id, createHash('sha256'));
   const file = new ImageFile(m.fd, new BlockCounter(m.cells));
+  let downloading: Promise<FetchOutcome> | undefined;
+  if (m.fetch && res) {
+    const blob = m.fetch;
+    let reported = 0;
+    downloading = streamBlob(blob, res, (c) => inbox.feed(c), () => !inbox.failed, stop.signal, (n) => {
+      if (n - reported >= PROGRESS_STEP || n === blob.size) {
+        reported = n;
+        post({ t: 'progress', id: m.id, bytes: n });
+      }
+    }).then((o) => {
+      if (o.ok) inbox.end();
+      else inbox.fail(new Error(o.message));
+      return o;
+    });
+  }
+  let result: Extract<FromWorker, { t: 'done' }>['result'] | undefined;
+  let error: any;
   try {
     const budget = new SharedBudget(m.cells, m.limits);
     const check = () => {
       if (budget.failed) throw new BuildFailed();
     };
-    const result = await readLayerStream(inbox, m.diffId, m.label, budget, new Stager(file), check).finally(() => file.drain(0).catch(() => undefined));
+    result = await readLayerStream(inbox, m.diffId, m.label, budget, new Stager(file), check).finally(() => file.drain(0).catch(() => undefined));
     // Raw PAX xattrs are not needed any more (the checked ones are in op.xattrs / the file).
     for (const op of result.ops) op.h.xattrs = null;
-    post({ t: 'done', id: m.id, result });
   } catch (e: any) {
-    post({ t: 'error', id: m.id, name: String(e?.name ?? 'Error'), message: String(e?.message ?? e), ...(typeof e?.code === 'string' ? { code: e.code } : {}) });
+    error = e;
+    inbox.fail(e);
+    const d = downloads.get(m.id);
+    // Its own bytes refused: the download goes on, so that the main thread can tell a
+    // corrupted transfer (digest mismatch) from what the registry really serves.
+    if (d) d.readerFailed = true;
+    if (e?.name === 'BuildFailedError') stop.abort();
   } finally {
     inboxes.delete(m.id);
     inputHashes.delete(m.id);
   }
+  if (downloading) {
+    post({ t: 'fetched', id: m.id, outcome: await downloading });
+    downloads.delete(m.id);
+  }
+  if (error === undefined) post({ t: 'done', id: m.id, result: result! });
+  else post({ t: 'error', id: m.id, name: String(error?.name ?? 'Error'), message: String(error?.message ?? error), ...(typeof error?.code === 'string' ? { code: error.code } : {}) });
 }
 
 port.on('message', (m: ToWorker) => {
@@ -122,9 +205,12 @@ port.on('message', (m: ToWorker) => {
       inboxes.get(m.id)?.end();
       return;
     }
-    case 'abort':
+    case 'abort': {
       inboxes.get(m.id)?.fail(Object.assign(new Error(m.message), { name: 'BuildFailedError' }));
+      const d = downloads.get(m.id);
+      if (d && (!d.readerFailed || m.cancel)) d.stop.abort();
       return;
+    }
   }
 });
 post({ t: 'ready' });

@@ -14,7 +14,8 @@ import path from 'node:path';
 import { CriError, Code, internal } from '../cri/errors';
 import type { Logger } from '../log';
 import { credentialsFrom, type AuthConfig } from './auth';
-import { ContentStore } from './content-store';
+import { ContentStore, type Progress, type StagedBlob } from './content-store';
+import type { FetchOutcome } from './layer-fetch';
 import { MetadataStore, type StoredImage } from './metadata';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
@@ -354,6 +355,7 @@ export class ImageManager {
     slot: () => Promise<() => void>,
     t0: number,
   ): Promise<void> {
+    if (await this.remoteLayer(session, l, i, diffId, builder, signal, slot, t0)) return;
     const file = this.content.path(l.digest);
     // Layer readers on worker threads pack the chunks into shared memory themselves (one
     // copy); the main-thread reader wants them joined into larger pieces.
@@ -368,19 +370,10 @@ export class ImageManager {
       const release = await slot();
       try {
         if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
-        let lastPct = -1;
         await this.content.ingest(
           l,
           async () => (await session.openBlob(l)).body,
-          l.size >= PROGRESS_MIN_BYTES
-            ? (done, total) => {
-                const pct = Math.floor((done * 100) / total / 10) * 10;
-                if (pct !== lastPct) {
-                  lastPct = pct;
-                  this.log.info({ blob: l.digest, pct, bytes: done, total }, 'downloading layer');
-                }
-              }
-            : undefined,
+          this.progressLog(l),
           (chunk) => {
             if (cancelled || signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
             tapped = true;
@@ -420,17 +413,79 @@ export class ImageManager {
       if (e instanceof BuildFailedError) cancelled = true;
     });
     const [a, d] = await Promise.allSettled([applying, download]);
-    const applyErr = a.status === 'rejected' ? a.reason : undefined;
-    const downloadErr = d.status === 'rejected' ? d.reason : undefined;
-    const cancel = downloadErr instanceof CriError && downloadErr.code === Code.CANCELLED;
-    const e = downloadErr !== undefined && !cancel ? downloadErr : applyErr ?? downloadErr;
-    if (e !== undefined) {
-      if (e instanceof BuildFailedError) throw e;
-      if (e instanceof UnsafeArchiveError) throw new CriError(Code.FAILED_PRECONDITION, `layer ${l.digest} refused: ${e.message}`);
-      if (e instanceof CriError) throw e;
-      throw internal(`applying layer ${l.digest}: ${e?.message ?? e}`);
-    }
+    layerOutcome(l, a.status === 'rejected' ? a.reason : undefined, d.status === 'rejected' ? d.reason : undefined);
     this.log.debug({ layer: l.digest, index: i, tapped, doneMs: Date.now() - t0 }, 'layer applied');
+  }
+
+  /**
+   * The fast path for a layer not stored yet: a layer worker downloads the blob itself into
+   * the content store's temp file and reads it as it arrives (layer-fetch.ts); this thread
+   * only checks and stores the result. False when it does not apply (no workers, the blob is
+   * stored or being stored, no endpoint answered yet) or when the worker could not start the
+   * download (an answer other than 200, no connection): layerJob then fetches it here, with
+   * endpoint fail-over and auth challenges.
+   */
+  private async remoteLayer(session: RepositorySession, l: Descriptor, i: number, diffId: string, builder: ImageBuilder, signal: AbortSignal, slot: () => Promise<() => void>, t0: number): Promise<boolean> {
+    const source = builder.workers ? session.blobSource(l) : undefined;
+    if (!source) return false;
+    const release = await slot();
+    let staged: StagedBlob | undefined;
+    try {
+      if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+      staged = await this.content.stage(l);
+    } finally {
+      if (!staged) release();
+    }
+    if (!staged) return false;
+    let fetched!: (o: FetchOutcome) => void;
+    const outcome = new Promise<FetchOutcome>((r) => (fetched = r));
+    const progress = this.progressLog(l);
+    const applying = builder.applyLayer(null, {
+      index: i,
+      diffId,
+      label: l.digest,
+      remote: {
+        blob: { source, digest: l.digest, size: l.size, fd: staged.fd },
+        onFetched: fetched,
+        onProgress: progress && ((n) => progress(n, l.size)),
+        signals: session.signal ? [signal, session.signal] : [signal],
+      },
+    });
+    // The outcome comes before applyLayer settles, unless the worker never started (the build had failed).
+    const applied = applying.then(() => undefined, (e) => e ?? new Error('layer failed'));
+    const o = await Promise.race([outcome, applied.then(() => ({ ok: false, fallback: false, code: 'CANCELLED', message: 'pull aborted' }) as FetchOutcome)]);
+    let downloadErr: unknown;
+    try {
+      if (o.ok) await staged.commit(o.bytes, async () => o.digest);
+      else await staged.discard();
+    } catch (e) {
+      downloadErr = e;
+    } finally {
+      release();
+    }
+    if (!o.ok && o.fallback) {
+      await applied;
+      this.log.debug({ layer: l.digest, reason: o.message }, 'layer worker could not fetch the blob: fetching it here');
+      return false;
+    }
+    if (!o.ok) downloadErr = new CriError(o.code === 'DATA_LOSS' ? Code.DATA_LOSS : o.code === 'CANCELLED' ? Code.CANCELLED : Code.UNAVAILABLE, o.message);
+    else this.log.debug({ layer: l.digest, index: i, fetchedBy: 'worker', doneMs: Date.now() - t0 }, 'layer downloaded');
+    layerOutcome(l, await applied, downloadErr);
+    this.log.debug({ layer: l.digest, index: i, doneMs: Date.now() - t0 }, 'layer applied');
+    return true;
+  }
+
+  /** Logs a large blob's download every 10%. */
+  private progressLog(l: Descriptor): Progress | undefined {
+    if (l.size < PROGRESS_MIN_BYTES) return undefined;
+    let lastPct = -1;
+    return (done, total) => {
+      const pct = Math.floor((done * 100) / total / 10) * 10;
+      if (pct !== lastPct) {
+        lastPct = pct;
+        this.log.info({ blob: l.digest, pct, bytes: done, total }, 'downloading layer');
+      }
+    };
   }
 
   // ---- removal and in-use tracking -----------------------------------------------------
@@ -567,6 +622,20 @@ export async function dirUsage(dir: string): Promise<{ bytes: number; inodes: nu
 }
 
 /** A counting semaphore: `await acquire()` returns the release function. */
+/**
+ * Throws what a layer's failure means to the pull. The download's error wins (corrupted on
+ * the way: DATA_LOSS; interrupted: UNAVAILABLE) unless it only stopped because the build did.
+ */
+function layerOutcome(l: Descriptor, applyErr: unknown, downloadErr: unknown): void {
+  const cancel = downloadErr instanceof CriError && downloadErr.code === Code.CANCELLED;
+  const e = downloadErr !== undefined && !cancel ? downloadErr : applyErr ?? downloadErr;
+  if (e === undefined) return;
+  if (e instanceof BuildFailedError) throw e;
+  if (e instanceof UnsafeArchiveError) throw new CriError(Code.FAILED_PRECONDITION, `layer ${l.digest} refused: ${e.message}`);
+  if (e instanceof CriError) throw e;
+  throw internal(`applying layer ${l.digest}: ${(e as any)?.message ?? e}`);
+}
+
 function semaphore(limit: number): () => Promise<() => void> {
   let active = 0;
   const waiting: (() => void)[] = [];

@@ -5,10 +5,11 @@
 // never forwarded to another origin.
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
 import { CriError, Code, failedPrecondition, notFound, permissionDenied, unauthenticated, unavailable } from '../cri/errors';
 import type { Logger } from '../log';
 import { Authorizer, type Credentials } from './auth';
+import { exchange, TooManyRedirectsError, type HttpResponse } from './http';
+import type { BlobSource } from './layer-fetch';
 import { resolveHosts, type Capability, type RegistryEndpoint } from './hosts';
 import { type Reference, formatReference, repoName } from './reference';
 
@@ -60,40 +61,9 @@ export function checkDescriptor(d: any, what: string): Descriptor {
   return d as Descriptor;
 }
 
-// Agents are shared across pulls (keep-alive) and keyed by their TLS settings.
-const agents = new Map<string, Agent>();
-function agentFor(e: RegistryEndpoint): Agent {
-  const key = JSON.stringify([e.skipVerify, e.ca, e.client]);
-  let a = agents.get(key);
-  if (!a) {
-    a = new Agent({
-      connect: {
-        rejectUnauthorized: !e.skipVerify,
-        ...(e.ca.length ? { ca: e.ca } : {}),
-        ...(e.client.length ? { cert: e.client[0].cert, key: e.client[0].key } : {}),
-      },
-      headersTimeout: 60_000,
-      bodyTimeout: 120_000, // a stalled blob download fails instead of hanging the pull
-      connections: 16,
-    });
-    agents.set(key, a);
-  }
-  return a;
-}
+export { closeAgents } from './http';
 
-/** Closes the shared HTTP agents (tests, shutdown). */
-export async function closeAgents(): Promise<void> {
-  const all = [...agents.values()];
-  agents.clear();
-  await Promise.all(all.map((a) => a.close().catch(() => undefined)));
-}
-
-interface Response {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Readable;
-  url: string;
-}
+type Response = HttpResponse;
 
 function header(res: Response, name: string): string | undefined {
   const v = res.headers[name];
@@ -146,7 +116,7 @@ export class RepositorySession {
     readonly endpoints: RegistryEndpoint[],
     private readonly creds: Credentials | undefined,
     private readonly logger: Logger,
-    private readonly signal?: AbortSignal,
+    readonly signal?: AbortSignal,
   ) {
     this.scope = `repository:${ref.path}:pull`;
   }
@@ -175,28 +145,12 @@ export class RepositorySession {
 
   /** One HTTP exchange with manual redirects; Authorization is dropped when the origin changes. */
   private async raw(e: RegistryEndpoint, url: string, method: 'GET' | 'HEAD' | 'POST', headers: Record<string, string>, body?: string): Promise<Response> {
-    let current = new URL(url);
-    const origin = current.origin;
-    for (let hop = 0; hop < 6; hop++) {
-      const h: Record<string, string> = { 'user-agent': USER_AGENT, ...headers };
-      if (current.origin !== origin) delete h.authorization;
-      const res = await request(current, {
-        method,
-        headers: h,
-        body,
-        dispatcher: agentFor(e) as Dispatcher,
-        signal: this.signal,
-      });
-      if ([301, 302, 303, 307, 308].includes(res.statusCode) && res.headers.location) {
-        res.body.resume();
-        const loc = Array.isArray(res.headers.location) ? res.headers.location[0] : res.headers.location;
-        current = new URL(loc, current);
-        if (res.statusCode === 303) method = 'GET';
-        continue;
-      }
-      return { status: res.statusCode, headers: res.headers, body: res.body, url: current.toString() };
+    try {
+      return await exchange(url, method, { 'user-agent': USER_AGENT, ...headers }, e, this.signal, body);
+    } catch (err) {
+      if (err instanceof TooManyRedirectsError) throw unavailable(`${this.where(e)}: too many redirects`);
+      throw err;
     }
-    throw unavailable(`${this.where(e)}: too many redirects`);
   }
 
   /** GET an API path with auth; on a 401 answer the challenge once and retry. */
@@ -327,6 +281,20 @@ export class RepositorySession {
       const len = Number(header(res, 'content-length'));
       return { body: res.body, length: Number.isFinite(len) ? len : undefined };
     });
+  }
+
+  /**
+   * The request for a blob at the endpoint that served the manifest, with the auth it holds
+   * now: for a layer worker to download it (layer-fetch.ts). Undefined before any endpoint
+   * answered. Anything but a 200 there sends the blob back to openBlob() (fail-over, auth).
+   */
+  blobSource(desc: Descriptor): BlobSource | undefined {
+    const e = this.preferred;
+    if (!e || !e.capabilities.has('pull')) return undefined;
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...e.headers };
+    const a = this.authorizer(e).header(this.scope);
+    if (a) headers.authorization = a;
+    return { url: `${e.url}/${this.ref.path}/blobs/${desc.digest}`, headers, tls: { skipVerify: e.skipVerify, ca: e.ca, client: e.client } };
   }
 
   /** Fetches a small blob (the config) into memory, verified. */

@@ -33,6 +33,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import type { Logger } from '../log';
+import type { FetchOutcome, RemoteBlob } from './layer-fetch';
 import { readOnWorker, layerWorkersEnabled, type RemoteRead } from './layer-pool';
 import { BLOCK_SIZE, BlockCounter, DeviceNode, DirNode, EROFS_NAME_MAX, ErofsImage, FileNode, Stager, SymlinkNode, XATTR_NAME_MAX, XATTR_PREFIXES, XATTR_VALUE_MAX, xattrBodySize, type Node } from './erofs';
 import { TarFormatError, TarParser, type TarHandler, type TarHeader } from './tar';
@@ -49,6 +50,14 @@ export class BuildFailedError extends Error {
   constructor(readonly reason: Error) {
     super(reason.message);
     this.name = 'BuildFailedError';
+  }
+}
+
+/** A layer worker could not start its own download (layer-fetch.ts): fetch it another way. */
+export class FetchFallbackError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FetchFallbackError';
   }
 }
 
@@ -327,6 +336,14 @@ export interface LayerOptions {
    * stopped before (the layer was refused, the build failed).
    */
   inputDigest?: (digest: string | undefined) => void;
+  /**
+   * No input: a worker downloads the blob itself (into `blob.fd`) and reads it as it comes.
+   * `onFetched` gets the download's outcome before applyLayer settles. When the worker could
+   * not start the download (FetchOutcome `fallback`), applyLayer rejects with
+   * FetchFallbackError without failing the build: the layer can be applied again from an
+   * input. Each signal aborts the download.
+   */
+  remote?: { blob: RemoteBlob; onFetched: (o: FetchOutcome) => void; onProgress?: (bytes: number) => void; signals: AbortSignal[] };
 }
 
 /**
@@ -393,18 +410,18 @@ export class ImageBuilder {
    * tar end marker too), so the diff_id covers every byte. Any failure fails the builder:
    * other layers waiting for their turn are rejected too.
    */
-  async applyLayer(input: AsyncIterable<Buffer>, opts: LayerOptions = {}): Promise<void> {
+  async applyLayer(input: AsyncIterable<Buffer> | null, opts: LayerOptions = {}): Promise<void> {
     const index = opts.index ?? this.nextIndex++;
     const label = opts.label ?? String(index);
     try {
       this.check();
-      const ops = await this.readLayer(input, opts.diffId, label, opts.owned ?? false, opts.inputDigest);
+      const ops = await this.readLayer(input, opts.diffId, label, opts.owned ?? false, opts.inputDigest, opts.remote);
       await this.turn(index);
       this.replay(ops, label);
       this.applied++;
       this.turnWaiters.get(this.applied)?.();
     } catch (e: any) {
-      if (!(e instanceof BuildFailedError)) this.fail(e);
+      if (!(e instanceof BuildFailedError) && !(e instanceof FetchFallbackError)) this.fail(e);
       throw e;
     }
   }
@@ -453,26 +470,42 @@ export class ImageBuilder {
     });
   }
 
-  private async readLayer(input: AsyncIterable<Buffer>, diffId: string | undefined, label: string, owned: boolean, inputDigest?: (d: string | undefined) => void): Promise<Op[]> {
+  private async readLayer(
+    input: AsyncIterable<Buffer> | null,
+    diffId: string | undefined,
+    label: string,
+    owned: boolean,
+    inputDigest?: (d: string | undefined) => void,
+    remote?: LayerOptions['remote'],
+  ): Promise<Op[]> {
     let r: LayerRead;
+    if (!input && !(remote && this.workers)) throw new Error('applyLayer: no input (a remote layer needs the worker threads)');
     if (this.workers) {
-      const job = readOnWorker(input, { fd: this.image.fh.fd, cells: this.budget.cells, limits: this.limits, diffId, label, owned, inputDigest });
+      const fetch = remote ? { fetch: remote.blob, onFetched: remote.onFetched, onProgress: remote.onProgress } : {};
+      const job = readOnWorker(remote ? null : input, { fd: this.image.fh.fd, cells: this.budget.cells, limits: this.limits, diffId, label, owned, inputDigest, ...fetch });
       this.remote.add(job);
       if (this.failed) job.abort(this.failed.message);
+      const cancel = () => job.abort('pull aborted', true);
+      for (const s of remote?.signals ?? []) {
+        if (s.aborted) cancel();
+        else s.addEventListener('abort', cancel, { once: true });
+      }
       try {
         r = await job.result;
       } catch (e: any) {
         if (e?.name === 'BuildFailedError') throw new BuildFailedError(this.failed ?? e);
         if (e?.name === 'UnsafeArchiveError') throw new UnsafeArchiveError(e.message);
+        if (e?.name === 'FetchFallbackError') throw new FetchFallbackError(e.message);
         throw e;
       } finally {
         this.remote.delete(job);
+        for (const s of remote?.signals ?? []) s.removeEventListener('abort', cancel);
       }
     } else {
       let report = inputDigest;
       if (report) {
         const h = createHash('sha256');
-        const src = input;
+        const src = input!;
         input = (async function* () {
           for await (const c of src) {
             h.update(c);
@@ -484,7 +517,7 @@ export class ImageBuilder {
         })();
       }
       try {
-        r = await readLayerStream(input, diffId, label, this.budget, new Stager(this.image.file), () => this.check());
+        r = await readLayerStream(input!, diffId, label, this.budget, new Stager(this.image.file), () => this.check());
       } finally {
         report?.(undefined);
       }

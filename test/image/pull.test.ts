@@ -283,6 +283,51 @@ describe('robustness', () => {
     expect(m.list()[0].repoTags).toEqual([`${proxy.host}/library/busybox:latest`]);
   });
 
+  test('a layer worker downloads the blob itself; when it is refused there, this thread fetches it (fail-over, auth)', async () => {
+    const repo = 'fallback/busybox';
+    await pushBusybox(reg, repo, 'v1', { extra: [{ name: 'FALLBACK', content: 'f' }] });
+    const layer = await layerOf(repo, 'v1');
+    const m = await manager();
+    logText = '';
+    await m.pull(`${proxy.host}/${repo}:v1`);
+    expect(proxy.blobGets(layer)).toBe(1);
+    const fetchedBy = (digest: string) =>
+      logText
+        .split('\n')
+        .filter((l) => l.includes(digest) && l.includes('layer downloaded'))
+        .map((l) => JSON.parse(l).fetchedBy ?? 'main');
+    expect(fetchedBy(layer)).toEqual(['worker']);
+
+    // An expired token (401) or a failing mirror (503) on the worker's one try: the usual
+    // path answers it (here the next GET succeeds), and the image is complete.
+    for (const status of [401, 503]) {
+      const m2 = await manager();
+      proxy.counts.clear();
+      logText = '';
+      proxy.refuseBlob(layer, status, 1);
+      const r = await m2.pull(`${proxy.host}/${repo}:v1`);
+      expect(proxy.blobGets(layer)).toBe(2);
+      expect(fetchedBy(layer)).toEqual(['main']);
+      expect(logText).toContain(`"reason":"HTTP ${status}"`);
+      const out = extractErofs(r.erofsPath);
+      expect(readFileSync(path.join(out, 'FALLBACK'), 'utf8')).toBe('f');
+    }
+
+    // Refused every time: the error is the usual one, and nothing is left behind.
+    const root = path.join(work, 'refused', 'images');
+    const m3 = await manager({ root });
+    proxy.counts.clear();
+    proxy.refuseBlob(layer, 503, 10);
+    const err = await errorOf(m3.pull(`${proxy.host}/${repo}:v1`));
+    expect(err.code).toBe(Code.UNAVAILABLE);
+    expect(err.message).toMatch(/HTTP 503.*REFUSED_BY_TEST_PROXY/);
+    expect(proxy.blobGets(layer)).toBe(2);
+    expect(m3.list()).toEqual([]);
+    expect(await fsp.readdir(path.join(root, 'tmp'))).toEqual([]);
+    expect(existsSync(path.join(root, 'blobs/sha256', layer.slice(7)))).toBe(false);
+    proxy.refuseBlob(layer, 503, 0);
+  });
+
   test('an interrupted download leaves nothing visible; a retry (and a restart) work', async () => {
     const root = path.join(work, 'interrupted', 'images');
     const m = await manager({ root });

@@ -241,6 +241,8 @@ export interface Proxy {
   blobGets(digest: string): number;
   /** Cut the body of the next GETs of this blob after `bytes` bytes (connection destroyed). */
   breakBlob(digest: string | undefined, bytes?: number): void;
+  /** Answer the next `times` GETs of this blob with HTTP `status` and a distribution error body. */
+  refuseBlob(digest: string, status: number, times: number): void;
   /** Delay each blob response by ms (to make concurrent pulls overlap). */
   delayMs: number;
   stop(): Promise<void>;
@@ -249,12 +251,21 @@ export interface Proxy {
 export async function startProxy(target: string): Promise<Proxy> {
   const counts = new Map<string, number>();
   let broken: { digest: string; bytes: number } | undefined;
+  const refused = new Map<string, { status: number; times: number }>();
   const state = { delayMs: 0 };
   const t = new URL(target);
   const server = http.createServer((req, res) => {
     const p = (req.url ?? '/').split('?')[0];
     if (req.method === 'GET') counts.set(p, (counts.get(p) ?? 0) + 1);
     const go = () => {
+      const r = req.method === 'GET' ? [...refused].find(([d, v]) => v.times > 0 && p.endsWith(`/blobs/${d}`)) : undefined;
+      if (r) {
+        r[1].times--;
+        req.resume();
+        res.writeHead(r[1].status, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ errors: [{ code: 'REFUSED_BY_TEST_PROXY', message: 'refused' }] }));
+        return;
+      }
       const up = http.request({ host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } }, (ur) => {
         res.writeHead(ur.statusCode ?? 502, ur.headers);
         const cut = broken && p.endsWith(`/blobs/${broken.digest}`) ? broken.bytes : -1;
@@ -290,6 +301,9 @@ export async function startProxy(target: string): Promise<Proxy> {
     blobGets: (d) => [...counts.entries()].filter(([k]) => k.endsWith(`/blobs/${d}`)).reduce((n, [, v]) => n + v, 0),
     breakBlob(digest, bytes = 1000) {
       broken = digest ? { digest, bytes } : undefined;
+    },
+    refuseBlob(digest, status, times) {
+      refused.set(digest, { status, times });
     },
     get delayMs() {
       return state.delayMs;
