@@ -23,6 +23,8 @@ export interface RemoteBlob {
   fd: number;
 }
 
+const PIECE = 1 << 20;
+
 export type FetchOutcome =
   | { ok: true; bytes: number; digest: string }
   /**
@@ -65,15 +67,29 @@ export async function streamBlob(
   const hash = createHash('sha256');
   let n = 0;
   const out = new BatchWriter(b.fd);
+  // Network reads are ~16–64 KiB; the reader gets them joined into ~1 MiB pieces, so that
+  // its inflater (a job on libuv's thread pool per piece) runs ~1 MiB at a time, not per read.
+  let pend: Buffer[] = [];
+  let pendBytes = 0;
+  const give = async () => {
+    if (pendBytes === 0) return;
+    const piece = pend.length === 1 ? pend[0] : Buffer.concat(pend, pendBytes);
+    pend = [];
+    pendBytes = 0;
+    if (sinkAlive()) await sink(piece);
+  };
   try {
     for await (const c of res.body as AsyncIterable<Buffer>) {
       n += c.length;
       if (n > b.size) return { ok: false, fallback: false, code: 'DATA_LOSS', message: `blob ${b.digest}: more data than its size ${b.size}` };
       hash.update(c);
       await out.add(c);
-      if (sinkAlive()) await sink(c);
+      pend.push(c);
+      pendBytes += c.length;
+      if (pendBytes >= PIECE) await give();
       progress(n);
     }
+    await give();
     await out.finish();
   } catch (e: any) {
     if (signal.aborted) return { ok: false, fallback: false, code: 'CANCELLED', message: 'pull aborted' };
