@@ -19,6 +19,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { ImageManager } from '../src/image/manager';
 import { closeLayerWorkers, prewarmLayerWorkers } from '../src/image/layer-pool';
+import { warmUpImageBuild } from '../src/image/warm-up';
 import { closeAgents } from '../src/image/registry';
 import { busyboxEntries, makeLayer, pushImage, type TarEntry } from '../test/support/images';
 import { startRegistry } from '../test/support/registry';
@@ -63,6 +64,7 @@ async function main() {
     await pushImage(reg, 'bench/big', 'v1', { layers });
     // The daemon starts its layer reader threads at startup (ImageManager.init): so does this.
     await prewarmLayerWorkers();
+    await warmUpImageBuild(work, pino({ level: 'warn' }));
     const waitFile = arg('--wait', '');
     if (waitFile) {
       writeFileSync(waitFile, String(process.pid));

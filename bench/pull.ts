@@ -15,6 +15,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { ImageManager } from '../src/image/manager';
 import { closeLayerWorkers, prewarmLayerWorkers } from '../src/image/layer-pool';
+import { warmUpImageBuild } from '../src/image/warm-up';
 import { closeAgents } from '../src/image/registry';
 import { busyboxEntries, makeLayer, pushImage, type TarEntry } from '../test/support/images';
 import { startRegistry } from '../test/support/registry';
@@ -67,8 +68,10 @@ async function main() {
     const files = text.length + bins.length + random.length;
     console.log(`image: ${layers.length} layers, ${files} files, ${(raw.reduce((a, b) => a + b) / MB).toFixed(1)} MB uncompressed, ${(layers.reduce((n, l) => n + l.blob.length, 0) / MB).toFixed(1)} MB compressed`);
     await pushImage(reg, 'bench/big', 'v1', { layers });
-    // The daemon starts its layer reader threads at startup (ImageManager.init): so does this.
+    // The daemon starts its layer reader threads and warms up the build path at startup
+    // (ImageManager.init, in the background): so does this, and waits for both.
     await prewarmLayerWorkers();
+    await warmUpImageBuild(work, pino({ level: 'warn' }));
 
     const runs = Math.max(1, Number(process.argv[process.argv.indexOf('--runs') + 1]) || 5);
     const load = () => os.loadavg().map((x) => x.toFixed(2)).join(' ');

@@ -20,6 +20,7 @@ import { MetadataStore, type StoredImage } from './metadata';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
 import { layerWorkersEnabled, prewarmLayerWorkers } from './layer-pool';
+import { warmUpImageBuild } from './warm-up';
 import { BuildFailedError, DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
 
 export type { AuthConfig } from './auth';
@@ -102,6 +103,7 @@ export class ImageManager {
   async init(): Promise<void> {
     await fsp.mkdir(this.root, { recursive: true, mode: 0o700 });
     await fsp.rm(this.tmpDir, { recursive: true, force: true });
+    await fsp.rm(path.join(this.root, 'warm-up'), { recursive: true, force: true });
     await this.content.init();
     await fsp.mkdir(this.erofsDir, { recursive: true });
     // Images whose build was interrupted (ImageBuilder's temp files).
@@ -121,8 +123,13 @@ export class ImageManager {
     }
     if (dropped) await this.save();
     await this.collectGarbage(false);
-    // Layer reader threads (layer-pool.ts), started now so that a first pull need not wait.
-    if (layerWorkersEnabled()) void prewarmLayerWorkers().catch(() => undefined);
+    // Layer reader threads (layer-pool.ts), started now so that a first pull need not wait,
+    // and the build path run once (in the background, ~0.5 s) so that the first pull does not
+    // run it unoptimized (warm-up.ts).
+    if (layerWorkersEnabled()) {
+      void prewarmLayerWorkers().catch(() => undefined);
+      void warmUpImageBuild(path.join(this.root, 'warm-up'), this.log);
+    }
     this.log.info({ images: this.list().length }, 'image store ready');
   }
 
@@ -404,7 +411,7 @@ export class ImageManager {
       if (!tapped) yield* createReadStream(file, { highWaterMark: 1 << 20 });
     })();
     // Network chunks are still being written to the blob file: not ours to give away.
-    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest, inputDigest: setInputDigest });
+    const applying = builder.applyLayer(input, { index: i, diffId, label: l.digest, inputDigest: setInputDigest, size: l.size });
     applying.catch((e) => {
       ch.close(); // a reader that stopped never drains the channel
       // When this layer's own bytes were refused, the download goes on so that the error can

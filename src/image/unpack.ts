@@ -336,6 +336,8 @@ export interface LayerOptions {
    * stopped before (the layer was refused, the build failed).
    */
   inputDigest?: (digest: string | undefined) => void;
+  /** The input's size in bytes, when known: layers are spread over the worker threads by size. */
+  size?: number;
   /**
    * No input: a worker downloads the blob itself (into `blob.fd`) and reads it as it comes.
    * `onFetched` gets the download's outcome before applyLayer settles. When the worker could
@@ -415,7 +417,7 @@ export class ImageBuilder {
     const label = opts.label ?? String(index);
     try {
       this.check();
-      const ops = await this.readLayer(input, opts.diffId, label, opts.owned ?? false, opts.inputDigest, opts.remote);
+      const ops = await this.readLayer(input, opts.diffId, label, opts.owned ?? false, opts.inputDigest, opts.remote, opts.size);
       await this.turn(index);
       this.replay(ops, label);
       this.applied++;
@@ -477,12 +479,13 @@ export class ImageBuilder {
     owned: boolean,
     inputDigest?: (d: string | undefined) => void,
     remote?: LayerOptions['remote'],
+    size?: number,
   ): Promise<Op[]> {
     let r: LayerRead;
     if (!input && !(remote && this.workers)) throw new Error('applyLayer: no input (a remote layer needs the worker threads)');
     if (this.workers) {
       const fetch = remote ? { fetch: remote.blob, onFetched: remote.onFetched, onProgress: remote.onProgress } : {};
-      const job = readOnWorker(remote ? null : input, { fd: this.image.fh.fd, cells: this.budget.cells, limits: this.limits, diffId, label, owned, inputDigest, ...fetch });
+      const job = readOnWorker(remote ? null : input, { fd: this.image.fh.fd, cells: this.budget.cells, limits: this.limits, diffId, label, owned, size, inputDigest, ...fetch });
       this.remote.add(job);
       if (this.failed) job.abort(this.failed.message);
       const cancel = () => job.abort('pull aborted', true);
