@@ -12,8 +12,8 @@ import { readLayerStream, SharedBudget } from './unpack';
 
 /** Bytes of a download queued for its reader before the download waits. */
 const LOCAL_WINDOW = 8 << 20;
-/** Download progress is reported to the main thread every this many bytes. */
-const PROGRESS_STEP = 4 << 20;
+/** Download progress is reported to the main thread every 1/20 of the blob, at most 4 MiB (it logs each 10%). */
+const progressStep = (size: number) => Math.min(4 << 20, Math.max(256 << 10, Math.ceil(size / 20)));
 
 const port = parentPort!;
 
@@ -139,8 +139,9 @@ async function run(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
   if (m.fetch && res) {
     const blob = m.fetch;
     let reported = 0;
+    const step = progressStep(blob.size);
     downloading = streamBlob(blob, res, (c) => inbox.feed(c), () => !inbox.failed, stop.signal, (n) => {
-      if (n - reported >= PROGRESS_STEP || n === blob.size) {
+      if (n - reported >= step || n === blob.size) {
         reported = n;
         post({ t: 'progress', id: m.id, bytes: n });
       }

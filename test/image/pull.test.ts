@@ -328,6 +328,30 @@ describe('robustness', () => {
     proxy.refuseBlob(layer, 503, 0);
   });
 
+  test('a large layer\'s download progress is logged every 10% (worker and main-thread downloads)', async () => {
+    const repo = 'progress/big';
+    const layer = await makeLayer([{ name: 'noise', content: randomBytes(12 << 20) }]);
+    await pushImage(reg, repo, 'v1', { layers: [layer] });
+    const digest = await layerOf(repo, 'v1');
+    const steps = () =>
+      logText
+        .split('\n')
+        .filter((l) => l.includes('downloading layer') && l.includes(digest))
+        .map((l) => JSON.parse(l));
+    for (const refuse of [false, true]) {
+      const m = await manager();
+      logText = '';
+      // Refused once: the worker gives it back and this thread downloads and logs it.
+      if (refuse) proxy.refuseBlob(digest, 503, 1);
+      await m.pull(`${proxy.host}/${repo}:v1`);
+      const s = steps();
+      expect(s.map((x) => x.pct)).toEqual([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100].filter((p) => s.some((x) => x.pct === p)));
+      expect(s.length).toBeGreaterThanOrEqual(5);
+      expect(s[s.length - 1]).toMatchObject({ pct: 100, bytes: layer.blob.length, total: layer.blob.length });
+      expect(logText.includes('"fetchedBy":"worker"')).toBe(!refuse);
+    }
+  });
+
   test('an interrupted download leaves nothing visible; a retry (and a restart) work', async () => {
     const root = path.join(work, 'interrupted', 'images');
     const m = await manager({ root });
