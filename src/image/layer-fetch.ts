@@ -34,7 +34,7 @@ export type FetchOutcome =
    */
   | { ok: false; fallback: boolean; code?: 'UNAVAILABLE' | 'DATA_LOSS' | 'CANCELLED'; message: string };
 
-/** Starts the GET; undefined response means: fall back (the outcome says why). */
+/** Starts the GET: the response when it is a 200, else the outcome (a fallback: nothing was read). */
 export async function openBlob(b: RemoteBlob, signal: AbortSignal): Promise<HttpResponse | FetchOutcome> {
   let res: HttpResponse;
   try {
@@ -52,9 +52,9 @@ export async function openBlob(b: RemoteBlob, signal: AbortSignal): Promise<Http
 }
 
 /**
- * Streams the body: hashed, written to `b.fd` (BatchWriter), and given
- * to `sink` (its promise is the reader's back pressure) while `sinkAlive()`. Resolves when
- * every write has completed, so the main thread may close the file after the outcome.
+ * Streams the body: hashed, written to `b.fd` (BatchWriter), and given to `sink` (its promise
+ * is the reader's back pressure) while `sinkAlive()`. Resolves when every write has completed,
+ * so the main thread may close the file after the outcome.
  */
 export async function streamBlob(
   b: RemoteBlob,
