@@ -58,25 +58,24 @@ fn handle_frame(agent: &Rc<Agent>, f: Frame) -> Result<(), String> {
             if f.id == 0 || f.payload.is_empty() || f.payload.len() > MAX_DATA {
                 return Err(format!("bad DATA frame (id {}, {} bytes)", f.id, f.payload.len()));
             }
-            agent.streams.borrow_mut().on_data(f.id, f.payload, agent.session())
+            agent.streams.on_data(f.id, f.payload, agent.session())
         }
         frame::CREDIT => {
             if f.id == 0 || f.payload.len() != 4 {
                 return Err("bad CREDIT frame".into());
             }
             let n = u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]);
-            agent.streams.borrow_mut().on_credit(f.id, n);
+            agent.streams.on_credit(f.id, n);
             Ok(())
         }
         frame::EOF | frame::RESET => {
             if f.id == 0 || !f.payload.is_empty() {
                 return Err("bad EOF/RESET frame".into());
             }
-            let mut s = agent.streams.borrow_mut();
             if f.kind == frame::EOF {
-                s.on_eof(f.id)
+                agent.streams.on_eof(f.id)
             } else {
-                s.on_reset(f.id)
+                agent.streams.on_reset(f.id)
             }
             Ok(())
         }
@@ -93,7 +92,7 @@ fn respond(agent: &Agent, id: u32, r: Result<Value, AgentError>) {
     if bytes.len() > frame::MAX_PAYLOAD {
         bytes = json!({"error": {"code": "internal", "message": "response too large"}}).to_string().into_bytes();
     }
-    agent.send(frame::RESP, id, &bytes);
+    agent.outbox.send(frame::RESP, id, &bytes);
 }
 
 fn handle_request(agent: &Rc<Agent>, id: u32, payload: &[u8]) {
@@ -112,8 +111,11 @@ fn handle_request(agent: &Rc<Agent>, id: u32, payload: &[u8]) {
     };
     // hello runs inline so that requests pipelined behind it see its effect.
     if method == "hello" {
-        let r = crate::handshake::hello(agent, params);
+        let r = crate::handshake::hello(&agent.boot_id, params);
         let ok = r.is_ok();
+        if ok {
+            agent.hello_done.set(true);
+        }
         respond(agent, id, r);
         if ok {
             // After the response: the host learns of the new epoch before held frames arrive.
@@ -132,7 +134,7 @@ fn handle_request(agent: &Rc<Agent>, id: u32, payload: &[u8]) {
             respond(&agent, id, r);
         }
         if method == "shutdown" {
-            agent.flush().await;
+            agent.outbox.flush().await;
             crate::init::power_off();
         }
     });

@@ -6,6 +6,7 @@
 //! overlay remounted read-only by libcontainer after the mounts (see mount_rootfs). libcontainer keeps its state under /run/podvisor/youki/<id>.
 //! cgroup v2 at /sys/fs/cgroup/podvisor/<id> unless the host names another absolute path.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
@@ -18,10 +19,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::agent::Agent;
 use crate::error::{AgentError, Ctx, Result};
-use crate::reaper::ExitStatus;
+use crate::reaper::{ExitStatus, Reaper};
 use crate::stdio::{self, StdioIds};
+use crate::streams::Streams;
 use crate::util::{check_id, check_run_path};
 use crate::{log, users};
 
@@ -55,6 +56,21 @@ pub struct Container {
     /// spec.linux.seccomp: exec processes get it too (libcontainer's tenant path leaves it out)
     pub seccomp: Option<Value>,
     pub execs: HashMap<String, Proc>,
+}
+
+/// The pod's containers, and what creating and running them takes: the reaper (their exits)
+/// and the stream table (their stdio and exit events). exec.rs and stats.rs read the table;
+/// no `RefCell` borrow of it is held across an `.await`.
+pub struct Containers {
+    pub table: RefCell<HashMap<String, Container>>,
+    pub reaper: Rc<Reaper>,
+    pub streams: Rc<Streams>,
+}
+
+impl Containers {
+    pub fn new(reaper: Rc<Reaper>, streams: Rc<Streams>) -> Rc<Containers> {
+        Rc::new(Containers { table: RefCell::new(HashMap::new()), reaper, streams })
+    }
 }
 
 #[derive(Deserialize)]
@@ -91,10 +107,10 @@ fn load(id: &str) -> Result<LcContainer> {
     LcContainer::load(Path::new(YOUKI_ROOT).join(id)).map_err(|e| lc_err("load container state", e))
 }
 
-pub fn create(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn create(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: CreateParams = parse("container.create", params)?;
     check_id("container id", &p.id)?;
-    if agent.containers.borrow().contains_key(&p.id) {
+    if containers.table.borrow().contains_key(&p.id) {
         return Err(AgentError::exists(format!("container {} exists", p.id)));
     }
     let image = check_run_path("rootfs.image", &p.rootfs.image)?;
@@ -110,16 +126,16 @@ pub fn create(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).ctx("mkdir rootfs")?;
 
-    let res = create_inner(agent, &p, &image, &dir, &rootfs);
+    let res = create_inner(containers, &p, &image, &dir, &rootfs);
     if res.is_err() {
         cleanup(&p.id, &dir);
     }
     res
 }
 
-fn create_inner(agent: &Rc<Agent>, p: &CreateParams, image: &Path, dir: &Path, rootfs: &Path) -> Result<Value> {
+fn create_inner(containers: &Rc<Containers>, p: &CreateParams, image: &Path, dir: &Path, rootfs: &Path) -> Result<Value> {
     let (spec, cgroup_rel) = prepare_spec(p, image, rootfs)?;
-    let prepared = stdio::prepare(agent, &p.stdio, dir, "console")?;
+    let prepared = stdio::prepare(&containers.streams, &p.stdio, dir, "console")?;
 
     mount_rootfs(image, dir, rootfs)?;
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec).ctx("encode spec")?).ctx("write config.json")?;
@@ -143,10 +159,10 @@ fn create_inner(agent: &Rc<Agent>, p: &CreateParams, image: &Path, dir: &Path, r
         .map_err(|e| lc_err("create container", e))?;
     let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
     // Watch before the next await (see reaper.rs).
-    let rx = agent.reaper.watch(pid);
+    let rx = containers.reaper.watch(pid);
     log!("container {} created (pid {pid}) in {:?}", p.id, t0.elapsed());
 
-    let att = stdio::attach(agent, &p.stdio, prepared);
+    let att = stdio::attach(&containers.streams, &p.stdio, prepared);
     let att = match att {
         Ok(a) => a,
         Err(e) => {
@@ -156,8 +172,9 @@ fn create_inner(agent: &Rc<Agent>, p: &CreateParams, image: &Path, dir: &Path, r
     };
     let master = att.master.clone();
     let id = p.id.clone();
-    stdio::spawn_waiter(agent, p.id.clone(), None, pid, rx, att, move |agent, st| {
-        let mut cs = agent.containers.borrow_mut();
+    let table = containers.clone();
+    stdio::spawn_waiter(&containers.streams, p.id.clone(), None, pid, rx, att, move |st| {
+        let mut cs = table.table.borrow_mut();
         let Some(c) = cs.get_mut(&id) else { return false };
         c.status = Status::Stopped;
         c.init.exit = Some(st);
@@ -165,7 +182,7 @@ fn create_inner(agent: &Rc<Agent>, p: &CreateParams, image: &Path, dir: &Path, r
         c.oom_killed
     });
     let cgroup = Path::new("/sys/fs/cgroup").join(cgroup_rel.strip_prefix("/").unwrap_or(&cgroup_rel));
-    agent.containers.borrow_mut().insert(
+    containers.table.borrow_mut().insert(
         p.id.clone(),
         Container {
             status: Status::Created,
@@ -303,11 +320,11 @@ fn cleanup(id: &str, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: IdParams = parse("container.start", params)?;
     check_id("container id", &p.id)?;
     let pid = {
-        let cs = agent.containers.borrow();
+        let cs = containers.table.borrow();
         let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
         if c.status != Status::Created {
             return Err(AgentError::precondition(format!("container {} is {:?}", p.id, c.status)));
@@ -317,7 +334,7 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     let t0 = std::time::Instant::now();
     load(&p.id)?.start().map_err(|e| lc_err("start container", e))?;
     log!("container {} started in {:?}", p.id, t0.elapsed());
-    if let Some(c) = agent.containers.borrow_mut().get_mut(&p.id) {
+    if let Some(c) = containers.table.borrow_mut().get_mut(&p.id) {
         if c.status == Status::Created {
             c.status = Status::Running;
         }
@@ -340,12 +357,12 @@ pub fn check_signal(sig: i32) -> Result<()> {
     Ok(())
 }
 
-pub fn signal(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn signal(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: SignalParams = parse("container.signal", params)?;
     check_id("container id", &p.id)?;
     check_signal(p.signal)?;
     let (status, pid, cgroup) = {
-        let cs = agent.containers.borrow();
+        let cs = containers.table.borrow();
         let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
         (c.status, c.init.pid, c.cgroup.clone())
     };
@@ -367,11 +384,11 @@ pub fn signal(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     Ok(json!({}))
 }
 
-pub fn delete(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn delete(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: IdParams = parse("container.delete", params)?;
     check_id("container id", &p.id)?;
     let (dir, cgroup) = {
-        let cs = agent.containers.borrow();
+        let cs = containers.table.borrow();
         let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
         if c.status == Status::Running {
             return Err(AgentError::precondition(format!("container {} is running", p.id)));
@@ -380,14 +397,14 @@ pub fn delete(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     };
     cleanup(&p.id, &dir);
     let _ = std::fs::remove_dir(&cgroup);
-    agent.containers.borrow_mut().remove(&p.id);
+    containers.table.borrow_mut().remove(&p.id);
     Ok(json!({}))
 }
 
-pub fn state(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn state(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: IdParams = parse("container.state", params)?;
     check_id("container id", &p.id)?;
-    let cs = agent.containers.borrow();
+    let cs = containers.table.borrow();
     let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
     let status = match c.status {
         Status::Created => "created",
@@ -408,14 +425,14 @@ struct UpdateParams {
     resources: Value,
 }
 
-pub fn update(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn update(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
     let p: UpdateParams = parse("container.update", params)?;
     check_id("container id", &p.id)?;
     let resources: oci_spec::runtime::LinuxResources =
         serde_json::from_value(p.resources).map_err(|e| AgentError::invalid(format!("resources: {e}")))?;
     let cgroup_rel = {
-        let cs = agent.containers.borrow();
+        let cs = containers.table.borrow();
         let c = cs.get(&p.id).ok_or_else(|| AgentError::not_found(format!("container {}", p.id)))?;
         if c.status == Status::Stopped {
             return Err(AgentError::precondition(format!("container {} is stopped", p.id)));

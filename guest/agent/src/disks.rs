@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{AgentError, Ctx, Result};
-use crate::agent::Agent;
+use crate::reaper::Reaper;
 use crate::probe;
 use crate::util::check_run_path;
 
@@ -114,7 +114,7 @@ pub async fn device(params: Value) -> Result<Value> {
 }
 
 /// Create a filesystem on a blank disk; refuse anything that is not blank.
-async fn format_if_blank(agent: &Agent, dev: &Path, fstype: &str) -> Result<()> {
+async fn format_if_blank(reaper: &Reaper, dev: &Path, fstype: &str) -> Result<()> {
     match probe::probe_device(dev).ctx("read device")? {
         probe::Probe::Fs(_) => return Ok(()),
         probe::Probe::Unknown => {
@@ -137,7 +137,7 @@ async fn format_if_blank(agent: &Agent, dev: &Path, fstype: &str) -> Result<()> 
         .stderr(std::process::Stdio::piped())
         .spawn()
         .ctx("run mke2fs")?;
-    let rx = agent.reaper.watch(child.id() as i32);
+    let rx = reaper.watch(child.id() as i32);
     let st = rx.await.map_err(|_| AgentError::internal("mke2fs: exit status lost"))?;
     if st.code != 0 {
         let mut err = String::new();
@@ -151,7 +151,7 @@ async fn format_if_blank(agent: &Agent, dev: &Path, fstype: &str) -> Result<()> 
     Ok(())
 }
 
-pub async fn mount_disk(agent: &Agent, params: Value) -> Result<Value> {
+pub async fn mount_disk(reaper: &Reaper, params: Value) -> Result<Value> {
     let p: MountParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("disk.mount: {e}")))?;
     check_scsi(p.scsi_id, p.lun)?;
     if p.fstype != "auto" && !FSTYPES.contains(&p.fstype.as_str()) {
@@ -177,7 +177,7 @@ pub async fn mount_disk(agent: &Agent, params: Value) -> Result<Value> {
         if p.readonly {
             return Err(AgentError::invalid("format and readonly exclude each other"));
         }
-        format_if_blank(agent, &dev, f).await?;
+        format_if_blank(reaper, &dev, f).await?;
     }
     let fstype = if p.fstype == "auto" {
         match probe::probe_device(&dev).ctx("read device")? {

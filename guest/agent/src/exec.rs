@@ -12,8 +12,7 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::agent::Agent;
-use crate::containers::{check_signal, Proc, Status, YOUKI_ROOT};
+use crate::containers::{check_signal, Containers, Proc, Status, YOUKI_ROOT};
 use crate::error::{AgentError, Ctx, Result};
 use crate::stdio::{self, StdioIds};
 use crate::util::check_id;
@@ -40,7 +39,7 @@ fn bad_str(s: &str) -> bool {
     s.contains('\0') || s.len() > 128 * 1024
 }
 
-pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: ExecParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("exec.start: {e}")))?;
     check_id("container id", &p.container_id)?;
     check_id("exec id", &p.exec_id)?;
@@ -58,7 +57,7 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
         }
     }
     let (dir, mut process, seccomp) = {
-        let cs = agent.containers.borrow();
+        let cs = containers.table.borrow();
         let c = cs.get(&p.container_id).ok_or_else(|| AgentError::not_found(format!("container {}", p.container_id)))?;
         if c.status != Status::Running {
             return Err(AgentError::precondition(format!("container {} is {:?}", p.container_id, c.status)));
@@ -99,7 +98,7 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     std::fs::write(&proc_path, serde_json::to_vec(&process).ctx("encode process")?).ctx("write exec process")?;
 
     let ids = StdioIds { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, tty: p.tty, stdin_once: false };
-    let mut prepared = stdio::prepare(agent, &ids, &dir, &format!("exec-{}", p.exec_id))?;
+    let mut prepared = stdio::prepare(&containers.streams, &ids, &dir, &format!("exec-{}", p.exec_id))?;
     let mut b = ContainerBuilder::new(p.container_id.clone(), SyscallType::Linux)
         .with_root_path(YOUKI_ROOT)
         .map_err(|e| AgentError::internal(format!("youki root: {e}")))?;
@@ -116,10 +115,10 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     let res = b.as_tenant().with_process(Some(&proc_path)).with_detach(true).build();
     let _ = std::fs::remove_file(&proc_path);
     let pid = res.map_err(|e| AgentError::internal(format!("exec: {e}")))?.as_raw();
-    let rx = agent.reaper.watch(pid);
+    let rx = containers.reaper.watch(pid);
     crate::log!("exec {}/{} started (pid {pid}) in {:?}", p.container_id, p.exec_id, t0.elapsed());
 
-    let att = match stdio::attach(agent, &ids, prepared) {
+    let att = match stdio::attach(&containers.streams, &ids, prepared) {
         Ok(a) => a,
         Err(e) => {
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -128,8 +127,9 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     };
     let master = att.master.clone();
     let (cid, eid) = (p.container_id.clone(), p.exec_id.clone());
-    stdio::spawn_waiter(agent, p.container_id.clone(), Some(p.exec_id.clone()), pid, rx, att, move |agent, st| {
-        let mut cs = agent.containers.borrow_mut();
+    let table = containers.clone();
+    stdio::spawn_waiter(&containers.streams, p.container_id.clone(), Some(p.exec_id.clone()), pid, rx, att, move |st| {
+        let mut cs = table.table.borrow_mut();
         let Some(c) = cs.get_mut(&cid) else { return false };
         if let Some(e) = c.execs.get_mut(&eid) {
             if e.pid == pid {
@@ -139,7 +139,7 @@ pub fn start(agent: &Rc<Agent>, params: Value) -> Result<Value> {
         }
         false
     });
-    if let Some(c) = agent.containers.borrow_mut().get_mut(&p.container_id) {
+    if let Some(c) = containers.table.borrow_mut().get_mut(&p.container_id) {
         // Keep finished execs for process.signal/resize races, but bounded.
         if c.execs.len() >= 256 {
             c.execs.retain(|_, e| e.exit.is_none());
@@ -163,9 +163,9 @@ struct ProcParams {
 }
 
 /// (pid, pty master, exited) of the container's init or one of its execs.
-fn lookup(agent: &Agent, p: &ProcParams) -> Result<(i32, Option<Rc<std::os::fd::OwnedFd>>, bool)> {
+fn lookup(containers: &Containers, p: &ProcParams) -> Result<(i32, Option<Rc<std::os::fd::OwnedFd>>, bool)> {
     check_id("container id", &p.container_id)?;
-    let cs = agent.containers.borrow();
+    let cs = containers.table.borrow();
     let c = cs.get(&p.container_id).ok_or_else(|| AgentError::not_found(format!("container {}", p.container_id)))?;
     match &p.exec_id {
         None => Ok((c.init.pid, c.init.master.clone(), c.status == Status::Stopped)),
@@ -177,19 +177,19 @@ fn lookup(agent: &Agent, p: &ProcParams) -> Result<(i32, Option<Rc<std::os::fd::
     }
 }
 
-pub fn signal(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn signal(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: ProcParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("process.signal: {e}")))?;
     check_signal(p.signal)?;
-    let (pid, _, exited) = lookup(agent, &p)?;
+    let (pid, _, exited) = lookup(containers, &p)?;
     if !exited && pid > 0 {
         unsafe { libc::kill(pid, p.signal) };
     }
     Ok(json!({}))
 }
 
-pub fn resize(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn resize(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let p: ProcParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("process.resize: {e}")))?;
-    let (_, master, exited) = lookup(agent, &p)?;
+    let (_, master, exited) = lookup(containers, &p)?;
     if exited {
         return Ok(json!({}));
     }

@@ -6,7 +6,6 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::agent::Agent;
 use crate::error::{AgentError, Ctx, Result};
 
 pub const PROTOCOL: u64 = 1;
@@ -20,7 +19,8 @@ struct Hello {
     hostname: String,
 }
 
-pub fn hello(agent: &Agent, params: Value) -> Result<Value> {
+/// The caller marks the session greeted when this succeeds.
+pub fn hello(boot_id: &str, params: Value) -> Result<Value> {
     let p: Hello = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("hello: {e}")))?;
     if p.protocol != PROTOCOL {
         return Err(AgentError::new("unsupported_protocol", format!("agent speaks protocol {PROTOCOL}, not {}", p.protocol)));
@@ -40,12 +40,11 @@ pub fn hello(agent: &Agent, params: Value) -> Result<Value> {
     add_entropy(&entropy)?;
     set_clock(ns)?;
     crate::sandbox::set_hostname(&p.hostname)?;
-    agent.hello_done.set(true);
     Ok(json!({
         "protocol": PROTOCOL,
         "agent_version": env!("CARGO_PKG_VERSION"),
         "nonce": p.nonce,
-        "boot_id": agent.boot_id,
+        "boot_id": boot_id,
     }))
 }
 

@@ -15,6 +15,7 @@ mod modules;
 mod netlink;
 mod network;
 mod nfs;
+mod outbox;
 mod port;
 mod portforward;
 mod probe;
@@ -130,8 +131,8 @@ fn main() {
             }
         };
         log!("serving on {}", path.display());
-        let agent = agent::Agent::new(out, session);
-        tokio::task::spawn_local(reaper::run(agent.clone()));
+        let agent = agent::Agent::new(outbox::Outbox::new(out, session));
+        tokio::task::spawn_local(reaper::run(agent.reaper.clone()));
         conn::serve(agent, events).await;
     });
 }

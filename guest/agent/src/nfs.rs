@@ -8,16 +8,15 @@
 
 use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::rc::Rc;
 use std::time::Duration;
 
 use nix::mount::MsFlags;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::agent::Agent;
 use crate::disks::{is_mountpoint, parse_options};
 use crate::error::{AgentError, Ctx, Result};
+use crate::reaper::Reaper;
 use crate::util::check_run_path;
 
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -54,7 +53,7 @@ fn check_export(e: &str) -> Result<()> {
     }
 }
 
-pub async fn mount(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub async fn mount(reaper: &Reaper, params: Value) -> Result<Value> {
     let p: Params = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("nfs.mount: {e}")))?;
     // No resolver in the guest: the host resolves names (it knows the pod's DNS too).
     let server: IpAddr = p.server.parse().map_err(|_| AgentError::invalid(format!("nfs.mount: server must be an IP address, not {:?}", p.server)))?;
@@ -93,7 +92,7 @@ pub async fn mount(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     };
     crate::modules::ensure("nfs").map_err(AgentError::internal)?;
     std::fs::create_dir_all(&target).ctx("mkdir target")?;
-    let r = mount_in_child(agent, &source, &tstr, fstype, flags, &data).await;
+    let r = mount_in_child(reaper, &source, &tstr, fstype, flags, &data).await;
     if r.is_err() && !is_mountpoint(&tstr) {
         let _ = std::fs::remove_dir(&target);
     }
@@ -101,7 +100,7 @@ pub async fn mount(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     Ok(json!({}))
 }
 
-async fn mount_in_child(agent: &Rc<Agent>, source: &str, target: &str, fstype: &str, flags: MsFlags, data: &str) -> Result<()> {
+async fn mount_in_child(reaper: &Reaper, source: &str, target: &str, fstype: &str, flags: MsFlags, data: &str) -> Result<()> {
     let c = |s: &str| CString::new(s).map_err(|_| AgentError::invalid("NUL in mount parameters"));
     let (src, tgt, fs, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     let t0 = std::time::Instant::now();
@@ -117,7 +116,7 @@ async fn mount_in_child(agent: &Rc<Agent>, source: &str, target: &str, fstype: &
         }
     }
     // Registered before the next await (see reaper.rs).
-    let mut rx = agent.reaper.watch(pid);
+    let mut rx = reaper.watch(pid);
     let st = match tokio::time::timeout(MOUNT_TIMEOUT, &mut rx).await {
         Ok(st) => st.map_err(|_| AgentError::internal("mount child lost"))?,
         Err(_) => {

@@ -8,9 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::streams::{self, InKind};
+use crate::streams::{InKind, Streams};
 use crate::util;
 
 #[derive(Deserialize)]
@@ -19,12 +18,12 @@ struct Params {
     stream: u32,
 }
 
-pub async fn connect(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub async fn connect(streams: &Rc<Streams>, params: Value) -> Result<Value> {
     let p: Params = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("portforward.connect: {e}")))?;
     if p.port == 0 || p.stream == 0 {
         return Err(AgentError::invalid("port and stream must be non-zero"));
     }
-    streams::check_new_ids(agent, &[p.stream])?;
+    streams.check_new_ids(&[p.stream])?;
     let mut last = String::new();
     let mut sock = None;
     for addr in [format!("127.0.0.1:{}", p.port), format!("[::1]:{}", p.port)] {
@@ -39,11 +38,11 @@ pub async fn connect(agent: &Rc<Agent>, params: Value) -> Result<Value> {
     }
     let sock = sock.ok_or_else(|| AgentError::new("failed_precondition", format!("connect to port {}: {last}", p.port)))?;
     // The id may have been taken while we were connecting.
-    streams::check_new_ids(agent, &[p.stream])?;
+    streams.check_new_ids(&[p.stream])?;
     let std = sock.into_std().map_err(|e| AgentError::internal(format!("socket: {e}")))?;
     let fd = OwnedFd::from(std);
     let fd2 = util::dup(&fd)?;
-    streams::spawn_in(agent, p.stream, fd2, InKind::Socket);
-    streams::spawn_out(agent, p.stream, fd);
+    streams.spawn_in(p.stream, fd2, InKind::Socket);
+    streams.spawn_out(p.stream, fd);
     Ok(json!({}))
 }

@@ -53,7 +53,7 @@ impl Reaper {
     }
 }
 
-pub async fn run(agent: Rc<crate::agent::Agent>) {
+pub async fn run(reaper: Rc<Reaper>) {
     let mut sig = match signal(SignalKind::child()) {
         Ok(s) => s,
         Err(e) => {
@@ -61,8 +61,8 @@ pub async fn run(agent: Rc<crate::agent::Agent>) {
             return;
         }
     };
-    agent.reaper.reap_all();
+    reaper.reap_all();
     while sig.recv().await.is_some() {
-        agent.reaper.reap_all();
+        reaper.reap_all();
     }
 }

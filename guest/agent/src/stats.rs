@@ -4,12 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::rc::Rc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::agent::Agent;
+use crate::containers::Containers;
 use crate::error::{AgentError, Result};
 use crate::util::check_id;
 
@@ -180,12 +179,12 @@ fn interfaces() -> Vec<Value> {
         .collect()
 }
 
-pub fn stats(agent: &Rc<Agent>, params: Value) -> Result<Value> {
+pub fn stats(containers: &Containers, params: Value) -> Result<Value> {
     let p: StatsParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("stats: {e}")))?;
     if p.ids.as_ref().is_some_and(|ids| ids.len() > 4096) {
         return Err(AgentError::invalid("too many ids"));
     }
-    let cs = agent.containers.borrow();
+    let cs = containers.table.borrow();
     let ids: Vec<String> = p.ids.unwrap_or_else(|| cs.keys().cloned().collect());
     let layer_fs = nix::sys::statvfs::statvfs(CONTAINERS_DIR).ok();
     let mut out = Vec::new();

@@ -15,10 +15,9 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::agent::Agent;
 use crate::error::{AgentError, Ctx, Result};
 use crate::reaper::ExitStatus;
-use crate::streams::{self, InKind, OutStream};
+use crate::streams::{InKind, OutStream, Streams};
 use crate::util;
 
 const TTY_DIR: &str = "/run/podvisor/tty";
@@ -49,14 +48,14 @@ pub struct Prepared {
     pub console: Option<(UnixListener, PathBuf)>,
 }
 
-pub fn prepare(agent: &Agent, ids: &StdioIds, dir: &Path, name: &str) -> Result<Prepared> {
+pub fn prepare(streams: &Streams, ids: &StdioIds, dir: &Path, name: &str) -> Result<Prepared> {
     if ids.stdout == 0 {
         return Err(AgentError::invalid("stdout stream is required"));
     }
     if ids.tty && ids.stderr != 0 {
         return Err(AgentError::invalid("with tty, stderr must be 0 (the terminal carries both)"));
     }
-    streams::check_new_ids(agent, &[ids.stdin, ids.stdout, ids.stderr])?;
+    streams.check_new_ids(&[ids.stdin, ids.stdout, ids.stderr])?;
     if ids.tty {
         // A short path: sun_path holds 108 bytes and ids may be 128 characters long.
         let _ = (dir, name);
@@ -120,7 +119,7 @@ pub struct Attached {
 }
 
 /// After libcontainer created the process: start the stream pumps.
-pub fn attach(agent: &Rc<Agent>, ids: &StdioIds, mut p: Prepared) -> Result<Attached> {
+pub fn attach(streams: &Rc<Streams>, ids: &StdioIds, mut p: Prepared) -> Result<Attached> {
     let mut pumps = Vec::new();
     let mut master = None;
     if let Some((l, path)) = p.console.take() {
@@ -128,21 +127,21 @@ pub fn attach(agent: &Rc<Agent>, ids: &StdioIds, mut p: Prepared) -> Result<Atta
         let _ = std::fs::remove_file(path);
         let m = m?;
         if ids.stdin != 0 {
-            streams::spawn_in(agent, ids.stdin, util::dup(&m)?, InKind::Tty);
+            streams.spawn_in(ids.stdin, util::dup(&m)?, InKind::Tty);
         }
-        let (h, st) = streams::spawn_out(agent, ids.stdout, util::dup(&m)?);
+        let (h, st) = streams.spawn_out(ids.stdout, util::dup(&m)?);
         pumps.push((ids.stdout, h, st));
         master = Some(Rc::new(m));
     } else {
         if let Some(fd) = p.host_in.take() {
-            streams::spawn_in(agent, ids.stdin, fd, InKind::Pipe);
+            streams.spawn_in(ids.stdin, fd, InKind::Pipe);
         }
         if let Some(fd) = p.host_out.take() {
-            let (h, st) = streams::spawn_out(agent, ids.stdout, fd);
+            let (h, st) = streams.spawn_out(ids.stdout, fd);
             pumps.push((ids.stdout, h, st));
         }
         if let Some(fd) = p.host_err.take() {
-            let (h, st) = streams::spawn_out(agent, ids.stderr, fd);
+            let (h, st) = streams.spawn_out(ids.stderr, fd);
             pumps.push((ids.stderr, h, st));
         }
     }
@@ -159,17 +158,18 @@ pub fn resize(master: &OwnedFd, rows: u16, cols: u16) -> Result<()> {
 }
 
 /// Wait for the process to exit, let its output drain (EOF on every stream), then report.
-/// `on_exit` records the status and returns oom_killed.
+/// `on_exit` records the status and returns oom_killed. Events go out through the streams'
+/// outbox, after the streams' EOF.
 pub fn spawn_waiter(
-    agent: &Rc<Agent>,
+    streams: &Rc<Streams>,
     container_id: String,
     exec_id: Option<String>,
     pid: i32,
     rx: oneshot::Receiver<ExitStatus>,
     att: Attached,
-    on_exit: impl FnOnce(&Agent, ExitStatus) -> bool + 'static,
+    on_exit: impl FnOnce(ExitStatus) -> bool + 'static,
 ) {
-    let agent = agent.clone();
+    let streams = streams.clone();
     tokio::task::spawn_local(async move {
         let st = rx.await.unwrap_or(ExitStatus { code: 255, signal: None });
         // The exit event must come after all output. Normally the pipes hit EOF as soon as the
@@ -187,19 +187,20 @@ pub fn spawn_waiter(
                 }
                 if idle >= GRACE_IDLE {
                     h.abort();
-                    streams::force_eof(&agent, id);
+                    streams.force_eof(id);
                     break;
                 }
             }
         }
         if att.stdin != 0 {
-            streams::close_in(&agent, att.stdin);
+            streams.close_in(att.stdin);
         }
-        let oom = on_exit(&agent, st);
+        let oom = on_exit(st);
+        let outbox = streams.outbox();
         if oom && exec_id.is_none() {
-            agent.event(json!({ "type": "oom", "container_id": container_id }));
+            outbox.event(json!({ "type": "oom", "container_id": container_id }));
         }
-        agent.event(json!({
+        outbox.event(json!({
             "type": "exit",
             "container_id": container_id,
             "exec_id": exec_id,

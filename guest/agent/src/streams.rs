@@ -7,7 +7,7 @@
 //! host → guest ("in"): the host may send up to the window we granted; a pump task writes the
 //! bytes to the process and only then grants CREDIT back.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
@@ -18,9 +18,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use crate::agent::Agent;
 use crate::error::{AgentError, Result};
 use crate::frame::{self, INITIAL_WINDOW, MAX_DATA};
+use crate::outbox::Outbox;
 use crate::util;
 
 pub struct OutStream {
@@ -65,41 +65,61 @@ pub enum InKind {
 }
 
 #[derive(Default)]
-pub struct Streams {
+struct Table {
     out: HashMap<u32, Rc<OutStream>>,
     inp: HashMap<u32, Rc<InStream>>,
 }
 
+/// The stream table and the outbox its pumps write to. Shared (`Rc`) by the connection (host
+/// frames), the stdio of processes and port-forward; the runtime is single-threaded and no
+/// borrow of the table is held across an `.await`.
+pub struct Streams {
+    outbox: Rc<Outbox>,
+    table: RefCell<Table>,
+}
+
 impl Streams {
-    pub fn in_use(&self, id: u32) -> bool {
-        self.out.contains_key(&id) || self.inp.contains_key(&id)
+    pub fn new(outbox: Rc<Outbox>) -> Rc<Streams> {
+        Rc::new(Streams { outbox, table: RefCell::new(Table::default()) })
+    }
+
+    pub fn outbox(&self) -> &Rc<Outbox> {
+        &self.outbox
+    }
+
+    fn in_use(&self, id: u32) -> bool {
+        let t = self.table.borrow();
+        t.out.contains_key(&id) || t.inp.contains_key(&id)
     }
 
     /// A (re)connected host said hello: it re-adopts the open streams with fresh windows.
     /// Our DATA still held by the port writer will count against the new window.
-    pub fn reset_windows(&mut self) {
-        for s in self.out.values() {
+    pub fn reset_windows(&self) {
+        let t = self.table.borrow();
+        for s in t.out.values() {
             let unsent = s.unsent.load(Ordering::SeqCst);
             s.window.set((INITIAL_WINDOW as u64).saturating_sub(unsent));
             crate::debug!("hello: stream window {} (unsent {unsent})", s.window.get());
             s.wake.notify_one();
         }
-        for s in self.inp.values() {
+        for s in t.inp.values() {
             s.window.set(INITIAL_WINDOW);
         }
     }
 
-    pub fn reset_all(&mut self) {
-        for (_, s) in self.out.drain() {
+    pub fn reset_all(&self) {
+        let mut t = self.table.borrow_mut();
+        for (_, s) in t.out.drain() {
             s.stopped.set(true);
             s.wake.notify_one();
         }
-        self.inp.clear();
+        t.inp.clear();
     }
 
     /// Host DATA. Err = protocol violation (window exceeded).
-    pub fn on_data(&mut self, id: u32, data: Vec<u8>, session: u64) -> std::result::Result<(), String> {
-        let Some(s) = self.inp.get(&id) else {
+    pub fn on_data(&self, id: u32, data: Vec<u8>, session: u64) -> std::result::Result<(), String> {
+        let t = self.table.borrow();
+        let Some(s) = t.inp.get(&id) else {
             // Late data for a stream we already closed (process exited): not a violation.
             return Ok(());
         };
@@ -112,81 +132,133 @@ impl Streams {
         Ok(())
     }
 
-    pub fn on_credit(&mut self, id: u32, n: u32) {
-        if let Some(s) = self.out.get(&id) {
+    pub fn on_credit(&self, id: u32, n: u32) {
+        if let Some(s) = self.table.borrow().out.get(&id) {
             s.window.set(s.window.get().saturating_add(n as u64).min(u32::MAX as u64 * 4));
             s.wake.notify_one();
         }
     }
 
-    pub fn on_eof(&mut self, id: u32) {
-        if let Some(s) = self.inp.remove(&id) {
+    pub fn on_eof(&self, id: u32) {
+        let removed = self.table.borrow_mut().inp.remove(&id);
+        if let Some(s) = removed {
             let _ = s.tx.send(InMsg::Eof);
         }
     }
 
-    pub fn on_reset(&mut self, id: u32) {
-        self.inp.remove(&id);
-        if let Some(s) = self.out.remove(&id) {
+    pub fn on_reset(&self, id: u32) {
+        let mut t = self.table.borrow_mut();
+        t.inp.remove(&id);
+        if let Some(s) = t.out.remove(&id) {
             s.stopped.set(true);
             s.wake.notify_one();
         }
     }
-}
 
-/// Check that ids the host names for a new process/connection are usable.
-pub fn check_new_ids(agent: &Agent, ids: &[u32]) -> Result<()> {
-    let st = agent.streams.borrow();
-    for (i, id) in ids.iter().enumerate() {
-        if *id == 0 {
-            continue;
+    /// Check that ids the host names for a new process/connection are usable.
+    pub fn check_new_ids(&self, ids: &[u32]) -> Result<()> {
+        for (i, id) in ids.iter().enumerate() {
+            if *id == 0 {
+                continue;
+            }
+            if self.in_use(*id) || ids[..i].contains(id) {
+                return Err(AgentError::exists(format!("stream {id} already in use")));
+            }
         }
-        if st.in_use(*id) || ids[..i].contains(id) {
-            return Err(AgentError::exists(format!("stream {id} already in use")));
+        Ok(())
+    }
+
+    /// Start pumping `fd` to the host as stream `id`. The task ends after sending EOF (or on
+    /// RESET / protocol violation, without EOF).
+    pub fn spawn_out(self: &Rc<Self>, id: u32, fd: OwnedFd) -> (JoinHandle<()>, Rc<OutStream>) {
+        let st = Rc::new(OutStream {
+            window: Cell::new(INITIAL_WINDOW as u64),
+            wake: Notify::new(),
+            stopped: Cell::new(false),
+            unsent: Arc::new(AtomicU64::new(0)),
+            reading: Cell::new(false),
+        });
+        self.table.borrow_mut().out.insert(id, st.clone());
+        let this = self.clone();
+        let st2 = st.clone();
+        let h = tokio::task::spawn_local(async move {
+            let eof = pump_out(&this.outbox, id, &st, fd).await;
+            if eof && !st.stopped.get() {
+                this.outbox.send(frame::EOF, id, &[]);
+            }
+            let mut t = this.table.borrow_mut();
+            if t.out.get(&id).map(|s| Rc::ptr_eq(s, &st)).unwrap_or(false) {
+                t.out.remove(&id);
+            }
+        });
+        (h, st2)
+    }
+
+    /// Used when a pump had to be abandoned (e.g. a grandchild keeps the pipe open after the
+    /// process exited): close the stream properly.
+    pub fn force_eof(&self, id: u32) {
+        let removed = self.table.borrow_mut().out.remove(&id);
+        if let Some(s) = removed {
+            if !s.stopped.get() {
+                self.outbox.send(frame::EOF, id, &[]);
+            }
         }
     }
-    Ok(())
-}
 
-/// Start pumping `fd` to the host as stream `id`. The task ends after sending EOF (or on
-/// RESET / protocol violation, without EOF).
-pub fn spawn_out(agent: &Rc<Agent>, id: u32, fd: OwnedFd) -> (JoinHandle<()>, Rc<OutStream>) {
-    let st = Rc::new(OutStream {
-        window: Cell::new(INITIAL_WINDOW as u64),
-        wake: Notify::new(),
-        stopped: Cell::new(false),
-        unsent: Arc::new(AtomicU64::new(0)),
-        reading: Cell::new(false),
-    });
-    agent.streams.borrow_mut().out.insert(id, st.clone());
-    let agent = agent.clone();
-    let st2 = st.clone();
-    let h = tokio::task::spawn_local(async move {
-        let eof = pump_out(&agent, id, &st, fd).await;
-        if eof && !st.stopped.get() {
-            agent.send(frame::EOF, id, &[]);
-        }
-        let mut streams = agent.streams.borrow_mut();
-        if streams.out.get(&id).map(|s| Rc::ptr_eq(s, &st)).unwrap_or(false) {
-            streams.out.remove(&id);
-        }
-    });
-    (h, st2)
-}
+    /// Accept host DATA on stream `id` and write it to `fd`.
+    pub fn spawn_in(&self, id: u32, fd: OwnedFd, kind: InKind) -> JoinHandle<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let window = Rc::new(Cell::new(INITIAL_WINDOW));
+        self.table.borrow_mut().inp.insert(id, Rc::new(InStream { window: window.clone(), tx }));
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_local(async move {
+            util::set_nonblocking(fd.as_raw_fd());
+            let afd = match AsyncFd::new(fd) {
+                Ok(a) => a,
+                Err(e) => {
+                    crate::log!("stream {id}: {e}");
+                    return;
+                }
+            };
+            let mut broken = false;
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    InMsg::Data(session, d) => {
+                        if !broken && write_fd(&afd, &d).await.is_err() {
+                            // The reader is gone; keep granting credit so the host is not stuck.
+                            broken = true;
+                        }
+                        if outbox.session() == session {
+                            window.set(window.get().saturating_add(d.len() as u32));
+                            outbox.send(frame::CREDIT, id, &(d.len() as u32).to_be_bytes());
+                        }
+                    }
+                    InMsg::Eof => {
+                        match kind {
+                            InKind::Pipe => {}
+                            InKind::Socket => unsafe {
+                                libc::shutdown(afd.get_ref().as_raw_fd(), libc::SHUT_WR);
+                            },
+                            InKind::Tty => {
+                                let _ = write_fd(&afd, &[4]).await;
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            // Dropping afd closes our end.
+        })
+    }
 
-/// Used when a pump had to be abandoned (e.g. a grandchild keeps the pipe open after the
-/// process exited): close the stream properly.
-pub fn force_eof(agent: &Agent, id: u32) {
-    let removed = agent.streams.borrow_mut().out.remove(&id);
-    if let Some(s) = removed {
-        if !s.stopped.get() {
-            agent.send(frame::EOF, id, &[]);
-        }
+    /// Remove a host→guest stream (the process is gone); later DATA on it is ignored.
+    pub fn close_in(&self, id: u32) {
+        self.table.borrow_mut().inp.remove(&id);
     }
 }
 
 /// Returns true when the source reached EOF (false when stopped by RESET / session loss).
-async fn pump_out(agent: &Agent, id: u32, st: &OutStream, fd: OwnedFd) -> bool {
+async fn pump_out(outbox: &Outbox, id: u32, st: &OutStream, fd: OwnedFd) -> bool {
     util::set_nonblocking(fd.as_raw_fd());
     let afd = match AsyncFd::new(fd) {
         Ok(a) => a,
@@ -216,7 +288,7 @@ async fn pump_out(agent: &Agent, id: u32, st: &OutStream, fd: OwnedFd) -> bool {
             Ok(n) => {
                 // The window may have been reset (hello) while we were reading.
                 st.window.set(st.window.get().saturating_sub(n as u64));
-                agent.send_data(id, &buf[..n], &st.unsent);
+                outbox.send_data(id, &buf[..n], &st.unsent);
             }
             // EIO: pty master after the last slave closed = EOF.
             Err(_) => return true,
@@ -258,55 +330,4 @@ async fn write_fd(afd: &AsyncFd<OwnedFd>, mut buf: &[u8]) -> std::io::Result<()>
         }
     }
     Ok(())
-}
-
-/// Accept host DATA on stream `id` and write it to `fd`.
-pub fn spawn_in(agent: &Rc<Agent>, id: u32, fd: OwnedFd, kind: InKind) -> JoinHandle<()> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let window = Rc::new(Cell::new(INITIAL_WINDOW));
-    agent.streams.borrow_mut().inp.insert(id, Rc::new(InStream { window: window.clone(), tx }));
-    let agent = agent.clone();
-    tokio::task::spawn_local(async move {
-        util::set_nonblocking(fd.as_raw_fd());
-        let afd = match AsyncFd::new(fd) {
-            Ok(a) => a,
-            Err(e) => {
-                crate::log!("stream {id}: {e}");
-                return;
-            }
-        };
-        let mut broken = false;
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                InMsg::Data(session, d) => {
-                    if !broken && write_fd(&afd, &d).await.is_err() {
-                        // The reader is gone; keep granting credit so the host is not stuck.
-                        broken = true;
-                    }
-                    if agent.session() == session {
-                        window.set(window.get().saturating_add(d.len() as u32));
-                        agent.send(frame::CREDIT, id, &(d.len() as u32).to_be_bytes());
-                    }
-                }
-                InMsg::Eof => {
-                    match kind {
-                        InKind::Pipe => {}
-                        InKind::Socket => unsafe {
-                            libc::shutdown(afd.get_ref().as_raw_fd(), libc::SHUT_WR);
-                        },
-                        InKind::Tty => {
-                            let _ = write_fd(&afd, &[4]).await;
-                        }
-                    }
-                    break;
-                }
-            }
-        }
-        // Dropping afd closes our end.
-    })
-}
-
-/// Remove a host→guest stream (the process is gone); later DATA on it is ignored.
-pub fn close_in(agent: &Agent, id: u32) {
-    agent.streams.borrow_mut().inp.remove(&id);
 }
