@@ -12,6 +12,8 @@ import { pushBusybox } from '../test/support/images';
 import { Registry, startRegistry } from '../test/support/registry';
 import { runK8sClient, startK8sPortForward } from '../test/streaming/support/harness';
 import { collect, spdyConnect, spdyExec, type SpdyClient } from '../test/streaming/support/spdy-client';
+import { rawSpdyConnect, synStreamBomb } from '../test/streaming/support/raw-spdy';
+import { measurePeak, MiB } from '../test/support/rss';
 import { podConfig, TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
@@ -488,6 +490,23 @@ describe('100 MiB through exec stdout to a slow client', () => {
     expect(r.stdoutBytes).toBe(SIZE);
     expect(peak - base).toBeLessThan(RSS_LIMIT);
   }, 600_000);
+});
+
+describe('hostile SPDY clients (issue 17)', () => {
+  test('a 132 KB SYN_STREAM that inflates to 130 MiB of NULs: GOAWAY, the daemon lives, its peak RSS bounded', async () => {
+    const pid = daemonPid();
+    const bomb = await synStreamBomb(1, 130 * MiB);
+    expect(bomb.length).toBeLessThan(200 * 1024);
+    const { growth } = await measurePeak('daemon, SPDY header bomb', pid, async () => {
+      const c = await rawSpdyConnect(await execUrl(ctr.main, ['/bin/echo', 'x']), 'v4.channel.k8s.io');
+      c.socket.write(bomb);
+      await c.closed;
+      expect(c.frames).toEqual([{ type: 7 /* GOAWAY */, a: 0, b: 1 /* PROTOCOL_ERROR */ }]);
+    });
+    expect(growth).toBeLessThan(32 * MiB);
+    expect(daemonPid()).toBe(pid);
+    expect((await spdyExec(await execUrl(ctr.main, ['/bin/echo', 'still here']), {})).stdout).toBe('still here\n');
+  });
 });
 
 describe('errors', () => {

@@ -35,6 +35,29 @@ export const DEFAULT_WINDOW = 64 * 1024;
 /** Largest control frame accepted (header blocks of a few streams are tiny). */
 export const MAX_CONTROL_FRAME = 1 << 20;
 
+/**
+ * Bounds on one received header block, after inflation. Kubernetes' clients send 1–4 short
+ * headers per stream (streamType, port, requestID); these leave room for any real peer while a
+ * compressed block can never make the daemon hold more than MAX_HEADER_BLOCK bytes.
+ */
+export const HeaderLimits = {
+  /** inflated size of one header block */
+  MAX_HEADER_BLOCK: 256 * 1024,
+  /** name/value pairs in one block */
+  MAX_HEADERS: 128,
+  /** one header name */
+  MAX_NAME: 256,
+  /** one header value (all of its NUL-separated values together) */
+  MAX_VALUE: 16 * 1024,
+} as const;
+
+export class HeaderBlockError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'HeaderBlockError';
+  }
+}
+
 // The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00, section 2.6.10.1):
 // length-prefixed header words, then a run of common values.
 const DICT_WORDS = (
@@ -119,43 +142,73 @@ export function encodeHeaderBlock(headers: Headers): Buffer {
   return Buffer.concat(parts);
 }
 
-/** Parses an uncompressed name/value block; repeated values (NUL-separated) keep the first. */
+
+/**
+ * Parses an uncompressed name/value block; repeated values (NUL-separated) keep the first.
+ * Counts and lengths are checked against HeaderLimits before anything is decoded, and only the
+ * kept part of a value ever becomes a string.
+ */
 export function decodeHeaderBlock(block: Buffer): Headers {
-  const out: Headers = {};
+  const out: Headers = Object.create(null);
   let off = 0;
   const need = (n: number) => {
-    if (off + n > block.length) throw new Error('SPDY header block truncated');
+    if (off + n > block.length) throw new HeaderBlockError('SPDY header block truncated');
   };
   need(4);
   const count = block.readUInt32BE(off);
   off += 4;
+  if (count > HeaderLimits.MAX_HEADERS) throw new HeaderBlockError(`SPDY header block has ${count} headers (at most ${HeaderLimits.MAX_HEADERS})`);
   for (let i = 0; i < count; i++) {
     need(4);
     const nl = block.readUInt32BE(off);
     off += 4;
+    if (nl > HeaderLimits.MAX_NAME) throw new HeaderBlockError(`SPDY header name of ${nl} bytes (at most ${HeaderLimits.MAX_NAME})`);
     need(nl);
     const name = block.toString('utf8', off, off + nl).toLowerCase();
     off += nl;
     need(4);
     const vl = block.readUInt32BE(off);
     off += 4;
+    if (vl > HeaderLimits.MAX_VALUE) throw new HeaderBlockError(`SPDY header value of ${vl} bytes (at most ${HeaderLimits.MAX_VALUE})`);
     need(vl);
-    const value = block.toString('utf8', off, off + vl);
+    if (!(name in out)) {
+      const nul = block.indexOf(0, off);
+      out[name] = block.toString('utf8', off, nul >= 0 && nul < off + vl ? nul : off + vl);
+    }
     off += vl;
-    if (!(name in out)) out[name] = value.split('\0')[0];
   }
-  return out;
+  return { ...out };
 }
 
 // ---- header compression: one zlib stream per direction for the whole connection ----
 
-function runZlib(z: zlib.Deflate | zlib.Inflate, input: Buffer): Promise<Buffer> {
+/**
+ * Writes `input` into the connection's zlib stream and collects what one sync flush yields.
+ * With `maxOutput`, the stream is destroyed (and the promise rejected) as soon as the output
+ * passes that size, so a small deflated block cannot inflate into memory without bound.
+ */
+function runZlib(z: zlib.Deflate | zlib.Inflate, input: Buffer, maxOutput = Infinity): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
-    const onData = (c: Buffer) => chunks.push(c);
+    let size = 0;
+    let failed = false;
+    const onData = (c: Buffer) => {
+      if (failed) return;
+      size += c.length;
+      if (size > maxOutput) {
+        failed = true;
+        chunks.length = 0;
+        z.off('data', onData);
+        z.destroy();
+        reject(new HeaderBlockError(`SPDY header block inflates past ${maxOutput} bytes`));
+        return;
+      }
+      chunks.push(c);
+    };
     const onError = (err: Error) => {
       z.off('data', onData);
-      reject(err);
+      if (!failed) reject(err);
+      failed = true;
     };
     z.on('data', onData);
     z.once('error', onError);
@@ -163,7 +216,7 @@ function runZlib(z: zlib.Deflate | zlib.Inflate, input: Buffer): Promise<Buffer>
     z.flush(zlib.constants.Z_SYNC_FLUSH, () => {
       z.off('data', onData);
       z.off('error', onError);
-      resolve(Buffer.concat(chunks));
+      if (!failed) resolve(Buffer.concat(chunks));
     });
   });
 }
@@ -182,7 +235,7 @@ export class HeaderCompression {
   }
 
   decompress(block: Buffer): Promise<Headers> {
-    const p = this.inflating.then(async () => decodeHeaderBlock(await runZlib(this.inflate, block)));
+    const p = this.inflating.then(async () => decodeHeaderBlock(await runZlib(this.inflate, block, HeaderLimits.MAX_HEADER_BLOCK)));
     this.inflating = p.catch(() => undefined);
     return p;
   }
@@ -205,36 +258,68 @@ export interface ParserEvents {
 
 /**
  * Splits the byte stream into frames. DATA payloads are passed on in pieces without waiting
- * for the whole frame, so a large frame never has to sit in memory at once.
+ * for the whole frame, so a large frame never has to sit in memory at once. Incoming chunks
+ * are queued as they are and only the bytes a frame needs are copied out, once, so a control
+ * frame trickled in byte by byte costs linear time.
  */
 export class FrameParser {
   private pending: Buffer[] = [];
+  /** index of the first unconsumed chunk in pending */
+  private head = 0;
   private pendingLen = 0;
   private dataLeft = 0;
   private dataStream = 0;
   private dataFin = false;
+  /** a control frame whose 8-byte header was read: waiting for its body */
+  private control?: { type: number; flags: number; length: number };
   private dead = false;
 
   constructor(private readonly on: ParserEvents) {}
 
   push(chunk: Buffer): void {
-    if (this.dead) return;
+    if (this.dead || chunk.length === 0) return;
     this.pending.push(chunk);
     this.pendingLen += chunk.length;
     try {
       this.drain();
     } catch (err) {
       this.dead = true;
+      this.pending = [];
+      this.head = 0;
+      this.pendingLen = 0;
       this.on.error(err as Error);
     }
   }
 
+  /** Removes the first n (≤ pendingLen) bytes; copies only when they span chunks. */
   private take(n: number): Buffer {
-    const all = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending, this.pendingLen);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.pending = rest.length ? [rest] : [];
-    this.pendingLen = rest.length;
+    this.pendingLen -= n;
+    const first = this.pending[this.head];
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.head++;
+      else this.pending[this.head] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let got = 0;
+      while (got < n) {
+        const c = this.pending[this.head];
+        const k = Math.min(c.length, n - got);
+        c.copy(out, got, 0, k);
+        got += k;
+        if (k === c.length) this.head++;
+        else this.pending[this.head] = c.subarray(k);
+      }
+    }
+    // drop consumed chunks now and then (not per take: Array.shift is linear)
+    if (this.head === this.pending.length) {
+      this.pending = [];
+      this.head = 0;
+    } else if (this.head > 1024) {
+      this.pending = this.pending.slice(this.head);
+      this.head = 0;
+    }
     return out;
   }
 
@@ -242,10 +327,18 @@ export class FrameParser {
     for (;;) {
       if (this.dataLeft > 0) {
         if (this.pendingLen === 0) return;
-        const n = Math.min(this.dataLeft, this.pendingLen);
+        // hand on what is there, chunk by chunk, without joining chunks
+        const n = Math.min(this.dataLeft, this.pending[this.head].length);
         const chunk = this.take(n);
         this.dataLeft -= n;
         this.on.data(this.dataStream, chunk, this.dataLeft === 0 && this.dataFin);
+        continue;
+      }
+      if (this.control) {
+        if (this.pendingLen < this.control.length) return; // wait for the rest of the frame
+        const { type, flags, length } = this.control;
+        this.control = undefined;
+        this.on.control({ control: true, type, flags, body: length ? this.take(length) : Buffer.alloc(0) });
         continue;
       }
       if (this.pendingLen < 8) return;
@@ -257,13 +350,7 @@ export class FrameParser {
         const version = (first >>> 16) & 0x7fff;
         if (version !== SPDY_VERSION) throw new Error(`unsupported SPDY version ${version}`);
         if (length > MAX_CONTROL_FRAME) throw new Error(`SPDY control frame too large (${length} bytes)`);
-        if (this.pendingLen < length) {
-          // put the header back and wait for the rest of the frame
-          this.pending.unshift(head);
-          this.pendingLen += 8;
-          return;
-        }
-        this.on.control({ control: true, type: first & 0xffff, flags, body: this.take(length) });
+        this.control = { type: first & 0xffff, flags, length };
       } else {
         this.dataStream = first & 0x7fffffff;
         this.dataFin = (flags & FLAG_FIN) !== 0;

@@ -15,6 +15,13 @@
 // is TCP's, as with kubelet), and incoming DATA pauses the socket while a stream's reader is
 // behind. WINDOW_UPDATEs are still sent as data is consumed, so peers that do honour SPDY/3.1
 // flow control (spdy-transport clients) keep flowing; received WINDOW_UPDATEs are ignored.
+//
+// Bounds (one session is one untrusted client): header blocks as spdy-codec.ts bounds them (a
+// block that breaks them is a protocol error that ends the session); at most MAX_STREAMS open
+// streams (more are refused with RST_STREAM); every frame we write waits for the socket to
+// drain, and while more than MAX_QUEUED_REPLIES replies (PING echoes, RST_STREAMs, SYN_REPLYs)
+// wait to be written, frames from the client are not read: a client that sends PINGs and never
+// reads cannot make us queue answers without bound.
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
@@ -39,6 +46,10 @@ import {
 } from './spdy-codec';
 
 const MAX_DATA_FRAME = 32 * 1024;
+/** Open streams per session (an exec uses ≤ 5, a port-forward 2 per connection). */
+export const MAX_STREAMS = 512;
+/** Replies queued behind a socket that does not drain before reading from the client stops. */
+const MAX_QUEUED_REPLIES = 32;
 const EMPTY = Buffer.alloc(0);
 
 export class SpdyStream extends Duplex {
@@ -98,6 +109,8 @@ export class SpdySession extends EventEmitter {
   private out: Promise<void> = Promise.resolve();
   private inQueue: Array<() => unknown> = [];
   private inBusy = false;
+  /** frames queued by enqueue() and not yet written (and drained) */
+  private queuedOut = 0;
 
   constructor(
     private readonly socket: Duplex,
@@ -196,7 +209,7 @@ export class SpdySession extends EventEmitter {
       }
       case FrameType.PING: {
         const id = f.body.readUInt32BE(0);
-        if (id % 2 === 1) void this.enqueue(() => pingFrame(id)); // the client's ping: echo it
+        if (id % 2 === 1) return this.reply(() => pingFrame(id)); // the client's ping: echo it
         return;
       }
       case FrameType.GOAWAY:
@@ -216,20 +229,18 @@ export class SpdySession extends EventEmitter {
   private async onSynStream(f: ControlFrame): Promise<void> {
     const id = f.body.readUInt32BE(0) & 0x7fffffff;
     const headers = await this.compression.decompress(f.body.subarray(10));
-    if (id % 2 === 0 || id <= this.lastStreamId) {
-      void this.enqueue(() => rstStreamFrame(id, RstStatus.PROTOCOL_ERROR));
-      return;
-    }
+    if (id % 2 === 0 || id <= this.lastStreamId) return this.reply(() => rstStreamFrame(id, RstStatus.PROTOCOL_ERROR));
     this.lastStreamId = id;
-    if (this.goingAway) {
-      void this.enqueue(() => rstStreamFrame(id, RstStatus.REFUSED_STREAM));
-      return;
+    if (this.goingAway) return this.reply(() => rstStreamFrame(id, RstStatus.REFUSED_STREAM));
+    if (this.streams.size >= MAX_STREAMS) {
+      this.log.debug({ id, open: this.streams.size }, 'SPDY stream refused: too many open streams');
+      return this.reply(() => rstStreamFrame(id, RstStatus.REFUSED_STREAM));
     }
     const stream = new SpdyStream(this, id, headers);
     this.streams.set(id, stream);
     stream.once('close', () => this.streams.delete(id));
     // kubelet replies to every stream as soon as it arrives; data may only follow the reply
-    void this.enqueue(async () =>
+    const replied = this.reply(async () =>
       controlFrame(FrameType.SYN_REPLY, 0, synReplyBody(id, await this.compression.compress({ ':status': '200', ':version': 'HTTP/1.1' }))),
     );
     if (f.flags & FLAG_FIN) {
@@ -238,6 +249,7 @@ export class SpdySession extends EventEmitter {
     }
     if (f.flags & FLAG_UNIDIRECTIONAL) stream.end();
     this.emit('stream', stream);
+    await replied;
   }
 
   private onData(id: number, chunk: Buffer, fin: boolean): void {
@@ -249,7 +261,7 @@ export class SpdySession extends EventEmitter {
       if (this.sessionUnacked >= DEFAULT_WINDOW / 2) {
         const delta = this.sessionUnacked;
         this.sessionUnacked = 0;
-        void this.enqueue(() => windowUpdateFrame(0, delta));
+        void this.enqueue(() => windowUpdateFrame(0, delta)).catch(() => undefined);
       }
       if (!stream.push(chunk)) {
         this.congested.add(stream);
@@ -267,7 +279,7 @@ export class SpdySession extends EventEmitter {
     if (stream.unacked >= DEFAULT_WINDOW / 2 && !stream.remoteClosed) {
       const delta = stream.unacked;
       stream.unacked = 0;
-      void this.enqueue(() => windowUpdateFrame(stream.id, delta));
+      void this.enqueue(() => windowUpdateFrame(stream.id, delta)).catch(() => undefined);
     }
     if (this.congested.delete(stream)) this.updateFlow();
   }
@@ -280,16 +292,46 @@ export class SpdySession extends EventEmitter {
 
   // ---- outbound ----
 
-  /** Frames leave in the order they were queued (header compression is async). */
+  /**
+   * Frames leave in the order they were queued (header compression is async); the next one
+   * waits until the socket drained what this one added.
+   */
   private enqueue(make: () => Buffer | Promise<Buffer>): Promise<void> {
-    const p = this.out.then(async () => {
-      if (this.closed) throw new Error('SPDY connection closed');
-      const frame = await make();
-      if (this.closed) throw new Error('SPDY connection closed');
-      this.socket.write(frame);
-    });
+    this.queuedOut++;
+    const p = this.out
+      .then(async () => {
+        if (this.closed) throw new Error('SPDY connection closed');
+        const frame = await make();
+        if (this.closed) throw new Error('SPDY connection closed');
+        if (!this.socket.write(frame)) await this.drained();
+      })
+      .finally(() => this.queuedOut--);
     this.out = p.catch(() => undefined);
     return p;
+  }
+
+  /**
+   * Queues a reply to a client frame. Returns, for the inbound queue to wait on, a promise that
+   * settles once it is written, but only while too many replies are queued already: reading
+   * from the client then stops until the socket drains.
+   */
+  private reply(make: () => Buffer | Promise<Buffer>): Promise<void> | undefined {
+    const p = this.enqueue(make).catch(() => undefined);
+    return this.queuedOut > MAX_QUEUED_REPLIES ? p : undefined;
+  }
+
+  /** Resolves when the socket drained, or closed. */
+  private drained(): Promise<void> {
+    if (!this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.socket.once('close', done);
+    });
   }
 
   sendData(stream: SpdyStream, chunk: Buffer, fin: boolean, cb: (err?: Error | null) => void): void {
