@@ -9,7 +9,10 @@
 // Names, link targets and xattr names are byte strings held as latin1 JS strings (one char per
 // byte): nothing is lost for non-UTF-8 names and comparing them compares bytes.
 // The reader refuses what it cannot represent faithfully (sparse files, multi-volume
-// archives, bad checksums, truncated archives) and bounds every metadata record it buffers.
+// archives, bad checksums, truncated archives) and bounds what it buffers: each metadata record,
+// all records waiting for their entry together (a run of `x`/`L`/`K` records before one entry),
+// all global (`g`) records of the archive together, and each xattr value and the xattr count
+// as records are parsed, so a layer's metadata costs at most a few MiB whatever it claims.
 
 export class TarFormatError extends Error {
   constructor(message: string) {
@@ -51,7 +54,23 @@ export interface TarHandler {
 export interface TarLimits {
   /** Largest PAX or GNU long-name record buffered. */
   maxMetaBytes: number;
+  /** All `x`, `L` and `K` records before one entry, together (default: maxMetaBytes). */
+  maxPendingMetaBytes?: number;
+  /** All global (`g`) PAX records of the archive, together (default: maxMetaBytes). */
+  maxGlobalMetaBytes?: number;
+  /** Largest xattr value (default 64 KiB, Linux's XATTR_SIZE_MAX). */
+  maxXattrValue?: number;
+  /** Most xattrs one record set may carry (default 128). */
+  maxXattrs?: number;
 }
+
+export const DEFAULT_TAR_LIMITS: Required<TarLimits> = {
+  maxMetaBytes: 1 << 20,
+  maxPendingMetaBytes: 1 << 20,
+  maxGlobalMetaBytes: 1 << 20,
+  maxXattrValue: 65536,
+  maxXattrs: 128,
+};
 
 const BLOCK = 512;
 const SCHILY = 'SCHILY.xattr.';
@@ -134,8 +153,17 @@ interface Pending {
   sparse?: boolean;
 }
 
-/** Parses PAX records ("<len> <key>=<value>\n"), values kept as bytes. */
-export function parsePax(buf: Buffer, into: Pending): void {
+/**
+ * Parses PAX records ("<len> <key>=<value>\n"), values kept as bytes. xattr values and counts
+ * are checked as each record is read (before anything is copied).
+ */
+export function parsePax(buf: Buffer, into: Pending, limits: Pick<Required<TarLimits>, 'maxXattrValue' | 'maxXattrs'> = DEFAULT_TAR_LIMITS): void {
+  const setXattr = (name: string, value: Buffer) => {
+    if (value.length > limits.maxXattrValue) throw new TarFormatError(`PAX xattr ${JSON.stringify(name.slice(0, 64))} value of ${value.length} bytes (at most ${limits.maxXattrValue})`);
+    const x = (into.xattrs ??= new Map());
+    if (!x.has(name) && x.size >= limits.maxXattrs) throw new TarFormatError(`more than ${limits.maxXattrs} PAX xattrs for one entry`);
+    x.set(name, Buffer.from(value));
+  };
   let off = 0;
   while (off < buf.length) {
     let sp = off;
@@ -176,11 +204,12 @@ export function parsePax(buf: Buffer, into: Pending): void {
       }
       default:
         if (key.startsWith(SCHILY)) {
-          (into.xattrs ??= new Map()).set(key.slice(SCHILY.length), Buffer.from(value));
+          setXattr(key.slice(SCHILY.length), value);
         } else if (key.startsWith(LIBARCHIVE)) {
+          if (value.length > Math.ceil(limits.maxXattrValue / 3) * 4 + 4) throw new TarFormatError(`PAX ${JSON.stringify(key.slice(0, 64))} value of ${value.length} bytes`);
           const b64 = value.toString('latin1');
-          if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64)) throw new TarFormatError(`bad base64 in ${key}`);
-          (into.xattrs ??= new Map()).set(unescapeName(key.slice(LIBARCHIVE.length)), Buffer.from(b64, 'base64'));
+          if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64)) throw new TarFormatError(`bad base64 in ${JSON.stringify(key.slice(0, 64))}`);
+          setXattr(unescapeName(key.slice(LIBARCHIVE.length)), Buffer.from(b64, 'base64'));
         } else if (key.startsWith('GNU.sparse.')) {
           into.sparse = true;
         }
@@ -204,8 +233,15 @@ export class TarParser {
   private longLink?: string;
   private sawEnd = false;
   private entries = 0;
+  /** bytes of x/L/K records since the last entry */
+  private pendingMetaBytes = 0;
+  /** bytes of g records so far */
+  private globalMetaBytes = 0;
+  private readonly limits: Required<TarLimits>;
 
-  constructor(private readonly handler: TarHandler, private readonly limits: TarLimits = { maxMetaBytes: 1 << 20 }) {}
+  constructor(private readonly handler: TarHandler, limits: TarLimits = DEFAULT_TAR_LIMITS) {
+    this.limits = { ...DEFAULT_TAR_LIMITS, maxPendingMetaBytes: limits.maxMetaBytes, maxGlobalMetaBytes: limits.maxMetaBytes, ...limits };
+  }
 
   /** Feeds the next chunk of the (uncompressed) archive; handler calls happen synchronously. */
   write(chunk: Buffer): void {
@@ -303,6 +339,13 @@ export class TarParser {
       case 'L':
       case 'K':
         if (size > this.limits.maxMetaBytes) throw new TarFormatError(`metadata record of ${size} bytes is larger than ${this.limits.maxMetaBytes}`);
+        if (typeflag === 'g') {
+          this.globalMetaBytes += size;
+          if (this.globalMetaBytes > this.limits.maxGlobalMetaBytes) throw new TarFormatError(`more than ${this.limits.maxGlobalMetaBytes} bytes of global PAX records`);
+        } else {
+          this.pendingMetaBytes += size;
+          if (this.pendingMetaBytes > this.limits.maxPendingMetaBytes) throw new TarFormatError(`more than ${this.limits.maxPendingMetaBytes} bytes of metadata records before one entry`);
+        }
         this.metaKind = typeflag;
         this.meta = [];
         this.metaLen = 0;
@@ -324,6 +367,7 @@ export class TarParser {
     }
     const p = { ...this.globalPax, ...this.pending };
     this.pending = {};
+    this.pendingMetaBytes = 0;
     if (this.longName !== undefined) name = this.longName;
     if (p.path !== undefined) name = p.path;
     let linkname = cstring(b, at + 157, 100);
@@ -402,10 +446,10 @@ export class TarParser {
     this.meta = [];
     switch (this.metaKind) {
       case 'x':
-        parsePax(buf, this.pending);
+        parsePax(buf, this.pending, this.limits);
         break;
       case 'g':
-        parsePax(buf, this.globalPax);
+        parsePax(buf, this.globalPax, this.limits);
         break;
       case 'L':
       case 'K': {

@@ -83,6 +83,8 @@ export const MAX_XATTR_BYTES_PER_ENTRY = 64 * 1024;
 const INLINE_BUDGET = 64 << 20;
 /** Largest PAX / GNU long-name record. */
 const MAX_META_RECORD = 1 << 20;
+/** Names of dropped xattrs a layer reports (the rest are only counted). */
+const MAX_DROPPED_NAMES = 20;
 const PATH_MAX = 4096;
 
 const WHITEOUT = '.wh.';
@@ -245,6 +247,8 @@ export class SharedBudget {
 export interface LayerRead {
   ops: Op[];
   droppedXattrs: string[];
+  /** how many xattrs were dropped (droppedXattrs names only the first few) */
+  droppedXattrCount: number;
   /** Entries of unsupported types, for the log. */
   skipped: { entry: string; typeflag: string }[];
 }
@@ -315,7 +319,7 @@ export async function readLayerStream(input: AsyncIterable<Buffer>, diffId: stri
     const got = `sha256:${hash.digest('hex')}`;
     if (got !== diffId) throw new UnsafeArchiveError(`layer ${label}: uncompressed content ${got} does not match diff_id ${diffId}`);
   }
-  return { ops: reader.ops, droppedXattrs: [...reader.droppedXattrs], skipped: reader.skipped };
+  return { ops: reader.ops, droppedXattrs: [...reader.droppedXattrs], droppedXattrCount: reader.droppedXattrCount, skipped: reader.skipped };
 }
 
 
@@ -526,7 +530,7 @@ export class ImageBuilder {
       }
     }
     for (const s of r.skipped) this.logger.debug({ layer: label, ...s }, 'skipping unsupported tar entry type');
-    if (r.droppedXattrs.length) this.logger.warn({ layer: label, xattrs: r.droppedXattrs.slice(0, 20) }, 'xattrs dropped (namespace not allowed in images)');
+    if (r.droppedXattrs.length) this.logger.warn({ layer: label, xattrs: r.droppedXattrs, count: r.droppedXattrCount }, 'xattrs dropped (namespace not allowed in images)');
     return r.ops;
   }
 
@@ -707,7 +711,9 @@ export class ImageBuilder {
 class LayerReader implements TarHandler {
   readonly ops: Op[] = [];
   readonly parser: TarParser;
+  /** names of dropped xattrs, for the log: the first MAX_DROPPED_NAMES (droppedXattrCount counts all) */
   readonly droppedXattrs = new Set<string>();
+  droppedXattrCount = 0;
   readonly skipped: { entry: string; typeflag: string }[] = [];
   private sink: Sink | null = null;
 
@@ -716,10 +722,18 @@ class LayerReader implements TarHandler {
     readonly stager: Stager,
     private readonly label: string,
   ) {
-    this.parser = new TarParser(this, { maxMetaBytes: MAX_META_RECORD });
+    this.parser = new TarParser(this, { maxMetaBytes: MAX_META_RECORD, maxXattrValue: XATTR_VALUE_MAX, maxXattrs: MAX_XATTRS_PER_ENTRY });
   }
 
   entry(h: TarHeader): void {
+    try {
+      this.readEntry(h);
+    } finally {
+      h.xattrs = null; // ops keep the header; only op.xattrs (checked, accounted) may stay
+    }
+  }
+
+  private readEntry(h: TarHeader): void {
     const b = this.b;
     const label = this.label;
     const limits = b.limits;
@@ -809,7 +823,8 @@ class LayerReader implements TarHandler {
       const prefix = XATTR_PREFIXES.find(([p]) => name.startsWith(p));
       const overlay = name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.');
       if (!prefix || name.length === prefix[0].length || overlay || (prefix[0] === 'user.' && kind !== 'file' && kind !== 'dir')) {
-        this.droppedXattrs.add(name);
+        this.droppedXattrCount++;
+        if (this.droppedXattrs.size < MAX_DROPPED_NAMES) this.droppedXattrs.add(name);
         continue;
       }
       out.set(name, value);
