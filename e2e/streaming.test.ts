@@ -493,6 +493,13 @@ describe('100 MiB through exec stdout to a slow client', () => {
 });
 
 describe('hostile SPDY clients (issue 17)', () => {
+  test("the pod VM's directory, console log and QEMU log are root's alone", () => {
+    const dir = path.join(d.state, 'sandboxes', pod);
+    expect(fs.statSync(dir).mode & 0o777).toBe(0o700);
+    expect(fs.statSync(path.join(dir, 'console.log')).mode & 0o777).toBe(0o600);
+    expect(fs.statSync(path.join(dir, 'qemu.log')).mode & 0o777).toBe(0o600);
+  });
+
   test('a 132 KB SYN_STREAM that inflates to 130 MiB of NULs: GOAWAY, the daemon lives, its peak RSS bounded', async () => {
     const pid = daemonPid();
     const bomb = await synStreamBomb(1, 130 * MiB);

@@ -26,6 +26,7 @@ import { SparePool } from './vm/spares';
 import { TemplateManager } from './vm/templates';
 import { CniNetwork } from '../network/cni-network';
 import { VolumeManager } from '../storage/volume-manager';
+import { ensureDir } from './util/dirs';
 
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')).version;
 
@@ -52,8 +53,8 @@ export class Daemon {
 
   async start(): Promise<void> {
     const { cfg, logger } = this;
-    await fsp.mkdir(cfg.root, { recursive: true, mode: 0o700 });
-    await fsp.mkdir(cfg.state, { recursive: true, mode: 0o711 });
+    await ensureDir(cfg.root, 0o700);
+    await ensureDir(cfg.state, 0o711);
     const guest = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
     const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);

@@ -124,9 +124,22 @@ export async function startServer(socket: string, runtime: Handlers, image: Hand
   server.addService(cri.image, implement(IMAGE_METHODS, image, streams, logger));
   await fsp.mkdir(path.dirname(socket), { recursive: true });
   await claimSocket(socket);
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
-  await fsp.chmod(socket, 0o660);
+  // The socket file is created with the process umask's permissions. It is bound inside a
+  // fresh 0700 directory, given 0660 there, and only then renamed into place: at no moment can
+  // anyone but root reach a socket with looser permissions.
+  const hidden = await fsp.mkdtemp(path.join(path.dirname(socket), '.'));
+  try {
+    const tmp = path.join(hidden, 's');
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${tmp}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+    await fsp.chmod(tmp, 0o660);
+    await fsp.rename(tmp, socket);
+  } catch (err) {
+    server.forceShutdown();
+    throw err;
+  } finally {
+    await fsp.rm(hidden, { recursive: true, force: true });
+  }
   return server;
 }

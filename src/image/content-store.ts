@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CriError, Code } from '../cri/errors';
 import { BatchWriter } from './batch-writer';
+import { ensureDir } from '../util/dirs';
 
 const HEX = /^[a-f0-9]{64}$/;
 
@@ -52,7 +53,7 @@ export class ContentStore {
 
   async init(): Promise<void> {
     await fsp.mkdir(this.blobDir, { recursive: true });
-    await fsp.mkdir(this.tmpDir, { recursive: true, mode: 0o700 });
+    await ensureDir(this.tmpDir, 0o700);
   }
 
   path(digest: string): string {

@@ -22,6 +22,7 @@ import { RepositorySession, type Descriptor, type ResolvedImage } from './regist
 import { layerWorkersEnabled, prewarmLayerWorkers } from './layer-pool';
 import { warmUpImageBuild } from './warm-up';
 import { BuildFailedError, DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
+import { ensureDir } from '../util/dirs';
 
 export type { AuthConfig } from './auth';
 
@@ -101,7 +102,7 @@ export class ImageManager {
 
   /** Loads the index, drops half-done pulls and content nothing refers to. */
   async init(): Promise<void> {
-    await fsp.mkdir(this.root, { recursive: true, mode: 0o700 });
+    await ensureDir(this.root, 0o700);
     await fsp.rm(this.tmpDir, { recursive: true, force: true });
     await fsp.rm(path.join(this.root, 'warm-up'), { recursive: true, force: true });
     await this.content.init();

@@ -11,6 +11,9 @@ import type { PodVolumeTarget } from '../../storage/volume-driver';
 import { SHARE_TAG } from '../vm/qemu';
 import { run } from './exec-file';
 
+/** Longest agent_version / boot_id kept from a guest's hello. */
+export const MAX_HELLO_FIELD = 128;
+
 export const GUEST_SHARE = '/run/podvisor/shared';
 export const GUEST_IMAGES = '/run/podvisor/images';
 
@@ -75,7 +78,8 @@ export class PodVm implements PodVolumeTarget {
       died,
     ]);
     if (res?.nonce !== nonce || res?.protocol !== PROTOCOL_VERSION) throw new Error('agent answered hello with a wrong nonce or protocol');
-    return { agent_version: String(res.agent_version ?? ''), boot_id: String(res.boot_id ?? '') };
+    // from the guest: kept short, they are copied into every record and status
+    return { agent_version: String(res.agent_version ?? '').slice(0, MAX_HELLO_FIELD), boot_id: String(res.boot_id ?? '').slice(0, MAX_HELLO_FIELD) };
   }
 
   onEvent(handler: (ev: AgentEvent) => void): void {

@@ -40,13 +40,41 @@ export function runtimeDefault(caps: string[]): any {
   };
 }
 
+/** Largest Localhost profile read (Docker's default profile is ~20 KiB). */
+const MAX_PROFILE_BYTES = 1 << 20;
+
+/**
+ * Reads a profile file: a regular file (not a FIFO, a device or /dev/zero) of at most
+ * MAX_PROFILE_BYTES. Errors name the file and the reason, never its content.
+ */
+function readProfile(file: string): string {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
+  } catch (err) {
+    throw invalidArgument(`seccomp profile ${file}: cannot open (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw invalidArgument(`seccomp profile ${file}: not a regular file`);
+    if (st.size > MAX_PROFILE_BYTES) throw invalidArgument(`seccomp profile ${file}: larger than ${MAX_PROFILE_BYTES} bytes`);
+    const buf = Buffer.alloc(st.size);
+    const n = fs.readSync(fd, buf, 0, st.size, 0);
+    return buf.toString('utf8', 0, n);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** A Docker/OCI-style profile file (as kubelet's Localhost profiles are) → OCI linux.seccomp. */
 export function loadLocalhostProfile(file: string, caps: string[]): any {
   let doc: any;
   try {
-    doc = JSON.parse(fs.readFileSync(file, 'utf8'));
+    doc = JSON.parse(readProfile(file));
   } catch (err) {
-    throw invalidArgument(`seccomp profile ${file}: ${(err as Error).message}`);
+    if (!(err instanceof SyntaxError)) throw err;
+    // JSON.parse's message quotes the text: a caller must not learn a file's content this way
+    throw invalidArgument(`seccomp profile ${file}: not valid JSON`);
   }
   if (typeof doc?.defaultAction !== 'string') throw invalidArgument(`seccomp profile ${file}: defaultAction missing`);
   const arches: string[] = doc.architectures ?? (doc.archMap ?? []).flatMap((a: any) => [a.architecture, ...(a.subArchitectures ?? [])]);

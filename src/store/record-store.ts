@@ -4,12 +4,13 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
+import { ensureDirSync } from '../util/dirs';
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 export class RecordStore<T extends { id: string }> {
   constructor(private readonly dir: string) {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    ensureDirSync(dir, 0o700);
   }
 
   async save(rec: T): Promise<void> {

@@ -150,7 +150,14 @@ export class QemuHypervisor implements Hypervisor {
   /** Spawns QEMU and connects QMP; a clone is restored and running when this resolves. */
   async launch(spec: VmSpec, boot: Boot): Promise<QemuVm> {
     const args = qemuArgs(spec, this.o, boot);
-    const out = fs.openSync(path.join(spec.dir, 'qemu.log'), 'a');
+    // The VM's directory (sockets, console and QEMU logs, the share) is root's alone: a guest's
+    // console can carry anything the pod prints at boot. QEMU creates console.log with the
+    // process umask, so it is made here first.
+    fs.chmodSync(spec.dir, 0o700);
+    fs.closeSync(fs.openSync(path.join(spec.dir, 'console.log'), 'a', 0o600));
+    fs.chmodSync(path.join(spec.dir, 'console.log'), 0o600);
+    const out = fs.openSync(path.join(spec.dir, 'qemu.log'), 'a', 0o600);
+    fs.fchmodSync(out, 0o600);
     const launcher = launcherPath(this.o);
     if (!fs.existsSync(launcher)) throw new Error(`podvisor-launch not found at ${launcher} (bash guest/build.sh builds it next to the guest kernel)`);
     // Huge pages buy nothing for a clone's RAM (a file mapped privately) nor under TCG (guest

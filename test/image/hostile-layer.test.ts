@@ -61,7 +61,7 @@ async function metaLayer(file: string, records: number, type: 'x' | 'g', body: (
   await write(padded(Buffer.from('x')));
   await write(Buffer.alloc(1024));
   gz.end();
-  await new Promise((r) => out.once('close', r));
+  await new Promise<void>((r) => out.once('close', () => r()));
   return (await fsp.stat(file)).size;
 }
 
