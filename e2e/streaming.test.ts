@@ -494,7 +494,7 @@ describe('100 MiB through exec stdout to a slow client', () => {
 
 describe('hostile SPDY clients (issue 17)', () => {
   test("the pod VM's directory, console log and QEMU log are root's alone", () => {
-    const dir = path.join(d.state, 'sandboxes', pod);
+    const dir = path.join(d.state, 'vm', pod.slice(0, 16));
     expect(fs.statSync(dir).mode & 0o777).toBe(0o700);
     expect(fs.statSync(path.join(dir, 'console.log')).mode & 0o777).toBe(0o600);
     expect(fs.statSync(path.join(dir, 'qemu.log')).mode & 0o777).toBe(0o600);
