@@ -110,7 +110,7 @@ export async function servePortForwardWs(
       conn.send(2 * i + 1, prefix);
       // a WebSocket channel cannot be half-closed: once the pod's side ended, so has the connection
       data.once('finish', () => {
-        if (!data.readableEnded && !data.destroyed) data.push(null);
+        data.endInput();
       });
       try {
         await backend.portForward(req.sandboxId, port, data);

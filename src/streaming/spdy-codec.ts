@@ -105,14 +105,14 @@ export function controlFrame(type: number, flags: number, body: Buffer): Buffer 
   const head = Buffer.alloc(8);
   head.writeUInt16BE(0x8000 | SPDY_VERSION, 0);
   head.writeUInt16BE(type, 2);
-  head.writeUInt32BE(((flags & 0xff) << 24) | body.length, 4);
+  head.writeUInt32BE((((flags & 0xff) << 24) | body.length) >>> 0, 4);
   return Buffer.concat([head, body]);
 }
 
 export function dataFrameHeader(streamId: number, flags: number, length: number): Buffer {
   const head = Buffer.alloc(8);
   head.writeUInt32BE(streamId & 0x7fffffff, 0);
-  head.writeUInt32BE(((flags & 0xff) << 24) | length, 4);
+  head.writeUInt32BE((((flags & 0xff) << 24) | length) >>> 0, 4);
   return head;
 }
 

@@ -65,6 +65,8 @@ export class SpdyStream extends Duplex {
     // above the 64 KiB SPDY window: a client that honours flow control never fills it, so the
     // socket only pauses for clients that ignore windows (spdystream), as TCP back-pressure
     super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024 });
+    // as WsChannel: a stream error (the client went away mid-write) must never be uncaught
+    this.on('error', () => undefined);
   }
 
   override _read(): void {

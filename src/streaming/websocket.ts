@@ -21,15 +21,29 @@ export interface ChannelOptions {
 }
 
 export class WsChannel extends Duplex {
+  /** no more input: the client closed the channel, or the session ended it */
+  inputEnded = false;
+
   constructor(
     private readonly conn: WsChannelConnection,
     readonly index: number,
   ) {
     super({ allowHalfOpen: true });
+    // A write after the client went away fails the channel; whoever uses it sees that through
+    // its own listeners (pipeline, finished, 'close'). Without one here such an error would be
+    // an uncaught exception: a client could end the daemon by disconnecting at the right time.
+    this.on('error', () => undefined);
   }
 
   override _read(): void {
     this.conn.channelWantsData(this);
+  }
+
+  /** Ends the channel's input once (pushing after that would be an uncaught stream error). */
+  endInput(): void {
+    if (this.inputEnded) return;
+    this.inputEnded = true;
+    if (!this.destroyed) this.push(null);
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -76,7 +90,7 @@ export class WsChannelConnection extends EventEmitter {
     if (!ch) {
       ch = new WsChannel(this, index);
       this.channels.set(index, ch);
-      if (!this.readable.has(index)) ch.push(null);
+      if (!this.readable.has(index)) ch.endInput();
     }
     return ch;
   }
@@ -124,14 +138,15 @@ export class WsChannelConnection extends EventEmitter {
     if (index === CLOSE_CHANNEL && this.opts.supportsClose) {
       if (payload.length >= 1) {
         const ch = this.channels.get(payload[0]);
-        if (ch && this.readable.has(ch.index) && !ch.readableEnded) ch.push(null);
+        if (ch && this.readable.has(ch.index)) ch.endInput();
         this.readable.delete(payload[0]);
       }
       return;
     }
     if (!this.readable.has(index)) return;
     const ch = this.channel(index);
-    if (payload.length && !ch.destroyed && !ch.push(payload)) {
+    // input after the channel's end (the session may end a channel at any time) is dropped
+    if (payload.length && !ch.destroyed && !ch.inputEnded && !ch.push(payload)) {
       this.congested.add(ch);
       this.ws.pause();
     }

@@ -16,6 +16,8 @@ export class HostBackend implements StreamingBackend {
   readonly resizes: TerminalSize[] = [];
   readonly execs: Array<{ cmd: string[]; tty: boolean }> = [];
   private readonly attached = new Map<string, ChildProcess>();
+  /** exec'd processes still running (stop() ends them) */
+  private readonly children = new Set<ChildProcess>();
 
   checkExec(id: string, _cmd: string[], _tty: boolean, _stdin: boolean): void {
     this.checkContainer(id);
@@ -46,13 +48,18 @@ export class HostBackend implements StreamingBackend {
     const child = io.tty
       ? spawn('script', ['-qfec', quoted, '/dev/null'], { stdio: 'pipe' })
       : spawn(cmd[0], cmd.slice(1), { stdio: 'pipe' });
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
     const exited = new Promise<number>((resolve, reject) => {
       child.once('error', reject);
       child.once('close', (code, signal) => resolve(code ?? 128 + (signal ? 9 : 0)));
     });
     child.stdin!.on('error', () => undefined);
-    if (io.stdin) io.stdin.pipe(child.stdin!);
-    else child.stdin!.end();
+    if (io.stdin) {
+      io.stdin.pipe(child.stdin!);
+      // a client that went away without closing stdin: the process gets EOF, as in a pod
+      io.stdin.once('close', () => (io.tty ? child.kill('SIGHUP') : child.stdin!.end())); // a tty hangs up
+    } else child.stdin!.end();
     const drained: Array<Promise<void>> = [];
     const pipeOut = (from: NodeJS.ReadableStream, to: NodeJS.WritableStream | undefined) => {
       if (!to) return void (from as any).resume();
@@ -116,6 +123,7 @@ export class HostBackend implements StreamingBackend {
 
   stop(): void {
     for (const p of this.attached.values()) p.kill();
+    for (const p of this.children) p.kill('SIGKILL');
     this.attached.clear();
   }
 }
