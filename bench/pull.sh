@@ -11,5 +11,6 @@ if [ "${1:-}" = --profile ]; then
   script=dist/bench/pull-profile.js
   shift
 fi
-npx tsc -p tsconfig.json
-exec node "$script" "$@"
+# The pinned Node (node_modules/.bin/node) compiles and runs it, as it runs the daemon.
+node_modules/.bin/node node_modules/typescript/bin/tsc -p tsconfig.json
+exec node_modules/.bin/node "$script" "$@"
