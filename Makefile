@@ -5,10 +5,15 @@ GUEST := build/guest
 NODE := node_modules/.bin/node
 # Tools started from here (tsc, jest, scripts' `node`) resolve to the pinned runtime.
 export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
-.PHONY: deps build guest serve test unit e2e clean
+.PHONY: deps deps-test build guest serve test unit e2e clean
 
+# What the daemon and the guest build need; nothing started, nothing left enabled.
 deps:
-	@bash scripts/install-deps.sh
+	@bash scripts/install-deps.sh serve
+
+# That plus the test servers (Ceph, nfs-ganesha, rpcbind, registry): the tests start their own.
+deps-test:
+	@bash scripts/install-deps.sh test
 
 node_modules: package-lock.json
 	npm ci --no-audit --no-fund
@@ -23,7 +28,7 @@ guest: deps
 serve: deps build guest
 	$(NODE) dist/src/cli/main.js serve $(ARGS)
 
-test: deps build guest
+test: deps-test build guest
 	bash scripts/run-tests.sh
 
 unit: build
