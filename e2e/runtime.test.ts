@@ -6,6 +6,7 @@ import { credentials, status } from '@grpc/grpc-js';
 import { loadCri } from '../cri-api';
 import { podHierarchies } from '../src/runtime/pod-cgroup';
 import { pushBusybox } from '../test/support/images';
+import { readCriLog } from '../test/support/cri-log';
 import { Registry, startRegistry } from '../test/support/registry';
 import { podConfig, podQemuPids, TestDaemon } from './support/daemon';
 
@@ -135,6 +136,16 @@ describe('a pod VM with busybox containers', () => {
     ]));
     const ok = await runContainer(pod, cfg, containerConfig('exit0', ['/bin/true']));
     expect((await waitState(ok, 'CONTAINER_EXITED')).reason).toBe('Completed');
+  });
+
+  it('tags an unterminated last line P, so the log reads back byte-exact (kubelet, crictl logs)', async () => {
+    const id = await runContainer(pod, cfg, containerConfig('partial', ['/bin/sh', '-c', 'printf DONE; false']));
+    const st = await waitState(id, 'CONTAINER_EXITED');
+    expect(st.exit_code).toBe(1);
+    const log = fs.readFileSync(st.log_path);
+    expect(log.toString()).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout P DONE\n$/);
+    // what kubelet's log reader returns (FallbackToLogsOnError's message, kubectl/crictl logs)
+    expect(readCriLog(log)).toBe('DONE');
   });
 
   it('execs synchronously with output, exit code and timeout', async () => {

@@ -4,7 +4,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig, defaultConfig } from '../src/config/config';
-import { formatLines, rfc3339Nano } from '../src/runtime/container-log';
+import { PassThrough } from 'node:stream';
+import { ContainerLog, formatLines, rfc3339Nano } from '../src/runtime/container-log';
+import { readCriLog } from './support/cri-log';
 import { checkDevices, resolveLogPath, signalNumber } from '../src/runtime/containers';
 import { buildSpec, DEFAULT_CAPS, deviceRule, ociResources, parseImageUser, processArgs } from '../src/runtime/oci-spec';
 import { vmSize } from '../src/runtime/sandboxes';
@@ -20,7 +22,31 @@ describe('CRI log format', () => {
     const long = formatLines('stderr', Buffer.from('x'.repeat(16 * 1024 + 5) + '\n'), false).records.toString().split('\n').filter(Boolean);
     expect(long.map((l) => l.split(' ').slice(1, 3).join(' '))).toEqual(['stderr P', 'stderr F']);
     expect(long[1].endsWith(' xxxxx')).toBe(true);
-    expect(formatLines('stdout', Buffer.from('end'), true).records.toString()).toMatch(/ stdout F end\n$/);
+    expect(formatLines('stdout', Buffer.from('end'), true).records.toString()).toMatch(/^\S+Z stdout P end\n$/);
+    expect(formatLines('stdout', Buffer.from('a\n'), true).records.toString()).toMatch(/^\S+Z stdout F a\n$/);
+  });
+
+  it('tags an unterminated last line P, also when it arrives in pieces around a reopen', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-log-'));
+    try {
+      const file = path.join(dir, '0.log');
+      const log = new ContainerLog(file);
+      const out = new PassThrough();
+      log.pump('stdout', out);
+      out.write('a\nDO');
+      await new Promise((r) => setTimeout(r, 50));
+      // kubelet's rotation: rename, then ReopenContainerLog
+      fs.renameSync(file, `${file}.1`);
+      await log.reopen();
+      out.end('NE');
+      await log.drained();
+      await log.close();
+      expect(fs.readFileSync(`${file}.1`, 'utf8')).toMatch(/^\S+Z stdout F a\n$/);
+      expect(fs.readFileSync(file, 'utf8')).toMatch(/^\S+Z stdout P DONE\n$/);
+      expect(readCriLog(fs.readFileSync(`${file}.1`)) + readCriLog(fs.readFileSync(file))).toBe('a\nDONE');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('formats nanosecond timestamps', () => {

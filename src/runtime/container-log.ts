@@ -1,7 +1,12 @@
 // Writes a container's stdout/stderr to its CRI log file in the format kubelet parses:
 //   <RFC3339Nano time> <stream> <P|F> <content>\n
-// Lines longer than MAX_LINE are split into partial ('P') records. Reads from the agent
-// streams only as fast as the file takes the data, so back-pressure reaches the guest process.
+// Lines longer than MAX_LINE are split into partial ('P') records, and so is an unterminated
+// last line: kubelet's reader adds a newline after every 'F' record only, so `printf DONE` must
+// read back as "DONE" (the termination message of FallbackToLogsOnError, `kubectl logs`), as
+// with containerd and CRI-O. The unterminated tail stays in memory (not in the file handle)
+// until its newline or the stream's end, so ReopenContainerLog between its pieces loses nothing.
+// Reads from the agent streams only as fast as the file takes the data, so back-pressure
+// reaches the guest process.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -83,7 +88,8 @@ export class ContainerLog {
   }
 }
 
-/** Splits buffered output into log records; keeps an unterminated tail unless `flush`. */
+/** Splits buffered output into log records; keeps an unterminated tail unless `flush` (the stream
+ *  ended), which writes it as a partial ('P') record: no newline follows it in the output. */
 export function formatLines(stream: string, buf: Buffer, flush: boolean): { records: Buffer; rest: Buffer } {
   const out: Buffer[] = [];
   let start = 0;
@@ -101,7 +107,7 @@ export function formatLines(stream: string, buf: Buffer, flush: boolean): { reco
   }
   let rest = buf.subarray(start);
   if (flush && rest.length) {
-    out.push(record(stream, 'F', rest)); // an unterminated last line is still a whole line, as in containerd
+    out.push(record(stream, 'P', rest));
     rest = Buffer.alloc(0);
   }
   return { records: Buffer.concat(out), rest: Buffer.from(rest) };

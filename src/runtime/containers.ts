@@ -431,9 +431,15 @@ export class ContainerManager {
     const c = this.containers.get(String(ev.container_id));
     if (!c || c.rec.sandboxId !== sandboxId) return; // a guest may not speak for another pod's containers
     const code = Number.isInteger(ev.exit_code) ? ev.exit_code : 255;
-    this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '');
-    this.store.save(c.rec).catch(() => undefined);
-    this.logger.info({ container: c.rec.id, exitCode: code }, 'container exited');
+    // The agent sends the exit after its streams' EOF; the last log record (an unterminated line)
+    // is written once they end. Report the exit only when the log is complete, so that kubelet's
+    // FallbackToLogsOnError message reads it all (bounded: a host disk that stalls cannot hold it).
+    const logged = c.log ? within(c.log.drained(), 2000) : Promise.resolve(true);
+    void logged.then(() => {
+      this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '');
+      this.store.save(c.rec).catch(() => undefined);
+      this.logger.info({ container: c.rec.id, exitCode: code }, 'container exited');
+    });
   }
 
   private markExited(c: Live, code: number, reason: string, message: string): void {
