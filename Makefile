@@ -5,7 +5,10 @@ GUEST := build/guest
 NODE := node_modules/.bin/node
 # Tools started from here (tsc, jest, scripts' `node`) resolve to the pinned runtime.
 export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
-.PHONY: deps deps-test build guest serve test unit e2e clean
+.PHONY: deps deps-test build guest serve test unit e2e release install uninstall clean
+PREFIX ?= /usr/local
+VERSION = $(shell $(NODE) -p 'require("./package.json").version' 2>/dev/null)
+RELEASE := build/release/podvisor-$(VERSION)
 
 # What the daemon and the guest build need; nothing started, nothing left enabled.
 deps:
@@ -36,6 +39,19 @@ unit: build
 
 e2e: build
 	$(NODE) node_modules/jest/bin/jest.js --runInBand --selectProjects e2e
+
+# One versioned tree + tarball: own Node, bundled daemon, guest, launcher, unit, default config.
+release: build guest
+	bash scripts/release.sh build/release
+
+# Installs (or upgrades to) the release made by `make release` under $(DESTDIR)$(PREFIX).
+install:
+	@test -x $(RELEASE)/install.sh || { echo "no $(RELEASE): run make release first" >&2; exit 1; }
+	sh $(RELEASE)/install.sh --prefix $(PREFIX) --destdir "$(DESTDIR)"
+
+# Removes exactly what install put there.
+uninstall:
+	sh $(DESTDIR)$(PREFIX)/lib/podvisor/current/install.sh --uninstall --prefix $(PREFIX) --destdir "$(DESTDIR)"
 
 clean:
 	rm -rf dist build

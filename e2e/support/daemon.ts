@@ -19,6 +19,10 @@ export interface DaemonOptions {
   registries?: Record<string, string>;
   /** start pods from VM templates (the default) or cold-boot them */
   templates?: boolean;
+  /** run this program (argv before `serve …`) instead of the checkout's compiled CLI on this Node */
+  command?: string[];
+  /** the daemon's environment (default: this process's) */
+  env?: NodeJS.ProcessEnv;
 }
 
 export class TestDaemon {
@@ -47,7 +51,7 @@ export class TestDaemon {
   }
 
   static async start(opts: DaemonOptions = {}): Promise<TestDaemon> {
-    if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build first`);
+    if (!opts.command && !fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build first`);
     const d = new TestDaemon(fs.mkdtempSync('/tmp/pv-'), opts);
     fs.mkdirSync(d.logs);
     const certsd = path.join(d.dir, 'etc');
@@ -72,8 +76,9 @@ export class TestDaemon {
 
   /** Starts (or restarts) the daemon process and waits for its socket to answer Version. */
   async launch(): Promise<void> {
-    const args = [CLI, 'serve', '--config', this.configFile, '--socket', this.socket, '--root', this.root, '--state', this.state];
-    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, ...pre] = this.opts.command ?? [process.execPath, CLI];
+    const args = [...pre, 'serve', '--config', this.configFile, '--socket', this.socket, '--root', this.root, '--state', this.state];
+    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: this.opts.env ?? process.env, cwd: this.opts.command ? '/' : undefined });
     this.proc = proc;
     const log = fs.createWriteStream(path.join(this.dir, 'daemon.log'), { flags: 'a' });
     proc.stdout!.pipe(log);
@@ -118,6 +123,11 @@ export class TestDaemon {
     this.runtimeClient?.close();
     this.imageClient?.close();
     this.runtimeClient = this.imageClient = undefined;
+  }
+
+  /** The daemon's process id (undefined before launch). */
+  get pid(): number | undefined {
+    return this.proc?.pid;
   }
 
   /** The daemon process's exit code once it has exited (null while it runs, or if killed). */

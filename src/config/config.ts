@@ -76,15 +76,26 @@ export interface Config {
   };
 }
 
-/** Where the project's built guest lives when running from a checkout. */
+/** The directory of the nearest package.json: the checkout, or a release's version directory. */
 export function packageRoot(): string {
   let dir = __dirname;
   while (!fs.existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
   return dir;
 }
 
+/**
+ * The built guest (kernel, initramfs, podvisor-launch): `guest/` of a release (scripts/release.sh
+ * puts it beside the bundled daemon), else `build/guest` of a checkout (whose `guest/` holds the
+ * guest's sources, no vmlinux).
+ */
+export function guestDir(): string {
+  const root = packageRoot();
+  const release = path.join(root, 'guest');
+  return fs.existsSync(path.join(release, 'vmlinux')) ? release : path.join(root, 'build', 'guest');
+}
+
 export function defaultConfig(): Config {
-  const guest = path.join(packageRoot(), 'build', 'guest');
+  const guest = guestDir();
   return {
     socket: '/run/podvisor/podvisor.sock',
     root: '/var/lib/podvisor',
