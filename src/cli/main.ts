@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { ConfigError, loadConfig } from '../config/config';
 import { Daemon, VERSION } from '../daemon';
 import { createLogger } from '../log';
+import { announceReady, notify } from './readiness';
 import { registerTemplateCommands } from './template';
 import { registerVolumeCommands } from './volume';
 
@@ -36,14 +37,18 @@ program
     if (opts.logLevel) cfg.logLevel = opts.logLevel;
     const logger = createLogger(cfg.logLevel);
     const daemon = new Daemon(cfg, logger);
+    notify(logger, { STATUS: 'starting: accelerator, images, pods' });
     try {
       await daemon.start();
+      await announceReady(logger, cfg.socket, `serving CRI on ${cfg.socket}`);
     } catch (err) {
       logger.fatal({ err: (err as Error).message }, 'cannot start');
+      notify(logger, { STATUS: `cannot start: ${(err as Error).message}` });
       process.exit(1);
     }
     const shutdown = async (sig: string) => {
       logger.info({ sig }, 'stopping (pod VMs keep running)');
+      notify(logger, { STOPPING: 1, STATUS: 'stopping (pod VMs keep running)' });
       await daemon.stop();
       process.exit(0);
     };
