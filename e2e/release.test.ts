@@ -55,10 +55,11 @@ describe('release, install into a DESTDIR, serve from the installed tree, uninst
     const release = JSON.parse(fs.readFileSync(path.join(v, 'release.json'), 'utf8'));
     expect(release).toMatchObject({ version: VERSION, node: `v${PINNED}` });
     expect(release.commit).toMatch(/^[0-9a-f]{12}(-dirty)?$/);
-    // the bundles carry their dependencies: no require of a package but koffi and Node's own
+    // the bundles carry their dependencies: no require of a package but koffi (beside them),
+    // ws' optional native helpers and typescript (only for .ts sources), and Node's own
     const requires = [...fs.readFileSync(path.join(v, 'podvisor.js'), 'utf8').matchAll(/require\("([^".][^"]*)"\)/g)].map((m) => m[1]);
     const builtin = new Set(require('node:module').builtinModules);
-    expect([...new Set(requires.filter((r) => !r.startsWith('node:') && !builtin.has(r)))].sort()).toEqual(['bufferutil', 'koffi', 'utf-8-validate']);
+    expect([...new Set(requires.filter((r) => !r.startsWith('node:') && !builtin.has(r)))].sort()).toEqual(['bufferutil', 'koffi', 'typescript', 'utf-8-validate']);
     execFileSync('sh', [path.join(rel, 'install.sh'), '--destdir', dest, '--prefix', '/usr/local'], { stdio: 'pipe' });
   });
 

@@ -34,10 +34,11 @@ rm -rf "$dir" "$out/$name-linux-x64.tar.gz"
 mkdir -p "$lib" "$dir/bin" "$dir/lib/systemd/system" "$dir/share/podvisor" "$dir/share/doc/podvisor"
 
 # The daemon: one bundle per entry point. koffi loads a native module, so it stays a module of
-# its own beside the bundles; ws' optional native helpers are optional (try/require).
+# its own beside the bundles; ws' optional native helpers are optional (try/require); typescript
+# is only required when the daemon runs from .ts sources (layer-pool's worker), never here.
 node_modules/.bin/esbuild podvisor=src/cli/main.ts layer-worker=src/image/layer-worker.ts \
   --bundle --platform=node --target=node24 --format=cjs --outdir="$lib" \
-  --external:koffi --external:bufferutil --external:utf-8-validate \
+  --external:koffi --external:bufferutil --external:utf-8-validate --external:typescript \
   --legal-comments=none --log-level=warning
 mkdir -p "$lib/node_modules/@koromix"
 cp -a node_modules/koffi "$lib/node_modules/koffi"
