@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { ConfigError, loadConfig } from '../config/config';
 import { Daemon, VERSION } from '../daemon';
 import { createLogger } from '../log';
+import { registerCheckCommand } from './check';
 import { announceReady, notify } from './readiness';
 import { registerTemplateCommands } from './template';
 import { registerVolumeCommands } from './volume';
@@ -58,6 +59,7 @@ program
 
 registerVolumeCommands(program);
 registerTemplateCommands(program);
+registerCheckCommand(program);
 
 program.parseAsync(process.argv).catch((err) => {
   process.stderr.write(`podvisor: ${(err as Error).message}\n`);

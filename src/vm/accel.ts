@@ -83,3 +83,23 @@ export async function chooseAccelerator(
   await writeFileAtomic(cacheFile, JSON.stringify({ key, accel, at: new Date().toISOString() }), { fsync: true });
   return accel;
 }
+
+/**
+ * The probe itself, uncached, with the reason when KVM is not usable (`podvisor check`): /dev/kvm
+ * missing or not read-write, or a guest that did not boot under it (exited or never answered
+ * the agent's hello within 20 s).
+ */
+export async function probeKvm(o: Omit<QemuOptions, 'accelerator'>, scratch: string): Promise<{ kvm: boolean; reason: string; probeMs: number }> {
+  const t0 = Date.now();
+  try {
+    await fsp.access('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch (err) {
+    return { kvm: false, reason: `/dev/kvm not usable: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, probeMs: 0 };
+  }
+  await fsp.mkdir(scratch, { recursive: true });
+  const kvm = await kvmBoots(o, scratch);
+  const probeMs = Date.now() - t0;
+  return kvm
+    ? { kvm, reason: `a guest booted under KVM and answered in ${probeMs} ms`, probeMs }
+    : { kvm, reason: `/dev/kvm is there, but a guest did not boot under KVM (exited or no agent hello within 20 s; nested or paravirtualized KVM such as PVM does this)`, probeMs };
+}
