@@ -5,7 +5,7 @@ GUEST := build/guest
 NODE := node_modules/.bin/node
 # Tools started from here (tsc, jest, scripts' `node`) resolve to the pinned runtime.
 export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
-.PHONY: deps deps-test build guest serve test unit e2e release install uninstall clean
+.PHONY: deps deps-test build guest serve test unit e2e cluster release install uninstall clean
 PREFIX ?= /usr/local
 VERSION = $(shell $(NODE) -p 'require("./package.json").version' 2>/dev/null)
 RELEASE := build/release/podvisor-$(VERSION)
@@ -33,6 +33,9 @@ serve: deps build guest
 
 test: deps-test build guest
 	bash scripts/run-tests.sh
+
+cluster: deps-test build guest
+	$(NODE) dist/e2e/cluster/up.js
 
 unit: build
 	$(NODE) node_modules/jest/bin/jest.js --selectProjects unit
