@@ -26,7 +26,6 @@ log() { echo "build.sh: $*" >&2; }
 BOOT_MODULES=(
   crc32c_generic virtio_mmio virtio_console virtio_rng virtio_scsi sd_mod virtio_blk virtio_net
   erofs overlay 9p 9pnet_virtio
-  bridge  # privileged containers may create bridges (no modprobe in the guest to load it later)
 )
 # Modules loaded on first use, by group (/lib/modules/podvisor.late: "group path" lines):
 # they are large (ext4 2 MB, xfs 4 MB, nfs 3.4 MB) and loading them costs boot time under TCG.
@@ -35,6 +34,21 @@ LATE_GROUPS=(
   "xfs:xfs"
   "nfs:sunrpc nfs nfsv3 nfsv4"
   "vfat:vfat nls_cp437 nls_utf8"
+)
+# Modules the kernel may ask for on a privileged container's behalf (`ip link add … type dummy`,
+# nft/iptables-nft rules, a fuse or loop mount): the agent binary is the guest's /sbin/modprobe
+# (modprobe.rs) and loads them from /lib/modules/podvisor.modules, resolving the kernel's request
+# (a name or an alias such as rtnl-link-dummy, fs-fuse, nft-chain-2-nat) through
+# /lib/modules/podvisor.alias. Nothing of this is loaded at boot. The late groups above are in the
+# index too (a privileged container may mount an ext4 or xfs image through a loop device).
+DEMAND_MODULES=(
+  dummy veth bridge br_netfilter vxlan tun macvlan ipvlan
+  nf_tables nft_compat nft_chain_nat nft_ct nft_masq nft_nat nft_redir nft_reject_inet nft_fib_inet nft_limit
+  ip_tables ip6_tables iptable_filter iptable_nat iptable_mangle iptable_raw
+  ip6table_filter ip6table_nat ip6table_mangle ip6table_raw ipt_REJECT ip6t_REJECT
+  xt_conntrack xt_MASQUERADE xt_addrtype xt_comment xt_mark xt_multiport xt_nat xt_tcpudp
+  xt_statistic xt_REDIRECT xt_state xt_physdev nf_conntrack_netlink
+  fuse loop
 )
 # Tools carried into the guest with their shared libraries (listed in /lib/podvisor.keep, so
 # stage 1 keeps them): mke2fs formats blank volumes (disk.mount "format"). ~3 MiB with libc.
@@ -167,7 +181,11 @@ install_module() { # copy (decompressed) into the initramfs, print its guest pat
 }
 for m in "${BOOT_MODULES[@]}"; do add_module "$m"; done
 : >"$ROOT/lib/modules/podvisor.order"
-for f in "${ORDER[@]}"; do install_module "$f" >>"$ROOT/lib/modules/podvisor.order"; done
+declare -A BOOTMOD=()
+for f in "${ORDER[@]}"; do
+  install_module "$f" >>"$ROOT/lib/modules/podvisor.order"
+  b=${f##*/}; BOOTMOD[$(norm "${b%%.ko*}")]=1
+done
 NBOOT=${#ORDER[@]}
 : >"$ROOT/lib/modules/podvisor.late"
 for g in "${LATE_GROUPS[@]}"; do
@@ -176,7 +194,27 @@ for g in "${LATE_GROUPS[@]}"; do
   for m in ${g#*:}; do add_module "$m"; done
   for f in "${ORDER[@]}"; do echo "$group $(install_module "$f")" >>"$ROOT/lib/modules/podvisor.late"; done
 done
-log "$NBOOT boot modules, $(wc -l <"$ROOT/lib/modules/podvisor.late") on-demand modules"
+# The on-demand index: "name path dep,dep" (deps by name, "-" for none; boot-loaded and builtin
+# ones left out), and the kernel's request names: "alias name" from modinfo.
+: >"$ROOT/lib/modules/podvisor.modules"
+: >"$ROOT/lib/modules/podvisor.alias"
+ORDER=()
+DONE=()
+for m in "${!BOOTMOD[@]}"; do DONE[$m]=1; done
+for g in "${LATE_GROUPS[@]}"; do for m in ${g#*:}; do add_module "$m"; done; done
+for m in "${DEMAND_MODULES[@]}"; do add_module "$m"; done
+modname() { local b=${1##*/}; norm "${b%%.ko*}"; }
+for f in "${ORDER[@]}"; do
+  deps=()
+  for d in $(modinfo -F depends "$MODDIR/$f" | tr ',' ' '); do
+    d=$(norm "$d")
+    [[ -n ${BUILTIN[$d]:-} || -n ${BOOTMOD[$d]:-} ]] || deps+=("$d")
+  done
+  dl=$(IFS=,; echo "${deps[*]:-}")
+  echo "$(modname "$f") $(install_module "$f") ${dl:--}" >>"$ROOT/lib/modules/podvisor.modules"
+  modinfo -F alias "$MODDIR/$f" | awk -v m="$(modname "$f")" 'NF {print $1, m}' >>"$ROOT/lib/modules/podvisor.alias"
+done
+log "$NBOOT boot modules, $(wc -l <"$ROOT/lib/modules/podvisor.late") in late groups, $(wc -l <"$ROOT/lib/modules/podvisor.modules") on demand ($(cut -d' ' -f2 "$ROOT/lib/modules/podvisor.modules" | sed "s|^|$ROOT|" | xargs du -cb | tail -1 | cut -f1) bytes), $(wc -l <"$ROOT/lib/modules/podvisor.alias") aliases"
 
 : >"$ROOT/lib/podvisor.keep"
 for t in "${KEEP_TOOLS[@]}"; do

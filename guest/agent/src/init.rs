@@ -17,6 +17,8 @@ use crate::log;
 const NEWROOT: &str = "/newroot";
 /// Extra files (absolute paths, one a line) that must survive leaving the initramfs.
 const KEEP_LIST: &str = "/lib/podvisor.keep";
+/// The kernel's usermode helper for module requests (CONFIG_MODPROBE_PATH); see modprobe.rs.
+const MODPROBE: &str = "/sbin/modprobe";
 
 fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
     let _ = std::fs::create_dir_all(target);
@@ -59,7 +61,7 @@ fn switch_root() -> std::io::Result<()> {
     // (mke2fs and its libraries); boot modules are freed with the initramfs.
     let keep = std::fs::read_to_string(KEEP_LIST).unwrap_or_default();
     let keep = keep.lines().map(str::trim).filter(|l| l.starts_with('/'));
-    for f in crate::modules::late_files().iter().map(String::as_str).chain([crate::modules::LATE_LIST]).chain(keep) {
+    for f in crate::modules::late_files().iter().map(String::as_str).chain(keep) {
         let to = format!("{NEWROOT}{f}");
         if let Some(parent) = Path::new(&to).parent() {
             std::fs::create_dir_all(parent)?;
@@ -153,6 +155,12 @@ pub fn stage2() {
         let _ = std::fs::create_dir_all(d);
     }
     loopback_up();
+    // From here on the kernel's module requests reach modprobe.rs (during boot there is no
+    // /sbin/modprobe, so they fail at once, as before).
+    let _ = std::fs::create_dir_all("/sbin");
+    if let Err(e) = std::os::unix::fs::symlink("/init", MODPROBE) {
+        log!("{MODPROBE}: {e}");
+    }
 }
 
 /// `ip link set lo up`: port-forwarding connects to 127.0.0.1 in the pod (= VM) network.

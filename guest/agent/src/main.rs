@@ -11,6 +11,7 @@ mod exec;
 mod frame;
 mod handshake;
 mod init;
+mod modprobe;
 mod modules;
 mod netlink;
 mod network;
@@ -78,6 +79,11 @@ fn sigpipe_handler() {
 }
 
 fn main() {
+    // The kernel runs us as /sbin/modprobe (a symlink to /init) to load a module on demand.
+    let args: Vec<String> = std::env::args().collect();
+    if args.first().is_some_and(|a| a.rsplit('/').next() == Some("modprobe")) {
+        std::process::exit(modprobe::main(&args));
+    }
     sigpipe_handler();
     std::panic::set_hook(Box::new(|info| {
         log!("panic: {info}");
