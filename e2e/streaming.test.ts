@@ -14,6 +14,7 @@ import { runK8sClient, startK8sPortForward } from '../test/streaming/support/har
 import { collect, spdyConnect, spdyExec, type SpdyClient } from '../test/streaming/support/spdy-client';
 import { rawSpdyConnect, synStreamBomb } from '../test/streaming/support/raw-spdy';
 import { measurePeak, MiB } from '../test/support/rss';
+import { runK8sStream, startK8sStreamPortForward } from '../test/streaming/support/go-client';
 import { podConfig, TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
@@ -490,6 +491,47 @@ describe('100 MiB through exec stdout to a slow client', () => {
     expect(r.stdoutBytes).toBe(SIZE);
     expect(peak - base).toBeLessThan(RSS_LIMIT);
   }, 600_000);
+});
+
+describe("Kubernetes' own client (client-go remotecommand and portforward) against a pod VM", () => {
+  test.each(['spdy', 'websocket'])('exec over %s: stdout, stderr, exit codes', async (transport) => {
+    const t = ['-transport', transport];
+    expect(await runK8sStream('exec', await execUrl(ctr.main, ['/bin/sh', '-c', 'echo out; echo err >&2'], { stderr: true }), [...t, '-stderr'])).toEqual({ stdout: 'out\n', stderr: 'err\n', exitCode: 0 });
+    const bad = await runK8sStream('exec', await execUrl(ctr.main, ['/bin/sh', '-c', 'exit 7']), t);
+    expect(bad.exitCode).toBe(7);
+  });
+
+  test.each(['spdy', 'websocket'])('exec over %s with stdin and a tty: input echoes, the size reaches stty', async (transport) => {
+    const url = await execUrl(ctr.main, ['/bin/sh', '-c', 'read line; echo "got $line"; stty size'], { stdin: true, tty: true });
+    const r = await runK8sStream('exec', url, ['-transport', transport, '-stdin', '-tty', '-resize', '101x33'], 'hello\n', { keepStdinOpenMs: 3000 });
+    expect(r.stdout).toContain('got hello');
+    expect(r.stdout).toContain('33 101');
+    expect(r.exitCode).toBe(0);
+  });
+
+  test('attach over SPDY to cat: a line written comes back', async () => {
+    const url = (await d.runtime('Attach', { container_id: ctr.cat, stdin: true, stdout: true })).url;
+    const r = await runK8sStream('attach', url, ['-stdin'], 'through client-go\n', { keepStdinOpenMs: 3000 });
+    expect(r.stdout).toContain('through client-go\n');
+  });
+
+  test('port-forward (SPDY) to httpd: two connections through one session', async () => {
+    const pf = await startK8sStreamPortForward(await portForwardUrl(8080), 8080);
+    try {
+      const get = (p: string) =>
+        new Promise<string>((resolve, reject) => {
+          http.get({ host: '127.0.0.1', port: pf.localPort, path: p, agent: false }, (res) => {
+            let body = '';
+            res.on('data', (c) => (body += c));
+            res.on('end', () => resolve(body));
+          }).on('error', reject);
+        });
+      await until('httpd through client-go', async () => (await get('/index.html').catch(() => '')) === 'hello through port-forward\n', 60_000, 300);
+      expect(await Promise.all([get('/cgi-bin/meet?go1.go2'), get('/cgi-bin/meet?go2.go1')])).toEqual(['go1 met go2\n', 'go2 met go1\n']);
+    } finally {
+      await pf.stop();
+    }
+  }, 180_000);
 });
 
 describe('hostile SPDY clients (issue 17)', () => {

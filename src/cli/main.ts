@@ -11,6 +11,28 @@ import { registerVolumeCommands } from './volume';
 
 const DEFAULT_CONFIG = '/etc/podvisor/config.toml';
 
+/** Set once a signal asked the daemon to stop: only then may it end with status 0. */
+let stopping = false;
+
+/**
+ * The daemon only ends through a signal. Anything else is a failure that must be logged and
+ * exit non-zero, so systemd's Restart=on-failure restarts it: an error nobody caught, and Node's
+ * event loop running dry (an await left with nothing that could ever settle it; Node would
+ * otherwise exit with status 0 and no output).
+ */
+function guardUnexpectedEnd(logger: ReturnType<typeof createLogger>): void {
+  const die = (what: string, err?: unknown) => {
+    logger.fatal({ err: err instanceof Error ? err.stack : err === undefined ? undefined : String(err) }, what);
+    logger.flush?.();
+    process.exit(70); // EX_SOFTWARE
+  };
+  process.on('uncaughtException', (err) => die('uncaught exception: the daemon stops', err));
+  process.on('unhandledRejection', (err) => die('unhandled promise rejection: the daemon stops', err));
+  process.on('beforeExit', () => {
+    if (!stopping) die('the event loop ran dry (an await that nothing can settle): the daemon stops');
+  });
+}
+
 const program = new Command('podvisor').version(VERSION).description('Kubernetes CRI runtime: every pod is one lightweight QEMU VM');
 
 program
@@ -37,6 +59,7 @@ program
     if (opts.state) cfg.state = opts.state;
     if (opts.logLevel) cfg.logLevel = opts.logLevel;
     const logger = createLogger(cfg.logLevel);
+    guardUnexpectedEnd(logger);
     const daemon = new Daemon(cfg, logger);
     notify(logger, { STATUS: 'starting: accelerator, images, pods' });
     try {
@@ -48,6 +71,7 @@ program
       process.exit(1);
     }
     const shutdown = async (sig: string) => {
+      stopping = true;
       logger.info({ sig }, 'stopping (pod VMs keep running)');
       notify(logger, { STOPPING: 1, STATUS: 'stopping (pod VMs keep running)' });
       await daemon.stop();

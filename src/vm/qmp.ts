@@ -33,12 +33,22 @@ export class QmpClient extends EventEmitter {
     sock.on('close', () => this.onClose());
   }
 
-  /** Connects (retrying until QEMU has created the socket), reads the greeting, enters command mode. */
+  /**
+   * Connects (retrying until QEMU has created the socket), reads the greeting, enters command
+   * mode. Every wait ends: a socket that closes before the greeting, or a QEMU that never sends
+   * it, fails the attempt (a pending await with nothing to wake it would let Node exit).
+   */
   static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
+    const deadline = Date.now() + timeoutMs;
     try {
       return await connectWhenReady(path, timeoutMs, async (sock) => {
         const client = new QmpClient(sock);
-        await client.handshake();
+        try {
+          await client.handshake(Math.max(100, deadline - Date.now()));
+        } catch (err) {
+          client.close();
+          throw err;
+        }
         return client;
       });
     } catch (err) {
@@ -48,9 +58,24 @@ export class QmpClient extends EventEmitter {
 
   private greeting?: (v: any) => void;
 
-  private async handshake(): Promise<void> {
-    await new Promise((resolve) => (this.greeting = resolve));
-    await this.execute('qmp_capabilities');
+  /** The greeting and qmp_capabilities, within timeoutMs; fails at once if the socket closes. */
+  private async handshake(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    let onClose: (() => void) | undefined;
+    const failed = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new QmpError('Timeout', `no QMP handshake within ${timeoutMs} ms`)), timeoutMs);
+      onClose = () => reject(new QmpError('Closed', 'QMP closed during the handshake'));
+      if (this.closed) onClose();
+      else this.once('close', onClose);
+    });
+    try {
+      await Promise.race([new Promise((resolve) => (this.greeting = resolve)), failed]);
+      await Promise.race([this.execute('qmp_capabilities'), failed]);
+    } finally {
+      this.greeting = undefined;
+      clearTimeout(timer);
+      this.off('close', onClose!);
+    }
   }
 
   /** Runs one command; commands are serialized so answers match their requests. */
