@@ -18,12 +18,20 @@ import { ContainerRecord, labelsMatch } from './records';
 import type { Sandbox, SandboxManager } from './sandboxes';
 
 const EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024;
+/**
+ * After an ExecSync's exit, how long its output streams may take to end (the guest sends EOF
+ * right behind the exit). A guest that never does must not keep them, nor the call, forever:
+ * the output then ends where it got to. ExecSync's own timeout bounds it further when shorter.
+ */
+export const EXEC_IO_DRAIN_MS = 2_000;
 
 export interface Live {
   rec: ContainerRecord;
   log?: ContainerLog;
   stdin?: AgentStream;
   exitWaiters: Array<() => void>;
+  /** the guest reported the exit (the record follows once the log is complete) */
+  exitSeen?: boolean;
 }
 
 interface ExecWaiter {
@@ -392,6 +400,7 @@ export class ContainerManager {
     const out = collect(stdout);
     const err = collect(stderr);
     const exit = this.expectExecExit(execId);
+    const t0 = Date.now();
     try {
       await pod.agent.call('exec.start', {
         container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: false,
@@ -403,6 +412,12 @@ export class ContainerManager {
         throw deadlineExceeded(`command ${JSON.stringify(cmd)} timed out after ${timeoutS}s`);
       }
       const ev = await exit;
+      const left = timeoutS > 0 ? timeoutS * 1000 - (Date.now() - t0) : EXEC_IO_DRAIN_MS;
+      if (!(await within(Promise.all([out, err]), Math.max(200, Math.min(left, EXEC_IO_DRAIN_MS))))) {
+        this.logger.warn({ container: c.rec.id, execId }, 'ExecSync output did not end after the exit; returning what arrived');
+        stdout.destroy();
+        stderr.destroy();
+      }
       return { stdout: await out, stderr: await err, exitCode: Number(ev.exit_code ?? -1) };
     } catch (e) {
       stdout.destroy();
@@ -431,19 +446,24 @@ export class ContainerManager {
     const c = this.containers.get(String(ev.container_id));
     if (!c || c.rec.sandboxId !== sandboxId) return; // a guest may not speak for another pod's containers
     const code = Number.isInteger(ev.exit_code) ? ev.exit_code : 255;
+    // A guest may repeat an exit: only the first changes anything (one durable write, one line),
+    // and repeats cost nothing, not even a wait.
+    if (c.rec.state === 'CONTAINER_EXITED' || c.exitSeen) return;
+    c.exitSeen = true;
     // The agent sends the exit after its streams' EOF; the last log record (an unterminated line)
     // is written once they end. Report the exit only when the log is complete, so that kubelet's
     // FallbackToLogsOnError message reads it all (bounded: a host disk that stalls cannot hold it).
     const logged = c.log ? within(c.log.drained(), 2000) : Promise.resolve(true);
     void logged.then(() => {
-      this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '');
+      if (!this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '')) return;
       this.store.save(c.rec).catch(() => undefined);
       this.logger.info({ container: c.rec.id, exitCode: code }, 'container exited');
     });
   }
 
-  private markExited(c: Live, code: number, reason: string, message: string): void {
-    if (c.rec.state === 'CONTAINER_EXITED') return;
+  /** Records the exit; false when the container had exited already (nothing changed). */
+  private markExited(c: Live, code: number, reason: string, message: string): boolean {
+    if (c.rec.state === 'CONTAINER_EXITED') return false;
     c.rec.state = 'CONTAINER_EXITED';
     c.rec.exitCode = code;
     c.rec.reason = reason;
@@ -452,6 +472,7 @@ export class ContainerManager {
     c.stdin?.destroy();
     for (const w of c.exitWaiters.splice(0)) w();
     this.emit(c.rec, 'CONTAINER_STOPPED_EVENT');
+    return true;
   }
 
   private ofSandbox(sandboxId: string): Live[] {

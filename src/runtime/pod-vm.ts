@@ -13,6 +13,11 @@ import { run } from './exec-file';
 
 /** Longest agent_version / boot_id kept from a guest's hello. */
 export const MAX_HELLO_FIELD = 128;
+/**
+ * Guest events (exits, OOMs) a pod may send in one second. A real pod sends a few per container
+ * lifetime; past this the guest is broken or hostile: a protocol error that fails the pod.
+ */
+export const MAX_GUEST_EVENTS_PER_S = 500;
 
 export const GUEST_SHARE = '/run/podvisor/shared';
 export const GUEST_IMAGES = '/run/podvisor/images';
@@ -27,6 +32,7 @@ export interface SetupParams {
 export class PodVm implements PodVolumeTarget {
   agent!: AgentClient;
   private eventHandler: (ev: AgentEvent) => void = () => undefined;
+  private events = { windowStart: 0, count: 0, flooded: false };
 
   /**
    * `id` is the sandbox id: it names the pod's volume state, so it must not be the VM's own id
@@ -70,7 +76,7 @@ export class PodVm implements PodVolumeTarget {
       throw new Error('the VM exited during boot; see console.log in its state directory');
     });
     this.agent = agent ?? await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs), died]);
-    this.agent.on('event', (ev: AgentEvent) => this.eventHandler(ev));
+    this.agent.on('event', (ev: AgentEvent) => this.onGuestEvent(ev));
     this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
     const nonce = crypto.randomBytes(16).toString('hex');
     const res = await Promise.race([
@@ -84,6 +90,25 @@ export class PodVm implements PodVolumeTarget {
 
   onEvent(handler: (ev: AgentEvent) => void): void {
     this.eventHandler = handler;
+  }
+
+  /** Passes a guest event on, unless the guest floods: then its connection and VM are ended. */
+  private onGuestEvent(ev: AgentEvent): void {
+    const e = this.events;
+    if (e.flooded) return;
+    const now = Date.now();
+    if (now - e.windowStart >= 1000) {
+      e.windowStart = now;
+      e.count = 0;
+    }
+    if (++e.count > MAX_GUEST_EVENTS_PER_S) {
+      e.flooded = true;
+      this.logger.error({ sandbox: this.id, limit: MAX_GUEST_EVENTS_PER_S }, 'guest event flood (protocol error): closing the agent connection and stopping the pod VM');
+      this.agent.close();
+      void this.vm.stop(0).catch(() => undefined);
+      return;
+    }
+    this.eventHandler(ev);
   }
 
   setup(p: SetupParams): Promise<void> {
