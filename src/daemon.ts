@@ -67,6 +67,7 @@ export class Daemon {
         guestDigest: () => guestDigest(cfg),
         logger,
       });
+      await templates.init(); // refuses to start on a template dir that is not root's alone
       hypervisor.templates = templates;
       const prebuilt = this.sizeClasses();
       this.prebuild(templates, prebuilt);

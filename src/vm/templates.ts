@@ -2,6 +2,11 @@
 // saved with x-ignore-shared. Pods then start as private copy-on-write clones of it in ~0.1 s
 // and share the template's untouched pages. A template is keyed by everything a clone must
 // match; any change means a new template, never a broken clone.
+//
+// A template is a pod's RAM and device state, restored as root: its directory and every one above
+// it must be root's and writable by root alone (src/util/trusted-path.ts), checked when the daemon
+// starts (init refuses to go on otherwise) and again for each template before it is used; the
+// template key is computable by anyone, so where it lives is what must be trusted.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -13,6 +18,7 @@ import { run } from '../runtime/exec-file';
 import type { Logger } from '../log';
 import type { VmSpec } from './hypervisor';
 import { DEVICE_LAYOUT_VERSION, QemuHypervisor, QemuOptions, QemuVm, shellQuote } from './qemu';
+import { checkTrustedDir, checkTrustedEntry, ensureTrustedDir } from '../util/trusted-path';
 
 /** The MAC every template NIC has; a clone's agent sets the pod's own MAC. */
 export const TEMPLATE_MAC = '02:50:56:00:00:01';
@@ -62,6 +68,24 @@ export class TemplateManager {
   private readonly broken = new Set<string>();
 
   constructor(private readonly o: TemplateOptions) {}
+
+  /** Creates the template directory or checks it: throws UntrustedPathError when it is not root's alone. */
+  async init(): Promise<void> {
+    await ensureTrustedDir(this.o.dir);
+  }
+
+  /** Whether a template's directory and files are root's alone (and the dirs above them). */
+  private trusted(key: string): boolean {
+    const p = this.paths(key);
+    try {
+      checkTrustedDir(p.dir);
+      for (const f of [p.meta, p.state, p.mem]) checkTrustedEntry(f, 'file');
+      return true;
+    } catch (err) {
+      if (fs.existsSync(p.dir)) this.o.logger.error({ key, err: (err as Error).message }, 'template refused: not trusted');
+      return false;
+    }
+  }
 
   sizeOf(spec: VmSpec): SizeClass {
     return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, nics: spec.network?.nics.length ?? 0 };
@@ -128,6 +152,7 @@ export class TemplateManager {
   /** The template's metadata when all its files are there (a reboot or wiped tmpfs loses them). */
   read(key: string): TemplateMeta | undefined {
     const p = this.paths(key);
+    if (!/^[0-9a-f]{32}$/.test(key) || !this.trusted(key)) return undefined;
     try {
       const meta = JSON.parse(fs.readFileSync(p.meta, 'utf8')) as TemplateMeta;
       if (meta.key !== key || !fs.existsSync(p.state) || fs.statSync(p.mem).size !== meta.memoryMiB * 1024 * 1024) return undefined;
@@ -175,7 +200,9 @@ export class TemplateManager {
     const t0 = Date.now();
     const p = this.paths(key);
     const work = `${p.dir}.build-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
-    await fsp.mkdir(path.join(work, 'share'), { recursive: true, mode: 0o700 });
+    await ensureTrustedDir(this.o.dir);
+    await fsp.mkdir(work, { mode: 0o700 });
+    await fsp.mkdir(path.join(work, 'share'), { mode: 0o700 });
     const netns = size.nics ? `pvtpl-${crypto.randomBytes(4).toString('hex')}` : undefined;
     const hv = new QemuHypervisor({ ...this.o.qemu, logger: this.o.logger });
     let vm: QemuVm | undefined;
@@ -217,7 +244,8 @@ export class TemplateManager {
       await vm.stop(2000);
       vm = undefined;
       const meta: TemplateMeta = { key, ...size, createdAt: new Date().toISOString(), inputs: this.keyInputs(size), buildMs: Date.now() - t0 };
-      await writeFileAtomic(path.join(work, 'meta.json'), JSON.stringify(meta));
+      await writeFileAtomic(path.join(work, 'meta.json'), JSON.stringify(meta), { mode: 0o600 });
+      for (const f of ['mem', 'state']) await fsp.chmod(path.join(work, f), 0o600); // root's alone, whatever the umask
       await fsp.rm(path.join(work, 'share'), { recursive: true, force: true });
       for (const f of ['agent.sock', 'qmp.sock', 'qemu.pid']) await fsp.rm(path.join(work, f), { force: true });
       // Publish atomically: a half-built template is never visible under its key.
