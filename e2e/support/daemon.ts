@@ -130,6 +130,11 @@ export class TestDaemon {
     return this.proc?.pid;
   }
 
+  /** Whether the daemon process is still running. */
+  get alive(): boolean {
+    return !!this.proc && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
   /** The daemon process's exit code once it has exited (null while it runs, or if killed). */
   get exitCode(): number | null {
     return this.proc?.exitCode ?? null;

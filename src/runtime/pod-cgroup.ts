@@ -117,6 +117,13 @@ export async function enterPodCgroup(parent: string, driver: CgroupDriver, sandb
   }
 }
 
+/** The pod VM's own cgroup directory in every pod hierarchy (those enterPodCgroup makes last). */
+export async function podCgroupDirs(parent: string, driver: CgroupDriver, sandboxId: string): Promise<string[]> {
+  const rel = path.posix.join(cgroupParentPath(parent, driver), sandboxCgroupName(sandboxId, driver));
+  const hs = hostHierarchies ? await hostHierarchies : await podHierarchies();
+  return hs.map((h) => path.join(h.mount, rel));
+}
+
 /**
  * Removes the cgroups enterPodCgroup made, innermost first. The VM must be gone: a cgroup whose
  * last process is still exiting is busy for a moment, so the VM's own cgroups are retried for up

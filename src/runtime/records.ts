@@ -11,6 +11,12 @@ export interface ImageMount {
 }
 
 export interface SandboxRecord {
+  /**
+   * Written before RunPodSandbox's first side effect (netns, CNI ADD, cgroup, VM) and cleared
+   * once the pod is ready: a record still pending when the daemon starts is a start that a crash
+   * interrupted, and everything it may have made is undone.
+   */
+  pending?: boolean;
   id: string;
   /** the PodSandboxConfig exactly as given */
   config: any;

@@ -14,10 +14,11 @@ import { VM_NAME_FILE, type Spare, type SparePool } from '../vm/spares';
 import type { NetworkDriver, PodNetwork, PodNetworkRequest } from '../../network/network-driver';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { KeyedMutex } from './lock';
-import { cgroupParentPath, enterPodCgroup, removeCgroups } from './pod-cgroup';
+import { cgroupParentPath, enterPodCgroup, podCgroupDirs, removeCgroups } from './pod-cgroup';
 import { PodVm } from './pod-vm';
 import { labelsMatch, SandboxRecord } from './records';
 import { nowNs } from './container-log';
+import { faultPoint } from '../util/fault';
 
 export interface Sandbox {
   rec: SandboxRecord;
@@ -144,9 +145,15 @@ export class SandboxManager {
     return this.lock.run(id, async () => {
       this.sandboxes.set(id, sb);
       try {
-        await this.boot(sb);
-        rec.state = 'SANDBOX_READY';
+        rec.pending = true;
         await this.save(sb);
+        faultPoint('sandbox.run:pending-saved');
+        await this.boot(sb);
+        faultPoint('sandbox.run:booted');
+        rec.state = 'SANDBOX_READY';
+        delete rec.pending;
+        await this.save(sb);
+        faultPoint('sandbox.run:ready-saved');
         this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode, spare: rec.vm?.spare ?? false }, 'pod sandbox ready');
         return id;
       } catch (err) {
@@ -195,11 +202,14 @@ export class SandboxManager {
     const share = path.join(dir, 'shared');
     await fsp.mkdir(share, { recursive: true, mode: 0o700 });
     if (networked) sb.rec.network = await this.network.setUp(networkRequest(sb.rec));
+    faultPoint('sandbox.run:network-up');
     const net = sb.rec.network;
     const vm = await this.hv.start({ id, dir, sharePath: share, ...size, network: net ? { netnsPath: net.netnsPath, nics: net.nics } : undefined });
+    faultPoint('sandbox.run:vm-started');
     const pod = this.attach(sb, vm);
     await pod.connect(podHostname(config), this.cfg.vm.bootTimeoutS * 1000).then((hello) => { sb.rec.agentVersion = hello.agent_version; });
     await this.enterCgroup(sb, vm);
+    faultPoint('sandbox.run:cgroup-entered');
     await this.setUpGuest(sb, pod);
     await this.configureGuestNetwork(pod, sb.rec.network);
   }
@@ -352,7 +362,9 @@ export class SandboxManager {
   async restore(): Promise<void> {
     const { records, broken } = await this.store.loadAll();
     for (const b of broken) this.logger.error({ file: b }, 'unreadable sandbox record skipped');
+    const interrupted = records.filter((r) => r.pending);
     for (const rec of records) {
+      if (rec.pending) continue; // undone below, once reapStrays has killed its VM
       const sb: Sandbox = { rec, pod: undefined };
       this.sandboxes.set(rec.id, sb);
       if (rec.state !== 'SANDBOX_READY' || !rec.vm) continue;
@@ -384,6 +396,28 @@ export class SandboxManager {
       }
     }
     await this.reapStrays();
+    for (const rec of interrupted) await this.undoInterrupted(rec);
+  }
+
+  /**
+   * A RunPodSandbox a crash interrupted (its record still pending): its VM is gone already
+   * (reapStrays), so take away what else it may have made, whether or not the record says so:
+   * the pod cgroups (their names follow from the pod), the CNI attachment (DEL from the CNI cache
+   * the ADD wrote, which frees the IP lease and the host veth) and the netns, then the record.
+   */
+  private async undoInterrupted(rec: SandboxRecord): Promise<void> {
+    const log = this.logger.child({ sandbox: rec.id });
+    const parent = rec.config?.linux?.cgroup_parent;
+    try {
+      if (parent) await removeCgroups(rec.cgroups?.length ? rec.cgroups : await podCgroupDirs(parent, this.cfg.cgroupDriver, rec.id));
+      await this.network.tearDown(networkRequest(rec), rec.network ?? null);
+      await fsp.rm(this.dir(rec.id), { recursive: true, force: true });
+      await this.store.delete(rec.id);
+      log.warn('undid a pod start that a crash interrupted (network, cgroups, VM)');
+    } catch (err) {
+      // kept pending: tried again at the next start; the pod is not listed meanwhile
+      log.error({ err: (err as Error).message }, 'cannot undo an interrupted pod start yet');
+    }
   }
 
   /** Kills podvisor VMs that no record knows about (their records were removed). */

@@ -1,0 +1,97 @@
+// Crash matrix (issue 17 item 5 and "beyond the list"): the daemon is killed (SIGKILL, through
+// the PODVISOR_FAULT hook, src/util/fault.ts) at each step of RunPodSandbox on a CNI bridge with
+// a pod cgroup; after a restart the pod is either complete (READY) or fully gone: no record, no
+// netns, no QEMU, no VM directory, no cgroup, no IP lease, no veth on the bridge.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { netnsNameFor } from '../network/network-driver';
+import { podCgroupDirs } from '../src/runtime/pod-cgroup';
+import { podConfig, qemuPidsUnder, retry, TestDaemon } from './support/daemon';
+
+jest.setTimeout(900_000);
+
+const BRIDGE = 'pvcrash0';
+const SUBNET = '10.219.7';
+const STEPS = ['sandbox.run:pending-saved', 'sandbox.run:network-up', 'sandbox.run:vm-started', 'sandbox.run:cgroup-entered', 'sandbox.run:booted', 'sandbox.run:ready-saved'];
+
+let d: TestDaemon;
+let ipamDir: string;
+beforeAll(async () => {
+  d = await TestDaemon.start({ templates: false });
+  ipamDir = path.join(d.dir, 'ipam');
+  fs.writeFileSync(path.join(d.cniConfDir, '10-crash.conflist'), JSON.stringify({
+    cniVersion: '1.0.0',
+    name: 'crash',
+    plugins: [{ type: 'bridge', bridge: BRIDGE, isGateway: true, ipMasq: false, ipam: { type: 'host-local', ranges: [[{ subnet: `${SUBNET}.0/24` }]], dataDir: ipamDir } }],
+  }));
+  await retry(async () => {
+    const s = await d.runtime('Status', {});
+    if (!s.status.conditions.find((c: any) => c.type === 'NetworkReady')?.status) throw new Error('network not ready yet');
+  });
+});
+afterAll(async () => {
+  await d?.destroy();
+  try {
+    execFileSync('ip', ['link', 'del', BRIDGE], { stdio: 'ignore' });
+  } catch {
+    /* never made */
+  }
+});
+
+const netnsList = () => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+const leases = () => (fs.existsSync(path.join(ipamDir, 'crash')) ? fs.readdirSync(path.join(ipamDir, 'crash')).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip')) : []);
+const bridgePorts = () => {
+  try {
+    return execFileSync('ip', ['-o', 'link', 'show', 'master', BRIDGE], { encoding: 'utf8' }).trim();
+  } catch {
+    return '';
+  }
+};
+
+async function leftovers(id: string, parent: string): Promise<string[]> {
+  const found: string[] = [];
+  if (netnsList().includes(netnsNameFor(id))) found.push(`netns ${netnsNameFor(id)}`);
+  for (const pid of qemuPidsUnder(d.state)) found.push(`qemu ${pid}`);
+  if (fs.existsSync(path.join(d.state, 'vm', id.slice(0, 16)))) found.push('vm dir');
+  for (const dir of await podCgroupDirs(parent, 'cgroupfs', id)) if (fs.existsSync(dir)) found.push(`cgroup ${dir}`);
+  found.push(...leases().map((l) => `lease ${l}`));
+  if (bridgePorts()) found.push(`bridge ports: ${bridgePorts()}`);
+  if (fs.existsSync(path.join(d.root, 'cni'))) for (const f of fs.readdirSync(path.join(d.root, 'cni'), { recursive: true }) as string[]) if (String(f).includes(id)) found.push(`cni cache ${f}`);
+  return found;
+}
+
+test.each(STEPS)('killed at %s: after a restart the pod is complete or fully gone', async (step) => {
+  const n = STEPS.indexOf(step);
+  const parent = `/pvcrash${n}`;
+  process.env.PODVISOR_FAULT = step;
+  try {
+    await d.stopProcess();
+    await d.launch();
+  } finally {
+    delete process.env.PODVISOR_FAULT;
+  }
+  const cfg = podConfig(`crash-${n}`, path.join(d.logs, `crash-${n}`), { linux: { cgroup_parent: parent, security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
+  await expect(d.runtime('RunPodSandbox', { config: cfg }, 120_000)).rejects.toBeTruthy();
+  await retry(async () => {
+    if (d.alive) throw new Error('daemon still running');
+  }, 30_000);
+  const records = fs.readdirSync(path.join(d.root, 'sandboxes')).filter((f) => f.endsWith('.json'));
+  const recs = records.map((f) => JSON.parse(fs.readFileSync(path.join(d.root, 'sandboxes', f), 'utf8')));
+  const rec = recs.find((r) => r.config.metadata.name === `crash-${n}`);
+  expect(rec).toBeDefined(); // the pending record is there before any side effect
+  await d.launch();
+  const pods = (await d.runtime('ListPodSandbox', {})).items;
+  if (step === 'sandbox.run:ready-saved') {
+    // complete: the pod was ready and recorded; it survives the crash as a running pod
+    expect(pods.map((p: any) => [p.id, p.state])).toEqual([[rec.id, 'SANDBOX_READY']]);
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: rec.id });
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: rec.id });
+  } else {
+    expect(pods).toEqual([]);
+    expect(fs.existsSync(path.join(d.root, 'sandboxes', `${rec.id}.json`))).toBe(false);
+  }
+  const left = await leftovers(rec.id, parent);
+  console.log(`killed at ${step}: restart found ${rec.pending ? 'a pending record' : 'a complete record'}; left after recovery: ${left.length ? left.join(', ') : 'nothing'}`);
+  expect(left).toEqual([]);
+});
