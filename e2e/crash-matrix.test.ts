@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { netnsNameFor } from '../network/network-driver';
 import { podCgroupDirs } from '../src/runtime/pod-cgroup';
+import { pushBusybox } from '../test/support/images';
+import { type Registry, startRegistry } from '../test/support/registry';
 import { podConfig, qemuPidsUnder, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(900_000);
@@ -17,8 +19,13 @@ const STEPS = ['sandbox.run:pending-saved', 'sandbox.run:network-up', 'sandbox.r
 
 let d: TestDaemon;
 let ipamDir: string;
+let registry: Registry;
+let image: string;
 beforeAll(async () => {
-  d = await TestDaemon.start({ templates: false });
+  registry = await startRegistry();
+  await pushBusybox(registry, 'e2e/busybox', 'latest');
+  image = `${registry.host}/e2e/busybox:latest`;
+  d = await TestDaemon.start({ templates: false, registries: { [registry.host]: `http://${registry.host}` } });
   ipamDir = path.join(d.dir, 'ipam');
   fs.writeFileSync(path.join(d.cniConfDir, '10-crash.conflist'), JSON.stringify({
     cniVersion: '1.0.0',
@@ -32,6 +39,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await d?.destroy();
+  await registry?.stop();
   try {
     execFileSync('ip', ['link', 'del', BRIDGE], { stdio: 'ignore' });
   } catch {
@@ -94,4 +102,53 @@ test.each(STEPS)('killed at %s: after a restart the pod is complete or fully gon
   const left = await leftovers(rec.id, parent);
   console.log(`killed at ${step}: restart found ${rec.pending ? 'a pending record' : 'a complete record'}; left after recovery: ${left.length ? left.join(', ') : 'nothing'}`);
   expect(left).toEqual([]);
+});
+
+async function killedRun(step: string, fn: () => Promise<unknown>): Promise<void> {
+  process.env.PODVISOR_FAULT = step;
+  try {
+    await d.stopProcess();
+    await d.launch();
+  } finally {
+    delete process.env.PODVISOR_FAULT;
+  }
+  await expect(fn()).rejects.toBeTruthy();
+  await retry(async () => {
+    if (d.alive) throw new Error('daemon still running');
+  }, 30_000);
+  await d.launch();
+}
+
+describe('CreateContainer', () => {
+  let pod: string;
+  let podCfg: any;
+  beforeAll(async () => {
+    await d.image('PullImage', { image: { image } });
+    podCfg = podConfig('crash-ctr', path.join(d.logs, 'crash-ctr'));
+    pod = (await d.runtime('RunPodSandbox', { config: podCfg })).pod_sandbox_id;
+  });
+
+  test.each(['container.create:pending-saved', 'container.create:created-in-guest', 'container.create:saved'])('killed at %s: the container is complete or fully gone, the pod lives', async (step) => {
+    const name = step.split(':')[1];
+    const config = { metadata: { name, attempt: 0 }, image: { image }, command: ['/bin/sleep', '3600'], log_path: `${name}.log`, linux: {} };
+    const shareBefore = fs.readdirSync(path.join(d.state, 'vm', pod.slice(0, 16), 'shared', 'c')).length;
+    await killedRun(step, () => d.runtime('CreateContainer', { pod_sandbox_id: pod, config, sandbox_config: podCfg }));
+    expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.state).toBe('SANDBOX_READY');
+    const ctrs = (await d.runtime('ListContainers', {})).containers.filter((c: any) => c.metadata.name === name);
+    const records = fs.readdirSync(path.join(d.root, 'containers')).map((f) => JSON.parse(fs.readFileSync(path.join(d.root, 'containers', f), 'utf8')));
+    const shareAfter = fs.readdirSync(path.join(d.state, 'vm', pod.slice(0, 16), 'shared', 'c')).length;
+    console.log(`killed at ${step}: after restart ${ctrs.length} container(s) named ${name}, ${records.filter((r) => r.pending).length} pending record(s)`);
+    expect(records.filter((r) => r.pending)).toEqual([]);
+    if (step === 'container.create:saved') {
+      expect(ctrs.map((c: any) => c.state)).toEqual(['CONTAINER_CREATED']);
+      await d.runtime('StartContainer', { container_id: ctrs[0].id }); // complete: it runs
+      await d.runtime('RemoveContainer', { container_id: ctrs[0].id });
+    } else {
+      expect(ctrs).toEqual([]);
+      expect(shareAfter).toBe(shareBefore); // no bind directory left in the pod's share
+    }
+    // the guest holds no container by that name: a new one with the same name can be made
+    const again = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { ...config, metadata: { name, attempt: 1 } }, sandbox_config: podCfg });
+    await d.runtime('RemoveContainer', { container_id: again.container_id });
+  });
 });

@@ -88,6 +88,7 @@ export class Daemon {
     await containers.restore(); // re-acquires the images of existing containers
     await images.collectGarbage();
     await sandboxes.restore();
+    await containers.undoInterrupted();
 
     const streaming = new StreamingServer(new RuntimeStreamingBackend(containers, sandboxes, logger), {
       address: cfg.streaming.address,

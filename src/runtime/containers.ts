@@ -16,6 +16,7 @@ import { KeyedMutex } from './lock';
 import { buildSpec, deviceRules, GuestDevice, GuestMount, ociResources } from './oci-spec';
 import { ContainerRecord, labelsMatch } from './records';
 import type { Sandbox, SandboxManager } from './sandboxes';
+import { faultPoint } from '../util/fault';
 
 const EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024;
 /**
@@ -64,6 +65,8 @@ export class ContainerManager {
   private readonly store: RecordStore<ContainerRecord>;
   private readonly lock = new KeyedMutex();
   private readonly execWaiters = new Map<string, ExecWaiter>();
+  /** containers whose CreateContainer a crash interrupted (removed once the pods are back) */
+  private readonly interrupted = new Set<string>();
   private readonly listeners = new Set<(ev: ContainerEvent) => void>();
 
   constructor(
@@ -173,6 +176,9 @@ export class ContainerManager {
       await this.sandboxes.lock.run(sb.rec.id, async () => {
         const pod = sb.pod;
         if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not ready`);
+        rec.pending = true;
+        await this.store.save(rec);
+        faultPoint('container.create:pending-saved');
         const rootfs = await this.ensureImage(sb, image);
         const mounts: GuestMount[] = [];
         const guestDevices: GuestDevice[] = [];
@@ -240,10 +246,14 @@ export class ContainerManager {
           stdin?.destroy();
           throw err;
         }
+        faultPoint('container.create:created-in-guest');
+        delete rec.pending;
         await this.store.save(rec);
+        faultPoint('container.create:saved');
       });
     } catch (err) {
       this.containers.delete(id);
+      await this.store.delete(id).catch(() => undefined);
       this.images.release(image.id);
       for (const v of imageVolumes) this.images.release(v.image.id);
       await live.log?.close();
@@ -521,10 +531,24 @@ export class ContainerManager {
     }
   }
 
+  /**
+   * Removes the containers whose create a crash interrupted (their records still pending):
+   * from the guest when their pod came back, then their binds, volumes, images and records.
+   * Runs after the sandboxes were restored.
+   */
+  async undoInterrupted(): Promise<void> {
+    for (const id of [...this.interrupted]) {
+      this.interrupted.delete(id);
+      this.logger.warn({ container: id }, 'removing a container whose create a crash interrupted');
+      await this.remove(id).catch((err) => this.logger.error({ container: id, err: (err as Error).message }, 'cannot remove an interrupted container'));
+    }
+  }
+
   async restore(): Promise<void> {
     const { records, broken } = await this.store.loadAll();
     for (const b of broken) this.logger.error({ file: b }, 'unreadable container record skipped');
     for (const rec of records) {
+      if (rec.pending) this.interrupted.add(rec.id);
       this.containers.set(rec.id, { rec, exitWaiters: [] });
       this.images.acquire(rec.imageId);
       for (const v of rec.imageVolumes ?? []) this.images.acquire(v.imageId);

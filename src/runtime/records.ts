@@ -35,6 +35,12 @@ export interface SandboxRecord {
 }
 
 export interface ContainerRecord {
+  /**
+   * Written before CreateContainer's first side effect in the pod (image mount, volume
+   * attachments, share binds, the container in the guest) and cleared with the final save: a
+   * record still pending at start is a create that a crash interrupted, and it is removed.
+   */
+  pending?: boolean;
   id: string;
   sandboxId: string;
   /** the ContainerConfig exactly as given (labels/annotations echoed verbatim) */
