@@ -182,6 +182,15 @@ test('every CRI RPC with random and hostile fields: answered, daemon alive, RSS 
   expect(peak).toBeLessThan(640 * MiB);
   // nothing lingers: no pod (every boot failed), no VM, no marker path outside the daemon's dirs
   expect((await d.runtime('ListPodSandbox', {})).items.filter((p: any) => p.state === 'SANDBOX_READY')).toEqual([]);
-  expect(execFileSync('sh', ['-c', `pgrep -f 'qemu-system.*${d.dir}' || true`], { encoding: 'utf8' }).trim()).toBe('');
+  const qemus = () => execFileSync('sh', ['-c', `pgrep -f 'qemu-system.*${d.dir}' || true`], { encoding: 'utf8' }).trim();
+  for (let i = 0; i < 100 && qemus(); i++) await new Promise((r) => setTimeout(r, 100)); // a failed boot's VM may still be going
+  if (qemus()) {
+    // what is left, and what the daemon said about it
+    const pid = qemus().split('\n')[0];
+    const vm = /podvisor-([0-9a-f]+)/.exec(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'))?.[1] ?? '?';
+    const log = fs.readFileSync(path.join(d.dir, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes(vm.slice(0, 12)));
+    console.log(`QEMU ${pid} (vm ${vm}) left; daemon log about it:\n${log.slice(-30).join('\n')}`);
+  }
+  expect(qemus()).toBe('');
   expect(markerPaths()).toEqual([]);
 });

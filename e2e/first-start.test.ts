@@ -40,7 +40,7 @@ test.each(['before', 'during', 'after'] as const)('a QEMU that dies %s the QMP g
   fs.writeFileSync(fake, FAKE_QEMU(mode), { mode: 0o755 });
   try {
     const t0 = Date.now();
-    const d = await TestDaemon.start({ templates: false, vmToml: `accelerator = "auto"\nqemu = "${fake}"\n` });
+    const d = await TestDaemon.start({ templates: false, accelerator: 'auto', vmToml: `qemu = "${fake}"\n` });
     daemons.push(d);
     expect((await d.runtime('Version', {})).version).toBe('0.1.0');
     expect(d.exitCode).toBeNull();
@@ -57,7 +57,7 @@ test('50 fresh starts in a row (real QEMU, KVM probe each time) all serve', asyn
   const times: number[] = [];
   for (let i = 0; i < 50; i++) {
     const t0 = Date.now();
-    const d = await TestDaemon.start({ templates: false, vmToml: 'accelerator = "auto"\n' });
+    const d = await TestDaemon.start({ templates: false, accelerator: 'auto' });
     try {
       expect((await d.runtime('Version', {})).version).toBe('0.1.0');
       expect(fs.existsSync(path.join(d.root, 'accel.json'))).toBe(true);

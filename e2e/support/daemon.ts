@@ -23,6 +23,8 @@ export interface DaemonOptions {
   command?: string[];
   /** the daemon's environment (default: this process's) */
   env?: NodeJS.ProcessEnv;
+  /** [vm] accelerator (default tcg: this machine's KVM cannot run stock guests) */
+  accelerator?: 'auto' | 'kvm' | 'tcg';
 }
 
 export class TestDaemon {
@@ -62,7 +64,7 @@ export class TestDaemon {
     fs.mkdirSync(d.cniConfDir);
     // PODVISOR_GUEST_DIR: test another guest build than build/guest
     const guest = process.env.PODVISOR_GUEST_DIR ? `kernel = "${process.env.PODVISOR_GUEST_DIR}/vmlinux"\ninitramfs = "${process.env.PODVISOR_GUEST_DIR}/initramfs.img"\n` : '';
-    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "tcg"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}${opts.vmToml ?? ''}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
+    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "${opts.accelerator ?? 'tcg'}"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}${opts.vmToml ?? ''}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
     try {
       await d.launch();
     } catch (err) {
