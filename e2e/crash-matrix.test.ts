@@ -72,13 +72,8 @@ async function leftovers(id: string, parent: string): Promise<string[]> {
 test.each(STEPS)('killed at %s: after a restart the pod is complete or fully gone', async (step) => {
   const n = STEPS.indexOf(step);
   const parent = `/pvcrash${n}`;
-  process.env.PODVISOR_FAULT = step;
-  try {
-    await d.stopProcess();
-    await d.launch();
-  } finally {
-    delete process.env.PODVISOR_FAULT;
-  }
+  await d.stopProcess();
+  await d.launch({ PODVISOR_FAULT: step });
   const cfg = podConfig(`crash-${n}`, path.join(d.logs, `crash-${n}`), { linux: { cgroup_parent: parent, security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
   await expect(d.runtime('RunPodSandbox', { config: cfg }, 120_000)).rejects.toBeTruthy();
   await retry(async () => {
@@ -105,13 +100,8 @@ test.each(STEPS)('killed at %s: after a restart the pod is complete or fully gon
 });
 
 async function killedRun(step: string, fn: () => Promise<unknown>): Promise<void> {
-  process.env.PODVISOR_FAULT = step;
-  try {
-    await d.stopProcess();
-    await d.launch();
-  } finally {
-    delete process.env.PODVISOR_FAULT;
-  }
+  await d.stopProcess();
+  await d.launch({ PODVISOR_FAULT: step });
   await expect(fn()).rejects.toBeTruthy();
   await retry(async () => {
     if (d.alive) throw new Error('daemon still running');

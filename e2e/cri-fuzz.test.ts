@@ -15,7 +15,7 @@ import protobuf from 'protobufjs';
 import { PROTO_PATH } from '../cri-api';
 import { fc, fuzzParams } from '../test/support/fuzz';
 import { MiB, measurePeak } from '../test/support/rss';
-import { TestDaemon } from './support/daemon';
+import { qemuPidsUnder, TestDaemon } from './support/daemon';
 
 jest.setTimeout(600_000);
 
@@ -182,12 +182,12 @@ test('every CRI RPC with random and hostile fields: answered, daemon alive, RSS 
   expect(peak).toBeLessThan(640 * MiB);
   // nothing lingers: no pod (every boot failed), no VM, no marker path outside the daemon's dirs
   expect((await d.runtime('ListPodSandbox', {})).items.filter((p: any) => p.state === 'SANDBOX_READY')).toEqual([]);
-  const qemus = () => execFileSync('sh', ['-c', `pgrep -f 'qemu-system.*${d.dir}' || true`], { encoding: 'utf8' }).trim();
+  const qemus = () => qemuPidsUnder(d.dir).join('\n');
   for (let i = 0; i < 100 && qemus(); i++) await new Promise((r) => setTimeout(r, 100)); // a failed boot's VM may still be going
   if (qemus()) {
     // what is left, and what the daemon said about it
     const pid = qemus().split('\n')[0];
-    const vm = /podvisor-([0-9a-f]+)/.exec(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'))?.[1] ?? '?';
+    const vm = /podvisor-([0-9a-f]+)/.exec(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' '))?.[1] ?? '?';
     const log = fs.readFileSync(path.join(d.dir, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes(vm.slice(0, 12)));
     console.log(`QEMU ${pid} (vm ${vm}) left; daemon log about it:\n${log.slice(-30).join('\n')}`);
   }

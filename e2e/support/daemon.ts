@@ -77,10 +77,11 @@ export class TestDaemon {
   }
 
   /** Starts (or restarts) the daemon process and waits for its socket to answer Version. */
-  async launch(): Promise<void> {
+  async launch(env: Record<string, string> = {}): Promise<void> {
     const [cmd, ...pre] = this.opts.command ?? [process.execPath, CLI];
     const args = [...pre, 'serve', '--config', this.configFile, '--socket', this.socket, '--root', this.root, '--state', this.state];
-    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: this.opts.env ?? process.env, cwd: this.opts.command ? '/' : undefined });
+    // env: extra variables for this run only (e.g. PODVISOR_FAULT); jest's process.env is a copy
+    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...(this.opts.env ?? process.env), ...env }, cwd: this.opts.command ? '/' : undefined });
     this.proc = proc;
     const log = fs.createWriteStream(path.join(this.dir, 'daemon.log'), { flags: 'a' });
     proc.stdout!.pipe(log);

@@ -55,7 +55,7 @@ const entry = fc.record({
   major: fc.constantFrom(0, 8, 4095, 4096),
 });
 
-function build(entries: fc.RecordValue<any>[]): Buffer {
+function build(entries: any[]): Buffer {
   const parts: Buffer[] = [];
   for (const e of entries) {
     if (e.pax.length) {
@@ -82,7 +82,7 @@ const damage = fc.oneof(
 
 let n = 0;
 const outcomes: Record<string, number> = {};
-async function applyCase(entries: fc.RecordValue<any>[], compression: 'none' | 'gzip' | 'zstd', dmg: (b: Buffer) => Buffer, damageCompressed: boolean): Promise<void> {
+async function applyCase(entries: any[], compression: 'none' | 'gzip' | 'zstd', dmg: (b: Buffer) => Buffer, damageCompressed: boolean): Promise<void> {
   let raw = build(entries);
   if (!damageCompressed) raw = dmg(raw);
   let blob = compression === 'gzip' ? zlib.gzipSync(raw) : compression === 'zstd' ? execFileSync('zstd', ['-q', '-c'], { input: raw }) : raw;
