@@ -146,3 +146,41 @@ describe('CreateContainer', () => {
     await d.runtime('RemoveContainer', { container_id: again.container_id });
   });
 });
+
+describe('StartContainer', () => {
+  test('killed at container.start:started-in-guest: after a restart the container is RUNNING (complete)', async () => {
+    const podCfg = podConfig('crash-start', path.join(d.logs, 'crash-start'));
+    const pod = (await d.runtime('RunPodSandbox', { config: podCfg })).pod_sandbox_id;
+    const config = { metadata: { name: 'starter', attempt: 0 }, image: { image }, command: ['/bin/sleep', '3600'], log_path: 'starter.log', linux: {} };
+    const { container_id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config, sandbox_config: podCfg });
+    await killedRun('container.start:started-in-guest', () => d.runtime('StartContainer', { container_id }));
+    const st = (await d.runtime('ContainerStatus', { container_id })).status;
+    console.log(`killed at container.start:started-in-guest: after restart ${st.state}`);
+    expect(st.state).toBe('CONTAINER_RUNNING');
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+  });
+});
+
+describe.each([
+  ['StopPodSandbox', 'sandbox.stop:vm-stopped'],
+  ['StopPodSandbox', 'sandbox.stop:network-down'],
+  ['RemovePodSandbox', 'sandbox.remove:cgroup-left'],
+  ['RemovePodSandbox', 'sandbox.remove:record-deleted'],
+])('%s', (rpc, step) => {
+  test(`killed at ${step}: kubelet's retry after a restart finishes it and nothing is left`, async () => {
+    const n = 10 + ['sandbox.stop:vm-stopped', 'sandbox.stop:network-down', 'sandbox.remove:cgroup-left', 'sandbox.remove:record-deleted'].indexOf(step);
+    const parent = `/pvcrash${n}`;
+    const cfg = podConfig(`crash-${n}`, path.join(d.logs, `crash-${n}`), { linux: { cgroup_parent: parent, security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
+    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    await killedRun(step, () => d.runtime(rpc, { pod_sandbox_id: pod }));
+    const listed = (await d.runtime('ListPodSandbox', {})).items.filter((p: any) => p.id === pod);
+    // kubelet retries until the pod is gone
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+    expect((await d.runtime('ListPodSandbox', {})).items.filter((p: any) => p.id === pod)).toEqual([]);
+    const left = await leftovers(pod, parent);
+    console.log(`killed at ${step}: after restart the pod was ${listed.length ? listed[0].state : 'gone'}; left after the retry: ${left.length ? left.join(', ') : 'nothing'}`);
+    expect(left).toEqual([]);
+  });
+});

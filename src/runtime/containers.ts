@@ -292,6 +292,7 @@ export class ContainerManager {
       c.rec.startedAt = nowNs().toString();
       try {
         const res = await pod.agent.call('container.start', { id: c.rec.id });
+        faultPoint('container.start:started-in-guest');
         c.rec.pid = Number(res?.pid ?? 0);
         if (c.rec.state === 'CONTAINER_CREATED') c.rec.state = 'CONTAINER_RUNNING';
       } catch (err) {
@@ -518,7 +519,13 @@ export class ContainerManager {
       if (c.rec.streams.stdin) c.stdin = sb.pod.agent.adoptStream(c.rec.streams.stdin);
       try {
         const st = await sb.pod.agent.call('container.state', { id: c.rec.id });
-        if (st.status === 'stopped') {
+        if (st.status === 'running' && c.rec.state === 'CONTAINER_CREATED') {
+          // started in the guest, but the daemon ended before it recorded that
+          c.rec.state = 'CONTAINER_RUNNING';
+          c.rec.pid = Number(st.pid ?? 0);
+          if (c.rec.startedAt === '0') c.rec.startedAt = nowNs().toString();
+          await this.store.save(c.rec);
+        } else if (st.status === 'stopped') {
           const code = Number(st.exit_code ?? 255);
           this.markExited(c, code, st.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '');
           await this.store.save(c.rec);

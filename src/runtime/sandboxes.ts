@@ -325,10 +325,12 @@ export class SandboxManager {
       // volumes first: the guest unmounts and flushes before its disks go
       if (sb.pod) await this.volumes.detachAll(sb.pod).catch((err) => this.logger.warn({ sandbox: sb.rec.id, err: (err as Error).message }, 'volume detach failed'));
       if (sb.pod) await sb.pod.stop(this.cfg.vm.stopTimeoutS * 1000);
+      faultPoint('sandbox.stop:vm-stopped');
       sb.rec.state = 'SANDBOX_NOTREADY';
       await this.hooks.vmGone(sb.rec.id);
       sb.rec.images = {};
       await this.tearDownNetwork(sb);
+      faultPoint('sandbox.stop:network-down');
       await this.save(sb);
     });
   }
@@ -343,8 +345,10 @@ export class SandboxManager {
       await this.leaveCgroup(sb).catch((err) => {
         throw internal(`remove pod sandbox ${sb.rec.id}: ${(err as Error).message}`);
       });
+      faultPoint('sandbox.remove:cgroup-left');
       this.sandboxes.delete(sb.rec.id);
       await this.store.delete(sb.rec.id);
+      faultPoint('sandbox.remove:record-deleted');
       await fsp.rm(this.dir(sb.rec.id), { recursive: true, force: true });
       this.logger.info({ sandbox: sb.rec.id }, 'pod sandbox removed');
     });
