@@ -184,3 +184,24 @@ describe.each([
     expect(left).toEqual([]);
   });
 });
+
+describe('PullImage', () => {
+  test.each(['image.pull:resolved', 'image.pull:built', 'image.pull:saved'])('killed at %s: after a restart the image is complete or gone, no temp or unreferenced file', async (step) => {
+    const ref = `${registry.host}/e2e/pull-${step.split(':')[1]}:latest`;
+    await pushBusybox(registry, `e2e/pull-${step.split(':')[1]}`, 'latest', { extra: [{ name: 'marker', content: step }] });
+    await killedRun(step, () => d.image('PullImage', { image: { image: ref } }));
+    const images = (await d.image('ListImages', {})).images;
+    const have = images.find((i: any) => i.repo_tags.includes(ref));
+    const imagesDir = path.join(d.root, 'images');
+    const tmp = fs.existsSync(path.join(imagesDir, 'tmp')) ? fs.readdirSync(path.join(imagesDir, 'tmp')) : [];
+    const erofs = fs.readdirSync(path.join(imagesDir, 'erofs'));
+    const referenced = new Set(images.map((i: any) => i.id.replace(/^sha256:/, '')));
+    const stray = erofs.filter((f) => f.startsWith('.tmp-') || !referenced.has(f.replace(/\.erofs$/, '')));
+    console.log(`killed at ${step}: after restart the image is ${have ? 'there' : 'gone'}; temp files ${tmp.length}, stray image files ${stray.length}`);
+    if (step === 'image.pull:saved') expect(have).toBeDefined();
+    expect(tmp).toEqual([]);
+    expect(stray).toEqual([]);
+    // and the pull completes now
+    expect((await d.image('PullImage', { image: { image: ref } })).image_ref).toMatch(/^sha256:/);
+  });
+});

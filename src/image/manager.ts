@@ -23,6 +23,7 @@ import { layerWorkersEnabled, prewarmLayerWorkers } from './layer-pool';
 import { warmUpImageBuild } from './warm-up';
 import { BuildFailedError, DEFAULT_LIMITS, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from './unpack';
 import { ensureDir } from '../util/dirs';
+import { faultPoint } from '../util/fault';
 
 export type { AuthConfig } from './auth';
 
@@ -255,6 +256,7 @@ export class ImageManager {
     const name = formatReference(parsed);
     const manifest = resolved.manifest;
     const id = manifest.config.digest;
+    faultPoint('image.pull:resolved');
     let config: any;
     try {
       config = JSON.parse(configBytes.toString('utf8'));
@@ -275,6 +277,7 @@ export class ImageManager {
       await b;
     }
     await stored;
+    faultPoint('image.pull:built');
 
     // Point the names at the image (moving a tag away from an older image if needed).
     const entry = this.images.get(id) ?? this.addEntry(id, resolved, config);
@@ -294,6 +297,7 @@ export class ImageManager {
     if (!entry.stored.repoDigests.includes(digestRef)) entry.stored.repoDigests.push(digestRef);
     for (const o of orphaned) this.markDeleted(o);
     await this.save();
+    faultPoint('image.pull:saved');
     for (const o of orphaned) await this.reap(o.stored.id);
     this.log.info({ ref: name, id, ms: Date.now() - started }, 'pulled image');
     return this.toRecord(entry);
