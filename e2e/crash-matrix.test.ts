@@ -117,6 +117,10 @@ describe('CreateContainer', () => {
     podCfg = podConfig('crash-ctr', path.join(d.logs, 'crash-ctr'));
     pod = (await d.runtime('RunPodSandbox', { config: podCfg })).pod_sandbox_id;
   });
+  afterAll(async () => {
+    await d.runtime('StopPodSandbox', { pod_sandbox_id: pod }).catch(() => undefined);
+    await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod }).catch(() => undefined);
+  });
 
   test.each(['container.create:pending-saved', 'container.create:created-in-guest', 'container.create:saved'])('killed at %s: the container is complete or fully gone, the pod lives', async (step) => {
     const name = step.split(':')[1];
@@ -132,7 +136,13 @@ describe('CreateContainer', () => {
     const records = fs.readdirSync(path.join(d.root, 'containers')).map((f) => JSON.parse(fs.readFileSync(path.join(d.root, 'containers', f), 'utf8')));
     const shareAfter = shareDirs();
     console.log(`killed at ${step}: after restart ${ctrs.length} container(s) named ${name}, ${records.filter((r) => r.pending).length} pending record(s)`);
-    expect(records.filter((r) => r.pending)).toEqual([]);
+    const pendingLeft = records.filter((r) => r.pending);
+    if (pendingLeft.length) {
+      const files = fs.readdirSync(path.join(d.root, 'containers'));
+      const log = fs.readFileSync(path.join(d.dir, 'daemon.log'), 'utf8').split('\n').filter((l) => pendingLeft.some((r) => l.includes(r.id)));
+      console.log(`pending records left: ${pendingLeft.map((r) => r.id).join(', ')}; files: ${files.join(', ')}; daemon log about them:\n${log.slice(-20).join('\n')}`);
+    }
+    expect(pendingLeft.map((r) => r.id)).toEqual([]);
     if (step === 'container.create:saved') {
       expect(ctrs.map((c: any) => c.state)).toEqual(['CONTAINER_CREATED']);
       await d.runtime('StartContainer', { container_id: ctrs[0].id }); // complete: it runs
