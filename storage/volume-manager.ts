@@ -15,7 +15,6 @@ import { RbdDriver, writeRbdClientConf } from './drivers/rbd';
 import { blockdevDel, deviceDel, objectDel } from './drivers/scsi';
 import { precondition, StorageError } from './errors';
 import type { AttachHandle, PodVolumeTarget, VolumeDriver } from './volume-driver';
-import { status } from '@grpc/grpc-js';
 
 export type { PodVolumeTarget } from './volume-driver';
 
@@ -127,19 +126,19 @@ export class VolumeManager {
    * SCSI disk); anything else can never reach a container inside a pod VM, so it is an error.
    */
   async rawDevice(hostPath: string): Promise<VolumeSource> {
-    if (!path.isAbsolute(hostPath) || path.normalize(hostPath) !== hostPath) throw new StorageError(status.INVALID_ARGUMENT, `device host_path ${JSON.stringify(hostPath)} must be an absolute, normalised path`);
+    if (!path.isAbsolute(hostPath) || path.normalize(hostPath) !== hostPath) throw new StorageError('invalid_argument', `device host_path ${JSON.stringify(hostPath)} must be an absolute, normalised path`);
     let st;
     try {
       st = await fsp.stat(hostPath);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError(status.NOT_FOUND, `device ${hostPath} does not exist`);
-      throw new StorageError(status.FAILED_PRECONDITION, `device ${hostPath}: ${(err as Error).message}`);
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError('not_found', `device ${hostPath} does not exist`);
+      throw new StorageError('failed_precondition', `device ${hostPath}: ${(err as Error).message}`);
     }
-    if (st.isCharacterDevice()) throw new StorageError(status.FAILED_PRECONDITION, `${hostPath} is a character device: only block devices can be passed into a pod VM`);
-    if (!st.isBlockDevice()) throw new StorageError(status.INVALID_ARGUMENT, `${hostPath} is not a device`);
+    if (st.isCharacterDevice()) throw new StorageError('failed_precondition', `${hostPath} is a character device: only block devices can be passed into a pod VM`);
+    if (!st.isBlockDevice()) throw new StorageError('invalid_argument', `${hostPath} is not a device`);
     const source = await this.classify(hostPath);
-    if (!source?.raw) throw new StorageError(status.INVALID_ARGUMENT, `${hostPath} is not a block device`);
+    if (!source?.raw) throw new StorageError('invalid_argument', `${hostPath} is not a block device`);
     return source;
   }
 
@@ -160,7 +159,7 @@ export class VolumeManager {
         await this.save(pod.id, state);
         return res;
       }
-      if (!pod.alive()) throw new StorageError(status.FAILED_PRECONDITION, `pod VM ${pod.id} is not running`);
+      if (!pod.alive()) throw new StorageError('failed_precondition', `pod VM ${pod.id} is not running`);
       // The guest attachment (device + mount) is read-only when the volume is (descriptor
       // readOnly, which CSI readonly / a read-only PV lands in). A container's read-only CRI
       // mount of a writable volume is enforced by the ro bind into that container, so other
@@ -222,7 +221,7 @@ export class VolumeManager {
         await fsp.rm(this.stateFile(pod.id), { force: true });
         this.scsiIdsInUse.delete(pod.id);
       }
-      if (errors.length) throw new StorageError(status.INTERNAL, `detaching volumes of pod ${pod.id}: ${errors.join('; ')}`);
+      if (errors.length) throw new StorageError('internal', `detaching volumes of pod ${pod.id}: ${errors.join('; ')}`);
     });
   }
 
@@ -258,7 +257,7 @@ export class VolumeManager {
 
   private driver(d: Pick<VolumeDescriptor, 'kind'>): VolumeDriver<any> {
     const drv = this.drivers.get(d.kind);
-    if (!drv) throw new StorageError(status.INVALID_ARGUMENT, `unknown volume kind ${d.kind}`);
+    if (!drv) throw new StorageError('invalid_argument', `unknown volume kind ${d.kind}`);
     return drv;
   }
 
@@ -307,7 +306,7 @@ export class VolumeManager {
   }
 
   private stateFile(podId: string): string {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(podId)) throw new StorageError(status.INVALID_ARGUMENT, `bad pod id ${podId}`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(podId)) throw new StorageError('invalid_argument', `bad pod id ${podId}`);
     return path.join(this.o.stateDir, 'pods', `${podId}.json`);
   }
 

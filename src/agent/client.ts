@@ -18,13 +18,9 @@ import {
   parseJsonObject,
   ProtocolError,
 } from './protocol';
+import { AgentError } from './errors';
 
-export class AgentError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message);
-    this.name = 'AgentError';
-  }
-}
+export { AgentError } from './errors';
 
 export interface AgentEvent {
   type: string;

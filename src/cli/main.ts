@@ -3,7 +3,7 @@
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from '../config/config';
 import { Daemon } from '../daemon';
-import { createLogger } from '../log';
+import { createLogger } from '../util/log';
 import { registerCheckCommand } from './check';
 import { registerConfigCommands } from './config';
 import { announceReady, notify } from './readiness';

@@ -3,7 +3,7 @@
 import { Command } from 'commander';
 import { Config, loadConfig } from '../config/config';
 import { guestDigest } from '../daemon';
-import { createLogger } from '../log';
+import { createLogger } from '../util/log';
 import { chooseAccelerator } from '../vm/accel';
 import { TemplateManager } from '../vm/templates';
 

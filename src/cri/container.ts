@@ -3,7 +3,7 @@
 import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
 import type { ContainerRecord } from '../runtime/records';
-import { invalidArgument, requireString, unimplemented } from './errors';
+import { invalidArgument, requireString, unimplemented } from '../util/errors';
 
 function imageSpec(rec: ContainerRecord, images?: ImageManager) {
   const img = images?.resolve(rec.imageId);

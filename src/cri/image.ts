@@ -1,7 +1,7 @@
 // CRI v1 ImageService handlers on plain objects as @grpc/proto-loader gives them
 // (keepCase, longs as decimal strings, defaults on). Thin: the work is in src/image/.
 import { dirUsage, type AuthConfig, type ImageManager, type ImageRecord } from '../image/manager';
-import { requireString } from './errors';
+import { requireString } from '../util/errors';
 
 export type ImageHandlerName = 'PullImage' | 'ImageStatus' | 'ListImages' | 'RemoveImage' | 'ImageFsInfo';
 

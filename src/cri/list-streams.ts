@@ -4,7 +4,7 @@
 // containers or images never puts them all into one response (a client refuses a message over
 // its limit: kubelet's is 16 MiB). A List handler is the one place that knows how to list; this
 // only cuts its answer. A stream whose List is not served answers UNIMPLEMENTED.
-import type { Handlers, StreamHandlers } from '../server';
+import type { Handlers, StreamHandlers } from './handlers';
 
 /** stream RPC → [its List RPC, the List response's repeated field, the stream response's] */
 export const LIST_STREAMS: Readonly<Record<string, readonly [string, string, string]>> = {

@@ -5,7 +5,7 @@ import type { SandboxRecord } from '../runtime/records';
 import type { SandboxManager } from '../runtime/sandboxes';
 import { nowNs } from '../runtime/container-log';
 import { containerStatus } from './container';
-import { requireString } from './errors';
+import { requireString } from '../util/errors';
 
 function namespaceOptions(rec: SandboxRecord) {
   const o = rec.config.linux?.security_context?.namespace_options ?? {};

@@ -3,7 +3,7 @@
 import type { ContainerManager } from '../runtime/containers';
 import type { SandboxManager } from '../runtime/sandboxes';
 import type { StatsCollector } from '../runtime/stats';
-import { requireString } from './errors';
+import { requireString } from '../util/errors';
 
 export function statsHandlers(stats: StatsCollector, sandboxes: SandboxManager, containers: ContainerManager) {
   return {

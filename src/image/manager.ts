@@ -11,8 +11,12 @@
 // durable, so a failed or interrupted pull leaves nothing half-visible and can be retried.
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { CriError, Code, internal } from '../cri/errors';
-import type { Logger } from '../log';
+import { PodvisorError, internal } from '../util/errors';
+import { ChunkChannel } from '../util/chunk-channel';
+import { semaphore } from '../util/semaphore';
+
+export { ChunkChannel } from '../util/chunk-channel';
+import type { Logger } from '../util/log';
 import { credentialsFrom, type AuthConfig } from './auth';
 import { ContentStore, type Progress, type StagedBlob } from './content-store';
 import type { FetchOutcome } from './layer-fetch';
@@ -259,11 +263,11 @@ export class ImageManager {
     try {
       config = JSON.parse(configBytes.toString('utf8'));
     } catch {
-      throw new CriError(Code.FAILED_PRECONDITION, `${name}: image config ${id} is not JSON`);
+      throw new PodvisorError('failed_precondition', `${name}: image config ${id} is not JSON`);
     }
     const diffIds: unknown = config?.rootfs?.diff_ids;
     if (!Array.isArray(diffIds) || diffIds.length !== manifest.layers.length)
-      throw new CriError(Code.FAILED_PRECONDITION, `${name}: config has ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${manifest.layers.length} layers`);
+      throw new PodvisorError('failed_precondition', `${name}: config has ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${manifest.layers.length} layers`);
 
     const existing = this.images.get(id);
     if (!existing || !(await this.erofsExists(existing.stored))) {
@@ -340,7 +344,7 @@ export class ImageManager {
       const settled = await Promise.allSettled(jobs);
       // The first layer that failed by itself names the cause; the others only stopped.
       const failed = settled.filter((x): x is PromiseRejectedResult => x.status === 'rejected').map((x) => x.reason);
-      const secondary = (e: unknown) => e instanceof BuildFailedError || (e instanceof CriError && e.code === Code.CANCELLED);
+      const secondary = (e: unknown) => e instanceof BuildFailedError || (e instanceof PodvisorError && e.code === 'cancelled');
       if (failed.length) throw failed.find((e) => !secondary(e)) ?? failed[0].reason ?? failed[0];
       const t1 = Date.now();
       const { bytes, inodes, metadataMs, syncMs } = await builder.commit();
@@ -377,13 +381,13 @@ export class ImageManager {
       if (await this.content.has(l)) return;
       const release = await slot();
       try {
-        if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+        if (signal.aborted) throw new PodvisorError('cancelled', 'pull aborted');
         await this.content.ingest(
           l,
           async () => (await session.openBlob(l)).body,
           this.progressLog(l),
           (chunk) => {
-            if (cancelled || signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+            if (cancelled || signal.aborted) throw new PodvisorError('cancelled', 'pull aborted');
             tapped = true;
             return ch.push(chunk); // a no-op once the reader is gone: the digest is still checked
           },
@@ -439,7 +443,7 @@ export class ImageManager {
     const release = await slot();
     let staged: StagedBlob | undefined;
     try {
-      if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+      if (signal.aborted) throw new PodvisorError('cancelled', 'pull aborted');
       staged = await this.content.stage(l);
     } finally {
       if (!staged) release();
@@ -476,7 +480,7 @@ export class ImageManager {
       this.log.debug({ layer: l.digest, reason: o.message }, 'layer worker could not fetch the blob: fetching it here');
       return false;
     }
-    if (!o.ok) downloadErr = new CriError(o.code === 'DATA_LOSS' ? Code.DATA_LOSS : o.code === 'CANCELLED' ? Code.CANCELLED : Code.UNAVAILABLE, o.message);
+    if (!o.ok) downloadErr = new PodvisorError(o.code === 'DATA_LOSS' ? 'data_loss' : o.code === 'CANCELLED' ? 'cancelled' : 'unavailable', o.message);
     else this.log.debug({ layer: l.digest, index: i, fetchedBy: 'worker', doneMs: Date.now() - t0 }, 'layer downloaded');
     layerOutcome(l, await applied, downloadErr);
     this.log.debug({ layer: l.digest, index: i, doneMs: Date.now() - t0 }, 'layer applied');
@@ -635,121 +639,11 @@ export async function dirUsage(dir: string): Promise<{ bytes: number; inodes: nu
  * the way: DATA_LOSS; interrupted: UNAVAILABLE) unless it only stopped because the build did.
  */
 function layerOutcome(l: Descriptor, applyErr: unknown, downloadErr: unknown): void {
-  const cancel = downloadErr instanceof CriError && downloadErr.code === Code.CANCELLED;
+  const cancel = downloadErr instanceof PodvisorError && downloadErr.code === 'cancelled';
   const e = downloadErr !== undefined && !cancel ? downloadErr : applyErr ?? downloadErr;
   if (e === undefined) return;
   if (e instanceof BuildFailedError) throw e;
-  if (e instanceof UnsafeArchiveError) throw new CriError(Code.FAILED_PRECONDITION, `layer ${l.digest} refused: ${e.message}`);
-  if (e instanceof CriError) throw e;
+  if (e instanceof UnsafeArchiveError) throw new PodvisorError('failed_precondition', `layer ${l.digest} refused: ${e.message}`);
+  if (e instanceof PodvisorError) throw e;
   throw internal(`applying layer ${l.digest}: ${(e as any)?.message ?? e}`);
-}
-
-function semaphore(limit: number): () => Promise<() => void> {
-  let active = 0;
-  const waiting: (() => void)[] = [];
-  const release = () => {
-    active--;
-    waiting.shift()?.();
-  };
-  return async () => {
-    while (active >= limit) await new Promise<void>((r) => waiting.push(r));
-    active++;
-    let done = false;
-    return () => {
-      if (!done) {
-        done = true;
-        release();
-      }
-    };
-  };
-}
-
-/**
- * A bounded queue of chunks from one producer (a download) to one consumer (a layer
- * reader): push() waits while more than `max` bytes are queued, and drops chunks once the
- * consumer has stopped; the consumer sees end() as the end of the stream and fail(e) as an
- * error.
- */
-export class ChunkChannel implements AsyncIterable<Buffer> {
-  private q: Buffer[] = [];
-  private bytes = 0;
-  private ended = false;
-  private error: unknown = undefined;
-  private closed = false;
-  private wakeReader: (() => void) | undefined;
-  private wakeWriter: (() => void) | undefined;
-
-  constructor(
-    private readonly max: number,
-    private readonly batch = 1 << 20,
-    /** Join queued chunks into pieces of at least `batch` bytes (else: hand them out as they are). */
-    private readonly join = true,
-  ) {}
-
-  async push(c: Buffer): Promise<void> {
-    if (this.closed) return;
-    this.q.push(c);
-    this.bytes += c.length;
-    if (this.bytes >= this.batch) this.wake('reader');
-    while (this.bytes > this.max && !this.closed) await new Promise<void>((r) => (this.wakeWriter = r));
-  }
-
-  end(): void {
-    this.ended = true;
-    this.wake('reader');
-  }
-
-  /** The consumer is gone: pending and later push() calls return at once, dropping the chunk. */
-  close(): void {
-    this.closed = true;
-    this.q = [];
-    this.wake('writer');
-  }
-
-  fail(e: unknown): void {
-    this.error = e ?? new Error('download failed');
-    this.wake('reader');
-  }
-
-  private wake(who: 'reader' | 'writer'): void {
-    const w = who === 'reader' ? this.wakeReader : this.wakeWriter;
-    if (who === 'reader') this.wakeReader = undefined;
-    else this.wakeWriter = undefined;
-    w?.();
-  }
-
-  /**
-   * Yields the queued chunks joined into pieces of at least `batch` bytes (except the last):
-   * consumers such as zlib pay per call, and network chunks are small. Without `join`, the
-   * chunks themselves, one by one.
-   */
-  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
-    try {
-      for (;;) {
-        if (!this.join && this.q.length > 0) {
-          const c = this.q.shift()!;
-          this.bytes -= c.length;
-          this.wake('writer');
-          yield c;
-          continue;
-        }
-        if (this.q.length > 0 && (this.bytes >= this.batch || this.ended || this.error !== undefined)) {
-          const parts = this.q;
-          this.q = [];
-          const piece = Buffer.concat(parts, this.bytes);
-          this.bytes = 0;
-          this.wake('writer');
-          yield piece;
-          continue;
-        }
-        if (this.error !== undefined) throw this.error;
-        if (this.ended) return;
-        await new Promise<void>((r) => (this.wakeReader = r));
-      }
-    } finally {
-      this.closed = true;
-      this.q = [];
-      this.wake('writer');
-    }
-  }
 }

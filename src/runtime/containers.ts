@@ -5,14 +5,14 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { AgentStream } from '../agent/client';
-import { CriError, deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../cri/errors';
+import { inContext, deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../util/errors';
 import type { ImageManager, ImageRecord } from '../image/manager';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import type { AttachResult, VolumeManager } from '../../storage/volume-manager';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
 import { ContainerLog, nowNs } from './container-log';
-import { KeyedMutex } from './lock';
+import { KeyedMutex } from '../util/keyed-mutex';
 import { buildSpec, deviceRules, GuestDevice, GuestMount, ociResources } from './oci-spec';
 import { ContainerRecord, labelsMatch } from './records';
 import type { Sandbox, SandboxManager } from './sandboxes';
@@ -241,7 +241,7 @@ export class ContainerManager {
       await live.log?.close();
       await this.releaseVolumes(rec, sb);
       await sb.pod?.unbindFromShare(rec.shareDir).catch(() => undefined);
-      throw mapAgentError(err, `create container ${md.name}`);
+      throw inContext(err, `create container ${md.name}`);
     }
     this.logger.info({ container: id, sandbox: sb.rec.id, name: md.name, image: image.id }, 'container created');
     this.emit(rec, 'CONTAINER_CREATED_EVENT');
@@ -284,7 +284,7 @@ export class ContainerManager {
         c.rec.message = (err as Error).message;
         await this.store.save(c.rec);
         this.emit(c.rec, 'CONTAINER_STOPPED_EVENT');
-        throw mapAgentError(err, `start container ${c.rec.id}`);
+        throw inContext(err, `start container ${c.rec.id}`);
       }
       await this.store.save(c.rec);
       this.emit(c.rec, 'CONTAINER_STARTED_EVENT');
@@ -369,7 +369,7 @@ export class ContainerManager {
     try {
       await this.podOf(c).agent.call('container.update', { id: c.rec.id, resources: ociResources(linux, c.rec.deviceRules ?? []) });
     } catch (err) {
-      throw mapAgentError(err, `update container ${c.rec.id}`);
+      throw inContext(err, `update container ${c.rec.id}`);
     }
     c.rec.config = { ...c.rec.config, linux: { ...c.rec.config.linux, resources: linux } };
     await this.store.save(c.rec);
@@ -407,7 +407,7 @@ export class ContainerManager {
     } catch (e) {
       stdout.destroy();
       stderr.destroy();
-      throw mapAgentError(e, 'exec');
+      throw inContext(e, 'exec');
     } finally {
       this.forgetExec(execId);
     }
@@ -602,24 +602,4 @@ async function collect(s: AgentStream): Promise<Buffer> {
     /* reset: return what arrived */
   }
   return Buffer.concat(parts);
-}
-
-/** Turns agent error codes into gRPC errors; CriErrors pass through. */
-export function mapAgentError(err: unknown, what: string): Error {
-  const e = err as { name?: string; code?: unknown; message?: string };
-  if (e?.name === 'CriError') return err as Error;
-  // volume attach failures (storage/errors.ts StorageError) carry their gRPC status: keep it
-  if (e?.name === 'StorageError' && typeof e.code === 'number') return new CriError(e.code as CriError['code'], `${what}: ${e.message}`);
-  if (e?.name === 'AgentError') {
-    const msg = `${what}: ${e.message}`;
-    switch (e.code) {
-      case 'invalid_argument': return invalidArgument(msg);
-      case 'not_found': return notFound(msg);
-      case 'already_exists': return alreadyExists(msg);
-      case 'failed_precondition': return failedPrecondition(msg);
-      case 'timeout': return deadlineExceeded(msg);
-      default: return failedPrecondition(msg);
-    }
-  }
-  return err instanceof Error ? err : new Error(String(err));
 }

@@ -1,7 +1,7 @@
 // Builds the OCI runtime spec (config.json) of a container from its CRI config, the image
 // config and the guest paths of its mounts. The guest agent only adjusts root.path and resolves
 // a username; every policy decision (caps, masks, namespaces, env) is made here on the host.
-import { invalidArgument } from '../cri/errors';
+import { invalidArgument } from '../util/errors';
 import type { DeviceRule } from './records';
 import { seccompFor } from './seccomp';
 

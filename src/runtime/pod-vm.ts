@@ -5,11 +5,10 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient, AgentEvent } from '../agent/client';
 import { helloParams, PROTOCOL_VERSION } from '../agent/protocol';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import type { Vm } from '../vm/hypervisor';
 import type { PodVolumeTarget } from '../../storage/volume-driver';
-import { SHARE_TAG } from '../vm/qemu';
-import { run } from './exec-file';
+import { run } from '../util/exec-file';
 
 /** Longest agent_version / boot_id kept from a guest's hello. */
 export const MAX_HELLO_FIELD = 128;
@@ -87,7 +86,7 @@ export class PodVm implements PodVolumeTarget {
   }
 
   setup(p: SetupParams): Promise<void> {
-    return this.agent.call('sandbox.setup', { hostname: p.hostname, dns: p.dns, share_tag: SHARE_TAG, sysctls: p.sysctls });
+    return this.agent.call('sandbox.setup', { hostname: p.hostname, dns: p.dns, share_tag: this.vm.shareTag, sysctls: p.sysctls });
   }
 
   /** Attaches an image's erofs file and mounts it read-only in the guest. */

@@ -4,16 +4,16 @@
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../cri/errors';
-import type { Logger } from '../log';
+import { failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../util/errors';
+import type { Logger } from '../util/log';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
 import type { Config } from '../config/config';
 import type { Hypervisor, Vm } from '../vm/hypervisor';
-import { VM_NAME_FILE, type Spare, type SparePool } from '../vm/spares';
+import type { Spare, SparePool } from '../vm/spares';
 import type { NetworkDriver, PodNetwork, PodNetworkRequest } from '../../network/network-driver';
 import type { VolumeManager } from '../../storage/volume-manager';
-import { KeyedMutex } from './lock';
+import { KeyedMutex } from '../util/keyed-mutex';
 import { cgroupParentPath, enterPodCgroup, removeCgroups } from './pod-cgroup';
 import { PodVm } from './pod-vm';
 import { labelsMatch, SandboxRecord } from './records';
@@ -398,18 +398,8 @@ export class SandboxManager {
     const known = new Set([...this.sandboxes.keys()].map((id) => path.basename(this.dir(id))));
     for (const name of names) {
       if (known.has(name)) continue;
-      try {
-        const pid = Number((await fsp.readFile(path.join(dir, name, 'qemu.pid'), 'utf8')).trim());
-        const { isOurQemu } = await import('../vm/qemu');
-        // a VM that started as a warm spare is named after the spare
-        const vmName = (await fsp.readFile(path.join(dir, name, VM_NAME_FILE), 'utf8').catch(() => name)).trim();
-        if (pid > 0 && isOurQemu(pid, vmName)) {
-          process.kill(pid, 'SIGKILL');
-          this.logger.warn({ sandbox: name, pid }, 'reaped a VM without a record');
-        }
-      } catch {
-        /* no pid file: nothing running */
-      }
+      const pid = await this.hv.reapStray(path.join(dir, name)).catch(() => undefined);
+      if (pid) this.logger.warn({ sandbox: name, pid }, 'reaped a VM without a record');
       await fsp.rm(path.join(dir, name), { recursive: true, force: true });
     }
   }

@@ -5,7 +5,7 @@
 // alone (the VM is the isolation boundary), so the profile only closes the syscalls that reach
 // kernel-global state or are classic container escape tools, which a workload never needs.
 import fs from 'node:fs';
-import { invalidArgument } from '../cri/errors';
+import { invalidArgument } from '../util/errors';
 
 // Syscalls closed unless the container holds the capability that makes them legitimate (as
 // Docker's profile does); the rest of the list is closed for everyone.

@@ -2,7 +2,7 @@
 // the pod's memory is what its VM privately costs the host (QEMU's private pages), so pages
 // shared with a VM template are not charged to every pod.
 import fs from 'node:fs/promises';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import { nowNs } from './container-log';
 import type { ContainerManager } from './containers';
 import { ContainerRecord, labelsMatch, SandboxRecord } from './records';

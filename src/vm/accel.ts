@@ -9,7 +9,7 @@ import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { AgentClient } from '../agent/client';
 import { helloParams } from '../agent/protocol';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import type { Accelerator } from './hypervisor';
 import { QemuHypervisor, QemuOptions } from './qemu';
 

@@ -46,8 +46,13 @@ export interface VmInfo {
   disks: DiskAttachment[];
 }
 
+/** A file in a VM's runtime directory naming the VM when it differs from the directory (a warm spare taken by a pod). */
+export const VM_NAME_FILE = 'vm-name';
+
 export interface Vm {
   readonly info: VmInfo;
+  /** the tag under which the guest mounts the VM's share (sandbox.setup's share_tag) */
+  readonly shareTag: string;
   /** true until the VM process has exited */
   alive(): boolean;
   /** resolves once the VM process has exited */
@@ -75,4 +80,10 @@ export interface Hypervisor {
   start(spec: VmSpec): Promise<Vm>;
   /** Re-attaches to a VM that outlived a daemon restart; undefined when it is gone. */
   reconnect(info: VmInfo): Promise<Vm | undefined>;
+  /**
+   * Kills the VM that ran in runtime directory `dir` if it still runs (its record is gone);
+   * returns its pid when it killed one. Guards against pid reuse: only a VM of this driver that
+   * carries the directory's name (or VM_NAME_FILE's) is killed.
+   */
+  reapStray(dir: string): Promise<number | undefined>;
 }

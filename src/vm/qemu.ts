@@ -6,10 +6,10 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DEFAULT_TCG_CODE_MIB } from '../config/config';
-import type { Logger } from '../log';
-import { Accelerator, DiskAttachment, Hypervisor, Vm, VmInfo, VmSpec } from './hypervisor';
+import type { Logger } from '../util/log';
+import { Accelerator, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo, VmSpec } from './hypervisor';
 import { QmpClient } from './qmp';
-import { run } from '../runtime/exec-file';
+import { run } from '../util/exec-file';
 
 export interface QemuOptions {
   binary: string;
@@ -216,6 +216,24 @@ export class QemuHypervisor implements Hypervisor {
     });
     return new QemuVm(info, qmp, exited, launcherPath(this.o));
   }
+
+  async reapStray(dir: string): Promise<number | undefined> {
+    let pid: number;
+    try {
+      pid = Number((await fsp.readFile(path.join(dir, 'qemu.pid'), 'utf8')).trim());
+    } catch {
+      return undefined; // no pid file: nothing running
+    }
+    // a VM that started as a warm spare is named after the spare
+    const name = (await fsp.readFile(path.join(dir, VM_NAME_FILE), 'utf8').catch(() => path.basename(dir))).trim();
+    if (!(pid > 0) || !isOurQemu(pid, name)) return undefined;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      return undefined;
+    }
+    return pid;
+  }
 }
 
 /**
@@ -270,6 +288,8 @@ export class QemuVm implements Vm {
     });
     this.scsiInUse = new Set(info.disks.map((d) => d.scsiId));
   }
+
+  readonly shareTag = SHARE_TAG;
 
   alive(): boolean {
     return !this.dead && isAlive(this.info.pid);

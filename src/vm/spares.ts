@@ -16,9 +16,9 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from '../agent/client';
 import { helloParams } from '../agent/protocol';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
-import type { VmSpec } from './hypervisor';
+import { VM_NAME_FILE, type VmSpec } from './hypervisor';
 import { isOurQemu, QemuHypervisor, QemuVm, SHARE_TAG } from './qemu';
 import { createScratchTaps, SizeClass, TemplateManager } from './templates';
 
@@ -47,7 +47,7 @@ export interface SparePoolOptions {
 
 const NETNS_PREFIX = 'pvsp-';
 /** in a pod's VM directory: the name its QEMU was started with, when that is not the pod's */
-export const VM_NAME_FILE = 'vm-name';
+export { VM_NAME_FILE } from './hypervisor';
 /** locally administered, never a pod's (CNI bridge MACs come from the kernel or the plugin) */
 const SPARE_MAC = '02:50:56:00:00:fe';
 

@@ -9,8 +9,8 @@ import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { AgentClient } from '../agent/client';
 import { helloParams } from '../agent/protocol';
-import { run } from '../runtime/exec-file';
-import type { Logger } from '../log';
+import { run } from '../util/exec-file';
+import type { Logger } from '../util/log';
 import type { VmSpec } from './hypervisor';
 import { DEVICE_LAYOUT_VERSION, QemuHypervisor, QemuOptions, QemuVm, shellQuote } from './qemu';
 

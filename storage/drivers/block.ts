@@ -7,7 +7,6 @@ import type { VolumeDescriptor } from '../descriptor';
 import { invalid, notFound, precondition, StorageError } from '../errors';
 import type { AttachHandle, AttachOptions, PodVolumeTarget, VolumeDriver } from '../volume-driver';
 import { guestMountDisk, plugScsi, qmpNames, teardown, withRollback, wrap } from './scsi';
-import { status } from '@grpc/grpc-js';
 
 type BlockDesc = Extract<VolumeDescriptor, { kind: 'block' }>;
 
@@ -36,7 +35,7 @@ export async function checkHostBlockDevice(device: string, readonly: boolean): P
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'EBUSY') throw precondition(`block device ${device} is in use on the host (EBUSY)`);
-      if (code === 'EACCES' || code === 'EPERM') throw new StorageError(status.PERMISSION_DENIED, `cannot open ${device}: ${code}`);
+      if (code === 'EACCES' || code === 'EPERM') throw new StorageError('permission_denied', `cannot open ${device}: ${code}`);
       throw err;
     }
   }
@@ -72,8 +71,8 @@ export class BlockDriver implements VolumeDriver<BlockDesc> {
       const addr = await plugScsi(target, n.format, n.device).catch((e) => {
         // QEMU's image locking: another VM (pod) has the device open for writing, or any access
         // while we want to write
-        if (/Failed to get .*lock/.test(String((e as Error)?.message))) throw wrap(`plugging ${desc.block.device} (in use by another pod VM?)`, e, status.FAILED_PRECONDITION);
-        throw wrap(`plugging ${desc.block.device}`, e, status.INTERNAL);
+        if (/Failed to get .*lock/.test(String((e as Error)?.message))) throw wrap(`plugging ${desc.block.device} (in use by another pod VM?)`, e, 'failed_precondition');
+        throw wrap(`plugging ${desc.block.device}`, e, 'internal');
       });
       h.device = n.device;
       h.scsiId = addr.scsiId;
@@ -101,11 +100,11 @@ export class BlockDriver implements VolumeDriver<BlockDesc> {
         return;
       } catch (err) {
         // QEMU built without io_uring (or the kernel refuses it): fall back to native AIO
-        if (!/io_uring|aio/i.test(String((err as Error).message))) throw wrap(`opening ${filename}`, err, status.FAILED_PRECONDITION);
+        if (!/io_uring|aio/i.test(String((err as Error).message))) throw wrap(`opening ${filename}`, err, 'failed_precondition');
         aioMode = 'native';
       }
     }
-    await target.qmp('blockdev-add', args('native')).catch((e) => { throw wrap(`opening ${filename}`, e, status.FAILED_PRECONDITION); });
+    await target.qmp('blockdev-add', args('native')).catch((e) => { throw wrap(`opening ${filename}`, e, 'failed_precondition'); });
   }
 
   async detach(target: PodVolumeTarget, handle: AttachHandle): Promise<void> {

@@ -3,7 +3,7 @@
 import type { VolumeDescriptor } from '../descriptor';
 import type { AttachHandle, AttachOptions, PodVolumeTarget, VolumeDriver } from '../volume-driver';
 import { guestUnmount, wrap } from './scsi';
-import { status } from '@grpc/grpc-js';
+import { hasCode } from '../../src/util/errors';
 
 type NfsDesc = Extract<VolumeDescriptor, { kind: 'nfs' }>;
 
@@ -30,9 +30,8 @@ export class NfsDriver implements VolumeDriver<NfsDesc> {
         readonly: opts.readonly, target: opts.guestPath,
       }, NFS_MOUNT_TIMEOUT_MS);
     } catch (err) {
-      const code = (err as { code?: string })?.code;
       throw wrap(`mounting NFS ${desc.nfs.server}:${desc.nfs.export} in the guest`, err,
-        code === 'failed_precondition' || code === 'timeout' ? status.UNAVAILABLE : undefined);
+        hasCode(err, 'failed_precondition', 'deadline_exceeded') ? 'unavailable' : undefined);
     }
     return { kind: 'nfs', guestPath: opts.guestPath, readonly: opts.readonly, mounted: true };
   }

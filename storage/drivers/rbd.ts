@@ -58,7 +58,7 @@ export class RbdDriver implements VolumeDriver<RbdDesc> {
     if (this.o.preflight !== false) {
       const info = await withRbd({ monitors: r.monitors, user: r.user, key, timeoutSec: this.o.timeoutSec ?? 10 },
         (rbd) => rbd.info({ pool: r.pool, namespace: r.namespace, image: r.image }));
-      if (info.size <= 0) throw new StorageError(status.FAILED_PRECONDITION, `RBD image ${r.pool}/${r.image} is empty`);
+      if (info.size <= 0) throw new StorageError('failed_precondition', `RBD image ${r.pool}/${r.image} is empty`);
     }
     const n = qmpNames(opts.tag);
     const h: AttachHandle = { kind: 'rbd', guestPath: opts.guestPath, readonly: opts.readonly, nodes: [], mounted: false };
@@ -76,11 +76,11 @@ export class RbdDriver implements VolumeDriver<RbdDesc> {
         'read-only': opts.readonly,
       };
       if (r.namespace) rbdNode.namespace = r.namespace;
-      await target.qmp('blockdev-add', rbdNode).catch((e) => { throw wrap(`QEMU opening ${where}`, e, status.UNAVAILABLE); });
+      await target.qmp('blockdev-add', rbdNode).catch((e) => { throw wrap(`QEMU opening ${where}`, e, 'unavailable'); });
       h.nodes!.push(n.file);
       await target.qmp('blockdev-add', { driver: 'raw', 'node-name': n.format, file: n.file, 'read-only': opts.readonly });
       h.nodes!.push(n.format);
-      const addr = await plugScsi(target, n.format, n.device).catch((e) => { throw wrap(`plugging ${where}`, e, status.INTERNAL); });
+      const addr = await plugScsi(target, n.format, n.device).catch((e) => { throw wrap(`plugging ${where}`, e, 'internal'); });
       h.device = n.device;
       h.scsiId = addr.scsiId;
       h.lun = addr.lun;

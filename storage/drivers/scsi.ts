@@ -3,7 +3,7 @@
 // so detach and rollback can be re-run after a crash.
 import type { AttachHandle, AttachOptions, PodVolumeTarget } from '../volume-driver';
 import { StorageError } from '../errors';
-import { status } from '@grpc/grpc-js';
+import { type ErrorCode, hasCode } from '../../src/util/errors';
 
 export const DEVICE_DELETE_TIMEOUT_MS = 10_000;
 export const MOUNT_TIMEOUT_MS = 60_000; // a first mkfs under TCG can take a while
@@ -58,23 +58,15 @@ export async function plugScsi(target: PodVolumeTarget, drive: string, device: s
   return { scsiId, lun: 0 };
 }
 
-/** Agent error codes → gRPC status for the CRI caller. */
-export function agentStatus(err: unknown): status {
-  switch ((err as { code?: string })?.code) {
-    case 'invalid_argument': return status.INVALID_ARGUMENT;
-    case 'not_found': return status.NOT_FOUND;
-    case 'already_exists': return status.ALREADY_EXISTS;
-    case 'failed_precondition': return status.FAILED_PRECONDITION;
-    case 'timeout': return status.DEADLINE_EXCEEDED;
-    case 'unavailable': return status.UNAVAILABLE;
-    default: return status.INTERNAL;
-  }
-}
-
-export function wrap(what: string, err: unknown, code?: status): StorageError {
+/**
+ * A failure of one step, as a StorageError: ours keep their code; a failed agent or VM request
+ * keeps the code it carries (the agent client maps the guest's codes once, src/agent/errors.ts)
+ * unless `code` says better; anything else is INTERNAL.
+ */
+export function wrap(what: string, err: unknown, code?: ErrorCode): StorageError {
   if (err instanceof StorageError) return err;
   const msg = (err as Error)?.message ?? String(err);
-  return new StorageError(code ?? agentStatus(err), `${what}: ${msg}`);
+  return new StorageError(code ?? (hasCode(err) ? err.code : 'internal'), `${what}: ${msg}`);
 }
 
 /** Mounts SCSI disk (scsiId, lun) at opts.guestPath in the guest (or, raw, just finds its node). */
@@ -85,7 +77,7 @@ export async function guestMountDisk(
     // raw passthrough: the container gets the device node itself (agent `disk.device`)
     const r = await target.agentCall('disk.device', { scsi_id: addr.scsiId, lun: addr.lun }, 15_000);
     if (typeof r?.device !== 'string' || !Number.isInteger(r?.major) || !Number.isInteger(r?.minor)) {
-      throw new StorageError(status.INTERNAL, 'agent disk.device answered without a device');
+      throw new StorageError('internal', 'agent disk.device answered without a device');
     }
     return { guestPath: r.device, mounted: false, guestDevice: { major: r.major, minor: r.minor } };
   }
@@ -109,7 +101,7 @@ export async function guestUnmount(target: PodVolumeTarget, guestPath: string): 
   try {
     await target.agentCall('disk.unmount', { target: guestPath }, 30_000);
   } catch (err) {
-    if ((err as { code?: string })?.code === 'not_found') return;
+    if (hasCode(err, 'not_found')) return;
     throw err;
   }
 }

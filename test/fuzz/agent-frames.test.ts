@@ -78,7 +78,7 @@ async function runCase(c: { frames: Buffer[]; cuts: number[]; openStream: boolea
     () => 'result',
     (e) => {
       expect(e).toBeInstanceOf(AgentError);
-      return (e as AgentError).code;
+      return (e as AgentError).agentCode; // the agent's (or the connection's) own code
     },
   );
   outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;

@@ -5,11 +5,11 @@ import crypto from 'node:crypto';
 import { Duplex, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { AgentStream } from '../agent/client';
-import { failedPrecondition, invalidArgument } from '../cri/errors';
-import type { ProcessIO, StreamingBackend } from '../streaming/backend';
-import type { Logger } from '../log';
-import { ContainerManager, Live, mapAgentError } from './containers';
-import type { SandboxManager } from './sandboxes';
+import { failedPrecondition, inContext, invalidArgument } from '../util/errors';
+import type { ProcessIO, StreamingBackend } from './backend';
+import type { Logger } from '../util/log';
+import { ContainerManager, Live } from '../runtime/containers';
+import type { SandboxManager } from '../runtime/sandboxes';
 
 /** Writes `src` into `dst` without ending `dst` (another writer may share it). */
 async function copyInto(src: AsyncIterable<Buffer>, dst: Writable): Promise<void> {
@@ -74,7 +74,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
       await Promise.all(outputs);
       return { exitCode: Number.isInteger(ev.exit_code) ? ev.exit_code : 255 };
     } catch (err) {
-      throw mapAgentError(err, 'exec');
+      throw inContext(err, 'exec');
     } finally {
       this.containers.forgetExec(execId);
       stdin?.destroy();
@@ -135,7 +135,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
       await sb.pod.agent.call('portforward.connect', { port, stream: stream.id });
     } catch (err) {
       stream.destroy();
-      throw mapAgentError(err, `port-forward to ${port}`);
+      throw inContext(err, `port-forward to ${port}`);
     }
     let clientDone = false;
     const toPod = pipeline(conn, stream).catch(() => stream.destroy()).finally(() => (clientDone = true));

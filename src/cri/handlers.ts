@@ -1,0 +1,19 @@
+// The shapes of the CRI handlers that the gRPC server (src/server.ts) serves: the cri/ modules
+// build them, the server registers them. Kept apart from the server so that the handlers never
+// import the server that imports them.
+
+export type UnaryHandler = (req: any) => Promise<any>;
+export type Handlers = Record<string, UnaryHandler>;
+
+/** What a server-streaming handler writes to. */
+export interface StreamSink {
+  /** Sends one message; resolves when the transport can take more (back pressure). */
+  write(msg: object): Promise<void>;
+  /** Whether the client has gone (cancelled, deadline, connection closed). */
+  readonly closed: boolean;
+  /** Resolves when the client has gone. */
+  readonly gone: Promise<void>;
+}
+/** Resolves when the stream is complete (the server ends it); rejects to end it with an error. */
+export type StreamHandler = (req: any, sink: StreamSink) => Promise<void>;
+export type StreamHandlers = Record<string, StreamHandler>;
