@@ -4,14 +4,14 @@ import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient, AgentEvent } from '../agent/client';
-import { helloParams, PROTOCOL_VERSION } from '../agent/protocol';
+import { hello } from '../agent/hello';
+import type { GuestMethod, GuestParams, GuestResult } from '../agent/api';
 import type { Logger } from '../util/log';
 import type { Vm } from '../vm/hypervisor';
 import type { PodVolumeTarget } from '../../storage/volume-driver';
 import { run } from '../util/exec-file';
 
-/** Longest agent_version / boot_id kept from a guest's hello. */
-export const MAX_HELLO_FIELD = 128;
+export { MAX_HELLO_FIELD } from '../agent/hello';
 
 export const GUEST_SHARE = '/run/podvisor/shared';
 export const GUEST_IMAGES = '/run/podvisor/images';
@@ -49,7 +49,7 @@ export class PodVm implements PodVolumeTarget {
     return this.vm.controlEvent(name, timeoutMs, match);
   }
 
-  agentCall(method: string, params: Record<string, unknown>, timeoutMs?: number): Promise<any> {
+  agentCall<M extends GuestMethod>(method: M, params: GuestParams<M>, timeoutMs?: number): Promise<GuestResult<M>> {
     return this.agent.call(method, params, timeoutMs);
   }
 
@@ -72,21 +72,16 @@ export class PodVm implements PodVolumeTarget {
     this.agent.on('event', (ev: AgentEvent) => this.eventHandler(ev));
     this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
     const nonce = crypto.randomBytes(16).toString('hex');
-    const res = await Promise.race([
-      this.agent.call('hello', helloParams(nonce, hostname), Math.max(1000, deadline - Date.now())),
-      died,
-    ]);
-    if (res?.nonce !== nonce || res?.protocol !== PROTOCOL_VERSION) throw new Error('agent answered hello with a wrong nonce or protocol');
-    // from the guest: kept short, they are copied into every record and status
-    return { agent_version: String(res.agent_version ?? '').slice(0, MAX_HELLO_FIELD), boot_id: String(res.boot_id ?? '').slice(0, MAX_HELLO_FIELD) };
+    const g = await hello(this.agent, { nonce, hostname, timeoutMs: Math.max(1000, deadline - Date.now()), died });
+    return { agent_version: g.agentVersion, boot_id: g.bootId };
   }
 
   onEvent(handler: (ev: AgentEvent) => void): void {
     this.eventHandler = handler;
   }
 
-  setup(p: SetupParams): Promise<void> {
-    return this.agent.call('sandbox.setup', { hostname: p.hostname, dns: p.dns, share_tag: this.vm.shareTag, sysctls: p.sysctls });
+  async setup(p: SetupParams): Promise<void> {
+    await this.agent.call('sandbox.setup', { hostname: p.hostname, dns: p.dns, share_tag: this.vm.shareTag, sysctls: p.sysctls });
   }
 
   /** Attaches an image's erofs file and mounts it read-only in the guest. */

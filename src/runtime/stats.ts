@@ -73,7 +73,8 @@ export class StatsCollector {
       // empty ids: no container, the pod's own figures (layer file system, NICs) only
       const r = await sb.pod.agent.call('stats', { ids }, 5000);
       for (const c of Array.isArray(r?.containers) ? r.containers.slice(0, ids.length) : []) {
-        if (typeof c?.id === 'string' && ids.includes(c.id)) byId.set(c.id, c);
+        const g = c as GuestContainerStats | undefined;
+        if (typeof g?.id === 'string' && ids.includes(g.id)) byId.set(g.id, g);
       }
       const obj = (v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined);
       return {

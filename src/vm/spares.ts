@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from '../agent/client';
-import { helloParams } from '../agent/protocol';
+import { hello } from '../agent/hello';
 import type { Logger } from '../util/log';
 import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
 import { VM_NAME_FILE, type VmSpec } from './hypervisor';
@@ -157,7 +157,7 @@ export class SparePool {
       agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
       // A first identity, replaced by the pod's at adoption; this pass also runs (and so
       // translates, under TCG) the code the adoption will run again.
-      await agent.call('hello', helloParams(name, 'spare'), 10_000);
+      await hello(agent, { nonce: name, hostname: 'spare', timeoutMs: 10_000 });
       // mounts the share (this spare's own, the pod's once adopted) and the pod /dev/shm
       await agent.call('sandbox.setup', { hostname: 'spare', dns: null, share_tag: SHARE_TAG, sysctls: {} }, 10_000);
       // The NIC code path too, with no address and a MAC of its own (the pod's replaces it; the

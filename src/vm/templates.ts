@@ -8,7 +8,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { AgentClient } from '../agent/client';
-import { helloParams } from '../agent/protocol';
+import { hello } from '../agent/hello';
 import { run } from '../util/exec-file';
 import type { Logger } from '../util/log';
 import type { VmSpec } from './hypervisor';
@@ -198,11 +198,7 @@ export class TemplateManager {
       // that never saw its host go away, so no late "host disconnected" in a clone can undo
       // the clone's own hello.
       const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
-      const res = await Promise.race([
-        agent.call('hello', helloParams(key, 'template'), 30_000),
-        died,
-      ]);
-      if (res?.nonce !== key) throw new Error('template agent answered hello wrongly');
+      await hello(agent, { nonce: key, hostname: 'template', timeoutMs: 30_000, died });
       await vm.qmp.execute('stop');
       await vm.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await vm.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(path.join(work, 'state'))}` });

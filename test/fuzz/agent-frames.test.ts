@@ -74,7 +74,7 @@ async function runCase(c: { frames: Buffer[]; cuts: number[]; openStream: boolea
   client.on('protocol-error', () => (protocolError = true));
   const stream = c.openStream ? client.openStream() : undefined;
   stream?.resume();
-  const outcome = await client.call('ping', {}, 100).then(
+  const outcome = await client.request('ping', {}, 100).then(
     () => 'result',
     (e) => {
       expect(e).toBeInstanceOf(AgentError);
