@@ -19,6 +19,8 @@ import { ImageManager } from './image/manager';
 import type { Logger } from './util/log';
 import { ContainerManager } from './runtime/containers';
 import { SandboxManager } from './runtime/sandboxes';
+import { PodBackends } from './runtime/pod-backend';
+import { VmPodBackend } from './runtime/backends/vm/vm-backend';
 import { startServer } from './server';
 import { chooseAccelerator } from './vm/accel';
 import { QemuHypervisor } from './vm/qemu';
@@ -81,8 +83,10 @@ export class Daemon {
     const network = new CniNetwork({ confDir: cfg.cni.confDir, binDirs: cfg.cni.binDirs, logger, cacheDir: path.join(cfg.root, 'cni') });
     this.network = network;
     const volumes = await VolumeManager.create({ stateDir: path.join(cfg.root, 'storage'), logger });
-    const sandboxes = new SandboxManager(cfg, hypervisor, network, volumes, logger);
-    sandboxes.spares = spares;
+    // the pod backends, one registration line each (runtime/pod-backend.ts)
+    const backends = new PodBackends()
+      .register(new VmPodBackend({ cfg, hypervisor, network, spares, volumes, logger }));
+    const sandboxes = new SandboxManager(cfg, backends, volumes, logger);
     const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers
     await images.collectGarbage();
@@ -98,7 +102,7 @@ export class Daemon {
     this.streaming = streaming;
     const stats = new StatsCollector(sandboxes, containers, logger);
     const runtime = {
-      ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, hypervisor, network, config: cfg, cgroupDriver: cfg.cgroupDriver }),
+      ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, backends, handlers: cfg.runtime.handlers, network, config: { ...cfg, accelerator }, cgroupDriver: cfg.cgroupDriver }),
       ...sandboxHandlers(sandboxes, containers),
       ...containerHandlers(containers, images),
       ...streamingHandlers(streaming),

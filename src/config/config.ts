@@ -75,7 +75,23 @@ export interface Config {
     tlsCert: string;
     tlsKey: string;
   };
+  runtime: {
+    /**
+     * CRI runtime handler name → pod backend kind (runtime/pod-backend.ts). A pod asks for a
+     * handler (RuntimeClass); RuntimeConfig/Status report these names. A handler whose backend
+     * is not built in is refused when a pod asks for it.
+     */
+    handlers: Record<string, string>;
+    /**
+     * Pods asking for the host's network, PID or IPC namespace: "host" runs them with the host
+     * backend (when it exists), "reject" refuses them (FAILED_PRECONDITION).
+     */
+    hostNamespaces: 'host' | 'reject';
+  };
 }
+
+/** The handlers a default config serves: the VM under every name kubelet users write for it. */
+export const DEFAULT_HANDLERS: Readonly<Record<string, string>> = { '': 'vm', podvisor: 'vm', kata: 'vm', vm: 'vm', runc: 'host', host: 'host' };
 
 /** The directory of the nearest package.json: the checkout, or a release's version directory. */
 export function packageRoot(): string {
@@ -126,6 +142,7 @@ export function defaultConfig(): Config {
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
     streaming: { address: '127.0.0.1', port: 0, tlsCert: '', tlsKey: '' },
+    runtime: { handlers: { ...DEFAULT_HANDLERS }, hostNamespaces: 'host' },
   };
 }
 
@@ -171,6 +188,28 @@ function assign(target: any, key: string, value: unknown, where: string): void {
   target[key] = value;
 }
 
+/** [runtime]: `handlers` (a table of handler name → backend kind) replaces the default table whole. */
+function loadRuntime(cfg: Config, v: unknown, file: string): void {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(`${file}: [runtime] must be a table`);
+  for (const [sk, sv] of Object.entries(v)) {
+    if (sk === 'handlers') {
+      if (typeof sv !== 'object' || sv === null || Array.isArray(sv)) throw new ConfigError(`${file}: runtime.handlers must be a table of handler name = backend kind`);
+      const handlers: Record<string, string> = {};
+      for (const [name, kind] of Object.entries(sv)) {
+        if (typeof kind !== 'string' || !/^[a-z][a-z0-9-]{0,31}$/.test(kind)) throw new ConfigError(`${file}: runtime.handlers.${name}: expected a backend kind such as "vm" or "host"`);
+        if (name.length > 63 || !/^[A-Za-z0-9._-]*$/.test(name)) throw new ConfigError(`${file}: runtime.handlers: bad handler name ${JSON.stringify(name)}`);
+        handlers[name] = kind;
+      }
+      cfg.runtime.handlers = handlers;
+    } else if (sk === 'host_namespaces') {
+      if (sv !== 'host' && sv !== 'reject') throw new ConfigError(`${file}: runtime.host_namespaces must be "host" or "reject"`);
+      cfg.runtime.hostNamespaces = sv;
+    } else {
+      throw new ConfigError(`${file}: unknown key runtime.${sk}`);
+    }
+  }
+}
+
 /** The config format this daemon reads (`version` key). */
 export const CONFIG_VERSION = 1;
 
@@ -185,6 +224,8 @@ function applyToml(cfg: Config, file: string, text: string): void {
   for (const [k, v] of Object.entries(doc)) {
     if (k === 'version') {
       if (v !== CONFIG_VERSION) throw new ConfigError(`${file}: version = ${String(v)}: this podvisor reads config version ${CONFIG_VERSION}`);
+    } else if (k === 'runtime') {
+      loadRuntime(cfg, v, file);
     } else if (k in TABLES) {
       const keys = TABLES[k];
       if (typeof v !== 'object' || v === null) throw new ConfigError(`${file}: [${k}] must be a table`);

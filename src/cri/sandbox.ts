@@ -62,6 +62,9 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
       const info: Record<string, string> = {};
       if (req.verbose) {
         info.info = JSON.stringify({
+          // which pod backend runs the pod (runtime/pod-backend.ts), for the handler it asked for
+          backend: rec.backend ?? 'vm',
+          runtimeHandler: rec.runtimeHandler,
           vm: rec.vm && {
             pid: rec.vm.pid,
             accelerator: rec.vm.accelerator,
@@ -69,7 +72,7 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
             spare: rec.vm.spare ?? false,
             vcpus: rec.vm.vcpus,
             memoryMiB: rec.vm.memoryMiB,
-            alive: !!sb.pod?.vm.alive(),
+            alive: !!sb.pod?.alive(),
           },
           agentVersion: rec.agentVersion,
           images: Object.keys(rec.images),

@@ -633,7 +633,6 @@ export async function dirUsage(dir: string): Promise<{ bytes: number; inodes: nu
   return { bytes, inodes };
 }
 
-/** A counting semaphore: `await acquire()` returns the release function. */
 /**
  * Throws what a layer's failure means to the pull. The download's error wins (corrupted on
  * the way: DATA_LOSS; interrupted: UNAVAILABLE) unless it only stopped because the build did.

@@ -5,8 +5,11 @@ import type { VmInfo } from '../vm/hypervisor';
 export type SandboxState = 'SANDBOX_READY' | 'SANDBOX_NOTREADY';
 export type ContainerState = 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN';
 
+/** Where an image is mounted in a pod; part of the sandbox record (the pod's state). */
 export interface ImageMount {
+  /** the backend's handle to undo it (VM: the disk's node name) */
   nodeName: string;
+  /** the path containers' rootfs and image volumes name */
   target: string;
 }
 
@@ -15,6 +18,8 @@ export interface SandboxRecord {
   /** the PodSandboxConfig exactly as given */
   config: any;
   runtimeHandler: string;
+  /** the pod backend's kind (runtime/pod-backend.ts); absent in records from before backends: "vm" */
+  backend?: string;
   /** unix ns, decimal */
   createdAt: string;
   state: SandboxState;

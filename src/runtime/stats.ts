@@ -1,7 +1,6 @@
 // Container and pod stats: container figures come from the guest's cgroups (agent `stats`);
 // the pod's memory is what its VM privately costs the host (QEMU's private pages), so pages
 // shared with a VM template are not charged to every pod.
-import fs from 'node:fs/promises';
 import type { Logger } from '../util/log';
 import { nowNs } from './container-log';
 import type { ContainerManager } from './containers';
@@ -40,18 +39,6 @@ export interface PodSample {
 
 const u64 = (v: number | bigint | undefined) => (v === undefined ? null : { value: String(v) });
 
-/** QEMU's private memory (bytes): the pod's own cost on the host. */
-export async function vmPrivateBytes(pid: number): Promise<number | undefined> {
-  try {
-    const text = await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
-    let kb = 0;
-    for (const m of text.matchAll(/^Private_(?:Clean|Dirty):\s+(\d+) kB/gm)) kb += Number(m[1]);
-    return kb * 1024;
-  } catch {
-    return undefined;
-  }
-}
-
 export class StatsCollector {
   /** previous cumulative CPU samples, for usage_nano_cores */
   private readonly lastCpu = new Map<string, { ns: bigint; usage: number }>();
@@ -71,7 +58,7 @@ export class StatsCollector {
     if (!sb.pod || sb.rec.state !== 'SANDBOX_READY') return { byId, interfaces: [] };
     try {
       // empty ids: no container, the pod's own figures (layer file system, NICs) only
-      const r = await sb.pod.agent.call('stats', { ids }, 5000);
+      const r = await sb.pod.stats(ids);
       for (const c of Array.isArray(r?.containers) ? r.containers.slice(0, ids.length) : []) {
         const g = c as GuestContainerStats | undefined;
         if (typeof g?.id === 'string' && ids.includes(g.id)) byId.set(g.id, g);
@@ -95,7 +82,7 @@ export class StatsCollector {
     const containers = this.containers.list({ pod_sandbox_id: sb.rec.id });
     const running = containers.filter((r) => r.state === 'CONTAINER_RUNNING' || r.state === 'CONTAINER_CREATED');
     const guest = await this.guestStats(sb, running.map((r) => r.id));
-    const vmPrivate = sb.pod && sb.pod.vm.alive() ? await vmPrivateBytes(sb.pod.pid) : undefined;
+    const vmPrivate = sb.pod ? await sb.pod.hostPrivateBytes() : undefined;
     return { sandbox: sb.rec, containers, guest, vmPrivate, at: nowNs() };
   }
 

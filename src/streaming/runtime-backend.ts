@@ -1,10 +1,10 @@
-// The runtime side of exec, attach and port-forward: processes and ports inside pod VMs,
-// reached through agent streams. Node stream piping carries back-pressure from the client to
-// the guest process in both directions.
+// The runtime side of exec, attach and port-forward: processes and ports inside pods, reached
+// through the pod's streams (runtime/pod-backend.ts; a VM pod's are agent streams). Node stream
+// piping carries back-pressure from the client to the pod's process in both directions.
 import crypto from 'node:crypto';
 import { Duplex, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { AgentStream } from '../agent/client';
+import type { PodStream } from '../runtime/pod-backend';
 import { failedPrecondition, inContext, invalidArgument } from '../util/errors';
 import type { ProcessIO, StreamingBackend } from './backend';
 import type { Logger } from '../util/log';
@@ -54,17 +54,17 @@ export class RuntimeStreamingBackend implements StreamingBackend {
     const c = this.running(containerId);
     const pod = this.containers.podOf(c);
     const execId = crypto.randomBytes(8).toString('hex');
-    const stdout = pod.agent.openStream();
-    const stderr = io.tty ? undefined : pod.agent.openStream();
-    const stdin = io.stdin ? pod.agent.openStream() : undefined;
+    const stdout = pod.openStream();
+    const stderr = io.tty ? undefined : pod.openStream();
+    const stdin = io.stdin ? pod.openStream() : undefined;
     const exit = this.containers.expectExecExit(execId);
     // output nobody asked for is still read, so the process never blocks on it
-    const sink = (src: AgentStream, dst: Writable | undefined) => (dst ? copyInto(src, dst) : copyInto(src, nullWriter()));
+    const sink = (src: PodStream, dst: Writable | undefined) => (dst ? copyInto(src, dst) : copyInto(src, nullWriter()));
     // caught from the start: if exec.start fails, `finally` destroys the streams and these reject
     // (ERR_STREAM_PREMATURE_CLOSE) with nobody awaiting them, an unhandled rejection that kills the daemon
     const outputs = [sink(stdout, io.stdout), stderr ? sink(stderr, io.stderr) : Promise.resolve()].map((p) => p.catch(() => undefined));
     try {
-      await pod.agent.call('exec.start', {
+      await pod.exec({
         container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: io.tty,
         stdin: stdin?.id ?? 0, stdout: stdout.id, stderr: stderr?.id ?? 0,
       });
@@ -88,7 +88,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
       const c = this.containers.get(containerId);
       for await (const s of sizes) {
         if (c.rec.state !== 'CONTAINER_RUNNING') return;
-        await this.containers.podOf(c).agent.call('process.resize', { container_id: containerId, exec_id: execId, rows: s.height, cols: s.width });
+        await this.containers.podOf(c).resizeProcess(containerId, execId, s.height, s.width);
       }
     } catch (err) {
       this.logger.debug({ container: containerId, err: (err as Error).message }, 'resize not delivered');
@@ -110,7 +110,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
     io.stdout?.once('close', detach);
     const exited = new Promise<void>((r) => c.exitWaiters.push(r));
     if (io.stdin && c.stdin) {
-      const containerStdin = c.stdin as AgentStream;
+      const containerStdin = c.stdin as PodStream;
       copyInto(io.stdin, containerStdin)
         .then(() => {
           if (c.rec.config.stdin_once) containerStdin.end();
@@ -130,9 +130,9 @@ export class RuntimeStreamingBackend implements StreamingBackend {
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArgument(`bad port ${port}`);
     const sb = this.sandboxes.get(sandboxId);
     if (!sb.pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not ready`);
-    const stream = sb.pod.agent.openStream();
+    const stream = sb.pod.openStream();
     try {
-      await sb.pod.agent.call('portforward.connect', { port, stream: stream.id });
+      await sb.pod.portForward(port, stream);
     } catch (err) {
       stream.destroy();
       throw inContext(err, `port-forward to ${port}`);
