@@ -12,7 +12,6 @@ import { DESCRIPTOR_FILE, loadSealKey, readDescriptor, VolumeDescriptor } from '
 import { BlockDriver, checkHostBlockDevice } from './drivers/block';
 import { NfsDriver } from './drivers/nfs';
 import { RbdDriver, writeRbdClientConf } from './drivers/rbd';
-import { blockdevDel, deviceDel, objectDel } from './drivers/scsi';
 import { precondition, StorageError } from './errors';
 import type { AttachHandle, PodVolumeTarget, VolumeDriver } from './volume-driver';
 
@@ -78,7 +77,6 @@ export interface VolumeManagerOptions {
 export class VolumeManager {
   private readonly drivers: Map<string, VolumeDriver<any>>;
   private readonly locks = new Map<string, Promise<unknown>>();
-  private readonly scsiIdsInUse = new Map<string, Set<number>>();
 
   private constructor(private readonly o: VolumeManagerOptions, private readonly sealKey: Buffer | undefined, rbdConf: string) {
     this.drivers = new Map<string, VolumeDriver<any>>([
@@ -170,8 +168,7 @@ export class VolumeManager {
       // made and saved, leaving a reference no container holds (attached until the pod stops)
       if (ro && !readonly) throw precondition(`volume ${source.key} is read-only; it can only be mounted read-only`);
       const guestPath = `${GUEST_VOLUMES}/${source.key}`;
-      const target = this.trackScsi(pod);
-      const handle = await this.driver(d).attach(target, d, { readonly: ro, guestPath, tag: source.key.slice(-12), raw: source.raw });
+      const handle = await this.driver(d).attach(pod, d, { readonly: ro, guestPath, tag: source.key.slice(-12), raw: source.raw });
       const entry: Entry = { key: source.key, identity, refs: 1, handle };
       state.entries.push(entry);
       await this.save(pod.id, state);
@@ -190,7 +187,7 @@ export class VolumeManager {
         await this.save(pod.id, state);
         return;
       }
-      await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(this.trackScsi(pod), e.handle);
+      await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(pod, e.handle);
       state.entries = state.entries.filter((x) => x !== e);
       await this.save(pod.id, state);
     });
@@ -205,22 +202,18 @@ export class VolumeManager {
     return this.locked(pod.id, async () => {
       const state = await this.load(pod.id);
       const errors: string[] = [];
-      const target = this.trackScsi(pod);
       for (const e of [...state.entries].reverse()) {
         try {
-          await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(target, e.handle);
+          await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(pod, e.handle);
           state.entries = state.entries.filter((x) => x !== e);
         } catch (err) {
           errors.push(`${e.key}: ${(err as Error).message}`);
         }
       }
-      if (pod.alive()) await this.sweep(pod).catch((err) => errors.push(`sweep: ${(err as Error).message}`));
+      if (pod.alive()) await pod.sweepBlocks().catch((err) => errors.push(`sweep: ${(err as Error).message}`));
       else state.entries = [];
       if (state.entries.length) await this.save(pod.id, state);
-      else {
-        await fsp.rm(this.stateFile(pod.id), { force: true });
-        this.scsiIdsInUse.delete(pod.id);
-      }
+      else await fsp.rm(this.stateFile(pod.id), { force: true });
       if (errors.length) throw new StorageError('internal', `detaching volumes of pod ${pod.id}: ${errors.join('; ')}`);
     });
   }
@@ -259,41 +252,6 @@ export class VolumeManager {
     const drv = this.drivers.get(d.kind);
     if (!drv) throw new StorageError('invalid_argument', `unknown volume kind ${d.kind}`);
     return drv;
-  }
-
-  /** Wraps the target so the manager knows which SCSI ids it holds (for scsiIds()). */
-  private trackScsi(pod: PodVolumeTarget): PodVolumeTarget {
-    let set = this.scsiIdsInUse.get(pod.id);
-    if (!set) this.scsiIdsInUse.set(pod.id, (set = new Set()));
-    const ids = set;
-    return {
-      id: pod.id,
-      alive: () => pod.alive(),
-      qmp: (c, a) => pod.qmp(c, a),
-      qmpEvent: (n, t, m) => pod.qmpEvent(n, t, m),
-      agentCall: (m, p, t) => pod.agentCall(m, p, t),
-      allocScsiId: () => {
-        const id = pod.allocScsiId();
-        ids.add(id);
-        return id;
-      },
-      releaseScsiId: (id) => {
-        ids.delete(id);
-        pod.releaseScsiId(id);
-      },
-    };
-  }
-
-  /** Removes pvvol-* devices, nodes and secrets that no attachment accounts for. */
-  private async sweep(pod: PodVolumeTarget): Promise<void> {
-    const devices: Array<{ name: string; type: string }> = await pod.qmp('qom-list', { path: '/machine/peripheral' }).catch(() => []);
-    for (const d of devices) if (d.name.startsWith('pvvol-') && d.type.startsWith('child<')) await deviceDel(pod, d.name);
-    const nodes: Array<{ 'node-name': string }> = await pod.qmp('query-named-block-nodes', { flat: true });
-    const ours = nodes.map((n) => n['node-name']).filter((n) => n.startsWith('pvvol-'));
-    // formats first (no -f suffix), then protocol nodes
-    for (const n of [...ours.filter((x) => !x.endsWith('-f')), ...ours.filter((x) => x.endsWith('-f'))]) await blockdevDel(pod, n);
-    const objects: Array<{ name: string }> = await pod.qmp('qom-list', { path: '/objects' }).catch(() => []);
-    for (const o of objects) if (o.name.startsWith('pvvol-')) await objectDel(pod, o.name);
   }
 
   private locked<T>(podId: string, fn: () => Promise<T>): Promise<T> {

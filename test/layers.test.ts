@@ -46,3 +46,22 @@ test('the rules catch an upward import, a circle and network/ reaching into src/
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 }, 120_000);
+
+test('no QMP command name outside src/vm/, no QEMU type outside src/vm/ and the daemon that picks the driver', () => {
+  const qmp = /['"`](blockdev-add|blockdev-del|device_add|device_del|object-add|object-del|migrate(?:-[a-z-]+)?|query-[a-z-]+|qom-list|qmp_capabilities|human-monitor-command|cont|quit)['"`]/;
+  const qemuType = /\b(QemuVm|QemuHypervisor|QmpClient|ScsiBus|PodVm)\b/;
+  const offenders: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(path.join(root, dir), { withFileTypes: true })) {
+      const rel = path.join(dir, e.name);
+      if (e.isDirectory()) walk(rel);
+      else if (rel.endsWith('.ts') && !rel.startsWith('src/vm/')) {
+        const text = fs.readFileSync(path.join(root, rel), 'utf8');
+        const m = qmp.exec(text) ?? (rel === 'src/daemon.ts' ? null : qemuType.exec(text));
+        if (m) offenders.push(`${rel}: ${m[0]}`);
+      }
+    }
+  };
+  for (const d of ['src', 'network', 'storage', 'cri-api']) walk(d);
+  expect(offenders).toEqual([]);
+});

@@ -1,5 +1,8 @@
 // The seam between the runtime and whatever runs pod VMs. One implementation today (qemu.ts);
-// the runtime only ever talks to these interfaces.
+// the runtime only ever talks to these interfaces. Everything on them is hypervisor-neutral:
+// disks are described as block sources (util/block-source.ts), never as machine commands, so a
+// second driver (Cloud Hypervisor, Firecracker) implements the same calls its own way.
+import type { BlockAttachment, BlockSource } from '../util/block-source';
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -57,15 +60,19 @@ export interface Vm {
   alive(): boolean;
   /** resolves once the VM process has exited */
   readonly exited: Promise<void>;
+  /** attaches a file (an image's erofs) as a disk; the guest finds it at the returned address */
   attachDisk(path: string, readonly: boolean): Promise<DiskAttachment>;
   detachDisk(nodeName: string): Promise<void>;
-  /** machine-level control (QMP), for volume drivers that plug their own block devices */
-  control(command: string, args?: Record<string, unknown>): Promise<any>;
-  controlEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any>;
-  /** SCSI target ids on the VM's one controller, shared by image disks and volumes */
-  allocScsiId(): number;
-  releaseScsiId(id: number): void;
-  /** marks ids held by attachments made before a daemon restart */
+  /**
+   * Attaches a volume's block source under `tag` (unique per VM, [A-Za-z0-9-]); rejects with
+   * BlockAttachError (util/block-source.ts), having removed what it made.
+   */
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment>;
+  /** Detaches what attachBlock made under `tag` (and frees `scsiId`); tolerates what is already gone. */
+  detachBlock(tag: string, scsiId?: number): Promise<void>;
+  /** Removes volume attachments no caller accounts for any more (what a crash left behind). */
+  sweepBlocks(): Promise<void>;
+  /** marks disk slots held by attachments made before a daemon restart */
   reserveScsiIds(ids: number[]): void;
   /** host path `src` (and the mounts under it) at `dst` in the VM process's own mount namespace; `readonly` for the top mount */
   bindIntoMountNs(src: string, dst: string, readonly: boolean): Promise<void>;

@@ -8,6 +8,8 @@ import path from 'node:path';
 import { DEFAULT_TCG_CODE_MIB } from '../config/config';
 import type { Logger } from '../util/log';
 import { Accelerator, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo, VmSpec } from './hypervisor';
+import type { BlockAttachment, BlockSource } from '../util/block-source';
+import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
 import { run } from '../util/exec-file';
 
@@ -278,15 +280,15 @@ export function shellQuote(s: string): string {
 
 export class QemuVm implements Vm {
   private dead = false;
-  private nextScsiId = 1;
-  private readonly scsiInUse: Set<number>;
+  /** the one virtio-scsi controller: image disks and volumes */
+  private readonly bus: ScsiBus;
 
   constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string) {
     exited.then(() => {
       this.dead = true;
       qmp.close();
     });
-    this.scsiInUse = new Set(info.disks.map((d) => d.scsiId));
+    this.bus = new ScsiBus(qmp, info.disks.map((d) => d.scsiId));
   }
 
   readonly shareTag = SHARE_TAG;
@@ -295,48 +297,15 @@ export class QemuVm implements Vm {
     return !this.dead && isAlive(this.info.pid);
   }
 
-  control(command: string, args?: Record<string, unknown>): Promise<any> {
-    return this.qmp.execute(command, args);
-  }
-
-  controlEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any> {
-    return this.qmp.waitEvent(name, timeoutMs, match);
-  }
-
-  allocScsiId(): number {
-    if (this.scsiInUse.size >= 255) throw new Error('no free SCSI target on this VM');
-    let id = this.nextScsiId;
-    while (this.scsiInUse.has(id)) id = (id % 255) + 1;
-    this.nextScsiId = (id % 255) + 1;
-    this.scsiInUse.add(id);
-    return id;
-  }
-
-  releaseScsiId(id: number): void {
-    this.scsiInUse.delete(id);
-  }
-
   reserveScsiIds(ids: number[]): void {
-    for (const id of ids) this.scsiInUse.add(id);
+    this.bus.reserve(ids);
   }
 
   async attachDisk(file: string, readonly: boolean): Promise<DiskAttachment> {
-    const scsiId = this.allocScsiId();
+    const scsiId = this.bus.alloc();
     const nodeName = `disk${scsiId}`;
-    await this.qmp.execute('blockdev-add', {
-      driver: 'raw',
-      'node-name': nodeName,
-      'read-only': readonly,
-      file: { driver: 'file', filename: file, 'read-only': readonly },
-    });
-    try {
-      await this.qmp.execute('device_add', { driver: 'scsi-hd', id: `dev-${nodeName}`, bus: 'scsi0.0', 'scsi-id': scsiId, lun: 0, drive: nodeName });
-    } catch (err) {
-      await this.qmp.execute('blockdev-del', { 'node-name': nodeName }).catch(() => undefined);
-      this.releaseScsiId(scsiId);
-      throw err;
-    }
-    const d: DiskAttachment = { nodeName, scsiId, lun: 0, path: file, readonly };
+    const addr = await this.bus.plug(diskNames(nodeName), { kind: 'file', path: file }, readonly, scsiId);
+    const d: DiskAttachment = { nodeName, scsiId: addr.scsiId, lun: addr.lun, path: file, readonly };
     this.info.disks.push(d);
     return d;
   }
@@ -344,15 +313,25 @@ export class QemuVm implements Vm {
   async detachDisk(nodeName: string): Promise<void> {
     const idx = this.info.disks.findIndex((d) => d.nodeName === nodeName);
     if (idx < 0) return;
-    if (this.alive()) {
-      const gone = this.qmp.waitEvent('DEVICE_DELETED', 5000, (d) => d.device === `dev-${nodeName}`);
-      gone.catch(() => undefined);
-      await this.qmp.execute('device_del', { id: `dev-${nodeName}` });
-      await gone;
-      await this.qmp.execute('blockdev-del', { 'node-name': nodeName });
-    }
-    this.releaseScsiId(this.info.disks[idx].scsiId);
+    if (this.alive()) await this.bus.unplug(diskNames(nodeName));
+    this.bus.release(this.info.disks[idx].scsiId);
     this.info.disks.splice(idx, 1);
+  }
+
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment> {
+    return this.bus.plug(volumeNames(tag), source, o.readonly);
+  }
+
+  async detachBlock(tag: string, scsiId?: number): Promise<void> {
+    if (!this.alive()) {
+      if (scsiId !== undefined) this.bus.release(scsiId);
+      return;
+    }
+    await this.bus.unplug(volumeNames(tag), scsiId);
+  }
+
+  sweepBlocks(): Promise<void> {
+    return this.bus.sweep('pvvol-');
   }
 
   /**

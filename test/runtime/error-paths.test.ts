@@ -240,10 +240,9 @@ class FakeVm implements Vm {
   alive() { return false; }
   async attachDisk(): Promise<never> { throw new Error('no disks'); }
   async detachDisk() {}
-  async control() { return {}; }
-  async controlEvent() { return {}; }
-  allocScsiId() { return 1; }
-  releaseScsiId() {}
+  async attachBlock(): Promise<never> { throw new Error('no disks'); }
+  async detachBlock() {}
+  async sweepBlocks() {}
   reserveScsiIds() {}
   async bindIntoMountNs() {}
   async stop() { this.stopped = true; }

@@ -8,10 +8,11 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient, AgentEvent } from '../../../agent/client';
 import { hello } from '../../../agent/hello';
-import type { GuestMethod, GuestParams, GuestResult } from '../../../agent/api';
+import type { GuestParams, GuestResult } from '../../../agent/api';
+import type { BlockAddress, BlockAttachment, BlockSource } from '../../../util/block-source';
 import type { Logger } from '../../../util/log';
 import type { Vm } from '../../../vm/hypervisor';
-import type { PodVolumeTarget } from '../../../../storage/volume-driver';
+import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../../../storage/volume-driver';
 import { run } from '../../../util/exec-file';
 import type { Pod, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
 
@@ -71,24 +72,34 @@ export class VmPod implements Pod, PodVolumeTarget {
     return { backend: 'vm', vm: { pid: i.pid, accelerator: i.accelerator, boot: i.bootMode, spare: i.spare ?? false, vcpus: i.vcpus, memoryMiB: i.memoryMiB, alive: this.vm.alive() } };
   }
 
-  qmp(command: string, args?: Record<string, unknown>): Promise<any> {
-    return this.vm.control(command, args);
+  // ---- the volume target (storage/volume-driver.ts): block sources to the VM, mounts to the guest
+
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment> {
+    return this.vm.attachBlock(tag, source, o);
   }
 
-  qmpEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any> {
-    return this.vm.controlEvent(name, timeoutMs, match);
+  detachBlock(tag: string, scsiId?: number): Promise<void> {
+    return this.vm.detachBlock(tag, scsiId);
   }
 
-  agentCall<M extends GuestMethod>(method: M, params: GuestParams<M>, timeoutMs?: number): Promise<GuestResult<M>> {
-    return this.agent.call(method, params, timeoutMs);
+  sweepBlocks(): Promise<void> {
+    return this.vm.sweepBlocks();
   }
 
-  allocScsiId(): number {
-    return this.vm.allocScsiId();
+  async mountDisk(p: GuestDiskMount, timeoutMs: number): Promise<void> {
+    await this.agent.call('disk.mount', p, timeoutMs);
   }
 
-  releaseScsiId(id: number): void {
-    this.vm.releaseScsiId(id);
+  diskDevice(a: BlockAddress, timeoutMs: number): Promise<{ device: string; major: number; minor: number }> {
+    return this.agent.call('disk.device', { scsi_id: a.scsiId, lun: a.lun }, timeoutMs);
+  }
+
+  async mountNfs(p: GuestNfsMount, timeoutMs: number): Promise<void> {
+    await this.agent.call('nfs.mount', p, timeoutMs);
+  }
+
+  async unmount(target: string, timeoutMs: number): Promise<void> {
+    await this.agent.call('disk.unmount', { target }, timeoutMs);
   }
 
   /** Greets the agent with this pod's identity (connecting first), over `agent` when already connected (a spare). */
