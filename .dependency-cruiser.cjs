@@ -26,7 +26,7 @@ module.exports = {
     forbid('layer-3', 'the runtime never imports the gRPC adapters, streaming or the daemon', L3, `${L4}|${L5}`),
     forbid('layer-4', 'cri/ and streaming/ never import the server, daemon or CLI', L4, L5),
     forbid('pods-through-backend', 'the runtime outside its backends, cri/ and streaming/ talk to pods, never to a VM or an agent connection (the sandbox record keeps the VM backend\'s state: records.ts)', '^(src/runtime/(?!backends/|records\\.ts)|src/cri/|src/streaming/)', '^(src/vm/|src/agent/client|src/agent/hello)'),
-    forbid('qemu-in-vm-backend', 'QEMU types stay in src/vm/ and the VM pod backend', '^(src/(?!vm/|runtime/backends/vm/|daemon\\.ts)|network/|storage/)', '^src/vm/(qemu|qmp)'),
+    forbid('qemu-in-vm-backend', 'QEMU types stay in src/vm/ and the VM pod backend', '^(src/(?!vm/|runtime/backends/vm/|daemon\\.ts|cli/)|network/|storage/)', '^src/vm/(qemu|qmp)'),
   ],
   options: {
     includeOnly: '^(src/|network/|storage/|cri-api/)',

@@ -24,8 +24,7 @@ import { VmPodBackend } from './runtime/backends/vm/vm-backend';
 import { startServer } from './server';
 import { chooseAccelerator } from './vm/accel';
 import { QemuHypervisor } from './vm/qemu';
-import { SparePool } from './vm/spares';
-import { TemplateManager } from './vm/templates';
+import { VmPool } from './vm/pool';
 import { CniNetwork } from '../network/cni-network';
 import { VolumeManager } from '../storage/volume-manager';
 import { ensureDir } from './util/dirs';
@@ -49,7 +48,7 @@ export class Daemon {
   private readonly stopping = new AbortController();
   private network?: CniNetwork;
   private streaming?: StreamingServer;
-  private spares?: SparePool;
+  private pool?: VmPool;
 
   constructor(readonly cfg: Config, readonly logger: Logger) {}
 
@@ -60,23 +59,22 @@ export class Daemon {
     const guest = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
     const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
-    const hypervisor = new QemuHypervisor({ ...qemuOpts, accelerator });
-    let spares: SparePool | undefined;
-    if (cfg.vm.template) {
-      const templates = new TemplateManager({
+    // the driver, and the VM pool (templates + warm spares) above it
+    const driver = new QemuHypervisor({ ...qemuOpts, accelerator });
+    const pool = new VmPool({
+      driver,
+      logger,
+      templates: cfg.vm.template ? {
         dir: cfg.vm.templateDir,
-        qemu: { ...guest, accelerator },
         guestDigest: () => guestDigest(cfg),
-        logger,
-      });
-      hypervisor.templates = templates;
-      const prebuilt = this.sizeClasses();
-      this.prebuild(templates, prebuilt);
-      const classes = [{ vcpus: cfg.vm.defaultVcpus, memoryMiB: cfg.vm.defaultMemoryMiB }, ...prebuilt];
-      spares = new SparePool({ hypervisor, templates, dir: path.join(cfg.state, 'spares'), count: cfg.vm.templateSpares, classes, logger });
-    }
-    this.spares = spares;
-    await spares?.reap();
+        prebuild: this.sizeClasses(),
+        spares: cfg.vm.templateSpares,
+        sparesDir: path.join(cfg.state, 'spares'),
+        defaultSize: { vcpus: cfg.vm.defaultVcpus, memoryMiB: cfg.vm.defaultMemoryMiB },
+      } : undefined,
+    });
+    this.pool = pool;
+    await pool.open();
 
     const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned });
     await images.init();
@@ -85,7 +83,7 @@ export class Daemon {
     const volumes = await VolumeManager.create({ stateDir: path.join(cfg.root, 'storage'), logger });
     // the pod backends, one registration line each (runtime/pod-backend.ts)
     const backends = new PodBackends()
-      .register(new VmPodBackend({ cfg, hypervisor, network, spares, volumes, logger }));
+      .register(new VmPodBackend({ cfg, hypervisor: pool, network, spares: pool.spares, volumes, logger }));
     const sandboxes = new SandboxManager(cfg, backends, volumes, logger);
     const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers
@@ -123,13 +121,6 @@ export class Daemon {
     });
   }
 
-  /** Builds the configured size classes in the background: pods never wait on this. */
-  private prebuild(templates: TemplateManager, sizes: Array<{ vcpus: number; memoryMiB: number; nics: number }>): void {
-    for (const size of sizes) {
-      templates.ensure(size).catch((err) => this.logger.error({ size, err: err.message }, 'template prebuild failed'));
-    }
-  }
-
   /** Stops serving. Pod VMs keep running: a restarted daemon picks them up again. */
   async stop(): Promise<void> {
     const server = this.server;
@@ -150,7 +141,7 @@ export class Daemon {
     });
     this.network?.close();
     await this.streaming?.stop();
-    await this.spares?.close();
+    await this.pool?.close();
     await fsp.rm(this.cfg.socket, { force: true });
   }
 }

@@ -52,6 +52,16 @@ export interface VmInfo {
 /** A file in a VM's runtime directory naming the VM when it differs from the directory (a warm spare taken by a pod). */
 export const VM_NAME_FILE = 'vm-name';
 
+/**
+ * How a VM comes to life. A template keeps its RAM in a shared file (on tmpfs); a clone maps
+ * that file privately (copy-on-write: the template file is never written) and restores the
+ * device state the template saved with Vm.snapshot.
+ */
+export type Boot =
+  | { mode: 'cold' }
+  | { mode: 'template'; memPath: string }
+  | { mode: 'clone'; memPath: string; statePath: string };
+
 export interface Vm {
   readonly info: VmInfo;
   /** the tag under which the guest mounts the VM's share (sandbox.setup's share_tag) */
@@ -76,7 +86,12 @@ export interface Vm {
   reserveScsiIds(ids: number[]): void;
   /** host path `src` (and the mounts under it) at `dst` in the VM process's own mount namespace; `readonly` for the top mount */
   bindIntoMountNs(src: string, dst: string, readonly: boolean): Promise<void>;
-  /** asks QEMU to quit, then kills it after `graceMs`; resolves when the process is gone */
+  /**
+   * Pauses a template VM (started with boot mode 'template') and saves its device state to
+   * `statePath`; its RAM stays in the template's memory file. Clones restore from the pair.
+   */
+  snapshot(statePath: string): Promise<void>;
+  /** asks the VM to power off, then kills it after `graceMs`; resolves when the process is gone */
   stop(graceMs: number): Promise<void>;
 }
 
@@ -84,7 +99,17 @@ export interface Hypervisor {
   readonly accelerator: Accelerator;
   /** Checks that binaries and guest files exist; returns a reason string when not ready. */
   readiness(): Promise<string | undefined>;
-  start(spec: VmSpec): Promise<Vm>;
+  /** Starts a VM (cold unless `boot` says otherwise); a clone is restored and running when this resolves. */
+  start(spec: VmSpec, boot?: Boot): Promise<Vm>;
+  /**
+   * Everything a VM template depends on besides the guest build and its size (the binary, the
+   * device layout, the accelerator …): a template made under other inputs is never cloned.
+   */
+  templateKeyInputs(): Record<string, string>;
+  /** true while a VM of this driver maps `memPath` (a template's memory file) */
+  memoryFileInUse(memPath: string): boolean;
+  /** Files of a VM directory that belong to the running VM, not to a saved template (removed before publishing one). */
+  readonly runtimeFiles: readonly string[];
   /** Re-attaches to a VM that outlived a daemon restart; undefined when it is gone. */
   reconnect(info: VmInfo): Promise<Vm | undefined>;
   /**

@@ -1,5 +1,6 @@
 // QEMU driver: one `qemu-system-x86_64 -M microvm` process per pod, booting the podvisor guest
-// kernel (PVH vmlinux) and initramfs. The VM outlives the daemon (own session, pid file), so a
+// kernel (PVH vmlinux) and initramfs, or restoring a template's clone (templates and spares sit
+// above the driver: pool.ts). The VM outlives the daemon (own session, pid file), so a
 // restarted daemon finds it again through its QMP and agent sockets.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -7,7 +8,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DEFAULT_TCG_CODE_MIB } from '../config/config';
 import type { Logger } from '../util/log';
-import { Accelerator, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo, VmSpec } from './hypervisor';
+import { Accelerator, Boot, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo, VmSpec } from './hypervisor';
 import type { BlockAttachment, BlockSource } from '../util/block-source';
 import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
@@ -59,16 +60,6 @@ export function kernelCmdline(extra: string): string {
   if (extra) parts.push(extra);
   return parts.join(' ');
 }
-
-/**
- * How a VM comes to life. A template keeps its RAM in a shared file on tmpfs; a clone maps that
- * file privately (copy-on-write: the template file is never written) and restores the device
- * state saved with x-ignore-shared.
- */
-export type Boot =
-  | { mode: 'cold' }
-  | { mode: 'template'; memPath: string }
-  | { mode: 'clone'; memPath: string; statePath: string };
 
 // Bump when the device layout below changes: templates are keyed on it.
 // 3: NICs are tap file descriptors opened by podvisor-launch (QEMU runs in the host netns).
@@ -131,26 +122,32 @@ export class QemuHypervisor implements Hypervisor {
     return undefined;
   }
 
-  /** Set by the daemon when templates are on: start() then clones when it can. */
-  templates?: { cloneSource(spec: VmSpec): Promise<{ memPath: string; statePath: string } | undefined>; failed(spec: VmSpec, err: Error): void };
-
-  async start(spec: VmSpec): Promise<Vm> {
-    const src = await this.templates?.cloneSource(spec).catch(() => undefined);
-    if (src) {
-      try {
-        return await this.launch(spec, { mode: 'clone', ...src });
-      } catch (err) {
-        this.o.logger.warn({ sandbox: spec.id, err: (err as Error).message }, 'clone from template failed: cold boot instead');
-        this.templates?.failed(spec, err as Error);
-        await fsp.rm(path.join(spec.dir, 'qmp.sock'), { force: true });
-        await fsp.rm(path.join(spec.dir, 'agent.sock'), { force: true });
-      }
-    }
-    return this.launch(spec, { mode: 'cold' });
+  templateKeyInputs(): Record<string, string> {
+    return {
+      qemu: `${this.o.binary}:${fileDigest(this.o.binary)}`,
+      kernelArgs: this.o.kernelArgs,
+      layout: String(DEVICE_LAYOUT_VERSION),
+      accel: this.o.accelerator,
+      cpu: this.o.accelerator === 'kvm' ? 'host' : 'max',
+    };
   }
 
+  memoryFileInUse(memPath: string): boolean {
+    for (const pid of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`mem-path=${memPath},`)) return true;
+      } catch {
+        /* exited meanwhile */
+      }
+    }
+    return false;
+  }
+
+  readonly runtimeFiles = ['agent.sock', 'qmp.sock', 'qemu.pid'] as const;
+
   /** Spawns QEMU and connects QMP; a clone is restored and running when this resolves. */
-  async launch(spec: VmSpec, boot: Boot): Promise<QemuVm> {
+  async start(spec: VmSpec, boot: Boot = { mode: 'cold' }): Promise<QemuVm> {
     const args = qemuArgs(spec, this.o, boot);
     // The VM's directory (sockets, console and QEMU logs, the share) is root's alone: a guest's
     // console can carry anything the pod prints at boot. QEMU creates console.log with the
@@ -344,6 +341,21 @@ export class QemuVm implements Vm {
     await run(this.launcher, ['bind', ...(readonly ? ['--ro'] : []), `/proc/${this.info.pid}/ns/mnt`, src, dst]);
   }
 
+  /** x-ignore-shared: the RAM (the template's memory file) is not written into the state */
+  async snapshot(statePath: string): Promise<void> {
+    await this.qmp.execute('stop');
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(statePath)}` });
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const m = await this.qmp.execute('query-migrate');
+      if (m.status === 'completed') break;
+      if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`saving template state failed: ${m['error-desc'] ?? m.status}`);
+      if (Date.now() > deadline) throw new Error('saving template state timed out');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
   async stop(graceMs: number): Promise<void> {
     if (!this.alive()) return;
     await this.qmp.execute('quit').catch(() => undefined);
@@ -353,6 +365,15 @@ export class QemuVm implements Vm {
       await Promise.race([this.exited, new Promise((r) => setTimeout(r, 2000))]);
     }
     this.dead = true;
+  }
+}
+
+function fileDigest(file: string): string {
+  try {
+    const st = fs.statSync(file);
+    return `${st.size}:${Math.trunc(st.mtimeMs)}`;
+  } catch {
+    return 'missing';
   }
 }
 

@@ -226,6 +226,9 @@ class FakeHypervisor implements Hypervisor {
   }
   async reconnect() { return undefined; }
   async reapStray() { return undefined; }
+  templateKeyInputs() { return {}; }
+  memoryFileInUse() { return false; }
+  readonly runtimeFiles = [];
 }
 
 class FakeVm implements Vm {
@@ -245,6 +248,7 @@ class FakeVm implements Vm {
   async sweepBlocks() {}
   reserveScsiIds() {}
   async bindIntoMountNs() {}
+  async snapshot() {}
   async stop() { this.stopped = true; }
 }
 
