@@ -1,6 +1,8 @@
 // The image service: pulls images into a content-addressed store, turns each into one
 // read-only erofs file shared by all its containers, and keeps the names (tags, digests)
-// pointing at them. Layout under `root`:
+// pointing at them. This module is the pull's orchestration (download, verify, build); the
+// catalog (catalog.ts) keeps which images exist, their names, who uses them and what is
+// garbage. Layout under `root`:
 //   blobs/sha256/<hex>     manifests, configs, compressed layers (verified)
 //   erofs/<id hex>.erofs   one per image id (built as erofs/.tmp-* until complete)
 //   tmp/                   downloads in progress (wiped at init, like erofs/.tmp-*)
@@ -20,7 +22,7 @@ import type { Logger } from '../util/log';
 import { credentialsFrom, type AuthConfig } from './auth';
 import { ContentStore, type Progress, type StagedBlob } from './content-store';
 import type { FetchOutcome } from './layer-fetch';
-import { MetadataStore, type StoredImage } from './metadata';
+import { dirUsage, ImageCatalog, type ImageRecord } from './catalog';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
 import { layerWorkersEnabled, prewarmLayerWorkers } from './layer-pool';
@@ -30,17 +32,8 @@ import { ensureDir } from '../util/dirs';
 
 export type { AuthConfig } from './auth';
 
-export interface ImageRecord {
-  id: string;
-  repoTags: string[];
-  repoDigests: string[];
-  size: number;
-  config: any;
-  user: { uid?: number; username?: string };
-  pinned: boolean;
-  erofsPath: string;
-  createdAt: number;
-}
+export type { ImageRecord } from './catalog';
+export { dirUsage, parseUser } from './catalog';
 
 export interface ImageManagerOptions {
   root: string;
@@ -53,55 +46,35 @@ export interface ImageManagerOptions {
   downloadConcurrency?: number;
 }
 
-const ID_RE = /^(?:sha256:)?([a-f0-9]{64})$/;
-const PREFIX_RE = /^(?:sha256:)?([a-f0-9]{12,63})$/;
 const PROGRESS_MIN_BYTES = 8 << 20;
-
-/** Parses an OCI config `User` ('1000', 'nobody', '1000:50', 'user:group'). */
-export function parseUser(user: unknown): { uid?: number; username?: string } {
-  if (typeof user !== 'string' || user === '') return {};
-  const u = user.split(':')[0];
-  if (/^\d+$/.test(u)) return { uid: Number(u) };
-  return u ? { username: u } : {};
-}
-
-interface Entry {
-  stored: StoredImage;
-  config: any;
-}
 
 export class ImageManager {
   private readonly root: string;
   private readonly content: ContentStore;
-  private readonly meta: MetadataStore;
   private readonly erofsDir: string;
   private readonly tmpDir: string;
   private readonly log: Logger;
   private readonly limits: UnpackLimits;
-  private readonly pinnedRefs: Set<string>;
-  private images = new Map<string, Entry>(); // by id, including hidden deleted-but-in-use ones
+  /** the images, their names and users (lookup, refcount, GC) */
+  readonly catalog: ImageCatalog;
   private building = new Map<string, Promise<void>>();
-  private inUse = new Map<string, number>();
-  /** Pulls running (blobs they wrote may not be referenced yet) and the ids they target. */
-  private activePulls = 0;
-  private pulling = new Map<string, number>();
 
   constructor(private readonly opts: ImageManagerOptions) {
     this.root = path.resolve(opts.root);
     this.tmpDir = path.join(this.root, 'tmp');
     this.erofsDir = path.join(this.root, 'erofs');
     this.content = new ContentStore(this.root, this.tmpDir);
-    this.meta = new MetadataStore(path.join(this.root, 'metadata.json'));
     this.log = opts.logger.child({ component: 'images' });
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
-    this.pinnedRefs = new Set();
+    const pinnedRefs = new Set<string>();
     for (const r of opts.pinned ?? []) {
       try {
-        this.pinnedRefs.add(formatReference(parseReference(r)));
+        pinnedRefs.add(formatReference(parseReference(r)));
       } catch {
         this.log.warn({ ref: r }, 'ignoring invalid pinned image reference');
       }
     }
+    this.catalog = new ImageCatalog(this.root, this.erofsDir, this.content, pinnedRefs, this.log);
   }
 
   /** Loads the index, drops half-done pulls and content nothing refers to. */
@@ -113,21 +86,8 @@ export class ImageManager {
     await fsp.mkdir(this.erofsDir, { recursive: true });
     // Images whose build was interrupted (ImageBuilder's temp files).
     for (const f of await fsp.readdir(this.erofsDir)) if (f.startsWith('.tmp-')) await fsp.rm(path.join(this.erofsDir, f), { force: true });
-    const stored = await this.meta.load();
-    let dropped = false;
-    for (const s of stored) {
-      const erofs = path.join(this.erofsDir, s.erofs);
-      try {
-        const config = JSON.parse((await this.content.read(s.id)).toString('utf8'));
-        await fsp.access(erofs);
-        this.images.set(s.id, { stored: s, config });
-      } catch {
-        this.log.warn({ id: s.id }, 'image content missing, forgetting the image');
-        dropped = true;
-      }
-    }
-    if (dropped) await this.save();
-    await this.collectGarbage(false);
+    await this.catalog.load();
+    await this.catalog.collectGarbage(false);
     // Layer reader threads (layer-pool.ts), started now so that a first pull need not wait,
     // and the build path run once (in the background, ~0.5 s) so that the first pull does not
     // run it unoptimized (warm-up.ts).
@@ -138,79 +98,46 @@ export class ImageManager {
     this.log.info({ images: this.list().length }, 'image store ready');
   }
 
-  // ---- lookups -------------------------------------------------------------------------
-
-  private visible(): Entry[] {
-    return [...this.images.values()].filter((e) => !e.stored.deleted);
-  }
-
-  /** Finds the image and how it was named: by id, tag or digest. */
-  private lookup(refOrId: string): { entry: Entry; kind: 'id' | 'tag' | 'digest'; name: string } | undefined {
-    if (typeof refOrId !== 'string' || refOrId === '') return undefined;
-    const id = ID_RE.exec(refOrId);
-    if (id) {
-      const e = this.images.get(`sha256:${id[1]}`);
-      if (e && !e.stored.deleted) return { entry: e, kind: 'id', name: e.stored.id };
-    }
-    let ref: Reference | undefined;
-    try {
-      ref = parseReference(refOrId);
-    } catch {
-      ref = undefined;
-    }
-    if (ref) {
-      const name = formatReference(ref);
-      for (const e of this.visible()) {
-        if (ref.digest ? e.stored.repoDigests.includes(name) : e.stored.repoTags.includes(name)) return { entry: e, kind: ref.digest ? 'digest' : 'tag', name };
-      }
-    }
-    const prefix = PREFIX_RE.exec(refOrId);
-    if (prefix && !id) {
-      const hits = this.visible().filter((e) => e.stored.id.startsWith(`sha256:${prefix[1]}`));
-      if (hits.length === 1) return { entry: hits[0], kind: 'id', name: hits[0].stored.id };
-    }
-    return undefined;
-  }
-
-  private toRecord(e: Entry): ImageRecord {
-    const s = e.stored;
-    return {
-      id: s.id,
-      repoTags: [...s.repoTags],
-      repoDigests: [...s.repoDigests],
-      size: s.size,
-      config: e.config,
-      user: parseUser(e.config?.config?.User),
-      pinned: s.repoTags.some((t) => this.pinnedRefs.has(t)) || s.repoDigests.some((d) => this.pinnedRefs.has(d)),
-      erofsPath: path.join(this.erofsDir, s.erofs),
-      createdAt: s.createdAt,
-    };
-  }
+  // ---- the catalog's, for the runtime and the CRI image service -------------------------
 
   resolve(refOrId: string): ImageRecord | undefined {
-    const hit = this.lookup(refOrId);
-    return hit ? this.toRecord(hit.entry) : undefined;
+    return this.catalog.resolve(refOrId);
   }
 
   list(filterRef?: string): ImageRecord[] {
-    if (filterRef) {
-      const r = this.resolve(filterRef);
-      return r ? [r] : [];
-    }
-    return this.visible()
-      .sort((a, b) => a.stored.createdAt - b.stored.createdAt)
-      .map((e) => this.toRecord(e));
+    return this.catalog.list(filterRef);
+  }
+
+  remove(refOrId: string): Promise<void> {
+    return this.catalog.remove(refOrId);
+  }
+
+  acquire(id: string): void {
+    this.catalog.acquire(id);
+  }
+
+  release(id: string): void {
+    this.catalog.release(id);
+  }
+
+  collectGarbage(dropRemoved = true): Promise<void> {
+    return this.catalog.collectGarbage(dropRemoved);
+  }
+
+  async fsInfo(): Promise<{ mountpoint: string; usedBytes: number; inodesUsed: number; timestamp: number }> {
+    const u = await dirUsage(this.root);
+    return { mountpoint: this.root, usedBytes: u.bytes, inodesUsed: u.inodes, timestamp: Date.now() };
   }
 
   // ---- pull ----------------------------------------------------------------------------
 
   async pull(ref: string, auth?: AuthConfig): Promise<ImageRecord> {
     const parsed = parseReference(ref);
-    this.activePulls++;
+    this.catalog.pullStarted();
     try {
       return await this.pullParsed(parsed, auth);
     } finally {
-      this.activePulls--;
+      this.catalog.pullEnded();
     }
   }
 
@@ -223,13 +150,11 @@ export class ImageManager {
     const configDesc = manifest.config;
     const id = configDesc.digest;
     this.log.info({ ref: name, id, manifest: resolved.manifestDigest }, 'pulling image');
-    this.pulling.set(id, (this.pulling.get(id) ?? 0) + 1);
+    this.catalog.holdForPull(id);
     try {
       return await this.pullImage(parsed, session, resolved, started);
     } finally {
-      const n = (this.pulling.get(id) ?? 1) - 1;
-      if (n > 0) this.pulling.set(id, n);
-      else this.pulling.delete(id);
+      this.catalog.unholdForPull(id);
     }
   }
 
@@ -269,8 +194,8 @@ export class ImageManager {
     if (!Array.isArray(diffIds) || diffIds.length !== manifest.layers.length)
       throw new PodvisorError('failed_precondition', `${name}: config has ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${manifest.layers.length} layers`);
 
-    const existing = this.images.get(id);
-    if (!existing || !(await this.erofsExists(existing.stored))) {
+    const existing = this.catalog.get(id);
+    if (!existing || !(await this.catalog.erofsExists(existing.stored))) {
       let b = this.building.get(id);
       if (!b) {
         b = this.build(id, session, resolved, diffIds as string[]).finally(() => this.building.delete(id));
@@ -281,49 +206,9 @@ export class ImageManager {
     await stored;
 
     // Point the names at the image (moving a tag away from an older image if needed).
-    const entry = this.images.get(id) ?? this.addEntry(id, resolved, config);
-    entry.stored.deleted = false;
-    const tag = parsed.tag ? name : undefined;
-    const digestRef = `${repoName(parsed)}@${resolved.topDigest}`;
-    const orphaned: Entry[] = [];
-    if (tag) {
-      for (const other of this.images.values()) {
-        if (other !== entry && other.stored.repoTags.includes(tag)) {
-          other.stored.repoTags = other.stored.repoTags.filter((t) => t !== tag);
-          if (other.stored.repoTags.length === 0 && other.stored.repoDigests.length === 0) orphaned.push(other);
-        }
-      }
-      if (!entry.stored.repoTags.includes(tag)) entry.stored.repoTags.push(tag);
-    }
-    if (!entry.stored.repoDigests.includes(digestRef)) entry.stored.repoDigests.push(digestRef);
-    for (const o of orphaned) this.markDeleted(o);
-    await this.save();
-    for (const o of orphaned) await this.reap(o.stored.id);
+    const record = await this.catalog.bind(id, resolved, config, parsed.tag ? name : undefined, `${repoName(parsed)}@${resolved.topDigest}`);
     this.log.info({ ref: name, id, ms: Date.now() - started }, 'pulled image');
-    return this.toRecord(entry);
-  }
-
-  private addEntry(id: string, r: ResolvedImage, config: any): Entry {
-    const m = r.manifest;
-    const stored: StoredImage = {
-      id,
-      repoTags: [],
-      repoDigests: [],
-      // Like containerd: compressed layers plus config.
-      size: m.layers.reduce((n, l) => n + l.size, 0) + m.config.size,
-      manifestDigest: r.manifestDigest,
-      topDigest: r.topDigest,
-      layers: m.layers.map((l) => l.digest),
-      erofs: `${id.slice(7)}.erofs`,
-      createdAt: Date.now(),
-    };
-    const e = { stored, config };
-    this.images.set(id, e);
-    return e;
-  }
-
-  private async erofsExists(s: StoredImage): Promise<boolean> {
-    return fsp.access(path.join(this.erofsDir, s.erofs)).then(() => true, () => false);
+    return record;
   }
 
   /**
@@ -499,138 +384,6 @@ export class ImageManager {
       }
     };
   }
-
-  // ---- removal and in-use tracking -----------------------------------------------------
-
-  async remove(refOrId: string): Promise<void> {
-    const hit = this.lookup(refOrId);
-    if (!hit) return;
-    const s = hit.entry.stored;
-    if (hit.kind === 'id') {
-      s.repoTags = [];
-      s.repoDigests = [];
-    } else if (hit.kind === 'tag') {
-      s.repoTags = s.repoTags.filter((t) => t !== hit.name);
-      // Removing the last tag removes the image, as `docker rmi`/`crictl rmi` users expect.
-      if (s.repoTags.length === 0) s.repoDigests = [];
-    } else {
-      s.repoDigests = s.repoDigests.filter((d) => d !== hit.name);
-    }
-    if (s.repoTags.length === 0 && s.repoDigests.length === 0) this.markDeleted(hit.entry);
-    await this.save();
-    await this.reap(s.id);
-  }
-
-  private markDeleted(e: Entry): void {
-    e.stored.deleted = true;
-    e.stored.repoTags = [];
-    e.stored.repoDigests = [];
-  }
-
-  /** Deletes a hidden image's files once no container uses it. */
-  private async reap(id: string): Promise<void> {
-    const e = this.images.get(id);
-    if (!e || !e.stored.deleted || this.busy(id)) return;
-    this.images.delete(id);
-    await this.save();
-    await fsp.rm(path.join(this.erofsDir, e.stored.erofs), { force: true });
-    await this.collectGarbage(false);
-    this.log.info({ id }, 'image deleted');
-  }
-
-  acquire(id: string): void {
-    const e = this.lookup(id)?.entry ?? this.images.get(id);
-    const key = e?.stored.id ?? id;
-    this.inUse.set(key, (this.inUse.get(key) ?? 0) + 1);
-  }
-
-  release(id: string): void {
-    const e = this.lookup(id)?.entry ?? this.images.get(id);
-    const key = e?.stored.id ?? id;
-    const n = (this.inUse.get(key) ?? 0) - 1;
-    if (n > 0) {
-      this.inUse.set(key, n);
-      return;
-    }
-    this.inUse.delete(key);
-    this.reap(key).catch((err) => this.log.error({ id: key, err: err.message }, 'deferred image delete failed'));
-  }
-
-  private busy(id: string): boolean {
-    return (this.inUse.get(id) ?? 0) > 0 || this.building.has(id) || this.pulling.has(id);
-  }
-
-  /**
-   * Deletes blobs and erofs files that no image refers to. With `dropRemoved`, also images
-   * that were removed while in use and that no container holds now: after a restart, call it
-   * once the existing containers have re-acquired their images (init() keeps them).
-   */
-  async collectGarbage(dropRemoved = true): Promise<void> {
-    if (dropRemoved) {
-      let changed = false;
-      for (const [id, e] of this.images) {
-        if (e.stored.deleted && !this.busy(id)) {
-          this.images.delete(id);
-          changed = true;
-        }
-      }
-      if (changed) await this.save();
-    }
-    const keepBlobs = new Set<string>();
-    const keepErofs = new Set<string>();
-    for (const e of this.images.values()) {
-      keepBlobs.add(e.stored.id).add(e.stored.manifestDigest).add(e.stored.topDigest);
-      e.stored.layers.forEach((l) => keepBlobs.add(l));
-      keepErofs.add(e.stored.erofs);
-    }
-    // A pull in progress owns blobs not yet in any record: skip the blob sweep meanwhile.
-    if (this.activePulls === 0) {
-      for (const d of await this.content.list()) if (!keepBlobs.has(d)) await this.content.delete(d);
-    }
-    for (const f of await fsp.readdir(this.erofsDir).catch(() => [] as string[])) {
-      if (f.endsWith('.erofs') && !keepErofs.has(f) && !this.busy(`sha256:${f.slice(0, 64)}`)) await fsp.rm(path.join(this.erofsDir, f), { force: true });
-    }
-  }
-
-  private save(): Promise<void> {
-    return this.meta.save([...this.images.values()].map((e) => e.stored));
-  }
-
-  // ---- filesystem usage -----------------------------------------------------------------
-
-  async fsInfo(): Promise<{ mountpoint: string; usedBytes: number; inodesUsed: number; timestamp: number }> {
-    const u = await dirUsage(this.root);
-    return { mountpoint: this.root, usedBytes: u.bytes, inodesUsed: u.inodes, timestamp: Date.now() };
-  }
-}
-
-/** Disk bytes (allocated blocks) and inodes used under `dir`, not crossing into other filesystems. */
-export async function dirUsage(dir: string): Promise<{ bytes: number; inodes: number }> {
-  let bytes = 0;
-  let inodes = 0;
-  const seen = new Set<string>();
-  const rootDev = (await fsp.lstat(dir)).dev;
-  const walk = async (p: string): Promise<void> => {
-    let st;
-    try {
-      st = await fsp.lstat(p);
-    } catch {
-      return;
-    }
-    if (st.dev !== rootDev) return;
-    const key = `${st.ino}`;
-    if (!seen.has(key)) {
-      seen.add(key);
-      bytes += st.blocks * 512;
-      inodes++;
-    }
-    if (st.isDirectory()) {
-      const names = await fsp.readdir(p).catch(() => [] as string[]);
-      for (const n of names) await walk(path.join(p, n));
-    }
-  };
-  await walk(dir);
-  return { bytes, inodes };
 }
 
 /**
