@@ -63,7 +63,7 @@ function implement(methods: string[], handlers: Handlers, streams: StreamHandler
           return;
         }
         const sink = sinkOf(call);
-        fn(call.request ?? {}, sink).then(
+        fn((call.request ?? {}) as never, sink).then(
           () => {
             if (!sink.closed) call.end();
           },
@@ -81,7 +81,7 @@ function implement(methods: string[], handlers: Handlers, streams: StreamHandler
         return;
       }
       const t0 = process.hrtime.bigint();
-      fn(call.request ?? {}).then(
+      fn((call.request ?? {}) as never).then(
         (res) => {
           if (!QUIET.has(method)) logger.debug({ method, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'rpc');
           callback(null, res);

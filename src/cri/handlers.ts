@@ -2,7 +2,11 @@
 // build them, the server registers them. Kept apart from the server so that the handlers never
 // import the server that imports them.
 
-export type UnaryHandler = (req: any) => Promise<any>;
+/**
+ * A unary CRI handler: the request as the server decodes it (cri-api/messages.ts gives each
+ * handler its own request and response types); the registry only knows it takes one.
+ */
+export type UnaryHandler = (req: never) => Promise<unknown>;
 export type Handlers = Record<string, UnaryHandler>;
 
 /** What a server-streaming handler writes to. */
@@ -15,5 +19,5 @@ export interface StreamSink {
   readonly gone: Promise<void>;
 }
 /** Resolves when the stream is complete (the server ends it); rejects to end it with an error. */
-export type StreamHandler = (req: any, sink: StreamSink) => Promise<void>;
+export type StreamHandler = (req: never, sink: StreamSink) => Promise<void>;
 export type StreamHandlers = Record<string, StreamHandler>;

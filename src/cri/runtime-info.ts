@@ -1,5 +1,6 @@
 // Version, Status, RuntimeConfig and UpdateRuntimeConfig: what kubelet asks at start-up and
 // every few seconds after.
+import type { StatusRequest, StatusResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse } from '../../cri-api/messages';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
@@ -31,7 +32,7 @@ export function runtimeInfoHandlers(deps: { version: string; root: string; backe
       return { version: CRI_VERSION, runtime_name: RUNTIME_NAME, runtime_version: deps.version, runtime_api_version: 'v1' };
     },
 
-    async Status(req: any) {
+    async Status(req: StatusRequest): Promise<StatusResponse> {
       // the runtime is ready when the backend of the default handler ("") can run pods
       const main = deps.backends.get(deps.handlers[''] ?? 'vm') ?? deps.backends.all()[0];
       const notReady = main ? await main.readiness() : 'no pod backend';
@@ -50,7 +51,7 @@ export function runtimeInfoHandlers(deps: { version: string; root: string; backe
       };
     },
 
-    async UpdateRuntimeConfig(req: any) {
+    async UpdateRuntimeConfig(req: UpdateRuntimeConfigRequest): Promise<UpdateRuntimeConfigResponse> {
       const cidr = req?.runtime_config?.network_config?.pod_cidr ?? '';
       await fsp.mkdir(deps.root, { recursive: true });
       await writeFileAtomic(runtimeConfigFile, JSON.stringify({ pod_cidr: cidr }), { fsync: true });

@@ -1,4 +1,5 @@
 // RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+import type { ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse } from '../../cri-api/messages';
 import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
 import type { SandboxRecord } from '../runtime/records';
@@ -40,23 +41,23 @@ export function containerStatuses(containers: ContainerManager, sandboxId: strin
 
 export function sandboxHandlers(sandboxes: SandboxManager, containers: ContainerManager) {
   return {
-    async RunPodSandbox(req: any) {
-      const id = await sandboxes.run(req.config, req.runtime_handler ?? '');
+    async RunPodSandbox(req: RunPodSandboxRequest): Promise<RunPodSandboxResponse> {
+      const id = await sandboxes.run(req.config ?? {}, req.runtime_handler ?? '');
       return { pod_sandbox_id: id };
     },
 
     // Stop and Remove are idempotent: an unknown (or empty) id is already stopped and removed.
-    async StopPodSandbox(req: any) {
+    async StopPodSandbox(req: StopPodSandboxRequest): Promise<StopPodSandboxResponse> {
       await sandboxes.stop(req.pod_sandbox_id ?? '');
       return {};
     },
 
-    async RemovePodSandbox(req: any) {
+    async RemovePodSandbox(req: RemovePodSandboxRequest): Promise<RemovePodSandboxResponse> {
       await sandboxes.remove(req.pod_sandbox_id ?? '');
       return {};
     },
 
-    async PodSandboxStatus(req: any) {
+    async PodSandboxStatus(req: PodSandboxStatusRequest): Promise<PodSandboxStatusResponse> {
       const sb = sandboxes.get(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
       const rec = sb.rec;
       const info: Record<string, string> = {};
@@ -82,7 +83,7 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
       return { status: podSandboxStatus(rec), info, containers_statuses: containerStatuses(containers, rec.id), timestamp: nowNs().toString() };
     },
 
-    async ListPodSandbox(req: any) {
+    async ListPodSandbox(req: ListPodSandboxRequest): Promise<ListPodSandboxResponse> {
       return { items: sandboxes.list(req.filter).map(summary) };
     },
   };

@@ -1,5 +1,6 @@
 // Containers inside pod VMs: create/start/stop/remove through the guest agent, stdio to CRI
 // log files, exit seen from agent events (pushed, not polled), ExecSync.
+import type { ContainerConfig, ContainerFilter, LinuxContainerResources, PodSandboxConfig } from '../../cri-api/messages';
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -30,7 +31,7 @@ export interface Live {
 }
 
 interface ExecWaiter {
-  resolve: (ev: any) => void;
+  resolve: (ev: PodEvent) => void;
 }
 
 /** CRI ContainerEventType names. */
@@ -111,7 +112,7 @@ export class ContainerManager {
     return false;
   }
 
-  async create(sandboxId: string, config: any, sandboxConfig: any): Promise<string> {
+  async create(sandboxId: string, config: ContainerConfig, sandboxConfig: PodSandboxConfig | null | undefined): Promise<string> {
     if (!config?.metadata?.name) throw invalidArgument('container config metadata.name is required');
     if (!config.image?.image) throw invalidArgument('container config image is required');
     const sb = this.sandboxes.get(sandboxId);
@@ -119,7 +120,7 @@ export class ContainerManager {
     const md = config.metadata;
     for (const c of this.containers.values()) {
       const m = c.rec.config.metadata;
-      if (c.rec.sandboxId === sb.rec.id && m.name === md.name && (m.attempt ?? 0) === (md.attempt ?? 0)) {
+      if (c.rec.sandboxId === sb.rec.id && m?.name === md.name && (m?.attempt ?? 0) === (md.attempt ?? 0)) {
         throw alreadyExists(`container ${md.name} attempt ${md.attempt ?? 0} already exists in pod ${sb.rec.id}: ${c.rec.id}`);
       }
     }
@@ -188,10 +189,10 @@ export class ContainerManager {
     }
   }
 
-  private targetPid(config: any): number | undefined {
+  private targetPid(config: ContainerConfig): number | undefined {
     const ns = config.linux?.security_context?.namespace_options;
     if (ns?.pid !== 'TARGET') return undefined;
-    const t = this.find(ns.target_id);
+    const t = this.find(ns.target_id ?? '');
     if (!t || t.rec.state !== 'CONTAINER_RUNNING') throw notFound(`namespace target container ${JSON.stringify(ns.target_id)} is not running`);
     return t.rec.pid;
   }
@@ -283,7 +284,7 @@ export class ContainerManager {
     this.emit(c.rec, 'CONTAINER_DELETED_EVENT');
   }
 
-  list(filter: any): ContainerRecord[] {
+  list(filter: ContainerFilter | null | undefined): ContainerRecord[] {
     return [...this.containers.values()]
       .map((c) => c.rec)
       .filter((r) => !filter?.id || r.id === filter.id || r.id.startsWith(filter.id))
@@ -292,7 +293,7 @@ export class ContainerManager {
       .filter((r) => labelsMatch(r.config.labels, filter?.label_selector));
   }
 
-  async updateResources(id: string, linux: any): Promise<void> {
+  async updateResources(id: string, linux: LinuxContainerResources | null | undefined): Promise<void> {
     if (!linux) throw invalidArgument('linux resources are required');
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is not running`);
@@ -344,15 +345,15 @@ export class ContainerManager {
   }
 
   /** Registers interest in an exec's exit before it starts (the event may beat the reply). */
-  expectExecExit(execId: string): Promise<any> {
-    return new Promise<any>((resolve) => this.execWaiters.set(execId, { resolve }));
+  expectExecExit(execId: string): Promise<PodEvent> {
+    return new Promise<PodEvent>((resolve) => this.execWaiters.set(execId, { resolve }));
   }
 
   forgetExec(execId: string): void {
     this.execWaiters.delete(execId);
   }
 
-  private onEvent(sandboxId: string, ev: any): void {
+  private onEvent(sandboxId: string, ev: PodEvent): void {
     if (ev.type !== 'exit') return;
     if (typeof ev.exec_id === 'string' && ev.exec_id) {
       this.execWaiters.get(ev.exec_id)?.resolve(ev);
@@ -360,7 +361,7 @@ export class ContainerManager {
     }
     const c = this.containers.get(String(ev.container_id));
     if (!c || c.rec.sandboxId !== sandboxId) return; // a guest may not speak for another pod's containers
-    const code = Number.isInteger(ev.exit_code) ? ev.exit_code : 255;
+    const code = Number.isInteger(ev.exit_code) ? (ev.exit_code as number) : 255;
     // The agent sends the exit after its streams' EOF; the last log record (an unterminated line)
     // is written once they end. Report the exit only when the log is complete, so that kubelet's
     // FallbackToLogsOnError message reads it all (bounded: a host disk that stalls cannot hold it).
@@ -442,13 +443,13 @@ export class ContainerManager {
 }
 
 /** A new container's record, before anything of it exists in the pod. */
-function newRecord(id: string, sandboxId: string, config: any, image: ImageRecord, logPath: string, imageVolumes: Array<{ containerPath: string; image: ImageRecord }>): ContainerRecord {
+function newRecord(id: string, sandboxId: string, config: ContainerConfig, image: ImageRecord, logPath: string, imageVolumes: Array<{ containerPath: string; image: ImageRecord }>): ContainerRecord {
   return {
     id,
     sandboxId,
     config,
     imageId: image.id,
-    imageSpec: config.image,
+    imageSpec: config.image ?? {},
     imageRef: image.repoDigests[0] ?? image.id,
     createdAt: nowNs().toString(),
     startedAt: '0',

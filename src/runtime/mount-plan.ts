@@ -4,6 +4,7 @@
 // of the pod (a VM disk or a guest NFS mount, storage/), anything else a host path bound into
 // the pod. What it attached is recorded in `made` as it goes, so the caller can undo it all when
 // a later step fails. Checks on the request itself (paths, permissions) come first, in check().
+import type { ContainerConfig, Device, Mount } from '../../cri-api/messages';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../util/errors';
@@ -23,7 +24,7 @@ export interface CheckedMounts<I extends ImageRef> {
 }
 
 /** Checks mounts and devices of a CreateContainer request before anything is attached. */
-export function checkMounts<I extends ImageRef>(config: any, resolveImage: (ref: string) => I | undefined): CheckedMounts<I> {
+export function checkMounts<I extends ImageRef>(config: ContainerConfig, resolveImage: (ref: string) => I | undefined): CheckedMounts<I> {
   const imageVolumes: CheckedMounts<I>['imageVolumes'] = [];
   for (const m of config.mounts ?? []) {
     if (!m.container_path || !path.isAbsolute(m.container_path)) throw invalidArgument(`mount container_path ${JSON.stringify(m.container_path)} must be absolute`);
@@ -53,42 +54,44 @@ export interface Made {
 
 /** Plans every mount and device; attaches what they need, noting it in `made`. */
 export async function planMounts(
-  deps: PlanDeps, config: any, checked: CheckedMounts<ImageRef>, made: Made,
+  deps: PlanDeps, config: ContainerConfig, checked: CheckedMounts<ImageRef>, made: Made,
 ): Promise<{ mounts: GuestMount[]; devices: GuestDevice[] }> {
   const { pod } = deps;
   const mounts: GuestMount[] = [];
   const guestDevices: GuestDevice[] = [];
   let i = 0;
   for (const m of config.mounts ?? []) {
+    const containerPath = m.container_path ?? '';
+    const hostPath = m.host_path ?? '';
     if (m.image?.image) {
       // an image volume: a bind out of the image's erofs, mounted in the pod once for all
       // its containers (the agent checks the sub path: present, no symlink on the way)
-      const v = checked.imageVolumes.find((x) => x.containerPath === m.container_path)!;
+      const v = checked.imageVolumes.find((x) => x.containerPath === containerPath)!;
       const target = await deps.ensureImage(v.image);
-      mounts.push({ destination: m.container_path, source: v.subPath ? path.posix.join(target, v.subPath) : target, readonly: true });
+      mounts.push({ destination: containerPath, source: v.subPath ? path.posix.join(target, v.subPath) : target, readonly: true });
       continue;
     }
     // A volume descriptor or block device goes to the pod as a volume (VM: a disk or NFS mount);
     // everything else reaches it as a bound host path.
-    const volume = await deps.volumes.classify(m.host_path);
+    const volume = await deps.volumes.classify(hostPath);
     if (volume) {
-      if (!pod.volumes) throw failedPrecondition(`${m.host_path}: this kind of pod takes no volume descriptors or block devices`);
+      if (!pod.volumes) throw failedPrecondition(`${hostPath}: this kind of pod takes no volume descriptors or block devices`);
       const att = await deps.volumes.attach(pod.volumes, volume, !!m.readonly);
       made.volumes.push(att.key);
       if (att.raw) {
         // a block device as host_path: the container gets the device node at
         // container_path, read-only unless the mount is writable
-        guestDevices.push(await rawGuestDevice(m.host_path, m.container_path, att, m.readonly ? 'r' : 'rw', mounts));
+        guestDevices.push(await rawGuestDevice(hostPath, containerPath, att, m.readonly ? 'r' : 'rw', mounts));
         continue;
       }
-      mounts.push({ destination: m.container_path, source: att.guestPath, readonly: !!m.readonly || att.bindReadonly || att.readonly, propagation: propagation(m.propagation) });
+      mounts.push({ destination: containerPath, source: att.guestPath, readonly: !!m.readonly || att.bindReadonly || att.readonly, propagation: propagation(m.propagation) });
       continue;
     }
-    await fsp.mkdir(m.host_path, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory
+    await fsp.mkdir(hostPath, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory
     // read-only is enforced on the host bind (top mount only, so submounts keep their
     // own mode as CRI's non-recursive read-only asks); recursive_read_only also in the pod
-    const source = await pod.bindHostPath(m.host_path, `${made.hostPathDir}/${i++}`, !!m.readonly);
-    mounts.push({ destination: m.container_path, source, readonly: !!m.recursive_read_only, propagation: propagation(m.propagation) });
+    const source = await pod.bindHostPath(hostPath, `${made.hostPathDir}/${i++}`, !!m.readonly);
+    mounts.push({ destination: containerPath, source, readonly: !!m.recursive_read_only, propagation: propagation(m.propagation) });
   }
   // LinuxContainerConfig devices: host block devices, each a volume of the pod (VM: a SCSI
   // disk attached once per pod) whose node the container gets at container_path
@@ -106,8 +109,8 @@ export async function planMounts(
  * A CRI image volume (Mount.image): the image must be present (kubelet pulls it first) and the
  * mount read-only (an image is never written); the sub path is relative and normalized.
  */
-function imageVolume<I>(m: any, image: I | undefined): { image: I; subPath: string } {
-  if (!image) throw notFound(`image volume ${JSON.stringify(m.image.image)} at ${m.container_path}: image not found, pull it first`);
+function imageVolume<I>(m: Mount, image: I | undefined): { image: I; subPath: string } {
+  if (!image) throw notFound(`image volume ${JSON.stringify(m.image?.image)} at ${m.container_path}: image not found, pull it first`);
   if (!m.readonly) throw invalidArgument(`image volume at ${m.container_path} must be read-only`);
   const sub: string = m.image_sub_path ?? '';
   if (sub) {
@@ -120,7 +123,7 @@ function imageVolume<I>(m: any, image: I | undefined): { image: I; subPath: stri
 }
 
 /** CRI Device entries, checked before anything is attached. */
-export function checkDevices(devices: any[] | undefined): Array<{ containerPath: string; hostPath: string; permissions: string }> {
+export function checkDevices(devices: Device[] | null | undefined): Array<{ containerPath: string; hostPath: string; permissions: string }> {
   const seen = new Set<string>();
   return (devices ?? []).map((d) => {
     const containerPath = String(d?.container_path ?? '');
@@ -155,7 +158,7 @@ async function rawGuestDevice(hostPath: string, containerPath: string, att: Atta
   return { containerPath, major: att.guestDevice.major, minor: att.guestDevice.minor, access, fileMode: st.mode & 0o777, uid: st.uid, gid: st.gid, node };
 }
 
-function propagation(p: string | undefined): string | undefined {
+function propagation(p: Mount['propagation']): string | undefined {
   if (p === 'PROPAGATION_HOST_TO_CONTAINER') return 'rslave';
   if (p === 'PROPAGATION_BIDIRECTIONAL') return 'rshared';
   return 'rprivate';

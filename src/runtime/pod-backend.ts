@@ -9,6 +9,7 @@
 // say everything a container runtime needs (OCI spec, stdio stream ids, signals); the VM backend
 // hands them to its agent, a host backend to its shim. What only one kind can do is optional
 // (volumes as disks: `volumes`), so callers ask instead of assuming.
+import type { PodSandboxConfig } from '../../cri-api/messages';
 import type { Duplex } from 'node:stream';
 import type { GuestParams, GuestResult } from '../agent/api';
 import type { PodVolumeTarget } from '../../storage/volume-driver';
@@ -99,7 +100,7 @@ export interface PodBackend {
   /** why this backend cannot run pods now (a binary missing …), or undefined when it can */
   readiness(): Promise<string | undefined>;
   /** refuses (PodvisorError failed_precondition …) a pod config this backend cannot run, before anything is made */
-  admit(config: any): void;
+  admit(config: PodSandboxConfig): void;
   /**
    * Makes the pod of a new record (`rec.id`, `rec.config`) and fills the record's backend
    * fields (e.g. vm, network, cgroups). On failure everything made so far is removed before it

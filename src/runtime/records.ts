@@ -1,4 +1,5 @@
 // What podvisor persists about pods and containers (one JSON file each, see store/).
+import type { ContainerConfig, ImageSpec, PodSandboxConfig } from '../../cri-api/messages';
 import type { PodNetwork } from '../../network/network-driver';
 import type { VmInfo } from '../vm/hypervisor';
 
@@ -16,7 +17,7 @@ export interface ImageMount {
 export interface SandboxRecord {
   id: string;
   /** the PodSandboxConfig exactly as given */
-  config: any;
+  config: PodSandboxConfig;
   runtimeHandler: string;
   /** the pod backend's kind (runtime/pod-backend.ts); absent in records from before backends: "vm" */
   backend?: string;
@@ -37,10 +38,10 @@ export interface ContainerRecord {
   id: string;
   sandboxId: string;
   /** the ContainerConfig exactly as given (labels/annotations echoed verbatim) */
-  config: any;
+  config: ContainerConfig;
   imageId: string;
   /** what the container was asked to run, for ContainerStatus.image */
-  imageSpec: any;
+  imageSpec: ImageSpec;
   imageRef: string;
   createdAt: string;
   startedAt: string;

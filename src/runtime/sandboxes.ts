@@ -2,6 +2,7 @@
 // the pod backend from the runtime handler ([runtime] handlers) and has it make the pod; stop
 // ends the pod (after its containers); remove forgets it. Records are durable, and a restarted
 // daemon reconnects to the pods that are still running through their backends.
+import type { PodSandboxConfig, PodSandboxFilter } from '../../cri-api/messages';
 import crypto from 'node:crypto';
 import { failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../util/errors';
 import type { Logger } from '../util/log';
@@ -35,7 +36,7 @@ export interface ContainerHooks {
 }
 
 /** The handler → backend choice: which backend runs a pod, or a clear refusal. */
-export function chooseBackend(cfg: Config['runtime'], backends: PodBackends, handler: string, config: any): PodBackend {
+export function chooseBackend(cfg: Config['runtime'], backends: PodBackends, handler: string, config: PodSandboxConfig): PodBackend {
   const kind = Object.prototype.hasOwnProperty.call(cfg.handlers, handler) ? cfg.handlers[handler] : undefined;
   if (kind === undefined) throw notFound(`runtime handler ${JSON.stringify(handler)} is not known to podvisor`);
   const ns = config?.linux?.security_context?.namespace_options ?? {};
@@ -85,14 +86,14 @@ export class SandboxManager {
     return b;
   }
 
-  async run(config: any, runtimeHandler: string): Promise<string> {
+  async run(config: PodSandboxConfig, runtimeHandler: string): Promise<string> {
     const md = config?.metadata;
     if (!md?.name || !md?.namespace || !md?.uid) throw invalidArgument('sandbox config metadata needs name, namespace and uid');
     const backend = chooseBackend(this.cfg.runtime, this.backends, runtimeHandler || '', config);
     backend.admit(config);
     for (const sb of this.sandboxes.values()) {
       const m = sb.rec.config.metadata;
-      if (m.name === md.name && m.namespace === md.namespace && m.uid === md.uid && (m.attempt ?? 0) === (md.attempt ?? 0)) {
+      if (m?.name === md.name && m?.namespace === md.namespace && m?.uid === md.uid && (m?.attempt ?? 0) === (md.attempt ?? 0)) {
         throw invalidArgument(`a sandbox for ${md.namespace}/${md.name} attempt ${md.attempt ?? 0} already exists: ${sb.rec.id}`);
       }
     }
@@ -204,7 +205,7 @@ export class SandboxManager {
     });
   }
 
-  list(filter: any): SandboxRecord[] {
+  list(filter: PodSandboxFilter | null | undefined): SandboxRecord[] {
     return [...this.sandboxes.values()]
       .map((s) => s.rec)
       .filter((r) => !filter?.id || r.id === filter.id || r.id.startsWith(filter.id))

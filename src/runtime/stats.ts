@@ -1,6 +1,7 @@
 // Container and pod stats: container figures come from the guest's cgroups (agent `stats`);
 // the pod's memory is what its VM privately costs the host (QEMU's private pages), so pages
 // shared with a VM template are not charged to every pod.
+import type { ContainerStats, ContainerStatsFilter, PodSandboxStats, PodSandboxStatsFilter } from '../../cri-api/messages';
 import type { Logger } from '../util/log';
 import { nowNs } from './container-log';
 import type { ContainerManager } from './containers';
@@ -91,7 +92,7 @@ export class StatsCollector {
     return Promise.all([...this.sandboxes.sandboxes.values()].map((s) => this.sample(s)));
   }
 
-  private containerStats(rec: ContainerRecord, g: GuestContainerStats | undefined, at: bigint, available?: number) {
+  private containerStats(rec: ContainerRecord, g: GuestContainerStats | undefined, at: bigint, available?: number): ContainerStats {
     const ts = at.toString();
     return {
       attributes: { id: rec.id, metadata: rec.config.metadata, labels: rec.config.labels ?? {}, annotations: rec.config.annotations ?? {} },
@@ -108,9 +109,9 @@ export class StatsCollector {
     };
   }
 
-  async listContainerStats(filter: any): Promise<any[]> {
+  async listContainerStats(filter: ContainerStatsFilter | null | undefined): Promise<ContainerStats[]> {
     const recs = this.containers.list({ id: filter?.id, pod_sandbox_id: filter?.pod_sandbox_id, label_selector: filter?.label_selector });
-    const out: any[] = [];
+    const out: ContainerStats[] = [];
     const bySandbox = new Map<string, ContainerRecord[]>();
     for (const r of recs) bySandbox.set(r.sandboxId, [...(bySandbox.get(r.sandboxId) ?? []), r]);
     for (const [sid, list] of bySandbox) {
@@ -125,7 +126,7 @@ export class StatsCollector {
     return out;
   }
 
-  async podStats(sb: Sandbox): Promise<any> {
+  async podStats(sb: Sandbox): Promise<PodSandboxStats> {
     const { sandbox: rec, containers: list, guest: g, vmPrivate: priv, at } = await this.sample(sb);
     const ts = at.toString();
     const cpu = [...g.byId.values()].reduce((n, c) => n + (Number(c.cpu_usage_ns) || 0), 0);
@@ -141,7 +142,7 @@ export class StatsCollector {
     };
   }
 
-  async listPodStats(filter: any): Promise<any[]> {
+  async listPodStats(filter: PodSandboxStatsFilter | null | undefined): Promise<PodSandboxStats[]> {
     const sbs = [...this.sandboxes.sandboxes.values()]
       .filter((s) => !filter?.id || s.rec.id === filter.id || s.rec.id.startsWith(filter.id))
       .filter((s) => labelsMatch(s.rec.config.labels, filter?.label_selector));

@@ -72,7 +72,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
       if (io.resize) this.forwardResize(io.resize, c.rec.id, execId);
       const ev = await exit;
       await Promise.all(outputs);
-      return { exitCode: Number.isInteger(ev.exit_code) ? ev.exit_code : 255 };
+      return { exitCode: Number.isInteger(ev.exit_code) ? (ev.exit_code as number) : 255 };
     } catch (err) {
       throw inContext(err, 'exec');
     } finally {

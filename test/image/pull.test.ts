@@ -495,7 +495,8 @@ describe('status, list, remove (CRI handlers)', () => {
     const containerDir = path.join(work, 'containers');
     await fsp.mkdir(containerDir, { recursive: true });
     await fsp.writeFile(path.join(containerDir, 'f'), 'x'.repeat(10000));
-    const h = imageHandlers(m, { containerFsDir: containerDir });
+    // the test reads the answers as plain objects (the handlers' types say every field is optional)
+    const h = imageHandlers(m, { containerFsDir: containerDir }) as unknown as Record<string, (req?: object) => Promise<any>>;
     const spec = (image: string) => ({ image, annotations: {}, user_specified_image: '', runtime_handler: '' });
 
     const e2e = 'registry.example.invalid/e2e-test-images/busybox:1.29-2';

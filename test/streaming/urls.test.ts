@@ -43,7 +43,7 @@ describe('streaming URLs', () => {
     expect(e.url).toMatch(new RegExp(`^${ctx.server.baseUrl}/exec/[A-Za-z0-9_-]{22}$`));
     expect(a.url).toMatch(/\/attach\/[A-Za-z0-9_-]{22}$/);
     expect(p.url).toMatch(/\/portforward\/[A-Za-z0-9_-]{22}$/);
-    expect(new Set([e.url, a.url, p.url].map((u) => u.split('/').pop())).size).toBe(3);
+    expect(new Set([e.url, a.url, p.url].map((u) => u!.split('/').pop())).size).toBe(3);
     await sleep(350); // let these expire: the cache is small
   });
 

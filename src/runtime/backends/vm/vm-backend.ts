@@ -3,6 +3,7 @@
 // a cgroup under the pod's cgroup_parent. Everything the pod holds outside the VM (network,
 // cgroups, runtime directory) is recorded in the sandbox record so that a restarted daemon, or a
 // failed start, can take it down again.
+import type { PodSandboxConfig } from '../../../../cri-api/messages';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../../../config/config';
@@ -17,7 +18,7 @@ import type { BackendFeatures, PodBackend, PodEvent } from '../../pod-backend';
 import type { SandboxRecord } from '../../records';
 import { VmPod } from './vm-pod';
 
-export function vmSize(config: any, vm: Config['vm']): { vcpus: number; memoryMiB: number } {
+export function vmSize(config: PodSandboxConfig, vm: Config['vm']): { vcpus: number; memoryMiB: number } {
   const r = config?.linux?.resources ?? {};
   const quota = Number(r.cpu_quota ?? 0);
   const period = Number(r.cpu_period ?? 0) || 100_000;
@@ -30,14 +31,14 @@ export function vmSize(config: any, vm: Config['vm']): { vcpus: number; memoryMi
 }
 
 /** The sandbox's hostname, or one derived from the pod name that the kernel accepts (≤ 63). */
-export function podHostname(config: any): string {
+export function podHostname(config: PodSandboxConfig): string {
   if (config.hostname) return config.hostname;
   const name = String(config.metadata?.name ?? 'pod').toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 63).replace(/^-+|-+$/g, '');
   return name || 'pod';
 }
 
 /** The pod's DNS settings as CRI gives them, or null. */
-export function podDns(config: any): { servers: string[]; searches: string[]; options: string[] } | null {
+export function podDns(config: PodSandboxConfig): { servers: string[]; searches: string[]; options: string[] } | null {
   const d = config?.dns_config;
   return d ? { servers: d.servers ?? [], searches: d.searches ?? [], options: d.options ?? [] } : null;
 }
@@ -46,9 +47,9 @@ function networkRequest(rec: SandboxRecord): PodNetworkRequest {
   const c = rec.config;
   return {
     sandboxId: rec.id,
-    name: c.metadata.name,
-    namespace: c.metadata.namespace,
-    uid: c.metadata.uid,
+    name: c.metadata?.name ?? '',
+    namespace: c.metadata?.namespace ?? '',
+    uid: c.metadata?.uid ?? '',
     portMappings: c.port_mappings ?? [],
     annotations: c.annotations ?? {},
     dns: podDns(c) ?? undefined,
@@ -82,7 +83,7 @@ export class VmPodBackend implements PodBackend {
     return this.o.hypervisor.readiness();
   }
 
-  admit(config: any): void {
+  admit(config: PodSandboxConfig): void {
     const nsOpts = config.linux?.security_context?.namespace_options ?? {};
     if (nsOpts.network === 'NODE') {
       throw failedPrecondition('podvisor runs every pod in its own VM: host network (NamespaceMode NODE) is not available without a host runtime handler');
