@@ -41,9 +41,12 @@ export function chooseBackend(cfg: Config['runtime'], backends: PodBackends, han
   if (kind === undefined) throw notFound(`runtime handler ${JSON.stringify(handler)} is not known to podvisor`);
   const ns = config?.linux?.security_context?.namespace_options ?? {};
   const hostNs = ns.network === 'NODE' || ns.pid === 'NODE' || ns.ipc === 'NODE';
-  // host namespaces: the host backend runs such pods when it exists and the config allows it;
-  // otherwise the handler's backend refuses them itself (admit)
-  if (hostNs && cfg.hostNamespaces === 'host' && backends.get('host')) return backends.get('host')!;
+  // host namespaces: refused outright by "reject"; with "host" the host backend runs such pods
+  // when it exists, otherwise the handler's backend refuses them itself (admit)
+  if (hostNs && cfg.hostNamespaces === 'reject') {
+    throw failedPrecondition('pods in the host\'s network, PID or IPC namespace are refused here ([runtime] host_namespaces = "reject")');
+  }
+  if (hostNs && backends.get('host')) return backends.get('host')!;
   const backend = backends.get(kind);
   if (!backend) throw failedPrecondition(`runtime handler ${JSON.stringify(handler)} runs pods with the ${JSON.stringify(kind)} backend, which this podvisor does not have`);
   return backend;
@@ -116,16 +119,22 @@ export class SandboxManager {
     const sb: Sandbox = { rec, pod: undefined };
     return this.lock.run(id, async () => {
       this.sandboxes.set(id, sb);
+      let pod: Pod | undefined;
       try {
-        const pod = await backend.start(rec, (ev) => this.hooks.onEvent(id, ev));
-        this.adopt(sb, pod);
+        pod = await backend.start(rec, (ev) => this.hooks.onEvent(id, ev));
         rec.state = 'SANDBOX_READY';
         await this.save(sb);
+        this.adopt(sb, pod);
         this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, backend: backend.kind, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode, spare: rec.vm?.spare ?? false }, 'pod sandbox ready');
         return id;
       } catch (err) {
-        // the backend removed what it made; the record goes too
+        // a failed start: the backend removed what it made; a pod made but not recorded goes too
         this.logger.error({ sandbox: id, err: (err as Error).message }, 'pod sandbox failed to start');
+        if (pod) {
+          await pod.stop(1000).catch(() => undefined);
+          await backend.release(rec).catch(() => undefined);
+          await backend.remove(rec).catch(() => undefined);
+        }
         sb.pod = undefined;
         this.sandboxes.delete(id);
         await this.store.delete(id).catch(() => undefined);

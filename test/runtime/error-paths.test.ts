@@ -93,7 +93,7 @@ class FakePod implements Pod {
 }
 
 class FakeBackend implements PodBackend {
-  readonly kind = 'vm';
+  constructor(readonly kind = 'vm') {}
   readonly features = { recursiveReadOnlyMounts: true, userNamespaces: false };
   failStart?: Error;
   pods: FakePod[] = [];
@@ -155,6 +155,23 @@ describe('SandboxManager with a fake pod backend', () => {
     cfg.runtime.hostNamespaces = 'reject';
     await expect(vmOnly.run(hostNet, 'podvisor')).rejects.toMatchObject({ code: 'failed_precondition' });
     expect(vmOnly.sandboxes.size).toBe(0);
+  });
+
+  test('host namespaces go to the host backend when there is one, unless host_namespaces = "reject"', async () => {
+    const vm = new FakeBackend('vm');
+    const host = new FakeBackend('host');
+    const volumes = await VolumeManager.create({ stateDir: path.join(tmp, 'st3') });
+    const sandboxes = new SandboxManager(cfg, new PodBackends().register(vm).register(host), volumes, silentLogger);
+    const hostPid = podConfig('hp', { linux: { security_context: { namespace_options: { pid: 'NODE' } } } });
+    const id = await sandboxes.run(hostPid, '');
+    expect(sandboxes.get(id).rec.backend).toBe('host');
+    expect(host.pods).toHaveLength(1);
+    expect((await sandboxes.run(podConfig('plain'), 'runc')) && host.pods).toHaveLength(2);
+    expect(vm.pods).toHaveLength(0);
+    cfg.runtime.hostNamespaces = 'reject';
+    await expect(sandboxes.run(podConfig('hp2', { linux: { security_context: { namespace_options: { ipc: 'NODE' } } } }), 'runc'))
+      .rejects.toMatchObject({ code: 'failed_precondition', message: expect.stringMatching(/host_namespaces = "reject"/) });
+    expect(host.pods).toHaveLength(2);
   });
 
   test('stop and remove hand the pod back to its backend', async () => {
