@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 .PHONY: deps deps-test build guest serve test unit e2e cluster release install uninstall clean
 PREFIX ?= /usr/local
 VERSION = $(shell $(NODE) -p 'require("./package.json").version' 2>/dev/null)
-RELEASE := build/release/podvisor-$(VERSION)
+RELEASE = build/release/podvisor-$(VERSION)
 
 # What the daemon and the guest build need; nothing started, nothing left enabled.
 deps:

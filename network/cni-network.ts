@@ -5,8 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
-import { alreadyExists, CriError, internal, invalidArgument, unavailable } from '../src/cri/errors';
-import type { Logger } from '../src/log';
+import { alreadyExists, PodvisorError, internal, invalidArgument, unavailable } from '../src/util/errors';
+import type { Logger } from '../src/util/log';
 import { CniError, CniResult, execPlugin, parseResult } from './cni';
 import { capabilityArgs, loadNetworkConfig, NetworkConfigList, pluginStdin } from './cni-config';
 import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest, SetUpOptions } from './network-driver';
@@ -149,7 +149,7 @@ export class CniNetwork implements NetworkDriver {
       } catch (cleanupErr) {
         log.error({ err: (cleanupErr as Error).message }, 'clean-up after failed set-up failed');
       }
-      if (err instanceof CriError) throw err;
+      if (err instanceof PodvisorError) throw err;
       const msg = `failed to set up pod network "${config.name}": ${(err as Error).message}`;
       throw err instanceof CniError ? unavailable(msg) : internal(msg);
     }

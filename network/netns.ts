@@ -1,7 +1,7 @@
 // Named network namespaces (`ip netns`), /run/netns/<name>.
 import fs from 'node:fs';
 import { promisify } from 'node:util';
-import { run, runWithInput } from '../src/runtime/exec-file';
+import { run, runWithInput } from '../src/util/exec-file';
 
 export const NETNS_DIR = '/run/netns';
 const NSFS_MAGIC = 0x6e736673;

@@ -4,7 +4,7 @@
 // its addresses (CNI CHECK/DEL and ipMasq teardown read them) but its own stack never sees a
 // packet: every frame arriving on it is redirected to the tap before IP/ARP/ND processing.
 // The kernel here has no `matchall` classifier, so the catch-all is `u32 match u8 0 0`.
-import { run, runWithInput } from '../src/runtime/exec-file';
+import { run, runWithInput } from '../src/util/exec-file';
 
 export interface TapPair {
   /** the CNI interface in the netns, e.g. eth0 */

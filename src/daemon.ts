@@ -14,16 +14,17 @@ import { streamingHandlers } from './cri/streaming';
 import { statsHandlers } from './cri/stats';
 import { StatsCollector } from './runtime/stats';
 import { StreamingServer } from './streaming/server';
-import { RuntimeStreamingBackend } from './runtime/stream-backend';
+import { RuntimeStreamingBackend } from './streaming/runtime-backend';
 import { ImageManager } from './image/manager';
-import type { Logger } from './log';
+import type { Logger } from './util/log';
 import { ContainerManager } from './runtime/containers';
 import { SandboxManager } from './runtime/sandboxes';
+import { PodBackends } from './runtime/pod-backend';
+import { VmPodBackend } from './runtime/backends/vm/vm-backend';
 import { startServer } from './server';
 import { chooseAccelerator } from './vm/accel';
 import { QemuHypervisor } from './vm/qemu';
-import { SparePool } from './vm/spares';
-import { TemplateManager } from './vm/templates';
+import { VmPool } from './vm/pool';
 import { CniNetwork } from '../network/cni-network';
 import { VolumeManager } from '../storage/volume-manager';
 import { ensureDir } from './util/dirs';
@@ -47,7 +48,7 @@ export class Daemon {
   private readonly stopping = new AbortController();
   private network?: CniNetwork;
   private streaming?: StreamingServer;
-  private spares?: SparePool;
+  private pool?: VmPool;
 
   constructor(readonly cfg: Config, readonly logger: Logger) {}
 
@@ -58,32 +59,32 @@ export class Daemon {
     const guest = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
     const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
-    const hypervisor = new QemuHypervisor({ ...qemuOpts, accelerator });
-    let spares: SparePool | undefined;
-    if (cfg.vm.template) {
-      const templates = new TemplateManager({
+    // the driver, and the VM pool (templates + warm spares) above it
+    const driver = new QemuHypervisor({ ...qemuOpts, accelerator });
+    const pool = new VmPool({
+      driver,
+      logger,
+      templates: cfg.vm.template ? {
         dir: cfg.vm.templateDir,
-        qemu: { ...guest, accelerator },
         guestDigest: () => guestDigest(cfg),
-        logger,
-      });
-      await templates.init(); // refuses to start on a template dir that is not root's alone
-      hypervisor.templates = templates;
-      const prebuilt = this.sizeClasses();
-      this.prebuild(templates, prebuilt);
-      const classes = [{ vcpus: cfg.vm.defaultVcpus, memoryMiB: cfg.vm.defaultMemoryMiB }, ...prebuilt];
-      spares = new SparePool({ hypervisor, templates, dir: path.join(cfg.state, 'spares'), count: cfg.vm.templateSpares, classes, logger });
-    }
-    this.spares = spares;
-    await spares?.reap();
+        prebuild: this.sizeClasses(),
+        spares: cfg.vm.templateSpares,
+        sparesDir: path.join(cfg.state, 'spares'),
+        defaultSize: { vcpus: cfg.vm.defaultVcpus, memoryMiB: cfg.vm.defaultMemoryMiB },
+      } : undefined,
+    });
+    this.pool = pool;
+    await pool.open();
 
     const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned });
     await images.init();
     const network = new CniNetwork({ confDir: cfg.cni.confDir, binDirs: cfg.cni.binDirs, logger, cacheDir: path.join(cfg.root, 'cni') });
     this.network = network;
     const volumes = await VolumeManager.create({ stateDir: path.join(cfg.root, 'storage'), logger });
-    const sandboxes = new SandboxManager(cfg, hypervisor, network, volumes, logger);
-    sandboxes.spares = spares;
+    // the pod backends, one registration line each (runtime/pod-backend.ts)
+    const backends = new PodBackends()
+      .register(new VmPodBackend({ cfg, hypervisor: pool, network, spares: pool.spares, volumes, logger }));
+    const sandboxes = new SandboxManager(cfg, backends, volumes, logger);
     const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers
     await images.collectGarbage();
@@ -100,7 +101,7 @@ export class Daemon {
     this.streaming = streaming;
     const stats = new StatsCollector(sandboxes, containers, logger);
     const runtime = {
-      ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, hypervisor, network, config: cfg, cgroupDriver: cfg.cgroupDriver }),
+      ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, backends, handlers: cfg.runtime.handlers, network, config: { ...cfg, accelerator }, cgroupDriver: cfg.cgroupDriver }),
       ...sandboxHandlers(sandboxes, containers),
       ...containerHandlers(containers, images),
       ...streamingHandlers(streaming),
@@ -119,13 +120,6 @@ export class Daemon {
       this.logger.error({ cls }, 'bad template size class in config (want <vcpus>x<MiB>[x<nics>])');
       return [];
     });
-  }
-
-  /** Builds the configured size classes in the background: pods never wait on this. */
-  private prebuild(templates: TemplateManager, sizes: Array<{ vcpus: number; memoryMiB: number; nics: number }>): void {
-    for (const size of sizes) {
-      templates.ensure(size).catch((err) => this.logger.error({ size, err: err.message }, 'template prebuild failed'));
-    }
   }
 
   /** Stops serving. Pod VMs keep running: a restarted daemon picks them up again. */
@@ -148,7 +142,7 @@ export class Daemon {
     });
     this.network?.close();
     await this.streaming?.stop();
-    await this.spares?.close();
+    await this.pool?.close();
     await fsp.rm(this.cfg.socket, { force: true });
   }
 }

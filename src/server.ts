@@ -8,25 +8,13 @@ import net from 'node:net';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { IMAGE_METHODS, loadCri, RUNTIME_METHODS, STREAMING_METHODS } from '../cri-api';
-import { CriError } from './cri/errors';
+import { grpcStatus, PodvisorError } from './util/errors';
 import { listStreamHandlers } from './cri/list-streams';
-import type { Logger } from './log';
+import type { Logger } from './util/log';
 
-export type UnaryHandler = (req: any) => Promise<any>;
-export type Handlers = Record<string, UnaryHandler>;
+import type { Handlers, StreamHandlers, StreamSink } from './cri/handlers';
 
-/** What a server-streaming handler writes to. */
-export interface StreamSink {
-  /** Sends one message; resolves when the transport can take more (back pressure). */
-  write(msg: object): Promise<void>;
-  /** Whether the client has gone (cancelled, deadline, connection closed). */
-  readonly closed: boolean;
-  /** Resolves when the client has gone. */
-  readonly gone: Promise<void>;
-}
-/** Resolves when the stream is complete (the server ends it); rejects to end it with an error. */
-export type StreamHandler = (req: any, sink: StreamSink) => Promise<void>;
-export type StreamHandlers = Record<string, StreamHandler>;
+export type { Handlers, StreamHandlers, StreamSink, UnaryHandler, StreamHandler } from './cri/handlers';
 
 function sinkOf(call: grpc.ServerWritableStream<any, any>): StreamSink {
   let closed = false;
@@ -55,9 +43,9 @@ function sinkOf(call: grpc.ServerWritableStream<any, any>): StreamSink {
 const QUIET = new Set(['Version', 'Status', 'ListPodSandbox', 'ListContainers', 'PodSandboxStatus', 'ContainerStatus', 'ImageStatus', 'ListImages', 'ImageFsInfo', 'ListContainerStats', 'ListPodSandboxStats']);
 
 function toStatus(err: unknown, method: string, logger: Logger): Partial<grpc.StatusObject> {
-  if (err instanceof CriError) {
-    if (err.code !== grpc.status.NOT_FOUND) logger.info({ method, code: grpc.status[err.code], msg: err.message }, 'rpc refused');
-    return { code: err.code, details: err.message };
+  if (err instanceof PodvisorError) {
+    if (err.code !== 'not_found') logger.info({ method, code: err.code, msg: err.message }, 'rpc refused');
+    return { code: grpcStatus(err.code), details: err.message };
   }
   logger.error({ method, err: (err as Error)?.stack ?? String(err) }, 'rpc failed');
   return { code: grpc.status.INTERNAL, details: `${method}: ${(err as Error)?.message ?? String(err)}` };
@@ -75,7 +63,7 @@ function implement(methods: string[], handlers: Handlers, streams: StreamHandler
           return;
         }
         const sink = sinkOf(call);
-        fn(call.request ?? {}, sink).then(
+        fn((call.request ?? {}) as never, sink).then(
           () => {
             if (!sink.closed) call.end();
           },
@@ -93,7 +81,7 @@ function implement(methods: string[], handlers: Handlers, streams: StreamHandler
         return;
       }
       const t0 = process.hrtime.bigint();
-      fn(call.request ?? {}).then(
+      fn((call.request ?? {}) as never).then(
         (res) => {
           if (!QUIET.has(method)) logger.debug({ method, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'rpc');
           callback(null, res);

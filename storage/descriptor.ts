@@ -330,7 +330,7 @@ export async function readDescriptor(dir: string, opts: ReadOptions = {}): Promi
   if (opts.sealKey) {
     const want = sealDescriptor(desc, dir, opts.sealKey);
     if (typeof seal !== 'string' || seal.length !== want.length || !crypto.timingSafeEqual(Buffer.from(seal), Buffer.from(want))) {
-      throw new StorageError(status.PERMISSION_DENIED,
+      throw new StorageError('permission_denied',
         `volume descriptor ${file} is ${typeof seal === 'string' ? 'sealed with another key or for another directory' : 'not sealed'}; write it with \`podvisor volume add\` or the CSI plugin`);
     }
   }
@@ -381,9 +381,9 @@ async function readRootOnly(file: string, what: string): Promise<string> {
   }
   if (!st.isFile()) throw invalid(`${what} ${file} is not a regular file`);
   if (st.size > 64 * 1024) throw invalid(`${what} ${file} is too large`);
-  if (process.getuid?.() === 0 && st.uid !== 0) throw new StorageError(status.PERMISSION_DENIED, `${what} ${file} must be owned by root`);
+  if (process.getuid?.() === 0 && st.uid !== 0) throw new StorageError('permission_denied', `${what} ${file} must be owned by root`);
   if ((st.mode & 0o077) !== 0) {
-    throw new StorageError(status.PERMISSION_DENIED, `${what} ${file} must not be readable by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`);
+    throw new StorageError('permission_denied', `${what} ${file} must not be readable by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`);
   }
   return fsp.readFile(file, 'utf8');
 }

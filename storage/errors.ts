@@ -1,20 +1,23 @@
-// Storage errors carry a gRPC status code so the CRI server and the CSI plugin can answer with
-// the right status without guessing from messages. librados/librbd return negative errno values;
-// errnoToStatus maps the ones that mean something to a caller.
-import { status } from '@grpc/grpc-js';
+// Storage errors are the daemon's one error family (src/util/errors.ts) with the errno of a
+// failed librados/librbd call kept beside the code, so the CRI server and the CSI plugin answer
+// with the right status without guessing from messages; errnoToCode maps the errno values that
+// mean something to a caller.
+import { ErrorCode, PodvisorError } from '../src/util/errors';
 
-export class StorageError extends Error {
-  constructor(readonly code: status, message: string, readonly errno?: number) {
-    super(message);
+export { toGrpcError } from '../src/util/errors';
+
+export class StorageError extends PodvisorError {
+  constructor(code: ErrorCode, message: string, readonly errno?: number) {
+    super(code, message);
     this.name = 'StorageError';
   }
 }
 
-export const invalid = (msg: string) => new StorageError(status.INVALID_ARGUMENT, msg);
-export const notFound = (msg: string) => new StorageError(status.NOT_FOUND, msg);
-export const precondition = (msg: string) => new StorageError(status.FAILED_PRECONDITION, msg);
-export const unavailable = (msg: string) => new StorageError(status.UNAVAILABLE, msg);
-export const internal = (msg: string) => new StorageError(status.INTERNAL, msg);
+export const invalid = (msg: string) => new StorageError('invalid_argument', msg);
+export const notFound = (msg: string) => new StorageError('not_found', msg);
+export const precondition = (msg: string) => new StorageError('failed_precondition', msg);
+export const unavailable = (msg: string) => new StorageError('unavailable', msg);
+export const internal = (msg: string) => new StorageError('internal', msg);
 
 // Linux errno values (x86-64 / generic): the ones librados and librbd hand back.
 export const Errno = {
@@ -30,19 +33,19 @@ export function errnoName(errno: number): string {
   return NAMES[Math.abs(errno)] ?? `errno ${Math.abs(errno)}`;
 }
 
-export function errnoToStatus(errno: number): status {
+export function errnoToCode(errno: number): ErrorCode {
   switch (Math.abs(errno)) {
-    case Errno.ENOENT: case Errno.ENXIO: case Errno.ENODEV: return status.NOT_FOUND;
-    case Errno.EEXIST: return status.ALREADY_EXISTS;
-    case Errno.EACCES: case Errno.EPERM: case Errno.EKEYREJECTED: return status.PERMISSION_DENIED;
+    case Errno.ENOENT: case Errno.ENXIO: case Errno.ENODEV: return 'not_found';
+    case Errno.EEXIST: return 'already_exists';
+    case Errno.EACCES: case Errno.EPERM: case Errno.EKEYREJECTED: return 'permission_denied';
     case Errno.ETIMEDOUT: case Errno.ENOTCONN: case Errno.ECONNREFUSED: case Errno.EHOSTUNREACH: case Errno.ESHUTDOWN:
     case Errno.EAGAIN:
-      return status.UNAVAILABLE;
-    case Errno.EINVAL: case Errno.ERANGE: case Errno.ENAMETOOLONG: case Errno.EFBIG: return status.INVALID_ARGUMENT;
-    case Errno.EBUSY: case Errno.ENOTEMPTY: case Errno.EROFS: return status.FAILED_PRECONDITION;
-    case Errno.ENOSPC: case Errno.EDQUOT: case Errno.ENOMEM: return status.RESOURCE_EXHAUSTED;
-    case Errno.ENOSYS: case Errno.ENOTSUP: return status.UNIMPLEMENTED;
-    default: return status.INTERNAL;
+      return 'unavailable';
+    case Errno.EINVAL: case Errno.ERANGE: case Errno.ENAMETOOLONG: case Errno.EFBIG: return 'invalid_argument';
+    case Errno.EBUSY: case Errno.ENOTEMPTY: case Errno.EROFS: return 'failed_precondition';
+    case Errno.ENOSPC: case Errno.EDQUOT: case Errno.ENOMEM: return 'resource_exhausted';
+    case Errno.ENOSYS: case Errno.ENOTSUP: return 'unimplemented';
+    default: return 'internal';
   }
 }
 
@@ -59,12 +62,5 @@ const HINTS: Partial<Record<number, string>> = {
 /** Builds the StorageError for a failed librados/librbd call (`rc` < 0). */
 export function radosError(what: string, rc: number): StorageError {
   const e = Math.abs(rc);
-  return new StorageError(errnoToStatus(e), `${what}: ${HINTS[e] ?? errnoName(e)} (${errnoName(e)})`, e);
-}
-
-/** gRPC-style error object for grpc-js callbacks. */
-export function toGrpcError(err: unknown): { code: status; details: string; message: string } {
-  if (err instanceof StorageError) return { code: err.code, details: err.message, message: err.message };
-  const msg = err instanceof Error ? err.message : String(err);
-  return { code: status.INTERNAL, details: msg, message: msg };
+  return new StorageError(errnoToCode(e), `${what}: ${HINTS[e] ?? errnoName(e)} (${errnoName(e)})`, e);
 }

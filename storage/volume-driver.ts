@@ -1,32 +1,55 @@
 // The seam between the volume manager and each kind of storage. A driver turns a validated
-// descriptor into something attached to ONE pod VM (QMP objects + a guest mount) and undoes it.
-// Drivers never mount anything on the host.
+// descriptor into something attached to ONE pod (a block source the pod's VM attaches, plus a
+// guest mount) and undoes it. Drivers describe block sources (src/util/block-source.ts) and ask
+// the pod's guest to mount; they never name a hypervisor command and never mount anything on
+// the host.
+import type { BlockAddress, BlockAttachment, BlockSource } from '../src/util/block-source';
 import type { VolumeDescriptor, VolumeKind } from './descriptor';
 
+/** `disk.mount` of the guest API (guest/PROTOCOL.md). */
+export interface GuestDiskMount {
+  scsi_id: number;
+  lun: number;
+  fstype: string;
+  readonly: boolean;
+  target: string;
+  options: string[];
+  format?: string | null;
+  grow?: boolean;
+}
+
+/** `nfs.mount` of the guest API. */
+export interface GuestNfsMount {
+  server: string;
+  export: string;
+  version: string;
+  options: string[];
+  readonly: boolean;
+  target: string;
+}
+
 /**
- * What the volume manager needs from a running pod VM. The runtime's PodVm implements it.
- * QMP and agent calls must be the VM's own serialized clients (one command at a time).
+ * What the volume manager needs from a running pod (the VM backend's pod implements it).
+ * Calls must go through the pod's own serialized clients (one command at a time).
  */
 export interface PodVolumeTarget {
   /** sandbox id (used in logs and state file names only) */
   readonly id: string;
-  /** false once the VM process has exited: detach then only forgets state */
+  /** false once the pod has stopped: detach then only forgets state */
   alive(): boolean;
-  /** one QMP command; rejects with the QMP error (message names the command) */
-  qmp(command: string, args?: Record<string, unknown>): Promise<any>;
-  /**
-   * Resolves with the data of the next QMP event `name` whose data matches, or rejects after
-   * timeoutMs. Must be subscribed synchronously (before the caller sends the command).
-   */
-  qmpEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any>;
-  /** one guest agent request (guest/PROTOCOL.md); rejects with the agent's error */
-  agentCall(method: string, params: Record<string, unknown>, timeoutMs?: number): Promise<any>;
-  /**
-   * A free SCSI target id on bus scsi0.0 (1..255), shared with the image disks so the two
-   * never collide; the manager hands it back with releaseScsiId after unplugging.
-   */
-  allocScsiId(): number;
-  releaseScsiId(id: number): void;
+  /** attaches a block source under `tag` (unique per pod); rejects with BlockAttachError, having removed what it made */
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment>;
+  /** undoes attachBlock (frees `scsiId`); tolerates what is already gone */
+  detachBlock(tag: string, scsiId?: number): Promise<void>;
+  /** removes volume attachments nothing accounts for (after a crash) */
+  sweepBlocks(): Promise<void>;
+  /** the guest mounts the disk at `address`; rejects with the agent's error */
+  mountDisk(p: GuestDiskMount, timeoutMs: number): Promise<void>;
+  /** the guest's device node of the disk (raw block volumes) */
+  diskDevice(a: BlockAddress, timeoutMs: number): Promise<{ device: string; major: number; minor: number }>;
+  mountNfs(p: GuestNfsMount, timeoutMs: number): Promise<void>;
+  /** the guest unmounts `target`; not_found when nothing is mounted there */
+  unmount(target: string, timeoutMs: number): Promise<void>;
 }
 
 /** Everything needed to undo an attachment; persisted as JSON (no secrets in it). */
@@ -35,7 +58,12 @@ export interface AttachHandle {
   /** guest mount point (or device node for raw passthrough) */
   guestPath: string;
   readonly: boolean;
-  /** QMP objects in creation order; detach removes them in reverse */
+  /** the tag the block source was attached under (Vm.attachBlock); absent: no block device */
+  tag?: string;
+  /**
+   * what the VM made for the block device, by the names the VM gave them (opaque here; recorded
+   * so they can be found in the VM; records of older daemons have them without a tag)
+   */
   device?: string;
   nodes?: string[];
   secret?: string;
@@ -53,7 +81,7 @@ export interface AttachOptions {
   readonly: boolean;
   /** guest mount point the driver must use */
   guestPath: string;
-  /** short id used to name QMP nodes/devices/secrets; unique per pod VM */
+  /** short id naming the attachment in the pod; unique per pod */
   tag: string;
   /** raw passthrough: attach the device, do not mount; guestPath is then the device node */
   raw?: boolean;

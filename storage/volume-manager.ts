@@ -12,10 +12,8 @@ import { DESCRIPTOR_FILE, loadSealKey, readDescriptor, VolumeDescriptor } from '
 import { BlockDriver, checkHostBlockDevice } from './drivers/block';
 import { NfsDriver } from './drivers/nfs';
 import { RbdDriver, writeRbdClientConf } from './drivers/rbd';
-import { blockdevDel, deviceDel, objectDel } from './drivers/scsi';
 import { precondition, StorageError } from './errors';
 import type { AttachHandle, PodVolumeTarget, VolumeDriver } from './volume-driver';
-import { status } from '@grpc/grpc-js';
 
 export type { PodVolumeTarget } from './volume-driver';
 
@@ -79,7 +77,6 @@ export interface VolumeManagerOptions {
 export class VolumeManager {
   private readonly drivers: Map<string, VolumeDriver<any>>;
   private readonly locks = new Map<string, Promise<unknown>>();
-  private readonly scsiIdsInUse = new Map<string, Set<number>>();
 
   private constructor(private readonly o: VolumeManagerOptions, private readonly sealKey: Buffer | undefined, rbdConf: string) {
     this.drivers = new Map<string, VolumeDriver<any>>([
@@ -127,19 +124,19 @@ export class VolumeManager {
    * SCSI disk); anything else can never reach a container inside a pod VM, so it is an error.
    */
   async rawDevice(hostPath: string): Promise<VolumeSource> {
-    if (!path.isAbsolute(hostPath) || path.normalize(hostPath) !== hostPath) throw new StorageError(status.INVALID_ARGUMENT, `device host_path ${JSON.stringify(hostPath)} must be an absolute, normalised path`);
+    if (!path.isAbsolute(hostPath) || path.normalize(hostPath) !== hostPath) throw new StorageError('invalid_argument', `device host_path ${JSON.stringify(hostPath)} must be an absolute, normalised path`);
     let st;
     try {
       st = await fsp.stat(hostPath);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError(status.NOT_FOUND, `device ${hostPath} does not exist`);
-      throw new StorageError(status.FAILED_PRECONDITION, `device ${hostPath}: ${(err as Error).message}`);
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError('not_found', `device ${hostPath} does not exist`);
+      throw new StorageError('failed_precondition', `device ${hostPath}: ${(err as Error).message}`);
     }
-    if (st.isCharacterDevice()) throw new StorageError(status.FAILED_PRECONDITION, `${hostPath} is a character device: only block devices can be passed into a pod VM`);
-    if (!st.isBlockDevice()) throw new StorageError(status.INVALID_ARGUMENT, `${hostPath} is not a device`);
+    if (st.isCharacterDevice()) throw new StorageError('failed_precondition', `${hostPath} is a character device: only block devices can be passed into a pod VM`);
+    if (!st.isBlockDevice()) throw new StorageError('invalid_argument', `${hostPath} is not a device`);
     const source = await this.classify(hostPath);
-    if (!source?.raw) throw new StorageError(status.INVALID_ARGUMENT, `${hostPath} is not a block device`);
+    if (!source?.raw) throw new StorageError('invalid_argument', `${hostPath} is not a block device`);
     return source;
   }
 
@@ -160,7 +157,7 @@ export class VolumeManager {
         await this.save(pod.id, state);
         return res;
       }
-      if (!pod.alive()) throw new StorageError(status.FAILED_PRECONDITION, `pod VM ${pod.id} is not running`);
+      if (!pod.alive()) throw new StorageError('failed_precondition', `pod VM ${pod.id} is not running`);
       // The guest attachment (device + mount) is read-only when the volume is (descriptor
       // readOnly, which CSI readonly / a read-only PV lands in). A container's read-only CRI
       // mount of a writable volume is enforced by the ro bind into that container, so other
@@ -171,8 +168,7 @@ export class VolumeManager {
       // made and saved, leaving a reference no container holds (attached until the pod stops)
       if (ro && !readonly) throw precondition(`volume ${source.key} is read-only; it can only be mounted read-only`);
       const guestPath = `${GUEST_VOLUMES}/${source.key}`;
-      const target = this.trackScsi(pod);
-      const handle = await this.driver(d).attach(target, d, { readonly: ro, guestPath, tag: source.key.slice(-12), raw: source.raw });
+      const handle = await this.driver(d).attach(pod, d, { readonly: ro, guestPath, tag: source.key.slice(-12), raw: source.raw });
       const entry: Entry = { key: source.key, identity, refs: 1, handle };
       state.entries.push(entry);
       await this.save(pod.id, state);
@@ -191,7 +187,7 @@ export class VolumeManager {
         await this.save(pod.id, state);
         return;
       }
-      await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(this.trackScsi(pod), e.handle);
+      await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(pod, e.handle);
       state.entries = state.entries.filter((x) => x !== e);
       await this.save(pod.id, state);
     });
@@ -206,23 +202,19 @@ export class VolumeManager {
     return this.locked(pod.id, async () => {
       const state = await this.load(pod.id);
       const errors: string[] = [];
-      const target = this.trackScsi(pod);
       for (const e of [...state.entries].reverse()) {
         try {
-          await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(target, e.handle);
+          await this.driver({ kind: e.handle.kind } as VolumeDescriptor).detach(pod, e.handle);
           state.entries = state.entries.filter((x) => x !== e);
         } catch (err) {
           errors.push(`${e.key}: ${(err as Error).message}`);
         }
       }
-      if (pod.alive()) await this.sweep(pod).catch((err) => errors.push(`sweep: ${(err as Error).message}`));
+      if (pod.alive()) await pod.sweepBlocks().catch((err) => errors.push(`sweep: ${(err as Error).message}`));
       else state.entries = [];
       if (state.entries.length) await this.save(pod.id, state);
-      else {
-        await fsp.rm(this.stateFile(pod.id), { force: true });
-        this.scsiIdsInUse.delete(pod.id);
-      }
-      if (errors.length) throw new StorageError(status.INTERNAL, `detaching volumes of pod ${pod.id}: ${errors.join('; ')}`);
+      else await fsp.rm(this.stateFile(pod.id), { force: true });
+      if (errors.length) throw new StorageError('internal', `detaching volumes of pod ${pod.id}: ${errors.join('; ')}`);
     });
   }
 
@@ -258,43 +250,8 @@ export class VolumeManager {
 
   private driver(d: Pick<VolumeDescriptor, 'kind'>): VolumeDriver<any> {
     const drv = this.drivers.get(d.kind);
-    if (!drv) throw new StorageError(status.INVALID_ARGUMENT, `unknown volume kind ${d.kind}`);
+    if (!drv) throw new StorageError('invalid_argument', `unknown volume kind ${d.kind}`);
     return drv;
-  }
-
-  /** Wraps the target so the manager knows which SCSI ids it holds (for scsiIds()). */
-  private trackScsi(pod: PodVolumeTarget): PodVolumeTarget {
-    let set = this.scsiIdsInUse.get(pod.id);
-    if (!set) this.scsiIdsInUse.set(pod.id, (set = new Set()));
-    const ids = set;
-    return {
-      id: pod.id,
-      alive: () => pod.alive(),
-      qmp: (c, a) => pod.qmp(c, a),
-      qmpEvent: (n, t, m) => pod.qmpEvent(n, t, m),
-      agentCall: (m, p, t) => pod.agentCall(m, p, t),
-      allocScsiId: () => {
-        const id = pod.allocScsiId();
-        ids.add(id);
-        return id;
-      },
-      releaseScsiId: (id) => {
-        ids.delete(id);
-        pod.releaseScsiId(id);
-      },
-    };
-  }
-
-  /** Removes pvvol-* devices, nodes and secrets that no attachment accounts for. */
-  private async sweep(pod: PodVolumeTarget): Promise<void> {
-    const devices: Array<{ name: string; type: string }> = await pod.qmp('qom-list', { path: '/machine/peripheral' }).catch(() => []);
-    for (const d of devices) if (d.name.startsWith('pvvol-') && d.type.startsWith('child<')) await deviceDel(pod, d.name);
-    const nodes: Array<{ 'node-name': string }> = await pod.qmp('query-named-block-nodes', { flat: true });
-    const ours = nodes.map((n) => n['node-name']).filter((n) => n.startsWith('pvvol-'));
-    // formats first (no -f suffix), then protocol nodes
-    for (const n of [...ours.filter((x) => !x.endsWith('-f')), ...ours.filter((x) => x.endsWith('-f'))]) await blockdevDel(pod, n);
-    const objects: Array<{ name: string }> = await pod.qmp('qom-list', { path: '/objects' }).catch(() => []);
-    for (const o of objects) if (o.name.startsWith('pvvol-')) await objectDel(pod, o.name);
   }
 
   private locked<T>(podId: string, fn: () => Promise<T>): Promise<T> {
@@ -307,7 +264,7 @@ export class VolumeManager {
   }
 
   private stateFile(podId: string): string {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(podId)) throw new StorageError(status.INVALID_ARGUMENT, `bad pod id ${podId}`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(podId)) throw new StorageError('invalid_argument', `bad pod id ${podId}`);
     return path.join(this.o.stateDir, 'pods', `${podId}.json`);
   }
 

@@ -70,8 +70,8 @@ describe('AgentClient', () => {
     const got: Buffer[] = [];
     peer.removeAllListeners('data');
     peer.on('data', (c) => got.push(c));
-    const a = client.call('one', { x: 1 });
-    const b = client.call('two', {});
+    const a = client.request('one', { x: 1 });
+    const b = client.request('two', {});
     await new Promise((r) => setTimeout(r, 50));
     const raw = Buffer.concat(got);
     const idA = raw.readUInt32BE(5);
@@ -83,7 +83,7 @@ describe('AgentClient', () => {
   });
 
   it('times out a request the guest never answers', async () => {
-    await expect(client.call('slow', {}, 100)).rejects.toMatchObject({ code: 'timeout' });
+    await expect(client.request('slow', {}, 100)).rejects.toMatchObject({ agentCode: 'timeout', code: 'deadline_exceeded' });
   });
 
   it('grants credit only as the reader consumes (back-pressure)', async () => {
@@ -108,7 +108,7 @@ describe('AgentClient', () => {
     for (let i = 0; i < INITIAL_WINDOW / chunk.length + 1; i++) peer.write(encodeFrame(Kind.Data, s.id, chunk));
     await closed;
     expect(client.closed).toBe(true);
-    await expect(client.call('after', {})).rejects.toMatchObject({ code: 'protocol' });
+    await expect(client.request('after', {})).rejects.toMatchObject({ agentCode: 'protocol', code: 'unavailable' });
   });
 
   it('sends no more than the window the guest granted', async () => {
@@ -124,8 +124,8 @@ describe('AgentClient', () => {
   });
 
   it('fails pending calls when a garbage frame arrives', async () => {
-    const p = client.call('x', {});
+    const p = client.request('x', {});
     peer.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0]));
-    await expect(p).rejects.toMatchObject({ code: 'protocol' });
+    await expect(p).rejects.toMatchObject({ agentCode: 'protocol', code: 'unavailable' });
   });
 });

@@ -12,7 +12,8 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { encodeFrame, encodeJson, Kind } from '../src/agent/protocol';
 import { ContainerManager, EXEC_IO_DRAIN_MS } from '../src/runtime/containers';
-import { MAX_GUEST_EVENTS_PER_S, MAX_HELLO_FIELD, PodVm } from '../src/runtime/pod-vm';
+import { MAX_HELLO_FIELD } from '../src/agent/hello';
+import { MAX_GUEST_EVENTS_PER_S, VmPod as PodVm } from '../src/runtime/backends/vm/vm-pod';
 
 jest.setTimeout(60_000);
 
@@ -86,7 +87,7 @@ async function setUp(handle: Handler) {
   const pod = new PodVm(vm, dir, logger, 'p1');
   const sandboxes: any = { find: () => ({ pod, rec: { state: 'SANDBOX_READY' } }) };
   const cm = new ContainerManager(dir, sandboxes, {} as any, {} as any, logger);
-  pod.onEvent((ev) => sandboxes.hooks.onEvent('p1', ev));
+  pod.onEvent((ev: any) => sandboxes.hooks.onEvent('p1', ev));
   const hello = await pod.connect('host', 5000);
   cm.containers.set('c1', { rec: { id: 'c1', sandboxId: 'p1', state: 'CONTAINER_RUNNING', metadata: { name: 'c1' } } as any, exitWaiters: [] });
   return { guest, pod, cm, vm, lines, hello };

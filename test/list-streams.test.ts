@@ -6,7 +6,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { loadCri } from '../cri-api';
-import { invalidArgument } from '../src/cri/errors';
+import { invalidArgument } from '../src/util/errors';
 import { BATCH_ITEMS, batches } from '../src/cri/list-streams';
 import { startServer } from '../src/server';
 

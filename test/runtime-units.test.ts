@@ -9,7 +9,7 @@ import { ContainerLog, formatLines, rfc3339Nano } from '../src/runtime/container
 import { readCriLog } from './support/cri-log';
 import { checkDevices, resolveLogPath, signalNumber } from '../src/runtime/containers';
 import { buildSpec, DEFAULT_CAPS, deviceRule, ociResources, parseImageUser, processArgs } from '../src/runtime/oci-spec';
-import { vmSize } from '../src/runtime/sandboxes';
+import { vmSize } from '../src/runtime/backends/vm/vm-backend';
 
 describe('CRI log format', () => {
   it('writes full lines with F and splits long ones into P records', () => {
@@ -189,6 +189,16 @@ describe('VM sizing and config', () => {
     expect(loadConfig(f, false).cgroupDriver).toBe('systemd');
     fs.writeFileSync(f, 'cgroup_driver = "systemdd"\n');
     expect(() => loadConfig(f, false)).toThrow(/cgroup_driver must be cgroupfs or systemd/);
+    // [runtime]: handler name → pod backend kind (the table replaces the defaults), host namespaces
+    expect(loadConfig(f.replace('c.toml', 'none.toml'), true).runtime).toEqual({ handlers: { '': 'vm', podvisor: 'vm', kata: 'vm', vm: 'vm', runc: 'host', host: 'host' }, hostNamespaces: 'host' });
+    fs.writeFileSync(f, '[runtime]\nhost_namespaces = "reject"\nhandlers = { "" = "vm", "fast" = "vm" }\n');
+    expect(loadConfig(f, false).runtime).toEqual({ handlers: { '': 'vm', fast: 'vm' }, hostNamespaces: 'reject' });
+    fs.writeFileSync(f, '[runtime]\nhost_namespaces = "maybe"\n');
+    expect(() => loadConfig(f, false)).toThrow(/host_namespaces must be "host" or "reject"/);
+    fs.writeFileSync(f, '[runtime]\nhandlers = { x = 3 }\n');
+    expect(() => loadConfig(f, false)).toThrow(/runtime.handlers.x: expected a backend kind/);
+    fs.writeFileSync(f, '[runtime]\nhandler = {}\n');
+    expect(() => loadConfig(f, false)).toThrow(/unknown key runtime.handler/);
     expect(loadConfig(path.join(dir, 'missing.toml'), true).socket).toBe('/run/podvisor/podvisor.sock');
     expect(() => loadConfig(path.join(dir, 'missing.toml'), false)).toThrow(/cannot read/);
   }

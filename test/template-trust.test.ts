@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { silentLogger } from '../src/log';
+import { silentLogger } from '../src/util/log';
 import { checkTrustedDir, UntrustedPathError } from '../src/util/trusted-path';
 import { TemplateManager } from '../src/vm/templates';
 
@@ -20,7 +20,7 @@ beforeEach(() => {
 afterEach(() => fs.rmSync(base, { recursive: true, force: true }));
 
 const manager = (dir: string) =>
-  new TemplateManager({ dir, qemu: { binary: '/usr/bin/qemu-system-x86_64', kernel: '', initramfs: '', kernelArgs: '', accelerator: 'tcg' } as any, guestDigest: () => 'g', logger: silentLogger });
+  new TemplateManager({ dir, driver: { templateKeyInputs: () => ({ driver: 'test' }), memoryFileInUse: () => false } as any, guestDigest: () => 'g', logger: silentLogger });
 
 /** A complete template for `size` under `dir`, as a build would leave it. */
 function forge(m: TemplateManager, dir: string): string {

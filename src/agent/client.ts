@@ -18,13 +18,10 @@ import {
   parseJsonObject,
   ProtocolError,
 } from './protocol';
+import { AgentError } from './errors';
+import type { GuestMethod, GuestParams, GuestResult } from './api';
 
-export class AgentError extends Error {
-  constructor(readonly code: string, message: string) {
-    super(message);
-    this.name = 'AgentError';
-  }
-}
+export { AgentError } from './errors';
 
 export interface AgentEvent {
   type: string;
@@ -67,11 +64,16 @@ export class AgentClient extends EventEmitter {
     return this.closedError !== undefined;
   }
 
-  /** Sends a request and resolves with its result, or rejects with AgentError. */
-  call<T = any>(method: string, params: object = {}, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<T> {
+  /** Calls one method of the guest API (api.ts); resolves with its result, or rejects with AgentError. */
+  call<M extends GuestMethod>(method: M, params: GuestParams<M>, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<GuestResult<M>> {
+    return this.request(method, params, timeoutMs) as Promise<GuestResult<M>>;
+  }
+
+  /** Sends any request (the frame layer, for protocol tests): prefer the typed call(). */
+  request(method: string, params: object = {}, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<unknown> {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = this.allocId();
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new AgentError('timeout', `agent did not answer ${method} within ${timeoutMs} ms`));

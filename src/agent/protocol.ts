@@ -1,20 +1,8 @@
 // Frame codec for the host <-> guest agent protocol (guest/PROTOCOL.md). The guest is untrusted:
 // the decoder bounds every frame and throws ProtocolError on anything malformed, and the caller
 // then drops the connection (failing that pod only).
-import { randomBytes } from 'node:crypto';
-
 export const PROTOCOL_VERSION = 1;
 
-/** `hello` params: a fresh identity for the guest (host entropy, the host's clock, a hostname). */
-export function helloParams(nonce: string, hostname: string): Record<string, unknown> {
-  return {
-    protocol: PROTOCOL_VERSION,
-    nonce,
-    time_unix_ns: (BigInt(Date.now()) * 1_000_000n).toString(),
-    entropy: randomBytes(64).toString('base64'),
-    hostname,
-  };
-}
 export const MAX_PAYLOAD = 1024 * 1024;
 export const MAX_DATA = 65536;
 export const INITIAL_WINDOW = 262144;

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { Config, loadConfig } from '../config/config';
-import { createLogger } from '../log';
+import { createLogger } from '../util/log';
 import { probeKvm } from '../vm/accel';
 import { criAnswers } from './readiness';
 

@@ -2,10 +2,12 @@
 // podvisor command line: `podvisor serve` runs the CRI daemon.
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from '../config/config';
-import { Daemon, VERSION } from '../daemon';
-import { createLogger } from '../log';
+import { Daemon } from '../daemon';
+import { createLogger } from '../util/log';
 import { registerCheckCommand } from './check';
+import { registerConfigCommands } from './config';
 import { announceReady, notify } from './readiness';
+import { versionReport } from './version';
 import { registerTemplateCommands } from './template';
 import { registerVolumeCommands } from './volume';
 
@@ -33,7 +35,9 @@ function guardUnexpectedEnd(logger: ReturnType<typeof createLogger>): void {
   });
 }
 
-const program = new Command('podvisor').version(VERSION).description('Kubernetes CRI runtime: every pod is one lightweight QEMU VM');
+const program = new Command('podvisor')
+  .option('-V, --version', 'versions: podvisor and its commit, Node, guest agent and kernel, QEMU')
+  .description('Kubernetes CRI runtime: every pod is one lightweight QEMU VM');
 
 program
   .command('serve')
@@ -43,6 +47,7 @@ program
   .option('--root <dir>', 'persistent state (default /var/lib/podvisor)')
   .option('--state <dir>', 'runtime state (default /run/podvisor)')
   .option('--log-level <level>', 'trace, debug, info, warn, error')
+  .option('--log-format <format>', 'json (default) or text (one readable line an entry)', 'json')
   .action(async (opts) => {
     let cfg;
     try {
@@ -58,7 +63,11 @@ program
     if (opts.root) cfg.root = opts.root;
     if (opts.state) cfg.state = opts.state;
     if (opts.logLevel) cfg.logLevel = opts.logLevel;
-    const logger = createLogger(cfg.logLevel);
+    if (!['json', 'text'].includes(opts.logFormat)) {
+      process.stderr.write(`podvisor: --log-format must be json or text\n`);
+      process.exit(2);
+    }
+    const logger = createLogger(cfg.logLevel, opts.logFormat);
     guardUnexpectedEnd(logger);
     const daemon = new Daemon(cfg, logger);
     notify(logger, { STATUS: 'starting: accelerator, images, pods' });
@@ -66,7 +75,7 @@ program
       await daemon.start();
       await announceReady(logger, cfg.socket, `serving CRI on ${cfg.socket}`);
     } catch (err) {
-      logger.fatal({ err: (err as Error).message }, 'cannot start');
+      logger.fatal({ err }, 'cannot start'); // pino's err serializer: type, message, stack, code
       notify(logger, { STATUS: `cannot start: ${(err as Error).message}` });
       process.exit(1);
     }
@@ -84,6 +93,12 @@ program
 registerVolumeCommands(program);
 registerTemplateCommands(program);
 registerCheckCommand(program);
+registerConfigCommands(program);
+
+if (['-V', '--version'].includes(process.argv[2] ?? '')) {
+  process.stdout.write(versionReport());
+  process.exit(0);
+}
 
 program.parseAsync(process.argv).catch((err) => {
   process.stderr.write(`podvisor: ${(err as Error).message}\n`);

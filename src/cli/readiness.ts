@@ -4,7 +4,7 @@
 // lines say what the daemon is doing; STOPPING=1 when it shuts down.
 import * as grpc from '@grpc/grpc-js';
 import { loadCri } from '../../cri-api';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import { notifyWanted, sdNotify } from '../util/sd-notify';
 
 /** Resolves once `socket` answers a CRI Version call (bounded by `timeoutMs`). */

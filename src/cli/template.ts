@@ -3,9 +3,10 @@
 import { Command } from 'commander';
 import { Config, loadConfig } from '../config/config';
 import { guestDigest } from '../daemon';
-import { createLogger } from '../log';
+import { createLogger } from '../util/log';
 import { chooseAccelerator } from '../vm/accel';
 import { TemplateManager } from '../vm/templates';
+import { QemuHypervisor } from '../vm/qemu';
 
 const DEFAULT_CONFIG = '/etc/podvisor/config.toml';
 
@@ -20,7 +21,8 @@ async function manager(cfg: Config): Promise<TemplateManager> {
   const qemu = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
   // the daemon's cached KVM verdict (or a probe, once) so keys match the daemon's
   const accelerator = await chooseAccelerator(cfg.vm.accelerator, { ...qemu, logger }, cfg.root, cfg.state, logger);
-  return new TemplateManager({ dir: cfg.vm.templateDir, qemu: { ...qemu, accelerator }, guestDigest: () => guestDigest(cfg), logger });
+  const driver = new QemuHypervisor({ ...qemu, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, accelerator, logger });
+  return new TemplateManager({ dir: cfg.vm.templateDir, driver, guestDigest: () => guestDigest(cfg), logger });
 }
 
 function fail(err: unknown): never {

@@ -1,9 +1,10 @@
 // Daemon configuration: embedded defaults, overridden by a TOML file (like containerd's
-// config.toml), overridden by command-line flags. Unknown keys are an error, so a typo never
-// silently falls back to a default.
+// config.toml), then by the drop-ins in conf.d/*.toml beside it (in name order, each over the
+// last), overridden by command-line flags. Unknown keys are an error, so a typo never silently
+// falls back to a default. `version = 1` names the format (the only one so far).
 import fs from 'node:fs';
 import path from 'node:path';
-import { parse } from 'smol-toml';
+import { parse, stringify } from 'smol-toml';
 
 /**
  * TCG's translated-code buffer per VM, MiB. The code a pod runs again and again (an exec probe:
@@ -74,7 +75,23 @@ export interface Config {
     tlsCert: string;
     tlsKey: string;
   };
+  runtime: {
+    /**
+     * CRI runtime handler name → pod backend kind (runtime/pod-backend.ts). A pod asks for a
+     * handler (RuntimeClass); RuntimeConfig/Status report these names. A handler whose backend
+     * is not built in is refused when a pod asks for it.
+     */
+    handlers: Record<string, string>;
+    /**
+     * Pods asking for the host's network, PID or IPC namespace: "host" runs them with the host
+     * backend (when it exists), "reject" refuses them (FAILED_PRECONDITION).
+     */
+    hostNamespaces: 'host' | 'reject';
+  };
 }
+
+/** The handlers a default config serves: the VM under every name kubelet users write for it. */
+export const DEFAULT_HANDLERS: Readonly<Record<string, string>> = { '': 'vm', podvisor: 'vm', kata: 'vm', vm: 'vm', runc: 'host', host: 'host' };
 
 /** The directory of the nearest package.json: the checkout, or a release's version directory. */
 export function packageRoot(): string {
@@ -125,6 +142,7 @@ export function defaultConfig(): Config {
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
     streaming: { address: '127.0.0.1', port: 0, tlsCert: '', tlsKey: '' },
+    runtime: { handlers: { ...DEFAULT_HANDLERS }, hostNamespaces: 'host' },
   };
 }
 
@@ -170,17 +188,33 @@ function assign(target: any, key: string, value: unknown, where: string): void {
   target[key] = value;
 }
 
-/** Loads `file` over the defaults. A missing file is fine only when `optional`. */
-export function loadConfig(file: string | undefined, optional: boolean): Config {
-  const cfg = defaultConfig();
-  if (!file) return cfg;
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return cfg;
-    throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
+/** [runtime]: `handlers` (a table of handler name → backend kind) replaces the default table whole. */
+function loadRuntime(cfg: Config, v: unknown, file: string): void {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(`${file}: [runtime] must be a table`);
+  for (const [sk, sv] of Object.entries(v)) {
+    if (sk === 'handlers') {
+      if (typeof sv !== 'object' || sv === null || Array.isArray(sv)) throw new ConfigError(`${file}: runtime.handlers must be a table of handler name = backend kind`);
+      const handlers: Record<string, string> = {};
+      for (const [name, kind] of Object.entries(sv)) {
+        if (typeof kind !== 'string' || !/^[a-z][a-z0-9-]{0,31}$/.test(kind)) throw new ConfigError(`${file}: runtime.handlers.${name}: expected a backend kind such as "vm" or "host"`);
+        if (name.length > 63 || !/^[A-Za-z0-9._-]*$/.test(name)) throw new ConfigError(`${file}: runtime.handlers: bad handler name ${JSON.stringify(name)}`);
+        handlers[name] = kind;
+      }
+      cfg.runtime.handlers = handlers;
+    } else if (sk === 'host_namespaces') {
+      if (sv !== 'host' && sv !== 'reject') throw new ConfigError(`${file}: runtime.host_namespaces must be "host" or "reject"`);
+      cfg.runtime.hostNamespaces = sv;
+    } else {
+      throw new ConfigError(`${file}: unknown key runtime.${sk}`);
+    }
   }
+}
+
+/** The config format this daemon reads (`version` key). */
+export const CONFIG_VERSION = 1;
+
+/** Applies one TOML document over `cfg`. */
+function applyToml(cfg: Config, file: string, text: string): void {
   let doc: Record<string, unknown>;
   try {
     doc = parse(text) as Record<string, unknown>;
@@ -188,7 +222,11 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
     throw new ConfigError(`${file}: ${(err as Error).message}`);
   }
   for (const [k, v] of Object.entries(doc)) {
-    if (k in TABLES) {
+    if (k === 'version') {
+      if (v !== CONFIG_VERSION) throw new ConfigError(`${file}: version = ${String(v)}: this podvisor reads config version ${CONFIG_VERSION}`);
+    } else if (k === 'runtime') {
+      loadRuntime(cfg, v, file);
+    } else if (k in TABLES) {
       const keys = TABLES[k];
       if (typeof v !== 'object' || v === null) throw new ConfigError(`${file}: [${k}] must be a table`);
       for (const [sk, sv] of Object.entries(v)) {
@@ -201,10 +239,56 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
       throw new ConfigError(`${file}: unknown key ${k}`);
     }
   }
+}
+
+/** conf.d/*.toml beside `file`, in name order. */
+export function dropIns(file: string): string[] {
+  const dir = path.join(path.dirname(file), 'conf.d');
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => n.endsWith('.toml')).sort().map((n) => path.join(dir, n));
+}
+
+/**
+ * Loads `file` and then its conf.d drop-ins over the defaults. A missing file is fine only when
+ * `optional` (its drop-ins still apply).
+ */
+export function loadConfig(file: string | undefined, optional: boolean): Config {
+  const cfg = defaultConfig();
+  if (!file) return cfg;
+  try {
+    applyToml(cfg, file, fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    if (!(optional && (err as NodeJS.ErrnoException).code === 'ENOENT')) throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
+  }
+  for (const drop of dropIns(file)) {
+    let text: string;
+    try {
+      text = fs.readFileSync(drop, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read config ${drop}: ${(err as Error).message}`);
+    }
+    applyToml(cfg, drop, text);
+  }
   if (!['cgroupfs', 'systemd'].includes(cfg.cgroupDriver)) throw new ConfigError(`${file}: cgroup_driver must be cgroupfs or systemd`);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.vm.accelerator)) throw new ConfigError(`${file}: vm.accelerator must be auto, kvm or tcg`);
   if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
   if (!Number.isInteger(cfg.vm.templateSpares) || cfg.vm.templateSpares > 16) throw new ConfigError(`${file}: vm.template_spares must be an integer 0..16`);
   if (!Number.isInteger(cfg.vm.tcgCodeMiB) || cfg.vm.tcgCodeMiB < 4 || cfg.vm.tcgCodeMiB > 1024) throw new ConfigError(`${file}: vm.tcg_code_mib must be an integer 4..1024`);
   return cfg;
+}
+
+/** `cfg` as the TOML this module reads (`podvisor config default|dump`). */
+export function configToToml(cfg: Config): string {
+  const doc: Record<string, unknown> = { version: CONFIG_VERSION };
+  for (const [k, [prop]] of Object.entries(TOML_KEYS)) doc[k] = (cfg as any)[prop as string];
+  for (const [table, keys] of Object.entries(TABLES)) {
+    doc[table] = Object.fromEntries(Object.entries(keys).map(([k, prop]) => [k, (cfg as any)[table][prop]]));
+  }
+  return `${stringify(doc)}\n`;
 }

@@ -1,9 +1,11 @@
 // CreateContainer, StartContainer, StopContainer, RemoveContainer, ListContainers,
 // ContainerStatus, UpdateContainerResources, ReopenContainerLog, ExecSync.
+import type { ContainerStatus, Mount } from '../../cri-api/messages';
+import type { ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ListContainersRequest, ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse, ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest, StartContainerResponse, StopContainerRequest, StopContainerResponse, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse } from '../../cri-api/messages';
 import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
 import type { ContainerRecord } from '../runtime/records';
-import { invalidArgument, requireString, unimplemented } from './errors';
+import { invalidArgument, requireString, unimplemented } from '../util/errors';
 
 function imageSpec(rec: ContainerRecord, images?: ImageManager) {
   const img = images?.resolve(rec.imageId);
@@ -15,7 +17,7 @@ function imageSpec(rec: ContainerRecord, images?: ImageManager) {
   };
 }
 
-export function containerStatus(rec: ContainerRecord, images?: ImageManager) {
+export function containerStatus(rec: ContainerRecord, images?: ImageManager): ContainerStatus {
   return {
     id: rec.id,
     metadata: rec.config.metadata,
@@ -32,7 +34,7 @@ export function containerStatus(rec: ContainerRecord, images?: ImageManager) {
     labels: rec.config.labels ?? {},
     annotations: rec.config.annotations ?? {},
     // an image volume names the image it mounts (ImageSpec.image_ref, the image id)
-    mounts: (rec.config.mounts ?? []).map((m: any) => {
+    mounts: (rec.config.mounts ?? []).map((m: Mount) => {
       const v = m.image?.image ? rec.imageVolumes?.find((x) => x.containerPath === m.container_path) : undefined;
       return v ? { ...m, image: { ...m.image, image_ref: v.imageId } } : m;
     }),
@@ -44,29 +46,29 @@ export function containerStatus(rec: ContainerRecord, images?: ImageManager) {
 
 export function containerHandlers(containers: ContainerManager, images: ImageManager) {
   return {
-    async CreateContainer(req: any) {
-      const id = await containers.create(requireString(req.pod_sandbox_id, 'pod_sandbox_id'), req.config, req.sandbox_config);
+    async CreateContainer(req: CreateContainerRequest): Promise<CreateContainerResponse> {
+      const id = await containers.create(requireString(req.pod_sandbox_id, 'pod_sandbox_id'), req.config ?? {}, req.sandbox_config);
       return { container_id: id };
     },
 
-    async StartContainer(req: any) {
+    async StartContainer(req: StartContainerRequest): Promise<StartContainerResponse> {
       await containers.start(requireString(req.container_id, 'container_id'));
       return {};
     },
 
-    async StopContainer(req: any) {
+    async StopContainer(req: StopContainerRequest): Promise<StopContainerResponse> {
       const timeout = Number(req.timeout ?? 0);
       if (!Number.isFinite(timeout) || timeout < 0) throw invalidArgument('timeout must be ≥ 0');
       await containers.stop(requireString(req.container_id, 'container_id'), timeout);
       return {};
     },
 
-    async RemoveContainer(req: any) {
+    async RemoveContainer(req: RemoveContainerRequest): Promise<RemoveContainerResponse> {
       await containers.remove(req.container_id ?? ''); // idempotent: unknown means already removed
       return {};
     },
 
-    async ListContainers(req: any) {
+    async ListContainers(req: ListContainersRequest): Promise<ListContainersResponse> {
       return {
         containers: containers.list(req.filter).map((rec) => ({
           id: rec.id,
@@ -83,26 +85,26 @@ export function containerHandlers(containers: ContainerManager, images: ImageMan
       };
     },
 
-    async ContainerStatus(req: any) {
+    async ContainerStatus(req: ContainerStatusRequest): Promise<ContainerStatusResponse> {
       const c = containers.get(requireString(req.container_id, 'container_id'));
       const info: Record<string, string> = {};
       if (req.verbose) info.info = JSON.stringify({ pid: c.rec.pid, sandboxId: c.rec.sandboxId, config: c.rec.config });
       return { status: containerStatus(c.rec, images), info };
     },
 
-    async UpdateContainerResources(req: any) {
+    async UpdateContainerResources(req: UpdateContainerResourcesRequest): Promise<UpdateContainerResourcesResponse> {
       await containers.updateResources(requireString(req.container_id, 'container_id'), req.linux);
       return {};
     },
 
-    async ReopenContainerLog(req: any) {
+    async ReopenContainerLog(req: ReopenContainerLogRequest): Promise<ReopenContainerLogResponse> {
       await containers.reopenLog(requireString(req.container_id, 'container_id'));
       return {};
     },
 
-    async ExecSync(req: any) {
+    async ExecSync(req: ExecSyncRequest): Promise<ExecSyncResponse> {
       const timeout = Number(req.timeout ?? 0);
-      const r = await containers.execSync(requireString(req.container_id, 'container_id'), req.cmd, timeout);
+      const r = await containers.execSync(requireString(req.container_id, 'container_id'), req.cmd ?? [], timeout);
       return { stdout: r.stdout, stderr: r.stderr, exit_code: r.exitCode };
     },
 

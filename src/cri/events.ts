@@ -9,8 +9,8 @@
 import type { ImageManager } from '../image/manager';
 import type { ContainerEvent, ContainerManager } from '../runtime/containers';
 import type { SandboxManager } from '../runtime/sandboxes';
-import type { StreamHandlers } from '../server';
-import { resourceExhausted, unavailable } from './errors';
+import type { StreamHandlers } from './handlers';
+import { resourceExhausted, unavailable } from '../util/errors';
 import { containerStatuses, podSandboxStatus } from './sandbox';
 
 /** Events queued for one client before it is cut off. */

@@ -4,7 +4,7 @@
 // containers or images never puts them all into one response (a client refuses a message over
 // its limit: kubelet's is 16 MiB). A List handler is the one place that knows how to list; this
 // only cuts its answer. A stream whose List is not served answers UNIMPLEMENTED.
-import type { Handlers, StreamHandlers } from '../server';
+import type { Handlers, StreamHandlers } from './handlers';
 
 /** stream RPC → [its List RPC, the List response's repeated field, the stream response's] */
 export const LIST_STREAMS: Readonly<Record<string, readonly [string, string, string]>> = {
@@ -45,8 +45,9 @@ export function listStreamHandlers(handlers: Handlers): StreamHandlers {
   for (const [stream, [list, from, to]] of Object.entries(LIST_STREAMS)) {
     const fn = handlers[list];
     if (!fn) continue;
-    out[stream] = async (req, sink) => {
-      const res = await fn({ filter: req.filter ?? null });
+    out[stream] = async (req: { filter?: unknown }, sink) => {
+      // a List request is its stream's request (both carry only the filter); its answer a list in field `from`
+      const res = (await fn({ filter: req.filter ?? null } as never)) as Record<string, unknown[] | undefined> | undefined;
       for (const batch of batches<unknown>(res?.[from] ?? [])) {
         if (sink.closed) return;
         await sink.write({ [to]: batch });

@@ -170,7 +170,7 @@ export function podSandboxMetrics(s: PodSample) {
       ...series('container_fs_writes_bytes_total', disks, n(g.io_write_bytes)),
       ...series('container_fs_reads_total', disks, n(g.io_reads)),
       ...series('container_fs_writes_total', disks, n(g.io_writes)),
-      ...(Array.isArray(g.io_devices) ? g.io_devices.slice(0, 64) : []).flatMap((dv: any) => {
+      ...(Array.isArray(g.io_devices) ? g.io_devices.slice(0, 64) : []).flatMap((dv: Record<string, unknown>) => {
         const name = typeof dv?.name === 'string' && /^[A-Za-z0-9/_.-]{0,64}$/.test(dv.name) ? dv.name : '';
         if (n(dv?.major) === undefined || n(dv?.minor) === undefined) return [];
         const d = [...l, name, String(dv.major), String(dv.minor)];

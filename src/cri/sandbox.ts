@@ -1,11 +1,12 @@
 // RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+import type { ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse } from '../../cri-api/messages';
 import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
 import type { SandboxRecord } from '../runtime/records';
 import type { SandboxManager } from '../runtime/sandboxes';
 import { nowNs } from '../runtime/container-log';
 import { containerStatus } from './container';
-import { requireString } from './errors';
+import { requireString } from '../util/errors';
 
 function namespaceOptions(rec: SandboxRecord) {
   const o = rec.config.linux?.security_context?.namespace_options ?? {};
@@ -40,28 +41,31 @@ export function containerStatuses(containers: ContainerManager, sandboxId: strin
 
 export function sandboxHandlers(sandboxes: SandboxManager, containers: ContainerManager) {
   return {
-    async RunPodSandbox(req: any) {
-      const id = await sandboxes.run(req.config, req.runtime_handler ?? '');
+    async RunPodSandbox(req: RunPodSandboxRequest): Promise<RunPodSandboxResponse> {
+      const id = await sandboxes.run(req.config ?? {}, req.runtime_handler ?? '');
       return { pod_sandbox_id: id };
     },
 
     // Stop and Remove are idempotent: an unknown (or empty) id is already stopped and removed.
-    async StopPodSandbox(req: any) {
+    async StopPodSandbox(req: StopPodSandboxRequest): Promise<StopPodSandboxResponse> {
       await sandboxes.stop(req.pod_sandbox_id ?? '');
       return {};
     },
 
-    async RemovePodSandbox(req: any) {
+    async RemovePodSandbox(req: RemovePodSandboxRequest): Promise<RemovePodSandboxResponse> {
       await sandboxes.remove(req.pod_sandbox_id ?? '');
       return {};
     },
 
-    async PodSandboxStatus(req: any) {
+    async PodSandboxStatus(req: PodSandboxStatusRequest): Promise<PodSandboxStatusResponse> {
       const sb = sandboxes.get(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
       const rec = sb.rec;
       const info: Record<string, string> = {};
       if (req.verbose) {
         info.info = JSON.stringify({
+          // which pod backend runs the pod (runtime/pod-backend.ts), for the handler it asked for
+          backend: rec.backend ?? 'vm',
+          runtimeHandler: rec.runtimeHandler,
           vm: rec.vm && {
             pid: rec.vm.pid,
             accelerator: rec.vm.accelerator,
@@ -69,7 +73,7 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
             spare: rec.vm.spare ?? false,
             vcpus: rec.vm.vcpus,
             memoryMiB: rec.vm.memoryMiB,
-            alive: !!sb.pod?.vm.alive(),
+            alive: !!sb.pod?.alive(),
           },
           agentVersion: rec.agentVersion,
           images: Object.keys(rec.images),
@@ -79,7 +83,7 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
       return { status: podSandboxStatus(rec), info, containers_statuses: containerStatuses(containers, rec.id), timestamp: nowNs().toString() };
     },
 
-    async ListPodSandbox(req: any) {
+    async ListPodSandbox(req: ListPodSandboxRequest): Promise<ListPodSandboxResponse> {
       return { items: sandboxes.list(req.filter).map(summary) };
     },
   };

@@ -2,7 +2,7 @@
 // spec (WWW-Authenticate: Bearer realm=…,service=…,scope=…), fed by the CRI AuthConfig.
 // Secrets live only in this module's closures and request headers: never in log lines or
 // error messages (errors name the realm/host and the HTTP status, nothing else).
-import { unauthenticated, permissionDenied, unavailable } from '../cri/errors';
+import { PodvisorError, unauthenticated, permissionDenied, unavailable } from '../util/errors';
 
 /** CRI v1 AuthConfig (field names as in the proto). */
 export interface AuthConfig {
@@ -186,7 +186,7 @@ export class Authorizer {
         res = await this.fetchToken(u.toString(), { method: 'GET', headers });
       }
     } catch (e: any) {
-      if (e?.code !== undefined && typeof e.code === 'number') throw e;
+      if (e instanceof PodvisorError) throw e;
       throw unavailable(`${where}: token server ${realmName} unreachable: ${e?.message ?? e}`);
     }
     if (res.status === 401) throw unauthenticated(`${where}: token server ${realmName} refused the credentials (401)`);

@@ -6,7 +6,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { createReadStream, promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { CriError, Code } from '../cri/errors';
+import { PodvisorError} from '../util/errors';
 import { BatchWriter } from './batch-writer';
 import { ensureDir } from '../util/dirs';
 
@@ -58,7 +58,7 @@ export class ContentStore {
 
   path(digest: string): string {
     const hex = digest.replace(/^sha256:/, '');
-    if (!HEX.test(hex)) throw new CriError(Code.INVALID_ARGUMENT, `unsupported digest ${digest}`);
+    if (!HEX.test(hex)) throw new PodvisorError('invalid_argument', `unsupported digest ${digest}`);
     return path.join(this.blobDir, hex);
   }
 
@@ -175,9 +175,9 @@ export class ContentStore {
   private async keep(b: BlobRef, tmp: string, fh: fsp.FileHandle, bytes: number, digest: () => Promise<string>): Promise<void> {
     let ok = false;
     try {
-      if (bytes !== b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: size mismatch (expected ${b.size}, got ${bytes})`);
+      if (bytes !== b.size) throw new PodvisorError('data_loss', `blob ${b.digest}: size mismatch (expected ${b.size}, got ${bytes})`);
       const got = await digest();
-      if (got !== b.digest) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: digest mismatch (got ${got})`);
+      if (got !== b.digest) throw new PodvisorError('data_loss', `blob ${b.digest}: digest mismatch (got ${got})`);
       await fh.sync();
       ok = true;
     } finally {
@@ -207,7 +207,7 @@ export class ContentStore {
         try {
           for await (const chunk of src as AsyncIterable<Buffer>) {
             n += chunk.length;
-            if (n > b.size) throw new CriError(Code.DATA_LOSS, `blob ${b.digest}: more data than its size ${b.size}`);
+            if (n > b.size) throw new PodvisorError('data_loss', `blob ${b.digest}: more data than its size ${b.size}`);
             hash?.update(chunk);
             await out.add(chunk);
             if (tap) await tap(chunk);
@@ -218,9 +218,9 @@ export class ContentStore {
           await out.settle();
         }
       } catch (e: any) {
-        if (e instanceof CriError) throw e;
+        if (e instanceof PodvisorError) throw e;
         // A reset connection or body timeout: the blob is incomplete, the pull can be retried.
-        throw new CriError(Code.UNAVAILABLE, `blob ${b.digest}: download interrupted after ${n} of ${b.size} bytes: ${e?.message ?? e}`);
+        throw new PodvisorError('unavailable', `blob ${b.digest}: download interrupted after ${n} of ${b.size} bytes: ${e?.message ?? e}`);
       } finally {
         (src as Readable).destroy?.();
       }

@@ -16,7 +16,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { invalidArgument } from '../cri/errors';
+import { invalidArgument } from '../util/errors';
 import { defaultEndpointHost } from './reference';
 
 export type Capability = 'pull' | 'resolve' | 'push';

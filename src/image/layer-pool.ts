@@ -25,7 +25,7 @@ import v8 from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import { FileNode } from './erofs';
 import type { FetchOutcome, RemoteBlob } from './layer-fetch';
-import type { LayerRead, Op, UnpackLimits } from './unpack';
+import type { LayerRead, Op, UnpackLimits } from './layer-types';
 
 const WINDOW = 8 << 20;
 const IDLE_MS = 5 * 60_000;

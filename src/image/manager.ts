@@ -1,6 +1,8 @@
 // The image service: pulls images into a content-addressed store, turns each into one
 // read-only erofs file shared by all its containers, and keeps the names (tags, digests)
-// pointing at them. Layout under `root`:
+// pointing at them. This module is the pull's orchestration (download, verify, build); the
+// catalog (catalog.ts) keeps which images exist, their names, who uses them and what is
+// garbage. Layout under `root`:
 //   blobs/sha256/<hex>     manifests, configs, compressed layers (verified)
 //   erofs/<id hex>.erofs   one per image id (built as erofs/.tmp-* until complete)
 //   tmp/                   downloads in progress (wiped at init, like erofs/.tmp-*)
@@ -11,12 +13,16 @@
 // durable, so a failed or interrupted pull leaves nothing half-visible and can be retried.
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { CriError, Code, internal } from '../cri/errors';
-import type { Logger } from '../log';
+import { PodvisorError, internal } from '../util/errors';
+import { ChunkChannel } from '../util/chunk-channel';
+import { semaphore } from '../util/semaphore';
+
+export { ChunkChannel } from '../util/chunk-channel';
+import type { Logger } from '../util/log';
 import { credentialsFrom, type AuthConfig } from './auth';
 import { ContentStore, type Progress, type StagedBlob } from './content-store';
 import type { FetchOutcome } from './layer-fetch';
-import { MetadataStore, type StoredImage } from './metadata';
+import { dirUsage, ImageCatalog, type ImageRecord } from './catalog';
 import { formatReference, parseReference, repoName, type Reference } from './reference';
 import { RepositorySession, type Descriptor, type ResolvedImage } from './registry';
 import { layerWorkersEnabled, prewarmLayerWorkers } from './layer-pool';
@@ -27,17 +33,8 @@ import { faultPoint } from '../util/fault';
 
 export type { AuthConfig } from './auth';
 
-export interface ImageRecord {
-  id: string;
-  repoTags: string[];
-  repoDigests: string[];
-  size: number;
-  config: any;
-  user: { uid?: number; username?: string };
-  pinned: boolean;
-  erofsPath: string;
-  createdAt: number;
-}
+export type { ImageRecord } from './catalog';
+export { dirUsage, parseUser } from './catalog';
 
 export interface ImageManagerOptions {
   root: string;
@@ -50,55 +47,35 @@ export interface ImageManagerOptions {
   downloadConcurrency?: number;
 }
 
-const ID_RE = /^(?:sha256:)?([a-f0-9]{64})$/;
-const PREFIX_RE = /^(?:sha256:)?([a-f0-9]{12,63})$/;
 const PROGRESS_MIN_BYTES = 8 << 20;
-
-/** Parses an OCI config `User` ('1000', 'nobody', '1000:50', 'user:group'). */
-export function parseUser(user: unknown): { uid?: number; username?: string } {
-  if (typeof user !== 'string' || user === '') return {};
-  const u = user.split(':')[0];
-  if (/^\d+$/.test(u)) return { uid: Number(u) };
-  return u ? { username: u } : {};
-}
-
-interface Entry {
-  stored: StoredImage;
-  config: any;
-}
 
 export class ImageManager {
   private readonly root: string;
   private readonly content: ContentStore;
-  private readonly meta: MetadataStore;
   private readonly erofsDir: string;
   private readonly tmpDir: string;
   private readonly log: Logger;
   private readonly limits: UnpackLimits;
-  private readonly pinnedRefs: Set<string>;
-  private images = new Map<string, Entry>(); // by id, including hidden deleted-but-in-use ones
+  /** the images, their names and users (lookup, refcount, GC) */
+  readonly catalog: ImageCatalog;
   private building = new Map<string, Promise<void>>();
-  private inUse = new Map<string, number>();
-  /** Pulls running (blobs they wrote may not be referenced yet) and the ids they target. */
-  private activePulls = 0;
-  private pulling = new Map<string, number>();
 
   constructor(private readonly opts: ImageManagerOptions) {
     this.root = path.resolve(opts.root);
     this.tmpDir = path.join(this.root, 'tmp');
     this.erofsDir = path.join(this.root, 'erofs');
     this.content = new ContentStore(this.root, this.tmpDir);
-    this.meta = new MetadataStore(path.join(this.root, 'metadata.json'));
     this.log = opts.logger.child({ component: 'images' });
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
-    this.pinnedRefs = new Set();
+    const pinnedRefs = new Set<string>();
     for (const r of opts.pinned ?? []) {
       try {
-        this.pinnedRefs.add(formatReference(parseReference(r)));
+        pinnedRefs.add(formatReference(parseReference(r)));
       } catch {
         this.log.warn({ ref: r }, 'ignoring invalid pinned image reference');
       }
     }
+    this.catalog = new ImageCatalog(this.root, this.erofsDir, this.content, pinnedRefs, this.log);
   }
 
   /** Loads the index, drops half-done pulls and content nothing refers to. */
@@ -110,21 +87,8 @@ export class ImageManager {
     await fsp.mkdir(this.erofsDir, { recursive: true });
     // Images whose build was interrupted (ImageBuilder's temp files).
     for (const f of await fsp.readdir(this.erofsDir)) if (f.startsWith('.tmp-')) await fsp.rm(path.join(this.erofsDir, f), { force: true });
-    const stored = await this.meta.load();
-    let dropped = false;
-    for (const s of stored) {
-      const erofs = path.join(this.erofsDir, s.erofs);
-      try {
-        const config = JSON.parse((await this.content.read(s.id)).toString('utf8'));
-        await fsp.access(erofs);
-        this.images.set(s.id, { stored: s, config });
-      } catch {
-        this.log.warn({ id: s.id }, 'image content missing, forgetting the image');
-        dropped = true;
-      }
-    }
-    if (dropped) await this.save();
-    await this.collectGarbage(false);
+    await this.catalog.load();
+    await this.catalog.collectGarbage(false);
     // Layer reader threads (layer-pool.ts), started now so that a first pull need not wait,
     // and the build path run once (in the background, ~0.5 s) so that the first pull does not
     // run it unoptimized (warm-up.ts).
@@ -135,79 +99,46 @@ export class ImageManager {
     this.log.info({ images: this.list().length }, 'image store ready');
   }
 
-  // ---- lookups -------------------------------------------------------------------------
-
-  private visible(): Entry[] {
-    return [...this.images.values()].filter((e) => !e.stored.deleted);
-  }
-
-  /** Finds the image and how it was named: by id, tag or digest. */
-  private lookup(refOrId: string): { entry: Entry; kind: 'id' | 'tag' | 'digest'; name: string } | undefined {
-    if (typeof refOrId !== 'string' || refOrId === '') return undefined;
-    const id = ID_RE.exec(refOrId);
-    if (id) {
-      const e = this.images.get(`sha256:${id[1]}`);
-      if (e && !e.stored.deleted) return { entry: e, kind: 'id', name: e.stored.id };
-    }
-    let ref: Reference | undefined;
-    try {
-      ref = parseReference(refOrId);
-    } catch {
-      ref = undefined;
-    }
-    if (ref) {
-      const name = formatReference(ref);
-      for (const e of this.visible()) {
-        if (ref.digest ? e.stored.repoDigests.includes(name) : e.stored.repoTags.includes(name)) return { entry: e, kind: ref.digest ? 'digest' : 'tag', name };
-      }
-    }
-    const prefix = PREFIX_RE.exec(refOrId);
-    if (prefix && !id) {
-      const hits = this.visible().filter((e) => e.stored.id.startsWith(`sha256:${prefix[1]}`));
-      if (hits.length === 1) return { entry: hits[0], kind: 'id', name: hits[0].stored.id };
-    }
-    return undefined;
-  }
-
-  private toRecord(e: Entry): ImageRecord {
-    const s = e.stored;
-    return {
-      id: s.id,
-      repoTags: [...s.repoTags],
-      repoDigests: [...s.repoDigests],
-      size: s.size,
-      config: e.config,
-      user: parseUser(e.config?.config?.User),
-      pinned: s.repoTags.some((t) => this.pinnedRefs.has(t)) || s.repoDigests.some((d) => this.pinnedRefs.has(d)),
-      erofsPath: path.join(this.erofsDir, s.erofs),
-      createdAt: s.createdAt,
-    };
-  }
+  // ---- the catalog's, for the runtime and the CRI image service -------------------------
 
   resolve(refOrId: string): ImageRecord | undefined {
-    const hit = this.lookup(refOrId);
-    return hit ? this.toRecord(hit.entry) : undefined;
+    return this.catalog.resolve(refOrId);
   }
 
   list(filterRef?: string): ImageRecord[] {
-    if (filterRef) {
-      const r = this.resolve(filterRef);
-      return r ? [r] : [];
-    }
-    return this.visible()
-      .sort((a, b) => a.stored.createdAt - b.stored.createdAt)
-      .map((e) => this.toRecord(e));
+    return this.catalog.list(filterRef);
+  }
+
+  remove(refOrId: string): Promise<void> {
+    return this.catalog.remove(refOrId);
+  }
+
+  acquire(id: string): void {
+    this.catalog.acquire(id);
+  }
+
+  release(id: string): void {
+    this.catalog.release(id);
+  }
+
+  collectGarbage(dropRemoved = true): Promise<void> {
+    return this.catalog.collectGarbage(dropRemoved);
+  }
+
+  async fsInfo(): Promise<{ mountpoint: string; usedBytes: number; inodesUsed: number; timestamp: number }> {
+    const u = await dirUsage(this.root);
+    return { mountpoint: this.root, usedBytes: u.bytes, inodesUsed: u.inodes, timestamp: Date.now() };
   }
 
   // ---- pull ----------------------------------------------------------------------------
 
   async pull(ref: string, auth?: AuthConfig): Promise<ImageRecord> {
     const parsed = parseReference(ref);
-    this.activePulls++;
+    this.catalog.pullStarted();
     try {
       return await this.pullParsed(parsed, auth);
     } finally {
-      this.activePulls--;
+      this.catalog.pullEnded();
     }
   }
 
@@ -220,13 +151,11 @@ export class ImageManager {
     const configDesc = manifest.config;
     const id = configDesc.digest;
     this.log.info({ ref: name, id, manifest: resolved.manifestDigest }, 'pulling image');
-    this.pulling.set(id, (this.pulling.get(id) ?? 0) + 1);
+    this.catalog.holdForPull(id);
     try {
       return await this.pullImage(parsed, session, resolved, started);
     } finally {
-      const n = (this.pulling.get(id) ?? 1) - 1;
-      if (n > 0) this.pulling.set(id, n);
-      else this.pulling.delete(id);
+      this.catalog.unholdForPull(id);
     }
   }
 
@@ -261,14 +190,14 @@ export class ImageManager {
     try {
       config = JSON.parse(configBytes.toString('utf8'));
     } catch {
-      throw new CriError(Code.FAILED_PRECONDITION, `${name}: image config ${id} is not JSON`);
+      throw new PodvisorError('failed_precondition', `${name}: image config ${id} is not JSON`);
     }
     const diffIds: unknown = config?.rootfs?.diff_ids;
     if (!Array.isArray(diffIds) || diffIds.length !== manifest.layers.length)
-      throw new CriError(Code.FAILED_PRECONDITION, `${name}: config has ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${manifest.layers.length} layers`);
+      throw new PodvisorError('failed_precondition', `${name}: config has ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${manifest.layers.length} layers`);
 
-    const existing = this.images.get(id);
-    if (!existing || !(await this.erofsExists(existing.stored))) {
+    const existing = this.catalog.get(id);
+    if (!existing || !(await this.catalog.erofsExists(existing.stored))) {
       let b = this.building.get(id);
       if (!b) {
         b = this.build(id, session, resolved, diffIds as string[]).finally(() => this.building.delete(id));
@@ -280,50 +209,10 @@ export class ImageManager {
     faultPoint('image.pull:built');
 
     // Point the names at the image (moving a tag away from an older image if needed).
-    const entry = this.images.get(id) ?? this.addEntry(id, resolved, config);
-    entry.stored.deleted = false;
-    const tag = parsed.tag ? name : undefined;
-    const digestRef = `${repoName(parsed)}@${resolved.topDigest}`;
-    const orphaned: Entry[] = [];
-    if (tag) {
-      for (const other of this.images.values()) {
-        if (other !== entry && other.stored.repoTags.includes(tag)) {
-          other.stored.repoTags = other.stored.repoTags.filter((t) => t !== tag);
-          if (other.stored.repoTags.length === 0 && other.stored.repoDigests.length === 0) orphaned.push(other);
-        }
-      }
-      if (!entry.stored.repoTags.includes(tag)) entry.stored.repoTags.push(tag);
-    }
-    if (!entry.stored.repoDigests.includes(digestRef)) entry.stored.repoDigests.push(digestRef);
-    for (const o of orphaned) this.markDeleted(o);
-    await this.save();
+    const record = await this.catalog.bind(id, resolved, config, parsed.tag ? name : undefined, `${repoName(parsed)}@${resolved.topDigest}`);
     faultPoint('image.pull:saved');
-    for (const o of orphaned) await this.reap(o.stored.id);
     this.log.info({ ref: name, id, ms: Date.now() - started }, 'pulled image');
-    return this.toRecord(entry);
-  }
-
-  private addEntry(id: string, r: ResolvedImage, config: any): Entry {
-    const m = r.manifest;
-    const stored: StoredImage = {
-      id,
-      repoTags: [],
-      repoDigests: [],
-      // Like containerd: compressed layers plus config.
-      size: m.layers.reduce((n, l) => n + l.size, 0) + m.config.size,
-      manifestDigest: r.manifestDigest,
-      topDigest: r.topDigest,
-      layers: m.layers.map((l) => l.digest),
-      erofs: `${id.slice(7)}.erofs`,
-      createdAt: Date.now(),
-    };
-    const e = { stored, config };
-    this.images.set(id, e);
-    return e;
-  }
-
-  private async erofsExists(s: StoredImage): Promise<boolean> {
-    return fsp.access(path.join(this.erofsDir, s.erofs)).then(() => true, () => false);
+    return record;
   }
 
   /**
@@ -344,7 +233,7 @@ export class ImageManager {
       const settled = await Promise.allSettled(jobs);
       // The first layer that failed by itself names the cause; the others only stopped.
       const failed = settled.filter((x): x is PromiseRejectedResult => x.status === 'rejected').map((x) => x.reason);
-      const secondary = (e: unknown) => e instanceof BuildFailedError || (e instanceof CriError && e.code === Code.CANCELLED);
+      const secondary = (e: unknown) => e instanceof BuildFailedError || (e instanceof PodvisorError && e.code === 'cancelled');
       if (failed.length) throw failed.find((e) => !secondary(e)) ?? failed[0].reason ?? failed[0];
       const t1 = Date.now();
       const { bytes, inodes, metadataMs, syncMs } = await builder.commit();
@@ -381,13 +270,13 @@ export class ImageManager {
       if (await this.content.has(l)) return;
       const release = await slot();
       try {
-        if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+        if (signal.aborted) throw new PodvisorError('cancelled', 'pull aborted');
         await this.content.ingest(
           l,
           async () => (await session.openBlob(l)).body,
           this.progressLog(l),
           (chunk) => {
-            if (cancelled || signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+            if (cancelled || signal.aborted) throw new PodvisorError('cancelled', 'pull aborted');
             tapped = true;
             return ch.push(chunk); // a no-op once the reader is gone: the digest is still checked
           },
@@ -443,7 +332,7 @@ export class ImageManager {
     const release = await slot();
     let staged: StagedBlob | undefined;
     try {
-      if (signal.aborted) throw new CriError(Code.CANCELLED, 'pull aborted');
+      if (signal.aborted) throw new PodvisorError('cancelled', 'pull aborted');
       staged = await this.content.stage(l);
     } finally {
       if (!staged) release();
@@ -480,7 +369,7 @@ export class ImageManager {
       this.log.debug({ layer: l.digest, reason: o.message }, 'layer worker could not fetch the blob: fetching it here');
       return false;
     }
-    if (!o.ok) downloadErr = new CriError(o.code === 'DATA_LOSS' ? Code.DATA_LOSS : o.code === 'CANCELLED' ? Code.CANCELLED : Code.UNAVAILABLE, o.message);
+    if (!o.ok) downloadErr = new PodvisorError(o.code === 'DATA_LOSS' ? 'data_loss' : o.code === 'CANCELLED' ? 'cancelled' : 'unavailable', o.message);
     else this.log.debug({ layer: l.digest, index: i, fetchedBy: 'worker', doneMs: Date.now() - t0 }, 'layer downloaded');
     layerOutcome(l, await applied, downloadErr);
     this.log.debug({ layer: l.digest, index: i, doneMs: Date.now() - t0 }, 'layer applied');
@@ -499,261 +388,18 @@ export class ImageManager {
       }
     };
   }
-
-  // ---- removal and in-use tracking -----------------------------------------------------
-
-  async remove(refOrId: string): Promise<void> {
-    const hit = this.lookup(refOrId);
-    if (!hit) return;
-    const s = hit.entry.stored;
-    if (hit.kind === 'id') {
-      s.repoTags = [];
-      s.repoDigests = [];
-    } else if (hit.kind === 'tag') {
-      s.repoTags = s.repoTags.filter((t) => t !== hit.name);
-      // Removing the last tag removes the image, as `docker rmi`/`crictl rmi` users expect.
-      if (s.repoTags.length === 0) s.repoDigests = [];
-    } else {
-      s.repoDigests = s.repoDigests.filter((d) => d !== hit.name);
-    }
-    if (s.repoTags.length === 0 && s.repoDigests.length === 0) this.markDeleted(hit.entry);
-    await this.save();
-    await this.reap(s.id);
-  }
-
-  private markDeleted(e: Entry): void {
-    e.stored.deleted = true;
-    e.stored.repoTags = [];
-    e.stored.repoDigests = [];
-  }
-
-  /** Deletes a hidden image's files once no container uses it. */
-  private async reap(id: string): Promise<void> {
-    const e = this.images.get(id);
-    if (!e || !e.stored.deleted || this.busy(id)) return;
-    this.images.delete(id);
-    await this.save();
-    await fsp.rm(path.join(this.erofsDir, e.stored.erofs), { force: true });
-    await this.collectGarbage(false);
-    this.log.info({ id }, 'image deleted');
-  }
-
-  acquire(id: string): void {
-    const e = this.lookup(id)?.entry ?? this.images.get(id);
-    const key = e?.stored.id ?? id;
-    this.inUse.set(key, (this.inUse.get(key) ?? 0) + 1);
-  }
-
-  release(id: string): void {
-    const e = this.lookup(id)?.entry ?? this.images.get(id);
-    const key = e?.stored.id ?? id;
-    const n = (this.inUse.get(key) ?? 0) - 1;
-    if (n > 0) {
-      this.inUse.set(key, n);
-      return;
-    }
-    this.inUse.delete(key);
-    this.reap(key).catch((err) => this.log.error({ id: key, err: err.message }, 'deferred image delete failed'));
-  }
-
-  private busy(id: string): boolean {
-    return (this.inUse.get(id) ?? 0) > 0 || this.building.has(id) || this.pulling.has(id);
-  }
-
-  /**
-   * Deletes blobs and erofs files that no image refers to. With `dropRemoved`, also images
-   * that were removed while in use and that no container holds now: after a restart, call it
-   * once the existing containers have re-acquired their images (init() keeps them).
-   */
-  async collectGarbage(dropRemoved = true): Promise<void> {
-    if (dropRemoved) {
-      let changed = false;
-      for (const [id, e] of this.images) {
-        if (e.stored.deleted && !this.busy(id)) {
-          this.images.delete(id);
-          changed = true;
-        }
-      }
-      if (changed) await this.save();
-    }
-    const keepBlobs = new Set<string>();
-    const keepErofs = new Set<string>();
-    for (const e of this.images.values()) {
-      keepBlobs.add(e.stored.id).add(e.stored.manifestDigest).add(e.stored.topDigest);
-      e.stored.layers.forEach((l) => keepBlobs.add(l));
-      keepErofs.add(e.stored.erofs);
-    }
-    // A pull in progress owns blobs not yet in any record: skip the blob sweep meanwhile.
-    if (this.activePulls === 0) {
-      for (const d of await this.content.list()) if (!keepBlobs.has(d)) await this.content.delete(d);
-    }
-    for (const f of await fsp.readdir(this.erofsDir).catch(() => [] as string[])) {
-      if (f.endsWith('.erofs') && !keepErofs.has(f) && !this.busy(`sha256:${f.slice(0, 64)}`)) await fsp.rm(path.join(this.erofsDir, f), { force: true });
-    }
-  }
-
-  private save(): Promise<void> {
-    return this.meta.save([...this.images.values()].map((e) => e.stored));
-  }
-
-  // ---- filesystem usage -----------------------------------------------------------------
-
-  async fsInfo(): Promise<{ mountpoint: string; usedBytes: number; inodesUsed: number; timestamp: number }> {
-    const u = await dirUsage(this.root);
-    return { mountpoint: this.root, usedBytes: u.bytes, inodesUsed: u.inodes, timestamp: Date.now() };
-  }
 }
 
-/** Disk bytes (allocated blocks) and inodes used under `dir`, not crossing into other filesystems. */
-export async function dirUsage(dir: string): Promise<{ bytes: number; inodes: number }> {
-  let bytes = 0;
-  let inodes = 0;
-  const seen = new Set<string>();
-  const rootDev = (await fsp.lstat(dir)).dev;
-  const walk = async (p: string): Promise<void> => {
-    let st;
-    try {
-      st = await fsp.lstat(p);
-    } catch {
-      return;
-    }
-    if (st.dev !== rootDev) return;
-    const key = `${st.ino}`;
-    if (!seen.has(key)) {
-      seen.add(key);
-      bytes += st.blocks * 512;
-      inodes++;
-    }
-    if (st.isDirectory()) {
-      const names = await fsp.readdir(p).catch(() => [] as string[]);
-      for (const n of names) await walk(path.join(p, n));
-    }
-  };
-  await walk(dir);
-  return { bytes, inodes };
-}
-
-/** A counting semaphore: `await acquire()` returns the release function. */
 /**
  * Throws what a layer's failure means to the pull. The download's error wins (corrupted on
  * the way: DATA_LOSS; interrupted: UNAVAILABLE) unless it only stopped because the build did.
  */
 function layerOutcome(l: Descriptor, applyErr: unknown, downloadErr: unknown): void {
-  const cancel = downloadErr instanceof CriError && downloadErr.code === Code.CANCELLED;
+  const cancel = downloadErr instanceof PodvisorError && downloadErr.code === 'cancelled';
   const e = downloadErr !== undefined && !cancel ? downloadErr : applyErr ?? downloadErr;
   if (e === undefined) return;
   if (e instanceof BuildFailedError) throw e;
-  if (e instanceof UnsafeArchiveError) throw new CriError(Code.FAILED_PRECONDITION, `layer ${l.digest} refused: ${e.message}`);
-  if (e instanceof CriError) throw e;
+  if (e instanceof UnsafeArchiveError) throw new PodvisorError('failed_precondition', `layer ${l.digest} refused: ${e.message}`);
+  if (e instanceof PodvisorError) throw e;
   throw internal(`applying layer ${l.digest}: ${(e as any)?.message ?? e}`);
-}
-
-function semaphore(limit: number): () => Promise<() => void> {
-  let active = 0;
-  const waiting: (() => void)[] = [];
-  const release = () => {
-    active--;
-    waiting.shift()?.();
-  };
-  return async () => {
-    while (active >= limit) await new Promise<void>((r) => waiting.push(r));
-    active++;
-    let done = false;
-    return () => {
-      if (!done) {
-        done = true;
-        release();
-      }
-    };
-  };
-}
-
-/**
- * A bounded queue of chunks from one producer (a download) to one consumer (a layer
- * reader): push() waits while more than `max` bytes are queued, and drops chunks once the
- * consumer has stopped; the consumer sees end() as the end of the stream and fail(e) as an
- * error.
- */
-export class ChunkChannel implements AsyncIterable<Buffer> {
-  private q: Buffer[] = [];
-  private bytes = 0;
-  private ended = false;
-  private error: unknown = undefined;
-  private closed = false;
-  private wakeReader: (() => void) | undefined;
-  private wakeWriter: (() => void) | undefined;
-
-  constructor(
-    private readonly max: number,
-    private readonly batch = 1 << 20,
-    /** Join queued chunks into pieces of at least `batch` bytes (else: hand them out as they are). */
-    private readonly join = true,
-  ) {}
-
-  async push(c: Buffer): Promise<void> {
-    if (this.closed) return;
-    this.q.push(c);
-    this.bytes += c.length;
-    if (this.bytes >= this.batch) this.wake('reader');
-    while (this.bytes > this.max && !this.closed) await new Promise<void>((r) => (this.wakeWriter = r));
-  }
-
-  end(): void {
-    this.ended = true;
-    this.wake('reader');
-  }
-
-  /** The consumer is gone: pending and later push() calls return at once, dropping the chunk. */
-  close(): void {
-    this.closed = true;
-    this.q = [];
-    this.wake('writer');
-  }
-
-  fail(e: unknown): void {
-    this.error = e ?? new Error('download failed');
-    this.wake('reader');
-  }
-
-  private wake(who: 'reader' | 'writer'): void {
-    const w = who === 'reader' ? this.wakeReader : this.wakeWriter;
-    if (who === 'reader') this.wakeReader = undefined;
-    else this.wakeWriter = undefined;
-    w?.();
-  }
-
-  /**
-   * Yields the queued chunks joined into pieces of at least `batch` bytes (except the last):
-   * consumers such as zlib pay per call, and network chunks are small. Without `join`, the
-   * chunks themselves, one by one.
-   */
-  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
-    try {
-      for (;;) {
-        if (!this.join && this.q.length > 0) {
-          const c = this.q.shift()!;
-          this.bytes -= c.length;
-          this.wake('writer');
-          yield c;
-          continue;
-        }
-        if (this.q.length > 0 && (this.bytes >= this.batch || this.ended || this.error !== undefined)) {
-          const parts = this.q;
-          this.q = [];
-          const piece = Buffer.concat(parts, this.bytes);
-          this.bytes = 0;
-          this.wake('writer');
-          yield piece;
-          continue;
-        }
-        if (this.error !== undefined) throw this.error;
-        if (this.ended) return;
-        await new Promise<void>((r) => (this.wakeReader = r));
-      }
-    } finally {
-      this.closed = true;
-      this.q = [];
-      this.wake('writer');
-    }
-  }
 }

@@ -1,7 +1,7 @@
 // Image references the Docker/containerd way: `busybox` is `docker.io/library/busybox:latest`.
 // The grammar follows github.com/distribution/reference (domain, path components, tag,
 // digest) so that names we store match what kubelet and crictl print for containerd.
-import { invalidArgument } from '../cri/errors';
+import { invalidArgument } from '../util/errors';
 
 export const DOCKER_HUB = 'docker.io';
 const DOCKER_HUB_ENDPOINT = 'registry-1.docker.io';

@@ -5,8 +5,8 @@
 // never forwarded to another origin.
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { CriError, Code, failedPrecondition, notFound, permissionDenied, unauthenticated, unavailable } from '../cri/errors';
-import type { Logger } from '../log';
+import { PodvisorError, failedPrecondition, notFound, permissionDenied, unauthenticated, unavailable } from '../util/errors';
+import type { Logger } from '../util/log';
 import { Authorizer, type Credentials } from './auth';
 import { exchange, TooManyRedirectsError, type HttpResponse } from './http';
 import type { BlobSource } from './layer-fetch';
@@ -97,7 +97,7 @@ async function errorCodes(res: Response): Promise<string> {
 }
 
 function isNetworkError(e: unknown): boolean {
-  return !(e instanceof CriError) || e.code === Code.UNAVAILABLE;
+  return !(e instanceof PodvisorError) || e.code === 'unavailable';
 }
 
 /**
@@ -165,7 +165,7 @@ export class RepositorySession {
       try {
         res = await this.raw(e, e.url + apiPath, 'GET', headers);
       } catch (err: any) {
-        if (err instanceof CriError) throw err;
+        if (err instanceof PodvisorError) throw err;
         if (this.signal?.aborted) throw unavailable(`${this.where(e)}: pull aborted`);
         // Docker's rule for loopback registries without config: TLS first, then plain HTTP.
         if (e.httpFallback && e.url.startsWith('https://')) {
@@ -185,7 +185,7 @@ export class RepositorySession {
     }
   }
 
-  private async failure(e: RegistryEndpoint, res: Response, what: string): Promise<CriError> {
+  private async failure(e: RegistryEndpoint, res: Response, what: string): Promise<PodvisorError> {
     const codes = await errorCodes(res);
     const where = `${this.where(e)}: ${what}`;
     switch (res.status) {
@@ -210,14 +210,14 @@ export class RepositorySession {
     const candidates = this.endpoints.filter((e) => e.capabilities.has(cap));
     if (this.preferred && candidates.includes(this.preferred)) candidates.sort((a, b) => (a === this.preferred ? -1 : b === this.preferred ? 1 : 0));
     if (candidates.length === 0) throw failedPrecondition(`${repoName(this.ref)}: no registry host has the ${cap} capability`);
-    const errors: CriError[] = [];
+    const errors: PodvisorError[] = [];
     for (const e of candidates) {
       try {
         const v = await fn(e);
         this.preferred = e;
         return v;
       } catch (err: any) {
-        const ce = err instanceof CriError ? err : unavailable(String(err?.message ?? err));
+        const ce = err instanceof PodvisorError ? err : unavailable(String(err?.message ?? err));
         if (this.signal?.aborted) throw ce;
         errors.push(ce);
         if (candidates.length > 1) this.logger.info({ endpoint: e.url, err: ce.message }, 'registry host failed, trying the next');
@@ -234,10 +234,10 @@ export class RepositorySession {
       const bytes = await readLimited(res.body, MAX_MANIFEST_BYTES, `manifest ${reference}`);
       const digest = sha256(bytes);
       if (reference.startsWith('sha256:') && digest !== reference)
-        throw new CriError(Code.DATA_LOSS, `${this.where(e)}: manifest ${reference} digest mismatch (got ${digest})`);
+        throw new PodvisorError('data_loss', `${this.where(e)}: manifest ${reference} digest mismatch (got ${digest})`);
       const claimed = header(res, 'docker-content-digest');
       if (claimed && DIGEST_RE.test(claimed) && claimed !== digest)
-        throw new CriError(Code.DATA_LOSS, `${this.where(e)}: manifest ${reference} digest mismatch (registry says ${claimed}, content is ${digest})`);
+        throw new PodvisorError('data_loss', `${this.where(e)}: manifest ${reference} digest mismatch (registry says ${claimed}, content is ${digest})`);
       let mediaType = '';
       try {
         mediaType = JSON.parse(bytes.toString('utf8')).mediaType ?? '';
@@ -302,11 +302,11 @@ export class RepositorySession {
     if (desc.size > MAX_CONFIG_BYTES) throw failedPrecondition(`blob ${desc.digest} too large (${desc.size} bytes)`);
     const { body } = await this.openBlob(desc);
     const bytes = await readLimited(body, desc.size, `blob ${desc.digest}`).catch((e) => {
-      throw e instanceof CriError && e.code === Code.FAILED_PRECONDITION ? new CriError(Code.DATA_LOSS, `blob ${desc.digest} is larger than its descriptor says`) : e;
+      throw e instanceof PodvisorError && e.code === 'failed_precondition' ? new PodvisorError('data_loss', `blob ${desc.digest} is larger than its descriptor says`) : e;
     });
-    if (bytes.length !== desc.size) throw new CriError(Code.DATA_LOSS, `blob ${desc.digest}: size mismatch (expected ${desc.size}, got ${bytes.length})`);
+    if (bytes.length !== desc.size) throw new PodvisorError('data_loss', `blob ${desc.digest}: size mismatch (expected ${desc.size}, got ${bytes.length})`);
     const got = sha256(bytes);
-    if (got !== desc.digest) throw new CriError(Code.DATA_LOSS, `blob ${desc.digest}: digest mismatch (got ${got})`);
+    if (got !== desc.digest) throw new PodvisorError('data_loss', `blob ${desc.digest}: digest mismatch (got ${got})`);
     return bytes;
   }
 }

@@ -32,9 +32,12 @@ import { spawn } from 'node:child_process';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import type { FetchOutcome, RemoteBlob } from './layer-fetch';
 import { readOnWorker, layerWorkersEnabled, type RemoteRead } from './layer-pool';
+import type { LayerRead, Op, UnpackLimits } from './layer-types';
+
+export type { LayerRead, Op, UnpackLimits } from './layer-types';
 import { BLOCK_SIZE, BlockCounter, DeviceNode, DirNode, EROFS_NAME_MAX, ErofsImage, FileNode, Stager, SymlinkNode, XATTR_NAME_MAX, XATTR_PREFIXES, XATTR_VALUE_MAX, xattrBodySize, type Node } from './erofs';
 import { TarFormatError, TarParser, type TarHandler, type TarHeader } from './tar';
 
@@ -59,14 +62,6 @@ export class FetchFallbackError extends Error {
     super(message);
     this.name = 'FetchFallbackError';
   }
-}
-
-export interface UnpackLimits {
-  maxEntries: number; // per image
-  maxEntryBytes: number; // one file
-  maxTotalBytes: number; // all layers, uncompressed file data
-  /** Names, symlink targets and xattrs held in memory for the whole image. */
-  maxMetadataBytes: number;
 }
 
 export const DEFAULT_LIMITS: UnpackLimits = {
@@ -156,15 +151,6 @@ async function peek(input: AsyncIterable<Buffer>): Promise<{ head: Buffer; rest:
   return { head, rest };
 }
 
-/** One tar entry of a layer as the replay needs it (file data is already in the image). */
-export interface Op {
-  h: TarHeader;
-  rel: string;
-  /** Regular files: the node, data written. */
-  file: FileNode | null;
-  xattrs: Map<string, Buffer> | null;
-}
-
 /** Where the data of the regular file being read goes. */
 interface Sink {
   node: FileNode | null; // null: discard (whiteout bodies, the root as a file …)
@@ -241,16 +227,6 @@ export class SharedBudget {
   get failed(): boolean {
     return Atomics.load(this.cells, FAILED) !== 0n;
   }
-}
-
-/** What reading one layer produced (its file data is in the image already): the replay's input. */
-export interface LayerRead {
-  ops: Op[];
-  droppedXattrs: string[];
-  /** how many xattrs were dropped (droppedXattrs names only the first few) */
-  droppedXattrCount: number;
-  /** Entries of unsupported types, for the log. */
-  skipped: { entry: string; typeflag: string }[];
 }
 
 /**

@@ -10,7 +10,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import type { FetchOutcome } from './layer-fetch';
 import { ImageBuilder } from './unpack';
 

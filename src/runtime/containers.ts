@@ -1,19 +1,23 @@
 // Containers inside pod VMs: create/start/stop/remove through the guest agent, stdio to CRI
 // log files, exit seen from agent events (pushed, not polled), ExecSync.
+import type { ContainerConfig, ContainerFilter, LinuxContainerResources, PodSandboxConfig } from '../../cri-api/messages';
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { AgentStream } from '../agent/client';
-import { CriError, deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../cri/errors';
+import { inContext, deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../util/errors';
 import type { ImageManager, ImageRecord } from '../image/manager';
-import type { Logger } from '../log';
-import type { AttachResult, VolumeManager } from '../../storage/volume-manager';
+import type { Logger } from '../util/log';
+import type { VolumeManager } from '../../storage/volume-manager';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
 import { ContainerLog, nowNs } from './container-log';
-import { KeyedMutex } from './lock';
-import { buildSpec, deviceRules, GuestDevice, GuestMount, ociResources } from './oci-spec';
+import { KeyedMutex } from '../util/keyed-mutex';
+import { buildSpec, deviceRules, ociResources } from './oci-spec';
+import { checkMounts, planMounts } from './mount-plan';
+import type { Pod, PodEvent, PodStream } from './pod-backend';
+
+export { checkDevices } from './mount-plan';
 import { ContainerRecord, labelsMatch } from './records';
 import type { Sandbox, SandboxManager } from './sandboxes';
 import { faultPoint } from '../util/fault';
@@ -29,14 +33,14 @@ export const EXEC_IO_DRAIN_MS = 2_000;
 export interface Live {
   rec: ContainerRecord;
   log?: ContainerLog;
-  stdin?: AgentStream;
+  stdin?: PodStream;
   exitWaiters: Array<() => void>;
   /** the guest reported the exit (the record follows once the log is complete) */
   exitSeen?: boolean;
 }
 
 interface ExecWaiter {
-  resolve: (ev: any) => void;
+  resolve: (ev: PodEvent) => void;
 }
 
 /** CRI ContainerEventType names. */
@@ -79,7 +83,7 @@ export class ContainerManager {
     this.store = new RecordStore(path.join(root, 'containers'));
     sandboxes.hooks = {
       stopAll: (id) => this.stopAll(id),
-      vmGone: (id) => this.vmGone(id),
+      podGone: (id) => this.podGone(id),
       removeAll: (id) => this.removeAll(id),
       onEvent: (id, ev) => this.onEvent(id, ev),
       reattach: (id) => this.reattach(id),
@@ -119,7 +123,7 @@ export class ContainerManager {
     return false;
   }
 
-  async create(sandboxId: string, config: any, sandboxConfig: any): Promise<string> {
+  async create(sandboxId: string, config: ContainerConfig, sandboxConfig: PodSandboxConfig | null | undefined): Promise<string> {
     if (!config?.metadata?.name) throw invalidArgument('container config metadata.name is required');
     if (!config.image?.image) throw invalidArgument('container config image is required');
     const sb = this.sandboxes.get(sandboxId);
@@ -127,51 +131,21 @@ export class ContainerManager {
     const md = config.metadata;
     for (const c of this.containers.values()) {
       const m = c.rec.config.metadata;
-      if (c.rec.sandboxId === sb.rec.id && m.name === md.name && (m.attempt ?? 0) === (md.attempt ?? 0)) {
+      if (c.rec.sandboxId === sb.rec.id && m?.name === md.name && (m?.attempt ?? 0) === (md.attempt ?? 0)) {
         throw alreadyExists(`container ${md.name} attempt ${md.attempt ?? 0} already exists in pod ${sb.rec.id}: ${c.rec.id}`);
       }
     }
     const logPath = resolveLogPath(sandboxConfig?.log_directory || sb.rec.config.log_directory, config.log_path);
     const image = this.images.resolve(config.image.image);
     if (!image) throw notFound(`image ${JSON.stringify(config.image.image)} not found: pull it first`);
-    const imageVolumes: Array<{ containerPath: string; image: ImageRecord; subPath: string }> = [];
-    for (const m of config.mounts ?? []) {
-      if (!m.container_path || !path.isAbsolute(m.container_path)) throw invalidArgument(`mount container_path ${JSON.stringify(m.container_path)} must be absolute`);
-      if (m.image?.image) {
-        imageVolumes.push({ containerPath: m.container_path, ...imageVolume(m, this.images.resolve(m.image.image)) });
-        continue;
-      }
-      if (!m.host_path || !path.isAbsolute(m.host_path)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
-    }
-    const devices = checkDevices(config.devices);
+    const checked = checkMounts(config, (ref) => this.images.resolve(ref));
     const targetPid = this.targetPid(config);
 
     const id = crypto.randomBytes(32).toString('hex');
-    const rec: ContainerRecord = {
-      id,
-      sandboxId: sb.rec.id,
-      config,
-      imageId: image.id,
-      imageSpec: config.image,
-      imageRef: image.repoDigests[0] ?? image.id,
-      createdAt: nowNs().toString(),
-      startedAt: '0',
-      finishedAt: '0',
-      state: 'CONTAINER_CREATED',
-      exitCode: 0,
-      reason: '',
-      message: '',
-      logPath,
-      pid: 0,
-      stopSignal: signalNumber(config.stop_signal && config.stop_signal !== 'SIGNAL_RUNTIME_DEFAULT' ? config.stop_signal : image.config?.config?.StopSignal) ?? 15,
-      streams: { stdin: 0, stdout: 0, stderr: 0 },
-      shareDir: `c/${id}`,
-      volumes: [],
-      imageVolumes: imageVolumes.map((v) => ({ containerPath: v.containerPath, imageId: v.image.id })),
-    };
+    const rec = newRecord(id, sb.rec.id, config, image, logPath, checked.imageVolumes);
     const live: Live = { rec, exitWaiters: [] };
-    this.images.acquire(image.id);
-    for (const v of imageVolumes) this.images.acquire(v.image.id);
+    const images = [image.id, ...checked.imageVolumes.map((v) => v.image.id)];
+    for (const i of images) this.images.acquire(i);
     try {
       await this.sandboxes.lock.run(sb.rec.id, async () => {
         const pod = sb.pod;
@@ -179,73 +153,12 @@ export class ContainerManager {
         rec.pending = true;
         await this.store.save(rec);
         faultPoint('container.create:pending-saved');
-        const rootfs = await this.ensureImage(sb, image);
-        const mounts: GuestMount[] = [];
-        const guestDevices: GuestDevice[] = [];
-        let i = 0;
-        for (const m of config.mounts ?? []) {
-          if (m.image?.image) {
-            // an image volume: a bind out of the image's erofs, mounted in the pod once for all
-            // its containers (the agent checks the sub path: present, no symlink on the way)
-            const v = imageVolumes.find((x) => x.containerPath === m.container_path)!;
-            const target = await this.ensureImage(sb, v.image);
-            mounts.push({ destination: m.container_path, source: v.subPath ? path.posix.join(target, v.subPath) : target, readonly: true });
-            continue;
-          }
-          // A volume descriptor or block device goes to the VM as a disk (or NFS mount);
-          // everything else reaches the guest through the pod's 9p share.
-          const volume = await this.volumes.classify(m.host_path);
-          if (volume) {
-            const att = await this.volumes.attach(pod, volume, !!m.readonly);
-            rec.volumes.push(att.key);
-            if (att.raw) {
-              // a block device as host_path: the container gets the device node at
-              // container_path, read-only unless the mount is writable
-              guestDevices.push(await rawGuestDevice(m.host_path, m.container_path, att, m.readonly ? 'r' : 'rw', mounts));
-              continue;
-            }
-            mounts.push({ destination: m.container_path, source: att.guestPath, readonly: !!m.readonly || att.bindReadonly || att.readonly, propagation: propagation(m.propagation) });
-            continue;
-          }
-          await fsp.mkdir(m.host_path, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory
-          // read-only is enforced on the host bind (top mount only, so submounts keep their
-          // own mode as CRI's non-recursive read-only asks); recursive_read_only also in the guest
-          const guest = await pod.bindIntoShare(m.host_path, `${rec.shareDir}/${i++}`, !!m.readonly);
-          mounts.push({ destination: m.container_path, source: guest, readonly: !!m.recursive_read_only, propagation: propagation(m.propagation) });
-        }
-        // LinuxContainerConfig devices: host block devices, each a SCSI disk of the VM (attached
-        // once per pod) whose guest node the container gets at container_path
-        for (const dev of devices) {
-          const source = await this.volumes.rawDevice(dev.hostPath);
-          const att = await this.volumes.attach(pod, source, !dev.permissions.includes('w'));
-          rec.volumes.push(att.key);
-          guestDevices.push(await rawGuestDevice(dev.hostPath, dev.containerPath, att, dev.permissions, mounts));
-        }
-        rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, guestDevices);
-        const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices: guestDevices, targetPid });
-        const stdout = pod.agent.openStream();
-        const stderr = config.tty ? undefined : pod.agent.openStream();
-        const stdin = config.stdin ? pod.agent.openStream() : undefined;
-        rec.streams = { stdin: stdin?.id ?? 0, stdout: stdout.id, stderr: stderr?.id ?? 0 };
-        live.log = new ContainerLog(logPath || null);
-        live.log.pump('stdout', stdout);
-        if (stderr) live.log.pump('stderr', stderr);
-        live.stdin = stdin;
-        this.containers.set(id, live);
-        try {
-          await pod.agent.call('container.create', {
-            id,
-            rootfs: { image: rootfs, readonly: !!config.linux?.security_context?.readonly_rootfs },
-            spec,
-            username,
-            stdio: { ...rec.streams, tty: !!config.tty, stdin_once: !!config.stdin_once },
-          });
-        } catch (err) {
-          stdout.destroy();
-          stderr?.destroy();
-          stdin?.destroy();
-          throw err;
-        }
+        const ensureImage = (img: { id: string; erofsPath: string }) => this.sandboxes.ensureImage(sb, img);
+        const rootfs = await ensureImage(image);
+        const { mounts, devices } = await planMounts({ pod, volumes: this.volumes, ensureImage }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
+        rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
+        const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid });
+        await this.createInPod(pod, live, rootfs, spec, username);
         faultPoint('container.create:created-in-guest');
         delete rec.pending;
         await this.store.save(rec);
@@ -254,34 +167,52 @@ export class ContainerManager {
     } catch (err) {
       this.containers.delete(id);
       await this.store.delete(id).catch(() => undefined);
-      this.images.release(image.id);
-      for (const v of imageVolumes) this.images.release(v.image.id);
+      for (const i of images) this.images.release(i);
       await live.log?.close();
       await this.releaseVolumes(rec, sb);
-      await sb.pod?.unbindFromShare(rec.shareDir).catch(() => undefined);
-      throw mapAgentError(err, `create container ${md.name}`);
+      await this.sandboxes.unbindHostPaths(sb.rec.id, rec.shareDir);
+      throw inContext(err, `create container ${md.name}`);
     }
     this.logger.info({ container: id, sandbox: sb.rec.id, name: md.name, image: image.id }, 'container created');
     this.emit(rec, 'CONTAINER_CREATED_EVENT');
     return id;
   }
 
-  private targetPid(config: any): number | undefined {
-    const ns = config.linux?.security_context?.namespace_options;
-    if (ns?.pid !== 'TARGET') return undefined;
-    const t = this.find(ns.target_id);
-    if (!t || t.rec.state !== 'CONTAINER_RUNNING') throw notFound(`namespace target container ${JSON.stringify(ns.target_id)} is not running`);
-    return t.rec.pid;
+  /** Opens the container's stdio streams to its log and creates it in the pod. */
+  private async createInPod(pod: Pod, live: Live, rootfs: string, spec: object, username: string | null): Promise<void> {
+    const { rec } = live;
+    const config = rec.config;
+    const stdout = pod.openStream();
+    const stderr = config.tty ? undefined : pod.openStream();
+    const stdin = config.stdin ? pod.openStream() : undefined;
+    rec.streams = { stdin: stdin?.id ?? 0, stdout: stdout.id, stderr: stderr?.id ?? 0 };
+    live.log = new ContainerLog(rec.logPath || null);
+    live.log.pump('stdout', stdout);
+    if (stderr) live.log.pump('stderr', stderr);
+    live.stdin = stdin;
+    this.containers.set(rec.id, live);
+    try {
+      await pod.createContainer({
+        id: rec.id,
+        rootfs: { image: rootfs, readonly: !!config.linux?.security_context?.readonly_rootfs },
+        spec,
+        username,
+        stdio: { ...rec.streams, tty: !!config.tty, stdin_once: !!config.stdin_once },
+      });
+    } catch (err) {
+      stdout.destroy();
+      stderr?.destroy();
+      stdin?.destroy();
+      throw err;
+    }
   }
 
-  /** Mounts the image's erofs disk in the pod once; every container of that image shares it. */
-  private async ensureImage(sb: Sandbox, image: ImageRecord): Promise<string> {
-    const have = sb.rec.images[image.id];
-    if (have) return have.target;
-    const m = await sb.pod!.mountImage(image.id, image.erofsPath);
-    sb.rec.images[image.id] = m;
-    await this.sandboxes.save(sb);
-    return m.target;
+  private targetPid(config: ContainerConfig): number | undefined {
+    const ns = config.linux?.security_context?.namespace_options;
+    if (ns?.pid !== 'TARGET') return undefined;
+    const t = this.find(ns.target_id ?? '');
+    if (!t || t.rec.state !== 'CONTAINER_RUNNING') throw notFound(`namespace target container ${JSON.stringify(ns.target_id)} is not running`);
+    return t.rec.pid;
   }
 
   async start(id: string): Promise<void> {
@@ -291,7 +222,7 @@ export class ContainerManager {
       const pod = this.podOf(c);
       c.rec.startedAt = nowNs().toString();
       try {
-        const res = await pod.agent.call('container.start', { id: c.rec.id });
+        const res = await pod.startContainer(c.rec.id);
         faultPoint('container.start:started-in-guest');
         c.rec.pid = Number(res?.pid ?? 0);
         if (c.rec.state === 'CONTAINER_CREATED') c.rec.state = 'CONTAINER_RUNNING';
@@ -303,7 +234,7 @@ export class ContainerManager {
         c.rec.message = (err as Error).message;
         await this.store.save(c.rec);
         this.emit(c.rec, 'CONTAINER_STOPPED_EVENT');
-        throw mapAgentError(err, `start container ${c.rec.id}`);
+        throw inContext(err, `start container ${c.rec.id}`);
       }
       await this.store.save(c.rec);
       this.emit(c.rec, 'CONTAINER_STARTED_EVENT');
@@ -323,11 +254,11 @@ export class ContainerManager {
     const pod = this.podOf(c);
     const exited = this.waitExit(c);
     if (timeoutS > 0) {
-      await pod.agent.call('container.signal', { id: c.rec.id, signal: c.rec.stopSignal, all: false }).catch(() => undefined);
+      await pod.signalContainer(c.rec.id, c.rec.stopSignal, false).catch(() => undefined);
       if (await within(exited, timeoutS * 1000)) return;
       this.logger.info({ container: c.rec.id, timeoutS }, 'stop signal timed out; killing');
     }
-    await pod.agent.call('container.signal', { id: c.rec.id, signal: 9, all: true }).catch(() => undefined);
+    await pod.signalContainer(c.rec.id, 9, true).catch(() => undefined);
     if (!(await within(exited, 10_000))) throw deadlineExceeded(`container ${c.rec.id} did not exit after SIGKILL`);
   }
 
@@ -343,8 +274,8 @@ export class ContainerManager {
     await this.lock.run(c.rec.id, async () => {
       if (!this.containers.has(c.rec.id)) return;
       const sb = this.sandboxes.find(c.rec.sandboxId);
-      if (sb?.pod?.vm.alive() && !sb.pod.agent.closed) {
-        await sb.pod.agent.call('container.delete', { id: c.rec.id }).catch((err) => {
+      if (sb?.pod?.alive() && sb.pod.connected()) {
+        await sb.pod.deleteContainer(c.rec.id).catch((err) => {
           this.logger.warn({ container: c.rec.id, err: (err as Error).message }, 'agent could not delete container');
         });
       }
@@ -353,9 +284,10 @@ export class ContainerManager {
   }
 
   private async releaseVolumes(rec: ContainerRecord, sb: Sandbox | undefined): Promise<void> {
-    if (!sb?.pod) return; // the VM is gone: RemovePodSandbox forgets its attachments
+    const target = sb?.pod?.volumes;
+    if (!target) return; // the pod is gone: RemovePodSandbox forgets its attachments
     for (const key of rec.volumes ?? []) {
-      await this.volumes.release(sb.pod, key).catch((err) => this.logger.warn({ container: rec.id, volume: key, err: (err as Error).message }, 'volume release failed'));
+      await this.volumes.release(target, key).catch((err) => this.logger.warn({ container: rec.id, volume: key, err: (err as Error).message }, 'volume release failed'));
     }
   }
 
@@ -363,8 +295,7 @@ export class ContainerManager {
     c.stdin?.destroy();
     await c.log?.close();
     await this.releaseVolumes(c.rec, sb);
-    if (sb?.pod) await sb.pod.unbindFromShare(c.rec.shareDir).catch(() => undefined);
-    else await fsp.rm(path.join(this.sandboxes.dir(c.rec.sandboxId), 'shared', c.rec.shareDir), { recursive: true, force: true });
+    if (sb) await this.sandboxes.unbindHostPaths(sb.rec.id, c.rec.shareDir).catch(() => undefined);
     this.containers.delete(c.rec.id);
     this.images.release(c.rec.imageId);
     for (const v of c.rec.imageVolumes ?? []) this.images.release(v.imageId);
@@ -372,7 +303,7 @@ export class ContainerManager {
     this.emit(c.rec, 'CONTAINER_DELETED_EVENT');
   }
 
-  list(filter: any): ContainerRecord[] {
+  list(filter: ContainerFilter | null | undefined): ContainerRecord[] {
     return [...this.containers.values()]
       .map((c) => c.rec)
       .filter((r) => !filter?.id || r.id === filter.id || r.id.startsWith(filter.id))
@@ -381,14 +312,14 @@ export class ContainerManager {
       .filter((r) => labelsMatch(r.config.labels, filter?.label_selector));
   }
 
-  async updateResources(id: string, linux: any): Promise<void> {
+  async updateResources(id: string, linux: LinuxContainerResources | null | undefined): Promise<void> {
     if (!linux) throw invalidArgument('linux resources are required');
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is not running`);
     try {
-      await this.podOf(c).agent.call('container.update', { id: c.rec.id, resources: ociResources(linux, c.rec.deviceRules ?? []) });
+      await this.podOf(c).updateContainer(c.rec.id, ociResources(linux, c.rec.deviceRules ?? []));
     } catch (err) {
-      throw mapAgentError(err, `update container ${c.rec.id}`);
+      throw inContext(err, `update container ${c.rec.id}`);
     }
     c.rec.config = { ...c.rec.config, linux: { ...c.rec.config.linux, resources: linux } };
     await this.store.save(c.rec);
@@ -406,20 +337,20 @@ export class ContainerManager {
     if (c.rec.state !== 'CONTAINER_RUNNING') throw failedPrecondition(`container ${c.rec.id} is not running`);
     const pod = this.podOf(c);
     const execId = crypto.randomBytes(8).toString('hex');
-    const stdout = pod.agent.openStream();
-    const stderr = pod.agent.openStream();
+    const stdout = pod.openStream();
+    const stderr = pod.openStream();
     const out = collect(stdout);
     const err = collect(stderr);
     const exit = this.expectExecExit(execId);
     const t0 = Date.now();
     try {
-      await pod.agent.call('exec.start', {
+      await pod.exec({
         container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: false,
         stdin: 0, stdout: stdout.id, stderr: stderr.id,
       });
       const done = timeoutS > 0 ? await within(exit, timeoutS * 1000) : (await exit, true);
       if (!done) {
-        await pod.agent.call('process.signal', { container_id: c.rec.id, exec_id: execId, signal: 9 }).catch(() => undefined);
+        await pod.signalProcess(c.rec.id, execId, 9).catch(() => undefined);
         throw deadlineExceeded(`command ${JSON.stringify(cmd)} timed out after ${timeoutS}s`);
       }
       const ev = await exit;
@@ -433,22 +364,22 @@ export class ContainerManager {
     } catch (e) {
       stdout.destroy();
       stderr.destroy();
-      throw mapAgentError(e, 'exec');
+      throw inContext(e, 'exec');
     } finally {
       this.forgetExec(execId);
     }
   }
 
   /** Registers interest in an exec's exit before it starts (the event may beat the reply). */
-  expectExecExit(execId: string): Promise<any> {
-    return new Promise<any>((resolve) => this.execWaiters.set(execId, { resolve }));
+  expectExecExit(execId: string): Promise<PodEvent> {
+    return new Promise<PodEvent>((resolve) => this.execWaiters.set(execId, { resolve }));
   }
 
   forgetExec(execId: string): void {
     this.execWaiters.delete(execId);
   }
 
-  private onEvent(sandboxId: string, ev: any): void {
+  private onEvent(sandboxId: string, ev: PodEvent): void {
     if (ev.type !== 'exit') return;
     if (typeof ev.exec_id === 'string' && ev.exec_id) {
       this.execWaiters.get(ev.exec_id)?.resolve(ev);
@@ -456,7 +387,7 @@ export class ContainerManager {
     }
     const c = this.containers.get(String(ev.container_id));
     if (!c || c.rec.sandboxId !== sandboxId) return; // a guest may not speak for another pod's containers
-    const code = Number.isInteger(ev.exit_code) ? ev.exit_code : 255;
+    const code = Number.isInteger(ev.exit_code) ? (ev.exit_code as number) : 255;
     // A guest may repeat an exit: only the first changes anything (one durable write, one line),
     // and repeats cost nothing, not even a wait.
     if (c.rec.state === 'CONTAINER_EXITED' || c.exitSeen) return;
@@ -494,11 +425,11 @@ export class ContainerManager {
     await Promise.all(this.ofSandbox(sandboxId).map((c) => this.stop(c.rec.id, 0).catch(() => undefined)));
   }
 
-  private async vmGone(sandboxId: string): Promise<void> {
+  private async podGone(sandboxId: string): Promise<void> {
     for (const c of this.ofSandbox(sandboxId)) {
       if (c.rec.state === 'CONTAINER_RUNNING' || c.rec.state === 'CONTAINER_CREATED') {
         const wasRunning = c.rec.state === 'CONTAINER_RUNNING';
-        this.markExited(c, wasRunning ? 137 : 0, wasRunning ? 'Error' : 'ContainerCannotRun', 'the pod VM stopped');
+        this.markExited(c, wasRunning ? 137 : 0, wasRunning ? 'Error' : 'ContainerCannotRun', 'the pod stopped');
         await this.store.save(c.rec).catch(() => undefined);
       }
     }
@@ -514,11 +445,11 @@ export class ContainerManager {
     for (const c of this.ofSandbox(sandboxId)) {
       if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') continue;
       c.log = new ContainerLog(c.rec.logPath || null);
-      if (c.rec.streams.stdout) c.log.pump('stdout', sb.pod.agent.adoptStream(c.rec.streams.stdout));
-      if (c.rec.streams.stderr) c.log.pump('stderr', sb.pod.agent.adoptStream(c.rec.streams.stderr));
-      if (c.rec.streams.stdin) c.stdin = sb.pod.agent.adoptStream(c.rec.streams.stdin);
+      if (c.rec.streams.stdout) c.log.pump('stdout', sb.pod.adoptStream(c.rec.streams.stdout));
+      if (c.rec.streams.stderr) c.log.pump('stderr', sb.pod.adoptStream(c.rec.streams.stderr));
+      if (c.rec.streams.stdin) c.stdin = sb.pod.adoptStream(c.rec.streams.stdin);
       try {
-        const st = await sb.pod.agent.call('container.state', { id: c.rec.id });
+        const st = await sb.pod.containerState(c.rec.id);
         if (st.status === 'running' && c.rec.state === 'CONTAINER_CREATED') {
           // started in the guest, but the daemon ended before it recorded that
           c.rec.state = 'CONTAINER_RUNNING';
@@ -563,21 +494,30 @@ export class ContainerManager {
   }
 }
 
-/**
- * A CRI image volume (Mount.image): the image must be present (kubelet pulls it first) and the
- * mount read-only (an image is never written); the sub path is relative and normalized.
- */
-function imageVolume(m: any, image: ImageRecord | undefined): { image: ImageRecord; subPath: string } {
-  if (!image) throw notFound(`image volume ${JSON.stringify(m.image.image)} at ${m.container_path}: image not found, pull it first`);
-  if (!m.readonly) throw invalidArgument(`image volume at ${m.container_path} must be read-only`);
-  const sub: string = m.image_sub_path ?? '';
-  if (sub) {
-    const parts = sub.split('/');
-    if (sub.length > 4096 || sub.includes('\0') || path.posix.isAbsolute(sub) || parts.some((p) => p === '..' || p === '.' || p === '')) {
-      throw invalidArgument(`image volume sub path ${JSON.stringify(sub)} must be relative and normalized`);
-    }
-  }
-  return { image, subPath: sub };
+/** A new container's record, before anything of it exists in the pod. */
+function newRecord(id: string, sandboxId: string, config: ContainerConfig, image: ImageRecord, logPath: string, imageVolumes: Array<{ containerPath: string; image: ImageRecord }>): ContainerRecord {
+  return {
+    id,
+    sandboxId,
+    config,
+    imageId: image.id,
+    imageSpec: config.image ?? {},
+    imageRef: image.repoDigests[0] ?? image.id,
+    createdAt: nowNs().toString(),
+    startedAt: '0',
+    finishedAt: '0',
+    state: 'CONTAINER_CREATED',
+    exitCode: 0,
+    reason: '',
+    message: '',
+    logPath,
+    pid: 0,
+    stopSignal: signalNumber(config.stop_signal && config.stop_signal !== 'SIGNAL_RUNTIME_DEFAULT' ? config.stop_signal : image.config?.config?.StopSignal) ?? 15,
+    streams: { stdin: 0, stdout: 0, stderr: 0 },
+    shareDir: `c/${id}`,
+    volumes: [],
+    imageVolumes: imageVolumes.map((v) => ({ containerPath: v.containerPath, imageId: v.image.id })),
+  };
 }
 
 /** The log file must stay inside the pod's log directory. */
@@ -590,48 +530,6 @@ export function resolveLogPath(dir: string | undefined, rel: string | undefined)
   return abs;
 }
 
-/** CRI Device entries, checked before anything is attached. */
-export function checkDevices(devices: any[] | undefined): Array<{ containerPath: string; hostPath: string; permissions: string }> {
-  const seen = new Set<string>();
-  return (devices ?? []).map((d) => {
-    const containerPath = String(d?.container_path ?? '');
-    const hostPath = String(d?.host_path ?? '');
-    if (!path.isAbsolute(containerPath) || path.posix.normalize(containerPath) !== containerPath || containerPath === '/') {
-      throw invalidArgument(`device container_path ${JSON.stringify(d?.container_path)} must be an absolute, normalised path`);
-    }
-    if (!path.isAbsolute(hostPath)) throw invalidArgument(`device host_path ${JSON.stringify(d?.host_path)} must be absolute`);
-    // kubelet sends "rwm"; an empty string means the default, as in containerd
-    const permissions = String(d?.permissions ?? '') || 'rwm';
-    if (!/^[rwm]{1,3}$/.test(permissions) || new Set(permissions).size !== permissions.length) {
-      throw invalidArgument(`device ${hostPath}: permissions ${JSON.stringify(d?.permissions)} must be made of r, w and m`);
-    }
-    if (!permissions.includes('r') && !permissions.includes('w')) throw invalidArgument(`device ${hostPath}: permissions ${JSON.stringify(permissions)} give neither read nor write access`);
-    if (seen.has(containerPath)) throw invalidArgument(`two devices at ${containerPath}`);
-    seen.add(containerPath);
-    return { containerPath, hostPath, permissions };
-  });
-}
-
-/**
- * The container's view of a raw device attached to the pod: a device node made by
- * libcontainer when containerPath is under /dev (OCI linux.devices), else the guest's own node
- * bind-mounted there (added to `mounts`). Mode and owner come from the host's node, as
- * containerd does; `access` goes into the device cgroup rule.
- */
-async function rawGuestDevice(hostPath: string, containerPath: string, att: AttachResult, access: string, mounts: GuestMount[]): Promise<GuestDevice> {
-  if (!att.guestDevice) throw failedPrecondition(`${hostPath}: the guest did not report the device numbers of ${att.guestPath}`);
-  const st = await fsp.stat(hostPath);
-  const node = containerPath.startsWith('/dev/');
-  if (!node) mounts.push({ destination: containerPath, source: att.guestPath, readonly: !access.includes('w') });
-  return { containerPath, major: att.guestDevice.major, minor: att.guestDevice.minor, access, fileMode: st.mode & 0o777, uid: st.uid, gid: st.gid, node };
-}
-
-function propagation(p: string | undefined): string | undefined {
-  if (p === 'PROPAGATION_HOST_TO_CONTAINER') return 'rslave';
-  if (p === 'PROPAGATION_BIDIRECTIONAL') return 'rshared';
-  return 'rprivate';
-}
-
 function within(p: Promise<unknown>, ms: number): Promise<boolean> {
   return new Promise((resolve) => {
     const t = setTimeout(() => resolve(false), ms);
@@ -642,7 +540,7 @@ function within(p: Promise<unknown>, ms: number): Promise<boolean> {
   });
 }
 
-async function collect(s: AgentStream): Promise<Buffer> {
+async function collect(s: PodStream): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
   try {
@@ -654,24 +552,4 @@ async function collect(s: AgentStream): Promise<Buffer> {
     /* reset: return what arrived */
   }
   return Buffer.concat(parts);
-}
-
-/** Turns agent error codes into gRPC errors; CriErrors pass through. */
-export function mapAgentError(err: unknown, what: string): Error {
-  const e = err as { name?: string; code?: unknown; message?: string };
-  if (e?.name === 'CriError') return err as Error;
-  // volume attach failures (storage/errors.ts StorageError) carry their gRPC status: keep it
-  if (e?.name === 'StorageError' && typeof e.code === 'number') return new CriError(e.code as CriError['code'], `${what}: ${e.message}`);
-  if (e?.name === 'AgentError') {
-    const msg = `${what}: ${e.message}`;
-    switch (e.code) {
-      case 'invalid_argument': return invalidArgument(msg);
-      case 'not_found': return notFound(msg);
-      case 'already_exists': return alreadyExists(msg);
-      case 'failed_precondition': return failedPrecondition(msg);
-      case 'timeout': return deadlineExceeded(msg);
-      default: return failedPrecondition(msg);
-    }
-  }
-  return err instanceof Error ? err : new Error(String(err));
 }

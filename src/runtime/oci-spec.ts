@@ -1,7 +1,14 @@
 // Builds the OCI runtime spec (config.json) of a container from its CRI config, the image
 // config and the guest paths of its mounts. The guest agent only adjusts root.path and resolves
 // a username; every policy decision (caps, masks, namespaces, env) is made here on the host.
-import { invalidArgument } from '../cri/errors';
+import type { ContainerConfig, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext, NamespaceOption, PodSandboxConfig } from '../../cri-api/messages';
+
+/** An OCI runtime spec namespace entry. */
+interface OciNamespace {
+  type: string;
+  path?: string;
+}
+import { invalidArgument } from '../util/errors';
 import type { DeviceRule } from './records';
 import { seccompFor } from './seccomp';
 
@@ -54,8 +61,8 @@ export interface GuestDevice {
 }
 
 export interface SpecInput {
-  config: any; // CRI ContainerConfig
-  sandboxConfig: any; // CRI PodSandboxConfig
+  config: ContainerConfig;
+  sandboxConfig: PodSandboxConfig;
   imageConfig: any; // OCI image config
   mounts: GuestMount[];
   /** raw block devices: device nodes and their device cgroup rules */
@@ -74,7 +81,7 @@ function capName(c: string): string {
   return up.startsWith('CAP_') ? up : `CAP_${up}`;
 }
 
-function capabilities(sc: any): string[] {
+function capabilities(sc: LinuxContainerSecurityContext | null | undefined): string[] {
   if (sc?.privileged) return [...ALL_CAPS];
   let caps = new Set(DEFAULT_CAPS);
   const add: string[] = sc?.capabilities?.add_capabilities ?? [];
@@ -102,7 +109,7 @@ export function parseImageUser(user: string | undefined): { uid?: number; gid?: 
   return out;
 }
 
-function envList(image: string[] | undefined, cri: Array<{ key: string; value: string }>): string[] {
+function envList(image: string[] | undefined, cri: KeyValue[] | null | undefined): string[] {
   const env = new Map<string, string>();
   for (const e of image ?? []) {
     const i = e.indexOf('=');
@@ -110,14 +117,16 @@ function envList(image: string[] | undefined, cri: Array<{ key: string; value: s
   }
   for (const kv of cri ?? []) {
     if (!kv.key) throw invalidArgument('environment variable with an empty name');
-    env.set(kv.key, kv.value ?? '');
+    // KeyValue.value is bytes on the wire (a Buffer once decoded)
+    const v = kv.value ?? '';
+    env.set(kv.key, typeof v === 'string' ? v : Buffer.from(v).toString('utf8'));
   }
   if (!env.has('PATH')) env.set('PATH', DEFAULT_PATH);
   return [...env].map(([k, v]) => `${k}=${v}`);
 }
 
 /** command/args per the Kubernetes rules: command replaces Entrypoint, args replace Cmd. */
-export function processArgs(config: any, imageCfg: any): string[] {
+export function processArgs(config: ContainerConfig, imageCfg: any): string[] {
   const command: string[] = config.command ?? [];
   const args: string[] = config.args ?? [];
   const entrypoint: string[] = imageCfg?.Entrypoint ?? [];
@@ -129,8 +138,8 @@ export function processArgs(config: any, imageCfg: any): string[] {
   return argv;
 }
 
-function namespaces(nsOpts: any, targetPid: number | undefined): any[] {
-  const ns: any[] = [{ type: 'mount' }];
+function namespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined): OciNamespace[] {
+  const ns: OciNamespace[] = [{ type: 'mount' }];
   const mode = (m: unknown) => (typeof m === 'string' ? m : 'POD');
   const net = mode(nsOpts?.network);
   if (net === 'NODE') throw invalidArgument('host network is not available inside a pod VM');
@@ -168,7 +177,7 @@ export function deviceRule(d: Pick<GuestDevice, 'major' | 'minor' | 'access'>): 
  * CRI LinuxContainerResources → OCI linux.resources. Devices: deny everything but the guest's
  * defaults (null, zero, tty, pts, …, which libcontainer always allows), then `allowDevices`.
  */
-export function ociResources(r: any, allowDevices: DeviceRule[] = []): any {
+export function ociResources(r: LinuxContainerResources, allowDevices: DeviceRule[] = []): any {
   if (!r) return allowDevices.length ? { devices: [{ allow: false, access: 'rwm' }, ...allowDevices] } : {};
   const num = (v: unknown) => (v === undefined || v === null || v === '' ? 0 : Number(v));
   const out: any = { devices: [{ allow: false, access: 'rwm' }, ...allowDevices] };
@@ -261,7 +270,6 @@ export function buildSpec(input: SpecInput): BuiltSpec {
         : undefined,
       maskedPaths,
       readonlyPaths,
-      sysctl: linux.sysctls && Object.keys(linux.sysctls).length ? linux.sysctls : undefined,
       seccomp: seccompFor(sc, caps),
       cgroupsPath: undefined as string | undefined,
     },

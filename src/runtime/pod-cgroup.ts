@@ -11,7 +11,7 @@
 // resources (not devices or freezer: QEMU's device access is not the pod's to restrict).
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { invalidArgument } from '../cri/errors';
+import { invalidArgument } from '../util/errors';
 
 export type CgroupDriver = 'cgroupfs' | 'systemd';
 

@@ -1,12 +1,16 @@
 // What podvisor persists about pods and containers (one JSON file each, see store/).
+import type { ContainerConfig, ImageSpec, PodSandboxConfig } from '../../cri-api/messages';
 import type { PodNetwork } from '../../network/network-driver';
 import type { VmInfo } from '../vm/hypervisor';
 
 export type SandboxState = 'SANDBOX_READY' | 'SANDBOX_NOTREADY';
 export type ContainerState = 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN';
 
+/** Where an image is mounted in a pod; part of the sandbox record (the pod's state). */
 export interface ImageMount {
+  /** the backend's handle to undo it (VM: the disk's node name) */
   nodeName: string;
+  /** the path containers' rootfs and image volumes name */
   target: string;
 }
 
@@ -19,8 +23,10 @@ export interface SandboxRecord {
   pending?: boolean;
   id: string;
   /** the PodSandboxConfig exactly as given */
-  config: any;
+  config: PodSandboxConfig;
   runtimeHandler: string;
+  /** the pod backend's kind (runtime/pod-backend.ts); absent in records from before backends: "vm" */
+  backend?: string;
   /** unix ns, decimal */
   createdAt: string;
   state: SandboxState;
@@ -44,10 +50,10 @@ export interface ContainerRecord {
   id: string;
   sandboxId: string;
   /** the ContainerConfig exactly as given (labels/annotations echoed verbatim) */
-  config: any;
+  config: ContainerConfig;
   imageId: string;
   /** what the container was asked to run, for ContainerStatus.image */
-  imageSpec: any;
+  imageSpec: ImageSpec;
   imageRef: string;
   createdAt: string;
   startedAt: string;

@@ -4,8 +4,9 @@
 // RuntimeDefault here is a deny list on top of "allow": the guest kernel belongs to this pod
 // alone (the VM is the isolation boundary), so the profile only closes the syscalls that reach
 // kernel-global state or are classic container escape tools, which a workload never needs.
+import type { LinuxContainerSecurityContext } from '../../cri-api/messages';
 import fs from 'node:fs';
-import { invalidArgument } from '../cri/errors';
+import { invalidArgument } from '../util/errors';
 
 // Syscalls closed unless the container holds the capability that makes them legitimate (as
 // Docker's profile does); the rest of the list is closed for everyone.
@@ -97,7 +98,7 @@ export function loadLocalhostProfile(file: string, caps: string[]): any {
 }
 
 /** The OCI seccomp section for a container, or undefined for unconfined. */
-export function seccompFor(sc: any, caps: string[]): any {
+export function seccompFor(sc: LinuxContainerSecurityContext | null | undefined, caps: string[]): any {
   if (sc?.privileged) return undefined;
   const profile = sc?.seccomp;
   if (profile) {

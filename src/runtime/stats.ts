@@ -1,8 +1,8 @@
 // Container and pod stats: container figures come from the guest's cgroups (agent `stats`);
 // the pod's memory is what its VM privately costs the host (QEMU's private pages), so pages
 // shared with a VM template are not charged to every pod.
-import fs from 'node:fs/promises';
-import type { Logger } from '../log';
+import type { ContainerStats, ContainerStatsFilter, PodSandboxStats, PodSandboxStatsFilter } from '../../cri-api/messages';
+import type { Logger } from '../util/log';
 import { nowNs } from './container-log';
 import type { ContainerManager } from './containers';
 import { ContainerRecord, labelsMatch, SandboxRecord } from './records';
@@ -40,18 +40,6 @@ export interface PodSample {
 
 const u64 = (v: number | bigint | undefined) => (v === undefined ? null : { value: String(v) });
 
-/** QEMU's private memory (bytes): the pod's own cost on the host. */
-export async function vmPrivateBytes(pid: number): Promise<number | undefined> {
-  try {
-    const text = await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
-    let kb = 0;
-    for (const m of text.matchAll(/^Private_(?:Clean|Dirty):\s+(\d+) kB/gm)) kb += Number(m[1]);
-    return kb * 1024;
-  } catch {
-    return undefined;
-  }
-}
-
 export class StatsCollector {
   /** previous cumulative CPU samples, for usage_nano_cores */
   private readonly lastCpu = new Map<string, { ns: bigint; usage: number }>();
@@ -71,9 +59,10 @@ export class StatsCollector {
     if (!sb.pod || sb.rec.state !== 'SANDBOX_READY') return { byId, interfaces: [] };
     try {
       // empty ids: no container, the pod's own figures (layer file system, NICs) only
-      const r = await sb.pod.agent.call('stats', { ids }, 5000);
+      const r = await sb.pod.stats(ids);
       for (const c of Array.isArray(r?.containers) ? r.containers.slice(0, ids.length) : []) {
-        if (typeof c?.id === 'string' && ids.includes(c.id)) byId.set(c.id, c);
+        const g = c as GuestContainerStats | undefined;
+        if (typeof g?.id === 'string' && ids.includes(g.id)) byId.set(g.id, g);
       }
       const obj = (v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined);
       return {
@@ -94,7 +83,7 @@ export class StatsCollector {
     const containers = this.containers.list({ pod_sandbox_id: sb.rec.id });
     const running = containers.filter((r) => r.state === 'CONTAINER_RUNNING' || r.state === 'CONTAINER_CREATED');
     const guest = await this.guestStats(sb, running.map((r) => r.id));
-    const vmPrivate = sb.pod && sb.pod.vm.alive() ? await vmPrivateBytes(sb.pod.pid) : undefined;
+    const vmPrivate = sb.pod ? await sb.pod.hostPrivateBytes() : undefined;
     return { sandbox: sb.rec, containers, guest, vmPrivate, at: nowNs() };
   }
 
@@ -103,7 +92,7 @@ export class StatsCollector {
     return Promise.all([...this.sandboxes.sandboxes.values()].map((s) => this.sample(s)));
   }
 
-  private containerStats(rec: ContainerRecord, g: GuestContainerStats | undefined, at: bigint, available?: number) {
+  private containerStats(rec: ContainerRecord, g: GuestContainerStats | undefined, at: bigint, available?: number): ContainerStats {
     const ts = at.toString();
     return {
       attributes: { id: rec.id, metadata: rec.config.metadata, labels: rec.config.labels ?? {}, annotations: rec.config.annotations ?? {} },
@@ -120,9 +109,9 @@ export class StatsCollector {
     };
   }
 
-  async listContainerStats(filter: any): Promise<any[]> {
+  async listContainerStats(filter: ContainerStatsFilter | null | undefined): Promise<ContainerStats[]> {
     const recs = this.containers.list({ id: filter?.id, pod_sandbox_id: filter?.pod_sandbox_id, label_selector: filter?.label_selector });
-    const out: any[] = [];
+    const out: ContainerStats[] = [];
     const bySandbox = new Map<string, ContainerRecord[]>();
     for (const r of recs) bySandbox.set(r.sandboxId, [...(bySandbox.get(r.sandboxId) ?? []), r]);
     for (const [sid, list] of bySandbox) {
@@ -137,7 +126,7 @@ export class StatsCollector {
     return out;
   }
 
-  async podStats(sb: Sandbox): Promise<any> {
+  async podStats(sb: Sandbox): Promise<PodSandboxStats> {
     const { sandbox: rec, containers: list, guest: g, vmPrivate: priv, at } = await this.sample(sb);
     const ts = at.toString();
     const cpu = [...g.byId.values()].reduce((n, c) => n + (Number(c.cpu_usage_ns) || 0), 0);
@@ -153,7 +142,7 @@ export class StatsCollector {
     };
   }
 
-  async listPodStats(filter: any): Promise<any[]> {
+  async listPodStats(filter: PodSandboxStatsFilter | null | undefined): Promise<PodSandboxStats[]> {
     const sbs = [...this.sandboxes.sandboxes.values()]
       .filter((s) => !filter?.id || s.rec.id === filter.id || s.rec.id.startsWith(filter.id))
       .filter((s) => labelsMatch(s.rec.config.labels, filter?.label_selector));

@@ -20,7 +20,7 @@ export interface ProcessIO {
 }
 
 export interface StreamingBackend {
-  /** Throws a CriError (NOT_FOUND, FAILED_PRECONDITION …) when the request cannot be served. */
+  /** Throws a PodvisorError (not_found, failed_precondition …) when the request cannot be served. */
   checkExec(containerId: string, cmd: string[], tty: boolean, stdin: boolean): void;
   checkAttach(containerId: string, stdin: boolean): void;
   checkPortForward(sandboxId: string): void;

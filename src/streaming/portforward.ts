@@ -7,7 +7,7 @@
 //   `port` query parameter, on channels 2i (data) and 2i+1 (error); the server's first frame on
 //   each channel is the port as 2 bytes little-endian. The socket closes once all are done.
 import type { Duplex } from 'node:stream';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import type { StreamingBackend } from './backend';
 import type { SpdySession, SpdyStream } from './spdy';
 import type { PortForwardRequest } from './tokens';

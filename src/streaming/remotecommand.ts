@@ -3,7 +3,7 @@
 // backend and reports how it ended on the error stream, as kubelet's remotecommand server does.
 import type { Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import type { ProcessIO, StreamingBackend, TerminalSize } from './backend';
 import type { AttachRequest, ExecRequest } from './tokens';
 

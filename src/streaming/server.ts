@@ -8,8 +8,8 @@ import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { invalidArgument, requireString, unavailable } from '../cri/errors';
-import type { Logger } from '../log';
+import { invalidArgument, requireString, unavailable } from '../util/errors';
+import type { Logger } from '../util/log';
 import type { StreamingBackend } from './backend';
 import {
   parsePort,

@@ -25,7 +25,7 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 import {
   type ControlFrame,
   DEFAULT_WINDOW,

@@ -3,7 +3,7 @@
 // takes it out again. The cache is bounded: when it is full of live tokens, new requests fail
 // with RESOURCE_EXHAUSTED instead of growing memory.
 import { randomBytes } from 'node:crypto';
-import { resourceExhausted } from '../cri/errors';
+import { resourceExhausted } from '../util/errors';
 
 export interface ExecRequest {
   kind: 'exec';

@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
-import type { Logger } from '../log';
+import type { Logger } from '../util/log';
 
 export const CLOSE_CHANNEL = 255;
 

@@ -8,8 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { AgentClient } from '../agent/client';
-import { helloParams } from '../agent/protocol';
-import type { Logger } from '../log';
+import { hello } from '../agent/hello';
+import type { Logger } from '../util/log';
 import type { Accelerator } from './hypervisor';
 import { QemuHypervisor, QemuOptions } from './qemu';
 
@@ -32,10 +32,8 @@ async function kvmBoots(o: Omit<QemuOptions, 'accelerator'>, scratch: string): P
     vm = await hv.start({ id: `kvmprobe${process.pid}`, dir, vcpus: 1, memoryMiB: 256, sharePath: share });
     const agent = await AgentClient.connect(vm.info.agentSocket, 5000);
     const died = vm.exited.then(() => false);
-    const hello = agent
-      .call('hello', helloParams('probe', 'probe'), 20_000)
-      .then((r) => r?.nonce === 'probe', () => false);
-    const ok = await Promise.race([hello, died]);
+    const greeted = hello(agent, { nonce: 'probe', hostname: 'probe', timeoutMs: 20_000 }).then(() => true, () => false);
+    const ok = await Promise.race([greeted, died]);
     agent.close();
     return ok;
   } catch {

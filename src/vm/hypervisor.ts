@@ -1,5 +1,8 @@
 // The seam between the runtime and whatever runs pod VMs. One implementation today (qemu.ts);
-// the runtime only ever talks to these interfaces.
+// the runtime only ever talks to these interfaces. Everything on them is hypervisor-neutral:
+// disks are described as block sources (util/block-source.ts), never as machine commands, so a
+// second driver (Cloud Hypervisor, Firecracker) implements the same calls its own way.
+import type { BlockAttachment, BlockSource } from '../util/block-source';
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -46,25 +49,49 @@ export interface VmInfo {
   disks: DiskAttachment[];
 }
 
+/** A file in a VM's runtime directory naming the VM when it differs from the directory (a warm spare taken by a pod). */
+export const VM_NAME_FILE = 'vm-name';
+
+/**
+ * How a VM comes to life. A template keeps its RAM in a shared file (on tmpfs); a clone maps
+ * that file privately (copy-on-write: the template file is never written) and restores the
+ * device state the template saved with Vm.snapshot.
+ */
+export type Boot =
+  | { mode: 'cold' }
+  | { mode: 'template'; memPath: string }
+  | { mode: 'clone'; memPath: string; statePath: string };
+
 export interface Vm {
   readonly info: VmInfo;
+  /** the tag under which the guest mounts the VM's share (sandbox.setup's share_tag) */
+  readonly shareTag: string;
   /** true until the VM process has exited */
   alive(): boolean;
   /** resolves once the VM process has exited */
   readonly exited: Promise<void>;
+  /** attaches a file (an image's erofs) as a disk; the guest finds it at the returned address */
   attachDisk(path: string, readonly: boolean): Promise<DiskAttachment>;
   detachDisk(nodeName: string): Promise<void>;
-  /** machine-level control (QMP), for volume drivers that plug their own block devices */
-  control(command: string, args?: Record<string, unknown>): Promise<any>;
-  controlEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any>;
-  /** SCSI target ids on the VM's one controller, shared by image disks and volumes */
-  allocScsiId(): number;
-  releaseScsiId(id: number): void;
-  /** marks ids held by attachments made before a daemon restart */
+  /**
+   * Attaches a volume's block source under `tag` (unique per VM, [A-Za-z0-9-]); rejects with
+   * BlockAttachError (util/block-source.ts), having removed what it made.
+   */
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment>;
+  /** Detaches what attachBlock made under `tag` (and frees `scsiId`); tolerates what is already gone. */
+  detachBlock(tag: string, scsiId?: number): Promise<void>;
+  /** Removes volume attachments no caller accounts for any more (what a crash left behind). */
+  sweepBlocks(): Promise<void>;
+  /** marks disk slots held by attachments made before a daemon restart */
   reserveScsiIds(ids: number[]): void;
   /** host path `src` (and the mounts under it) at `dst` in the VM process's own mount namespace; `readonly` for the top mount */
   bindIntoMountNs(src: string, dst: string, readonly: boolean): Promise<void>;
-  /** asks QEMU to quit, then kills it after `graceMs`; resolves when the process is gone */
+  /**
+   * Pauses a template VM (started with boot mode 'template') and saves its device state to
+   * `statePath`; its RAM stays in the template's memory file. Clones restore from the pair.
+   */
+  snapshot(statePath: string): Promise<void>;
+  /** asks the VM to power off, then kills it after `graceMs`; resolves when the process is gone */
   stop(graceMs: number): Promise<void>;
 }
 
@@ -72,7 +99,23 @@ export interface Hypervisor {
   readonly accelerator: Accelerator;
   /** Checks that binaries and guest files exist; returns a reason string when not ready. */
   readiness(): Promise<string | undefined>;
-  start(spec: VmSpec): Promise<Vm>;
+  /** Starts a VM (cold unless `boot` says otherwise); a clone is restored and running when this resolves. */
+  start(spec: VmSpec, boot?: Boot): Promise<Vm>;
+  /**
+   * Everything a VM template depends on besides the guest build and its size (the binary, the
+   * device layout, the accelerator …): a template made under other inputs is never cloned.
+   */
+  templateKeyInputs(): Record<string, string>;
+  /** true while a VM of this driver maps `memPath` (a template's memory file) */
+  memoryFileInUse(memPath: string): boolean;
+  /** Files of a VM directory that belong to the running VM, not to a saved template (removed before publishing one). */
+  readonly runtimeFiles: readonly string[];
   /** Re-attaches to a VM that outlived a daemon restart; undefined when it is gone. */
   reconnect(info: VmInfo): Promise<Vm | undefined>;
+  /**
+   * Kills the VM that ran in runtime directory `dir` if it still runs (its record is gone);
+   * returns its pid when it killed one. Guards against pid reuse: only a VM of this driver that
+   * carries the directory's name (or VM_NAME_FILE's) is killed.
+   */
+  reapStray(dir: string): Promise<number | undefined>;
 }

@@ -1,15 +1,18 @@
 // QEMU driver: one `qemu-system-x86_64 -M microvm` process per pod, booting the podvisor guest
-// kernel (PVH vmlinux) and initramfs. The VM outlives the daemon (own session, pid file), so a
+// kernel (PVH vmlinux) and initramfs, or restoring a template's clone (templates and spares sit
+// above the driver: pool.ts). The VM outlives the daemon (own session, pid file), so a
 // restarted daemon finds it again through its QMP and agent sockets.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DEFAULT_TCG_CODE_MIB } from '../config/config';
-import type { Logger } from '../log';
-import { Accelerator, DiskAttachment, Hypervisor, Vm, VmInfo, VmSpec } from './hypervisor';
+import type { Logger } from '../util/log';
+import { Accelerator, Boot, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo, VmSpec } from './hypervisor';
+import type { BlockAttachment, BlockSource } from '../util/block-source';
+import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
-import { run } from '../runtime/exec-file';
+import { run } from '../util/exec-file';
 
 export interface QemuOptions {
   binary: string;
@@ -57,16 +60,6 @@ export function kernelCmdline(extra: string): string {
   if (extra) parts.push(extra);
   return parts.join(' ');
 }
-
-/**
- * How a VM comes to life. A template keeps its RAM in a shared file on tmpfs; a clone maps that
- * file privately (copy-on-write: the template file is never written) and restores the device
- * state saved with x-ignore-shared.
- */
-export type Boot =
-  | { mode: 'cold' }
-  | { mode: 'template'; memPath: string }
-  | { mode: 'clone'; memPath: string; statePath: string };
 
 // Bump when the device layout below changes: templates are keyed on it.
 // 3: NICs are tap file descriptors opened by podvisor-launch (QEMU runs in the host netns).
@@ -129,26 +122,32 @@ export class QemuHypervisor implements Hypervisor {
     return undefined;
   }
 
-  /** Set by the daemon when templates are on: start() then clones when it can. */
-  templates?: { cloneSource(spec: VmSpec): Promise<{ memPath: string; statePath: string } | undefined>; failed(spec: VmSpec, err: Error): void };
-
-  async start(spec: VmSpec): Promise<Vm> {
-    const src = await this.templates?.cloneSource(spec).catch(() => undefined);
-    if (src) {
-      try {
-        return await this.launch(spec, { mode: 'clone', ...src });
-      } catch (err) {
-        this.o.logger.warn({ sandbox: spec.id, err: (err as Error).message }, 'clone from template failed: cold boot instead');
-        this.templates?.failed(spec, err as Error);
-        await fsp.rm(path.join(spec.dir, 'qmp.sock'), { force: true });
-        await fsp.rm(path.join(spec.dir, 'agent.sock'), { force: true });
-      }
-    }
-    return this.launch(spec, { mode: 'cold' });
+  templateKeyInputs(): Record<string, string> {
+    return {
+      qemu: `${this.o.binary}:${fileDigest(this.o.binary)}`,
+      kernelArgs: this.o.kernelArgs,
+      layout: String(DEVICE_LAYOUT_VERSION),
+      accel: this.o.accelerator,
+      cpu: this.o.accelerator === 'kvm' ? 'host' : 'max',
+    };
   }
 
+  memoryFileInUse(memPath: string): boolean {
+    for (const pid of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`mem-path=${memPath},`)) return true;
+      } catch {
+        /* exited meanwhile */
+      }
+    }
+    return false;
+  }
+
+  readonly runtimeFiles = ['agent.sock', 'qmp.sock', 'qemu.pid'] as const;
+
   /** Spawns QEMU and connects QMP; a clone is restored and running when this resolves. */
-  async launch(spec: VmSpec, boot: Boot): Promise<QemuVm> {
+  async start(spec: VmSpec, boot: Boot = { mode: 'cold' }): Promise<QemuVm> {
     const args = qemuArgs(spec, this.o, boot);
     // The VM's directory (sockets, console and QEMU logs, the share) is root's alone: a guest's
     // console can carry anything the pod prints at boot. QEMU creates console.log with the
@@ -216,6 +215,24 @@ export class QemuHypervisor implements Hypervisor {
     });
     return new QemuVm(info, qmp, exited, launcherPath(this.o));
   }
+
+  async reapStray(dir: string): Promise<number | undefined> {
+    let pid: number;
+    try {
+      pid = Number((await fsp.readFile(path.join(dir, 'qemu.pid'), 'utf8')).trim());
+    } catch {
+      return undefined; // no pid file: nothing running
+    }
+    // a VM that started as a warm spare is named after the spare
+    const name = (await fsp.readFile(path.join(dir, VM_NAME_FILE), 'utf8').catch(() => path.basename(dir))).trim();
+    if (!(pid > 0) || !isOurQemu(pid, name)) return undefined;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      return undefined;
+    }
+    return pid;
+  }
 }
 
 /**
@@ -260,63 +277,32 @@ export function shellQuote(s: string): string {
 
 export class QemuVm implements Vm {
   private dead = false;
-  private nextScsiId = 1;
-  private readonly scsiInUse: Set<number>;
+  /** the one virtio-scsi controller: image disks and volumes */
+  private readonly bus: ScsiBus;
 
   constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string) {
     exited.then(() => {
       this.dead = true;
       qmp.close();
     });
-    this.scsiInUse = new Set(info.disks.map((d) => d.scsiId));
+    this.bus = new ScsiBus(qmp, info.disks.map((d) => d.scsiId));
   }
+
+  readonly shareTag = SHARE_TAG;
 
   alive(): boolean {
     return !this.dead && isAlive(this.info.pid);
   }
 
-  control(command: string, args?: Record<string, unknown>): Promise<any> {
-    return this.qmp.execute(command, args);
-  }
-
-  controlEvent(name: string, timeoutMs: number, match?: (data: any) => boolean): Promise<any> {
-    return this.qmp.waitEvent(name, timeoutMs, match);
-  }
-
-  allocScsiId(): number {
-    if (this.scsiInUse.size >= 255) throw new Error('no free SCSI target on this VM');
-    let id = this.nextScsiId;
-    while (this.scsiInUse.has(id)) id = (id % 255) + 1;
-    this.nextScsiId = (id % 255) + 1;
-    this.scsiInUse.add(id);
-    return id;
-  }
-
-  releaseScsiId(id: number): void {
-    this.scsiInUse.delete(id);
-  }
-
   reserveScsiIds(ids: number[]): void {
-    for (const id of ids) this.scsiInUse.add(id);
+    this.bus.reserve(ids);
   }
 
   async attachDisk(file: string, readonly: boolean): Promise<DiskAttachment> {
-    const scsiId = this.allocScsiId();
+    const scsiId = this.bus.alloc();
     const nodeName = `disk${scsiId}`;
-    await this.qmp.execute('blockdev-add', {
-      driver: 'raw',
-      'node-name': nodeName,
-      'read-only': readonly,
-      file: { driver: 'file', filename: file, 'read-only': readonly },
-    });
-    try {
-      await this.qmp.execute('device_add', { driver: 'scsi-hd', id: `dev-${nodeName}`, bus: 'scsi0.0', 'scsi-id': scsiId, lun: 0, drive: nodeName });
-    } catch (err) {
-      await this.qmp.execute('blockdev-del', { 'node-name': nodeName }).catch(() => undefined);
-      this.releaseScsiId(scsiId);
-      throw err;
-    }
-    const d: DiskAttachment = { nodeName, scsiId, lun: 0, path: file, readonly };
+    const addr = await this.bus.plug(diskNames(nodeName), { kind: 'file', path: file }, readonly, scsiId);
+    const d: DiskAttachment = { nodeName, scsiId: addr.scsiId, lun: addr.lun, path: file, readonly };
     this.info.disks.push(d);
     return d;
   }
@@ -324,15 +310,25 @@ export class QemuVm implements Vm {
   async detachDisk(nodeName: string): Promise<void> {
     const idx = this.info.disks.findIndex((d) => d.nodeName === nodeName);
     if (idx < 0) return;
-    if (this.alive()) {
-      const gone = this.qmp.waitEvent('DEVICE_DELETED', 5000, (d) => d.device === `dev-${nodeName}`);
-      gone.catch(() => undefined);
-      await this.qmp.execute('device_del', { id: `dev-${nodeName}` });
-      await gone;
-      await this.qmp.execute('blockdev-del', { 'node-name': nodeName });
-    }
-    this.releaseScsiId(this.info.disks[idx].scsiId);
+    if (this.alive()) await this.bus.unplug(diskNames(nodeName));
+    this.bus.release(this.info.disks[idx].scsiId);
     this.info.disks.splice(idx, 1);
+  }
+
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment> {
+    return this.bus.plug(volumeNames(tag), source, o.readonly);
+  }
+
+  async detachBlock(tag: string, scsiId?: number): Promise<void> {
+    if (!this.alive()) {
+      if (scsiId !== undefined) this.bus.release(scsiId);
+      return;
+    }
+    await this.bus.unplug(volumeNames(tag), scsiId);
+  }
+
+  sweepBlocks(): Promise<void> {
+    return this.bus.sweep('pvvol-');
   }
 
   /**
@@ -345,6 +341,21 @@ export class QemuVm implements Vm {
     await run(this.launcher, ['bind', ...(readonly ? ['--ro'] : []), `/proc/${this.info.pid}/ns/mnt`, src, dst]);
   }
 
+  /** x-ignore-shared: the RAM (the template's memory file) is not written into the state */
+  async snapshot(statePath: string): Promise<void> {
+    await this.qmp.execute('stop');
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(statePath)}` });
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const m = await this.qmp.execute('query-migrate');
+      if (m.status === 'completed') break;
+      if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`saving template state failed: ${m['error-desc'] ?? m.status}`);
+      if (Date.now() > deadline) throw new Error('saving template state timed out');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
   async stop(graceMs: number): Promise<void> {
     if (!this.alive()) return;
     await this.qmp.execute('quit').catch(() => undefined);
@@ -354,6 +365,15 @@ export class QemuVm implements Vm {
       await Promise.race([this.exited, new Promise((r) => setTimeout(r, 2000))]);
     }
     this.dead = true;
+  }
+}
+
+function fileDigest(file: string): string {
+  try {
+    const st = fs.statSync(file);
+    return `${st.size}:${Math.trunc(st.mtimeMs)}`;
+  } catch {
+    return 'missing';
   }
 }
 

@@ -15,18 +15,17 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from '../agent/client';
-import { helloParams } from '../agent/protocol';
-import type { Logger } from '../log';
+import { hello } from '../agent/hello';
+import type { Logger } from '../util/log';
 import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
-import type { VmSpec } from './hypervisor';
-import { isOurQemu, QemuHypervisor, QemuVm, SHARE_TAG } from './qemu';
+import { type Hypervisor, type Vm, VM_NAME_FILE, type VmSpec } from './hypervisor';
 import { createScratchTaps, SizeClass, TemplateManager } from './templates';
 
 export interface Spare {
   readonly name: string;
   readonly key: string;
   readonly size: SizeClass;
-  readonly vm: QemuVm;
+  readonly vm: Vm;
   readonly agent: AgentClient;
   /** holds the spare's taps until a pod's network takes them; absent without NICs */
   readonly netns?: string;
@@ -34,7 +33,8 @@ export interface Spare {
 }
 
 export interface SparePoolOptions {
-  hypervisor: QemuHypervisor;
+  /** the driver spares are cloned with */
+  hypervisor: Hypervisor;
   templates: TemplateManager;
   /** <state>/spares: same filesystem as the pods' VM directories (spares are renamed into them) */
   dir: string;
@@ -47,7 +47,7 @@ export interface SparePoolOptions {
 
 const NETNS_PREFIX = 'pvsp-';
 /** in a pod's VM directory: the name its QEMU was started with, when that is not the pod's */
-export const VM_NAME_FILE = 'vm-name';
+export { VM_NAME_FILE } from './hypervisor';
 /** locally administered, never a pod's (CNI bridge MACs come from the kernel or the plugin) */
 const SPARE_MAC = '02:50:56:00:00:fe';
 
@@ -139,7 +139,7 @@ export class SparePool {
     const dir = path.join(this.o.dir, name);
     await fsp.mkdir(path.join(dir, 'shared'), { recursive: true, mode: 0o700 });
     const netns = size.nics > 0 ? `${this.netnsPrefix}${name.slice('spare-'.length)}` : undefined;
-    let vm: QemuVm | undefined;
+    let vm: Vm | undefined;
     let agent: AgentClient | undefined;
     try {
       const nics = netns ? (await createNetns(netns), await createScratchTaps(netns, size.nics)) : [];
@@ -153,13 +153,13 @@ export class SparePool {
       };
       const src = await this.o.templates.cloneSource(spec);
       if (!src) throw new Error('no template to clone');
-      vm = await this.o.hypervisor.launch(spec, { mode: 'clone', ...src });
+      vm = await this.o.hypervisor.start(spec, { mode: 'clone', ...src });
       agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
       // A first identity, replaced by the pod's at adoption; this pass also runs (and so
       // translates, under TCG) the code the adoption will run again.
-      await agent.call('hello', helloParams(name, 'spare'), 10_000);
+      await hello(agent, { nonce: name, hostname: 'spare', timeoutMs: 10_000 });
       // mounts the share (this spare's own, the pod's once adopted) and the pod /dev/shm
-      await agent.call('sandbox.setup', { hostname: 'spare', dns: null, share_tag: SHARE_TAG, sysctls: {} }, 10_000);
+      await agent.call('sandbox.setup', { hostname: 'spare', dns: null, share_tag: vm.shareTag, sysctls: {} }, 10_000);
       // The NIC code path too, with no address and a MAC of its own (the pod's replaces it; the
       // MAC change takes the link down, which drops this MAC's IPv6 link-local address). Its tap
       // is down in the spare's netns: nothing leaves.
@@ -210,12 +210,7 @@ export class SparePool {
       /* none yet */
     }
     for (const name of names) {
-      try {
-        const pid = Number((await fsp.readFile(path.join(this.o.dir, name, 'qemu.pid'), 'utf8')).trim());
-        if (pid > 0 && isOurQemu(pid, name)) process.kill(pid, 'SIGKILL');
-      } catch {
-        /* no pid file: nothing running */
-      }
+      await this.o.hypervisor.reapStray(path.join(this.o.dir, name)).catch(() => undefined);
       await fsp.rm(path.join(this.o.dir, name), { recursive: true, force: true });
     }
     let nets: string[] = [];

@@ -1,5 +1,6 @@
 // VM templates: a booted, paused VM whose RAM lives in a file on tmpfs and whose device state is
-// saved with x-ignore-shared. Pods then start as private copy-on-write clones of it in ~0.1 s
+// saved beside it (Vm.snapshot; QEMU: x-ignore-shared). Built from the Hypervisor interface,
+// whatever the driver. Pods then start as private copy-on-write clones of it in ~0.1 s
 // and share the template's untouched pages. A template is keyed by everything a clone must
 // match; any change means a new template, never a broken clone.
 //
@@ -13,11 +14,10 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { AgentClient } from '../agent/client';
-import { helloParams } from '../agent/protocol';
-import { run } from '../runtime/exec-file';
-import type { Logger } from '../log';
-import type { VmSpec } from './hypervisor';
-import { DEVICE_LAYOUT_VERSION, QemuHypervisor, QemuOptions, QemuVm, shellQuote } from './qemu';
+import { hello } from '../agent/hello';
+import { run } from '../util/exec-file';
+import type { Logger } from '../util/log';
+import type { Hypervisor, Vm, VmSpec } from './hypervisor';
 import { checkTrustedDir, checkTrustedEntry, ensureTrustedDir } from '../util/trusted-path';
 
 /** The MAC every template NIC has; a clone's agent sets the pod's own MAC. */
@@ -39,15 +39,11 @@ export interface TemplateMeta extends SizeClass {
 export interface TemplateOptions {
   /** on tmpfs, e.g. /dev/shm/podvisor/templates */
   dir: string;
-  qemu: Omit<QemuOptions, 'logger'>;
+  /** the driver that boots templates (and whose inputs key them) */
+  driver: Hypervisor;
   /** versions of the guest build (sha256 of kernel, initramfs) */
   guestDigest: () => string;
   logger: Logger;
-}
-
-function fileDigest(file: string): string {
-  const st = fs.statSync(file);
-  return `${st.size}:${Math.trunc(st.mtimeMs)}`;
 }
 
 /**
@@ -94,12 +90,8 @@ export class TemplateManager {
   /** Everything that must match for a clone to be valid. */
   keyInputs(size: SizeClass): Record<string, string> {
     return {
-      qemu: `${this.o.qemu.binary}:${fileDigest(this.o.qemu.binary)}`,
+      ...this.o.driver.templateKeyInputs(),
       guest: this.o.guestDigest(),
-      kernelArgs: this.o.qemu.kernelArgs,
-      layout: String(DEVICE_LAYOUT_VERSION),
-      accel: this.o.qemu.accelerator,
-      cpu: this.o.qemu.accelerator === 'kvm' ? 'host' : 'max',
       size: `${size.vcpus}x${size.memoryMiB}x${size.nics}`,
     };
   }
@@ -175,18 +167,9 @@ export class TemplateManager {
     });
   }
 
-  /** A template is in use while any QEMU maps its memory file. */
+  /** A template is in use while any VM maps its memory file. */
   inUse(key: string): boolean {
-    const mem = this.paths(key).mem;
-    for (const pid of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(pid)) continue;
-      try {
-        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`mem-path=${mem},`)) return true;
-      } catch {
-        /* exited meanwhile */
-      }
-    }
-    return false;
+    return this.o.driver.memoryFileInUse(this.paths(key).mem);
   }
 
   /** Deletes a template unless a clone still uses it. */
@@ -204,8 +187,7 @@ export class TemplateManager {
     await fsp.mkdir(work, { mode: 0o700 });
     await fsp.mkdir(path.join(work, 'share'), { mode: 0o700 });
     const netns = size.nics ? `pvtpl-${crypto.randomBytes(4).toString('hex')}` : undefined;
-    const hv = new QemuHypervisor({ ...this.o.qemu, logger: this.o.logger });
-    let vm: QemuVm | undefined;
+    let vm: Vm | undefined;
     let agent: AgentClient | undefined;
     try {
       // The template's NICs need a tap backend; a scratch netns holds it until the snapshot.
@@ -219,35 +201,21 @@ export class TemplateManager {
         sharePath: path.join(work, 'share'),
         network: netns ? { netnsPath: `/run/netns/${netns}`, nics } : undefined,
       };
-      vm = await hv.launch(spec, { mode: 'template', memPath: path.join(work, 'mem') });
+      vm = await this.o.driver.start(spec, { mode: 'template', memPath: path.join(work, 'mem') });
       agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
       // The agent connection stays open through the snapshot: the clones then restore a port
       // that never saw its host go away, so no late "host disconnected" in a clone can undo
       // the clone's own hello.
       const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
-      const res = await Promise.race([
-        agent.call('hello', helloParams(key, 'template'), 30_000),
-        died,
-      ]);
-      if (res?.nonce !== key) throw new Error('template agent answered hello wrongly');
-      await vm.qmp.execute('stop');
-      await vm.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
-      await vm.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(path.join(work, 'state'))}` });
-      const deadline = Date.now() + 30_000;
-      for (;;) {
-        const m = await vm.qmp.execute('query-migrate');
-        if (m.status === 'completed') break;
-        if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`saving template state failed: ${m['error-desc'] ?? m.status}`);
-        if (Date.now() > deadline) throw new Error('saving template state timed out');
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await hello(agent, { nonce: key, hostname: 'template', timeoutMs: 30_000, died });
+      await vm.snapshot(path.join(work, 'state'));
       await vm.stop(2000);
       vm = undefined;
       const meta: TemplateMeta = { key, ...size, createdAt: new Date().toISOString(), inputs: this.keyInputs(size), buildMs: Date.now() - t0 };
       await writeFileAtomic(path.join(work, 'meta.json'), JSON.stringify(meta), { mode: 0o600 });
       for (const f of ['mem', 'state']) await fsp.chmod(path.join(work, f), 0o600); // root's alone, whatever the umask
       await fsp.rm(path.join(work, 'share'), { recursive: true, force: true });
-      for (const f of ['agent.sock', 'qmp.sock', 'qemu.pid']) await fsp.rm(path.join(work, f), { force: true });
+      for (const f of this.o.driver.runtimeFiles) await fsp.rm(path.join(work, f), { force: true });
       // Publish atomically: a half-built template is never visible under its key.
       await fsp.rm(p.dir, { recursive: true, force: true });
       await fsp.rename(work, p.dir);

@@ -5,7 +5,6 @@
 import { promisify } from 'node:util';
 import net from 'node:net';
 import { Errno, invalid, radosError, StorageError } from '../errors';
-import { status } from '@grpc/grpc-js';
 
 // koffi is loaded lazily: a host without librados still runs everything else.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -53,7 +52,7 @@ export function loadRados(): RadosLib {
     };
     return lib;
   } catch (err) {
-    loadError = new StorageError(status.UNAVAILABLE, `librados is not available (install librados2 and koffi): ${(err as Error).message}`);
+    loadError = new StorageError('unavailable', `librados is not available (install librados2 and koffi): ${(err as Error).message}`);
     throw loadError;
   }
 }
@@ -112,9 +111,9 @@ export class RadosCluster {
         // cephx with a wrong key does not get a clean refusal: the client times out just as
         // with unreachable monitors. Tell the two apart by whether a monitor accepts TCP.
         if (-r === Errno.ETIMEDOUT && (await anyReachable(o.monitors))) {
-          throw new StorageError(status.PERMISSION_DENIED, `${what}: the monitors answer but authentication did not complete (wrong key or user?)`, Errno.EACCES);
+          throw new StorageError('permission_denied', `${what}: the monitors answer but authentication did not complete (wrong key or user?)`, Errno.EACCES);
         }
-        if (-r === Errno.EINVAL) throw new StorageError(status.INVALID_ARGUMENT, `${what}: malformed cephx key or monitor address (EINVAL)`, Errno.EINVAL);
+        if (-r === Errno.EINVAL) throw new StorageError('invalid_argument', `${what}: malformed cephx key or monitor address (EINVAL)`, Errno.EINVAL);
         throw radosError(what, r);
       }
     } catch (err) {
@@ -133,7 +132,7 @@ export class RadosCluster {
 
   /** An I/O context on `pool` (and `namespace`); pass it to fn, destroyed afterwards. */
   async withIoctx<T>(pool: string, namespace: string | undefined, fn: (io: unknown) => Promise<T>): Promise<T> {
-    if (this.closed) throw new StorageError(status.FAILED_PRECONDITION, 'rados cluster handle is shut down');
+    if (this.closed) throw new StorageError('failed_precondition', 'rados cluster handle is shut down');
     const out: unknown[] = [null];
     const r = await callAsync(this.l.rados_ioctx_create, this.handle, pool, out);
     if (r < 0) throw radosError(`opening pool ${pool}`, r);

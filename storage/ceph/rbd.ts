@@ -3,7 +3,6 @@
 // nothing here maps or mounts an image on the host.
 import { invalid, radosError, StorageError } from '../errors';
 import { callAsync, loadRados, RadosCluster, RadosOptions, withCluster } from './rados';
-import { status } from '@grpc/grpc-js';
 
 type KoffiFn = ((...args: any[]) => any) & { async: (...args: any[]) => void };
 
@@ -28,7 +27,7 @@ function loadRbd(): RbdLib {
   try {
     so = koffi.load('librbd.so.1');
   } catch (err) {
-    throw new StorageError(status.UNAVAILABLE, `librbd is not available (install librbd1): ${(err as Error).message}`);
+    throw new StorageError('unavailable', `librbd is not available (install librbd1): ${(err as Error).message}`);
   }
   const { ioctx } = loadRados().types;
   const image = koffi.pointer(koffi.opaque());

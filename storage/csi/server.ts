@@ -167,7 +167,7 @@ export class CsiPlugin {
     if (!req.name) throw invalid('name is required');
     if (!req.volume_capabilities?.length) throw invalid('volume_capabilities are required');
     this.checkCaps(req.volume_capabilities);
-    if (req.volume_content_source) throw new StorageError(grpc.status.INVALID_ARGUMENT, 'volume content sources (snapshots, clones) are not supported');
+    if (req.volume_content_source) throw new StorageError('invalid_argument', 'volume content sources (snapshots, clones) are not supported');
     const params: Record<string, string> = req.parameters ?? {};
     const kind = params.kind ?? 'rbd';
     if (kind !== 'rbd') throw invalid(`CreateVolume provisions RBD images only (kind=${kind}); NFS and block volumes are static PersistentVolumes`);
@@ -183,12 +183,12 @@ export class CsiPlugin {
         await rbd.create(ref, size);
         return size;
       } catch (err) {
-        if ((err as StorageError).code !== grpc.status.ALREADY_EXISTS) throw err;
+        if ((err as StorageError).code !== 'already_exists') throw err;
         // idempotent retry of the same request: fine if the existing image fits
         const info = await rbd.info(ref);
         const lim = Number(req.capacity_range?.limit_bytes ?? 0);
         if (info.size < Number(req.capacity_range?.required_bytes ?? 0) || (lim && info.size > lim)) {
-          throw new StorageError(grpc.status.ALREADY_EXISTS, `RBD image ${pool}/${image} exists with an incompatible size ${info.size}`);
+          throw new StorageError('already_exists', `RBD image ${pool}/${image} exists with an incompatible size ${info.size}`);
         }
         return info.size;
       }
@@ -213,7 +213,7 @@ export class CsiPlugin {
       try {
         await rbd.remove(ref);
       } catch (err) {
-        if ((err as StorageError).code !== grpc.status.NOT_FOUND) throw err;
+        if ((err as StorageError).code !== 'not_found') throw err;
       }
     });
     return {};
@@ -310,7 +310,7 @@ export class CsiPlugin {
       await fsp.mkdir(target, { recursive: true, mode: 0o750 });
       const existing = await readDescriptor(target, { sealKey: this.sealKey }).catch(() => undefined);
       if (existing && existing.metadata.volumeId !== common.metadata.volumeId) {
-        throw new StorageError(grpc.status.ALREADY_EXISTS, `${target} already holds a descriptor for volume ${existing.metadata.volumeId}`);
+        throw new StorageError('already_exists', `${target} already holds a descriptor for volume ${existing.metadata.volumeId}`);
       }
       await writeDescriptor(target, desc, this.sealKey);
     } catch (err) {

@@ -1,13 +1,12 @@
-// Raw host block devices: QEMU opens the device itself (host_device, O_DIRECT, native or
-// io_uring AIO) under a raw format node, plugged as scsi-hd; the guest mounts it. The host
+// Raw host block devices: the pod's VM opens the device itself (a `host_device` block source;
+// QEMU: O_DIRECT, native or io_uring AIO, plugged as scsi-hd); the guest mounts it. The host
 // never mounts it, and we refuse devices the host is using (mounted, held by dm/md).
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import type { VolumeDescriptor } from '../descriptor';
 import { invalid, notFound, precondition, StorageError } from '../errors';
 import type { AttachHandle, AttachOptions, PodVolumeTarget, VolumeDriver } from '../volume-driver';
-import { guestMountDisk, plugScsi, qmpNames, teardown, withRollback, wrap } from './scsi';
-import { status } from '@grpc/grpc-js';
+import { attachSource, guestMountDisk, teardown, withRollback, wrap } from './block-steps';
 
 type BlockDesc = Extract<VolumeDescriptor, { kind: 'block' }>;
 
@@ -36,14 +35,12 @@ export async function checkHostBlockDevice(device: string, readonly: boolean): P
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'EBUSY') throw precondition(`block device ${device} is in use on the host (EBUSY)`);
-      if (code === 'EACCES' || code === 'EPERM') throw new StorageError(status.PERMISSION_DENIED, `cannot open ${device}: ${code}`);
+      if (code === 'EACCES' || code === 'EPERM') throw new StorageError('permission_denied', `cannot open ${device}: ${code}`);
       throw err;
     }
   }
   return real;
 }
-
-let aioMode: 'io_uring' | 'native' | undefined;
 
 export class BlockDriver implements VolumeDriver<BlockDesc> {
   readonly kind = 'block' as const;
@@ -62,22 +59,9 @@ export class BlockDriver implements VolumeDriver<BlockDesc> {
 
   async attach(target: PodVolumeTarget, desc: BlockDesc, opts: AttachOptions): Promise<AttachHandle> {
     const filename = await checkHostBlockDevice(desc.block.device, opts.readonly);
-    const n = qmpNames(opts.tag);
-    const h: AttachHandle = { kind: 'block', guestPath: opts.guestPath, readonly: opts.readonly, nodes: [], mounted: false };
+    const h: AttachHandle = { kind: 'block', guestPath: opts.guestPath, readonly: opts.readonly, mounted: false };
     await withRollback(target, h, async () => {
-      await this.addFileNode(target, n.file, filename, opts.readonly);
-      h.nodes!.push(n.file);
-      await target.qmp('blockdev-add', { driver: 'raw', 'node-name': n.format, file: n.file, 'read-only': opts.readonly });
-      h.nodes!.push(n.format);
-      const addr = await plugScsi(target, n.format, n.device).catch((e) => {
-        // QEMU's image locking: another VM (pod) has the device open for writing, or any access
-        // while we want to write
-        if (/Failed to get .*lock/.test(String((e as Error)?.message))) throw wrap(`plugging ${desc.block.device} (in use by another pod VM?)`, e, status.FAILED_PRECONDITION);
-        throw wrap(`plugging ${desc.block.device}`, e, status.INTERNAL);
-      });
-      h.device = n.device;
-      h.scsiId = addr.scsiId;
-      h.lun = addr.lun;
+      const addr = await attachSource(target, h, { kind: 'host_device', path: filename }, opts, { open: `opening ${filename}`, plug: `plugging ${desc.block.device}` });
       const m = await guestMountDisk(target, addr, desc, opts).catch((e) => { throw wrap(`mounting ${desc.block.device} in the guest`, e); });
       h.guestPath = m.guestPath;
       h.mounted = m.mounted;
@@ -87,25 +71,6 @@ export class BlockDriver implements VolumeDriver<BlockDesc> {
       }
     });
     return h;
-  }
-
-  private async addFileNode(target: PodVolumeTarget, node: string, filename: string, readonly: boolean): Promise<void> {
-    const args = (aio: string) => ({
-      driver: 'host_device', 'node-name': node, filename, 'read-only': readonly,
-      cache: { direct: true, 'no-flush': false }, aio,
-    });
-    if (aioMode !== 'native') {
-      try {
-        await target.qmp('blockdev-add', args('io_uring'));
-        aioMode = 'io_uring';
-        return;
-      } catch (err) {
-        // QEMU built without io_uring (or the kernel refuses it): fall back to native AIO
-        if (!/io_uring|aio/i.test(String((err as Error).message))) throw wrap(`opening ${filename}`, err, status.FAILED_PRECONDITION);
-        aioMode = 'native';
-      }
-    }
-    await target.qmp('blockdev-add', args('native')).catch((e) => { throw wrap(`opening ${filename}`, e, status.FAILED_PRECONDITION); });
   }
 
   async detach(target: PodVolumeTarget, handle: AttachHandle): Promise<void> {

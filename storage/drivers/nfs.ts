@@ -2,8 +2,8 @@
 // (agent `nfs.mount`: v4.1 by default, v3 with nolock); detach is a guest unmount.
 import type { VolumeDescriptor } from '../descriptor';
 import type { AttachHandle, AttachOptions, PodVolumeTarget, VolumeDriver } from '../volume-driver';
-import { guestUnmount, wrap } from './scsi';
-import { status } from '@grpc/grpc-js';
+import { guestUnmount, wrap } from './block-steps';
+import { hasCode } from '../../src/util/errors';
 
 type NfsDesc = Extract<VolumeDescriptor, { kind: 'nfs' }>;
 
@@ -24,15 +24,14 @@ export class NfsDriver implements VolumeDriver<NfsDesc> {
   async attach(target: PodVolumeTarget, desc: NfsDesc, opts: AttachOptions): Promise<AttachHandle> {
     const options = desc.mountOptions.filter((o) => o !== 'ro' && o !== 'rw');
     try {
-      await target.agentCall('nfs.mount', {
+      await target.mountNfs({
         server: desc.nfs.server, export: desc.nfs.export, version: desc.nfs.version,
         options: desc.nfs.version === '3' ? [...options, 'nolock'] : options,
         readonly: opts.readonly, target: opts.guestPath,
       }, NFS_MOUNT_TIMEOUT_MS);
     } catch (err) {
-      const code = (err as { code?: string })?.code;
       throw wrap(`mounting NFS ${desc.nfs.server}:${desc.nfs.export} in the guest`, err,
-        code === 'failed_precondition' || code === 'timeout' ? status.UNAVAILABLE : undefined);
+        hasCode(err, 'failed_precondition', 'deadline_exceeded') ? 'unavailable' : undefined);
     }
     return { kind: 'nfs', guestPath: opts.guestPath, readonly: opts.readonly, mounted: true };
   }

@@ -1,6 +1,6 @@
-// Ceph RBD through QEMU's own rbd driver (librbd inside QEMU; the host kernel has no krbd):
-// the cephx key goes to QEMU only as a QMP `secret` object (never a command line or a file),
-// then `blockdev-add {driver: rbd}` + a raw format node + scsi-hd. Before touching the VM we
+// Ceph RBD through the VM's own rbd client (QEMU's rbd driver, librbd inside QEMU; the host
+// kernel has no krbd): an `rbd` block source carrying the cephx key, which the QEMU driver hands
+// over only as a secret object (never a command line or a file). Before touching the VM we
 // check the image from Node (librados/librbd via koffi) so a wrong monitor, a bad key or a
 // missing image gives a clear error quickly and leaves the VM untouched; QEMU itself is bounded
 // by the timeouts in the client conf file (rbd-client.conf) should it still fail.
@@ -10,9 +10,8 @@ import type { VolumeDescriptor } from '../descriptor';
 import { parseMonitor, readRbdKey } from '../descriptor';
 import { StorageError } from '../errors';
 import type { AttachHandle, AttachOptions, PodVolumeTarget, VolumeDriver } from '../volume-driver';
-import { guestMountDisk, plugScsi, qmpNames, teardown, withRollback, wrap } from './scsi';
-import { status } from '@grpc/grpc-js';
-
+import { attachSource, guestMountDisk, teardown, withRollback, wrap } from './block-steps';
+import type { BlockSource } from '../../src/util/block-source';
 type RbdDesc = Extract<VolumeDescriptor, { kind: 'rbd' }>;
 
 export interface RbdDriverOptions {
@@ -58,32 +57,16 @@ export class RbdDriver implements VolumeDriver<RbdDesc> {
     if (this.o.preflight !== false) {
       const info = await withRbd({ monitors: r.monitors, user: r.user, key, timeoutSec: this.o.timeoutSec ?? 10 },
         (rbd) => rbd.info({ pool: r.pool, namespace: r.namespace, image: r.image }));
-      if (info.size <= 0) throw new StorageError(status.FAILED_PRECONDITION, `RBD image ${r.pool}/${r.image} is empty`);
+      if (info.size <= 0) throw new StorageError('failed_precondition', `RBD image ${r.pool}/${r.image} is empty`);
     }
-    const n = qmpNames(opts.tag);
-    const h: AttachHandle = { kind: 'rbd', guestPath: opts.guestPath, readonly: opts.readonly, nodes: [], mounted: false };
+    const h: AttachHandle = { kind: 'rbd', guestPath: opts.guestPath, readonly: opts.readonly, mounted: false };
     const where = `RBD image ${r.pool}/${r.namespace ? r.namespace + '/' : ''}${r.image}`;
+    const source: BlockSource = {
+      kind: 'rbd', pool: r.pool, namespace: r.namespace, image: r.image, user: r.user, key, confFile: this.o.confFile,
+      monitors: r.monitors.map((m, i) => parseMonitor(m, `rbd.monitors[${i}]`)),
+    };
     await withRollback(target, h, async () => {
-      await target.qmp('object-add', { 'qom-type': 'secret', id: n.secret, data: key, format: 'base64' });
-      h.secret = n.secret;
-      const rbdNode: Record<string, unknown> = {
-        driver: 'rbd', 'node-name': n.file, pool: r.pool, image: r.image, user: r.user,
-        'key-secret': n.secret, 'auth-client-required': ['cephx'], conf: this.o.confFile,
-        server: r.monitors.map((m, i) => {
-          const { host, port } = parseMonitor(m, `rbd.monitors[${i}]`);
-          return { host, port: String(port) };
-        }),
-        'read-only': opts.readonly,
-      };
-      if (r.namespace) rbdNode.namespace = r.namespace;
-      await target.qmp('blockdev-add', rbdNode).catch((e) => { throw wrap(`QEMU opening ${where}`, e, status.UNAVAILABLE); });
-      h.nodes!.push(n.file);
-      await target.qmp('blockdev-add', { driver: 'raw', 'node-name': n.format, file: n.file, 'read-only': opts.readonly });
-      h.nodes!.push(n.format);
-      const addr = await plugScsi(target, n.format, n.device).catch((e) => { throw wrap(`plugging ${where}`, e, status.INTERNAL); });
-      h.device = n.device;
-      h.scsiId = addr.scsiId;
-      h.lun = addr.lun;
+      const addr = await attachSource(target, h, source, opts, { open: `QEMU opening ${where}`, plug: `plugging ${where}` });
       const m = await guestMountDisk(target, addr, desc, opts).catch((e) => { throw wrap(`mounting ${where} in the guest`, e); });
       h.guestPath = m.guestPath;
       h.mounted = m.mounted;

@@ -74,11 +74,11 @@ async function runCase(c: { frames: Buffer[]; cuts: number[]; openStream: boolea
   client.on('protocol-error', () => (protocolError = true));
   const stream = c.openStream ? client.openStream() : undefined;
   stream?.resume();
-  const outcome = await client.call('ping', {}, 100).then(
+  const outcome = await client.request('ping', {}, 100).then(
     () => 'result',
     (e) => {
       expect(e).toBeInstanceOf(AgentError);
-      return (e as AgentError).code;
+      return (e as AgentError).agentCode; // the agent's (or the connection's) own code
     },
   );
   outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;

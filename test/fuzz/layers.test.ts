@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import * as zlib from 'node:zlib';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/util/log';
 import { ImageBuilder, UnsafeArchiveError } from '../../src/image/unpack';
 import { paxRecord } from '../image/helpers';
 import { fc, fuzzParams } from '../support/fuzz';

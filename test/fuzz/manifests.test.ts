@@ -2,7 +2,7 @@
 // index (media types, descriptors with wrong or absurd digests and sizes, unknown schema
 // versions, missing fields, garbage JSON, wrong status codes and digest headers) with configs
 // and layers that may or may not match, and a real ImageManager pulls from it. Every pull must
-// end with an image or a CriError (a gRPC status), never another error or a hang; the process's
+// end with an image or a PodvisorError (a gRPC status), never another error or a hang; the process's
 // peak RSS over the run is printed and bounded.
 import { createHash } from 'node:crypto';
 import { mkdtempSync, promises as fsp } from 'node:fs';
@@ -11,8 +11,8 @@ import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as zlib from 'node:zlib';
-import { CriError } from '../../src/cri/errors';
-import { silentLogger } from '../../src/log';
+import { PodvisorError } from '../../src/util/errors';
+import { silentLogger } from '../../src/util/log';
 import { ImageManager } from '../../src/image/manager';
 import { closeAgents } from '../../src/image/registry';
 import { makeTar } from '../support/images';
@@ -113,7 +113,7 @@ async function pullCase(c: any): Promise<void> {
     outcome = 'pulled';
     expect((rec as any).id).toMatch(/^sha256:/);
   } catch (e) {
-    if (!(e instanceof CriError)) throw new Error(`not a CriError: ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    if (!(e instanceof PodvisorError)) throw new Error(`not a PodvisorError: ${(e as Error)?.name}: ${(e as Error)?.message}`);
     outcome = `code ${e.code}`;
     if (process.env.FUZZ_DEBUG) console.log(e.message);
   }

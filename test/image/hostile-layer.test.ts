@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import * as zlib from 'node:zlib';
 import pino from 'pino';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/util/log';
 import { ImageBuilder, UnsafeArchiveError } from '../../src/image/unpack';
 import { MiB, measurePeak } from '../support/rss';
 import { paxRecord } from './helpers';

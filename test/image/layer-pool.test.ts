@@ -10,7 +10,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/util/log';
 import { closeLayerWorkers } from '../../src/image/layer-pool';
 import { BuildFailedError, ImageBuilder, UnsafeArchiveError } from '../../src/image/unpack';
 import { makeTar, type TarEntry } from '../support/images';

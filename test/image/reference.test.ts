@@ -2,7 +2,7 @@
 import { mkdtempSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CriError, Code } from '../../src/cri/errors';
+import { PodvisorError} from '../../src/util/errors';
 import { credentialsFrom, parseChallenges } from '../../src/image/auth';
 import { resolveHosts } from '../../src/image/hosts';
 import { parseUser } from '../../src/image/manager';
@@ -33,8 +33,8 @@ describe('reference', () => {
       parseReference(i);
       throw new Error('parsed');
     } catch (e) {
-      expect(e).toBeInstanceOf(CriError);
-      expect((e as CriError).code).toBe(Code.INVALID_ARGUMENT);
+      expect(e).toBeInstanceOf(PodvisorError);
+      expect((e as PodvisorError).code).toBe('invalid_argument');
     }
   });
 
@@ -124,6 +124,6 @@ describe('hosts.toml', () => {
 
   test('a broken hosts.toml is INVALID_ARGUMENT', async () => {
     await write('broken.io', 'server = ');
-    await expect(resolveHosts(dir, 'broken.io')).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT });
+    await expect(resolveHosts(dir, 'broken.io')).rejects.toMatchObject({ code: 'invalid_argument' });
   });
 });

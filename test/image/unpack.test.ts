@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/util/log';
 import { cleanEntryPath, ImageBuilder, UnsafeArchiveError, type UnpackLimits } from '../../src/image/unpack';
 import { makeLayer, makeTar, type TarEntry } from '../support/images';
 import { mountErofs, rawTar, readXattrs, setXattr, unmountAll } from './helpers';

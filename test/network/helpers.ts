@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/util/log';
 import { CniNetwork } from '../../network/cni-network';
 import type { PodNetworkRequest } from '../../network/network-driver';
 

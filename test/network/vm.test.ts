@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { leftovers, makeEnv, podRequest, sh, Env } from './helpers';
 import { AgentClient } from '../../src/agent/client';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/util/log';
 import { kernelCmdline, QemuHypervisor } from '../../src/vm/qemu';
 import type { Vm } from '../../src/vm/hypervisor';
 import type { PodNetwork } from '../../network/network-driver';

@@ -93,7 +93,7 @@ describe('podvisor-csi', () => {
     });
     // a descriptor sealed with another key is refused
     const other = await VolumeManager.create({ stateDir: path.join(tmp, 'state2'), sealKeyFile: path.join(tmp, 'other.key') });
-    await expect(other.classify(target)).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+    await expect(other.classify(target)).rejects.toMatchObject({ code: 'permission_denied' });
 
     await node.NodeUnpublishVolume({ volume_id: 'rbd:rbd//pvc-1', target_path: target });
     expect(fs.existsSync(target)).toBe(false);

@@ -3,7 +3,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
 import { Command } from 'commander';
 import { registerVolumeCommands } from '../../src/cli/volume';
 import {
@@ -100,7 +99,7 @@ describe('descriptor validation', () => {
     } catch (e) {
       err = e;
     }
-    expect(err?.code).toBe(status.INVALID_ARGUMENT);
+    expect(err?.code).toBe('invalid_argument');
     expect(err.message).toMatch(re);
   });
 
@@ -122,7 +121,7 @@ describe('descriptor files, sealing and secrets', () => {
     expect(await readDescriptor(d1, { sealKey: key })).toMatchObject({ kind: 'rbd' });
     // copied elsewhere (e.g. by a pod into a writable dir): refused
     fs.copyFileSync(path.join(d1, DESCRIPTOR_FILE), path.join(d2, DESCRIPTOR_FILE));
-    await expect(readDescriptor(d2, { sealKey: key })).rejects.toMatchObject({ code: status.PERMISSION_DENIED });
+    await expect(readDescriptor(d2, { sealKey: key })).rejects.toMatchObject({ code: 'permission_denied' });
     // hand-written (unsealed): refused when sealing is on, accepted when off
     fs.writeFileSync(path.join(d2, DESCRIPTOR_FILE), JSON.stringify(rbd()));
     await expect(readDescriptor(d2, { sealKey: key })).rejects.toMatchObject({ message: expect.stringMatching(/not sealed/) });
@@ -131,7 +130,7 @@ describe('descriptor files, sealing and secrets', () => {
     const j = JSON.parse(fs.readFileSync(path.join(d1, DESCRIPTOR_FILE), 'utf8'));
     j.rbd.image = 'other';
     fs.writeFileSync(path.join(d1, DESCRIPTOR_FILE), JSON.stringify(j));
-    await expect(readDescriptor(d1, { sealKey: key })).rejects.toMatchObject({ code: status.PERMISSION_DENIED });
+    await expect(readDescriptor(d1, { sealKey: key })).rejects.toMatchObject({ code: 'permission_denied' });
     // a symlinked descriptor is refused; no descriptor → undefined
     const d3 = path.join(tmp, 'v3');
     fs.mkdirSync(d3);
@@ -152,9 +151,9 @@ describe('descriptor files, sealing and secrets', () => {
     const secret = { apiVersion: 'v1', kind: 'Secret', data: { userKey: Buffer.from(KEY).toString('base64') } };
     expect(await readRbdKey({ secretFile: f('secret.json', JSON.stringify(secret)) }, 'kube')).toBe(KEY);
     expect(await readRbdKey({ secretFile: f('secret2.json', JSON.stringify({ stringData: { k: KEY } })), field: 'k' }, 'kube')).toBe(KEY);
-    await expect(readRbdKey({ keyFile: f('loose.key', KEY, 0o644) }, 'kube')).rejects.toMatchObject({ code: status.PERMISSION_DENIED });
-    await expect(readRbdKey({ keyFile: path.join(tmp, 'none.key') }, 'kube')).rejects.toMatchObject({ code: status.NOT_FOUND });
-    await expect(readRbdKey({ keyFile: f('junk.key', 'hello world') }, 'kube')).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    await expect(readRbdKey({ keyFile: f('loose.key', KEY, 0o644) }, 'kube')).rejects.toMatchObject({ code: 'permission_denied' });
+    await expect(readRbdKey({ keyFile: path.join(tmp, 'none.key') }, 'kube')).rejects.toMatchObject({ code: 'not_found' });
+    await expect(readRbdKey({ keyFile: f('junk.key', 'hello world') }, 'kube')).rejects.toMatchObject({ code: 'invalid_argument' });
     await expect(readRbdKey({ secretFile: f('nofield.json', '{"data":{}}') }, 'kube')).rejects.toMatchObject({ message: expect.stringMatching(/no "userKey"/) });
   });
 });
@@ -206,9 +205,9 @@ describe('classify()', () => {
     const d = path.join(tmp, 'bad');
     fs.mkdirSync(d);
     fs.writeFileSync(path.join(d, DESCRIPTOR_FILE), '{"version": 1, "kind": "block", "block": {"device": "/dev/sda"}}');
-    await expect(mgr.classify(d)).rejects.toMatchObject({ code: status.PERMISSION_DENIED }); // unsealed
+    await expect(mgr.classify(d)).rejects.toMatchObject({ code: 'permission_denied' }); // unsealed
     fs.writeFileSync(path.join(d, DESCRIPTOR_FILE), '{"version": 3}');
-    await expect(mgr.classify(d)).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    await expect(mgr.classify(d)).rejects.toMatchObject({ code: 'invalid_argument' });
   });
 });
 

@@ -1,5 +1,6 @@
 // Shared set-up for the storage tests: a bare QEMU (microvm, no kernel, paused) that only
-// serves QMP, wrapped as a PodVolumeTarget whose agent is a recorder; loop devices that are
+// serves QMP, wrapped as a PodVolumeTarget (its block devices through the QEMU driver's SCSI
+// hot-plug, src/vm/qemu-scsi.ts) whose agent is a recorder; loop devices that are
 // always detached; and a mount-table snapshot to prove nothing got mounted on the host.
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -7,7 +8,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { QmpClient } from '../../src/vm/qmp';
-import type { PodVolumeTarget } from '../../storage/volume-driver';
+import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../storage/volume-driver';
+import type { BlockAddress, BlockAttachment, BlockSource } from '../../src/util/block-source';
+import { ScsiBus, volumeNames } from '../../src/vm/qemu-scsi';
 
 export interface AgentCall {
   method: string;
@@ -20,10 +23,11 @@ export class BareVm implements PodVolumeTarget {
   readonly calls: AgentCall[] = [];
   /** what the fake agent answers; throw to simulate an agent error */
   agentHandler: (c: AgentCall) => any = () => ({});
-  private readonly used = new Set<number>();
   private dead = false;
+  private readonly bus: ScsiBus;
 
   private constructor(readonly id: string, readonly dir: string, private readonly proc: ChildProcess, readonly client: QmpClient) {
+    this.bus = new ScsiBus(client);
     proc.once('exit', () => { this.dead = true; });
   }
 
@@ -53,26 +57,43 @@ export class BareVm implements PodVolumeTarget {
   alive(): boolean {
     return !this.dead;
   }
+  /** for the tests' own inspection of QEMU (never used by storage/) */
   qmp(command: string, args?: Record<string, unknown>): Promise<any> {
     return this.client.execute(command, args);
   }
-  qmpEvent(name: string, timeoutMs: number, match?: (d: any) => boolean): Promise<any> {
-    return this.client.waitEvent(name, timeoutMs, match);
+  // the volume target: block sources through the QEMU driver's one SCSI hot-plug, the guest a recorder
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment> {
+    return this.bus.plug(volumeNames(tag), source, o.readonly);
   }
-  async agentCall(method: string, params: Record<string, unknown>): Promise<any> {
+  async detachBlock(tag: string, scsiId?: number): Promise<void> {
+    if (!this.alive()) {
+      if (scsiId !== undefined) this.bus.release(scsiId);
+      return;
+    }
+    await this.bus.unplug(volumeNames(tag), scsiId);
+  }
+  sweepBlocks(): Promise<void> {
+    return this.bus.sweep('pvvol-');
+  }
+  private async agentCall(method: string, params: object): Promise<any> {
     const c = { method, params: params as Record<string, any> };
     this.calls.push(c);
     return this.agentHandler(c);
   }
-  allocScsiId(): number {
-    for (let i = 1; i < 256; i++) if (!this.used.has(i)) { this.used.add(i); return i; }
-    throw new Error('no scsi id');
+  async mountDisk(p: GuestDiskMount): Promise<void> {
+    await this.agentCall('disk.mount', p);
   }
-  releaseScsiId(id: number): void {
-    this.used.delete(id);
+  diskDevice(a: BlockAddress): Promise<{ device: string; major: number; minor: number }> {
+    return this.agentCall('disk.device', { scsi_id: a.scsiId, lun: a.lun });
+  }
+  async mountNfs(p: GuestNfsMount): Promise<void> {
+    await this.agentCall('nfs.mount', p);
+  }
+  async unmount(target: string): Promise<void> {
+    await this.agentCall('disk.unmount', { target });
   }
   get scsiIdsInUse(): number[] {
-    return [...this.used];
+    return this.bus.inUse;
   }
 
   /** node names, scsi devices and pvvol objects currently in QEMU */

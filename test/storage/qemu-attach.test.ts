@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
+import type { ErrorCode } from '../../src/util/errors';
 import { withRbd } from '../../storage/ceph/rbd';
 import { loadSealKey, writeDescriptor } from '../../storage/descriptor';
 import { VolumeManager } from '../../storage/volume-manager';
@@ -100,7 +100,7 @@ describeQemu('raw block volumes on a real QEMU', () => {
     expect(nodes.filter((n) => n['node-name'].startsWith('pvvol')).every((n) => n.ro === true)).toBe(true);
     expect(vm.calls[0].params).toMatchObject({ readonly: true, options: ['ro'] });
     expect(vm.calls[0].params.format).toBeUndefined();
-    await expect(mgr.attach(vm, src, false)).rejects.toMatchObject({ code: status.FAILED_PRECONDITION });
+    await expect(mgr.attach(vm, src, false)).rejects.toMatchObject({ code: 'failed_precondition' });
   });
 
   test('a block device as host path is passed through raw (no mount)', async () => {
@@ -128,11 +128,11 @@ describeQemu('raw block volumes on a real QEMU', () => {
 
   test('a device missing or mounted on the host is refused before QEMU sees it', async () => {
     const dir = await volDir('blk-missing', { version: 1, kind: 'block', block: { device: '/dev/pv-no-such-dev' } });
-    await expect(mgr.classify(dir)).rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(mgr.classify(dir)).rejects.toMatchObject({ code: 'not_found' });
     const rootDev = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' - ')[1]?.split(' ')[1]).find((s) => s?.startsWith('/dev/'));
     if (rootDev && fs.existsSync(rootDev) && fs.statSync(rootDev).isBlockDevice()) {
       const d2 = await volDir('blk-mounted', { version: 1, kind: 'block', block: { device: rootDev } });
-      await expect(mgr.classify(d2)).rejects.toMatchObject({ code: status.FAILED_PRECONDITION });
+      await expect(mgr.classify(d2)).rejects.toMatchObject({ code: 'failed_precondition' });
     }
   });
 });
@@ -201,10 +201,10 @@ describeRbd('RBD volumes on a real QEMU + Ceph', () => {
   });
 
   test('missing image, bad key, wrong monitor: clear errors, nothing left in QEMU', async () => {
-    const cases: Array<[string, Record<string, unknown>, status]> = [
-      ['missing', { image: 'no-such-image' }, status.NOT_FOUND],
-      ['badkey', { secret: { keyFile: path.join(tmp, 'bad.key') } }, status.PERMISSION_DENIED],
-      ['wrongmon', { monitors: [`127.0.0.1:${await freePort()}`] }, status.UNAVAILABLE],
+    const cases: Array<[string, Record<string, unknown>, ErrorCode]> = [
+      ['missing', { image: 'no-such-image' }, 'not_found'],
+      ['badkey', { secret: { keyFile: path.join(tmp, 'bad.key') } }, 'permission_denied'],
+      ['wrongmon', { monitors: [`127.0.0.1:${await freePort()}`] }, 'unavailable'],
     ];
     fs.writeFileSync(path.join(tmp, 'bad.key'), execFileSync('ceph-authtool', ['--gen-print-key'], { encoding: 'utf8' }), { mode: 0o600 });
     for (const [name, over, code] of cases) {
@@ -237,6 +237,6 @@ describeRbd('RBD volumes on a real QEMU + Ceph', () => {
     fs.writeFileSync(loose, ceph.userKey, { mode: 0o644 });
     fs.chmodSync(loose, 0o644);
     const dir = await volDir('rbd-loose', rbdDesc({ secret: { keyFile: loose } }));
-    await expect(mgr.classify(dir)).rejects.toMatchObject({ code: status.PERMISSION_DENIED, message: expect.stringMatching(/chmod 600/) });
+    await expect(mgr.classify(dir)).rejects.toMatchObject({ code: 'permission_denied', message: expect.stringMatching(/chmod 600/) });
   });
 });

@@ -1,7 +1,6 @@
 // CRI side of streaming: request validation, URL shape, single-use expiring tokens, HTTP errors.
 import * as http from 'node:http';
 import { WebSocket } from 'ws';
-import { Code } from '../../src/cri/errors';
 import { streamingHandlers } from '../../src/cri/streaming';
 import { TokenCache } from '../../src/streaming/tokens';
 import { spdyConnect, UpgradeError } from './support/spdy-client';
@@ -44,28 +43,28 @@ describe('streaming URLs', () => {
     expect(e.url).toMatch(new RegExp(`^${ctx.server.baseUrl}/exec/[A-Za-z0-9_-]{22}$`));
     expect(a.url).toMatch(/\/attach\/[A-Za-z0-9_-]{22}$/);
     expect(p.url).toMatch(/\/portforward\/[A-Za-z0-9_-]{22}$/);
-    expect(new Set([e.url, a.url, p.url].map((u) => u.split('/').pop())).size).toBe(3);
+    expect(new Set([e.url, a.url, p.url].map((u) => u!.split('/').pop())).size).toBe(3);
     await sleep(350); // let these expire: the cache is small
   });
 
   test.each([
-    ['unknown container', { container_id: 'nope', cmd: ['true'], stdout: true }, Code.NOT_FOUND],
-    ['stopped container', { container_id: 'stopped', cmd: ['true'], stdout: true }, Code.FAILED_PRECONDITION],
-    ['no command', { container_id: 'c1', cmd: [], stdout: true }, Code.INVALID_ARGUMENT],
-    ['no container id', { cmd: ['true'], stdout: true }, Code.INVALID_ARGUMENT],
-    ['no stdio', { container_id: 'c1', cmd: ['true'] }, Code.INVALID_ARGUMENT],
-    ['tty with stderr', { container_id: 'c1', cmd: ['true'], tty: true, stdout: true, stderr: true }, Code.INVALID_ARGUMENT],
+    ['unknown container', { container_id: 'nope', cmd: ['true'], stdout: true }, 'not_found'],
+    ['stopped container', { container_id: 'stopped', cmd: ['true'], stdout: true }, 'failed_precondition'],
+    ['no command', { container_id: 'c1', cmd: [], stdout: true }, 'invalid_argument'],
+    ['no container id', { cmd: ['true'], stdout: true }, 'invalid_argument'],
+    ['no stdio', { container_id: 'c1', cmd: ['true'] }, 'invalid_argument'],
+    ['tty with stderr', { container_id: 'c1', cmd: ['true'], tty: true, stdout: true, stderr: true }, 'invalid_argument'],
   ])('Exec rejects %s', async (_name, req, code) => {
     await expect(streamingHandlers(ctx.server).Exec(req)).rejects.toMatchObject({ code });
   });
 
   test('Attach and PortForward are validated too', async () => {
     const h = streamingHandlers(ctx.server);
-    await expect(h.Attach({ container_id: 'nope', stdout: true })).rejects.toMatchObject({ code: Code.NOT_FOUND });
-    await expect(h.Attach({ container_id: 'stopped', stdout: true })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION });
-    await expect(h.Attach({ container_id: 'c1' })).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT });
-    await expect(h.PortForward({ pod_sandbox_id: 'nope' })).rejects.toMatchObject({ code: Code.NOT_FOUND });
-    await expect(h.PortForward({ pod_sandbox_id: 'pod1', port: [70000] })).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT });
+    await expect(h.Attach({ container_id: 'nope', stdout: true })).rejects.toMatchObject({ code: 'not_found' });
+    await expect(h.Attach({ container_id: 'stopped', stdout: true })).rejects.toMatchObject({ code: 'failed_precondition' });
+    await expect(h.Attach({ container_id: 'c1' })).rejects.toMatchObject({ code: 'invalid_argument' });
+    await expect(h.PortForward({ pod_sandbox_id: 'nope' })).rejects.toMatchObject({ code: 'not_found' });
+    await expect(h.PortForward({ pod_sandbox_id: 'pod1', port: [70000] })).rejects.toMatchObject({ code: 'invalid_argument' });
   });
 
   test('a token works once, and not after its TTL', async () => {
@@ -112,7 +111,7 @@ describe('streaming URLs', () => {
     await sleep(350);
     const h = streamingHandlers(ctx.server);
     for (let i = 0; i < 5; i++) await h.Exec({ container_id: 'c1', cmd: ['true'], stdout: true });
-    await expect(h.Exec({ container_id: 'c1', cmd: ['true'], stdout: true })).rejects.toMatchObject({ code: Code.RESOURCE_EXHAUSTED });
+    await expect(h.Exec({ container_id: 'c1', cmd: ['true'], stdout: true })).rejects.toMatchObject({ code: 'resource_exhausted' });
     await sleep(350);
     await expect(h.Exec({ container_id: 'c1', cmd: ['true'], stdout: true })).resolves.toHaveProperty('url');
   });

@@ -2,7 +2,7 @@
 // runner for the client-node script, and small helpers.
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
-import { createLogger } from '../../../src/log';
+import { createLogger } from '../../../src/util/log';
 import { StreamingServer, type StreamingOptions } from '../../../src/streaming/server';
 import { HostBackend } from './host-backend';
 

@@ -4,7 +4,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { failedPrecondition, notFound } from '../../../src/cri/errors';
+import { failedPrecondition, notFound } from '../../../src/util/errors';
 import type { ProcessIO, StreamingBackend, TerminalSize } from '../../../src/streaming/backend';
 
 export class HostBackend implements StreamingBackend {

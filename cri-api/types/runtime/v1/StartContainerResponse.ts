@@ -1,0 +1,8 @@
+// Original file: cri-api/api.proto
+
+
+export interface StartContainerResponse {
+}
+
+export interface StartContainerResponse__Output {
+}

@@ -1,0 +1,8 @@
+// Original file: cri-api/api.proto
+
+
+export interface StopPodSandboxResponse {
+}
+
+export interface StopPodSandboxResponse__Output {
+}

@@ -1,0 +1,8 @@
+// Original file: cri-api/api.proto
+
+
+export interface UpdateContainerResourcesResponse {
+}
+
+export interface UpdateContainerResourcesResponse__Output {
+}

@@ -1,0 +1,261 @@
+// A running pod VM behind the Pod interface (runtime/pod-backend.ts): the hypervisor's Vm plus
+// the agent connection, the identity handshake, the image disks it has mounted, and the binds
+// that feed its share. Container operations go to the guest agent as they are (the Pod
+// interface takes the guest API's shapes); it is also the target volume drivers attach to
+// (storage/volume-driver.ts).
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { AgentClient, AgentEvent } from '../../../agent/client';
+import { hello } from '../../../agent/hello';
+import type { GuestParams, GuestResult } from '../../../agent/api';
+import type { BlockAddress, BlockAttachment, BlockSource } from '../../../util/block-source';
+import type { Logger } from '../../../util/log';
+import type { Vm } from '../../../vm/hypervisor';
+import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../../../storage/volume-driver';
+import { run } from '../../../util/exec-file';
+import type { Pod, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
+
+export const GUEST_SHARE = '/run/podvisor/shared';
+export const GUEST_IMAGES = '/run/podvisor/images';
+
+export interface SetupParams {
+  hostname: string;
+  dns: { servers: string[]; searches: string[]; options: string[] } | null;
+  sysctls: Record<string, string>;
+}
+
+/** QEMU's (the VM process's) private memory, bytes: the pod's own cost on the host. */
+export async function vmPrivateBytes(pid: number): Promise<number | undefined> {
+  try {
+    const text = await fsp.readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
+    let kb = 0;
+    for (const m of text.matchAll(/^Private_(?:Clean|Dirty):\s+(\d+) kB/gm)) kb += Number(m[1]);
+    return kb * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Guest events (exits, OOMs) a pod may send in one second. A real pod sends a few per container
+ * lifetime; past this the guest is broken or hostile: a protocol error that fails the pod.
+ */
+export const MAX_GUEST_EVENTS_PER_S = 500;
+
+export class VmPod implements Pod, PodVolumeTarget {
+  agent!: AgentClient;
+  private eventHandler: (ev: PodEvent) => void = () => undefined;
+  private events = { windowStart: 0, count: 0, flooded: false };
+
+  /**
+   * `id` is the sandbox id: it names the pod's volume state, so it must not be the VM's own id
+   * (a warm spare VM keeps the name it was started with).
+   */
+  constructor(readonly vm: Vm, readonly sharePath: string, private readonly logger: Logger, readonly id: string = vm.info.id) {}
+
+  get pid(): number {
+    return this.vm.info.pid;
+  }
+
+  get exited(): Promise<void> {
+    return this.vm.exited;
+  }
+
+  get volumes(): PodVolumeTarget {
+    return this;
+  }
+
+  alive(): boolean {
+    return this.vm.alive();
+  }
+
+  connected(): boolean {
+    return !!this.agent && !this.agent.closed;
+  }
+
+  describe(): Record<string, unknown> {
+    const i = this.vm.info;
+    return { backend: 'vm', vm: { pid: i.pid, accelerator: i.accelerator, boot: i.bootMode, spare: i.spare ?? false, vcpus: i.vcpus, memoryMiB: i.memoryMiB, alive: this.vm.alive() } };
+  }
+
+  // ---- the volume target (storage/volume-driver.ts): block sources to the VM, mounts to the guest
+
+  attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment> {
+    return this.vm.attachBlock(tag, source, o);
+  }
+
+  detachBlock(tag: string, scsiId?: number): Promise<void> {
+    return this.vm.detachBlock(tag, scsiId);
+  }
+
+  sweepBlocks(): Promise<void> {
+    return this.vm.sweepBlocks();
+  }
+
+  async mountDisk(p: GuestDiskMount, timeoutMs: number): Promise<void> {
+    await this.agent.call('disk.mount', p, timeoutMs);
+  }
+
+  diskDevice(a: BlockAddress, timeoutMs: number): Promise<{ device: string; major: number; minor: number }> {
+    return this.agent.call('disk.device', { scsi_id: a.scsiId, lun: a.lun }, timeoutMs);
+  }
+
+  async mountNfs(p: GuestNfsMount, timeoutMs: number): Promise<void> {
+    await this.agent.call('nfs.mount', p, timeoutMs);
+  }
+
+  async unmount(target: string, timeoutMs: number): Promise<void> {
+    await this.agent.call('disk.unmount', { target }, timeoutMs);
+  }
+
+  /** Greets the agent with this pod's identity (connecting first), over `agent` when already connected (a spare). */
+  async connect(hostname: string, timeoutMs: number, agent?: AgentClient): Promise<{ agent_version: string; boot_id: string }> {
+    const deadline = Date.now() + timeoutMs;
+    const died = this.vm.exited.then(() => {
+      throw new Error('the VM exited during boot; see console.log in its state directory');
+    });
+    this.agent = agent ?? await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs), died]);
+    this.agent.on('event', (ev: AgentEvent) => this.onGuestEvent(ev));
+    this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
+    const nonce = crypto.randomBytes(16).toString('hex');
+    const g = await hello(this.agent, { nonce, hostname, timeoutMs: Math.max(1000, deadline - Date.now()), died });
+    return { agent_version: g.agentVersion, boot_id: g.bootId };
+  }
+
+  onEvent(handler: (ev: PodEvent) => void): void {
+    this.eventHandler = handler;
+  }
+
+  /** Passes a guest event on, unless the guest floods: then its connection and VM are ended. */
+  private onGuestEvent(ev: AgentEvent): void {
+    const e = this.events;
+    if (e.flooded) return;
+    const now = Date.now();
+    if (now - e.windowStart >= 1000) {
+      e.windowStart = now;
+      e.count = 0;
+    }
+    if (++e.count > MAX_GUEST_EVENTS_PER_S) {
+      e.flooded = true;
+      this.logger.error({ sandbox: this.id, limit: MAX_GUEST_EVENTS_PER_S }, 'guest event flood (protocol error): closing the agent connection and stopping the pod VM');
+      this.agent.close();
+      void this.vm.stop(0).catch(() => undefined);
+      return;
+    }
+    this.eventHandler(ev as PodEvent);
+  }
+
+  async setup(p: SetupParams): Promise<void> {
+    await this.agent.call('sandbox.setup', { hostname: p.hostname, dns: p.dns, share_tag: this.vm.shareTag, sysctls: p.sysctls });
+  }
+
+  openStream(): PodStream {
+    return this.agent.openStream();
+  }
+
+  adoptStream(id: number): PodStream {
+    return this.agent.adoptStream(id);
+  }
+
+  async createContainer(p: GuestParams<'container.create'>): Promise<void> {
+    await this.agent.call('container.create', p);
+  }
+
+  startContainer(id: string): Promise<{ pid: number }> {
+    return this.agent.call('container.start', { id });
+  }
+
+  async signalContainer(id: string, signal: number, all: boolean): Promise<void> {
+    await this.agent.call('container.signal', { id, signal, all });
+  }
+
+  async deleteContainer(id: string): Promise<void> {
+    await this.agent.call('container.delete', { id });
+  }
+
+  containerState(id: string): Promise<GuestResult<'container.state'>> {
+    return this.agent.call('container.state', { id });
+  }
+
+  async updateContainer(id: string, resources: object): Promise<void> {
+    await this.agent.call('container.update', { id, resources });
+  }
+
+  async exec(p: GuestParams<'exec.start'>): Promise<void> {
+    await this.agent.call('exec.start', p);
+  }
+
+  async signalProcess(containerId: string, execId: string | null, signal: number): Promise<void> {
+    await this.agent.call('process.signal', { container_id: containerId, exec_id: execId, signal });
+  }
+
+  async resizeProcess(containerId: string, execId: string | null, rows: number, cols: number): Promise<void> {
+    await this.agent.call('process.resize', { container_id: containerId, exec_id: execId, rows, cols });
+  }
+
+  async portForward(port: number, stream: PodStream): Promise<void> {
+    await this.agent.call('portforward.connect', { port, stream: stream.id });
+  }
+
+  stats(ids: string[]): Promise<GuestResult<'stats'>> {
+    return this.agent.call('stats', { ids }, 5000);
+  }
+
+  async hostPrivateBytes(): Promise<number | undefined> {
+    return this.vm.alive() ? vmPrivateBytes(this.pid) : undefined;
+  }
+
+  /** Attaches an image's erofs file and mounts it read-only in the guest. */
+  async mountImage(imageId: string, erofsPath: string): Promise<PodImageMount> {
+    const target = `${GUEST_IMAGES}/${imageId.replace(/^sha256:/, '')}`;
+    const disk = await this.vm.attachDisk(erofsPath, true);
+    try {
+      await this.agent.call('disk.mount', { scsi_id: disk.scsiId, lun: disk.lun, fstype: 'erofs', readonly: true, target, options: [] });
+    } catch (err) {
+      await this.vm.detachDisk(disk.nodeName).catch(() => undefined);
+      throw err;
+    }
+    return { nodeName: disk.nodeName, target };
+  }
+
+  async unmountImage(m: PodImageMount): Promise<void> {
+    if (!this.vm.alive()) return;
+    await this.agent.call('disk.unmount', { target: m.target });
+    await this.vm.detachDisk(m.nodeName);
+  }
+
+  /**
+   * Makes host path `src` visible in the share at `rel` by a bind mount inside QEMU's own
+   * mount namespace (never the host's). Returns the guest path.
+   */
+  async bindHostPath(src: string, rel: string, readonly: boolean): Promise<string> {
+    const dst = path.join(this.sharePath, rel);
+    const st = await fsp.stat(src);
+    await fsp.mkdir(path.dirname(dst), { recursive: true });
+    if (st.isDirectory()) await fsp.mkdir(dst, { recursive: true });
+    else await fsp.writeFile(dst, '', { flag: 'a' });
+    await this.vm.bindIntoMountNs(src, dst, readonly);
+    return path.posix.join(GUEST_SHARE, rel);
+  }
+
+  /** Undoes bindHostPath for everything under `rel` and removes the mount points. */
+  async unbindHostPaths(rel: string): Promise<void> {
+    const dst = path.join(this.sharePath, rel);
+    if (this.vm.alive()) await run('nsenter', ['-t', String(this.pid), '-m', '--', 'umount', '-R', '-l', dst]).catch(() => undefined);
+    await fsp.rm(dst, { recursive: true, force: true });
+  }
+
+  /** Powers the VM off: agent shutdown, then the hypervisor's quit, then SIGKILL. */
+  async stop(graceMs: number): Promise<void> {
+    if (this.vm.alive() && this.agent && !this.agent.closed) {
+      await Promise.race([
+        this.agent.call('shutdown', {}, graceMs).catch(() => undefined),
+        this.vm.exited,
+      ]);
+      await Promise.race([this.vm.exited, new Promise((r) => setTimeout(r, Math.min(graceMs, 2000)))]);
+    }
+    await this.vm.stop(graceMs);
+    this.agent?.close();
+  }
+}

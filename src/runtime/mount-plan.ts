@@ -1,0 +1,165 @@
+// Mount planning for a new container: turns CRI mounts and devices into what the pod shows the
+// container (OCI mounts and device nodes), attaching what each needs on the way: an image
+// volume is the image's mount in the pod, a volume descriptor or block device becomes a volume
+// of the pod (a VM disk or a guest NFS mount, storage/), anything else a host path bound into
+// the pod. What it attached is recorded in `made` as it goes, so the caller can undo it all when
+// a later step fails. Checks on the request itself (paths, permissions) come first, in check().
+import type { ContainerConfig, Device, Mount } from '../../cri-api/messages';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { failedPrecondition, invalidArgument, notFound } from '../util/errors';
+import type { AttachResult, VolumeManager } from '../../storage/volume-manager';
+import { GuestDevice, GuestMount } from './oci-spec';
+import type { Pod } from './pod-backend';
+
+/** What an image volume needs: the image present, the mount read-only, a clean sub path. */
+export interface ImageRef {
+  id: string;
+  erofsPath: string;
+}
+
+export interface CheckedMounts<I extends ImageRef> {
+  imageVolumes: Array<{ containerPath: string; image: I; subPath: string }>;
+  devices: Array<{ containerPath: string; hostPath: string; permissions: string }>;
+}
+
+/** Checks mounts and devices of a CreateContainer request before anything is attached. */
+export function checkMounts<I extends ImageRef>(config: ContainerConfig, resolveImage: (ref: string) => I | undefined): CheckedMounts<I> {
+  const imageVolumes: CheckedMounts<I>['imageVolumes'] = [];
+  for (const m of config.mounts ?? []) {
+    if (!m.container_path || !path.isAbsolute(m.container_path)) throw invalidArgument(`mount container_path ${JSON.stringify(m.container_path)} must be absolute`);
+    if (m.image?.image) {
+      imageVolumes.push({ containerPath: m.container_path, ...imageVolume(m, resolveImage(m.image.image)) });
+      continue;
+    }
+    if (!m.host_path || !path.isAbsolute(m.host_path)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
+  }
+  return { imageVolumes, devices: checkDevices(config.devices) };
+}
+
+export interface PlanDeps {
+  pod: Pod;
+  volumes: VolumeManager;
+  /** the image's mount in the pod (made once per pod: SandboxManager.ensureImage) */
+  ensureImage(image: ImageRef): Promise<string>;
+}
+
+/** What planning attached, for the record and for undoing it. */
+export interface Made {
+  /** volume keys (VolumeManager.release) */
+  volumes: string[];
+  /** the directory under which host paths were bound for this container (Pod.unbindHostPaths) */
+  hostPathDir: string;
+}
+
+/** Plans every mount and device; attaches what they need, noting it in `made`. */
+export async function planMounts(
+  deps: PlanDeps, config: ContainerConfig, checked: CheckedMounts<ImageRef>, made: Made,
+): Promise<{ mounts: GuestMount[]; devices: GuestDevice[] }> {
+  const { pod } = deps;
+  const mounts: GuestMount[] = [];
+  const guestDevices: GuestDevice[] = [];
+  let i = 0;
+  for (const m of config.mounts ?? []) {
+    const containerPath = m.container_path ?? '';
+    const hostPath = m.host_path ?? '';
+    if (m.image?.image) {
+      // an image volume: a bind out of the image's erofs, mounted in the pod once for all
+      // its containers (the agent checks the sub path: present, no symlink on the way)
+      const v = checked.imageVolumes.find((x) => x.containerPath === containerPath)!;
+      const target = await deps.ensureImage(v.image);
+      mounts.push({ destination: containerPath, source: v.subPath ? path.posix.join(target, v.subPath) : target, readonly: true });
+      continue;
+    }
+    // A volume descriptor or block device goes to the pod as a volume (VM: a disk or NFS mount);
+    // everything else reaches it as a bound host path.
+    const volume = await deps.volumes.classify(hostPath);
+    if (volume) {
+      if (!pod.volumes) throw failedPrecondition(`${hostPath}: this kind of pod takes no volume descriptors or block devices`);
+      const att = await deps.volumes.attach(pod.volumes, volume, !!m.readonly);
+      made.volumes.push(att.key);
+      if (att.raw) {
+        // a block device as host_path: the container gets the device node at
+        // container_path, read-only unless the mount is writable
+        guestDevices.push(await rawGuestDevice(hostPath, containerPath, att, m.readonly ? 'r' : 'rw', mounts));
+        continue;
+      }
+      mounts.push({ destination: containerPath, source: att.guestPath, readonly: !!m.readonly || att.bindReadonly || att.readonly, propagation: propagation(m.propagation) });
+      continue;
+    }
+    await fsp.mkdir(hostPath, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory
+    // read-only is enforced on the host bind (top mount only, so submounts keep their
+    // own mode as CRI's non-recursive read-only asks); recursive_read_only also in the pod
+    const source = await pod.bindHostPath(hostPath, `${made.hostPathDir}/${i++}`, !!m.readonly);
+    mounts.push({ destination: containerPath, source, readonly: !!m.recursive_read_only, propagation: propagation(m.propagation) });
+  }
+  // LinuxContainerConfig devices: host block devices, each a volume of the pod (VM: a SCSI
+  // disk attached once per pod) whose node the container gets at container_path
+  for (const dev of checked.devices) {
+    if (!pod.volumes) throw failedPrecondition(`device ${dev.hostPath}: this kind of pod takes no block devices`);
+    const source = await deps.volumes.rawDevice(dev.hostPath);
+    const att = await deps.volumes.attach(pod.volumes, source, !dev.permissions.includes('w'));
+    made.volumes.push(att.key);
+    guestDevices.push(await rawGuestDevice(dev.hostPath, dev.containerPath, att, dev.permissions, mounts));
+  }
+  return { mounts, devices: guestDevices };
+}
+
+/**
+ * A CRI image volume (Mount.image): the image must be present (kubelet pulls it first) and the
+ * mount read-only (an image is never written); the sub path is relative and normalized.
+ */
+function imageVolume<I>(m: Mount, image: I | undefined): { image: I; subPath: string } {
+  if (!image) throw notFound(`image volume ${JSON.stringify(m.image?.image)} at ${m.container_path}: image not found, pull it first`);
+  if (!m.readonly) throw invalidArgument(`image volume at ${m.container_path} must be read-only`);
+  const sub: string = m.image_sub_path ?? '';
+  if (sub) {
+    const parts = sub.split('/');
+    if (sub.length > 4096 || sub.includes('\0') || path.posix.isAbsolute(sub) || parts.some((p) => p === '..' || p === '.' || p === '')) {
+      throw invalidArgument(`image volume sub path ${JSON.stringify(sub)} must be relative and normalized`);
+    }
+  }
+  return { image, subPath: sub };
+}
+
+/** CRI Device entries, checked before anything is attached. */
+export function checkDevices(devices: Device[] | null | undefined): Array<{ containerPath: string; hostPath: string; permissions: string }> {
+  const seen = new Set<string>();
+  return (devices ?? []).map((d) => {
+    const containerPath = String(d?.container_path ?? '');
+    const hostPath = String(d?.host_path ?? '');
+    if (!path.isAbsolute(containerPath) || path.posix.normalize(containerPath) !== containerPath || containerPath === '/') {
+      throw invalidArgument(`device container_path ${JSON.stringify(d?.container_path)} must be an absolute, normalised path`);
+    }
+    if (!path.isAbsolute(hostPath)) throw invalidArgument(`device host_path ${JSON.stringify(d?.host_path)} must be absolute`);
+    // kubelet sends "rwm"; an empty string means the default, as in containerd
+    const permissions = String(d?.permissions ?? '') || 'rwm';
+    if (!/^[rwm]{1,3}$/.test(permissions) || new Set(permissions).size !== permissions.length) {
+      throw invalidArgument(`device ${hostPath}: permissions ${JSON.stringify(d?.permissions)} must be made of r, w and m`);
+    }
+    if (!permissions.includes('r') && !permissions.includes('w')) throw invalidArgument(`device ${hostPath}: permissions ${JSON.stringify(permissions)} give neither read nor write access`);
+    if (seen.has(containerPath)) throw invalidArgument(`two devices at ${containerPath}`);
+    seen.add(containerPath);
+    return { containerPath, hostPath, permissions };
+  });
+}
+
+/**
+ * The container's view of a raw device attached to the pod: a device node made by
+ * libcontainer when containerPath is under /dev (OCI linux.devices), else the guest's own node
+ * bind-mounted there (added to `mounts`). Mode and owner come from the host's node, as
+ * containerd does; `access` goes into the device cgroup rule.
+ */
+async function rawGuestDevice(hostPath: string, containerPath: string, att: AttachResult, access: string, mounts: GuestMount[]): Promise<GuestDevice> {
+  if (!att.guestDevice) throw failedPrecondition(`${hostPath}: the guest did not report the device numbers of ${att.guestPath}`);
+  const st = await fsp.stat(hostPath);
+  const node = containerPath.startsWith('/dev/');
+  if (!node) mounts.push({ destination: containerPath, source: att.guestPath, readonly: !access.includes('w') });
+  return { containerPath, major: att.guestDevice.major, minor: att.guestDevice.minor, access, fileMode: st.mode & 0o777, uid: st.uid, gid: st.gid, node };
+}
+
+function propagation(p: Mount['propagation']): string | undefined {
+  if (p === 'PROPAGATION_HOST_TO_CONTAINER') return 'rslave';
+  if (p === 'PROPAGATION_BIDIRECTIONAL') return 'rshared';
+  return 'rprivate';
+}

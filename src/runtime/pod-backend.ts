@@ -1,0 +1,143 @@
+// The seam for "what a pod is". SandboxManager, ContainerManager, stats, metrics and the
+// streaming backend see a Pod and the PodBackend that made it, never a VM, QMP or an agent
+// connection. Each pod's backend is chosen from its runtime handler ([runtime] handlers in the
+// config: handler name → backend kind). Two kinds are meant to sit behind it:
+//   - "vm" (backends/vm/): the pod is a VM; its containers run in the guest through the agent;
+//   - "host" (hostpods, issue 16): the pod is a set of pinned host namespaces; its containers
+//     run with crun/runc through a host shim.
+// The container operations take the guest API's shapes (agent/api.ts) because those already
+// say everything a container runtime needs (OCI spec, stdio stream ids, signals); the VM backend
+// hands them to its agent, a host backend to its shim. What only one kind can do is optional
+// (volumes as disks: `volumes`), so callers ask instead of assuming.
+import type { PodSandboxConfig } from '../../cri-api/messages';
+import type { Duplex } from 'node:stream';
+import type { GuestParams, GuestResult } from '../agent/api';
+import type { PodVolumeTarget } from '../../storage/volume-driver';
+import type { ImageMount, SandboxRecord } from './records';
+
+/** A byte stream between the host and a pod's process (stdio, exec, port-forward). */
+export interface PodStream extends Duplex {
+  /**
+   * Names the stream inside its pod: goes into the request that uses it, and into the container
+   * record so the stream can be adopted again after a daemon restart.
+   */
+  readonly id: number;
+}
+
+/** An event from inside the pod (guest/PROTOCOL.md "Events": `exit` of a container or exec, `oom`). Untrusted. */
+export interface PodEvent {
+  type: string;
+  [key: string]: unknown;
+}
+
+/** Features a backend really implements, reported per runtime handler by RuntimeConfig/Status. */
+export interface BackendFeatures {
+  recursiveReadOnlyMounts: boolean;
+  userNamespaces: boolean;
+}
+
+/** Where an image is mounted in a pod (kept in the sandbox record). */
+export type PodImageMount = ImageMount;
+
+export interface Pod {
+  /** the sandbox id */
+  readonly id: string;
+  /** false once the pod's processes are gone (VM exited, namespaces' holder died) */
+  alive(): boolean;
+  /** resolves once the pod is gone, whoever ended it */
+  readonly exited: Promise<void>;
+  /** false once the control channel (agent connection, shim socket) is closed */
+  connected(): boolean;
+  /** routes the pod's events (container and exec exits) to `handler` */
+  onEvent(handler: (ev: PodEvent) => void): void;
+  /** what PodSandboxStatus' verbose info says about this pod (backend, pid, …) */
+  describe(): Record<string, unknown>;
+
+  // ---- streams: stdio of containers and execs, port-forward connections
+  openStream(): PodStream;
+  /** the pod end of a stream that outlived a daemon restart (its id from the container record) */
+  adoptStream(id: number): PodStream;
+
+  // ---- containers (ids are the CRI container ids)
+  /** creates (not starts) a container on an image mounted by mountImage */
+  createContainer(p: GuestParams<'container.create'>): Promise<void>;
+  startContainer(id: string): Promise<{ pid: number }>;
+  signalContainer(id: string, signal: number, all: boolean): Promise<void>;
+  /** the container must be stopped; frees what it holds in the pod */
+  deleteContainer(id: string): Promise<void>;
+  containerState(id: string): Promise<GuestResult<'container.state'>>;
+  updateContainer(id: string, resources: object): Promise<void>;
+  /** a process in a running container; its exit arrives as an `exit` event with its exec id */
+  exec(p: GuestParams<'exec.start'>): Promise<void>;
+  signalProcess(containerId: string, execId: string | null, signal: number): Promise<void>;
+  resizeProcess(containerId: string, execId: string | null, rows: number, cols: number): Promise<void>;
+  /** connects `stream` to `port` in the pod's network namespace */
+  portForward(port: number, stream: PodStream): Promise<void>;
+  /** container figures (ids; empty: the pod's own only), as guest/PROTOCOL.md `stats` */
+  stats(ids: string[]): Promise<GuestResult<'stats'>>;
+  /** what the pod privately costs the host in memory, bytes (VM: QEMU's private pages) */
+  hostPrivateBytes(): Promise<number | undefined>;
+
+  // ---- what containers are made of
+  /** mounts an image (its erofs file) read-only in the pod; every container of it shares the mount */
+  mountImage(imageId: string, erofsPath: string): Promise<PodImageMount>;
+  unmountImage(m: PodImageMount): Promise<void>;
+  /** makes host path `src` visible to the pod's containers; returns the path to name in the OCI spec */
+  bindHostPath(src: string, rel: string, readonly: boolean): Promise<string>;
+  /** undoes bindHostPath for everything under `rel` */
+  unbindHostPaths(rel: string): Promise<void>;
+  /** the target storage/ attaches volumes to (disks, NFS in the guest); undefined: no volumes in such pods */
+  readonly volumes: PodVolumeTarget | undefined;
+
+  /** ends the pod's processes: polite first, killed after `graceMs` */
+  stop(graceMs: number): Promise<void>;
+}
+
+export interface PodBackend {
+  /** the kind named in [runtime] handlers ("vm", "host") */
+  readonly kind: string;
+  readonly features: BackendFeatures;
+  /** why this backend cannot run pods now (a binary missing …), or undefined when it can */
+  readiness(): Promise<string | undefined>;
+  /** refuses (PodvisorError failed_precondition …) a pod config this backend cannot run, before anything is made */
+  admit(config: PodSandboxConfig): void;
+  /**
+   * Makes the pod of a new record (`rec.id`, `rec.config`) and fills the record's backend
+   * fields (e.g. vm, network, cgroups). On failure everything made so far is removed before it
+   * throws. Events of the pod go to `onEvent` from the start.
+   */
+  start(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<Pod>;
+  /** Finds the pod of a record after a daemon restart; undefined when it is gone. */
+  reconnect(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<Pod | undefined>;
+  /** After the pod stopped: frees what it held outside itself (network). Idempotent. */
+  release(rec: SandboxRecord): Promise<void>;
+  /** When the sandbox is removed: the rest (cgroups, runtime directory, host-path binds). Idempotent. */
+  remove(rec: SandboxRecord): Promise<void>;
+  /** Removes what `rel` bound into a pod that is gone (the container's host paths). */
+  dropHostPaths(rec: SandboxRecord, rel: string): Promise<void>;
+  /** Kills pods of this backend that no record knows (`known`: sandbox ids). */
+  reapStrays(known: Set<string>): Promise<void>;
+  /**
+   * Undoes a start a crash interrupted (its record was still pending), after reapStrays:
+   * everything start() may have made, including what the record does not name yet.
+   */
+  undoStart?(rec: SandboxRecord): Promise<void>;
+}
+
+/** The backends a daemon runs with, by kind; one registration line per backend (daemon.ts). */
+export class PodBackends {
+  private readonly byKind = new Map<string, PodBackend>();
+
+  register(b: PodBackend): this {
+    this.byKind.set(b.kind, b);
+    return this;
+  }
+
+  get(kind: string): PodBackend | undefined {
+    return this.byKind.get(kind);
+  }
+
+  all(): PodBackend[] {
+    return [...this.byKind.values()];
+  }
+}

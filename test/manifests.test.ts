@@ -1,0 +1,32 @@
+// The manifests in deploy/ agree with each other and with the project: one node label selects
+// podvisor nodes (the DaemonSet, the RuntimeClass, the CSI node plugin), one image name at the
+// project's version runs podvisor's own containers, and the CSI driver name is the plugin's.
+import fs from 'node:fs';
+import path from 'node:path';
+
+const DEPLOY = path.join(__dirname, '..', 'deploy');
+const files = ['daemonset.yaml', 'runtimeclass.yaml', 'csi/node.yaml', 'csi/controller.yaml', 'csi/csidriver.yaml', 'csi/examples.yaml'];
+const text = Object.fromEntries(files.map((f) => [f, fs.readFileSync(path.join(DEPLOY, f), 'utf8')]));
+const version: string = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')).version;
+
+describe('deploy/ manifests agree', () => {
+  test('every podvisor node selector uses the one label podvisor.dev/runtime: "true"', () => {
+    const selectors = files.flatMap((f) => [...text[f].matchAll(/(podvisor\.[a-z]+\/[a-z-]+):\s*"?([^"\s,}]+)"?/g)].map((m) => `${f}: ${m[1]}=${m[2]}`));
+    expect(selectors.length).toBeGreaterThanOrEqual(3);
+    for (const f of ['daemonset.yaml', 'runtimeclass.yaml', 'csi/node.yaml']) expect(selectors).toContain(`${f}: podvisor.dev/runtime=true`);
+    expect(selectors.filter((s) => !s.endsWith('podvisor.dev/runtime=true'))).toEqual([]);
+  });
+
+  test(`podvisor's own containers use one image, podvisor/podvisor:${version}`, () => {
+    const images = files.flatMap((f) => [...text[f].matchAll(/image:\s*(\S+)/g)].map((m) => m[1])).filter((i) => /podvisor/.test(i));
+    expect(images.length).toBeGreaterThanOrEqual(3);
+    expect([...new Set(images)]).toEqual([`podvisor/podvisor:${version}`]);
+  });
+
+  test('the CSI driver name is the one the plugin serves', () => {
+    const src = fs.readFileSync(path.join(__dirname, '..', 'storage', 'csi', 'server.ts'), 'utf8');
+    const name = /DRIVER_NAME = '([^']+)'/.exec(src)![1];
+    expect(text['csi/csidriver.yaml']).toMatch(new RegExp(`name: ${name.replace(/\./g, '\\.')}$`, 'm'));
+    expect(text['csi/node.yaml']).toContain(`/var/lib/kubelet/plugins/${name}/csi.sock`);
+  });
+});
