@@ -10,7 +10,7 @@ import type { Logger } from '../src/util/log';
 import { CniError, CniResult, execPlugin, parseResult } from './cni';
 import { capabilityArgs, loadNetworkConfig, NetworkConfigList, pluginStdin } from './cni-config';
 import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest, SetUpOptions } from './network-driver';
-import { createNetns, deleteNetns, ipJson, netnsExists, netnsPath, renameNetns } from './netns';
+import { createNetns, deleteNetns, ipJson, isNamespaceFile, netnsExists, netnsPath, renameNetns } from './netns';
 import { buildPodNetwork } from './pod-network';
 import { setUpTaps, TapPair, tearDownTap } from './tap';
 
@@ -31,6 +31,8 @@ export interface CniNetworkOptions {
 interface CacheEntry {
   sandboxId: string;
   netnsName: string;
+  /** a netns the caller owns (SetUpOptions.netns): no taps, never deleted here */
+  externalNetns?: string;
   config: NetworkConfigList;
   caps: Record<string, unknown>;
   cniArgs: string;
@@ -113,10 +115,13 @@ export class CniNetwork implements NetworkDriver {
       throw invalidArgument(`pod network: ${(err as Error).message}`);
     }
     const netnsName = netnsNameFor(req.sandboxId);
-    if (this.readCache(req.sandboxId)?.result !== undefined && netnsExists(netnsName)) {
+    const cached = this.readCache(req.sandboxId);
+    if (cached?.result !== undefined && (cached.externalNetns ? isNamespaceFile(cached.externalNetns) : netnsExists(netnsName))) {
       throw alreadyExists(`pod network for sandbox ${req.sandboxId} is already set up`);
     }
-    const entry: CacheEntry = { sandboxId: req.sandboxId, netnsName, config, caps, cniArgs: cniArgs(req) };
+    if (opts.netns && !isNamespaceFile(opts.netns)) throw invalidArgument(`${opts.netns} is not a network namespace`);
+    const entry: CacheEntry = { sandboxId: req.sandboxId, netnsName, config, caps, cniArgs: cniArgs(req), ...(opts.netns ? { externalNetns: opts.netns } : {}) };
+    if (opts.netns) return this.setUpExternal(req, entry, opts.netns);
     const log = this.log.child({ sandbox: req.sandboxId, netns: netnsName, network: config.name });
     const started = Date.now();
     try {
@@ -155,16 +160,49 @@ export class CniNetwork implements NetworkDriver {
     }
   }
 
+  /**
+   * CNI into the caller's netns (a host pod's): the chain's own interface (a veth) is the pod's,
+   * so there is nothing to wire and nothing to read back; the addresses come from the result.
+   */
+  private async setUpExternal(req: PodNetworkRequest, entry: CacheEntry, netns: string): Promise<PodNetwork> {
+    const started = Date.now();
+    try {
+      this.writeCache(entry);
+      entry.result = await this.addChain(entry);
+      const result: CniResult = parseResult(entry.result);
+      this.writeCache(entry);
+      const isV4 = (a: string) => !a.includes(':');
+      const ips = result.ips.map((ip) => ip.address.split('/')[0]).sort((a, b) => Number(!isV4(a)) - Number(!isV4(b)));
+      const net: PodNetwork = { netnsName: '', netnsPath: netns, nics: [], interfaces: [], routes: [], ips };
+      const d = result.dns;
+      if (d && (d.nameservers?.length || d.search?.length || d.domain)) {
+        net.dns = { nameservers: d.nameservers ?? [], search: d.search ?? [], options: d.options ?? [], ...(d.domain ? { domain: d.domain } : {}) };
+      }
+      this.log.info({ sandbox: req.sandboxId, netns, ips, ms: Date.now() - started }, 'pod network set up');
+      return net;
+    } catch (err) {
+      this.log.warn({ sandbox: req.sandboxId, err: (err as Error).message }, 'pod network set-up failed; cleaning up');
+      await this.cleanUp(entry, true).catch((e) => this.log.error({ err: (e as Error).message }, 'clean-up after failed set-up failed'));
+      if (err instanceof PodvisorError) throw err;
+      const msg = `failed to set up pod network "${entry.config.name}": ${(err as Error).message}`;
+      throw err instanceof CniError ? unavailable(msg) : internal(msg);
+    }
+  }
+
   private async doTearDown(req: PodNetworkRequest, net: PodNetwork | null): Promise<void> {
     let entry = this.readCache(req.sandboxId);
     if (!entry) {
       // no cached state (never set up, already torn down, or cache lost): DEL with today's config
       const { config } = loadNetworkConfig(this.o.confDir);
-      const netnsName = net?.netnsName ?? netnsNameFor(req.sandboxId);
+      const external = net && !net.netnsName ? net.netnsPath : undefined;
+      const netnsName = net?.netnsName || netnsNameFor(req.sandboxId);
       let caps: Record<string, unknown> = {};
       try { caps = capabilityArgs(req); } catch { /* DEL does not need them */ }
-      if (config) entry = { sandboxId: req.sandboxId, netnsName, config, caps, cniArgs: cniArgs(req) };
-      else {
+      if (config) entry = { sandboxId: req.sandboxId, netnsName, config, caps, cniArgs: cniArgs(req), ...(external ? { externalNetns: external } : {}) };
+      else if (external) {
+        this.log.warn({ sandbox: req.sandboxId }, 'no CNI config and no cached state: skipping CNI DEL');
+        return;
+      } else {
         this.log.warn({ sandbox: req.sandboxId }, 'no CNI config and no cached state: skipping CNI DEL');
         for (const [i, nic] of (net?.nics ?? []).entries()) await tearDownTap(netnsName, { iface: net?.interfaces[i]?.name ?? IFNAME, tap: nic.tap });
         await deleteNetns(netnsName);
@@ -187,6 +225,21 @@ export class CniNetwork implements NetworkDriver {
    */
   private async cleanUp(entry: CacheEntry, bestEffort: boolean): Promise<void> {
     const errors: Error[] = [];
+    if (entry.externalNetns) {
+      // the caller's netns: DEL only (with no path once it is gone, as for ours)
+      const path = isNamespaceFile(entry.externalNetns) ? entry.externalNetns : '';
+      for (const plugin of [...entry.config.plugins].reverse()) {
+        try {
+          await execPlugin(plugin.type, { ...this.execBase(entry, 'DEL', path), stdin: pluginStdin(entry.config, plugin, entry.caps, entry.result) });
+        } catch (err) {
+          errors.push(err as Error);
+        }
+      }
+      if (errors.length && !bestEffort) throw errors[0];
+      fs.rmSync(this.cachePath(entry.sandboxId), { force: true });
+      if (errors.length) throw errors[0];
+      return;
+    }
     const netns = netnsExists(entry.netnsName) ? netnsPath(entry.netnsName) : '';
     for (const plugin of [...entry.config.plugins].reverse()) {
       try {
@@ -214,7 +267,7 @@ export class CniNetwork implements NetworkDriver {
     let prev: unknown;
     for (const plugin of entry.config.plugins) {
       prev = await execPlugin(plugin.type, {
-        ...this.execBase(entry, 'ADD', netnsPath(entry.netnsName)),
+        ...this.execBase(entry, 'ADD', entry.externalNetns ?? netnsPath(entry.netnsName)),
         stdin: pluginStdin(entry.config, plugin, entry.caps, prev),
       });
     }

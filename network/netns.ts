@@ -12,8 +12,13 @@ export function netnsPath(name: string): string {
 
 /** True when /run/netns/<name> is a mounted network namespace (not a stale file). */
 export function netnsExists(name: string): boolean {
+  return isNamespaceFile(netnsPath(name));
+}
+
+/** True when `file` is a namespace (a pinned nsfs file), not a plain or stale one. */
+export function isNamespaceFile(file: string): boolean {
   try {
-    return Number(fs.statfsSync(netnsPath(name)).type) === NSFS_MAGIC;
+    return Number(fs.statfsSync(file).type) === NSFS_MAGIC;
   } catch {
     return false;
   }

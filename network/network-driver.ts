@@ -46,6 +46,11 @@ export interface PodNetwork {
 
 export interface SetUpOptions {
   /**
+   * A network namespace the caller made and keeps (a host pod's pinned one): CNI runs into it,
+   * no tap is made (the pod's processes sit in it themselves) and tearDown leaves it in place.
+   */
+  netns?: string;
+  /**
    * A VM started before its pod (a spare) waits with its taps open in a netns of its own: that
    * netns becomes the pod netns (renamed; CNI runs into it) and its taps are wired instead of new
    * ones being made.

@@ -35,10 +35,20 @@
 //! mounts do not propagate; `--ro` makes the top mount read-only and leaves the mounts under it
 //! as they are (CRI's non-recursive read-only); then the process enters MOUNT_NS and attaches
 //! the tree at DST (move_mount).
+//!
+//! Host pods (pods in the host's namespaces, src/runtime/backends/host/): `podvisor-launch pinns …`
+//! pins a pod's namespaces (pinns.rs), `podvisor-launch shim …` holds one host container
+//! (shim/), `podvisor-launch delete …` removes a container whose shim is gone.
+
+mod pinns;
+mod shim;
+mod sys;
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::io::RawFd;
+
+use sys::{cstr, errno, open_cloexec};
 
 /// First file descriptor handed to the program for the taps.
 const TAP_FD_BASE: RawFd = 3;
@@ -106,23 +116,6 @@ fn parse(args: Vec<OsString>) -> Result<Opts, String> {
         return Err("--tap needs --netns (the namespace that holds the taps)".into());
     }
     Ok(o)
-}
-
-fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
-}
-
-fn cstr(p: &[u8]) -> Result<CString, String> {
-    CString::new(p).map_err(|_| format!("{:?}: contains a NUL byte", String::from_utf8_lossy(p)))
-}
-
-fn open_cloexec(path: &[u8], flags: libc::c_int) -> Result<RawFd, String> {
-    let c = cstr(path)?;
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("open {}: {}", String::from_utf8_lossy(path), errno()));
-    }
-    Ok(fd)
 }
 
 fn setns_net(fd: RawFd, what: &str) -> Result<(), String> {
@@ -321,8 +314,36 @@ fn bind(o: BindOpts) -> Result<(), String> {
     Ok(())
 }
 
+fn fail(e: String) -> ! {
+    eprintln!("podvisor-launch: {e}");
+    std::process::exit(127);
+}
+
+/// The arguments of a host-pod subcommand, which are all UTF-8.
+fn utf8(args: &[OsString]) -> Vec<String> {
+    args.iter().map(|a| a.to_str().map(String::from).unwrap_or_else(|| fail(format!("argument {a:?} is not UTF-8")))).collect()
+}
+
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match args.first().and_then(|a| a.to_str()) {
+        Some("pinns") => match pinns::parse(utf8(&args[1..])).and_then(pinns::run) {
+            Ok(out) => {
+                println!("{out}");
+                std::process::exit(0);
+            }
+            Err(e) => fail(e),
+        },
+        Some("shim") => match shim::parse(utf8(&args[1..])) {
+            Ok(o) => shim::main(o),
+            Err(e) => fail(e),
+        },
+        Some("delete") => match shim::delete_main(utf8(&args[1..])) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => fail(e),
+        },
+        _ => {}
+    }
     if args.first().map(|a| a == "bind").unwrap_or(false) {
         match parse_bind(args[1..].to_vec()).and_then(bind) {
             Ok(()) => std::process::exit(0),

@@ -1,6 +1,10 @@
 // Builds the OCI runtime spec (config.json) of a container from its CRI config, the image
-// config and the guest paths of its mounts. The guest agent only adjusts root.path and resolves
-// a username; every policy decision (caps, masks, namespaces, env) is made here on the host.
+// config and the paths of its mounts, for one of two targets: a pod VM (guest paths; the pod's
+// namespaces are those of the guest agent, /proc/1/ns/…; the agent only adjusts root.path and
+// resolves a username) or the host (a host pod: the pod's pinned namespace files or the host's
+// own, host paths as plain bind mounts, a cgroup under the pod's cgroup_parent, host device
+// nodes). Every policy decision (caps, masks, namespaces, env, seccomp) is made here, once for
+// both targets.
 import type { ContainerConfig, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext, NamespaceOption, PodSandboxConfig } from '../../cri-api/messages';
 
 /** An OCI runtime spec namespace entry. */
@@ -33,6 +37,7 @@ export const DEFAULT_MASKED_PATHS = [
 ];
 export const DEFAULT_READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 
+const NOFILE = 1048576;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 export interface GuestMount {
@@ -60,14 +65,61 @@ export interface GuestDevice {
   node: boolean;
 }
 
+/** A host device node for a privileged host container (as runc's privileged containers get). */
+export interface HostDevice {
+  path: string;
+  type: 'b' | 'c';
+  major: number;
+  minor: number;
+  fileMode: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * A container of a host pod. Namespace files absent where the pod uses the host's (NODE):
+ * `netns` and `utsns` are both absent for a host-network pod (its UTS is the host's, as in
+ * containerd), `ipcns` for host IPC, `pidns` unless the pod shares one PID namespace.
+ */
+export interface HostTarget {
+  kind: 'host';
+  netns?: string;
+  ipcns?: string;
+  utsns?: string;
+  /** the pod's PID namespace (its init's /proc/<pid>/ns/pid) when the pod shares one */
+  pidns?: string;
+  /** the pod's /dev/shm (its own tmpfs), or the host's for host IPC */
+  shm: string;
+  /** files every container of the pod gets unless a CRI mount provides them */
+  etc: { resolvConf?: string; hostname?: string };
+  /** absolute path under each cgroup hierarchy (cgroup_parent + the container's own) */
+  cgroupsPath: string;
+  /** the root file system (the container's overlay) */
+  rootfs: string;
+  /** every host device node, for a privileged container */
+  hostDevices?: HostDevice[];
+  /** cgroup v2 host: the container gets a cgroup namespace of its own (as containerd) */
+  cgroupV2: boolean;
+  /**
+   * The open-files limit containers get: the runtime's own hard limit (a container may not be
+   * given more than its runtime holds, unless that has CAP_SYS_RESOURCE, which a confined host
+   * daemon may lack), at most what a VM's containers get.
+   */
+  nofile: number;
+}
+
+export type SpecTarget = { kind: 'vm' } | HostTarget;
+
 export interface SpecInput {
+  /** default: a pod VM */
+  target?: SpecTarget;
   config: ContainerConfig;
   sandboxConfig: PodSandboxConfig;
   imageConfig: any; // OCI image config
   mounts: GuestMount[];
   /** raw block devices: device nodes and their device cgroup rules */
   devices?: GuestDevice[];
-  /** guest pid of the TARGET container for NamespaceMode TARGET */
+  /** pid of the TARGET container for NamespaceMode TARGET (in the guest, or on the host) */
   targetPid?: number;
 }
 
@@ -138,6 +190,36 @@ export function processArgs(config: ContainerConfig, imageCfg: any): string[] {
   return argv;
 }
 
+/**
+ * A host pod's container namespaces: the pod's pinned files, nothing (the host's) for NODE, a
+ * new one for CONTAINER.
+ */
+function hostNamespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined, t: HostTarget): OciNamespace[] {
+  const mode = (m: unknown) => (typeof m === 'string' ? m : 'POD');
+  const shared = (type: string, m: string, file: string | undefined): OciNamespace[] => {
+    if (m === 'NODE') return [];
+    if (m === 'CONTAINER') return [{ type }];
+    if (!file) throw invalidArgument(`the pod has no ${type} namespace of its own`);
+    return [{ type, path: file }];
+  };
+  const ns: OciNamespace[] = [{ type: 'mount' }];
+  const net = mode(nsOpts?.network);
+  ns.push(...shared('network', net, t.netns));
+  ns.push(...shared('ipc', mode(nsOpts?.ipc), t.ipcns));
+  if (net !== 'NODE') ns.push(...shared('uts', 'POD', t.utsns));
+  const pid = mode(nsOpts?.pid);
+  if (pid === 'TARGET') {
+    if (!targetPid) throw invalidArgument('namespace target container is not running');
+    ns.push({ type: 'pid', path: `/proc/${targetPid}/ns/pid` });
+  } else if (pid === 'POD') {
+    ns.push(t.pidns ? { type: 'pid', path: t.pidns } : { type: 'pid' });
+  } else {
+    ns.push(...shared('pid', pid, undefined));
+  }
+  if (t.cgroupV2) ns.push({ type: 'cgroup' });
+  return ns;
+}
+
 function namespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined): OciNamespace[] {
   const ns: OciNamespace[] = [{ type: 'mount' }];
   const mode = (m: unknown) => (typeof m === 'string' ? m : 'POD');
@@ -196,9 +278,18 @@ export function ociResources(r: LinuxContainerResources, allowDevices: DeviceRul
   return out;
 }
 
+/** OCI linux.devices: raw block devices made as nodes, then (privileged host containers) every host device. */
+function deviceNodes(devices: GuestDevice[], hostDevices: HostDevice[] | undefined): any[] | undefined {
+  const out: any[] = devices.filter((d) => d.node).map((d) => ({ path: d.containerPath, type: 'b', major: d.major, minor: d.minor, fileMode: d.fileMode, uid: d.uid, gid: d.gid }));
+  for (const d of hostDevices ?? []) if (!out.some((o) => o.path === d.path)) out.push({ ...d });
+  return out.length ? out : undefined;
+}
+
 export function buildSpec(input: SpecInput): BuiltSpec {
   const { config, sandboxConfig, imageConfig, mounts } = input;
   const devices = input.devices ?? [];
+  const target: SpecTarget = input.target ?? { kind: 'vm' };
+  const host = target.kind === 'host' ? target : undefined;
   const img = imageConfig?.config ?? {};
   const linux = config.linux ?? {};
   const sc = linux.security_context ?? {};
@@ -219,8 +310,9 @@ export function buildSpec(input: SpecInput): BuiltSpec {
   const extraGids = (sc.supplemental_groups ?? []).map(Number);
 
   const caps = capabilities(sc);
-  const ns = namespaces(sc.namespace_options, input.targetPid);
+  const ns = host ? hostNamespaces(sc.namespace_options, input.targetPid, host) : namespaces(sc.namespace_options, input.targetPid);
   const ipcShared = ns.some((n) => n.type === 'ipc' && n.path);
+  const hasUts = ns.some((n) => n.type === 'uts');
 
   const specMounts: any[] = [
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
@@ -231,9 +323,17 @@ export function buildSpec(input: SpecInput): BuiltSpec {
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', privileged ? 'rw' : 'ro'] },
   ];
   if (!mounts.some((m) => m.destination === '/dev/shm')) {
-    specMounts.push(ipcShared
-      ? { destination: '/dev/shm', type: 'bind', source: '/run/podvisor/shm', options: ['rbind', 'rw'] }
+    // a host pod's containers share the pod's /dev/shm (with host IPC: the host's)
+    const hostIpc = !ns.some((n) => n.type === 'ipc');
+    const podShm = host ? (ipcShared || hostIpc ? host.shm : undefined) : ipcShared ? '/run/podvisor/shm' : undefined;
+    specMounts.push(podShm
+      ? { destination: '/dev/shm', type: 'bind', source: podShm, options: ['rbind', 'rw'] }
       : { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] });
+  }
+  // the pod's resolv.conf and hostname on the host (in a VM the agent binds them), unless a
+  // CRI mount provides them
+  for (const [dst, src] of [['/etc/resolv.conf', host?.etc.resolvConf], ['/etc/hostname', host?.etc.hostname]] as const) {
+    if (src && !mounts.some((m) => m.destination === dst)) specMounts.push({ destination: dst, type: 'bind', source: src, options: ['rbind', 'rw'] });
   }
   // /etc/resolv.conf: the agent binds the pod's own unless a CRI mount provides one.
   for (const m of mounts) {
@@ -257,21 +357,20 @@ export function buildSpec(input: SpecInput): BuiltSpec {
       // omitted unless true: libcontainer loads seccomp before dropping capabilities only when unset
       noNewPrivileges: sc.no_new_privs ? true : undefined,
       oomScoreAdj: linux.resources?.oom_score_adj ? Number(linux.resources.oom_score_adj) : undefined,
-      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1048576, soft: 1048576 }],
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: host ? Math.min(host.nofile, NOFILE) : NOFILE, soft: host ? Math.min(host.nofile, NOFILE) : NOFILE }],
     },
-    root: { path: 'rootfs', readonly: !!sc.readonly_rootfs },
-    hostname: sandboxConfig?.hostname || undefined,
+    root: { path: host ? host.rootfs : 'rootfs', readonly: !!sc.readonly_rootfs },
+    // a host-network pod's containers are in the host's UTS namespace: the hostname is not theirs to set
+    hostname: hasUts ? sandboxConfig?.hostname || undefined : undefined,
     mounts: specMounts,
     linux: {
       namespaces: ns,
       resources: ociResources(linux.resources ?? {}, deviceRules(privileged, devices)),
-      devices: devices.some((d) => d.node)
-        ? devices.filter((d) => d.node).map((d) => ({ path: d.containerPath, type: 'b', major: d.major, minor: d.minor, fileMode: d.fileMode, uid: d.uid, gid: d.gid }))
-        : undefined,
+      devices: deviceNodes(devices, privileged ? host?.hostDevices : undefined),
       maskedPaths,
       readonlyPaths,
-      seccomp: seccompFor(sc, caps),
-      cgroupsPath: undefined as string | undefined,
+      seccomp: seccompFor(sc, caps, !!host),
+      cgroupsPath: host?.cgroupsPath,
     },
   };
   return { spec, username: uid === undefined ? username : null };

@@ -4,6 +4,10 @@
 // RuntimeDefault here is a deny list on top of "allow": the guest kernel belongs to this pod
 // alone (the VM is the isolation boundary), so the profile only closes the syscalls that reach
 // kernel-global state or are classic container escape tools, which a workload never needs.
+// A host pod's container shares the host's kernel, so its RuntimeDefault closes more, as
+// Docker's and containerd's default profiles do: new namespaces through clone (clone3 answers
+// ENOSYS so libc falls back to clone, whose flags a filter can read), io_uring (a syscall path
+// that seccomp cannot see into), the kernel log and vhangup without their capabilities.
 import type { LinuxContainerSecurityContext } from '../../cri-api/messages';
 import fs from 'node:fs';
 import { invalidArgument } from '../util/errors';
@@ -31,13 +35,29 @@ const DENIED_ALWAYS = [
   'vm86', 'vm86old',
 ];
 
-export function runtimeDefault(caps: string[]): any {
-  const denied = [...DENIED_ALWAYS];
-  for (const [cap, names] of Object.entries(DENIED_UNLESS)) if (!caps.includes(cap)) denied.push(...names);
+// more for host containers
+const HOST_DENIED_UNLESS: Record<string, string[]> = { CAP_SYSLOG: ['syslog'], CAP_SYS_TTY_CONFIG: ['vhangup'] };
+const HOST_DENIED_ALWAYS = ['io_uring_enter', 'io_uring_register', 'io_uring_setup'];
+// CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+const CLONE_NS_FLAGS = [0x20000, 0x2000000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000];
+const EPERM = 1;
+const ENOSYS = 38;
+
+/** `host`: the stricter profile of a host container (see the header). */
+export function runtimeDefault(caps: string[], host = false): any {
+  const denied = [...DENIED_ALWAYS, ...(host ? HOST_DENIED_ALWAYS : [])];
+  const unless = host ? { ...DENIED_UNLESS, ...HOST_DENIED_UNLESS } : DENIED_UNLESS;
+  for (const [cap, names] of Object.entries(unless)) if (!caps.includes(cap)) denied.push(...names);
+  const syscalls: any[] = [{ names: denied.sort(), action: 'SCMP_ACT_ERRNO', errnoRet: EPERM }];
+  if (host && !caps.includes('CAP_SYS_ADMIN')) {
+    // one rule per flag: rules of a syscall are ORed, the args of one rule ANDed
+    for (const flag of CLONE_NS_FLAGS) syscalls.push({ names: ['clone'], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM, args: [{ index: 0, value: flag, valueTwo: flag, op: 'SCMP_CMP_MASKED_EQ' }] });
+    syscalls.push({ names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS });
+  }
   return {
     defaultAction: 'SCMP_ACT_ALLOW',
     architectures: ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32'],
-    syscalls: [{ names: denied.sort(), action: 'SCMP_ACT_ERRNO', errnoRet: 1 }], // EPERM
+    syscalls,
   };
 }
 
@@ -97,8 +117,8 @@ export function loadLocalhostProfile(file: string, caps: string[]): any {
   return out;
 }
 
-/** The OCI seccomp section for a container, or undefined for unconfined. */
-export function seccompFor(sc: LinuxContainerSecurityContext | null | undefined, caps: string[]): any {
+/** The OCI seccomp section for a container (`host`: a host pod's), or undefined for unconfined. */
+export function seccompFor(sc: LinuxContainerSecurityContext | null | undefined, caps: string[], host = false): any {
   if (sc?.privileged) return undefined;
   const profile = sc?.seccomp;
   if (profile) {
@@ -109,12 +129,12 @@ export function seccompFor(sc: LinuxContainerSecurityContext | null | undefined,
         if (!profile.localhost_ref) throw invalidArgument('seccomp Localhost profile needs localhost_ref');
         return loadLocalhostProfile(profile.localhost_ref, caps);
       default:
-        return runtimeDefault(caps);
+        return runtimeDefault(caps, host);
     }
   }
   const p: string = sc?.seccomp_profile_path ?? '';
   if (!p || p === 'unconfined') return undefined;
-  if (p === 'runtime/default' || p === 'docker/default') return runtimeDefault(caps);
+  if (p === 'runtime/default' || p === 'docker/default') return runtimeDefault(caps, host);
   if (p.startsWith('localhost/')) return loadLocalhostProfile(p.slice('localhost/'.length), caps);
   throw invalidArgument(`unknown seccomp profile ${JSON.stringify(p)}`);
 }

@@ -158,3 +158,30 @@ test('setUp twice for the same sandbox: ALREADY_EXISTS, the first stays intact',
   });
   expect(leftovers(env, req.sandboxId)).toEqual([]);
 });
+
+test('setUp into a caller\'s netns (a host pod\'s): a veth with the address, no tap; tearDown keeps the netns', async () => {
+  const req = podRequest();
+  const ns = `pvt-ext-${req.sandboxId.slice(0, 8)}`;
+  sh('ip', ['netns', 'add', ns]);
+  let net: PodNetwork | null = null;
+  try {
+    net = await driver.setUp(req, { netns: `/run/netns/${ns}` });
+    expect(net).toMatchObject({ netnsName: '', netnsPath: `/run/netns/${ns}`, nics: [], interfaces: [] });
+    expect(net.ips[0]).toMatch(/^10\.199\.0\.\d+$/);
+    const links = JSON.parse(sh('ip', ['-n', ns, '-j', 'addr', 'show']));
+    expect(links.map((l: any) => l.ifname).sort()).toEqual(['eth0', 'lo']);
+    expect(links.find((l: any) => l.ifname === 'eth0').addr_info.map((a: any) => a.local)).toContain(net.ips[0]);
+    // reachable from the "host" (the bridge is the gateway), answered by the netns itself
+    sh('ip', ['netns', 'exec', env.hostNetns, 'busybox', 'ping', '-c', '1', '-W', '2', net.ips[0]]);
+    await expect(driver.setUp(req, { netns: `/run/netns/${ns}` })).rejects.toThrow(/already set up/);
+    await driver.tearDown(req, net);
+    net = null;
+    expect(fs.existsSync(`/run/netns/${ns}`)).toBe(true);
+    expect(JSON.parse(sh('ip', ['-n', ns, '-j', 'link', 'show'])).map((l: any) => l.ifname)).toEqual(['lo']);
+    expect(leftovers(env, req.sandboxId)).toEqual([]);
+    await expect(driver.setUp(podRequest(), { netns: '/tmp' })).rejects.toThrow(/not a network namespace/);
+  } finally {
+    if (net) await driver.tearDown(req, net).catch(() => undefined);
+    shQuiet('ip', ['netns', 'delete', ns]);
+  }
+});
