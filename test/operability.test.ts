@@ -82,7 +82,7 @@ describe('podvisor --version, log format, crictl.yaml', () => {
   });
 
   test('--log-format text: readable lines, errors with their stack and code; json stays the default', () => {
-    const script = (format: string) => `const { createLogger } = require(${JSON.stringify(path.join(ROOT, 'dist', 'src', 'log.js'))});
+    const script = (format: string) => `const { createLogger } = require(${JSON.stringify(path.join(ROOT, 'dist', 'src', 'util', 'log.js'))});
       const l = createLogger('info', ${JSON.stringify(format)});
       const err = Object.assign(new Error('disk on fire'), { code: 'EFIRE' });
       l.info({ pod: 'p1' }, 'pod started'); l.error({ err }, 'cannot attach');`;
