@@ -8,6 +8,7 @@ import path from 'node:path';
 import { inContext, deadlineExceeded, failedPrecondition, invalidArgument, notFound, alreadyExists } from '../util/errors';
 import type { ImageManager, ImageRecord } from '../image/manager';
 import type { Logger } from '../util/log';
+import { stepTimer } from '../util/steps';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
@@ -146,22 +147,30 @@ export class ContainerManager {
     const live: Live = { rec, exitWaiters: [] };
     const images = [image.id, ...checked.imageVolumes.map((v) => v.image.id)];
     for (const i of images) this.images.acquire(i);
+    const T = stepTimer(this.logger, 'CreateContainer', { container: id, sandbox: sb.rec.id });
     try {
       await this.sandboxes.lock.run(sb.rec.id, async () => {
+        T.mark('lock');
         const pod = sb.pod;
         if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not ready`);
         rec.pending = true;
         await this.store.save(rec);
+        T.mark('pending-saved');
         faultPoint('container.create:pending-saved');
         const ensureImage = (img: { id: string; erofsPath: string }) => this.sandboxes.ensureImage(sb, img);
         const rootfs = await ensureImage(image);
+        T.mark('image');
         const { mounts, devices } = await planMounts({ pod, volumes: this.volumes, ensureImage }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
+        T.mark('mounts');
         rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
         const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid });
+        T.mark('spec');
         await this.createInPod(pod, live, rootfs, spec, username);
+        T.mark('guest');
         faultPoint('container.create:created-in-guest');
         delete rec.pending;
         await this.store.save(rec);
+        T.mark('saved');
         faultPoint('container.create:saved');
       });
     } catch (err) {
@@ -175,6 +184,7 @@ export class ContainerManager {
     }
     this.logger.info({ container: id, sandbox: sb.rec.id, name: md.name, image: image.id }, 'container created');
     this.emit(rec, 'CONTAINER_CREATED_EVENT');
+    T.done();
     return id;
   }
 
@@ -221,8 +231,10 @@ export class ContainerManager {
       if (c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is ${c.rec.state}, not CONTAINER_CREATED`);
       const pod = this.podOf(c);
       c.rec.startedAt = nowNs().toString();
+      const T = stepTimer(this.logger, 'StartContainer', { container: c.rec.id });
       try {
         const res = await pod.startContainer(c.rec.id);
+        T.mark('guest');
         faultPoint('container.start:started-in-guest');
         c.rec.pid = Number(res?.pid ?? 0);
         if (c.rec.state === 'CONTAINER_CREATED') c.rec.state = 'CONTAINER_RUNNING';
@@ -237,7 +249,9 @@ export class ContainerManager {
         throw inContext(err, `start container ${c.rec.id}`);
       }
       await this.store.save(c.rec);
+      T.mark('saved');
       this.emit(c.rec, 'CONTAINER_STARTED_EVENT');
+      T.done();
     });
   }
 
@@ -343,12 +357,15 @@ export class ContainerManager {
     const err = collect(stderr);
     const exit = this.expectExecExit(execId);
     const t0 = Date.now();
+    const T = stepTimer(this.logger, 'ExecSync', { container: c.rec.id, execId });
     try {
       await pod.exec({
         container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: false,
         stdin: 0, stdout: stdout.id, stderr: stderr.id,
       });
+      T.mark('started');
       const done = timeoutS > 0 ? await within(exit, timeoutS * 1000) : (await exit, true);
+      T.mark('exit');
       if (!done) {
         await pod.signalProcess(c.rec.id, execId, 9).catch(() => undefined);
         throw deadlineExceeded(`command ${JSON.stringify(cmd)} timed out after ${timeoutS}s`);
@@ -360,6 +377,8 @@ export class ContainerManager {
         stdout.destroy();
         stderr.destroy();
       }
+      T.mark('output');
+      T.done();
       return { stdout: await out, stderr: await err, exitCode: Number(ev.exit_code ?? -1) };
     } catch (e) {
       stdout.destroy();

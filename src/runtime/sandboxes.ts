@@ -6,6 +6,7 @@ import type { PodSandboxConfig, PodSandboxFilter } from '../../cri-api/messages'
 import crypto from 'node:crypto';
 import { failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../util/errors';
 import type { Logger } from '../util/log';
+import { stepTimer } from '../util/steps';
 import { RecordStore } from '../store/record-store';
 import { findByIdOrPrefix } from '../util/lookup';
 import type { Config } from '../config/config';
@@ -190,39 +191,54 @@ export class SandboxManager {
   async stop(id: string): Promise<void> {
     const sb = this.find(id);
     if (!sb) return; // CRI: stopping an unknown sandbox is not an error
+    const T = stepTimer(this.logger, 'StopPodSandbox', { sandbox: sb.rec.id });
     await this.hooks.stopAll(sb.rec.id);
+    T.mark('containers');
     await this.lock.run(sb.rec.id, async () => {
+      T.mark('lock');
       // volumes first: the guest unmounts and flushes before its disks go
       const target = sb.pod?.volumes;
       if (target) await this.volumes.detachAll(target).catch((err) => this.logger.warn({ sandbox: sb.rec.id, err: (err as Error).message }, 'volume detach failed'));
+      T.mark('volumes');
       if (sb.pod) await sb.pod.stop(this.cfg.vm.stopTimeoutS * 1000);
+      T.mark('pod');
       faultPoint('sandbox.stop:vm-stopped');
       sb.rec.state = 'SANDBOX_NOTREADY';
       await this.hooks.podGone(sb.rec.id);
       sb.rec.images = {};
       await this.backendOf(sb.rec).release(sb.rec);
+      T.mark('release');
       faultPoint('sandbox.stop:network-down');
       await this.save(sb);
+      T.mark('saved');
     });
+    T.done();
   }
 
   async remove(id: string): Promise<void> {
     const sb = this.find(id);
     if (!sb) return;
+    const T = stepTimer(this.logger, 'RemovePodSandbox', { sandbox: sb.rec.id });
     await this.stop(sb.rec.id);
+    T.mark('stop');
     await this.hooks.removeAll(sb.rec.id);
+    T.mark('containers');
     await this.lock.run(sb.rec.id, async () => {
+      T.mark('lock');
       const target = sb.pod?.volumes;
       if (target) await this.volumes.detachAll(target).catch(() => undefined); // pod gone: only forgets state
       await this.backendOf(sb.rec).remove(sb.rec).catch((err) => {
         throw internal(`remove pod sandbox ${sb.rec.id}: ${(err as Error).message}`);
       });
+      T.mark('backend');
       faultPoint('sandbox.remove:cgroup-left');
       this.sandboxes.delete(sb.rec.id);
       await this.store.delete(sb.rec.id);
+      T.mark('record');
       faultPoint('sandbox.remove:record-deleted');
       this.logger.info({ sandbox: sb.rec.id }, 'pod sandbox removed');
     });
+    T.done();
   }
 
   list(filter: PodSandboxFilter | null | undefined): SandboxRecord[] {

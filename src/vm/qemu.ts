@@ -100,6 +100,9 @@ export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramf
     args.push('-netdev', `tap,id=net${i},fd=${TAP_FD_BASE + i}`);
     args.push('-device', `virtio-net-device,netdev=net${i},mac=${nic.mac}`);
   });
+  // profiling aid (bench/profile.ts): a second QMP socket for `info jit` and `log in_asm` while
+  // the daemon holds the first; the VM directory is the daemon's alone, as for qmp.sock
+  if (process.env.PODVISOR_DEBUG_QMP === '1') args.push('-qmp', `unix:${f('qmp-debug.sock')},server=on,wait=off`);
   if (boot.mode === 'clone') args.push('-incoming', 'defer');
   return args;
 }

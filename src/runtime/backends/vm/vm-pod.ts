@@ -11,6 +11,7 @@ import { hello } from '../../../agent/hello';
 import type { GuestParams, GuestResult } from '../../../agent/api';
 import type { BlockAddress, BlockAttachment, BlockSource } from '../../../util/block-source';
 import type { Logger } from '../../../util/log';
+import { stepTimer } from '../../../util/steps';
 import type { Vm } from '../../../vm/hypervisor';
 import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../../../storage/volume-driver';
 import { run } from '../../../util/exec-file';
@@ -209,9 +210,13 @@ export class VmPod implements Pod, PodVolumeTarget {
   /** Attaches an image's erofs file and mounts it read-only in the guest. */
   async mountImage(imageId: string, erofsPath: string): Promise<PodImageMount> {
     const target = `${GUEST_IMAGES}/${imageId.replace(/^sha256:/, '')}`;
+    const T = stepTimer(this.logger, 'mountImage', { sandbox: this.id, image: imageId });
     const disk = await this.vm.attachDisk(erofsPath, true);
+    T.mark('attach');
     try {
       await this.agent.call('disk.mount', { scsi_id: disk.scsiId, lun: disk.lun, fstype: 'erofs', readonly: true, target, options: [] });
+      T.mark('guest-mount');
+      T.done();
     } catch (err) {
       await this.vm.detachDisk(disk.nodeName).catch(() => undefined);
       throw err;
