@@ -99,7 +99,9 @@ export class Daemon {
     });
     await streaming.start();
     this.streaming = streaming;
-    const stats = new StatsCollector(sandboxes, containers, logger);
+    // the container filesystem: ImageFsInfo reports it, every writable layer's fs_id names it
+    const containerFsDir = cfg.state;
+    const stats = new StatsCollector(sandboxes, containers, logger, containerFsDir);
     const runtime = {
       ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, backends, handlers: cfg.runtime.handlers, network, config: { ...cfg, accelerator }, cgroupDriver: cfg.cgroupDriver }),
       ...sandboxHandlers(sandboxes, containers),
@@ -108,7 +110,7 @@ export class Daemon {
       ...statsHandlers(stats, sandboxes, containers),
       ...metricsHandlers(stats),
     };
-    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir: cfg.state }), logger, eventHandlers(containers, sandboxes, images, this.stopping.signal));
+    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir }), logger, eventHandlers(containers, sandboxes, images, this.stopping.signal));
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');
   }
 

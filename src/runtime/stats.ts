@@ -1,6 +1,9 @@
 // Container and pod stats: container figures come from the guest's cgroups (agent `stats`);
 // the pod's memory is what its VM privately costs the host (QEMU's private pages), so pages
-// shared with a VM template are not charged to every pod.
+// shared with a VM template are not charged to every pod. A container's writable layer lives in
+// guest memory, but kubelet stats the host directory its fs_id names (cadvisor's GetDirFsInfo;
+// a path that does not exist fails the whole /stats/summary): it names the container
+// filesystem ImageFsInfo reports, as containerd names its snapshotter root for both.
 import type { ContainerStats, ContainerStatsFilter, PodSandboxStats, PodSandboxStatsFilter } from '../../cri-api/messages';
 import type { Logger } from '../util/log';
 import { nowNs } from './container-log';
@@ -44,7 +47,16 @@ export class StatsCollector {
   /** previous cumulative CPU samples, for usage_nano_cores */
   private readonly lastCpu = new Map<string, { ns: bigint; usage: number }>();
 
-  constructor(private readonly sandboxes: SandboxManager, private readonly containers: ContainerManager, private readonly logger: Logger) {}
+  /**
+   * `containerFsDir`: the host directory ImageFsInfo reports as the container filesystem; every
+   * writable layer's fs_id names it (it must exist: kubelet stats it).
+   */
+  constructor(
+    private readonly sandboxes: SandboxManager,
+    private readonly containers: ContainerManager,
+    private readonly logger: Logger,
+    private readonly containerFsDir: string,
+  ) {}
 
   private rate(key: string, usage: number, at: bigint): number | undefined {
     if (this.lastCpu.size > 4 * (this.containers.containers.size + this.sandboxes.sandboxes.size) + 64) this.prune();
@@ -105,7 +117,7 @@ export class StatsCollector {
         available_bytes: u64(available),
       },
       // the writable layer lives in guest memory; its bytes are part of the memory figures
-      writable_layer: { timestamp: ts, fs_id: { mountpoint: `/run/podvisor/containers/${rec.id}` }, used_bytes: u64(0), inodes_used: u64(0) },
+      writable_layer: { timestamp: ts, fs_id: { mountpoint: this.containerFsDir }, used_bytes: u64(0), inodes_used: u64(0) },
     };
   }
 
