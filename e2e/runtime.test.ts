@@ -8,7 +8,7 @@ import { podHierarchies } from '../src/runtime/pod-cgroup';
 import { pushBusybox } from '../test/support/images';
 import { readCriLog } from '../test/support/cri-log';
 import { Registry, startRegistry } from '../test/support/registry';
-import { podConfig, podQemuPids, TestDaemon } from './support/daemon';
+import { podConfig, podQemuPids, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
@@ -340,6 +340,51 @@ describe('a pod VM with busybox containers', () => {
     const st = await waitState(hog, 'CONTAINER_EXITED', 120_000);
     expect(st.reason).toBe('OOMKilled');
     expect(st.exit_code).toBe(137);
+  });
+
+  it("bounds CreateContainer by the caller's gRPC deadline; a create the guest completes after it is deleted there, and the retry runs", async () => {
+    const daemonLog = () => fs.readFileSync(path.join(d.dir, 'daemon.log'), 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+    const outcome = (msg: RegExp, since: number) => daemonLog().slice(since).find((l) => msg.test(l.msg ?? ''));
+    // how long a create takes here with the image mounted: mostly the guest's part
+    const t0 = Date.now();
+    const probe = (await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: containerConfig('late-probe', ['/bin/true']), sandbox_config: cfg })).container_id;
+    const took = Date.now() - t0;
+    await d.runtime('RemoveContainer', { container_id: probe });
+    // a deadline that passes while the guest creates: a share of that time (tried until one does)
+    let abandoned: any;
+    for (const share of [0.5, 0.3, 0.7, 0.15, 0.85]) {
+      const since = daemonLog().length;
+      const ms = Math.max(20, Math.round(took * share));
+      const res = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: containerConfig('late', ['/bin/sleep', '3600']), sandbox_config: cfg }, ms).catch((e) => e);
+      if (res.container_id) {
+        await d.runtime('RemoveContainer', { container_id: res.container_id });
+        continue;
+      }
+      expect(res.code).toBe(status.DEADLINE_EXCEEDED);
+      // the host gave up; the guest either completes the create (then it is deleted there) or
+      // was never asked (the deadline passed on the host side first): try another share then
+      abandoned = await retry(async () => {
+        const l = outcome(/create the host gave up on|deadline passed before the guest/, since);
+        if (!l) throw new Error(`no outcome yet of the create abandoned after ${ms} ms`);
+        return l;
+      }, 30_000 + 3 * took).catch(() => undefined);
+      console.log(`create with a ${ms} ms deadline (a create takes ${took} ms): ${abandoned?.msg ?? 'no outcome logged'}`);
+      if (abandoned && /completed in the guest: deleted there/.test(abandoned.msg)) break;
+      abandoned = undefined;
+    }
+    expect(abandoned).toBeDefined();
+    // no host record names it, the guest did create it (its console), and deleted it when asked
+    expect((await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } })).containers.filter((c: any) => c.metadata.name === 'late')).toEqual([]);
+    const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+    const qemuArgs = fs.readFileSync(`/proc/${JSON.parse(st.info.info).vm.pid}/cmdline`, 'utf8').split('\0');
+    const consolePath = qemuArgs.find((a) => a.startsWith('file,id=console,path='))!.slice('file,id=console,path='.length);
+    expect(fs.readFileSync(consolePath, 'utf8')).toContain(`container ${abandoned.container} created`);
+    // kubelet's retry: the same name and attempt, a fresh id, created and run
+    const id = await runContainer(pod, cfg, containerConfig('late', ['/bin/sleep', '3600']));
+    expect(id).not.toBe(abandoned.container);
+    await waitState(id, 'CONTAINER_RUNNING');
+    await d.runtime('StopContainer', { container_id: id, timeout: 1 });
+    await d.runtime('RemoveContainer', { container_id: id });
   });
 
   it('removes containers, then stops and removes the pod with nothing left behind', async () => {

@@ -12,9 +12,9 @@ import { grpcStatus, PodvisorError } from './util/errors';
 import { listStreamHandlers } from './cri/list-streams';
 import type { Logger } from './util/log';
 
-import type { Handlers, StreamHandlers, StreamSink } from './cri/handlers';
+import type { CallContext, Handlers, StreamHandlers, StreamSink } from './cri/handlers';
 
-export type { Handlers, StreamHandlers, StreamSink, UnaryHandler, StreamHandler } from './cri/handlers';
+export type { CallContext, Handlers, StreamHandlers, StreamSink, UnaryHandler, StreamHandler } from './cri/handlers';
 
 function sinkOf(call: grpc.ServerWritableStream<any, any>): StreamSink {
   let closed = false;
@@ -51,6 +51,13 @@ function toStatus(err: unknown, method: string, logger: Logger): Partial<grpc.St
   return { code: grpc.status.INTERNAL, details: `${method}: ${(err as Error)?.message ?? String(err)}` };
 }
 
+/** The call's deadline as grpc-js gives it (a Date, a number of ms, or Infinity for none). */
+export function callContext(call: { getDeadline(): grpc.Deadline }): CallContext {
+  const d = call.getDeadline();
+  const ms = d instanceof Date ? d.getTime() : d;
+  return Number.isFinite(ms) ? { deadline: ms } : {};
+}
+
 function implement(methods: string[], handlers: Handlers, streams: StreamHandlers, logger: Logger): grpc.UntypedServiceImplementation {
   const impl: grpc.UntypedServiceImplementation = {};
   const allStreams = { ...listStreamHandlers(handlers), ...streams };
@@ -81,7 +88,7 @@ function implement(methods: string[], handlers: Handlers, streams: StreamHandler
         return;
       }
       const t0 = process.hrtime.bigint();
-      fn((call.request ?? {}) as never).then(
+      fn((call.request ?? {}) as never, callContext(call)).then(
         (res) => {
           if (!QUIET.has(method)) logger.debug({ method, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'rpc');
           callback(null, res);

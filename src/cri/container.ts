@@ -4,6 +4,7 @@ import type { ContainerStatus, Mount } from '../../cri-api/messages';
 import type { ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ListContainersRequest, ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse, ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest, StartContainerResponse, StopContainerRequest, StopContainerResponse, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse } from '../../cri-api/messages';
 import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
+import type { CallContext } from './handlers';
 import type { ContainerRecord } from '../runtime/records';
 import { invalidArgument, requireString, unimplemented } from '../util/errors';
 
@@ -46,8 +47,8 @@ export function containerStatus(rec: ContainerRecord, images?: ImageManager): Co
 
 export function containerHandlers(containers: ContainerManager, images: ImageManager) {
   return {
-    async CreateContainer(req: CreateContainerRequest): Promise<CreateContainerResponse> {
-      const id = await containers.create(requireString(req.pod_sandbox_id, 'pod_sandbox_id'), req.config ?? {}, req.sandbox_config);
+    async CreateContainer(req: CreateContainerRequest, call?: CallContext): Promise<CreateContainerResponse> {
+      const id = await containers.create(requireString(req.pod_sandbox_id, 'pod_sandbox_id'), req.config ?? {}, req.sandbox_config, { deadline: call?.deadline });
       return { container_id: id };
     },
 

@@ -3,10 +3,19 @@
 // import the server that imports them.
 
 /**
+ * What a unary handler knows of its call besides the request: the caller's gRPC deadline (ms
+ * since the epoch; absent when the caller set none), so work the caller has given up on is
+ * bounded by the caller (kubelet's runtimeRequestTimeout), as containerd's contexts are.
+ */
+export interface CallContext {
+  readonly deadline?: number;
+}
+
+/**
  * A unary CRI handler: the request as the server decodes it (cri-api/messages.ts gives each
  * handler its own request and response types); the registry only knows it takes one.
  */
-export type UnaryHandler = (req: never) => Promise<unknown>;
+export type UnaryHandler = (req: never, call: CallContext) => Promise<unknown>;
 export type Handlers = Record<string, UnaryHandler>;
 
 /** What a server-streaming handler writes to. */

@@ -47,7 +47,7 @@ export function listStreamHandlers(handlers: Handlers): StreamHandlers {
     if (!fn) continue;
     out[stream] = async (req: { filter?: unknown }, sink) => {
       // a List request is its stream's request (both carry only the filter); its answer a list in field `from`
-      const res = (await fn({ filter: req.filter ?? null } as never)) as Record<string, unknown[] | undefined> | undefined;
+      const res = (await fn({ filter: req.filter ?? null } as never, {})) as Record<string, unknown[] | undefined> | undefined;
       for (const batch of batches<unknown>(res?.[from] ?? [])) {
         if (sink.closed) return;
         await sink.write({ [to]: batch });

@@ -30,6 +30,11 @@ const EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024;
  * the output then ends where it got to. ExecSync's own timeout bounds it further when shorter.
  */
 export const EXEC_IO_DRAIN_MS = 2_000;
+/**
+ * A CreateContainer without a gRPC deadline: how long the pod may take to create the container
+ * (kubelet always sets one, its runtimeRequestTimeout, default 2 min; this is that default).
+ */
+export const CREATE_TIMEOUT_MS = 120_000;
 
 export interface Live {
   rec: ContainerRecord;
@@ -124,7 +129,11 @@ export class ContainerManager {
     return false;
   }
 
-  async create(sandboxId: string, config: ContainerConfig, sandboxConfig: PodSandboxConfig | null | undefined): Promise<string> {
+  /**
+   * `deadline` (ms since the epoch): the caller's (kubelet's runtimeRequestTimeout); the guest's
+   * create is bounded by it, or by CREATE_TIMEOUT_MS when the caller set none.
+   */
+  async create(sandboxId: string, config: ContainerConfig, sandboxConfig: PodSandboxConfig | null | undefined, opts: { deadline?: number } = {}): Promise<string> {
     if (!config?.metadata?.name) throw invalidArgument('container config metadata.name is required');
     if (!config.image?.image) throw invalidArgument('container config image is required');
     const sb = this.sandboxes.get(sandboxId);
@@ -165,7 +174,9 @@ export class ContainerManager {
         rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
         const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid });
         T.mark('spec');
-        await this.createInPod(pod, live, rootfs, spec, username);
+        const timeoutMs = (opts.deadline ?? Date.now() + CREATE_TIMEOUT_MS) - Date.now();
+        if (timeoutMs <= 0) throw deadlineExceeded(`the caller's deadline passed before the guest was asked to create container ${md.name}`);
+        await this.createInPod(pod, live, rootfs, spec, username, timeoutMs);
         T.mark('guest');
         faultPoint('container.create:created-in-guest');
         delete rec.pending;
@@ -189,7 +200,7 @@ export class ContainerManager {
   }
 
   /** Opens the container's stdio streams to its log and creates it in the pod. */
-  private async createInPod(pod: Pod, live: Live, rootfs: string, spec: object, username: string | null): Promise<void> {
+  private async createInPod(pod: Pod, live: Live, rootfs: string, spec: object, username: string | null, timeoutMs: number): Promise<void> {
     const { rec } = live;
     const config = rec.config;
     const stdout = pod.openStream();
@@ -208,7 +219,7 @@ export class ContainerManager {
         spec,
         username,
         stdio: { ...rec.streams, tty: !!config.tty, stdin_once: !!config.stdin_once },
-      });
+      }, timeoutMs);
     } catch (err) {
       stdout.destroy();
       stderr?.destroy();

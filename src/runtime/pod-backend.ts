@@ -59,8 +59,12 @@ export interface Pod {
   adoptStream(id: number): PodStream;
 
   // ---- containers (ids are the CRI container ids)
-  /** creates (not starts) a container on an image mounted by mountImage */
-  createContainer(p: GuestParams<'container.create'>): Promise<void>;
+  /**
+   * creates (not starts) a container on an image mounted by mountImage, or rejects with
+   * deadline_exceeded after `timeoutMs`; a create the pod completes after that is undone by the
+   * pod (nothing of an abandoned create may stay behind: the caller retries with a new id)
+   */
+  createContainer(p: GuestParams<'container.create'>, timeoutMs: number): Promise<void>;
   startContainer(id: string): Promise<{ pid: number }>;
   signalContainer(id: string, signal: number, all: boolean): Promise<void>;
   /** the container must be stopped; frees what it holds in the pod */

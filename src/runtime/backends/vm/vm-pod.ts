@@ -14,6 +14,7 @@ import type { Logger } from '../../../util/log';
 import { stepTimer } from '../../../util/steps';
 import type { Vm } from '../../../vm/hypervisor';
 import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../../../storage/volume-driver';
+import { deadlineExceeded } from '../../../util/errors';
 import { run } from '../../../util/exec-file';
 import type { Pod, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
 
@@ -43,6 +44,11 @@ export async function vmPrivateBytes(pid: number): Promise<number | undefined> {
  * lifetime; past this the guest is broken or hostile: a protocol error that fails the pod.
  */
 export const MAX_GUEST_EVENTS_PER_S = 500;
+/**
+ * How long the guest's answer to a create the host gave up on is still awaited, so that a late
+ * success is undone; a guest silent longer than this leaves the agent's pending entry to expire.
+ */
+export const ABANDONED_CREATE_WAIT_MS = 10 * 60_000;
 
 export class VmPod implements Pod, PodVolumeTarget {
   agent!: AgentClient;
@@ -159,8 +165,34 @@ export class VmPod implements Pod, PodVolumeTarget {
     return this.agent.adoptStream(id);
   }
 
-  async createContainer(p: GuestParams<'container.create'>): Promise<void> {
-    await this.agent.call('container.create', p);
+  /**
+   * The guest's create runs on after the host stops waiting (after `timeoutMs`, the CRI call's
+   * deadline): its answer is still awaited, and a container it then reports created is deleted in
+   * the guest, since no host record names it and the caller retries with a fresh id.
+   */
+  async createContainer(p: GuestParams<'container.create'>, timeoutMs: number): Promise<void> {
+    const created = this.agent.call('container.create', p, Math.max(timeoutMs, ABANDONED_CREATE_WAIT_MS));
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = new Promise<'gave-up'>((resolve) => (timer = setTimeout(() => resolve('gave-up'), timeoutMs)));
+    try {
+      if ((await Promise.race([created, gaveUp])) !== 'gave-up') return;
+    } finally {
+      clearTimeout(timer);
+    }
+    created.then(
+      () => this.deleteAbandoned(p.id),
+      (err: Error) => this.logger.info({ sandbox: this.id, container: p.id, err: err.message }, 'container create the host gave up on failed in the guest'),
+    );
+    throw deadlineExceeded(`the guest did not create container ${p.id} within ${timeoutMs} ms (the call's deadline)`);
+  }
+
+  private async deleteAbandoned(id: string): Promise<void> {
+    try {
+      await this.agent.call('container.delete', { id });
+      this.logger.warn({ sandbox: this.id, container: id }, 'container create the host gave up on completed in the guest: deleted there');
+    } catch (err) {
+      this.logger.error({ sandbox: this.id, container: id, err: (err as Error).message }, 'cannot delete a container create the host gave up on');
+    }
   }
 
   startContainer(id: string): Promise<{ pid: number }> {
