@@ -1,11 +1,12 @@
-// Wires the daemon together: config → hypervisor → images → pods/containers → gRPC server.
+// Wires the daemon together: config → hypervisor → images → pods/containers → gRPC server, and
+// the metrics endpoint ([metrics] address) fed by each layer's observer.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import { Config, packageRoot } from './config/config';
+import { Config, packageRoot, parseHostPort } from './config/config';
 import { containerHandlers } from './cri/container';
-import { eventHandlers } from './cri/events';
+import { eventHandlers, EventStreamStats } from './cri/events';
 import { metricsHandlers } from './cri/metrics';
 import { imageHandlers } from './cri/image';
 import { runtimeInfoHandlers } from './cri/runtime-info';
@@ -28,6 +29,8 @@ import { VmPool } from './vm/pool';
 import { CniNetwork } from '../network/cni-network';
 import { VolumeManager } from '../storage/volume-manager';
 import { ensureDir } from './util/dirs';
+import { DaemonMetrics } from './metrics/daemon-metrics';
+import { type MetricsEndpoint, serveMetrics } from './metrics/endpoint';
 
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')).version;
 
@@ -49,6 +52,9 @@ export class Daemon {
   private network?: CniNetwork;
   private streaming?: StreamingServer;
   private pool?: VmPool;
+  private metricsEndpoint?: MetricsEndpoint;
+  /** the daemon's instruments (kept also when the endpoint is off: they cost next to nothing) */
+  readonly metrics = new DaemonMetrics();
 
   constructor(readonly cfg: Config, readonly logger: Logger) {}
 
@@ -56,6 +62,12 @@ export class Daemon {
     const { cfg, logger } = this;
     await ensureDir(cfg.root, 0o700);
     await ensureDir(cfg.state, 0o711);
+    const metrics = this.metrics;
+    // first: an address that cannot be served stops the daemon before it starts any VM
+    if (cfg.metrics.address) {
+      const { host, port } = parseHostPort(cfg.metrics.address);
+      this.metricsEndpoint = await serveMetrics(metrics, host, port, logger);
+    }
     const guest = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
     const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
@@ -64,6 +76,7 @@ export class Daemon {
     const pool = new VmPool({
       driver,
       logger,
+      agentCalls: metrics.agentCalls,
       templates: cfg.vm.template ? {
         dir: cfg.vm.templateDir,
         guestDigest: () => guestDigest(cfg),
@@ -76,15 +89,15 @@ export class Daemon {
     this.pool = pool;
     await pool.open();
 
-    const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned });
+    const images = new ImageManager({ root: path.join(cfg.root, 'images'), configDir: cfg.image.configDir, logger, pinned: cfg.image.pinned, observe: metrics.pulls });
     await images.init();
     const network = new CniNetwork({ confDir: cfg.cni.confDir, binDirs: cfg.cni.binDirs, logger, cacheDir: path.join(cfg.root, 'cni') });
     this.network = network;
     const volumes = await VolumeManager.create({ stateDir: path.join(cfg.root, 'storage'), logger });
     // the pod backends, one registration line each (runtime/pod-backend.ts)
     const backends = new PodBackends()
-      .register(new VmPodBackend({ cfg, hypervisor: pool, network, spares: pool.spares, volumes, logger }));
-    const sandboxes = new SandboxManager(cfg, backends, volumes, logger);
+      .register(new VmPodBackend({ cfg, hypervisor: pool, network, spares: pool.spares, volumes, logger, agentCalls: metrics.agentCalls }));
+    const sandboxes = new SandboxManager(cfg, backends, volumes, logger, metrics.sandboxes);
     const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers
     await images.collectGarbage();
@@ -102,6 +115,18 @@ export class Daemon {
     // the container filesystem: ImageFsInfo reports it, every writable layer's fs_id names it
     const containerFsDir = cfg.state;
     const stats = new StatsCollector(sandboxes, containers, logger, containerFsDir);
+    const events = new EventStreamStats();
+    metrics.setSources({
+      backends: backends.all().map((b) => b.kind),
+      podsRunning: () => sandboxes.running(),
+      containers: () => {
+        const n: Record<string, number> = {};
+        for (const { rec } of containers.containers.values()) n[rec.state] = (n[rec.state] ?? 0) + 1;
+        return n;
+      },
+      pool: () => pool.counts(),
+      events,
+    });
     const runtime = {
       ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, backends, handlers: cfg.runtime.handlers, network, config: { ...cfg, accelerator }, cgroupDriver: cfg.cgroupDriver }),
       ...sandboxHandlers(sandboxes, containers),
@@ -110,7 +135,7 @@ export class Daemon {
       ...statsHandlers(stats, sandboxes, containers),
       ...metricsHandlers(stats),
     };
-    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir }), logger, eventHandlers(containers, sandboxes, images, this.stopping.signal));
+    this.server = await startServer(cfg.socket, runtime, imageHandlers(images, { containerFsDir }), logger, eventHandlers(containers, sandboxes, images, this.stopping.signal, events), metrics.grpcCall);
     logger.info({ socket: cfg.socket, accel: accelerator, version: VERSION, streaming: streaming.baseUrl }, 'podvisor serving CRI');
   }
 
@@ -143,6 +168,7 @@ export class Daemon {
       });
     });
     this.network?.close();
+    await this.metricsEndpoint?.close();
     await this.streaming?.stop();
     await this.pool?.close();
     await fsp.rm(this.cfg.socket, { force: true });

@@ -1,7 +1,8 @@
 // The gRPC server: CRI RuntimeService and ImageService on a unix socket. Every RPC of the API
 // is registered: real handlers where they exist, UNIMPLEMENTED with a message elsewhere, so a
 // client never sees a crash or a silent OK. Server-streaming RPCs get a StreamSink; the
-// Stream* list variants are served from their List RPC (list-streams.ts).
+// Stream* list variants are served from their List RPC (list-streams.ts). Every call's end is
+// told to an optional observer (method, gRPC code name, seconds): the daemon's metrics.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
@@ -15,6 +16,11 @@ import type { Logger } from './util/log';
 import type { CallContext, Handlers, StreamHandlers, StreamSink } from './cri/handlers';
 
 export type { CallContext, Handlers, StreamHandlers, StreamSink, UnaryHandler, StreamHandler } from './cri/handlers';
+
+/** Told of every call when it ends: the method, its gRPC status code name ('OK', 'NOT_FOUND' …), its seconds. */
+export type GrpcCallObserver = (method: string, code: string, seconds: number) => void;
+
+const codeName = (code: grpc.status | undefined): string => grpc.status[code ?? grpc.status.UNKNOWN] ?? 'UNKNOWN';
 
 function sinkOf(call: grpc.ServerWritableStream<any, any>): StreamSink {
   let closed = false;
@@ -58,24 +64,30 @@ export function callContext(call: { getDeadline(): grpc.Deadline }): CallContext
   return Number.isFinite(ms) ? { deadline: ms } : {};
 }
 
-function implement(methods: string[], handlers: Handlers, streams: StreamHandlers, logger: Logger): grpc.UntypedServiceImplementation {
+function implement(methods: string[], handlers: Handlers, streams: StreamHandlers, logger: Logger, observe: GrpcCallObserver): grpc.UntypedServiceImplementation {
   const impl: grpc.UntypedServiceImplementation = {};
+  const since = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
   const allStreams = { ...listStreamHandlers(handlers), ...streams };
   for (const method of methods) {
     if (STREAMING_METHODS.has(method)) {
       const fn = allStreams[method];
       impl[method] = (call: grpc.ServerWritableStream<any, any>) => {
+        const t0 = process.hrtime.bigint();
         if (!fn) {
           call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: `${method} is not implemented by podvisor yet` });
+          observe(method, 'UNIMPLEMENTED', 0);
           return;
         }
         const sink = sinkOf(call);
         fn((call.request ?? {}) as never, sink).then(
           () => {
+            observe(method, sink.closed ? 'CANCELLED' : 'OK', since(t0));
             if (!sink.closed) call.end();
           },
           (err) => {
-            if (!sink.closed) call.emit('error', toStatus(err, method, logger));
+            const status = toStatus(err, method, logger);
+            observe(method, sink.closed ? 'CANCELLED' : codeName(status.code), since(t0));
+            if (!sink.closed) call.emit('error', status);
           },
         );
       };
@@ -85,15 +97,21 @@ function implement(methods: string[], handlers: Handlers, streams: StreamHandler
     impl[method] = (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<any>) => {
       if (!fn) {
         callback({ code: grpc.status.UNIMPLEMENTED, details: `${method} is not implemented by podvisor yet` });
+        observe(method, 'UNIMPLEMENTED', 0);
         return;
       }
       const t0 = process.hrtime.bigint();
       fn((call.request ?? {}) as never, callContext(call)).then(
         (res) => {
-          if (!QUIET.has(method)) logger.debug({ method, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'rpc');
+          if (!QUIET.has(method)) logger.debug({ method, ms: since(t0) * 1e3 }, 'rpc');
+          observe(method, 'OK', since(t0));
           callback(null, res);
         },
-        (err) => callback(toStatus(err, method, logger)),
+        (err) => {
+          const status = toStatus(err, method, logger);
+          observe(method, codeName(status.code), since(t0));
+          callback(status);
+        },
       );
     };
   }
@@ -112,11 +130,13 @@ async function claimSocket(socket: string): Promise<void> {
   await fsp.rm(socket, { force: true });
 }
 
-export async function startServer(socket: string, runtime: Handlers, image: Handlers, logger: Logger, streams: StreamHandlers = {}): Promise<grpc.Server> {
+export async function startServer(
+  socket: string, runtime: Handlers, image: Handlers, logger: Logger, streams: StreamHandlers = {}, observe: GrpcCallObserver = () => undefined,
+): Promise<grpc.Server> {
   const cri = loadCri();
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024, 'grpc.max_send_message_length': 64 * 1024 * 1024 });
-  server.addService(cri.runtime, implement(RUNTIME_METHODS, runtime, streams, logger));
-  server.addService(cri.image, implement(IMAGE_METHODS, image, streams, logger));
+  server.addService(cri.runtime, implement(RUNTIME_METHODS, runtime, streams, logger, observe));
+  server.addService(cri.image, implement(IMAGE_METHODS, image, streams, logger, observe));
   await fsp.mkdir(path.dirname(socket), { recursive: true });
   await claimSocket(socket);
   // The socket file is created with the process umask's permissions. It is bound inside a

@@ -37,6 +37,13 @@ interface Pending {
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
+/**
+ * Told of every request when it ends: the method, its time and, when it failed, the daemon's
+ * error code for it (never the guest's own code, which is untrusted and unbounded). The daemon
+ * turns these into its agent RPC metrics; the client knows nothing of metrics.
+ */
+export type AgentCallObserver = (method: string, seconds: number, errorCode?: string) => void;
+
 export class AgentClient extends EventEmitter {
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
@@ -44,7 +51,7 @@ export class AgentClient extends EventEmitter {
   private nextId = 1;
   private closedError: Error | undefined;
 
-  private constructor(private readonly sock: net.Socket) {
+  private constructor(private readonly sock: net.Socket, private readonly observe?: AgentCallObserver) {
     super();
     sock.on('data', (chunk: Buffer) => this.onData(chunk));
     sock.on('error', (err) => this.shutdown(new AgentError('unavailable', `agent connection: ${err.message}`)));
@@ -52,9 +59,9 @@ export class AgentClient extends EventEmitter {
   }
 
   /** Connects to the agent's unix socket, retrying while QEMU has not created it yet. */
-  static async connect(path: string, timeoutMs = 10_000): Promise<AgentClient> {
+  static async connect(path: string, timeoutMs = 10_000, observe?: AgentCallObserver): Promise<AgentClient> {
     try {
-      return await connectWhenReady(path, timeoutMs, async (sock) => new AgentClient(sock));
+      return await connectWhenReady(path, timeoutMs, async (sock) => new AgentClient(sock, observe));
     } catch (err) {
       throw new AgentError('unavailable', `cannot connect to agent socket ${path}: ${(err as Error).message}`);
     }
@@ -71,9 +78,14 @@ export class AgentClient extends EventEmitter {
 
   /** Sends any request (the frame layer, for protocol tests): prefer the typed call(). */
   request(method: string, params: object = {}, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<unknown> {
-    if (this.closedError) return Promise.reject(this.closedError);
+    if (this.closedError) {
+      this.observe?.(method, 0, this.closedError instanceof AgentError ? this.closedError.code : 'unavailable');
+      return Promise.reject(this.closedError);
+    }
     const id = this.allocId();
-    return new Promise<unknown>((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const done = this.observe && ((err?: unknown) => this.observe!(method, Number(process.hrtime.bigint() - t0) / 1e9, err === undefined ? undefined : err instanceof AgentError ? err.code : 'internal'));
+    const answer = new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new AgentError('timeout', `agent did not answer ${method} within ${timeoutMs} ms`));
@@ -81,6 +93,8 @@ export class AgentClient extends EventEmitter {
       this.pending.set(id, { resolve, reject, timer, method });
       this.sock.write(encodeJson(Kind.Req, id, { method, params }));
     });
+    if (done) answer.then(() => done(), (err) => done(err));
+    return answer;
   }
 
   /** Opens a stream with a fresh id. The id goes into the request that uses it. */

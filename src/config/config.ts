@@ -3,6 +3,7 @@
 // last), overridden by command-line flags. Unknown keys are an error, so a typo never silently
 // falls back to a default. `version = 1` names the format (the only one so far).
 import fs from 'node:fs';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { parse, stringify } from 'smol-toml';
 
@@ -75,6 +76,13 @@ export interface Config {
     tlsCert: string;
     tlsKey: string;
   };
+  metrics: {
+    /**
+     * host:port of the Prometheus endpoint (GET /metrics, plain HTTP); '' = off (the default,
+     * as containerd's). An IPv6 host goes in brackets: "[::1]:9338".
+     */
+    address: string;
+  };
   runtime: {
     /**
      * CRI runtime handler name → pod backend kind (runtime/pod-backend.ts). A pod asks for a
@@ -142,6 +150,7 @@ export function defaultConfig(): Config {
     image: { configDir: '/etc/podvisor', pinned: [] },
     cni: { confDir: '/etc/cni/net.d', binDirs: ['/opt/cni/bin', '/usr/lib/cni'] },
     streaming: { address: '127.0.0.1', port: 0, tlsCert: '', tlsKey: '' },
+    metrics: { address: '' },
     runtime: { handlers: { ...DEFAULT_HANDLERS }, hostNamespaces: 'host' },
   };
 }
@@ -176,7 +185,8 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
 const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
 const CNI_KEYS: Record<string, keyof Config['cni']> = { conf_dir: 'confDir', bin_dirs: 'binDirs' };
 const STREAMING_KEYS: Record<string, keyof Config['streaming']> = { address: 'address', port: 'port', tls_cert: 'tlsCert', tls_key: 'tlsKey' };
-const TABLES: Record<string, Record<string, string>> = { vm: VM_KEYS, image: IMAGE_KEYS, cni: CNI_KEYS, streaming: STREAMING_KEYS };
+const METRICS_KEYS: Record<string, keyof Config['metrics']> = { address: 'address' };
+const TABLES: Record<string, Record<string, string>> = { vm: VM_KEYS, image: IMAGE_KEYS, cni: CNI_KEYS, streaming: STREAMING_KEYS, metrics: METRICS_KEYS };
 
 export class ConfigError extends Error {}
 
@@ -208,6 +218,21 @@ function loadRuntime(cfg: Config, v: unknown, file: string): void {
       throw new ConfigError(`${file}: unknown key runtime.${sk}`);
     }
   }
+}
+
+/**
+ * `[metrics] address` as host and port: "127.0.0.1:9338", "[::1]:9338", "node-1.internal:9338".
+ * Throws ConfigError saying what is wrong and what is expected.
+ */
+export function parseHostPort(address: string, key = 'metrics.address'): { host: string; port: number } {
+  const bad = (why: string) => new ConfigError(`${key} = ${JSON.stringify(address.slice(0, 100))}: ${why} (expected host:port such as "127.0.0.1:9338" or "[::1]:9338"; "" turns it off)`);
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(address);
+  if (!m) throw bad(address.includes(':') ? 'not a host and port' : 'no port');
+  const host = m[1] ?? m[2];
+  const port = Number(m[3]);
+  if (!(port >= 1 && port <= 65535)) throw bad('port must be 1..65535');
+  if (m[1] !== undefined ? !isIP(host) : /^[0-9.]+$/.test(host) ? !isIP(host) : host.length > 253) throw bad(`bad host ${JSON.stringify(host)}`);
+  return { host, port };
 }
 
 /** The config format this daemon reads (`version` key). */
@@ -280,6 +305,13 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
   if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
   if (!Number.isInteger(cfg.vm.templateSpares) || cfg.vm.templateSpares > 16) throw new ConfigError(`${file}: vm.template_spares must be an integer 0..16`);
   if (!Number.isInteger(cfg.vm.tcgCodeMiB) || cfg.vm.tcgCodeMiB < 4 || cfg.vm.tcgCodeMiB > 1024) throw new ConfigError(`${file}: vm.tcg_code_mib must be an integer 4..1024`);
+  if (cfg.metrics.address) {
+    try {
+      parseHostPort(cfg.metrics.address);
+    } catch (err) {
+      throw new ConfigError(`${file}: ${(err as Error).message}`);
+    }
+  }
   return cfg;
 }
 

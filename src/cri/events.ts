@@ -16,7 +16,20 @@ import { containerStatuses, podSandboxStatus } from './sandbox';
 /** Events queued for one client before it is cut off. */
 export const MAX_QUEUED_EVENTS = 1024;
 
-export function eventHandlers(containers: ContainerManager, sandboxes: SandboxManager, images: ImageManager, stopping: AbortSignal): StreamHandlers {
+/** The event streams' figures, read by the daemon's metrics endpoint. */
+export class EventStreamStats {
+  /** GetContainerEvents streams open now */
+  subscribers = 0;
+  /** streams cut off with RESOURCE_EXHAUSTED since start */
+  cutOff = 0;
+  /** events not delivered to a stream because it was cut off */
+  dropped = 0;
+}
+
+export function eventHandlers(
+  containers: ContainerManager, sandboxes: SandboxManager, images: ImageManager, stopping: AbortSignal,
+  stats = new EventStreamStats(),
+): StreamHandlers {
   const stopped = new Promise<void>((r) => (stopping.aborted ? r() : stopping.addEventListener('abort', () => r(), { once: true })));
   const response = (ev: ContainerEvent) => {
     const sb = sandboxes.find(ev.sandboxId);
@@ -34,21 +47,29 @@ export function eventHandlers(containers: ContainerManager, sandboxes: SandboxMa
       let overflow = false;
       let wake: (() => void) | undefined;
       const off = containers.subscribe((ev) => {
-        if (queue.length >= MAX_QUEUED_EVENTS) overflow = true;
-        else queue.push(response(ev));
+        if (queue.length >= MAX_QUEUED_EVENTS) {
+          overflow = true;
+          stats.dropped++;
+        } else queue.push(response(ev));
         wake?.();
       });
+      stats.subscribers++;
       try {
         for (;;) {
           while (queue.length && !sink.closed) await sink.write(queue.shift()!);
           if (sink.closed) return;
-          if (overflow) throw resourceExhausted(`more than ${MAX_QUEUED_EVENTS} container events waited for this client: reconnect and list again`);
+          if (overflow) {
+            stats.cutOff++;
+            stats.dropped += queue.length;
+            throw resourceExhausted(`more than ${MAX_QUEUED_EVENTS} container events waited for this client: reconnect and list again`);
+          }
           if (stopping.aborted) throw unavailable('podvisor is stopping: reconnect');
           await Promise.race([new Promise<void>((r) => (wake = r)), sink.gone, stopped]);
           wake = undefined;
         }
       } finally {
         off();
+        stats.subscribers--;
       }
     },
   };

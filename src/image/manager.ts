@@ -36,6 +36,14 @@ export type { AuthConfig } from './auth';
 export type { ImageRecord } from './catalog';
 export { dirUsage, parseUser } from './catalog';
 
+/** Told of every pull's end and of the layer bytes fetched from registries (the daemon's metrics). */
+export interface ImagePullObserver {
+  /** a pull ended: its seconds and 'ok' or the error code it failed with */
+  pulled(seconds: number, outcome: string): void;
+  /** layer bytes downloaded from a registry (layers already stored cost none) */
+  fetched(bytes: number): void;
+}
+
 export interface ImageManagerOptions {
   root: string;
   configDir: string;
@@ -45,6 +53,7 @@ export interface ImageManagerOptions {
   limits?: Partial<UnpackLimits>;
   /** Parallel layer downloads per pull. */
   downloadConcurrency?: number;
+  observe?: ImagePullObserver;
 }
 
 const PROGRESS_MIN_BYTES = 8 << 20;
@@ -134,9 +143,16 @@ export class ImageManager {
 
   async pull(ref: string, auth?: AuthConfig): Promise<ImageRecord> {
     const parsed = parseReference(ref);
+    const t0 = process.hrtime.bigint();
+    const seconds = () => Number(process.hrtime.bigint() - t0) / 1e9;
     this.catalog.pullStarted();
     try {
-      return await this.pullParsed(parsed, auth);
+      const rec = await this.pullParsed(parsed, auth);
+      this.opts.observe?.pulled(seconds(), 'ok');
+      return rec;
+    } catch (err) {
+      this.opts.observe?.pulled(seconds(), err instanceof PodvisorError ? err.code : 'internal');
+      throw err;
     } finally {
       this.catalog.pullEnded();
     }
@@ -271,7 +287,7 @@ export class ImageManager {
       const release = await slot();
       try {
         if (signal.aborted) throw new PodvisorError('cancelled', 'pull aborted');
-        await this.content.ingest(
+        const fetched = await this.content.ingest(
           l,
           async () => (await session.openBlob(l)).body,
           this.progressLog(l),
@@ -287,6 +303,7 @@ export class ImageManager {
             return inputDigest;
           },
         );
+        if (fetched) this.opts.observe?.fetched(l.size);
       } finally {
         release();
       }
@@ -357,8 +374,10 @@ export class ImageManager {
     const o = await Promise.race([outcome, applied.then(() => ({ ok: false, fallback: false, code: 'CANCELLED', message: 'pull aborted' }) as FetchOutcome)]);
     let downloadErr: unknown;
     try {
-      if (o.ok) await staged.commit(o.bytes, async () => o.digest);
-      else await staged.discard();
+      if (o.ok) {
+        await staged.commit(o.bytes, async () => o.digest);
+        this.opts.observe?.fetched(o.bytes);
+      } else await staged.discard();
     } catch (e) {
       downloadErr = e;
     } finally {

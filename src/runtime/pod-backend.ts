@@ -111,6 +111,11 @@ export interface PodBackend {
    * throws. Events of the pod go to `onEvent` from the start.
    */
   start(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<Pod>;
+  /**
+   * How a started pod was made, as the start-latency metric's `path` label (VM: spare, clone,
+   * cold); a few fixed values. Absent: the backend's kind.
+   */
+  startPath?(rec: SandboxRecord): string;
   /** Finds the pod of a record after a daemon restart; undefined when it is gone. */
   reconnect(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<Pod | undefined>;
   /** After the pod stopped: frees what it held outside itself (network). Idempotent. */

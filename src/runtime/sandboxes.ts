@@ -37,6 +37,15 @@ export interface ContainerHooks {
   reattach(sandboxId: string): Promise<void>;
 }
 
+/**
+ * Told of each RunPodSandbox's outcome (the daemon's metrics): the backend, how the pod was made
+ * (PodBackend.startPath, e.g. spare/clone/cold) and the seconds from the call to a ready pod.
+ */
+export interface SandboxObserver {
+  started(backend: string, path: string, seconds: number): void;
+  failed(backend: string): void;
+}
+
 /** The handler → backend choice: which backend runs a pod, or a clear refusal. */
 export function chooseBackend(cfg: Config['runtime'], backends: PodBackends, handler: string, config: PodSandboxConfig): PodBackend {
   const kind = Object.prototype.hasOwnProperty.call(cfg.handlers, handler) ? cfg.handlers[handler] : undefined;
@@ -65,6 +74,7 @@ export class SandboxManager {
     private readonly backends: PodBackends,
     private readonly volumes: VolumeManager,
     private readonly logger: Logger,
+    private readonly observe?: SandboxObserver,
   ) {
     this.store = new RecordStore(path.join(cfg.root, 'sandboxes'));
   }
@@ -92,6 +102,7 @@ export class SandboxManager {
   }
 
   async run(config: PodSandboxConfig, runtimeHandler: string): Promise<string> {
+    const t0 = process.hrtime.bigint();
     const md = config?.metadata;
     if (!md?.name || !md?.namespace || !md?.uid) throw invalidArgument('sandbox config metadata needs name, namespace and uid');
     const backend = chooseBackend(this.cfg.runtime, this.backends, runtimeHandler || '', config);
@@ -133,10 +144,12 @@ export class SandboxManager {
         await this.save(sb);
         faultPoint('sandbox.run:ready-saved');
         this.adopt(sb, pod);
+        this.observe?.started(backend.kind, backend.startPath?.(rec) ?? backend.kind, Number(process.hrtime.bigint() - t0) / 1e9);
         this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, backend: backend.kind, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode, spare: rec.vm?.spare ?? false }, 'pod sandbox ready');
         return id;
       } catch (err) {
         // a failed start: the backend removed what it made; a pod made but not recorded goes too
+        this.observe?.failed(backend.kind);
         this.logger.error({ sandbox: id, err: (err as Error).message }, 'pod sandbox failed to start');
         if (pod) {
           await pod.stop(1000).catch(() => undefined);
@@ -239,6 +252,15 @@ export class SandboxManager {
       this.logger.info({ sandbox: sb.rec.id }, 'pod sandbox removed');
     });
     T.done();
+  }
+
+  /** Pods whose processes run (a VM up, host namespaces held), by backend kind. */
+  running(): Record<string, number> {
+    const n: Record<string, number> = {};
+    for (const { rec, pod } of this.sandboxes.values()) {
+      if (pod?.alive()) n[rec.backend ?? 'vm'] = (n[rec.backend ?? 'vm'] ?? 0) + 1;
+    }
+    return n;
   }
 
   list(filter: PodSandboxFilter | null | undefined): SandboxRecord[] {

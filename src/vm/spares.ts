@@ -14,7 +14,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { AgentClient } from '../agent/client';
+import { AgentClient, type AgentCallObserver } from '../agent/client';
 import { hello } from '../agent/hello';
 import type { Logger } from '../util/log';
 import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
@@ -43,6 +43,8 @@ export interface SparePoolOptions {
   /** the size classes (vCPUs × MiB) worth spares: the default and the prebuilt ones */
   classes: Array<{ vcpus: number; memoryMiB: number }>;
   logger: Logger;
+  /** told of every guest API call of the spares (the pod that takes one keeps its connection) */
+  agentCalls?: AgentCallObserver;
 }
 
 const NETNS_PREFIX = 'pvsp-';
@@ -93,6 +95,13 @@ export class SparePool {
       void this.discard(spare);
     }
     return spare;
+  }
+
+  /** Spares ready to be taken, all classes. */
+  readyCount(): number {
+    let n = 0;
+    for (const list of this.ready.values()) n += list.length;
+    return n;
   }
 
   /** Tops the class up to `count` spares (if it gets spares at all); concurrent calls share one fill. */
@@ -154,7 +163,7 @@ export class SparePool {
       const src = await this.o.templates.cloneSource(spec);
       if (!src) throw new Error('no template to clone');
       vm = await this.o.hypervisor.start(spec, { mode: 'clone', ...src });
-      agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
+      agent = await AgentClient.connect(vm.info.agentSocket, 10_000, this.o.agentCalls);
       // A first identity, replaced by the pod's at adoption; this pass also runs (and so
       // translates, under TCG) the code the adoption will run again.
       await hello(agent, { nonce: name, hostname: 'spare', timeoutMs: 10_000 });

@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
-import { AgentClient } from '../agent/client';
+import { AgentClient, type AgentCallObserver } from '../agent/client';
 import { hello } from '../agent/hello';
 import { run } from '../util/exec-file';
 import type { Logger } from '../util/log';
@@ -44,6 +44,8 @@ export interface TemplateOptions {
   /** versions of the guest build (sha256 of kernel, initramfs) */
   guestDigest: () => string;
   logger: Logger;
+  /** told of the guest API calls of template builds */
+  agentCalls?: AgentCallObserver;
 }
 
 /**
@@ -85,6 +87,20 @@ export class TemplateManager {
 
   sizeOf(spec: VmSpec): SizeClass {
     return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, nics: spec.network?.nics.length ?? 0 };
+  }
+
+  /** template builds under way */
+  get building(): number {
+    return this.builds.size;
+  }
+
+  /** Usable templates on disk (cheaper than list(): does not ask whether they are in use). */
+  count(): number {
+    try {
+      return fs.readdirSync(this.o.dir).filter((k) => this.read(k)).length;
+    } catch {
+      return 0;
+    }
   }
 
   /** Everything that must match for a clone to be valid. */
@@ -202,7 +218,7 @@ export class TemplateManager {
         network: netns ? { netnsPath: `/run/netns/${netns}`, nics } : undefined,
       };
       vm = await this.o.driver.start(spec, { mode: 'template', memPath: path.join(work, 'mem') });
-      agent = await AgentClient.connect(vm.info.agentSocket, 10_000);
+      agent = await AgentClient.connect(vm.info.agentSocket, 10_000, this.o.agentCalls);
       // The agent connection stays open through the snapshot: the clones then restore a port
       // that never saw its host go away, so no late "host disconnected" in a clone can undo
       // the clone's own hello.

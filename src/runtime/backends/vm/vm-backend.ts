@@ -6,6 +6,7 @@
 import type { PodSandboxConfig } from '../../../../cri-api/messages';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import type { AgentCallObserver } from '../../../agent/client';
 import type { Config } from '../../../config/config';
 import type { Logger } from '../../../util/log';
 import { failedPrecondition } from '../../../util/errors';
@@ -66,6 +67,8 @@ export interface VmPodBackendOptions {
   /** the volumes attached to pod VMs (their SCSI ids are reserved again on reconnect) */
   volumes: Pick<VolumeManager, 'scsiIds'>;
   logger: Logger;
+  /** told of every guest API call of the pods' agents */
+  agentCalls?: AgentCallObserver;
 }
 
 export class VmPodBackend implements PodBackend {
@@ -82,6 +85,11 @@ export class VmPodBackend implements PodBackend {
 
   readiness(): Promise<string | undefined> {
     return this.o.hypervisor.readiness();
+  }
+
+  /** A warm spare taken, a template cloned, or a cold boot. */
+  startPath(rec: SandboxRecord): string {
+    return rec.vm?.spare ? 'spare' : rec.vm?.bootMode ?? 'cold';
   }
 
   admit(config: PodSandboxConfig): void {
@@ -195,7 +203,7 @@ export class VmPodBackend implements PodBackend {
 
   private attach(rec: SandboxRecord, vm: Vm, onEvent: (ev: PodEvent) => void): VmPod {
     rec.vm = vm.info;
-    const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id);
+    const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id, this.o.agentCalls);
     pod.onEvent(onEvent);
     return pod;
   }
@@ -236,7 +244,7 @@ export class VmPodBackend implements PodBackend {
     const vm = await this.o.hypervisor.reconnect(rec.vm);
     if (!vm) return undefined;
     vm.reserveScsiIds(await this.o.volumes.scsiIds(rec.id));
-    const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id);
+    const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id, this.o.agentCalls);
     pod.onEvent(onEvent);
     try {
       await pod.connect(podHostname(rec.config), 10_000);

@@ -6,7 +6,7 @@
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { AgentClient, AgentEvent } from '../../../agent/client';
+import { AgentClient, AgentEvent, type AgentCallObserver } from '../../../agent/client';
 import { hello } from '../../../agent/hello';
 import type { GuestParams, GuestResult } from '../../../agent/api';
 import type { BlockAddress, BlockAttachment, BlockSource } from '../../../util/block-source';
@@ -59,7 +59,13 @@ export class VmPod implements Pod, PodVolumeTarget {
    * `id` is the sandbox id: it names the pod's volume state, so it must not be the VM's own id
    * (a warm spare VM keeps the name it was started with).
    */
-  constructor(readonly vm: Vm, readonly sharePath: string, private readonly logger: Logger, readonly id: string = vm.info.id) {}
+  constructor(
+    readonly vm: Vm,
+    readonly sharePath: string,
+    private readonly logger: Logger,
+    readonly id: string = vm.info.id,
+    private readonly agentCalls?: AgentCallObserver,
+  ) {}
 
   get pid(): number {
     return this.vm.info.pid;
@@ -122,7 +128,7 @@ export class VmPod implements Pod, PodVolumeTarget {
     const died = this.vm.exited.then(() => {
       throw new Error('the VM exited during boot; see console.log in its state directory');
     });
-    this.agent = agent ?? await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs), died]);
+    this.agent = agent ?? await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs, this.agentCalls), died]);
     this.agent.on('event', (ev: AgentEvent) => this.onGuestEvent(ev));
     this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
     const nonce = crypto.randomBytes(16).toString('hex');
