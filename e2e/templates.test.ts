@@ -215,6 +215,11 @@ describe('template lifecycle', () => {
     const p = await runPod('broken-state');
     expect(p.info.vm.boot).toBe('cold');
     expect(await sh(p.id, 'works', 'echo alive')).toBe('alive\n');
+    // the failed clone is logged with the error itself: its type, message and stack
+    const fell = fs.readFileSync(path.join(d.dir, 'daemon.log'), 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+      .find((l) => l.msg === 'clone from template failed: cold boot instead' && l.sandbox);
+    expect(fell.err).toMatchObject({ type: expect.any(String), message: expect.any(String) });
+    expect(fell.err.stack).toMatch(/\n\s+at /);
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
   });
 
@@ -223,8 +228,16 @@ describe('template lifecycle', () => {
     const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', 'dist', 'src', 'cli', 'main.js'), 'template', ...args, '--config', d.configFile, '--root', d.root], { encoding: 'utf8', timeout: 120_000 });
     const built = cli('build', '--vcpus', '1', '--memory', '320', '--nics', '0');
     expect(built.status).toBe(0);
+    expect(built.stdout.trim().split('\n')).toHaveLength(1); // the result alone
     const key = built.stdout.split(' ')[0];
     expect(key).toMatch(/^[0-9a-f]{32}$/);
+    // the build's progress on stderr, step by step in order, as readable lines naming the key
+    const steps = ['template build: booting the VM', 'template build: VM started, waiting for the guest agent', 'template build: guest ready, saving the snapshot', 'template build: snapshot saved', 'VM template built'];
+    const lines = built.stderr.split('\n');
+    const at = steps.map((step) => lines.findIndex((l) => l.includes(`INFO: ${step} {`) && l.includes(`"key":"${key}"`)));
+    expect(at.every((i) => i >= 0)).toBe(true);
+    expect([...at].sort((a, b) => a - b)).toEqual(at);
+    expect(lines[at[3]]).toMatch(/"ms":\d+,"stateBytes":[1-9]\d*/);
     const cfg = podConfig('cli', path.join(d.logs, 'cli'), { linux: { resources: { memory_limit_in_bytes: String(320 * 1024 * 1024) } } });
     const id = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
     const info = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info);

@@ -148,11 +148,11 @@ export class CniNetwork implements NetworkDriver {
       log.info({ ips: net.ips, nics: net.nics, ms: Date.now() - started, steps: ms }, 'pod network set up');
       return net;
     } catch (err) {
-      log.warn({ err: (err as Error).message }, 'pod network set-up failed; cleaning up');
+      log.warn({ err }, 'pod network set-up failed; cleaning up');
       try {
         await this.cleanUp(entry, true);
       } catch (cleanupErr) {
-        log.error({ err: (cleanupErr as Error).message }, 'clean-up after failed set-up failed');
+        log.error({ err: cleanupErr }, 'clean-up after failed set-up failed');
       }
       if (err instanceof PodvisorError) throw err;
       const msg = `failed to set up pod network "${config.name}": ${(err as Error).message}`;
@@ -181,8 +181,8 @@ export class CniNetwork implements NetworkDriver {
       this.log.info({ sandbox: req.sandboxId, netns, ips, ms: Date.now() - started }, 'pod network set up');
       return net;
     } catch (err) {
-      this.log.warn({ sandbox: req.sandboxId, err: (err as Error).message }, 'pod network set-up failed; cleaning up');
-      await this.cleanUp(entry, true).catch((e) => this.log.error({ err: (e as Error).message }, 'clean-up after failed set-up failed'));
+      this.log.warn({ sandbox: req.sandboxId, err }, 'pod network set-up failed; cleaning up');
+      await this.cleanUp(entry, true).catch((e) => this.log.error({ err: e }, 'clean-up after failed set-up failed'));
       if (err instanceof PodvisorError) throw err;
       const msg = `failed to set up pod network "${entry.config.name}": ${(err as Error).message}`;
       throw err instanceof CniError ? unavailable(msg) : internal(msg);

@@ -53,7 +53,7 @@ function toStatus(err: unknown, method: string, logger: Logger): Partial<grpc.St
     if (err.code !== 'not_found') logger.info({ method, code: err.code, msg: err.message }, 'rpc refused');
     return { code: grpcStatus(err.code), details: err.message };
   }
-  logger.error({ method, err: (err as Error)?.stack ?? String(err) }, 'rpc failed');
+  logger.error({ method, err }, 'rpc failed');
   return { code: grpc.status.INTERNAL, details: `${method}: ${(err as Error)?.message ?? String(err)}` };
 }
 

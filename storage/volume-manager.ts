@@ -273,7 +273,7 @@ export class VolumeManager {
       const s = JSON.parse(await fsp.readFile(this.stateFile(podId), 'utf8')) as PodState;
       if (s.version === 1 && Array.isArray(s.entries)) return s;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.o.logger?.warn({ sandbox: podId, err: (err as Error).message }, 'unreadable volume state; starting empty');
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.o.logger?.warn({ sandbox: podId, err }, 'unreadable volume state; starting empty');
     }
     return { version: 1, entries: [] };
   }

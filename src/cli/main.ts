@@ -24,7 +24,7 @@ let stopping = false;
  */
 function guardUnexpectedEnd(logger: ReturnType<typeof createLogger>): void {
   const die = (what: string, err?: unknown) => {
-    logger.fatal({ err: err instanceof Error ? err.stack : err === undefined ? undefined : String(err) }, what);
+    logger.fatal({ err }, what);
     logger.flush?.();
     process.exit(70); // EX_SOFTWARE
   };

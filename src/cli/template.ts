@@ -1,9 +1,10 @@
 // `podvisor template build|ls|rm`: VM templates ahead of time, as the daemon builds them on
-// demand (same key, same directory), so a build here is cloned by the running daemon.
+// demand (same key, same directory), so a build here is cloned by the running daemon. A build
+// (tens of seconds under TCG) tells its steps on stderr as it goes.
 import { Command } from 'commander';
 import { Config, loadConfig } from '../config/config';
 import { guestDigest } from '../daemon';
-import { createLogger } from '../util/log';
+import { createLogger, type LogFormat } from '../util/log';
 import { chooseAccelerator } from '../vm/accel';
 import { TemplateManager } from '../vm/templates';
 import { QemuHypervisor } from '../vm/qemu';
@@ -16,8 +17,12 @@ function config(opts: { config: string; root?: string }): Config {
   return cfg;
 }
 
-async function manager(cfg: Config): Promise<TemplateManager> {
-  const logger = createLogger(process.env.PODVISOR_LOG_LEVEL ?? 'warn');
+/**
+ * `progress`: the build's steps (boot, guest ready, snapshot) as log lines on stderr, readable
+ * text unless PODVISOR_LOG_FORMAT says json; stdout keeps the command's result alone.
+ */
+async function manager(cfg: Config, progress = false): Promise<TemplateManager> {
+  const logger = createLogger(process.env.PODVISOR_LOG_LEVEL ?? (progress ? 'info' : 'warn'), (process.env.PODVISOR_LOG_FORMAT as LogFormat) ?? 'text', 2);
   const qemu = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
   // the daemon's cached KVM verdict (or a probe, once) so keys match the daemon's
   const accelerator = await chooseAccelerator(cfg.vm.accelerator, { ...qemu, logger }, cfg.root, cfg.state, logger);
@@ -44,7 +49,7 @@ export function registerTemplateCommands(program: Command): void {
         if (!(size.vcpus >= 1 && size.memoryMiB >= 64 && size.nics >= 0) || !Object.values(size).every(Number.isInteger)) throw new Error('--vcpus ≥ 1, --memory ≥ 64, --nics ≥ 0, whole numbers');
         // the build's own handles (QEMU is detached and unref'd) do not keep a CLI process alive
         const keepAlive = setInterval(() => undefined, 1000);
-        const meta = await (await manager(config(opts))).ensure(size).finally(() => clearInterval(keepAlive));
+        const meta = await (await manager(config(opts), true)).ensure(size).finally(() => clearInterval(keepAlive));
         process.stdout.write(`${meta.key} ${meta.vcpus}x${meta.memoryMiB}x${meta.nics} built ${meta.createdAt} in ${meta.buildMs} ms\n`);
       } catch (err) {
         fail(err);

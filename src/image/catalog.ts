@@ -265,7 +265,7 @@ export class ImageCatalog {
       return;
     }
     this.inUse.delete(key);
-    this.reap(key).catch((err) => this.log.error({ id: key, err: err.message }, 'deferred image delete failed'));
+    this.reap(key).catch((err) => this.log.error({ id: key, err }, 'deferred image delete failed'));
   }
 
   private busy(id: string): boolean {

@@ -220,7 +220,7 @@ export class RepositorySession {
         const ce = err instanceof PodvisorError ? err : unavailable(String(err?.message ?? err));
         if (this.signal?.aborted) throw ce;
         errors.push(ce);
-        if (candidates.length > 1) this.logger.info({ endpoint: e.url, err: ce.message }, 'registry host failed, trying the next');
+        if (candidates.length > 1) this.logger.info({ endpoint: e.url, err: ce }, 'registry host failed, trying the next');
       }
     }
     return Promise.reject(errors.find((x) => !isNetworkError(x)) ?? errors[errors.length - 1]);

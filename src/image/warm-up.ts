@@ -116,6 +116,6 @@ export function warmUpImageBuild(dir: string, logger: Logger): Promise<void> {
       await fsp.rm(dir, { recursive: true, force: true });
     }
     logger.debug({ ms: Date.now() - t0 }, 'image build path warmed up');
-  })().catch((e) => logger.warn({ err: String(e?.message ?? e) }, 'warming up the image build path failed (pulls work, the first is slower)'));
+  })().catch((e) => logger.warn({ err: e }, 'warming up the image build path failed (pulls work, the first is slower)'));
   return done;
 }

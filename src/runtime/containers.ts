@@ -109,7 +109,7 @@ export class ContainerManager {
       try {
         fn(ev);
       } catch (err) {
-        this.logger.error({ container: rec.id, event: type, err: (err as Error).message }, 'container event listener failed');
+        this.logger.error({ container: rec.id, event: type, err }, 'container event listener failed');
       }
     }
   }
@@ -301,7 +301,7 @@ export class ContainerManager {
       const sb = this.sandboxes.find(c.rec.sandboxId);
       if (sb?.pod?.alive() && sb.pod.connected()) {
         await sb.pod.deleteContainer(c.rec.id).catch((err) => {
-          this.logger.warn({ container: c.rec.id, err: (err as Error).message }, 'agent could not delete container');
+          this.logger.warn({ container: c.rec.id, err }, 'agent could not delete container');
         });
       }
       await this.forget(c, sb);
@@ -312,7 +312,7 @@ export class ContainerManager {
     const target = sb?.pod?.volumes;
     if (!target) return; // the pod is gone: RemovePodSandbox forgets its attachments
     for (const key of rec.volumes ?? []) {
-      await this.volumes.release(target, key).catch((err) => this.logger.warn({ container: rec.id, volume: key, err: (err as Error).message }, 'volume release failed'));
+      await this.volumes.release(target, key).catch((err) => this.logger.warn({ container: rec.id, volume: key, err }, 'volume release failed'));
     }
   }
 
@@ -492,7 +492,7 @@ export class ContainerManager {
           await this.store.save(c.rec);
         }
       } catch (err) {
-        this.logger.warn({ container: c.rec.id, err: (err as Error).message }, 'container unknown to the agent after restart');
+        this.logger.warn({ container: c.rec.id, err }, 'container unknown to the agent after restart');
         this.markExited(c, 255, 'Error', 'lost while podvisor restarted');
         await this.store.save(c.rec);
       }
@@ -508,7 +508,7 @@ export class ContainerManager {
     for (const id of [...this.interrupted]) {
       this.interrupted.delete(id);
       this.logger.warn({ container: id }, 'removing a container whose create a crash interrupted');
-      await this.remove(id).catch((err) => this.logger.error({ container: id, err: (err as Error).message }, 'cannot remove an interrupted container'));
+      await this.remove(id).catch((err) => this.logger.error({ container: id, err }, 'cannot remove an interrupted container'));
     }
   }
 

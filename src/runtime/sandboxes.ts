@@ -150,7 +150,7 @@ export class SandboxManager {
       } catch (err) {
         // a failed start: the backend removed what it made; a pod made but not recorded goes too
         this.observe?.failed(backend.kind);
-        this.logger.error({ sandbox: id, err: (err as Error).message }, 'pod sandbox failed to start');
+        this.logger.error({ sandbox: id, err }, 'pod sandbox failed to start');
         if (pod) {
           await pod.stop(1000).catch(() => undefined);
           await backend.release(rec).catch(() => undefined);
@@ -211,7 +211,7 @@ export class SandboxManager {
       T.mark('lock');
       // volumes first: the guest unmounts and flushes before its disks go
       const target = sb.pod?.volumes;
-      if (target) await this.volumes.detachAll(target).catch((err) => this.logger.warn({ sandbox: sb.rec.id, err: (err as Error).message }, 'volume detach failed'));
+      if (target) await this.volumes.detachAll(target).catch((err) => this.logger.warn({ sandbox: sb.rec.id, err }, 'volume detach failed'));
       T.mark('volumes');
       if (sb.pod) await sb.pod.stop(this.cfg.vm.stopTimeoutS * 1000);
       T.mark('pod');
@@ -283,7 +283,7 @@ export class SandboxManager {
       if (rec.state !== 'SANDBOX_READY') continue;
       const backend = this.backends.get(rec.backend ?? 'vm');
       const pod = await backend?.reconnect(rec, (ev) => this.hooks.onEvent(rec.id, ev)).catch((err) => {
-        this.logger.error({ sandbox: rec.id, err: (err as Error).message }, 'reconnecting to the pod failed');
+        this.logger.error({ sandbox: rec.id, err }, 'reconnecting to the pod failed');
         return undefined;
       });
       if (!pod) {
@@ -319,7 +319,7 @@ export class SandboxManager {
       await this.store.delete(rec.id);
       this.logger.warn({ sandbox: rec.id }, 'undid a pod start that a crash interrupted');
     } catch (err) {
-      this.logger.error({ sandbox: rec.id, err: (err as Error).message }, 'cannot undo an interrupted pod start yet');
+      this.logger.error({ sandbox: rec.id, err }, 'cannot undo an interrupted pod start yet');
     }
   }
 }

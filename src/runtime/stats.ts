@@ -85,7 +85,7 @@ export class StatsCollector {
         interfaces: (Array.isArray(r?.interfaces) ? r.interfaces.slice(0, 64) : []).map(obj).filter((x: unknown): x is Record<string, unknown> => !!x),
       };
     } catch (err) {
-      this.logger.debug({ sandbox: sb.rec.id, err: (err as Error).message }, 'guest stats unavailable');
+      this.logger.debug({ sandbox: sb.rec.id, err }, 'guest stats unavailable');
       return { byId, interfaces: [] };
     }
   }

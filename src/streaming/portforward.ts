@@ -48,7 +48,7 @@ export function servePortForwardSpdy(
       if (port === undefined) throw new Error(`invalid port ${JSON.stringify(data.headers['port'])}`);
       await backend.portForward(req.sandboxId, port, data);
     } catch (err) {
-      log.info({ err: (err as Error).message, sandbox: req.sandboxId, port }, 'port-forward failed');
+      log.info({ err, sandbox: req.sandboxId, port }, 'port-forward failed');
       if (!error.destroyed) error.write(forwardError(port ?? 0, req.sandboxId, err));
     }
     // as kubelet: both streams are closed (FIN, not reset) whatever happened
@@ -115,7 +115,7 @@ export async function servePortForwardWs(
       try {
         await backend.portForward(req.sandboxId, port, data);
       } catch (err) {
-        log.info({ err: (err as Error).message, sandbox: req.sandboxId, port }, 'port-forward failed');
+        log.info({ err, sandbox: req.sandboxId, port }, 'port-forward failed');
         if (!error.destroyed) error.write(Buffer.from(forwardError(port, req.sandboxId, err)));
       }
       if (!data.destroyed && !data.writableEnded) data.end();

@@ -199,7 +199,7 @@ export async function serveRemoteCommand(
       status = successStatus();
     }
   } catch (err) {
-    log.info({ err: (err as Error).message, kind: req.kind, container: req.containerId }, 'streaming command failed');
+    log.info({ err, kind: req.kind, container: req.containerId }, 'streaming command failed');
     status = internalErrorStatus(err);
   }
   resize?.end();

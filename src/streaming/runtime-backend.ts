@@ -91,7 +91,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
         await this.containers.podOf(c).resizeProcess(containerId, execId, s.height, s.width);
       }
     } catch (err) {
-      this.logger.debug({ container: containerId, err: (err as Error).message }, 'resize not delivered');
+      this.logger.debug({ container: containerId, err }, 'resize not delivered');
     }
   }
 

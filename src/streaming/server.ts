@@ -190,7 +190,7 @@ export class StreamingServer {
   }
 
   private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on('error', (err) => this.log.debug({ err: err.message }, 'streaming socket error'));
+    socket.on('error', (err) => this.log.debug({ err }, 'streaming socket error'));
     const found = this.lookup(req);
     if (!found) return rejectUpgrade(socket, 404, 'not found');
     const { r, token, query } = found;

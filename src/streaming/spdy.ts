@@ -387,7 +387,7 @@ export class SpdySession extends EventEmitter {
   }
 
   private fail(err: Error): void {
-    this.log.warn({ err: err.message }, 'SPDY protocol error; closing the connection');
+    this.log.warn({ err }, 'SPDY protocol error; closing the connection');
     if (!this.closed) {
       try {
         this.socket.write(goawayFrame(this.lastStreamId, 1));

@@ -76,7 +76,7 @@ export class WsChannelConnection extends EventEmitter {
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on('close', () => this.shutdown());
     ws.on('error', (err) => {
-      this.log.debug({ err: err.message }, 'websocket error');
+      this.log.debug({ err }, 'websocket error');
       this.shutdown();
     });
   }

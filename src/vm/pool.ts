@@ -96,7 +96,7 @@ export class VmPool implements Hypervisor {
     await this.templates?.init(); // refuses to start on a template dir that is not root's alone
     await this.spares?.reap();
     for (const size of this.o.templates?.prebuild ?? []) {
-      this.templates!.ensure(size).catch((err) => this.o.logger.error({ size, err: err.message }, 'template prebuild failed'));
+      this.templates!.ensure(size).catch((err) => this.o.logger.error({ size, err }, 'template prebuild failed'));
     }
   }
 
@@ -108,7 +108,7 @@ export class VmPool implements Hypervisor {
       try {
         return this.track(await this.o.driver.start(spec, { mode: 'clone', ...src }), 'clone');
       } catch (err) {
-        this.o.logger.warn({ sandbox: spec.id, err: (err as Error).message }, 'clone from template failed: cold boot instead');
+        this.o.logger.warn({ sandbox: spec.id, err }, 'clone from template failed: cold boot instead');
         this.templates!.failed(spec);
         for (const f of this.o.driver.runtimeFiles) await fsp.rm(path.join(spec.dir, f), { force: true });
       }

@@ -127,7 +127,7 @@ export class SparePool {
         // e.g. a guest too slow to answer on a loaded node: try again later, not only when
         // the next pod comes (which would then start without a spare)
         const delayMs = Math.min(60_000, 2_000 * 2 ** this.failures++);
-        this.o.logger.warn({ key, err: (err as Error).message, retryInMs: delayMs }, 'could not make a spare pod VM; pods start as plain clones meanwhile');
+        this.o.logger.warn({ key, err, retryInMs: delayMs }, 'could not make a spare pod VM; pods start as plain clones meanwhile');
         this.retry = setTimeout(() => void this.fill(size), delayMs);
         this.retry.unref();
         return;

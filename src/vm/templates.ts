@@ -80,7 +80,7 @@ export class TemplateManager {
       for (const f of [p.meta, p.state, p.mem]) checkTrustedEntry(f, 'file');
       return true;
     } catch (err) {
-      if (fs.existsSync(p.dir)) this.o.logger.error({ key, err: (err as Error).message }, 'template refused: not trusted');
+      if (fs.existsSync(p.dir)) this.o.logger.error({ key, err }, 'template refused: not trusted');
       return false;
     }
   }
@@ -129,7 +129,7 @@ export class TemplateManager {
     try {
       await this.ensure(size);
     } catch (err) {
-      this.o.logger.warn({ key, err: (err as Error).message }, 'template build failed: pods of this size cold-boot');
+      this.o.logger.warn({ key, err }, 'template build failed: pods of this size cold-boot');
       this.broken.add(key);
       setTimeout(() => this.broken.delete(key), 60_000).unref(); // try again later
       return undefined;
@@ -217,14 +217,20 @@ export class TemplateManager {
         sharePath: path.join(work, 'share'),
         network: netns ? { netnsPath: `/run/netns/${netns}`, nics } : undefined,
       };
+      const log = this.o.logger.child({ key, size: `${size.vcpus}x${size.memoryMiB}x${size.nics}` });
+      const ms = () => Date.now() - t0;
+      log.info({ accel: this.o.driver.accelerator }, 'template build: booting the VM');
       vm = await this.o.driver.start(spec, { mode: 'template', memPath: path.join(work, 'mem') });
+      log.info({ ms: ms(), pid: vm.info.pid }, 'template build: VM started, waiting for the guest agent');
       agent = await AgentClient.connect(vm.info.agentSocket, 10_000, this.o.agentCalls);
       // The agent connection stays open through the snapshot: the clones then restore a port
       // that never saw its host go away, so no late "host disconnected" in a clone can undo
       // the clone's own hello.
       const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
       await hello(agent, { nonce: key, hostname: 'template', timeoutMs: 30_000, died });
+      log.info({ ms: ms() }, 'template build: guest ready, saving the snapshot');
       await vm.snapshot(path.join(work, 'state'));
+      log.info({ ms: ms(), stateBytes: (await fsp.stat(path.join(work, 'state'))).size }, 'template build: snapshot saved');
       await vm.stop(2000);
       vm = undefined;
       const meta: TemplateMeta = { key, ...size, createdAt: new Date().toISOString(), inputs: this.keyInputs(size), buildMs: Date.now() - t0 };

@@ -142,7 +142,7 @@ export class CsiPlugin {
     for (const [name, fn] of Object.entries(handlers)) {
       impl[name] = (call: grpc.ServerUnaryCall<any, any>, cb: grpc.sendUnaryData<any>) => {
         fn(call.request).then((res) => cb(null, res), (err) => {
-          if (!(err instanceof StorageError)) this.o.logger?.warn({ rpc: name, err: (err as Error).message }, 'CSI call failed');
+          if (!(err instanceof StorageError)) this.o.logger?.warn({ rpc: name, err }, 'CSI call failed');
           cb(toGrpcError(err) as grpc.ServiceError);
         });
       };

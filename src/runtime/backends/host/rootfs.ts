@@ -192,14 +192,14 @@ export class HostRootfs {
       const have = this.users.get(name);
       if (have) have.count++;
       else this.users.set(name, { count: 1, mounted: mounted.has(target) ? Promise.resolve(target) : this.mountImage(c.image.erofsPath, target) });
-      await this.users.get(name)!.mounted.catch((err) => this.logger.error({ image: c.image.id, err: (err as Error).message }, 'cannot mount an image of a host container'));
+      await this.users.get(name)!.mounted.catch((err) => this.logger.error({ image: c.image.id, err }, 'cannot mount an image of a host container'));
       const merged = this.rootfsOf(c.id);
       if (!mounted.has(merged)) {
         // after a reboot: the writable layer is still there, the overlay is not
         await fsp.mkdir(merged, { recursive: true });
         const layer = path.join(this.layersDir, c.id);
         await mount('overlay', merged, 'overlay', 0, `lowerdir=${target},upperdir=${layer}/upper,workdir=${layer}/work`)
-          .catch((err) => this.logger.error({ container: c.id, err: (err as Error).message }, 'cannot mount a host container\'s root file system again'));
+          .catch((err) => this.logger.error({ container: c.id, err }, 'cannot mount a host container\'s root file system again'));
       }
     }
   }

@@ -112,8 +112,8 @@ export class VmPodBackend implements PodBackend {
       return await this.bootVm(rec, size, this.o.spares?.take(cls), networked, onEvent, made);
     } catch (err) {
       await made.pod?.stop(1000).catch(() => undefined);
-      await this.leaveCgroup(rec).catch((e) => this.o.logger.error({ sandbox: rec.id, err: e.message }, 'cgroup removal after a failed start'));
-      await this.release(rec).catch((e) => this.o.logger.error({ sandbox: rec.id, err: e.message }, 'network teardown after a failed start'));
+      await this.leaveCgroup(rec).catch((e) => this.o.logger.error({ sandbox: rec.id, err: e }, 'cgroup removal after a failed start'));
+      await this.release(rec).catch((e) => this.o.logger.error({ sandbox: rec.id, err: e }, 'network teardown after a failed start'));
       await fsp.rm(this.dir(rec.id), { recursive: true, force: true });
       throw err;
     } finally {
@@ -132,7 +132,7 @@ export class VmPodBackend implements PodBackend {
         return await this.bootSpare(rec, spare, networked, onEvent, made);
       } catch (err) {
         // not the pod's fault (e.g. CNI gave two interfaces, the spare has one NIC): start over
-        this.o.logger.warn({ sandbox: id, spare: spare.name, err: (err as Error).message }, 'taking a spare VM failed: starting a fresh clone');
+        this.o.logger.warn({ sandbox: id, spare: spare.name, err }, 'taking a spare VM failed: starting a fresh clone');
         made.pod = undefined;
         if (spare.vm.alive()) await spare.vm.stop(0).catch(() => undefined);
         await this.leaveCgroup(rec);
@@ -250,7 +250,7 @@ export class VmPodBackend implements PodBackend {
       await pod.connect(podHostname(rec.config), 10_000);
       this.o.logger.info({ sandbox: rec.id, pid: vm.info.pid }, 'reconnected to pod VM');
     } catch (err) {
-      this.o.logger.error({ sandbox: rec.id, err: (err as Error).message }, 'pod VM does not answer after restart; stopping it');
+      this.o.logger.error({ sandbox: rec.id, err }, 'pod VM does not answer after restart; stopping it');
       await pod.stop(2000);
       return undefined;
     }

@@ -130,7 +130,7 @@ export class VmPod implements Pod, PodVolumeTarget {
     });
     this.agent = agent ?? await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs, this.agentCalls), died]);
     this.agent.on('event', (ev: AgentEvent) => this.onGuestEvent(ev));
-    this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err: err.message }, 'agent broke the protocol; closing its connection'));
+    this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err }, 'agent broke the protocol; closing its connection'));
     const nonce = crypto.randomBytes(16).toString('hex');
     const g = await hello(this.agent, { nonce, hostname, timeoutMs: Math.max(1000, deadline - Date.now()), died });
     return { agent_version: g.agentVersion, boot_id: g.bootId };
@@ -187,7 +187,7 @@ export class VmPod implements Pod, PodVolumeTarget {
     }
     created.then(
       () => this.deleteAbandoned(p.id),
-      (err: Error) => this.logger.info({ sandbox: this.id, container: p.id, err: err.message }, 'container create the host gave up on failed in the guest'),
+      (err: Error) => this.logger.info({ sandbox: this.id, container: p.id, err }, 'container create the host gave up on failed in the guest'),
     );
     throw deadlineExceeded(`the guest did not create container ${p.id} within ${timeoutMs} ms (the call's deadline)`);
   }
@@ -197,7 +197,7 @@ export class VmPod implements Pod, PodVolumeTarget {
       await this.agent.call('container.delete', { id });
       this.logger.warn({ sandbox: this.id, container: id }, 'container create the host gave up on completed in the guest: deleted there');
     } catch (err) {
-      this.logger.error({ sandbox: this.id, container: id, err: (err as Error).message }, 'cannot delete a container create the host gave up on');
+      this.logger.error({ sandbox: this.id, container: id, err }, 'cannot delete a container create the host gave up on');
     }
   }
 
