@@ -451,8 +451,9 @@ export class ContainerManager {
     return [...this.containers.values()].filter((c) => c.rec.sandboxId === sandboxId);
   }
 
-  private async stopAll(sandboxId: string): Promise<void> {
-    await Promise.all(this.ofSandbox(sandboxId).map((c) => this.stop(c.rec.id, 0).catch(() => undefined)));
+  private async stopAll(sandboxId: string): Promise<boolean> {
+    const stopped = await Promise.all(this.ofSandbox(sandboxId).map((c) => this.stop(c.rec.id, 0).then(() => true, () => false)));
+    return stopped.every(Boolean);
   }
 
   private async podGone(sandboxId: string): Promise<void> {

@@ -93,8 +93,12 @@ export interface Pod {
   /** the target storage/ attaches volumes to (disks, NFS in the guest); undefined: no volumes in such pods */
   readonly volumes: PodVolumeTarget | undefined;
 
-  /** ends the pod's processes: polite first, killed after `graceMs` */
-  stop(graceMs: number): Promise<void>;
+  /**
+   * ends the pod's processes: polite first, killed after `graceMs`. `discard`: the caller has
+   * stopped the containers (their logs drained) and detached the volumes, so nothing left in the
+   * pod needs an orderly end; a backend may then end it at once
+   */
+  stop(graceMs: number, o?: { discard?: boolean }): Promise<void>;
 }
 
 export interface PodBackend {

@@ -25,8 +25,8 @@ export interface Sandbox {
 
 /** Hooks the container side gives us (kept as callbacks to avoid a dependency cycle). */
 export interface ContainerHooks {
-  /** stops every container of the sandbox (the pod is about to go) */
-  stopAll(sandboxId: string): Promise<void>;
+  /** stops every container of the sandbox (the pod is about to go); true when every one has exited */
+  stopAll(sandboxId: string): Promise<boolean>;
   /** the pod is gone: mark its containers exited */
   podGone(sandboxId: string): Promise<void>;
   /** removes every container of the sandbox */
@@ -168,9 +168,10 @@ export class SandboxManager {
     sb.pod = pod;
     pod.exited.then(async () => {
       if (sb.pod !== pod) return;
-      this.logger.warn({ sandbox: sb.rec.id }, 'pod exited');
       await this.lock.run(sb.rec.id, async () => {
-        if (!this.sandboxes.has(sb.rec.id)) return;
+        // StopPodSandbox ended it (and saved the record): nothing to tell
+        if (!this.sandboxes.has(sb.rec.id) || sb.pod !== pod || sb.rec.state !== 'SANDBOX_READY') return;
+        this.logger.warn({ sandbox: sb.rec.id }, 'pod exited');
         sb.rec.state = 'SANDBOX_NOTREADY';
         await this.hooks.podGone(sb.rec.id);
         await this.save(sb).catch(() => undefined);
@@ -205,15 +206,25 @@ export class SandboxManager {
     const sb = this.find(id);
     if (!sb) return; // CRI: stopping an unknown sandbox is not an error
     const T = stepTimer(this.logger, 'StopPodSandbox', { sandbox: sb.rec.id });
-    await this.hooks.stopAll(sb.rec.id);
+    const exited = await this.hooks.stopAll(sb.rec.id);
     T.mark('containers');
     await this.lock.run(sb.rec.id, async () => {
       T.mark('lock');
+      const before = JSON.stringify(sb.rec);
       // volumes first: the guest unmounts and flushes before its disks go
       const target = sb.pod?.volumes;
-      if (target) await this.volumes.detachAll(target).catch((err) => this.logger.warn({ sandbox: sb.rec.id, err }, 'volume detach failed'));
+      let discard = exited;
+      if (target) {
+        await this.volumes.detachAll(target).catch((err) => {
+          discard = false;
+          this.logger.warn({ sandbox: sb.rec.id, err }, 'volume detach failed');
+        });
+      }
       T.mark('volumes');
-      if (sb.pod) await sb.pod.stop(this.cfg.vm.stopTimeoutS * 1000);
+      // containers exited (logs drained), volumes detached: nothing in the pod needs an orderly
+      // end; otherwise (a container that would not die, a volume not detached) the pod ends
+      // its processes and syncs on its way down
+      if (sb.pod) await sb.pod.stop(this.cfg.vm.stopTimeoutS * 1000, { discard });
       T.mark('pod');
       faultPoint('sandbox.stop:vm-stopped');
       sb.rec.state = 'SANDBOX_NOTREADY';
@@ -222,7 +233,8 @@ export class SandboxManager {
       await this.backendOf(sb.rec).release(sb.rec);
       T.mark('release');
       faultPoint('sandbox.stop:network-down');
-      await this.save(sb);
+      // a pod stopped before (RemovePodSandbox stops it again) has nothing new to record
+      if (JSON.stringify(sb.rec) !== before) await this.save(sb);
       T.mark('saved');
     });
     T.done();
