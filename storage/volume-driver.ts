@@ -85,6 +85,12 @@ export interface AttachOptions {
   tag: string;
   /** raw passthrough: attach the device, do not mount; guestPath is then the device node */
   raw?: boolean;
+  /**
+   * how long the caller still waits (the CRI call's deadline: kubelet's runtimeRequestTimeout):
+   * the bound of the guest's mount; the driver's own bound when absent. A shorter host bound
+   * than the caller's abandons guest mounts that then race the caller's retry.
+   */
+  timeoutMs?: number;
 }
 
 export interface VolumeDriver<D extends VolumeDescriptor = VolumeDescriptor> {

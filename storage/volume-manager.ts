@@ -140,8 +140,11 @@ export class VolumeManager {
     return source;
   }
 
-  /** Attaches `source` to the pod (once per pod + volume) and returns where the guest has it. */
-  attach(pod: PodVolumeTarget, source: VolumeSource, readonly: boolean): Promise<AttachResult> {
+  /**
+   * Attaches `source` to the pod (once per pod + volume) and returns where the guest has it.
+   * `deadline` (ms since the epoch): the caller's; it bounds the guest's mount (AttachOptions).
+   */
+  attach(pod: PodVolumeTarget, source: VolumeSource, readonly: boolean, o: { deadline?: number } = {}): Promise<AttachResult> {
     return this.locked(pod.id, async () => {
       const state = await this.load(pod.id);
       const d = source.descriptor;
@@ -168,7 +171,8 @@ export class VolumeManager {
       // made and saved, leaving a reference no container holds (attached until the pod stops)
       if (ro && !readonly) throw precondition(`volume ${source.key} is read-only; it can only be mounted read-only`);
       const guestPath = `${GUEST_VOLUMES}/${source.key}`;
-      const handle = await this.driver(d).attach(pod, d, { readonly: ro, guestPath, tag: source.key.slice(-12), raw: source.raw });
+      const timeoutMs = o.deadline === undefined ? undefined : Math.max(1, o.deadline - Date.now());
+      const handle = await this.driver(d).attach(pod, d, { readonly: ro, guestPath, tag: source.key.slice(-12), raw: source.raw, timeoutMs });
       const entry: Entry = { key: source.key, identity, refs: 1, handle };
       state.entries.push(entry);
       await this.save(pod.id, state);

@@ -169,7 +169,7 @@ export class ContainerManager {
         const ensureImage = (img: { id: string; erofsPath: string }) => this.sandboxes.ensureImage(sb, img);
         const rootfs = await ensureImage(image);
         T.mark('image');
-        const { mounts, devices } = await planMounts({ pod, volumes: this.volumes, ensureImage }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
+        const { mounts, devices } = await planMounts({ pod, volumes: this.volumes, ensureImage, deadline: opts.deadline }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
         T.mark('mounts');
         rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
         const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid });

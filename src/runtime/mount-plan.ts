@@ -42,6 +42,8 @@ export interface PlanDeps {
   volumes: VolumeManager;
   /** the image's mount in the pod (made once per pod: SandboxManager.ensureImage) */
   ensureImage(image: ImageRef): Promise<string>;
+  /** the CRI call's deadline (ms since the epoch): it bounds the guest's volume mounts */
+  deadline?: number;
 }
 
 /** What planning attached, for the record and for undoing it. */
@@ -76,7 +78,7 @@ export async function planMounts(
     const volume = await deps.volumes.classify(hostPath);
     if (volume) {
       if (!pod.volumes) throw failedPrecondition(`${hostPath}: this kind of pod takes no volume descriptors or block devices`);
-      const att = await deps.volumes.attach(pod.volumes, volume, !!m.readonly);
+      const att = await deps.volumes.attach(pod.volumes, volume, !!m.readonly, { deadline: deps.deadline });
       made.volumes.push(att.key);
       if (att.raw) {
         // a block device as host_path: the container gets the device node at
@@ -98,7 +100,7 @@ export async function planMounts(
   for (const dev of checked.devices) {
     if (!pod.volumes) throw failedPrecondition(`device ${dev.hostPath}: this kind of pod takes no block devices`);
     const source = await deps.volumes.rawDevice(dev.hostPath);
-    const att = await deps.volumes.attach(pod.volumes, source, !dev.permissions.includes('w'));
+    const att = await deps.volumes.attach(pod.volumes, source, !dev.permissions.includes('w'), { deadline: deps.deadline });
     made.volumes.push(att.key);
     guestDevices.push(await rawGuestDevice(dev.hostPath, dev.containerPath, att, dev.permissions, mounts));
   }

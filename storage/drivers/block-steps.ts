@@ -70,7 +70,7 @@ export async function guestMountDisk(
   // a volume expanded while detached (CSI ControllerExpandVolume grows the RBD image) gets its
   // filesystem grown to the device's size here, on its next attach (NodeExpandVolume's job)
   if (!opts.readonly) params.grow = true;
-  await target.mountDisk(params, MOUNT_TIMEOUT_MS);
+  await target.mountDisk(params, opts.timeoutMs ?? MOUNT_TIMEOUT_MS);
   return { guestPath: opts.guestPath, mounted: true };
 }
 

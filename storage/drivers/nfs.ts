@@ -7,7 +7,7 @@ import { hasCode } from '../../src/util/errors';
 
 type NfsDesc = Extract<VolumeDescriptor, { kind: 'nfs' }>;
 
-/** the agent gives up after 15 s without an answer from the server */
+/** without a caller's deadline: the agent gives up after 15 s without an answer from the server (plus loading the guest's NFS modules) */
 const NFS_MOUNT_TIMEOUT_MS = 40_000;
 
 export class NfsDriver implements VolumeDriver<NfsDesc> {
@@ -28,7 +28,7 @@ export class NfsDriver implements VolumeDriver<NfsDesc> {
         server: desc.nfs.server, export: desc.nfs.export, version: desc.nfs.version,
         options: desc.nfs.version === '3' ? [...options, 'nolock'] : options,
         readonly: opts.readonly, target: opts.guestPath,
-      }, NFS_MOUNT_TIMEOUT_MS);
+      }, opts.timeoutMs ?? NFS_MOUNT_TIMEOUT_MS);
     } catch (err) {
       throw wrap(`mounting NFS ${desc.nfs.server}:${desc.nfs.export} in the guest`, err,
         hasCode(err, 'failed_precondition', 'deadline_exceeded') ? 'unavailable' : undefined);

@@ -144,3 +144,25 @@ describe('a pod VM create that outlives its deadline', () => {
     await g.close();
   });
 });
+
+describe("a CreateContainer's volume mounts in the guest", () => {
+  // a shorter host bound than the caller's abandoned slow NFS mounts (guest modules loading
+  // under load) that then raced kubelet's retry on the same mount point (ENOENT)
+  const nfs = { kind: 'nfs', nfs: { server: '10.0.0.1', export: '/export', version: '4.1' }, mountOptions: [], readOnly: false } as never;
+  const target = () => {
+    const waits: number[] = [];
+    return { waits, t: { mountNfs: async (_p: unknown, timeoutMs: number) => void waits.push(timeoutMs), mountDisk: async (_p: unknown, timeoutMs: number) => void waits.push(timeoutMs) } as never };
+  };
+
+  test('are bounded by the time the caller still waits, or by the driver\'s own bound without one', async () => {
+    const { NfsDriver } = await import('../../storage/drivers/nfs');
+    const { guestMountDisk, MOUNT_TIMEOUT_MS } = await import('../../storage/drivers/block-steps');
+    const a = target();
+    await new NfsDriver().attach(a.t, nfs, { readonly: false, guestPath: '/run/podvisor/volumes/x', tag: 'x', timeoutMs: 239_000 });
+    await new NfsDriver().attach(a.t, nfs, { readonly: false, guestPath: '/run/podvisor/volumes/y', tag: 'y' });
+    const disk = { fsType: 'ext4', mountOptions: [], format: false };
+    await guestMountDisk(a.t, { scsiId: 1, lun: 0 }, disk, { readonly: false, guestPath: '/run/podvisor/volumes/z', tag: 'z', timeoutMs: 200_000 });
+    await guestMountDisk(a.t, { scsiId: 1, lun: 1 }, disk, { readonly: false, guestPath: '/run/podvisor/volumes/w', tag: 'w' });
+    expect(a.waits).toEqual([239_000, 40_000, 200_000, MOUNT_TIMEOUT_MS]);
+  });
+});
