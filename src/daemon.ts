@@ -22,9 +22,10 @@ import { ContainerManager } from './runtime/containers';
 import { SandboxManager } from './runtime/sandboxes';
 import { PodBackends } from './runtime/pod-backend';
 import { VmPodBackend } from './runtime/backends/vm/vm-backend';
+import { HostPodBackend } from './runtime/backends/host/host-backend';
 import { startServer } from './server';
 import { chooseAccelerator } from './vm/accel';
-import { QemuHypervisor } from './vm/qemu';
+import { launcherPath, QemuHypervisor } from './vm/qemu';
 import { VmPool } from './vm/pool';
 import { CniNetwork } from '../network/cni-network';
 import { VolumeManager } from '../storage/volume-manager';
@@ -96,7 +97,8 @@ export class Daemon {
     const volumes = await VolumeManager.create({ stateDir: path.join(cfg.root, 'storage'), logger });
     // the pod backends, one registration line each (runtime/pod-backend.ts)
     const backends = new PodBackends()
-      .register(new VmPodBackend({ cfg, hypervisor: pool, network, spares: pool.spares, volumes, logger, agentCalls: metrics.agentCalls }));
+      .register(new VmPodBackend({ cfg, hypervisor: pool, network, spares: pool.spares, volumes, logger, agentCalls: metrics.agentCalls }))
+      .register(new HostPodBackend({ cfg, launcher: launcherPath(cfg.vm), network, logger }));
     const sandboxes = new SandboxManager(cfg, backends, volumes, logger, metrics.sandboxes);
     const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers

@@ -188,6 +188,10 @@ export class TestDaemon {
     for (const ns of fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []) {
       if (ns.startsWith(sparePrefix)) spawnSync('ip', ['netns', 'delete', ns]);
     }
+    // mounts under the scratch dir (a host pod backend's shared state dir, whatever a failed
+    // test left): detached, deepest first, so the directory can go
+    const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m && m.startsWith(this.dir + '/'));
+    for (const m of mounts.sort((a, b) => b.length - a.length)) spawnSync('umount', ['-l', m]);
     // PV_KEEP_LOG=<file>: keep the daemon's log of a test run (debugging a failure)
     if (process.env.PV_KEEP_LOG) fs.copyFileSync(path.join(this.dir, 'daemon.log'), process.env.PV_KEEP_LOG);
     fs.rmSync(this.dir, { recursive: true, force: true });

@@ -38,8 +38,10 @@
 //!
 //! Host pods (pods in the host's namespaces, src/runtime/backends/host/): `podvisor-launch pinns …`
 //! pins a pod's namespaces (pinns.rs), `podvisor-launch shim …` holds one host container
-//! (shim/), `podvisor-launch delete …` removes a container whose shim is gone.
+//! (shim/), `podvisor-launch delete …` removes a container whose shim is gone, and
+//! `podvisor-launch connect …` is one port-forward connection into a pod's netns (connect.rs).
 
+mod connect;
 mod pinns;
 mod shim;
 mod sys;
@@ -337,6 +339,13 @@ fn main() {
         Some("shim") => match shim::parse(utf8(&args[1..])) {
             Ok(o) => shim::main(o),
             Err(e) => fail(e),
+        },
+        Some("connect") => match connect::parse(utf8(&args[1..])).and_then(connect::run) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("podvisor-launch: {e}");
+                std::process::exit(1);
+            }
         },
         Some("delete") => match shim::delete_main(utf8(&args[1..])) {
             Ok(()) => std::process::exit(0),

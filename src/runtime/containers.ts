@@ -1,5 +1,7 @@
-// Containers inside pod VMs: create/start/stop/remove through the guest agent, stdio to CRI
-// log files, exit seen from agent events (pushed, not polled), ExecSync.
+// Containers inside pods: create/start/stop/remove through the pod (a VM's guest agent, a host
+// pod's shims), stdio to CRI log files (written here from the pod's streams, or by the pod
+// itself when it holds its containers' stdio: Pod.containerIo), exit seen from pod events
+// (pushed, not polled), ExecSync.
 import type { ContainerConfig, ContainerFilter, LinuxContainerResources, PodSandboxConfig } from '../../cri-api/messages';
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
@@ -172,7 +174,9 @@ export class ContainerManager {
         const { mounts, devices } = await planMounts({ pod, volumes: this.volumes, ensureImage, deadline: opts.deadline }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
         T.mark('mounts');
         rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
-        const { spec, username } = buildSpec({ config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid });
+        // a pod VM's spec, or a host pod's (its namespace files, the container's root and cgroup)
+        const target = pod.specTarget ? await pod.specTarget(id, !!config.linux?.security_context?.privileged) : undefined;
+        const { spec, username } = buildSpec({ target, config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid });
         T.mark('spec');
         const timeoutMs = (opts.deadline ?? Date.now() + CREATE_TIMEOUT_MS) - Date.now();
         if (timeoutMs <= 0) throw deadlineExceeded(`the caller's deadline passed before the guest was asked to create container ${md.name}`);
@@ -203,6 +207,18 @@ export class ContainerManager {
   private async createInPod(pod: Pod, live: Live, rootfs: string, spec: object, username: string | null, timeoutMs: number): Promise<void> {
     const { rec } = live;
     const config = rec.config;
+    if (pod.containerIo) {
+      // the pod holds the stdio and writes the log itself
+      this.containers.set(rec.id, live);
+      await pod.createContainer({
+        id: rec.id,
+        rootfs: { image: rootfs, readonly: !!config.linux?.security_context?.readonly_rootfs },
+        spec,
+        username,
+        stdio: { stdin: 0, stdout: 0, stderr: 0, tty: !!config.tty, stdin_once: !!config.stdin_once },
+      }, timeoutMs, { logPath: rec.logPath, stdin: !!config.stdin });
+      return;
+    }
     const stdout = pod.openStream();
     const stderr = config.tty ? undefined : pod.openStream();
     const stdin = config.stdin ? pod.openStream() : undefined;
@@ -353,7 +369,9 @@ export class ContainerManager {
   async reopenLog(id: string): Promise<void> {
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING') throw failedPrecondition(`container ${c.rec.id} is not running`);
-    await c.log?.reopen();
+    const io = this.podOf(c).containerIo;
+    if (io) await io.reopenLog(c.rec.id);
+    else await c.log?.reopen();
   }
 
   async execSync(id: string, cmd: string[], timeoutS: number): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
@@ -475,10 +493,12 @@ export class ContainerManager {
     if (!sb?.pod) return;
     for (const c of this.ofSandbox(sandboxId)) {
       if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') continue;
-      c.log = new ContainerLog(c.rec.logPath || null);
-      if (c.rec.streams.stdout) c.log.pump('stdout', sb.pod.adoptStream(c.rec.streams.stdout));
-      if (c.rec.streams.stderr) c.log.pump('stderr', sb.pod.adoptStream(c.rec.streams.stderr));
-      if (c.rec.streams.stdin) c.stdin = sb.pod.adoptStream(c.rec.streams.stdin);
+      if (!sb.pod.containerIo) {
+        c.log = new ContainerLog(c.rec.logPath || null);
+        if (c.rec.streams.stdout) c.log.pump('stdout', sb.pod.adoptStream(c.rec.streams.stdout));
+        if (c.rec.streams.stderr) c.log.pump('stderr', sb.pod.adoptStream(c.rec.streams.stderr));
+        if (c.rec.streams.stdin) c.stdin = sb.pod.adoptStream(c.rec.streams.stdin);
+      }
       try {
         const st = await sb.pod.containerState(c.rec.id);
         if (st.status === 'running' && c.rec.state === 'CONTAINER_CREATED') {

@@ -76,6 +76,15 @@ export async function planMounts(
     // A volume descriptor or block device goes to the pod as a volume (VM: a disk or NFS mount);
     // everything else reaches it as a bound host path.
     const volume = await deps.volumes.classify(hostPath);
+    if (volume && pod.hostView) {
+      // a pod on the host: a block device is given as the host's own node; a podvisor volume
+      // descriptor exists to hand storage to a guest, so it is refused, naming the volume
+      if (!volume.raw) {
+        throw failedPrecondition(`mount ${containerPath}: ${hostPath} is a podvisor ${volume.descriptor.kind} volume (${volume.key}), which only a pod VM can attach; a host pod takes host paths and raw block devices`);
+      }
+      guestDevices.push(await hostDevice(hostPath, containerPath, m.readonly ? 'r' : 'rw', mounts));
+      continue;
+    }
     if (volume) {
       if (!pod.volumes) throw failedPrecondition(`${hostPath}: this kind of pod takes no volume descriptors or block devices`);
       const att = await deps.volumes.attach(pod.volumes, volume, !!m.readonly, { deadline: deps.deadline });
@@ -93,11 +102,18 @@ export async function planMounts(
     // read-only is enforced on the host bind (top mount only, so submounts keep their
     // own mode as CRI's non-recursive read-only asks); recursive_read_only also in the pod
     const source = await pod.bindHostPath(hostPath, `${made.hostPathDir}/${i++}`, !!m.readonly);
-    mounts.push({ destination: containerPath, source, readonly: !!m.recursive_read_only, propagation: propagation(m.propagation) });
+    // a pod on the host binds the path itself: the container's mount is the read-only one
+    // (non-recursive, as CRI's readonly asks; recursive_read_only makes it recursive)
+    const readonly = pod.hostView ? !!m.readonly || !!m.recursive_read_only : !!m.recursive_read_only;
+    mounts.push({ destination: containerPath, source, readonly, recursive: pod.hostView && !!m.recursive_read_only, propagation: propagation(m.propagation) });
   }
   // LinuxContainerConfig devices: host block devices, each a volume of the pod (VM: a SCSI
   // disk attached once per pod) whose node the container gets at container_path
   for (const dev of checked.devices) {
+    if (pod.hostView) {
+      guestDevices.push(await hostDevice(dev.hostPath, dev.containerPath, dev.permissions, mounts));
+      continue;
+    }
     if (!pod.volumes) throw failedPrecondition(`device ${dev.hostPath}: this kind of pod takes no block devices`);
     const source = await deps.volumes.rawDevice(dev.hostPath);
     const att = await deps.volumes.attach(pod.volumes, source, !dev.permissions.includes('w'), { deadline: deps.deadline });
@@ -158,6 +174,27 @@ async function rawGuestDevice(hostPath: string, containerPath: string, att: Atta
   const node = containerPath.startsWith('/dev/');
   if (!node) mounts.push({ destination: containerPath, source: att.guestPath, readonly: !access.includes('w') });
   return { containerPath, major: att.guestDevice.major, minor: att.guestDevice.minor, access, fileMode: st.mode & 0o777, uid: st.uid, gid: st.gid, node };
+}
+
+/**
+ * A host device given to a container of a pod on the host: the node itself (under /dev: made by
+ * the runtime from its numbers; elsewhere the host's node bound there), block or character.
+ */
+async function hostDevice(hostPath: string, containerPath: string, access: string, mounts: GuestMount[]): Promise<GuestDevice> {
+  let st;
+  try {
+    st = await fsp.stat(hostPath, { bigint: true });
+  } catch {
+    throw notFound(`device ${hostPath} does not exist`);
+  }
+  if (!st.isBlockDevice() && !st.isCharacterDevice()) throw invalidArgument(`${hostPath} is not a device`);
+  const rdev = st.rdev;
+  // glibc's dev_t layout: major in bits 8-19 and 44-63, minor in bits 0-7 and 20-43
+  const major = Number(((rdev & 0xfff00n) >> 8n) | ((rdev & 0xfffff00000000000n) >> 32n));
+  const minor = Number((rdev & 0xffn) | ((rdev & 0xffffff00000n) >> 12n));
+  const node = containerPath.startsWith('/dev/');
+  if (!node) mounts.push({ destination: containerPath, source: hostPath, readonly: !access.includes('w') });
+  return { containerPath, major, minor, access, fileMode: Number(st.mode & 0o777n), uid: Number(st.uid), gid: Number(st.gid), node, type: st.isCharacterDevice() ? 'c' : 'b' };
 }
 
 function propagation(p: Mount['propagation']): string | undefined {

@@ -44,6 +44,8 @@ export interface GuestMount {
   destination: string;
   source: string;
   readonly: boolean;
+  /** read-only for the mounts under it too (OCI "rro"; host pods, CRI recursive_read_only) */
+  recursive?: boolean;
   propagation?: string;
 }
 
@@ -55,6 +57,8 @@ export interface GuestDevice {
   minor: number;
   /** device cgroup access, subset of "rwm" */
   access: string;
+  /** block (default) or character device (host pods may get those) */
+  type?: 'b' | 'c';
   fileMode: number;
   uid: number;
   gid: number;
@@ -251,8 +255,8 @@ export function deviceRules(privileged: boolean, devices: GuestDevice[]): Device
 }
 
 /** The device cgroup rule that lets a container use one guest block device. */
-export function deviceRule(d: Pick<GuestDevice, 'major' | 'minor' | 'access'>): DeviceRule {
-  return { allow: true, type: 'b', major: d.major, minor: d.minor, access: d.access };
+export function deviceRule(d: Pick<GuestDevice, 'major' | 'minor' | 'access' | 'type'>): DeviceRule {
+  return { allow: true, type: d.type ?? 'b', major: d.major, minor: d.minor, access: d.access };
 }
 
 /**
@@ -280,7 +284,7 @@ export function ociResources(r: LinuxContainerResources, allowDevices: DeviceRul
 
 /** OCI linux.devices: raw block devices made as nodes, then (privileged host containers) every host device. */
 function deviceNodes(devices: GuestDevice[], hostDevices: HostDevice[] | undefined): any[] | undefined {
-  const out: any[] = devices.filter((d) => d.node).map((d) => ({ path: d.containerPath, type: 'b', major: d.major, minor: d.minor, fileMode: d.fileMode, uid: d.uid, gid: d.gid }));
+  const out: any[] = devices.filter((d) => d.node).map((d) => ({ path: d.containerPath, type: d.type ?? 'b', major: d.major, minor: d.minor, fileMode: d.fileMode, uid: d.uid, gid: d.gid }));
   for (const d of hostDevices ?? []) if (!out.some((o) => o.path === d.path)) out.push({ ...d });
   return out.length ? out : undefined;
 }
@@ -337,7 +341,7 @@ export function buildSpec(input: SpecInput): BuiltSpec {
   }
   // /etc/resolv.conf: the agent binds the pod's own unless a CRI mount provides one.
   for (const m of mounts) {
-    const opts = ['rbind', m.readonly ? 'ro' : 'rw'];
+    const opts = ['rbind', m.readonly ? (m.recursive ? 'rro' : 'ro') : 'rw'];
     if (m.propagation) opts.push(m.propagation);
     specMounts.push({ destination: m.destination, type: 'bind', source: m.source, options: opts });
   }

@@ -3,17 +3,19 @@
 // connection. Each pod's backend is chosen from its runtime handler ([runtime] handlers in the
 // config: handler name → backend kind). Two kinds are meant to sit behind it:
 //   - "vm" (backends/vm/): the pod is a VM; its containers run in the guest through the agent;
-//   - "host" (hostpods, issue 16): the pod is a set of pinned host namespaces; its containers
-//     run with crun/runc through a host shim.
+//   - "host" (backends/host/): the pod is a set of pinned host namespaces; its containers run
+//     on the host, each held by a shim (podvisor-launch shim, youki's libcontainer).
 // The container operations take the guest API's shapes (agent/api.ts) because those already
 // say everything a container runtime needs (OCI spec, stdio stream ids, signals); the VM backend
 // hands them to its agent, a host backend to its shim. What only one kind can do is optional
-// (volumes as disks: `volumes`), so callers ask instead of assuming.
+// (volumes as disks: `volumes`; stdio and logs held by the pod itself: `containerIo`; a direct
+// view of the host: `hostView`), so callers ask instead of assuming.
 import type { PodSandboxConfig } from '../../cri-api/messages';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import type { GuestParams, GuestResult } from '../agent/api';
 import type { PodVolumeTarget } from '../../storage/volume-driver';
 import type { ImageMount, SandboxRecord } from './records';
+import type { SpecTarget } from './oci-spec';
 
 /** A byte stream between the host and a pod's process (stdio, exec, port-forward). */
 export interface PodStream extends Duplex {
@@ -34,6 +36,27 @@ export interface PodEvent {
 export interface BackendFeatures {
   recursiveReadOnlyMounts: boolean;
   userNamespaces: boolean;
+}
+
+/** A client's side of an attach (the streaming server's ProcessIO has this shape). */
+export interface AttachIo {
+  stdin?: Readable;
+  stdout?: Writable;
+  stderr?: Writable;
+  tty: boolean;
+  resize?: AsyncIterable<{ width: number; height: number }>;
+}
+
+/**
+ * A pod that holds its containers' stdio and writes their CRI logs itself (a host pod's shims,
+ * which go on logging while the daemon is down): the container manager opens no streams for its
+ * containers and hands these calls over.
+ */
+export interface PodContainerIo {
+  /** ReopenContainerLog: the log file is opened again (kubelet rotated it) */
+  reopenLog(containerId: string): Promise<void>;
+  /** connects a client to the container's live stdio; resolves when the client leaves or the container ends */
+  attach(containerId: string, io: AttachIo): Promise<void>;
 }
 
 /** Where an image is mounted in a pod (kept in the sandbox record). */
@@ -62,9 +85,11 @@ export interface Pod {
   /**
    * creates (not starts) a container on an image mounted by mountImage, or rejects with
    * deadline_exceeded after `timeoutMs`; a create the pod completes after that is undone by the
-   * pod (nothing of an abandoned create may stay behind: the caller retries with a new id)
+   * pod (nothing of an abandoned create may stay behind: the caller retries with a new id). With
+   * `containerIo` the stdio stream ids are 0 and `io` says where the log goes and whether it
+   * takes stdin
    */
-  createContainer(p: GuestParams<'container.create'>, timeoutMs: number): Promise<void>;
+  createContainer(p: GuestParams<'container.create'>, timeoutMs: number, io?: { logPath: string; stdin: boolean }): Promise<void>;
   startContainer(id: string): Promise<{ pid: number }>;
   signalContainer(id: string, signal: number, all: boolean): Promise<void>;
   /** the container must be stopped; frees what it holds in the pod */
@@ -92,6 +117,19 @@ export interface Pod {
   unbindHostPaths(rel: string): Promise<void>;
   /** the target storage/ attaches volumes to (disks, NFS in the guest); undefined: no volumes in such pods */
   readonly volumes: PodVolumeTarget | undefined;
+  /** set when the pod holds its containers' stdio and logs (see PodContainerIo) */
+  readonly containerIo?: PodContainerIo;
+  /**
+   * Set when the pod's containers see the host directly (a host pod): bindHostPath returns the
+   * host path itself and a mount's read-only flag is the container mount's own; a raw block
+   * device (a mount's host_path or a CRI device) is given as the host's own device node.
+   */
+  readonly hostView?: true;
+  /**
+   * What the OCI spec of a new container is built for (oci-spec.ts): absent, a pod VM; a host
+   * pod gives its namespace files, the container's root file system and cgroup.
+   */
+  specTarget?(containerId: string, privileged: boolean): Promise<SpecTarget>;
 
   /**
    * ends the pod's processes: polite first, killed after `graceMs`. `discard`: the caller has

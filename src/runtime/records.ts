@@ -38,6 +38,16 @@ export interface SandboxRecord {
   network: PodNetwork | null;
   /** host cgroup directories made for the pod VM under cgroup_parent (pod-cgroup.ts) */
   cgroups?: string[];
+  /** a host pod's (backends/host/): its directory and pinned namespaces */
+  host?: HostPodState;
+}
+
+/** What a host pod holds on the host (backends/host/pinned-ns.ts makes it). */
+export interface HostPodState {
+  /** the pod's directory: pinned namespace files, resolv.conf, hostname */
+  dir: string;
+  /** namespace files pinned for the pod; absent where it uses the host's */
+  ns: { net?: string; ipc?: string; uts?: string; shm?: string; init?: { pid: number; startTime: number } };
 }
 
 export interface ContainerRecord {
@@ -79,12 +89,13 @@ export interface ContainerRecord {
 }
 
 /**
- * OCI linux.resources.devices entry allowing one guest block device, or (no type, no numbers)
+ * OCI linux.resources.devices entry allowing one device (a guest block device, or a host pod's
+ * block or character device), or (no type, no numbers)
  * every device: a privileged container's.
  */
 export interface DeviceRule {
   allow: true;
-  type?: 'b';
+  type?: 'b' | 'c';
   major?: number;
   minor?: number;
   /** subset of "rwm" */

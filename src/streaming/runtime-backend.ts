@@ -97,6 +97,8 @@ export class RuntimeStreamingBackend implements StreamingBackend {
 
   async attach(containerId: string, io: ProcessIO): Promise<void> {
     const c = this.running(containerId);
+    const own = this.containers.podOf(c).containerIo;
+    if (own) return own.attach(c.rec.id, io); // the pod holds the container's stdio
     const log = c.log;
     if (!log) throw failedPrecondition(`container ${c.rec.id} has no live output`);
     let detach!: () => void;

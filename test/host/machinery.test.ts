@@ -37,6 +37,15 @@ afterAll(() => {
   removeDir(dir);
 });
 
+/** A container's root file system as a host pod makes it: the pod's image mount, an overlay on it. */
+async function create(rootfs: HostRootfs, id: string, img: { id: string; erofsPath: string }): Promise<string> {
+  return rootfs.createOverlay(id, await rootfs.mountImage(img));
+}
+async function remove(rootfs: HostRootfs, id: string, imageId: string): Promise<void> {
+  await rootfs.removeOverlay(id);
+  await rootfs.unmountImage(imageId);
+}
+
 const nsenter = (args: string[]) => execFileSync('nsenter', args, { encoding: 'utf8' }).trim();
 
 describe('pinned pod namespaces', () => {
@@ -80,19 +89,19 @@ describe('host root file systems', () => {
     const rootfs = new HostRootfs(state, root, silentLogger);
     const a = crypto.randomBytes(32).toString('hex');
     const b = crypto.randomBytes(32).toString('hex');
-    const ra = await rootfs.create(a, image);
-    const rb = await rootfs.create(b, image);
+    const ra = await create(rootfs, a, image);
+    const rb = await create(rootfs, b, image);
     const imageMount = path.join(state, 'images', image.id.slice(7));
     expect(mountsUnder(path.join(state, 'images'))).toEqual([imageMount]);
     fs.writeFileSync(path.join(ra, 'tmp', 'only-a'), 'x');
     expect(fs.existsSync(path.join(rb, 'tmp', 'only-a'))).toBe(false);
     expect(fs.existsSync(path.join(root, 'containers', a, 'upper', 'tmp', 'only-a'))).toBe(true);
     expect(fs.readFileSync(path.join(ra, 'etc', 'passwd'), 'utf8')).toMatch(/^app:x:1000/m);
-    await rootfs.remove(a, image.id);
+    await remove(rootfs, a, image.id);
     expect(mountsUnder(path.join(state, 'images'))).toEqual([imageMount]);
     expect(fs.existsSync(path.join(root, 'containers', a))).toBe(false);
     // a daemon that crashed with b still there: a new instance that knows no container cleans up
-    await new HostRootfs(state, root, silentLogger).restore([]);
+    await new HostRootfs(state, root, silentLogger).sweep(new Set());
     expect(mountsUnder(path.join(state, 'images'))).toEqual([]);
     expect(mountsUnder(path.join(state, 'containers'))).toEqual([]);
     expect(fs.readdirSync(path.join(root, 'containers'))).toEqual([]);
@@ -101,7 +110,7 @@ describe('host root file systems', () => {
   it('resolves users and groups inside the image, never through a symlink out of it', async () => {
     const rootfs = new HostRootfs(state, root, silentLogger);
     const id = crypto.randomBytes(32).toString('hex');
-    const r = await rootfs.create(id, image);
+    const r = await create(rootfs, id, image);
     try {
       const named = { process: { user: { uid: 0, gid: 0 } } };
       await resolveUser(named, 'app', false, r);
@@ -114,7 +123,7 @@ describe('host root file systems', () => {
       fs.symlinkSync('/etc/passwd', path.join(r, 'etc', 'passwd')); // inside the image: its own /etc/passwd, which is gone
       await expect(resolveUser({ process: {} }, 'root', false, r)).rejects.toThrow(/not found/);
     } finally {
-      await rootfs.remove(id, image.id);
+      await remove(rootfs, id, image.id);
     }
   });
 });
@@ -138,7 +147,7 @@ describe('host container shim', () => {
   /** A container of the pinned pod, created by a shim; returns what the test needs. */
   async function container(config: any, opts: { tty?: boolean; stdin?: boolean; hostPath?: string } = {}) {
     const id = crypto.randomBytes(32).toString('hex');
-    const r = await rootfs.create(id, image);
+    const r = await create(rootfs, id, image);
     const cdir = rootfs.containerDir(id);
     const target: HostTarget = {
       kind: 'host', netns: ns.net, ipcns: ns.ipc, utsns: ns.uts, shm: ns.shm!, etc: {},
@@ -156,7 +165,7 @@ describe('host container shim', () => {
     return { id, conn, exited, log, paths, pid: started.pid, shimPid: started.shimPid, remove: async () => {
       await conn.request('delete').catch(() => undefined);
       conn.close();
-      await rootfs.remove(id, image.id);
+      await remove(rootfs, id, image.id);
     } };
   }
 

@@ -3,7 +3,9 @@
 //! client → shim: `C` a JSON request (one `R` reply each, in order), `I` stdin bytes, `E` end of
 //! stdin. shim → client: `R` a JSON reply, `1`/`2` stdout/stderr bytes (attach and exec
 //! connections), `X` a JSON exit (the container's, or on an exec connection the exec's).
-//! src/runtime/backends/host/shim-client.ts is the other end.
+//! src/runtime/backends/host/shim-client.ts is the other end. Requests: state, start, signal
+//! (the container's init, every process of it with `all`, or on an exec connection the exec),
+//! resize, reopen (the log), attach, exec, delete.
 
 pub const REQUEST: u8 = b'C';
 pub const STDIN: u8 = b'I';

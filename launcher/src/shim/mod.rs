@@ -247,6 +247,8 @@ struct Shim {
     listener: UnixListener,
     wake: OwnedFd,
     pid: i32,
+    /// the daemon started it (its init left libcontainer's wait)
+    started: bool,
     status: Option<i32>,
     deadline: Option<Instant>,
     exit: Option<Value>,
@@ -340,6 +342,7 @@ fn create(o: ShimOpts) -> Result<Shim, String> {
         listener,
         wake,
         pid,
+        started: false,
         status: None,
         deadline: None,
         exit: None,
@@ -648,15 +651,24 @@ impl Shim {
         let op = req.get("op").and_then(Value::as_str).unwrap_or("");
         let mode = self.clients[i].mode;
         match op {
-            "state" => Ok(json!({ "pid": self.pid, "running": self.status.is_none(), "exit": self.exit })),
+            "state" => Ok(json!({ "pid": self.pid, "started": self.started, "running": self.status.is_none(), "exit": self.exit })),
             "start" => {
                 if self.status.is_some() {
                     return Err("the container's process has exited".into());
                 }
-                self.oci.start().map(|_| json!({}))
+                self.oci.start()?;
+                self.started = true;
+                Ok(json!({ "pid": self.pid }))
             }
             "signal" => {
                 let sig = req.get("signal").and_then(Value::as_i64).filter(|s| (1..=64).contains(s)).ok_or("signal must be 1..64")? as i32;
+                if let Mode::Exec(id) = mode {
+                    // on an exec's connection: that process
+                    if let Some(e) = self.execs.iter().find(|e| e.id == id && e.status.is_none()) {
+                        unsafe { libc::kill(e.pid, sig) };
+                    }
+                    return Ok(json!({}));
+                }
                 if req.get("all").and_then(Value::as_bool).unwrap_or(false) {
                     self.oci.kill_all(sig).map(|_| json!({}))
                 } else {

@@ -1,12 +1,13 @@
 // Root file systems of host containers, from the same erofs image files that pod VMs get as
 // disks. Each image is mounted read-only on the host once, under <state>/host/images/<id>,
-// however many containers use it (counted here; the last one out unmounts it). Each container
-// gets an overlay: that mount as the lower layer, its writable layer (upper + work) under
-// <root>/host/containers/<id> on disk, so a container's writes cost no RAM, merged at
-// <state>/host/containers/<id16>/rootfs. Nothing is mounted anywhere else.
+// however many host pods use it (each pod's mount of it is counted here, as a VM pod attaches an
+// image once; the last one out unmounts it). Each container gets an overlay: that mount as the
+// lower layer, its writable layer (upper + work) under <root>/host/containers/<id> on disk, so a
+// container's writes cost no RAM, merged at <state>/host/containers/<id16>/rootfs. Nothing is
+// mounted anywhere else.
 //
-// After a crash the mount table is the truth: `restore` keeps what the surviving containers
-// use and unmounts and removes everything else under both directories.
+// After a restart the pods' records say which images they hold (`adoptImage`), and `sweep`
+// unmounts and removes every image mount, overlay and writable layer nothing holds.
 //
 // erofs from a file needs Linux 6.12 (EROFS_FS_BACKED_BY_FILE); older kernels get a loop device
 // (`mount -o loop`, which frees it on unmount).
@@ -14,7 +15,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../../../util/log';
 import { run } from '../../../util/exec-file';
-import { mount, mountsUnder, MS_RDONLY, unmount } from './mount';
+import { isMountPoint, mount, mountsUnder, MS_RDONLY, unmount } from './mount';
 
 export interface RootfsImage {
   id: string;
@@ -55,8 +56,13 @@ export class HostRootfs {
     return path.join(this.containerDir(id), 'rootfs');
   }
 
-  /** Mounts the image (once) and counts one more user; returns the mount point. */
-  private async acquire(image: RootfsImage): Promise<string> {
+  /** Where an image is mounted (whether or not it is now). */
+  imageDir(imageId: string): string {
+    return path.join(this.imagesDir, imageName(imageId));
+  }
+
+  /** Mounts the image (once for all pods) and counts one more user; returns the mount point. */
+  async mountImage(image: RootfsImage): Promise<string> {
     const name = imageName(image.id);
     const have = this.users.get(name);
     if (have) {
@@ -68,8 +74,8 @@ export class HostRootfs {
         throw err;
       }
     }
-    const target = path.join(this.imagesDir, name);
-    const mounted = this.mountImage(image.erofsPath, target);
+    const target = this.imageDir(image.id);
+    const mounted = this.mount(image.erofsPath, target);
     const entry = { count: 1, mounted };
     this.users.set(name, entry);
     try {
@@ -80,7 +86,21 @@ export class HostRootfs {
     }
   }
 
-  private async mountImage(file: string, target: string): Promise<string> {
+  /** After a restart: a pod's record says it holds the image; counted, mounted again when missing. */
+  async adoptImage(image: RootfsImage): Promise<string> {
+    const name = imageName(image.id);
+    const have = this.users.get(name);
+    if (have) {
+      have.count++;
+      return have.mounted;
+    }
+    const target = this.imageDir(image.id);
+    const mounted = isMountPoint(target) ? Promise.resolve(target) : this.mount(image.erofsPath, target);
+    this.users.set(name, { count: 1, mounted });
+    return mounted;
+  }
+
+  private async mount(file: string, target: string): Promise<string> {
     await fsp.mkdir(target, { recursive: true, mode: 0o700 });
     try {
       await mount(file, target, 'erofs', MS_RDONLY, null);
@@ -93,20 +113,20 @@ export class HostRootfs {
   }
 
   /** One user less; the last one unmounts the image. */
-  private async release(imageId: string): Promise<void> {
+  async unmountImage(imageId: string): Promise<void> {
     const name = imageName(imageId);
     const have = this.users.get(name);
     if (!have || --have.count > 0) return;
     this.users.delete(name);
-    const target = path.join(this.imagesDir, name);
+    const target = this.imageDir(imageId);
     await unmount(target);
     await fsp.rmdir(target).catch(() => undefined);
   }
 
-  /** The container's overlay root file system; undone if any step fails. */
-  async create(id: string, image: RootfsImage): Promise<string> {
+  /** The container's overlay root file system on `lower` (an image mount); undone if any step fails. */
+  async createOverlay(id: string, lower: string): Promise<string> {
     checkId(id);
-    const lower = await this.acquire(image);
+    if (path.dirname(lower) !== this.imagesDir) throw new Error(`${lower} is not an image mounted for host containers`);
     const layer = path.join(this.layersDir, id);
     const merged = this.rootfsOf(id);
     try {
@@ -116,24 +136,18 @@ export class HostRootfs {
       await mount('overlay', merged, 'overlay', 0, `lowerdir=${lower},upperdir=${layer}/upper,workdir=${layer}/work`);
       return merged;
     } catch (err) {
-      await this.removeLayer(id).catch(() => undefined);
-      await this.release(image.id).catch(() => undefined);
+      await this.removeOverlay(id).catch(() => undefined);
       throw err;
     }
   }
 
-  private async removeLayer(id: string): Promise<void> {
+  /** Unmounts the container's root file system and deletes it, its directory and its writable layer. */
+  async removeOverlay(id: string): Promise<void> {
+    checkId(id);
     const dir = this.containerDir(id);
     for (const m of mountsUnder(dir)) await unmount(m);
     await fsp.rm(dir, { recursive: true, force: true });
     await fsp.rm(path.join(this.layersDir, id), { recursive: true, force: true });
-  }
-
-  /** Unmounts and deletes the container's root file system and writable layer. */
-  async remove(id: string, imageId: string): Promise<void> {
-    checkId(id);
-    await this.removeLayer(id);
-    await this.release(imageId);
   }
 
   /** Bytes and inodes of the container's writable layer (its upper dir). */
@@ -141,7 +155,7 @@ export class HostRootfs {
     let bytes = 0;
     let inodes = 0;
     const walk = async (dir: string, depth: number): Promise<void> => {
-      if (depth > 64) return;
+      if (depth > 64 || inodes > 1_000_000) return;
       let entries;
       try {
         entries = await fsp.readdir(dir, { withFileTypes: true });
@@ -160,47 +174,26 @@ export class HostRootfs {
   }
 
   /**
-   * After a restart: counts the images of the containers that still exist (mounting what is
-   * missing, after a reboot) and removes every other mount, overlay and writable layer.
+   * Removes what nothing holds (after a restart, once the pods adopted their images): image
+   * mounts no pod counts, overlays and writable layers of containers not in `keep` (full ids).
    */
-  async restore(containers: Array<{ id: string; image: RootfsImage }>): Promise<void> {
-    const keep = new Set(containers.map((c) => c.id));
-    const keepImages = new Set(containers.map((c) => imageName(c.image.id)));
+  async sweep(keep: Set<string>): Promise<void> {
+    const keep16 = new Set([...keep].map((k) => k.slice(0, 16)));
     for (const m of mountsUnder(this.containersDir)) {
-      const id = path.relative(this.containersDir, m).split(path.sep)[0];
-      if (![...keep].some((k) => k.startsWith(id))) await unmount(m);
+      if (!keep16.has(path.relative(this.containersDir, m).split(path.sep)[0])) await unmount(m);
     }
     for (const m of mountsUnder(this.imagesDir)) {
-      if (!keepImages.has(path.relative(this.imagesDir, m).split(path.sep)[0])) await unmount(m);
+      if (!this.users.has(path.relative(this.imagesDir, m).split(path.sep)[0])) await unmount(m);
     }
-    for (const [dir, full] of [[this.containersDir, false], [this.layersDir, true]] as const) {
+    for (const [dir, ids] of [[this.containersDir, keep16], [this.layersDir, keep]] as const) {
       for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
-        const known = full ? keep.has(name) : [...keep].some((k) => k.slice(0, 16) === name);
-        if (!known) {
-          this.logger.warn({ dir: path.join(dir, name) }, 'removing a host container left behind');
-          await fsp.rm(path.join(dir, name), { recursive: true, force: true });
-        }
+        if (ids.has(name)) continue;
+        this.logger.warn({ dir: path.join(dir, name) }, 'removing a host container left behind');
+        await fsp.rm(path.join(dir, name), { recursive: true, force: true });
       }
     }
     for (const name of await fsp.readdir(this.imagesDir).catch(() => [] as string[])) {
-      if (!keepImages.has(name)) await fsp.rmdir(path.join(this.imagesDir, name)).catch(() => undefined);
-    }
-    const mounted = new Set(mountsUnder(this.imagesDir).concat(mountsUnder(this.containersDir)));
-    for (const c of containers) {
-      const name = imageName(c.image.id);
-      const target = path.join(this.imagesDir, name);
-      const have = this.users.get(name);
-      if (have) have.count++;
-      else this.users.set(name, { count: 1, mounted: mounted.has(target) ? Promise.resolve(target) : this.mountImage(c.image.erofsPath, target) });
-      await this.users.get(name)!.mounted.catch((err) => this.logger.error({ image: c.image.id, err }, 'cannot mount an image of a host container'));
-      const merged = this.rootfsOf(c.id);
-      if (!mounted.has(merged)) {
-        // after a reboot: the writable layer is still there, the overlay is not
-        await fsp.mkdir(merged, { recursive: true });
-        const layer = path.join(this.layersDir, c.id);
-        await mount('overlay', merged, 'overlay', 0, `lowerdir=${target},upperdir=${layer}/upper,workdir=${layer}/work`)
-          .catch((err) => this.logger.error({ container: c.id, err }, 'cannot mount a host container\'s root file system again'));
-      }
+      if (!this.users.has(name)) await fsp.rmdir(path.join(this.imagesDir, name)).catch(() => undefined);
     }
   }
 }

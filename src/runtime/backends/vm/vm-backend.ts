@@ -12,13 +12,14 @@ import type { Logger } from '../../../util/log';
 import { failedPrecondition } from '../../../util/errors';
 import type { Hypervisor, Vm } from '../../../vm/hypervisor';
 import type { Spare, SparePool } from '../../../vm/spares';
-import type { NetworkDriver, PodNetwork, PodNetworkRequest } from '../../../../network/network-driver';
+import type { NetworkDriver, PodNetwork } from '../../../../network/network-driver';
 import type { VolumeManager } from '../../../../storage/volume-manager';
 import { cgroupParentPath, enterPodCgroup, podCgroupDirs, removeCgroups } from '../../pod-cgroup';
 import { faultPoint } from '../../../util/fault';
 import type { BackendFeatures, PodBackend, PodEvent } from '../../pod-backend';
 import type { SandboxRecord } from '../../records';
 import { VmPod } from './vm-pod';
+import { networkRequest, podDns, podHostname } from '../../pod-config';
 
 export function vmSize(config: PodSandboxConfig, vm: Config['vm']): { vcpus: number; memoryMiB: number } {
   const r = config?.linux?.resources ?? {};
@@ -29,32 +30,6 @@ export function vmSize(config: PodSandboxConfig, vm: Config['vm']): { vcpus: num
   return {
     vcpus: Math.min(vm.maxVcpus, Math.max(vm.defaultVcpus, cpus)),
     memoryMiB: Math.min(vm.maxMemoryMiB, Math.max(vm.defaultMemoryMiB, memMiB)),
-  };
-}
-
-/** The sandbox's hostname, or one derived from the pod name that the kernel accepts (≤ 63). */
-export function podHostname(config: PodSandboxConfig): string {
-  if (config.hostname) return config.hostname;
-  const name = String(config.metadata?.name ?? 'pod').toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 63).replace(/^-+|-+$/g, '');
-  return name || 'pod';
-}
-
-/** The pod's DNS settings as CRI gives them, or null. */
-export function podDns(config: PodSandboxConfig): { servers: string[]; searches: string[]; options: string[] } | null {
-  const d = config?.dns_config;
-  return d ? { servers: d.servers ?? [], searches: d.searches ?? [], options: d.options ?? [] } : null;
-}
-
-function networkRequest(rec: SandboxRecord): PodNetworkRequest {
-  const c = rec.config;
-  return {
-    sandboxId: rec.id,
-    name: c.metadata?.name ?? '',
-    namespace: c.metadata?.namespace ?? '',
-    uid: c.metadata?.uid ?? '',
-    portMappings: c.port_mappings ?? [],
-    annotations: c.annotations ?? {},
-    dns: podDns(c) ?? undefined,
   };
 }
 

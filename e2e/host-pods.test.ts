@@ -1,0 +1,273 @@
+// Host pods end to end (issue 16): pods in the host's network, PID or IPC namespace run on the
+// host backend (pinned namespaces, a shim per container, no VM), through the real gRPC API of
+// the real daemon, with a real registry. Needs root; run under /work/tools/e2e-slot.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { pushBusybox } from '../test/support/images';
+import { readCriLog } from '../test/support/cri-log';
+import { Registry, startRegistry } from '../test/support/registry';
+import { collect, spdyConnect, spdyExec } from '../test/streaming/support/spdy-client';
+import { podConfig, TestDaemon } from './support/daemon';
+
+jest.setTimeout(240_000);
+
+let registry: Registry;
+let d: TestDaemon;
+let image: string;
+
+beforeAll(async () => {
+  registry = await startRegistry();
+  await pushBusybox(registry, 'e2e/busybox', 'latest');
+  image = `${registry.host}/e2e/busybox:latest`;
+  d = await TestDaemon.start({ templates: false, registries: { [registry.host]: `http://${registry.host}` } });
+  await d.image('PullImage', { image: { image } });
+});
+
+afterAll(async () => {
+  await d?.destroy();
+  await registry?.stop();
+});
+
+type Ns = { network?: string; pid?: string; ipc?: string };
+
+function hostPodConfig(name: string, ns: Ns): any {
+  const cfg = podConfig(name, path.join(d.logs, name));
+  cfg.linux.security_context.namespace_options = { network: 'POD', pid: 'CONTAINER', ipc: 'POD', ...ns };
+  return cfg;
+}
+
+function containerConfig(name: string, command: string[], ns: Ns, extra: Record<string, unknown> = {}) {
+  return {
+    metadata: { name, attempt: 0 },
+    image: { image },
+    command,
+    log_path: `${name}.log`,
+    labels: { 'io.kubernetes.container.name': name },
+    linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD', ...ns } } },
+    ...extra,
+  };
+}
+
+async function waitState(id: string, state: string, ms = 30_000): Promise<any> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const { status: st } = await d.runtime('ContainerStatus', { container_id: id });
+    if (st.state === state) return st;
+    if (Date.now() > deadline) throw new Error(`container ${id} is ${st.state}, wanted ${state}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** A pod with one running container; returns ids and the pod config. */
+async function run(name: string, ns: Ns, command: string[], extra: Record<string, unknown> = {}): Promise<{ pod: string; id: string; cfg: any }> {
+  const cfg = hostPodConfig(name, ns);
+  const { pod_sandbox_id: pod } = await d.runtime('RunPodSandbox', { config: cfg, runtime_handler: '' });
+  const { container_id: id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: containerConfig('main', command, ns, extra), sandbox_config: cfg });
+  await d.runtime('StartContainer', { container_id: id });
+  await waitState(id, 'CONTAINER_RUNNING');
+  return { pod, id, cfg };
+}
+
+async function exec(id: string, cmd: string[]): Promise<{ out: string; err: string; code: number }> {
+  const r = await d.runtime('ExecSync', { container_id: id, cmd, timeout: 20 });
+  return { out: Buffer.from(r.stdout).toString(), err: Buffer.from(r.stderr).toString(), code: r.exit_code };
+}
+
+async function logOf(cfg: any, name = 'main'): Promise<string> {
+  const file = path.join(cfg.log_directory, `${name}.log`);
+  return fs.existsSync(file) ? readCriLog(fs.readFileSync(file)) : '';
+}
+
+async function waitLog(cfg: any, text: string, ms = 10_000): Promise<string> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const log = await logOf(cfg);
+    if (log.includes(text)) return log;
+    if (Date.now() > deadline) throw new Error(`log does not show ${JSON.stringify(text)}: ${JSON.stringify(log)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function get(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: '/' }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve(body));
+    }).on('error', reject);
+  });
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** Mount points under the daemon's state dir (host pods mount there only). */
+function mountsUnderState(): string[] {
+  // <state>/host itself is a shared bind mount of itself, made once and kept
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m && m.startsWith(d.state + '/') && m !== path.join(d.state, 'host'));
+}
+
+/** Processes whose command line names the daemon's state dir (shims, PID namespace inits). */
+function processesUnderState(): string[] {
+  const out: string[] = [];
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (cmd.includes(d.state + '/') && !cmd.includes(' serve ')) out.push(`${p} ${cmd}`);
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+async function removePod(pod: string): Promise<void> {
+  await d.runtime('StopPodSandbox', { pod_sandbox_id: pod });
+  await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
+}
+
+describe('a host-network pod', () => {
+  it('runs on the host backend, sees the host\'s interfaces, serves on a host port, logs, execs, stops and leaves nothing', async () => {
+    const port = await freePort();
+    const { pod, id, cfg } = await run('hostnet', { network: 'NODE' }, ['sh', '-c', `trap 'exit 0' TERM; echo started; mkdir -p /www; echo served-from-host-pod > /www/index.html; httpd -f -p 127.0.0.1:${port} -h /www & wait`]);
+    const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+    expect(st.status.state).toBe('SANDBOX_READY');
+    expect(JSON.parse(st.info.info)).toMatchObject({ backend: 'host' });
+    expect(st.status.linux.namespaces.options.network).toBe('NODE');
+
+    // the host's interfaces and hostname
+    const hostLinks = execFileSync('ip', ['-o', 'link'], { encoding: 'utf8' }).trim().split('\n').map((l) => l.split(': ')[1].split('@')[0]).sort();
+    const links = (await exec(id, ['sh', '-c', 'ip -o link'])).out.trim().split('\n').map((l) => l.split(': ')[1].split('@')[0]).sort();
+    expect(links).toEqual(hostLinks);
+    expect((await exec(id, ['hostname'])).out.trim()).toBe(os.hostname());
+    // serving on the host's loopback
+    expect(await get(port)).toBe('served-from-host-pod\n');
+    expect(await waitLog(cfg, 'started\n')).toBe('started\n');
+    expect(await exec(id, ['sh', '-c', 'echo to-out; echo to-err >&2; exit 7'])).toEqual({ out: 'to-out\n', err: 'to-err\n', code: 7 });
+    // its own mount namespace and root: the image's, not the host's
+    expect((await exec(id, ['cat', '/www/index.html'])).out).toBe('served-from-host-pod\n');
+    expect(fs.existsSync('/www/index.html')).toBe(false);
+
+    await d.runtime('StopContainer', { container_id: id, timeout: 10 });
+    const exited = await waitState(id, 'CONTAINER_EXITED');
+    expect(exited.exit_code).toBe(0); // the shell's trap: StopContainer's SIGTERM reached it
+    await d.runtime('RemoveContainer', { container_id: id });
+    await removePod(pod);
+    expect((await d.runtime('ListPodSandbox', {})).items.filter((s: any) => s.id === pod)).toEqual([]);
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
+
+async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = 20_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+
+describe('host PID and IPC', () => {
+  it('a hostPID pod sees the host\'s processes; a hostIPC pod shares the host\'s IPC namespace and /dev/shm', async () => {
+    const { pod, id } = await run('hostpid', { pid: 'NODE' }, ['sleep', '3600']);
+    try {
+      // this test's own process, seen from inside
+      const r = await exec(id, ['sh', '-c', `cat /proc/${process.pid}/cmdline | tr '\\0' ' '`]);
+      expect(r.out).toContain(fs.readFileSync(`/proc/${process.pid}/cmdline`, 'utf8').split('\0')[0]);
+      expect((await exec(id, ['/bin/busybox', 'readlink', '/proc/self/ns/pid'])).out.trim()).toBe(fs.readlinkSync('/proc/self/ns/pid'));
+      // the pod's own IPC namespace
+      expect((await exec(id, ['/bin/busybox', 'readlink', '/proc/self/ns/ipc'])).out.trim()).not.toBe(fs.readlinkSync('/proc/self/ns/ipc'));
+    } finally {
+      await removePod(pod);
+    }
+    const shmFile = `/dev/shm/pv-hostipc-${process.pid}`;
+    fs.writeFileSync(shmFile, 'from the host');
+    const ipc = await run('hostipc', { ipc: 'NODE' }, ['sleep', '3600']);
+    try {
+      expect((await exec(ipc.id, ['/bin/busybox', 'readlink', '/proc/self/ns/ipc'])).out.trim()).toBe(fs.readlinkSync('/proc/self/ns/ipc'));
+      expect((await exec(ipc.id, ['cat', shmFile])).out).toBe('from the host');
+      // still a PID namespace of its own, and a network namespace of the pod's (loopback only here)
+      expect((await exec(ipc.id, ['sh', '-c', 'echo $$'])).out.trim()).not.toBe('');
+      expect((await exec(ipc.id, ['/bin/busybox', 'readlink', '/proc/self/ns/net'])).out.trim()).not.toBe(fs.readlinkSync('/proc/self/ns/net'));
+    } finally {
+      fs.rmSync(shmFile, { force: true });
+      await removePod(ipc.pod);
+    }
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
+
+describe('streaming into host pods', () => {
+  it('exec with and without a tty, attach to a container\'s stdin and stdout', async () => {
+    const host = await run('stream-host', { network: 'NODE' }, ['cat'], { stdin: true });
+    try {
+      const tty = await spdyExec((await d.runtime('Exec', { container_id: host.id, cmd: ['/bin/busybox', 'tty'], stdout: true, tty: true })).url, { tty: true });
+      expect(tty.stdout).toMatch(/^\/dev\/pts\/\d+\r\n$/);
+      const plain = await spdyExec((await d.runtime('Exec', { container_id: host.id, cmd: ['sh', '-c', 'echo o; echo e >&2'], stdout: true, stderr: true })).url, { stderr: true });
+      expect(plain).toMatchObject({ stdout: 'o\n', stderr: 'e\n' });
+      // attach to cat: a line written comes back
+      const a = await spdyConnect((await d.runtime('Attach', { container_id: host.id, stdin: true, stdout: true, stderr: true })).url, ['v4.channel.k8s.io']);
+      const error = a.open({ streamType: 'error' });
+      error.end();
+      const st = collect(error);
+      const stdin = a.open({ streamType: 'stdin' });
+      const stdout = a.open({ streamType: 'stdout' });
+      const stderr = a.open({ streamType: 'stderr' });
+      stdout.end();
+      stderr.end();
+      stdin.resume();
+      let got = '';
+      stdout.on('data', (b: Buffer) => (got += b.toString()));
+      stdin.write('hello over attach\n');
+      await until('the echoed line', () => got === 'hello over attach\n');
+      stdin.end();
+      expect((await st).toString()).toBe(JSON.stringify({ metadata: {}, status: 'Success' }));
+      a.close();
+      // leaving without stdin_once keeps it running
+      expect((await d.runtime('ContainerStatus', { container_id: host.id })).status.state).toBe('CONTAINER_RUNNING');
+    } finally {
+      await removePod(host.pod);
+    }
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
+
+describe('daemon restart', () => {
+  it('a host container keeps running and logging while the daemon is killed; the restarted daemon finds it and sees its kill -9', async () => {
+    const { pod, id, cfg } = await run('restart', { network: 'NODE' }, ['sh', '-c', 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done']);
+    await waitLog(cfg, 'tick-2\n');
+    await d.killProcess();
+    const before = (await logOf(cfg)).split('\n').length;
+    await new Promise((r) => setTimeout(r, 1500));
+    // the shim logged while nobody else was there
+    expect((await logOf(cfg)).split('\n').length).toBeGreaterThan(before + 3);
+    await d.launch();
+    const st = await waitState(id, 'CONTAINER_RUNNING');
+    expect(st.state).toBe('CONTAINER_RUNNING');
+    expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.state).toBe('SANDBOX_READY');
+    expect((await exec(id, ['echo', 'after-restart'])).out).toBe('after-restart\n');
+    const pid = JSON.parse((await d.runtime('ContainerStatus', { container_id: id, verbose: true })).info.info).pid;
+    expect(pid).toBeGreaterThan(1);
+    process.kill(pid, 'SIGKILL');
+    const exited = await waitState(id, 'CONTAINER_EXITED');
+    expect(exited.exit_code).toBe(137);
+    await removePod(pod);
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
