@@ -314,9 +314,12 @@ export class HostPod implements Pod {
     }
     copy(conn.stdout, io.stdout);
     copy(conn.stderr, io.tty ? io.stdout : io.stderr);
+    // the client's stdin ending ends the attach (the shim closes the container's stdin only
+    // with stdin_once), as for a VM pod's containers
+    let stdinDone: Promise<void> = new Promise(() => undefined);
     if (io.stdin) {
       const stdin = io.stdin;
-      (async () => {
+      stdinDone = (async () => {
         for await (const chunk of stdin) await conn.writeStdin(chunk as Buffer);
         conn.endStdin();
       })().catch(() => undefined);
@@ -331,6 +334,7 @@ export class HostPod implements Pod {
       conn.once('close', resolve);
       io.stdout?.once('close', resolve);
       io.stderr?.once('close', resolve);
+      void stdinDone.then(() => setTimeout(resolve, 100)); // the end of stdin reaches the shim first
     });
     conn.close();
   }
