@@ -5,7 +5,7 @@ GUEST := build/guest
 NODE := node_modules/.bin/node
 # Tools started from here (tsc, jest, scripts' `node`) resolve to the pinned runtime.
 export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
-.PHONY: deps deps-test build guest serve test unit e2e cluster release install uninstall clean
+.PHONY: deps deps-test build guest serve test unit e2e cluster release install uninstall image image-push clean
 PREFIX ?= /usr/local
 VERSION = $(shell $(NODE) -p 'require("./package.json").version' 2>/dev/null)
 RELEASE = build/release/podvisor-$(VERSION)
@@ -51,6 +51,16 @@ release: build guest
 install:
 	@test -x $(RELEASE)/install.sh || { echo "no $(RELEASE): run make release first" >&2; exit 1; }
 	sh $(RELEASE)/install.sh --prefix $(PREFIX) --destdir "$(DESTDIR)"
+
+# The OCI image podvisor/podvisor:<version> (the release, its CLI as entrypoint, the node
+# installer that deploy/daemonset.yaml runs) as an OCI layout in build/image; no container tool.
+image: release
+	$(NODE) scripts/image.js $(RELEASE) build/image
+
+# Pushes it: make image-push REGISTRY=registry.example:5000 [TLS_VERIFY=false]
+image-push: image
+	@test -n "$(REGISTRY)" || { echo "REGISTRY=host[:port] is needed" >&2; exit 1; }
+	skopeo copy --dest-tls-verify=$(or $(TLS_VERIFY),true) oci:build/image:$(VERSION) docker://$(REGISTRY)/podvisor/podvisor:$(VERSION)
 
 # Removes exactly what install put there.
 uninstall:

@@ -1,11 +1,14 @@
 // The manifests in deploy/ agree with each other and with the project: one node label selects
 // podvisor nodes (the DaemonSet, the RuntimeClass, the CSI node plugin), one image name at the
 // project's version runs podvisor's own containers, and the CSI driver name is the plugin's.
+// The installer and cleanup DaemonSets run the image's node-install.sh with the node's root
+// where the script looks for it (e2e/image.test.ts runs that script in the built image).
 import fs from 'node:fs';
 import path from 'node:path';
+import yaml from 'js-yaml';
 
 const DEPLOY = path.join(__dirname, '..', 'deploy');
-const files = ['daemonset.yaml', 'runtimeclass.yaml', 'csi/node.yaml', 'csi/controller.yaml', 'csi/csidriver.yaml', 'csi/examples.yaml'];
+const files = ['daemonset.yaml', 'uninstall.yaml', 'runtimeclass.yaml', 'csi/node.yaml', 'csi/controller.yaml', 'csi/csidriver.yaml', 'csi/examples.yaml'];
 const text = Object.fromEntries(files.map((f) => [f, fs.readFileSync(path.join(DEPLOY, f), 'utf8')]));
 const version: string = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')).version;
 
@@ -28,5 +31,23 @@ describe('deploy/ manifests agree', () => {
     const name = /DRIVER_NAME = '([^']+)'/.exec(src)![1];
     expect(text['csi/csidriver.yaml']).toMatch(new RegExp(`name: ${name.replace(/\./g, '\\.')}$`, 'm'));
     expect(text['csi/node.yaml']).toContain(`/var/lib/kubelet/plugins/${name}/csi.sock`);
+  });
+
+  test.each([['daemonset.yaml', 'install'], ['uninstall.yaml', 'uninstall']])('%s runs node-install.sh %s on the node root it mounts at HOST_ROOT, in the host PID namespace', (file, action) => {
+    const ds = yaml.load(text[file]) as any;
+    expect(ds.kind).toBe('DaemonSet');
+    const pod = ds.spec.template.spec;
+    expect(ds.spec.selector.matchLabels).toEqual(ds.spec.template.metadata.labels);
+    expect(pod).toMatchObject({ hostPID: true, hostNetwork: true });
+    const [c] = pod.containers;
+    expect(c.command).toEqual(['/bin/sh', '/installer/node-install.sh', action, '--stay']);
+    expect(c.securityContext.privileged).toBe(true);
+    const env = Object.fromEntries(c.env.map((e: any) => [e.name, e.value]));
+    const script = fs.readFileSync(path.join(__dirname, '..', 'scripts', 'node-install.sh'), 'utf8');
+    // the manifest says what the script defaults to: either alone would install the same way
+    expect(script).toContain(`host=\${HOST_ROOT:-${env.HOST_ROOT}}`);
+    expect(script).toContain(`prefix=\${PREFIX:-${env.PREFIX}}`);
+    const mount = c.volumeMounts.find((m: any) => m.mountPath === env.HOST_ROOT);
+    expect(pod.volumes.find((v: any) => v.name === mount.name).hostPath).toEqual({ path: '/', type: 'Directory' });
   });
 });
