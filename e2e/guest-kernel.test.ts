@@ -1,5 +1,9 @@
 // What the pod's own kernel gives its containers: modules loaded on demand for privileged
-// containers only (guest/agent/src/modprobe.rs). The real daemon, real QEMU pod VMs, busybox.
+// containers only (guest/agent/src/modprobe.rs), and memory-backed emptyDir volumes as a tmpfs
+// of the pod in guest memory (src/runtime/memory-volume.ts, guest/agent/src/tmpfs.rs). The real
+// daemon, real QEMU pod VMs, busybox.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { pushBusybox } from '../test/support/images';
 import { Registry, startRegistry } from '../test/support/registry';
@@ -32,11 +36,12 @@ async function pod(name: string, privileged: boolean): Promise<{ id: string; cfg
 }
 
 /** A running `sleep` container; `privileged` as kubelet sends it for securityContext.privileged. */
-async function sleeper(p: { id: string; cfg: any }, name: string, privileged: boolean): Promise<string> {
+async function sleeper(p: { id: string; cfg: any }, name: string, privileged: boolean, mounts: object[] = []): Promise<string> {
   const config = {
     metadata: { name, attempt: 0 },
     image: { image },
     command: ['/bin/sleep', '3600'],
+    mounts,
     linux: { security_context: { ...NS, privileged } },
   };
   const { container_id } = await d.runtime('CreateContainer', { pod_sandbox_id: p.id, config, sandbox_config: p.cfg });
@@ -115,5 +120,76 @@ describe('kernel modules on demand', () => {
     expect(after).not.toContain('dummy');
     await d.runtime('StopPodSandbox', { pod_sandbox_id: p.id });
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: p.id });
+  });
+});
+
+describe('a memory-backed emptyDir', () => {
+  it("is a tmpfs in the guest of the volume's size, in the pod VM's memory, shared by the pod's containers", async () => {
+    const uid = `memvol-uid-${Date.now()}`;
+    // what kubelet makes for `emptyDir: {medium: Memory, sizeLimit: 10Mi}`: a tmpfs of that size
+    // at <root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>
+    const vol = path.join(d.dir, 'kubelet', 'pods', uid, 'volumes', 'kubernetes.io~empty-dir', 'cache');
+    fs.mkdirSync(vol, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=10485760', 'tmpfs', vol]);
+    fs.chmodSync(vol, 0o777);
+    let podId: string | undefined;
+    try {
+      const cfg = podConfig('memvol', path.join(d.logs, 'memvol'), {
+        metadata: { name: 'memvol', namespace: 'e2e', uid, attempt: 0 },
+      });
+      podId = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+      const p = { id: podId!, cfg };
+      const mounts = [{ container_path: '/cache', host_path: vol }];
+      const a = await sleeper(p, 'writer', false, mounts);
+      const b = await sleeper(p, 'reader', false, mounts);
+
+      // the size kubelet asked for, exactly, and a tmpfs of the guest (not the 9p share)
+      const df = await sh(a, 'busybox df -k /cache | busybox tail -1');
+      expect(df.out.trim().split(/\s+/)[1]).toBe('10240');
+      expect((await sh(a, 'busybox grep " /cache " /proc/mounts')).out).toMatch(/^\S+ \/cache tmpfs /);
+      expect((await sh(a, 'busybox stat -c %a /cache')).out.trim()).toBe('777');
+
+      // 8 MiB written by one container: the guest's shared memory grows by it (the VM's pages),
+      // charged to the writing container (its working set in CRI stats, what kubelet reads), the
+      // other container reads it, and nothing reaches the host's tmpfs
+      const shmem = async () => Number(/^Shmem:\s+(\d+) kB/m.exec((await sh(a, 'cat /proc/meminfo')).out)![1]);
+      const workingSet = async () => Number((await d.runtime('ContainerStats', { container_id: a })).stats.memory.working_set_bytes.value);
+      const before = await shmem();
+      const wsBefore = await workingSet();
+      expect(await sh(a, 'busybox dd if=/dev/zero of=/cache/blob bs=1M count=8 2>/dev/null && echo ok')).toMatchObject({ code: 0, out: 'ok\n' });
+      expect((await shmem()) - before).toBeGreaterThanOrEqual(8 * 1024 - 256); // other shared pages may come and go meanwhile
+      expect((await workingSet()) - wsBefore).toBeGreaterThanOrEqual((8 << 20) - (1 << 20));
+      expect((await sh(b, 'busybox wc -c < /cache/blob')).out.trim()).toBe(String(8 << 20));
+      expect((await sh(b, 'echo from-b > /cache/note')).code).toBe(0);
+      expect((await sh(a, 'cat /cache/note')).out).toBe('from-b\n');
+      expect(fs.readdirSync(vol)).toEqual([]);
+
+      // full at the size limit, as on a node
+      const full = await sh(a, 'busybox dd if=/dev/zero of=/cache/more bs=1M count=4');
+      expect(full.code).not.toBe(0);
+      expect(full.err).toMatch(/No space left on device/);
+      expect((await sh(b, 'rm /cache/more && echo x > /cache/after-full')).code).toBe(0);
+
+      // a sub path (kubelet's subPath: a bind of a directory inside the volume) is the same volume
+      const subHost = path.join(d.dir, 'kubelet', 'pods', uid, 'volume-subpaths', 'cache', 'sub', '0');
+      fs.mkdirSync(path.join(vol, 'dir'));
+      fs.mkdirSync(subHost, { recursive: true });
+      execFileSync('mount', ['--bind', path.join(vol, 'dir'), subHost]);
+      try {
+        const c = await sleeper(p, 'sub', false, [{ container_path: '/sub', host_path: subHost }]);
+        const r = await sh(c, 'echo in-sub > /sub/file && busybox grep " /sub " /proc/mounts');
+        expect({ code: r.code, err: r.err }).toEqual({ code: 0, err: '' });
+        expect(r.out).toMatch(/ \/sub tmpfs /);
+        expect((await sh(a, 'cat /cache/dir/file')).out).toBe('in-sub\n');
+      } finally {
+        execFileSync('umount', [subHost]);
+      }
+    } finally {
+      if (podId) {
+        await d.runtime('StopPodSandbox', { pod_sandbox_id: podId });
+        await d.runtime('RemovePodSandbox', { pod_sandbox_id: podId });
+      }
+      execFileSync('umount', [vol]);
+    }
   });
 });

@@ -83,6 +83,11 @@ export interface GuestMethods {
     params: { server: string; export: string; version: string; options: string[]; readonly: boolean; target: string };
     result: Record<string, never>;
   };
+  /** a pod-wide tmpfs in guest memory (a memory-backed emptyDir), idempotent */
+  'tmpfs.mount': {
+    params: { name: string; size: number; mode: number; uid: number; gid: number };
+    result: { path: string };
+  };
   'container.create': {
     params: {
       id: string;
@@ -134,7 +139,7 @@ export type GuestResult<M extends GuestMethod> = GuestMethods[M]['result'];
 
 /** Every method the agent serves (the keys of rpc.rs's dispatch); a unit test compares them. */
 export const GUEST_METHODS: readonly GuestMethod[] = [
-  'hello', 'sandbox.setup', 'network.configure', 'disk.mount', 'disk.device', 'disk.unmount', 'nfs.mount',
+  'hello', 'sandbox.setup', 'network.configure', 'disk.mount', 'disk.device', 'disk.unmount', 'nfs.mount', 'tmpfs.mount',
   'container.create', 'container.start', 'container.signal', 'container.delete', 'container.state', 'container.update',
   'exec.start', 'process.signal', 'process.resize', 'portforward.connect', 'stats', 'shutdown',
 ];

@@ -171,7 +171,7 @@ export class ContainerManager {
         const ensureImage = (img: { id: string; erofsPath: string }) => this.sandboxes.ensureImage(sb, img);
         const rootfs = await ensureImage(image);
         T.mark('image');
-        const { mounts, devices } = await planMounts({ pod, volumes: this.volumes, ensureImage, deadline: opts.deadline }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
+        const { mounts, devices } = await planMounts({ pod, podUid: sb.rec.config.metadata?.uid ?? '', volumes: this.volumes, ensureImage, deadline: opts.deadline }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
         T.mark('mounts');
         rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
         // a pod VM's spec, or a host pod's (its namespace files, the container's root and cgroup)

@@ -1,14 +1,16 @@
 // Mount planning for a new container: turns CRI mounts and devices into what the pod shows the
 // container (OCI mounts and device nodes), attaching what each needs on the way: an image
 // volume is the image's mount in the pod, a volume descriptor or block device becomes a volume
-// of the pod (a VM disk or a guest NFS mount, storage/), anything else a host path bound into
-// the pod. What it attached is recorded in `made` as it goes, so the caller can undo it all when
+// of the pod (a VM disk or a guest NFS mount, storage/), a memory-backed emptyDir a tmpfs of the
+// pod's own memory (memory-volume.ts) when the pod can make one, anything else a host path
+// bound into the pod. What it attached is recorded in `made` as it goes, so the caller can undo it all when
 // a later step fails. Checks on the request itself (paths, permissions) come first, in check().
 import type { ContainerConfig, Device, Mount } from '../../cri-api/messages';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../util/errors';
 import type { AttachResult, VolumeManager } from '../../storage/volume-manager';
+import { memoryVolume } from './memory-volume';
 import { GuestDevice, GuestMount } from './oci-spec';
 import type { Pod } from './pod-backend';
 
@@ -39,6 +41,8 @@ export function checkMounts<I extends ImageRef>(config: ContainerConfig, resolve
 
 export interface PlanDeps {
   pod: Pod;
+  /** metadata.uid of the pod: tells its own memory-backed emptyDir volumes from others' */
+  podUid: string;
   volumes: VolumeManager;
   /** the image's mount in the pod (made once per pod: SandboxManager.ensureImage) */
   ensureImage(image: ImageRef): Promise<string>;
@@ -96,6 +100,14 @@ export async function planMounts(
         continue;
       }
       mounts.push({ destination: containerPath, source: att.guestPath, readonly: !!m.readonly || att.bindReadonly || att.readonly, propagation: propagation(m.propagation) });
+      continue;
+    }
+    // A memory-backed emptyDir (kubelet's tmpfs for this pod): a tmpfs of the pod of that size,
+    // shared by its containers; the host's stays empty.
+    const mem = pod.memoryVolume ? await memoryVolume(hostPath, deps.podUid) : undefined;
+    if (mem) {
+      const root = await pod.memoryVolume!(mem);
+      mounts.push({ destination: containerPath, source: mem.subPath ? path.posix.join(root, mem.subPath) : root, readonly: !!m.readonly, propagation: propagation(m.propagation) });
       continue;
     }
     await fsp.mkdir(hostPath, { recursive: true }).catch(() => undefined); // as containerd: a missing host path becomes a directory

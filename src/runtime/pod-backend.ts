@@ -15,6 +15,7 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import type { GuestParams, GuestResult } from '../agent/api';
 import type { PodVolumeTarget } from '../../storage/volume-driver';
 import type { ImageMount, SandboxRecord } from './records';
+import type { MemoryVolumeSpec } from './memory-volume';
 import type { SpecTarget } from './oci-spec';
 
 /** A byte stream between the host and a pod's process (stdio, exec, port-forward). */
@@ -115,6 +116,12 @@ export interface Pod {
   bindHostPath(src: string, rel: string, readonly: boolean): Promise<string>;
   /** undoes bindHostPath for everything under `rel` */
   unbindHostPaths(rel: string): Promise<void>;
+  /**
+   * A memory-backed volume (memory-volume.ts) as a tmpfs of the pod's own memory, made once and
+   * shared by the containers that mount it; returns the path to name in the OCI spec. Absent:
+   * the backend binds the host's tmpfs like any host path.
+   */
+  memoryVolume?(v: MemoryVolumeSpec): Promise<string>;
   /** the target storage/ attaches volumes to (disks, NFS in the guest); undefined: no volumes in such pods */
   readonly volumes: PodVolumeTarget | undefined;
   /** set when the pod holds its containers' stdio and logs (see PodContainerIo) */

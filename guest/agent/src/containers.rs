@@ -24,7 +24,7 @@ use crate::reaper::{ExitStatus, Reaper};
 use crate::stdio::{self, StdioIds};
 use crate::streams::Streams;
 use crate::util::{check_id, check_run_path};
-use crate::{log, users};
+use crate::{log, tmpfs, users};
 
 pub const CONTAINERS_DIR: &str = "/run/podvisor/containers";
 pub const YOUKI_ROOT: &str = "/run/podvisor/youki";
@@ -138,6 +138,7 @@ fn create_inner(containers: &Rc<Containers>, p: &CreateParams, image: &Path, dir
     let prepared = stdio::prepare(&containers.streams, &p.stdio, dir, "console")?;
 
     mount_rootfs(image, dir, rootfs)?;
+    let spec = bind_tmpfs_sub_paths(spec, dir)?;
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec).ctx("encode spec")?).ctx("write config.json")?;
 
     let mut b = ContainerBuilder::new(p.id.clone(), SyscallType::Linux)
@@ -295,9 +296,56 @@ fn prepare_spec(p: &CreateParams, image: &Path, rootfs: &Path) -> Result<(Value,
             }
         }
     }
+    // tmpfs volumes (tmpfs.mount): the volume must be mounted; sub paths are bound later.
+    if let Some(mounts) = spec.get("mounts").and_then(Value::as_array) {
+        for m in mounts {
+            if let Some(src) = m.get("source").and_then(Value::as_str) {
+                if Path::new(src).starts_with(tmpfs::TMPFS_DIR) {
+                    tmpfs::split_source(src)?;
+                }
+            }
+        }
+    }
     // Validate through oci-spec now: a clear invalid_argument beats a failure deep in create.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| AgentError::invalid(format!("spec: {e}")))?;
     Ok((spec, cgroup_rel))
+}
+
+/// Directory of a container's binds of tmpfs volume sub paths (tmpfs.rs).
+const TMPFS_BINDS: &str = "tmpfs";
+
+/// A mount whose source is a sub path of a tmpfs volume gets that directory bound (without
+/// symlinks, see tmpfs.rs) under the container's own directory, and names the bind instead.
+fn bind_tmpfs_sub_paths(mut spec: Value, dir: &Path) -> Result<Value> {
+    let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) else { return Ok(spec) };
+    for (i, m) in mounts.iter_mut().enumerate() {
+        let Some(src) = m.get("source").and_then(Value::as_str) else { continue };
+        if !Path::new(src).starts_with(tmpfs::TMPFS_DIR) {
+            continue;
+        }
+        if let Some((root, sub)) = tmpfs::split_source(src)? {
+            let at = dir.join(TMPFS_BINDS).join(i.to_string());
+            tmpfs::bind_sub_path(&root, &sub, &at)?;
+            m["source"] = json!(at);
+        }
+    }
+    Ok(spec)
+}
+
+/// Unmounts the binds of tmpfs sub paths; false if one is still mounted (then the container
+/// directory must not be removed: that would delete the volume's files through it).
+fn unbind_tmpfs_sub_paths(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir.join(TMPFS_BINDS)) else { return true };
+    let mut clean = true;
+    for e in entries.flatten() {
+        let p = e.path();
+        let _ = umount2(&p, MntFlags::MNT_DETACH);
+        if crate::disks::is_mountpoint(&p.to_string_lossy()) {
+            log!("{} is still mounted; keeping {}", p.display(), dir.display());
+            clean = false;
+        }
+    }
+    clean
 }
 
 /// Remove everything a container left: libcontainer state, mounts, its directory.
@@ -317,7 +365,9 @@ fn cleanup(id: &str, dir: &Path) {
             break;
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
+    if unbind_tmpfs_sub_paths(dir) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {

@@ -26,6 +26,7 @@ mod sandbox;
 mod stats;
 mod stdio;
 mod streams;
+mod tmpfs;
 mod users;
 mod util;
 

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::{containers, disks, exec, network, nfs, portforward, sandbox, stats};
+use crate::{containers, disks, exec, network, nfs, portforward, sandbox, stats, tmpfs};
 
 pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<Value> {
     match method {
@@ -16,6 +16,7 @@ pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<
         "disk.device" => disks::device(params).await,
         "disk.unmount" => disks::unmount_disk(params),
         "nfs.mount" => nfs::mount(&agent.reaper, params).await,
+        "tmpfs.mount" => tmpfs::mount_tmpfs(params),
         "container.create" => containers::create(&agent.containers, params),
         "container.start" => containers::start(&agent.containers, params),
         "container.signal" => containers::signal(&agent.containers, params),

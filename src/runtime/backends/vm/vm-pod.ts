@@ -17,9 +17,12 @@ import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../../..
 import { deadlineExceeded } from '../../../util/errors';
 import { run } from '../../../util/exec-file';
 import type { Pod, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
+import type { MemoryVolumeSpec } from '../../memory-volume';
 
 export const GUEST_SHARE = '/run/podvisor/shared';
 export const GUEST_IMAGES = '/run/podvisor/images';
+/** where tmpfs.mount puts a pod's memory-backed volumes (guest/PROTOCOL.md) */
+export const GUEST_TMPFS = '/run/podvisor/tmpfs';
 
 export interface SetupParams {
   hostname: string;
@@ -280,6 +283,12 @@ export class VmPod implements Pod, PodVolumeTarget {
     else await fsp.writeFile(dst, '', { flag: 'a' });
     await this.vm.bindIntoMountNs(src, dst, readonly);
     return path.posix.join(GUEST_SHARE, rel);
+  }
+
+  /** A tmpfs in guest memory (agent tmpfs.mount), once per pod; the path is ours to know, not the guest's to say. */
+  async memoryVolume(v: MemoryVolumeSpec): Promise<string> {
+    await this.agent.call('tmpfs.mount', { name: v.name, size: v.sizeBytes, mode: v.mode, uid: v.uid, gid: v.gid });
+    return path.posix.join(GUEST_TMPFS, v.name);
   }
 
   /** Undoes bindHostPath for everything under `rel` and removes the mount points. */
