@@ -6,11 +6,12 @@
 import { Cluster } from './support/cluster';
 import { Kube } from './support/kube';
 import type { ClusterContext, SpecGroup } from './specs/context';
+import { kubeletView } from './specs/kubelet-view';
 import { pods } from './specs/pods';
 
 jest.setTimeout(10 * 60_000);
 
-const all: SpecGroup[] = [pods];
+const all: SpecGroup[] = [pods, kubeletView];
 // PV_CLUSTER_GROUPS=e2e-pods,e2e-node: only those groups (by namespace), while working on them
 const only = process.env.PV_CLUSTER_GROUPS?.split(',');
 const groups = only ? all.filter((g) => only.includes(g.namespace)) : all;
