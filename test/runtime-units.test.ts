@@ -34,7 +34,11 @@ describe('CRI log format', () => {
       const out = new PassThrough();
       log.pump('stdout', out);
       out.write('a\nDO');
-      await new Promise((r) => setTimeout(r, 50));
+      // until the whole line is in the file (a fixed sleep was too short on a loaded machine)
+      for (let t = Date.now(); !(fs.existsSync(file) && fs.readFileSync(file, 'utf8').endsWith(' F a\n')); ) {
+        if (Date.now() - t > 10_000) throw new Error('the first record never reached the file');
+        await new Promise((r) => setTimeout(r, 10));
+      }
       // kubelet's rotation: rename, then ReopenContainerLog
       fs.renameSync(file, `${file}.1`);
       await log.reopen();
