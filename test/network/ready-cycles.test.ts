@@ -54,20 +54,23 @@ test('an invalid file is skipped, the next valid one by name is used', async () 
 test('20 set-up/tear-down cycles leave no netns, link, tc filter, lease or iptables rule', async () => {
   env.writeConflist();
   const d = env.driver();
-  // only pod namespaces count: other tests may create their own meanwhile
-  const podNetns = () => sh('ip', ['netns', 'list']).split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith('pv-')).sort();
-  const before = podNetns();
+  // only this test's pod namespaces count: another run on the machine makes and drops its own
+  const netnsNames = () => sh('ip', ['netns', 'list']).split('\n').map((l) => l.split(' ')[0]);
+  const ours = new Set<string>();
   const ips = new Set<string>();
   for (let i = 0; i < 20; i++) {
     const req = podRequest({ portMappings: [{ protocol: 'TCP', container_port: 80, host_port: 19000 + i }] });
     const net = await d.setUp(req);
+    ours.add(net.netnsName);
+    expect(netnsNames()).toContain(net.netnsName); // so the check after the loop can fail
     ips.add(net.ips[0]);
     expect(sh('tc', ['-n', net.netnsName, 'filter', 'show', 'dev', 'eth0', 'ingress'])).toContain('mirred');
     await d.tearDown(req, net);
     expect(leftovers(env, req.sandboxId)).toEqual([]);
   }
   expect(ips.size).toBeGreaterThan(1); // host-local walks the range
-  expect(podNetns()).toEqual(before);
+  expect(ours.size).toBe(20);
+  expect(netnsNames().filter((n) => ours.has(n))).toEqual([]);
   const leases = fs.readdirSync(path.join(env.dataDir, env.netName)).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip'));
   expect(leases).toEqual([]);
   // only the bridge (and lo) remain in the "host"

@@ -9,20 +9,21 @@ import {
   DESCRIPTOR_FILE, loadSealKey, parseDescriptor, readDescriptor, readRbdKey, validateDescriptor, writeDescriptor,
 } from '../../storage/descriptor';
 import { VolumeManager } from '../../storage/volume-manager';
-import { Loops, mountPoints } from './helpers';
+import { Loops, ownMounts } from './helpers';
 
 const KEY = 'AQBnn1BnAAAAABAAlBRpAZUKmFvb7IZNfX2wXw==';
 let tmp: string;
 const loops = new Loops();
-const mountsBefore = mountPoints();
 
 beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-desc-'));
 });
 afterAll(() => {
+  // nothing of ours mounted on the host: not under the scratch dir, not from the loop devices
+  const mounts = ownMounts({ dirs: [tmp], sources: loops.devices });
   loops.detachAll();
   fs.rmSync(tmp, { recursive: true, force: true });
-  expect(mountPoints()).toEqual(mountsBefore);
+  expect(mounts).toEqual([]);
 });
 
 const rbd = (over: Record<string, unknown> = {}, top: Record<string, unknown> = {}) => ({

@@ -1,7 +1,8 @@
 // Shared set-up for the storage tests: a bare QEMU (microvm, no kernel, paused) that only
 // serves QMP, wrapped as a PodVolumeTarget (its block devices through the QEMU driver's SCSI
 // hot-plug, src/vm/qemu-scsi.ts) whose agent is a recorder; loop devices that are
-// always detached; and a mount-table snapshot to prove nothing got mounted on the host.
+// always detached; and the test's own share of the mount table, to prove nothing got mounted on
+// the host.
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -133,6 +134,11 @@ export class Loops {
     return dev;
   }
 
+  /** the devices attached so far (for ownMounts) */
+  get devices(): string[] {
+    return [...this.devs];
+  }
+
   detachAll(): void {
     for (const d of this.devs.splice(0)) {
       try { execFileSync('losetup', ['-d', d]); } catch { /* already gone */ }
@@ -141,15 +147,30 @@ export class Loops {
   }
 }
 
+/** What a test owns: its scratch dirs, and the sources (devices, `server:` prefixes) it made. */
+export interface MountScope {
+  dirs?: string[];
+  /** a device path (matched exactly) or an NFS server as `address:` (matched as a prefix) */
+  sources?: string[];
+}
+
 /**
- * Mount points of this process's namespace (to prove tests mount nothing on the host). Network
- * namespace handles (nsfs binds under /run/netns, made by `ip netns add` here and by other
- * suites running alongside) are not storage and are left out.
+ * The mount table entries a test answers for (to prove it mounted nothing on the host): those
+ * at or under one of its dirs, or from one of its sources, as "target (fstype from source)".
+ * Not a global before/after compare: two e2e slots run at once, and the other run's pods,
+ * kubelets and NFS clients mount and unmount their own things meanwhile.
  */
-export function mountPoints(): string[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
-    .filter((l) => !/ - nsfs /.test(l))
-    .map((l) => l.split(' ')[4]).sort();
+export function ownMounts(scope: MountScope): string[] {
+  const dirs = (scope.dirs ?? []).filter(Boolean).map((d) => path.resolve(d));
+  const sources = (scope.sources ?? []).filter(Boolean);
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).flatMap((line) => {
+    const [pre, post = ''] = line.split(' - ');
+    const target = pre.split(' ')[4].replace(/\\(\d{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+    const [fstype, source = ''] = post.split(' ');
+    const ours = dirs.some((d) => target === d || target.startsWith(`${d}/`))
+      || sources.some((s) => (s.endsWith(':') ? source.startsWith(s) : source === s));
+    return ours ? [`${target} (${fstype} from ${source})`] : [];
+  }).sort();
 }
 
 export function qemuAvailable(): boolean {

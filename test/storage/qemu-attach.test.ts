@@ -9,7 +9,7 @@ import { withRbd } from '../../storage/ceph/rbd';
 import { loadSealKey, writeDescriptor } from '../../storage/descriptor';
 import { VolumeManager } from '../../storage/volume-manager';
 import { CephCluster, cephAvailable, freePort, startCeph } from '../support/ceph';
-import { BareVm, Loops, mountPoints, qemuAvailable, rbdDriverAvailable } from './helpers';
+import { BareVm, Loops, ownMounts, qemuAvailable, rbdDriverAvailable } from './helpers';
 
 jest.setTimeout(180_000);
 const haveQemu = qemuAvailable();
@@ -19,16 +19,17 @@ const describeRbd = haveQemu && cephAvailable() && rbdDriverAvailable() ? descri
 let tmp: string;
 let sealKey: Buffer;
 const loops = new Loops();
-const mountsBefore = mountPoints();
 
 beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-qattach-'));
   sealKey = await loadSealKey(path.join(tmp, 'seal.key'));
 });
 afterAll(() => {
+  // nothing of ours mounted on the host: not under the scratch dir, not from the loop devices
+  const mounts = ownMounts({ dirs: [tmp], sources: loops.devices });
   loops.detachAll();
   fs.rmSync(tmp, { recursive: true, force: true });
-  expect(mountPoints()).toEqual(mountsBefore);
+  expect(mounts).toEqual([]);
 });
 
 async function volDir(name: string, desc: object): Promise<string> {
