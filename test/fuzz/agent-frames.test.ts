@@ -52,7 +52,7 @@ const caseArb = fc.record({
 
 let n = 0;
 const outcomes: Record<string, number> = {};
-async function runCase(c: { frames: Buffer[]; cuts: number[]; openStream: boolean }): Promise<void> {
+async function runCase(c: { frames: Buffer[]; cuts: number[]; openStream: boolean }, timeoutMs = 100): Promise<string> {
   const sock = path.join(dir, `a${n++}.sock`);
   const wire = Buffer.concat(c.frames);
   const cuts = [...new Set(c.cuts.map((x) => (wire.length ? x % wire.length : 0)))].sort((a, b) => a - b);
@@ -74,7 +74,7 @@ async function runCase(c: { frames: Buffer[]; cuts: number[]; openStream: boolea
   client.on('protocol-error', () => (protocolError = true));
   const stream = c.openStream ? client.openStream() : undefined;
   stream?.resume();
-  const outcome = await client.request('ping', {}, 100).then(
+  const outcome = await client.request('ping', {}, timeoutMs).then(
     () => 'result',
     (e) => {
       expect(e).toBeInstanceOf(AgentError);
@@ -86,12 +86,19 @@ async function runCase(c: { frames: Buffer[]; cuts: number[]; openStream: boolea
   client.close();
   for (const s of conns) s.destroy();
   await new Promise<void>((r) => server.close(() => r()));
+  return outcome;
 }
 
 test('random and hostile guest frames: every call settles, protocol errors close the connection, RSS bounded', async () => {
-  const { growth } = await measurePeak('agent frame fuzz', 'self', () => fc.assert(fc.asyncProperty(caseArb, runCase), fuzzParams('agent frames', 200, 10_000)));
+  // each way a call can end, once on purpose, with time to spare: how many random cases fit in
+  // the time limit (and whether a 100 ms answer beats its timer) depends on the machine's load
+  const answer = frame(Kind.Resp, 2, json({ result: 'pong' }));
+  expect(await runCase({ frames: [answer], cuts: [3], openStream: false }, 5000)).toBe('result');
+  expect(await runCase({ frames: [frame(Kind.Resp, 2, Buffer.from('{}'), 0xffffffff)], cuts: [], openStream: false }, 5000)).toBe('protocol');
+  expect(await runCase({ frames: [], cuts: [], openStream: true }, 300)).toBe('timeout');
+  const { growth } = await measurePeak('agent frame fuzz', 'self', () => fc.assert(fc.asyncProperty(caseArb, async (c) => { await runCase(c); }), fuzzParams('agent frames', 200, 10_000)));
   console.log(`agent frame fuzz outcomes: ${JSON.stringify(outcomes)}`);
-  // the property reached every way a call can end
+  // every way a call can end was reached
   expect(Object.keys(outcomes)).toEqual(expect.arrayContaining(['result', 'protocol', 'timeout']));
   expect(growth).toBeLessThan(96 * MiB);
 });

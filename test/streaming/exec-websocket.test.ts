@@ -50,10 +50,16 @@ describe('exec over WebSocket (client-node)', () => {
 
   test('attach: live stdio of the container', async () => {
     const { url: u } = ctx.server.getAttach({ container_id: 'c1', stdin: true, stdout: true, stderr: true });
+    ctx.backend.attachedOut = '';
     const r = await runK8sClient('attach', u, { stdin: true }, (w) => {
       w.write('ping over attach\n');
-      // leave (v5 closes stdin, the attach ends) well after the echo came back
-      setTimeout(() => w.end(), 1500);
+      // leave (v5 closes stdin, the attach ends) once the echo is on its way back: it is
+      // ahead of the close on the same connection (a fixed delay lost that race under load)
+      const leave = async () => {
+        while (!ctx.backend.attachedOut.includes('ping over attach\n')) await sleep(20);
+        w.end();
+      };
+      void leave();
     });
     expect(r).toMatchObject({ protocol: 'v5.channel.k8s.io', stdout: 'ping over attach\n' });
     await sleep(10);

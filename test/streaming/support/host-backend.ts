@@ -15,6 +15,8 @@ export class HostBackend implements StreamingBackend {
   readonly sandboxes = new Set(['pod1']);
   readonly resizes: TerminalSize[] = [];
   readonly execs: Array<{ cmd: string[]; tty: boolean }> = [];
+  /** what attach handed to its clients' stdout so far (a test waits for its echo, not a clock) */
+  attachedOut = '';
   private readonly attached = new Map<string, ChildProcess>();
   /** exec'd processes still running (stop() ends them) */
   private readonly children = new Set<ChildProcess>();
@@ -84,7 +86,10 @@ export class HostBackend implements StreamingBackend {
     }
     const p = proc;
     const out = io.stdout;
-    const onData = (b: Buffer) => out?.write(b);
+    const onData = (b: Buffer) => {
+      out?.write(b);
+      this.attachedOut += b.toString();
+    };
     p.stdout!.on('data', onData);
     const onIn = (b: Buffer) => p.stdin!.write(b);
     io.stdin?.on('data', onIn);
