@@ -11,6 +11,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { encodeFrame, encodeJson, Kind } from '../src/agent/protocol';
+import { AgentClient } from '../src/agent/client';
 import { ContainerManager, EXEC_IO_DRAIN_MS } from '../src/runtime/containers';
 import { MAX_HELLO_FIELD } from '../src/agent/hello';
 import { MAX_GUEST_EVENTS_PER_S, VmPod as PodVm } from '../src/runtime/backends/vm/vm-pod';
@@ -67,7 +68,7 @@ class FrameDecoderFromHost {
 }
 
 function fakeVm(agentSocket: string) {
-  return { info: { id: 'p1', pid: -1, agentSocket }, exited: new Promise<void>(() => undefined), stop: jest.fn(async () => undefined), alive: () => true } as any;
+  return { info: { id: 'p1', pid: -1, agentSocket }, connectAgent: (t: number) => AgentClient.connect(agentSocket, t), exited: new Promise<void>(() => undefined), stop: jest.fn(async () => undefined), alive: () => true } as any;
 }
 
 function captureLogger() {

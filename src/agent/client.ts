@@ -67,6 +67,13 @@ export class AgentClient extends EventEmitter {
     }
   }
 
+  /** Speaks the protocol over a connection that is already open (e.g. one a driver opened before a clone resumed). */
+  static over(sock: net.Socket, observe?: AgentCallObserver): AgentClient {
+    const client = new AgentClient(sock, observe);
+    if (sock.destroyed) client.shutdown(new AgentError('unavailable', 'agent connection closed'));
+    return client;
+  }
+
   get closed(): boolean {
     return this.closedError !== undefined;
   }

@@ -7,7 +7,6 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
-import { AgentClient } from '../agent/client';
 import { hello } from '../agent/hello';
 import type { Logger } from '../util/log';
 import type { Accelerator } from './hypervisor';
@@ -30,7 +29,7 @@ async function kvmBoots(o: Omit<QemuOptions, 'accelerator'>, scratch: string): P
   let vm;
   try {
     vm = await hv.start({ id: `kvmprobe${process.pid}`, dir, vcpus: 1, memoryMiB: 256, sharePath: share });
-    const agent = await AgentClient.connect(vm.info.agentSocket, 5000);
+    const agent = await vm.connectAgent(5000);
     const died = vm.exited.then(() => false);
     const greeted = hello(agent, { nonce: 'probe', hostname: 'probe', timeoutMs: 20_000 }).then(() => true, () => false);
     const ok = await Promise.race([greeted, died]);

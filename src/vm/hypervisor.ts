@@ -2,6 +2,7 @@
 // the runtime only ever talks to these interfaces. Everything on them is hypervisor-neutral:
 // disks are described as block sources (util/block-source.ts), never as machine commands, so a
 // second driver (Cloud Hypervisor, Firecracker) implements the same calls its own way.
+import type { AgentCallObserver, AgentClient } from '../agent/client';
 import type { BlockAttachment, BlockSource } from '../util/block-source';
 
 export type Accelerator = 'kvm' | 'tcg';
@@ -68,6 +69,13 @@ export interface Vm {
   readonly shareTag: string;
   /** true until the VM process has exited */
   alive(): boolean;
+  /**
+   * A connection to the VM's guest agent (guest/PROTOCOL.md). For a clone the driver opened it
+   * before the restored VM resumed, and the first call hands that one over: the guest must never
+   * learn of a host change that did not happen (see qemu.ts, restoreClone). Later calls (a
+   * daemon restart) connect afresh.
+   */
+  connectAgent(timeoutMs: number, observe?: AgentCallObserver): Promise<AgentClient>;
   /** resolves once the VM process has exited */
   readonly exited: Promise<void>;
   /** attaches a file (an image's erofs) as a disk; the guest finds it at the returned address */
@@ -99,7 +107,10 @@ export interface Hypervisor {
   readonly accelerator: Accelerator;
   /** Checks that binaries and guest files exist; returns a reason string when not ready. */
   readiness(): Promise<string | undefined>;
-  /** Starts a VM (cold unless `boot` says otherwise); a clone is restored and running when this resolves. */
+  /**
+   * Starts a VM (cold unless `boot` says otherwise); a clone is restored and running when this
+   * resolves, its agent connection already open (Vm.connectAgent hands it over).
+   */
   start(spec: VmSpec, boot?: Boot): Promise<Vm>;
   /**
    * Everything a VM template depends on besides the guest build and its size (the binary, the

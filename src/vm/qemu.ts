@@ -5,7 +5,9 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import type net from 'node:net';
 import path from 'node:path';
+import { AgentClient, type AgentCallObserver } from '../agent/client';
 import { DEFAULT_TCG_CODE_MIB } from '../config/config';
 import type { Logger } from '../util/log';
 import { Accelerator, Boot, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo, VmSpec } from './hypervisor';
@@ -13,6 +15,7 @@ import type { BlockAttachment, BlockSource } from '../util/block-source';
 import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
 import { run } from '../util/exec-file';
+import { connectWhenReady } from '../util/unix-socket';
 
 export interface QemuOptions {
   binary: string;
@@ -193,7 +196,7 @@ export class QemuHypervisor implements Hypervisor {
     const vm = new QemuVm(info, qmp, exited, launcher);
     if (boot.mode === 'clone') {
       try {
-        await restoreClone(qmp, boot.statePath);
+        vm.keepAgentConnection(await restoreClone(qmp, boot.statePath, info.agentSocket));
       } catch (err) {
         await vm.stop(0);
         throw err;
@@ -258,8 +261,27 @@ export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuA
   return [...argv, '--', binary, ...qemuArgs];
 }
 
-/** Loads a template's device state into a clone started with `-incoming defer`, then runs it. */
-async function restoreClone(qmp: QmpClient, statePath: string): Promise<void> {
+/** the agent port's chardev (qemuArgs: `-chardev socket,id=agent,…`) */
+const AGENT_CHARDEV = 'agent';
+
+/**
+ * Loads a template's device state into a clone started with `-incoming defer`, connects to the
+ * agent port while the clone is still paused, then runs it. Returns that connection (the
+ * caller's Vm.connectAgent hands it over).
+ *
+ * Why the host connects before the clone runs: the template was saved with its builder
+ * connected, and virtio-serial saves each port's "host connected" bit. When a restored VM
+ * resumes, QEMU compares the saved bit with the port's chardev at that moment
+ * (virtio_serial_post_load_timer_cb, on the first tick of the running VM) and, if nobody is
+ * connected yet, tells the guest "host closed" (VIRTIO_CONSOLE_PORT_OPEN 0). That close belongs
+ * to no connection the clone ever had, and the guest cannot tell it from a real one: its kernel
+ * handles port control messages on a workqueue, unordered with the port's data, so under load
+ * the agent could read and answer the new host's hello first and take the close after it, then
+ * want a hello again ("sandbox.setup: hello first", issue 17 item 7). Connected before `cont`,
+ * the saved and the current bit agree and QEMU sends the guest nothing: from the guest's side
+ * the template's connection simply goes on (guest/PROTOCOL.md, "Handshake").
+ */
+async function restoreClone(qmp: QmpClient, statePath: string, agentSocket: string): Promise<net.Socket> {
   await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
   await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
   const deadline = Date.now() + 10_000;
@@ -271,7 +293,37 @@ async function restoreClone(qmp: QmpClient, statePath: string): Promise<void> {
   }
   const mig = await qmp.execute('query-migrate');
   if (mig.status === 'failed') throw new Error(`loading template state failed: ${mig['error-desc'] ?? 'unknown error'}`);
-  await qmp.execute('cont');
+  // its own 10 s: the load that slowed the restore must not fail the connect (a failed clone
+  // boots cold and marks its template failed)
+  const connectDeadline = Date.now() + 10_000;
+  const agent = await connectWhenReady(agentSocket, 10_000, async (sock) => sock);
+  agent.on('error', ignore); // until it is handed over
+  try {
+    // connect() returns once the kernel queued the connection; the port is the host's once
+    // QEMU accepted it (its chardev then drops the "disconnected:" from its name)
+    while (!(await chardevConnected(qmp, AGENT_CHARDEV))) {
+      if (agent.destroyed) throw new Error('the agent port closed the connection before the clone ran');
+      if (Date.now() > connectDeadline) throw new Error('the agent port did not take the connection within 10 s');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await qmp.execute('cont');
+  } catch (err) {
+    agent.destroy();
+    throw err;
+  }
+  return agent;
+}
+
+/** Whether a socket chardev has a client (QEMU names an unconnected one "disconnected:…"). */
+async function chardevConnected(qmp: QmpClient, label: string): Promise<boolean> {
+  const devs: Array<{ label: string; filename: string }> = await qmp.execute('query-chardev');
+  const dev = devs.find((d) => d.label === label);
+  if (!dev) throw new Error(`QEMU has no chardev "${label}"`);
+  return !dev.filename.startsWith('disconnected:');
+}
+
+function ignore(): void {
+  /* an error on a connection nobody has taken yet: whoever takes it sees it closed */
 }
 
 export function shellQuote(s: string): string {
@@ -282,6 +334,8 @@ export class QemuVm implements Vm {
   private dead = false;
   /** the one virtio-scsi controller: image disks and volumes */
   private readonly bus: ScsiBus;
+  /** a clone's agent connection, opened before it resumed (restoreClone), until connectAgent takes it */
+  private agentConnection: net.Socket | undefined;
 
   constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string) {
     exited.then(() => {
@@ -295,6 +349,19 @@ export class QemuVm implements Vm {
 
   alive(): boolean {
     return !this.dead && isAlive(this.info.pid);
+  }
+
+  /** @internal start(): the connection restoreClone opened */
+  keepAgentConnection(sock: net.Socket): void {
+    this.agentConnection = sock;
+  }
+
+  async connectAgent(timeoutMs: number, observe?: AgentCallObserver): Promise<AgentClient> {
+    const sock = this.agentConnection;
+    this.agentConnection = undefined;
+    if (!sock) return AgentClient.connect(this.info.agentSocket, timeoutMs, observe);
+    sock.off('error', ignore);
+    return AgentClient.over(sock, observe);
   }
 
   reserveScsiIds(ids: number[]): void {
@@ -360,6 +427,8 @@ export class QemuVm implements Vm {
   }
 
   async stop(graceMs: number): Promise<void> {
+    this.agentConnection?.destroy();
+    this.agentConnection = undefined;
     if (!this.alive()) return;
     await this.qmp.execute('quit').catch(() => undefined);
     const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());

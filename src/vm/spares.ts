@@ -14,7 +14,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { AgentClient, type AgentCallObserver } from '../agent/client';
+import type { AgentCallObserver, AgentClient } from '../agent/client';
 import { hello } from '../agent/hello';
 import type { Logger } from '../util/log';
 import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
@@ -163,7 +163,7 @@ export class SparePool {
       const src = await this.o.templates.cloneSource(spec);
       if (!src) throw new Error('no template to clone');
       vm = await this.o.hypervisor.start(spec, { mode: 'clone', ...src });
-      agent = await AgentClient.connect(vm.info.agentSocket, 10_000, this.o.agentCalls);
+      agent = await vm.connectAgent(10_000, this.o.agentCalls); // the connection the clone resumed with
       // A first identity, replaced by the pod's at adoption; this pass also runs (and so
       // translates, under TCG) the code the adoption will run again.
       await hello(agent, { nonce: name, hostname: 'spare', timeoutMs: 10_000 });

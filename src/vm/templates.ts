@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
-import { AgentClient, type AgentCallObserver } from '../agent/client';
+import type { AgentCallObserver, AgentClient } from '../agent/client';
 import { hello } from '../agent/hello';
 import { run } from '../util/exec-file';
 import type { Logger } from '../util/log';
@@ -22,6 +22,12 @@ import { checkTrustedDir, checkTrustedEntry, ensureTrustedDir } from '../util/tr
 
 /** The MAC every template NIC has; a clone's agent sets the pod's own MAC. */
 export const TEMPLATE_MAC = '02:50:56:00:00:01';
+/**
+ * How long a template's cold boot may take to answer its hello. A build runs beside the pods
+ * (they boot cold until it is done), so it may be slow, but not stuck: a VM that dies ends it at
+ * once. Generous because a cold TCG boot on a loaded host took over 30 s (issue 17 item 7).
+ */
+const TEMPLATE_BOOT_TIMEOUT_MS = 120_000;
 
 export interface SizeClass {
   vcpus: number;
@@ -222,12 +228,12 @@ export class TemplateManager {
       log.info({ accel: this.o.driver.accelerator }, 'template build: booting the VM');
       vm = await this.o.driver.start(spec, { mode: 'template', memPath: path.join(work, 'mem') });
       log.info({ ms: ms(), pid: vm.info.pid }, 'template build: VM started, waiting for the guest agent');
-      agent = await AgentClient.connect(vm.info.agentSocket, 10_000, this.o.agentCalls);
+      agent = await vm.connectAgent(10_000, this.o.agentCalls);
       // The agent connection stays open through the snapshot: the clones then restore a port
       // that never saw its host go away, so no late "host disconnected" in a clone can undo
       // the clone's own hello.
       const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
-      await hello(agent, { nonce: key, hostname: 'template', timeoutMs: 30_000, died });
+      await hello(agent, { nonce: key, hostname: 'template', timeoutMs: TEMPLATE_BOOT_TIMEOUT_MS, died });
       log.info({ ms: ms() }, 'template build: guest ready, saving the snapshot');
       await vm.snapshot(path.join(work, 'state'));
       log.info({ ms: ms(), stateBytes: (await fsp.stat(path.join(work, 'state'))).size }, 'template build: snapshot saved');
@@ -243,11 +249,32 @@ export class TemplateManager {
       await fsp.rename(work, p.dir);
       this.o.logger.info({ key, ...size, buildMs: meta.buildMs }, 'VM template built');
       return meta;
+    } catch (err) {
+      // the build dir goes with the failure: keep the end of the guest's console in the log
+      const guestConsole = await readTail(path.join(work, 'console.log'), 4096);
+      this.o.logger.warn({ key, ...size, err, console: guestConsole }, 'VM template build failed');
+      throw err;
     } finally {
       agent?.close();
       if (vm) await vm.stop(0).catch(() => undefined);
       if (netns) await run('ip', ['netns', 'delete', netns]).catch(() => undefined);
       await fsp.rm(work, { recursive: true, force: true });
     }
+  }
+}
+
+/** The last `max` bytes of a file as text ('' when it cannot be read). */
+async function readTail(file: string, max: number): Promise<string> {
+  const fh = await fsp.open(file, 'r').catch(() => undefined);
+  if (!fh) return '';
+  try {
+    const { size } = await fh.stat();
+    const buf = Buffer.alloc(Math.min(max, size));
+    await fh.read(buf, 0, buf.length, size - buf.length);
+    return buf.toString('utf8');
+  } catch {
+    return '';
+  } finally {
+    await fh.close();
   }
 }

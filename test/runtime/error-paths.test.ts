@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
+import { AgentClient } from '../../src/agent/client';
 import { AgentError } from '../../src/agent/errors';
 import { defaultConfig, type Config } from '../../src/config/config';
 import { ContainerManager } from '../../src/runtime/containers';
@@ -258,6 +259,7 @@ class FakeVm implements Vm {
     this.info = { id: spec.id, pid: -1, accelerator: 'tcg', bootMode: 'cold', dir: spec.dir, agentSocket: path.join(spec.dir, 'agent.sock'), qmpSocket: '', vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, disks: [] };
   }
   alive() { return false; }
+  connectAgent(timeoutMs: number) { return AgentClient.connect(this.info.agentSocket, timeoutMs); }
   async attachDisk(): Promise<never> { throw new Error('no disks'); }
   async detachDisk() {}
   async attachBlock(): Promise<never> { throw new Error('no disks'); }

@@ -131,7 +131,7 @@ export class VmPod implements Pod, PodVolumeTarget {
     const died = this.vm.exited.then(() => {
       throw new Error('the VM exited during boot; see console.log in its state directory');
     });
-    this.agent = agent ?? await Promise.race([AgentClient.connect(this.vm.info.agentSocket, timeoutMs, this.agentCalls), died]);
+    this.agent = agent ?? await Promise.race([this.vm.connectAgent(timeoutMs, this.agentCalls), died]);
     this.agent.on('event', (ev: AgentEvent) => this.onGuestEvent(ev));
     this.agent.on('protocol-error', (err: Error) => this.logger.error({ sandbox: this.vm.info.id, err }, 'agent broke the protocol; closing its connection'));
     const nonce = crypto.randomBytes(16).toString('hex');
