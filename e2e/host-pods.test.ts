@@ -10,7 +10,7 @@ import path from 'node:path';
 import { pushBusybox } from '../test/support/images';
 import { readCriLog } from '../test/support/cri-log';
 import { Registry, startRegistry } from '../test/support/registry';
-import { collect, spdyConnect, spdyExec } from '../test/streaming/support/spdy-client';
+import { collect, spdyConnect, spdyExec, type SpdyClient } from '../test/streaming/support/spdy-client';
 import { podConfig, TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
@@ -179,6 +179,44 @@ async function until<T>(what: string, fn: () => T | undefined | false | Promise<
   }
 }
 
+
+/** One HTTP/1.0 GET over a port-forward session: the response and the error stream's text. */
+async function spdyHttp(c: SpdyClient, requestID: string, port: number): Promise<{ response: string; error: string }> {
+  const error = c.open({ streamType: 'error', port: String(port), requestID });
+  error.end();
+  const errText = collect(error);
+  const data = c.open({ streamType: 'data', port: String(port), requestID });
+  const body = collect(data);
+  data.write('GET / HTTP/1.0\r\nHost: pod\r\n\r\n');
+  return { response: (await body).toString(), error: (await errText).toString() };
+}
+
+describe('port-forward into host pods', () => {
+  it('reaches the host\'s loopback for a host-network pod and the pod\'s netns otherwise', async () => {
+    const port = await freePort();
+    const host = await run('pf-host', { network: 'NODE' }, ['sh', '-c', `mkdir -p /www; echo through-port-forward > /www/index.html; exec httpd -f -p 127.0.0.1:${port} -h /www`]);
+    const inPod = await run('pf-pod', { ipc: 'NODE' }, ['sh', '-c', 'mkdir -p /www; echo inside-the-pod-netns > /www/index.html; exec httpd -f -p 8080 -h /www']);
+    try {
+      for (const [pod, p, body] of [[host.pod, port, 'through-port-forward\n'], [inPod.pod, 8080, 'inside-the-pod-netns\n']] as const) {
+        const c = await spdyConnect((await d.runtime('PortForward', { pod_sandbox_id: pod, port: [p] })).url, ['portforward.k8s.io']);
+        try {
+          const r = await until('httpd to answer', async () => {
+            const x = await spdyHttp(c, `${Date.now()}`, p);
+            return x.response.startsWith('HTTP/1.') ? x : false;
+          });
+          expect(r.response).toMatch(new RegExp(`\r\n\r\n${body}$`));
+        } finally {
+          c.close();
+        }
+      }
+    } finally {
+      await removePod(host.pod);
+      await removePod(inPod.pod);
+    }
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
 
 describe('host PID and IPC', () => {
   it('a hostPID pod sees the host\'s processes; a hostIPC pod shares the host\'s IPC namespace and /dev/shm', async () => {
