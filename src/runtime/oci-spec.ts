@@ -198,8 +198,11 @@ export function processArgs(config: ContainerConfig, imageCfg: any): string[] {
  * A host pod's container namespaces: the pod's pinned files, nothing (the host's) for NODE, a
  * new one for CONTAINER.
  */
-function hostNamespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined, t: HostTarget): OciNamespace[] {
-  const mode = (m: unknown) => (typeof m === 'string' ? m : 'POD');
+function hostNamespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined, t: HostTarget, podOpts: NamespaceOption | null | undefined): OciNamespace[] {
+  // the pod's host namespaces are its containers' too, whatever a container config says (a
+  // client may send none: critest does), as containerd does
+  const podMode = (k: 'network' | 'ipc' | 'pid') => (podOpts?.[k] === 'NODE' ? 'NODE' : undefined);
+  const mode = (m: unknown, k: 'network' | 'ipc' | 'pid') => podMode(k) ?? (typeof m === 'string' ? m : 'POD');
   const shared = (type: string, m: string, file: string | undefined): OciNamespace[] => {
     if (m === 'NODE') return [];
     if (m === 'CONTAINER') return [{ type }];
@@ -207,11 +210,11 @@ function hostNamespaces(nsOpts: NamespaceOption | null | undefined, targetPid: n
     return [{ type, path: file }];
   };
   const ns: OciNamespace[] = [{ type: 'mount' }];
-  const net = mode(nsOpts?.network);
+  const net = mode(nsOpts?.network, 'network');
   ns.push(...shared('network', net, t.netns));
-  ns.push(...shared('ipc', mode(nsOpts?.ipc), t.ipcns));
+  ns.push(...shared('ipc', mode(nsOpts?.ipc, 'ipc'), t.ipcns));
   if (net !== 'NODE') ns.push(...shared('uts', 'POD', t.utsns));
-  const pid = mode(nsOpts?.pid);
+  const pid = mode(nsOpts?.pid, 'pid');
   if (pid === 'TARGET') {
     if (!targetPid) throw invalidArgument('namespace target container is not running');
     ns.push({ type: 'pid', path: `/proc/${targetPid}/ns/pid` });
@@ -314,7 +317,7 @@ export function buildSpec(input: SpecInput): BuiltSpec {
   const extraGids = (sc.supplemental_groups ?? []).map(Number);
 
   const caps = capabilities(sc);
-  const ns = host ? hostNamespaces(sc.namespace_options, input.targetPid, host) : namespaces(sc.namespace_options, input.targetPid);
+  const ns = host ? hostNamespaces(sc.namespace_options, input.targetPid, host, sandboxConfig?.linux?.security_context?.namespace_options) : namespaces(sc.namespace_options, input.targetPid);
   const ipcShared = ns.some((n) => n.type === 'ipc' && n.path);
   const hasUts = ns.some((n) => n.type === 'uts');
 

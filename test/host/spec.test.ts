@@ -32,6 +32,14 @@ describe('OCI spec, host target', () => {
     expect(ns({}, target({ cgroupV2: true })).linux.namespaces).toContainEqual({ type: 'cgroup' });
   });
 
+  it('gives a container the pod\'s host namespaces when its own config names none (critest sends none)', () => {
+    const spec = buildSpec({
+      target: target({ netns: undefined, utsns: undefined, ipcns: undefined, shm: '/dev/shm' }), config: base,
+      sandboxConfig: { linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'NODE' } } } }, imageConfig: {}, mounts: [],
+    }).spec;
+    expect(spec.linux.namespaces).toEqual([{ type: 'mount' }]);
+  });
+
   it('binds host paths, the pod\'s shm and etc files; cgroups path, root and open-files limit', () => {
     const { spec } = buildSpec({
       target: target(), config: base, sandboxConfig: {}, imageConfig: {},
