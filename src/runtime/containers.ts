@@ -444,16 +444,10 @@ export class ContainerManager {
     // is written once they end. Report the exit only when the log is complete, so that kubelet's
     // FallbackToLogsOnError message reads it all (bounded: a host disk that stalls cannot hold it).
     const logged = c.log ? within(c.log.drained(), 2000) : Promise.resolve(true);
-    void logged.then(async () => {
-      if (this.containers.get(c.rec.id) !== c) return; // removed meanwhile (its record deleted)
+    void logged.then(() => {
       if (!this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '')) return;
+      this.store.save(c.rec).catch(() => undefined);
       this.logger.info({ container: c.rec.id, exitCode: code }, 'container exited');
-      // Under the container's lock, and only while it is still known: a remove that deletes the
-      // record while this write is on its way must not see the record written back (a pending
-      // record left behind by an interrupted create's undo, the crash matrix saw it).
-      await this.lock.run(c.rec.id, async () => {
-        if (this.containers.get(c.rec.id) === c) await this.store.save(c.rec);
-      }).catch(() => undefined);
     });
   }
 
