@@ -35,6 +35,12 @@ export function checkMounts<I extends ImageRef>(config: ContainerConfig, resolve
       continue;
     }
     if (!m.host_path || !path.isAbsolute(m.host_path)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
+    // CRI: a recursive read-only mount must be read-only and private (a mount that propagates
+    // cannot stay read-only all the way down); containerd refuses the same.
+    if (m.recursive_read_only && !m.readonly) throw invalidArgument(`mount ${m.container_path}: recursive_read_only needs readonly`);
+    if (m.recursive_read_only && m.propagation && m.propagation !== 'PROPAGATION_PRIVATE') {
+      throw invalidArgument(`mount ${m.container_path}: recursive_read_only needs PROPAGATION_PRIVATE, got ${m.propagation}`);
+    }
   }
   return { imageVolumes, devices: checkDevices(config.devices) };
 }

@@ -17,6 +17,13 @@
 //! and an unprivileged task are both refused (the helper cannot tell them apart): refusing is
 //! the safe side, and the privileged one can retry.
 //!
+//! One narrower grant, the line the host kernel itself draws in dev_load ("netdev-" aliases for
+//! CAP_NET_ADMIN): a requester holding CAP_NET_ADMIN (effective) in the initial user namespace,
+//! a container given NET_ADMIN, may have the modules of network setup loaded (link types, the
+//! bridge ioctl, netfilter): on a node such a container finds them there (critest's "adding
+//! capability" runs `brctl addbr`). `unshare -rn` gives CAP_NET_ADMIN only in a user namespace of
+//! its own, so it stays refused.
+//!
 //! Every decision is written to the kernel log (/dev/kmsg), which privileged containers can read.
 
 use std::io::Write;
@@ -24,6 +31,13 @@ use std::io::Write;
 use crate::modules;
 
 const CAP_SYS_MODULE: u32 = 16;
+const CAP_NET_ADMIN: u32 = 12;
+/// Requests (module aliases as the kernel asks for them) that network setup makes.
+const NETWORK_REQUESTS: &[&str] = &["bridge", "rtnl-link-", "netdev-", "nft-", "nfnetlink-subsys-", "ipt_", "ip6t_", "xt_", "iptable_", "ip6table_"];
+
+fn is_network_request(request: &str) -> bool {
+    NETWORK_REQUESTS.iter().any(|p| if p.ends_with(['-', '_']) { request.starts_with(p) } else { request == *p })
+}
 
 /// Entry point when the binary runs as `modprobe`; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
@@ -43,9 +57,9 @@ pub fn main(args: &[String]) -> i32 {
         return 1;
     }
     let init_userns = std::fs::read_link("/proc/1/ns/user").ok();
-    if let Some(t) = requesters.iter().find(|t| !t.may_load_modules(init_userns.as_ref())) {
+    if let Some(t) = requesters.iter().find(|t| !t.may_request(&request, init_userns.as_ref())) {
         kmsg(&format!(
-            "refused {module} (for {request}) requested by pid {} ({}): not privileged (CAP_SYS_MODULE in the initial user namespace)",
+            "refused {module} (for {request}) requested by pid {} ({}): not privileged (CAP_SYS_MODULE, or CAP_NET_ADMIN for network modules, in the initial user namespace)",
             t.tid, t.comm
         ));
         return 1;
@@ -91,12 +105,25 @@ struct Task {
     comm: String,
     /// CapBnd from /proc/<pid>/task/<tid>/status
     bounding: u64,
+    /// CapEff
+    effective: u64,
     userns: Option<std::path::PathBuf>,
 }
 
 impl Task {
     fn may_load_modules(&self, init_userns: Option<&std::path::PathBuf>) -> bool {
-        self.bounding & (1 << CAP_SYS_MODULE) != 0 && self.userns.is_some() && self.userns.as_ref() == init_userns
+        self.bounding & (1 << CAP_SYS_MODULE) != 0 && self.in_init_userns(init_userns)
+    }
+
+    /// May this task's request for `request` be served: a task that could load any module
+    /// itself, or a network request from a task with CAP_NET_ADMIN in the initial user namespace.
+    fn may_request(&self, request: &str, init_userns: Option<&std::path::PathBuf>) -> bool {
+        self.may_load_modules(init_userns)
+            || (is_network_request(request) && self.effective & (1 << CAP_NET_ADMIN) != 0 && self.in_init_userns(init_userns))
+    }
+
+    fn in_init_userns(&self, init_userns: Option<&std::path::PathBuf>) -> bool {
+        self.userns.is_some() && self.userns.as_ref() == init_userns
     }
 }
 
@@ -125,6 +152,7 @@ fn requesters() -> Vec<Task> {
                 tid,
                 comm: field("Name:"),
                 bounding: u64::from_str_radix(&field("CapBnd:"), 16).unwrap_or(0),
+                effective: u64::from_str_radix(&field("CapEff:"), 16).unwrap_or(0),
                 userns: std::fs::read_link(dir.join("ns/user")).ok(),
             });
         }
@@ -160,12 +188,31 @@ mod tests {
     #[test]
     fn only_a_task_that_could_load_a_module_itself_counts_as_privileged() {
         let init = std::path::PathBuf::from("user:[4026531837]");
-        let t = |bounding: u64, ns: &str| Task { tid: 1, comm: "ip".into(), bounding, userns: Some(ns.into()) };
+        let t = |bounding: u64, ns: &str| Task { tid: 1, comm: "ip".into(), bounding, effective: bounding, userns: Some(ns.into()) };
         assert!(t(0x1ff_ffff_ffff, "user:[4026531837]").may_load_modules(Some(&init)));
         // the default container capabilities (no CAP_SYS_MODULE)
         assert!(!t(0xa80425fb, "user:[4026531837]").may_load_modules(Some(&init)));
         // full capabilities, but in a user namespace of its own (`unshare -r`)
         assert!(!t(0x1ff_ffff_ffff, "user:[4026532201]").may_load_modules(Some(&init)));
-        assert!(!Task { tid: 1, comm: "x".into(), bounding: u64::MAX, userns: None }.may_load_modules(Some(&init)));
+        assert!(!Task { tid: 1, comm: "x".into(), bounding: u64::MAX, effective: u64::MAX, userns: None }.may_load_modules(Some(&init)));
+    }
+
+    #[test]
+    fn net_admin_in_the_initial_user_namespace_gets_network_modules_only() {
+        let init = std::path::PathBuf::from("user:[4026531837]");
+        // the default container capabilities plus NET_ADMIN (critest's "adding capability")
+        let caps = 0xa80425fb_u64 | (1 << CAP_NET_ADMIN);
+        let t = |ns: &str| Task { tid: 1, comm: "brctl".into(), bounding: caps, effective: caps, userns: Some(ns.into()) };
+        for r in ["bridge", "rtnl-link-dummy", "netdev-foo", "nft-chain-2-nat", "nfnetlink-subsys-10", "ipt_MASQUERADE", "xt_conntrack"] {
+            assert!(t("user:[4026531837]").may_request(r, Some(&init)), "{r}");
+        }
+        for r in ["fs-fuse", "bridgex", "loop", "net-pf-40"] {
+            assert!(!t("user:[4026531837]").may_request(r, Some(&init)), "{r}");
+        }
+        // `unshare -rn`: NET_ADMIN only in a user namespace of its own
+        assert!(!t("user:[4026532201]").may_request("rtnl-link-dummy", Some(&init)));
+        // NET_ADMIN in the bounding set but not effective
+        let b = Task { tid: 1, comm: "ip".into(), bounding: caps, effective: 0xa80425fb, userns: Some("user:[4026531837]".into()) };
+        assert!(!b.may_request("rtnl-link-dummy", Some(&init)));
     }
 }
