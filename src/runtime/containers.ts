@@ -444,10 +444,15 @@ export class ContainerManager {
     // is written once they end. Report the exit only when the log is complete, so that kubelet's
     // FallbackToLogsOnError message reads it all (bounded: a host disk that stalls cannot hold it).
     const logged = c.log ? within(c.log.drained(), 2000) : Promise.resolve(true);
-    void logged.then(() => {
+    void logged.then(async () => {
+      // Removed while the log drained (an interrupted create's undo after a restart, a remove):
+      // its record is deleted, and writing it would bring it back as a stale record.
+      if (this.containers.get(c.rec.id) !== c) return;
       if (!this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '')) return;
-      this.store.save(c.rec).catch(() => undefined);
       this.logger.info({ container: c.rec.id, exitCode: code }, 'container exited');
+      await this.store.save(c.rec).catch(() => undefined);
+      // a remove that ran while this write was on its way deleted the record before it landed
+      if (this.containers.get(c.rec.id) !== c) await this.store.delete(c.rec.id).catch(() => undefined);
     });
   }
 
