@@ -655,8 +655,9 @@ describe('bad requests', () => {
     await expect(d.runtime('ExecSync', { container_id: 'nope', cmd: ['true'] })).rejects.toMatchObject({ code: status.NOT_FOUND });
     await expect(d.runtime('PodSandboxStatus', {})).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
     await expect(d.runtime('RunPodSandbox', { config: { metadata: { name: 'x' } } })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
-    await expect(d.runtime('RunPodSandbox', { config: podConfig('hostnet', d.logs, { linux: { security_context: { namespace_options: { network: 'NODE' } } } }) }))
-      .rejects.toMatchObject({ code: status.FAILED_PRECONDITION });
+    // (host-network pods are host pods now: e2e/host-pods.test.ts; host_namespaces = "reject": test/runtime/error-paths)
+    await expect(d.runtime('RunPodSandbox', { config: podConfig('nohandler', d.logs), runtime_handler: 'no-such-handler' }))
+      .rejects.toMatchObject({ code: status.NOT_FOUND });
     await expect(d.runtime('CreateContainer', { pod_sandbox_id: 'nope', config: containerConfig('x', ['true']) })).rejects.toMatchObject({ code: status.NOT_FOUND });
     // removing what is not there is fine (kubelet retries removals)
     await d.runtime('RemoveContainer', { container_id: 'nope' });

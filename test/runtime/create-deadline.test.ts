@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadCri } from '../../cri-api';
+import { AgentClient } from '../../src/agent/client';
 import { encodeJson, Kind } from '../../src/agent/protocol';
 import { VmPod } from '../../src/runtime/backends/vm/vm-pod';
 import type { CallContext } from '../../src/server';
@@ -95,7 +96,13 @@ async function pod(createMs: number, createError?: { code: string; message: stri
     }));
   });
   await new Promise<void>((r) => server.listen(sock, () => r()));
-  const vm = { info: { id: 'p1', pid: -1, agentSocket: sock }, exited: new Promise<void>(() => undefined), stop: async () => undefined, alive: () => true } as never;
+  const vm = {
+    info: { id: 'p1', pid: -1, agentSocket: sock },
+    exited: new Promise<void>(() => undefined),
+    stop: async () => undefined,
+    alive: () => true,
+    connectAgent: (timeoutMs: number) => AgentClient.connect(sock, timeoutMs),
+  } as never;
   const p = new VmPod(vm, dir, silentLogger, 'p1');
   await p.connect('host', 5000);
   const close = async () => {
