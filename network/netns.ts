@@ -1,7 +1,7 @@
 // Named network namespaces (`ip netns`), /run/netns/<name>.
 import fs from 'node:fs';
-import { promisify } from 'node:util';
 import { run, runWithInput } from '../src/util/exec-file';
+import { detach, mount, MS_BIND } from '../src/util/mount';
 
 export const NETNS_DIR = '/run/netns';
 const NSFS_MAGIC = 0x6e736673;
@@ -30,41 +30,6 @@ export async function createNetns(name: string): Promise<string> {
   return netnsPath(name);
 }
 
-// libc's mount(2) and umount2(2) through koffi, loaded on first use: a rename costs no process.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type AsyncFn = { async: (...args: any[]) => void };
-let libc: { koffi: any; mount: AsyncFn; umount2: AsyncFn } | undefined;
-function loadLibc() {
-  if (!libc) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const koffi = require('koffi');
-    const so = koffi.load('libc.so.6');
-    libc = {
-      koffi,
-      mount: so.func('mount', 'int', ['str', 'str', 'str', 'ulong', 'void *']),
-      umount2: so.func('umount2', 'int', ['str', 'int']),
-    };
-  }
-  return libc;
-}
-
-/** Calls a libc function on koffi's worker threads; -1 becomes an Error with errno's name. */
-async function sysCall(what: string, fn: AsyncFn, ...args: unknown[]): Promise<void> {
-  const c = loadLibc();
-  let errno = 0;
-  const rc = await promisify((cb: (err: Error | null, res: number) => void) => fn.async(...args, (err: Error | null, res: number) => {
-    if (res === -1) errno = c.koffi.errno();
-    cb(err, res);
-  }))();
-  if (rc !== 0) {
-    const name = Object.entries(c.koffi.os.errno as Record<string, number>).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-    throw new Error(`${what}: ${name}`);
-  }
-}
-
-const MS_BIND = 0x1000;
-const MNT_DETACH = 2;
-
 /**
  * Gives the netns `from` the name `to` (which must not exist), as `ip netns` names are made: a
  * bind mount of the namespace on /run/netns/<to>; then the old name goes. Processes and open
@@ -75,13 +40,13 @@ export async function renameNetns(from: string, to: string): Promise<void> {
   if (!netnsExists(from)) throw new Error(`netns ${from} does not exist`);
   fs.writeFileSync(netnsPath(to), '', { flag: 'wx', mode: 0 });
   try {
-    await sysCall(`bind ${netnsPath(from)} on ${netnsPath(to)}`, loadLibc().mount, netnsPath(from), netnsPath(to), 'none', MS_BIND, null);
+    await mount(netnsPath(from), netnsPath(to), 'none', MS_BIND, null, `bind ${netnsPath(from)} on ${netnsPath(to)}`);
   } catch (err) {
     fs.rmSync(netnsPath(to), { force: true });
     throw err;
   }
   try {
-    await sysCall(`unmount ${netnsPath(from)}`, loadLibc().umount2, netnsPath(from), MNT_DETACH);
+    await detach(netnsPath(from));
     fs.rmSync(netnsPath(from), { force: true });
   } catch {
     await deleteNetns(from); // the namespace lives on under its new name

@@ -1,65 +1,16 @@
-// mount(2) and umount2(2) for the host backend (image erofs mounts, container overlays,
-// pinned namespace files), called through koffi on its worker threads: no process per mount,
-// and the event loop never waits on the kernel. Plus the mount table read back from
-// /proc/self/mountinfo, which is how leftovers of a crashed daemon are found.
+// Mounts for the host backend (image erofs mounts, container overlays, pinned namespace files)
+// through the ground floor's libc binding (util/mount.ts), an unmount that tolerates what is
+// not mounted, and the mount table read back from /proc/self/mountinfo, which is how leftovers
+// of a crashed daemon are found.
 import fs from 'node:fs';
-import { promisify } from 'node:util';
+import { detach, mount, MS_BIND, MS_SHARED, type SysError } from '../../../util/mount';
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type AsyncFn = { async: (...args: any[]) => void };
-let libc: { koffi: any; mount: AsyncFn; umount2: AsyncFn } | undefined;
-
-function load() {
-  if (!libc) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const koffi = require('koffi');
-    const so = koffi.load('libc.so.6');
-    libc = {
-      koffi,
-      mount: so.func('mount', 'int', ['str', 'str', 'str', 'ulong', 'str']),
-      umount2: so.func('umount2', 'int', ['str', 'int']),
-    };
-  }
-  return libc;
-}
-
-/** An error from a system call, with errno's name as `code` (as Node's own errors have). */
-export class SysError extends Error {
-  constructor(what: string, readonly code: string) {
-    super(`${what}: ${code}`);
-  }
-}
-
-async function call(what: string, fn: AsyncFn, ...args: unknown[]): Promise<void> {
-  const c = load();
-  let errno = 0;
-  const rc = await promisify((cb: (err: Error | null, res: number) => void) => fn.async(...args, (err: Error | null, res: number) => {
-    if (res === -1) errno = c.koffi.errno();
-    cb(err, res);
-  }))();
-  if (rc !== 0) {
-    const name = Object.entries(c.koffi.os.errno as Record<string, number>).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-    throw new SysError(what, name);
-  }
-}
-
-export const MS_RDONLY = 0x1;
-export const MS_NOSUID = 0x2;
-export const MS_NODEV = 0x4;
-export const MS_BIND = 0x1000;
-export const MS_REC = 0x4000;
-export const MS_PRIVATE = 1 << 18;
-export const MS_SHARED = 1 << 20;
-const MNT_DETACH = 2;
-
-export function mount(source: string, target: string, fstype: string | null, flags: number, data: string | null): Promise<void> {
-  return call(`mount ${source} on ${target}${fstype ? ` (${fstype})` : ''}`, load().mount, source, target, fstype, flags, data);
-}
+export { mount, MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_SHARED, SysError } from '../../../util/mount';
 
 /** Detaches the mount at `target`; one that is not mounted is fine. */
 export async function unmount(target: string): Promise<void> {
   try {
-    await call(`unmount ${target}`, load().umount2, target, MNT_DETACH);
+    await detach(target);
   } catch (err) {
     if ((err as SysError).code !== 'EINVAL' && (err as SysError).code !== 'ENOENT') throw err;
   }
