@@ -162,6 +162,8 @@ describe('warm spares', () => {
     const s1 = await oneSpare();
     const pid1 = pidOf(s1);
     await d.stopProcess(); // SIGTERM
+    expect(d.lastExit).toEqual({ code: 0, signal: null });
+    expect(d.logLines().filter((l) => l.msg === 'stopped')).toHaveLength(1); // the whole stop ran, not cut short
     expect(alive(pid1)).toBe(false);
     expect(spares()).toEqual([]);
     await d.launch();

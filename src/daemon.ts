@@ -169,10 +169,23 @@ export class Daemon {
         resolve();
       });
     });
-    this.network?.close();
-    await this.metricsEndpoint?.close();
-    await this.streaming?.stop();
-    await this.pool?.close();
-    await fsp.rm(this.cfg.socket, { force: true });
+    // each step runs even when one before it failed: the spares and the socket must go anyway
+    const steps: Array<[string, () => unknown]> = [
+      ['network', () => this.network?.close()],
+      ['metrics', () => this.metricsEndpoint?.close()],
+      ['streaming', () => this.streaming?.stop()],
+      ['vm pool', () => this.pool?.close()],
+      ['socket', () => fsp.rm(this.cfg.socket, { force: true })],
+    ];
+    let failed: unknown;
+    for (const [step, run] of steps) {
+      try {
+        await run();
+      } catch (err) {
+        this.logger.error({ err, step }, 'a stop step failed');
+        failed ??= err;
+      }
+    }
+    if (failed) throw failed;
   }
 }

@@ -153,6 +153,17 @@ export class TestDaemon {
     return this.signal('SIGTERM');
   }
 
+  /** The daemon's log lines so far (JSON, one entry a line), all its processes. */
+  logLines(): Array<{ msg?: string; level?: number; [k: string]: unknown }> {
+    return fs.readFileSync(path.join(this.dir, 'daemon.log'), 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  }
+
+  /** How the last daemon process ended: its exit status, or the signal that killed it. */
+  get lastExit(): { code: number | null; signal: NodeJS.Signals | null } | undefined {
+    const p = this.proc;
+    return p && (p.exitCode !== null || p.signalCode !== null) ? { code: p.exitCode, signal: p.signalCode } : undefined;
+  }
+
   /** SIGKILL: the daemon dies without cleaning up (a crash). */
   killProcess(): Promise<void> {
     return this.signal('SIGKILL');

@@ -83,7 +83,20 @@ program
       stopping = true;
       logger.info({ sig }, 'stopping (pod VMs keep running)');
       notify(logger, { STOPPING: 1, STATUS: 'stopping (pod VMs keep running)' });
-      await daemon.stop();
+      // QEMU processes and their timers are unref'd (pods outlive the daemon), so an await on a
+      // VM's exit keeps nothing alive: without this handle Node would end the process mid-stop
+      // (status 0, spares and socket left behind)
+      const keepAlive = setInterval(() => undefined, 1_000);
+      try {
+        await daemon.stop();
+      } catch (err) {
+        logger.error({ err }, 'stopping failed part-way; a restarted daemon cleans up what is left');
+        process.exit(1);
+      } finally {
+        clearInterval(keepAlive);
+      }
+      logger.info({ sig }, 'stopped');
+      logger.flush?.();
       process.exit(0);
     };
     process.on('SIGTERM', () => void shutdown('SIGTERM'));

@@ -57,6 +57,8 @@ export class SparePool {
   private readonly ready = new Map<string, Spare[]>();
   private readonly filling = new Map<string, Promise<void>>();
   private closed = false;
+  /** spares being made: close() stops their VMs at once rather than waiting for a boot */
+  private readonly launching = new Set<{ vm?: Vm; agent?: AgentClient }>();
   /** consecutive failed launches, and the timer of the next try */
   private failures = 0;
   private retry: NodeJS.Timeout | undefined;
@@ -124,6 +126,7 @@ export class SparePool {
         spare = await this.launch(key, size);
         this.failures = 0;
       } catch (err) {
+        if (this.closed) return; // stopped by close(): nothing to retry
         // e.g. a guest too slow to answer on a loaded node: try again later, not only when
         // the next pod comes (which would then start without a spare)
         const delayMs = Math.min(60_000, 2_000 * 2 ** this.failures++);
@@ -150,6 +153,12 @@ export class SparePool {
     const netns = size.nics > 0 ? `${this.netnsPrefix}${name.slice('spare-'.length)}` : undefined;
     let vm: Vm | undefined;
     let agent: AgentClient | undefined;
+    const inFlight: { vm?: Vm; agent?: AgentClient } = {};
+    this.launching.add(inFlight);
+    // a close() that came while an await was pending: stop here (its VM was stopped by close)
+    const open = () => {
+      if (this.closed) throw new Error('spare pool closed');
+    };
     try {
       const nics = netns ? (await createNetns(netns), await createScratchTaps(netns, size.nics)) : [];
       const spec: VmSpec = {
@@ -162,8 +171,10 @@ export class SparePool {
       };
       const src = await this.o.templates.cloneSource(spec);
       if (!src) throw new Error('no template to clone');
-      vm = await this.o.hypervisor.start(spec, { mode: 'clone', ...src });
-      agent = await vm.connectAgent(10_000, this.o.agentCalls); // the connection the clone resumed with
+      vm = inFlight.vm = await this.o.hypervisor.start(spec, { mode: 'clone', ...src });
+      open();
+      agent = inFlight.agent = await vm.connectAgent(10_000, this.o.agentCalls); // the connection the clone resumed with
+      open();
       // A first identity, replaced by the pod's at adoption; this pass also runs (and so
       // translates, under TCG) the code the adoption will run again.
       await hello(agent, { nonce: name, hostname: 'spare', timeoutMs: 10_000 });
@@ -173,6 +184,7 @@ export class SparePool {
       // MAC change takes the link down, which drops this MAC's IPv6 link-local address). Its tap
       // is down in the spare's netns: nothing leaves.
       if (nics.length) await agent.call('network.configure', { interfaces: [{ name: 'eth0', mac: SPARE_MAC, mtu: 1500, addresses: [] }], routes: [] }, 10_000);
+      open();
       await fsp.writeFile(path.join(dir, 'ready'), ''); // for operators and tests: this one can be taken
       this.o.logger.debug({ spare: name, key, pid: vm.info.pid }, 'spare pod VM ready');
       return { name, key, size, vm, agent, netns, taps: nics.map((n) => n.tap) };
@@ -180,8 +192,10 @@ export class SparePool {
       agent?.close();
       await vm?.stop(0).catch(() => undefined);
       if (netns) await deleteNetns(netns).catch(() => undefined);
-      await fsp.rm(dir, { recursive: true, force: true });
+      await removeDir(dir);
       throw err;
+    } finally {
+      this.launching.delete(inFlight);
     }
   }
 
@@ -207,7 +221,7 @@ export class SparePool {
     spare.agent.close();
     await spare.vm.stop(0).catch(() => undefined);
     if (spare.netns) await deleteNetns(spare.netns).catch(() => undefined);
-    await fsp.rm(path.join(this.o.dir, spare.name), { recursive: true, force: true });
+    await removeDir(path.join(this.o.dir, spare.name));
   }
 
   /** Daemon start: spares of an earlier daemon are nobody's; kill them and drop their files. */
@@ -235,9 +249,21 @@ export class SparePool {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.retry);
+    // A spare still booting is stopped now: its launch fails and removes what it made. Waiting
+    // for the boot instead (seconds under TCG on a loaded host) could outlast a service
+    // manager's stop timeout, and a killed daemon leaves the spare behind.
+    for (const l of this.launching) {
+      l.agent?.close();
+      void l.vm?.stop(0).catch(() => undefined);
+    }
     await Promise.allSettled([...this.filling.values()]);
     const all = [...this.ready.values()].flat();
     this.ready.clear();
     await Promise.all(all.map((s) => this.discard(s)));
   }
+}
+
+/** A VM directory QEMU may still be writing to as it exits (its log): retried, not left half-removed. */
+function removeDir(dir: string): Promise<void> {
+  return fsp.rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
 }
