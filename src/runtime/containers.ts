@@ -341,12 +341,21 @@ export class ContainerManager {
     this.images.release(c.rec.imageId);
     for (const v of c.rec.imageVolumes ?? []) this.images.release(v.imageId);
     await this.store.delete(c.rec.id);
+    this.logger.info({ container: c.rec.id, sandbox: c.rec.sandboxId }, 'container removed');
     this.emit(c.rec, 'CONTAINER_DELETED_EVENT');
   }
 
+  /**
+   * The containers a caller may know of: not those whose CreateContainer has not returned yet
+   * (as containerd, which stores a container at the end of its create). A pod VM's create takes
+   * seconds in the guest; listed meanwhile as CONTAINER_CREATED and newer than the pod's exited
+   * run of the same name, it made kubelet's container GC (newest dead one per name kept, and
+   * CREATED counts as dead) remove that previous run, whose logs `kubectl logs --previous` reads.
+   */
   list(filter: ContainerFilter | null | undefined): ContainerRecord[] {
     return [...this.containers.values()]
       .map((c) => c.rec)
+      .filter((r) => !r.pending)
       .filter((r) => !filter?.id || r.id === filter.id || r.id.startsWith(filter.id))
       .filter((r) => !filter?.state || r.state === filter.state.state)
       .filter((r) => !filter?.pod_sandbox_id || r.sandboxId === filter.pod_sandbox_id || r.sandboxId.startsWith(filter.pod_sandbox_id))

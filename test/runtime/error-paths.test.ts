@@ -42,6 +42,8 @@ class FakePod implements Pod {
   readonly streams: PassThrough[] = [];
   failMountImage?: Error;
   failCreate?: Error;
+  /** a create waits for this (a guest that takes its time) */
+  holdCreate?: Promise<void>;
   private nextStream = 1;
   private dead = false;
   private die!: () => void;
@@ -59,6 +61,7 @@ class FakePod implements Pod {
   adoptStream(id: number): PodStream { return Object.assign(new PassThrough(), { id }); }
   async createContainer(p: { id: string }) {
     this.calls.push(`create ${p.id}`);
+    await this.holdCreate;
     if (this.failCreate) throw this.failCreate;
   }
   async startContainer() { return { pid: 1 }; }
@@ -227,6 +230,28 @@ describe('ContainerManager.create rolls back', () => {
     const cid = await containers.create(id, config, undefined);
     expect(containers.get(cid).rec.state).toBe('CONTAINER_CREATED');
     expect(files(path.join(cfg.root, 'containers'))).toEqual([`${cid}.json`]);
+  });
+});
+
+describe('ContainerManager lists', () => {
+  test('a container only once its create returned (kubelet GC must not see a newer CREATED run of the name)', async () => {
+    const backend = new FakeBackend();
+    const { sandboxes, containers } = await managers(backend);
+    const id = await sandboxes.run(podConfig(), '');
+    const pod = backend.pods[0];
+    const config = (attempt: number) => ({ metadata: { name: 'c', attempt }, image: { image: 'busybox' }, command: ['true'] });
+    const first = await containers.create(id, config(0), undefined);
+    let release!: () => void;
+    pod.holdCreate = new Promise((r) => (release = r));
+    const second = containers.create(id, config(1), undefined);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(pod.calls.filter((c) => c.startsWith('create '))).toHaveLength(2);
+    // the guest is creating attempt 1: only attempt 0 is listed, for the pod too
+    expect(containers.list({}).map((r) => r.id)).toEqual([first]);
+    expect(containers.list({ pod_sandbox_id: id }).map((r) => r.id)).toEqual([first]);
+    release();
+    const secondId = await second;
+    expect(containers.list({}).map((r) => r.id).sort()).toEqual([first, secondId].sort());
   });
 });
 
