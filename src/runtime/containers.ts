@@ -165,12 +165,19 @@ export class ContainerManager {
         const pod = sb.pod;
         if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not ready`);
         rec.pending = true;
-        await this.store.save(rec);
-        T.mark('pending-saved');
-        faultPoint('container.create:pending-saved');
+        // the pending record is written while the image is mounted: the image mount is the pod's
+        // state (the sandbox record holds it, written before ensureImage returns), not a side
+        // effect of this container, so it needs no pending record before it; the container's
+        // own side effects (volumes, binds, the guest's create) come after both
         const ensureImage = (img: { id: string; erofsPath: string }) => this.sandboxes.ensureImage(sb, img);
-        const rootfs = await ensureImage(image);
-        T.mark('image');
+        const [pending, mounted] = await Promise.allSettled([
+          this.store.save(rec).then(() => T.mark('pending-saved')),
+          ensureImage(image).then((target) => (T.mark('image'), target)),
+        ]);
+        if (pending.status === 'rejected') throw pending.reason;
+        faultPoint('container.create:pending-saved');
+        if (mounted.status === 'rejected') throw mounted.reason;
+        const rootfs = mounted.value;
         const { mounts, devices } = await planMounts({ pod, podUid: sb.rec.config.metadata?.uid ?? '', volumes: this.volumes, ensureImage, deadline: opts.deadline }, config, checked, { volumes: rec.volumes, hostPathDir: rec.shareDir });
         T.mark('mounts');
         rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
