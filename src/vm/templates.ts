@@ -52,6 +52,8 @@ export interface TemplateOptions {
   logger: Logger;
   /** told of the guest API calls of template builds */
   agentCalls?: AgentCallObserver;
+  /** how long a template's boot may take to answer its hello (default TEMPLATE_BOOT_TIMEOUT_MS) */
+  bootTimeoutMs?: number;
 }
 
 /**
@@ -233,7 +235,7 @@ export class TemplateManager {
       // that never saw its host go away, so no late "host disconnected" in a clone can undo
       // the clone's own hello.
       const died = vm.exited.then(() => { throw new Error('template VM exited during boot'); });
-      await hello(agent, { nonce: key, hostname: 'template', timeoutMs: TEMPLATE_BOOT_TIMEOUT_MS, died });
+      await hello(agent, { nonce: key, hostname: 'template', timeoutMs: this.o.bootTimeoutMs ?? TEMPLATE_BOOT_TIMEOUT_MS, died });
       log.info({ ms: ms() }, 'template build: guest ready, saving the snapshot');
       await vm.snapshot(path.join(work, 'state'));
       log.info({ ms: ms(), stateBytes: (await fsp.stat(path.join(work, 'state'))).size }, 'template build: snapshot saved');
