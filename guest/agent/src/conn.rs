@@ -111,11 +111,13 @@ fn handle_request(agent: &Rc<Agent>, id: u32, payload: &[u8]) {
     };
     // hello runs inline so that requests pipelined behind it see its effect.
     if method == "hello" {
+        // A hello begins the host's session: answers to requests from before it are dropped,
+        // never taken for answers to this host's own ids (its predecessor's, should a host come
+        // back so soon that its leaving looked like a stale notice: port.rs HostWatch).
+        agent.outbox.end_session();
         let r = crate::handshake::hello(&agent.boot_id, params);
         let ok = r.is_ok();
-        if ok {
-            agent.hello_done.set(true);
-        }
+        agent.hello_done.set(ok);
         respond(agent, id, r);
         if ok {
             // After the response: the host learns of the new epoch before held frames arrive.

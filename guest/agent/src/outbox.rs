@@ -30,7 +30,8 @@ impl Outbox {
         self.session.load(Ordering::SeqCst)
     }
 
-    /// The host broke the protocol: end its session (what it was sent is dropped).
+    /// End the session (a hello begins a new one, or the host broke the protocol): what was
+    /// queued for it and not yet begun is dropped.
     pub fn end_session(&self) {
         self.session.fetch_add(1, Ordering::SeqCst);
     }

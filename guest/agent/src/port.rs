@@ -99,9 +99,10 @@ pub fn start(
     let w = f.try_clone()?;
     let (etx, erx) = mpsc::unbounded_channel();
     let (otx, orx) = std::sync::mpsc::channel();
-    let s2 = session.clone();
-    std::thread::Builder::new().name("port-rd".into()).spawn(move || reader(f, etx, s2))?;
-    let mut wr = Writer { f: w, session, open: None, held: VecDeque::new(), held_events: 0 };
+    let departures = Arc::new(AtomicU64::new(0));
+    let (s2, d2) = (session.clone(), departures.clone());
+    std::thread::Builder::new().name("port-rd".into()).spawn(move || reader(f, etx, s2, d2))?;
+    let mut wr = Writer { f: w, session, departures, open: None, held: VecDeque::new(), held_events: 0 };
     std::thread::Builder::new().name("port-wr".into()).spawn(move || wr.run(orx))?;
     Ok((erx, otx))
 }
@@ -122,21 +123,79 @@ fn host_present(f: &File) -> bool {
     poll1(f, libc::POLLIN, 0) & libc::POLLHUP == 0
 }
 
+/// How long, and for how many reads, the host must stay away before the reader believes it
+/// left (see HostWatch).
+const GONE_AFTER: Duration = Duration::from_millis(200);
+const GONE_READS: u32 = 4;
+
+/// Tells a host that left from a stale "host closed" notice.
+///
 /// `connected` means the kernel has *said* the host is there, not merely that data arrived:
 /// QEMU queues a connecting host's PORT_OPEN on the control queue and its first bytes on the
 /// port's queue, and the guest may read the bytes first. A 0-byte read in that window is the
 /// open not yet seen, not a host that left; taking it for a disconnect would drop the hello
 /// just answered ("hello first" on the host's next request).
-fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<AtomicU64>) {
+///
+/// The same reordering works the other way after a daemon restart: the old host's close
+/// (PORT_OPEN 0) and the new host's open (PORT_OPEN 1) wait on the control queue while the new
+/// host's hello is already readable. The guest kernel handles control messages on a workqueue,
+/// unordered with the data, so the agent can read and answer the hello first and only then see
+/// "no host" for the instant between the two control messages. That close belongs to a
+/// connection that is already over; taking it for the new host leaving would end the new
+/// host's session (its responses dropped, "hello first" for its next request). So a host counts
+/// as gone only when it stays away: at least GONE_READS reads in a row, GONE_AFTER apart from
+/// the first, all finding no host. Each read is followed by a sleep, which lets the workqueue
+/// run and deliver the open that follows a stale close; a host that really left is not back
+/// that soon (a new daemon takes far longer to start and connect).
+#[derive(Default)]
+struct HostWatch {
+    connected: bool,
+    /// reads that found no host since it was last seen, and when the first of them was
+    absent: Option<(std::time::Instant, u32)>,
+}
+
+impl HostWatch {
+    /// A read returned bytes; `present` is whether the kernel says a host is there.
+    fn bytes(&mut self, present: bool) {
+        if present {
+            self.seen();
+        }
+    }
+
+    /// A read found nothing to read with the host there (EAGAIN).
+    fn seen(&mut self) {
+        self.connected = true;
+        self.absent = None;
+    }
+
+    /// A read found no host (0 bytes). True when this makes the host gone: report a disconnect.
+    fn nobody(&mut self, now: std::time::Instant) -> bool {
+        if !self.connected {
+            return false;
+        }
+        let (since, reads) = self.absent.unwrap_or((now, 0));
+        let reads = reads + 1;
+        if reads >= GONE_READS && now.duration_since(since) >= GONE_AFTER {
+            self.connected = false;
+            self.absent = None;
+            return true;
+        }
+        self.absent = Some((since, reads));
+        false
+    }
+}
+
+/// `departures` counts the hosts seen leaving (the writer abandons a frame begun for one).
+fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<AtomicU64>, departures: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 128 * 1024];
-    let mut connected = false;
+    let mut host = HostWatch::default();
     loop {
         match f.read(&mut buf) {
             // No data and no host: virtio_console reads 0 (and polls HUP) until one connects.
             Ok(0) => {
-                if connected {
-                    connected = false;
+                if host.nobody(std::time::Instant::now()) {
                     session.fetch_add(1, Ordering::SeqCst);
+                    departures.fetch_add(1, Ordering::SeqCst);
                     if tx.send(PortEvent::Disconnected).is_err() {
                         return;
                     }
@@ -144,7 +203,7 @@ fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<Atomic
                 std::thread::sleep(Duration::from_millis(50));
             }
             Ok(n) => {
-                connected = connected || host_present(&f);
+                host.bytes(host_present(&f));
                 if tx.send(PortEvent::Data(buf[..n].to_vec())).is_err() {
                     return;
                 }
@@ -152,7 +211,7 @@ fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<Atomic
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 // Host connected (EAGAIN only comes with host_connected), nothing to read:
                 // sleep until data or a disconnect wakes us.
-                connected = true;
+                host.seen();
                 poll1(&f, libc::POLLIN, -1);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -167,6 +226,8 @@ fn reader(mut f: File, tx: mpsc::UnboundedSender<PortEvent>, session: Arc<Atomic
 struct Writer {
     f: File,
     session: Arc<AtomicU64>,
+    /// bumped by the reader when the host leaves
+    departures: Arc<AtomicU64>,
     /// the session whose hello was answered (gate open for held frames)
     open: Option<u64>,
     held: VecDeque<Held>,
@@ -246,12 +307,16 @@ impl Writer {
         None
     }
 
-    /// Write `bytes` while `valid()` holds, in as many write() calls as the port needs (it
-    /// takes at most 32 KiB per call, all or nothing). Returns the bytes written.
+    /// Write `bytes` in as many write() calls as the port needs (it takes at most 32 KiB per
+    /// call, all or nothing). A frame starts only while `valid()` holds; once started it is
+    /// finished even if `valid()` stops holding (a new session of the same host, begun by its
+    /// hello, must still get whole frames), unless the host leaves: its rest would reach the
+    /// next host, which must see whole frames from the start. Returns the bytes written.
     fn write(&mut self, bytes: &[u8], valid: impl Fn() -> bool) -> usize {
+        let departures = self.departures.load(Ordering::SeqCst);
         let mut done = 0;
         while done < bytes.len() {
-            if !valid() {
+            if (done == 0 && !valid()) || self.departures.load(Ordering::SeqCst) != departures {
                 return done;
             }
             match self.f.write(&bytes[done..]) {
@@ -292,7 +357,7 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let session = Arc::new(AtomicU64::new(1));
         let s2 = session.clone();
-        std::thread::spawn(move || reader(f, tx, s2));
+        std::thread::spawn(move || reader(f, tx, s2, Arc::new(AtomicU64::new(0))));
         (rx, session)
     }
 
@@ -340,5 +405,54 @@ mod tests {
         drop(host);
         assert!(matches!(next(&mut rx, Duration::from_secs(5)), Some(PortEvent::Disconnected)));
         assert_eq!(session.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_close_followed_by_an_open_within_the_grace_is_not_a_disconnect() {
+        let t0 = std::time::Instant::now();
+        let mut w = HostWatch::default();
+        w.seen();
+        // the stale close: no host for a few reads, then the open that was queued behind it
+        for i in 0..GONE_READS + 2 {
+            assert!(!w.nobody(t0 + Duration::from_millis(10 * i as u64)));
+        }
+        w.seen();
+        // a new absence starts its own count and clock
+        assert!(!w.nobody(t0 + GONE_AFTER * 3));
+        assert!(w.connected);
+    }
+
+    #[test]
+    fn the_host_is_gone_after_enough_reads_and_time_without_it() {
+        let t0 = std::time::Instant::now();
+        let mut w = HostWatch::default();
+        w.bytes(true);
+        // many reads in a short time are not enough, nor is a long time with one read
+        for i in 0..10 {
+            assert!(!w.nobody(t0 + Duration::from_millis(i)));
+        }
+        assert!(w.nobody(t0 + GONE_AFTER), "gone once both bounds are passed");
+        assert!(!w.connected);
+        // once gone, further empty reads report nothing more
+        assert!(!w.nobody(t0 + GONE_AFTER * 2));
+        let mut w = HostWatch::default();
+        w.seen();
+        assert!(!w.nobody(t0));
+        assert!(!w.nobody(t0 + GONE_AFTER * 10), "two reads are not enough");
+    }
+
+    #[test]
+    fn bytes_without_a_host_neither_connect_nor_end_an_absence() {
+        let t0 = std::time::Instant::now();
+        let mut w = HostWatch::default();
+        w.bytes(false);
+        assert!(!w.nobody(t0), "never connected: no disconnect");
+        w.seen();
+        assert!(!w.nobody(t0));
+        w.bytes(false); // the same host's next bytes, read before its open was handled
+        for i in 1..GONE_READS {
+            let _ = w.nobody(t0 + GONE_AFTER * i);
+        }
+        assert!(!w.connected, "the absence went on: gone");
     }
 }
