@@ -64,7 +64,10 @@ export class TestDaemon {
     fs.mkdirSync(d.cniConfDir);
     // PODVISOR_GUEST_DIR: test another guest build than build/guest
     const guest = process.env.PODVISOR_GUEST_DIR ? `kernel = "${process.env.PODVISOR_GUEST_DIR}/vmlinux"\ninitramfs = "${process.env.PODVISOR_GUEST_DIR}/initramfs.img"\n` : '';
-    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "${opts.accelerator ?? 'tcg'}"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}${opts.vmToml ?? ''}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
+    // a cold TCG boot beside other test runs (load 60 on 2 cores) took over the default 30 s:
+    // tests check what a pod does, not how fast it boots (a test may still set its own bound)
+    const bootTimeout = /^boot_timeout_s\s*=/m.test(opts.vmToml ?? '') ? '' : 'boot_timeout_s = 300\n';
+    fs.writeFileSync(d.configFile, `log_level = "debug"\n[vm]\naccelerator = "${opts.accelerator ?? 'tcg'}"\ntemplate = ${opts.templates ?? process.env.PODVISOR_TEMPLATES !== "0"}\ntemplate_dir = "${d.templateDir}"\n${guest}${bootTimeout}${opts.vmToml ?? ''}[image]\nconfig_dir = "${certsd}"\n[cni]\nconf_dir = "${d.cniConfDir}"\n${opts.configToml ?? ''}`);
     try {
       await d.launch();
     } catch (err) {

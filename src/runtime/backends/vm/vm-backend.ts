@@ -222,7 +222,9 @@ export class VmPodBackend implements PodBackend {
     const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id, this.o.agentCalls);
     pod.onEvent(onEvent);
     try {
-      await pod.connect(podHostname(rec.config), 10_000);
+      // as long as a boot may take: on a loaded host a running guest can be as slow to answer,
+      // and a pod given up here is stopped
+      await pod.connect(podHostname(rec.config), this.o.cfg.vm.bootTimeoutS * 1000);
       this.o.logger.info({ sandbox: rec.id, pid: vm.info.pid }, 'reconnected to pod VM');
     } catch (err) {
       this.o.logger.error({ sandbox: rec.id, err }, 'pod VM does not answer after restart; stopping it');
