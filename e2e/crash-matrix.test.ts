@@ -8,8 +8,9 @@ import path from 'node:path';
 import { netnsNameFor } from '../network/network-driver';
 import { podCgroupDirs } from '../src/runtime/pod-cgroup';
 import { pushBusybox } from '../test/support/images';
-import { type Registry, startRegistry } from '../test/support/registry';
-import { podConfig, qemuPidsUnder, retry, TestDaemon } from './support/daemon';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { useBridgeNetwork } from './support/cni';
+import { podConfig, qemuPidsUnder, retry, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(900_000);
 
@@ -17,29 +18,18 @@ const BRIDGE = 'pvcrash0';
 const SUBNET = '10.219.7';
 const STEPS = ['sandbox.run:pending-saved', 'sandbox.run:network-up', 'sandbox.run:vm-started', 'sandbox.run:cgroup-entered', 'sandbox.run:booted', 'sandbox.run:ready-saved'];
 
+let setup: BusyboxDaemon | undefined;
 let d: TestDaemon;
 let ipamDir: string;
-let registry: Registry;
+let registry: BusyboxDaemon['registry'];
 let image: string;
 beforeAll(async () => {
-  registry = await startRegistry();
-  await pushBusybox(registry, 'e2e/busybox', 'latest');
-  image = `${registry.host}/e2e/busybox:latest`;
-  d = await TestDaemon.start({ templates: false, registries: { [registry.host]: `http://${registry.host}` } });
-  ipamDir = path.join(d.dir, 'ipam');
-  fs.writeFileSync(path.join(d.cniConfDir, '10-crash.conflist'), JSON.stringify({
-    cniVersion: '1.0.0',
-    name: 'crash',
-    plugins: [{ type: 'bridge', bridge: BRIDGE, isGateway: true, ipMasq: false, ipam: { type: 'host-local', ranges: [[{ subnet: `${SUBNET}.0/24` }]], dataDir: ipamDir } }],
-  }));
-  await retry(async () => {
-    const s = await d.runtime('Status', {});
-    if (!s.status.conditions.find((c: any) => c.type === 'NetworkReady')?.status) throw new Error('network not ready yet');
-  });
+  setup = await startBusyboxDaemon({ templates: false }, { pull: false });
+  ({ d, image, registry } = setup);
+  ipamDir = await useBridgeNetwork(d, { name: 'crash', bridge: BRIDGE, subnet: SUBNET });
 });
 afterAll(async () => {
-  await d?.destroy();
-  await registry?.stop();
+  await setup?.close();
   try {
     execFileSync('ip', ['link', 'del', BRIDGE], { stdio: 'ignore' });
   } catch {

@@ -5,30 +5,24 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pushBusybox } from '../test/support/images';
-import { Registry, startRegistry } from '../test/support/registry';
-import { podConfig, TestDaemon } from './support/daemon';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { execSync, POD_NAMESPACES, startContainer } from './support/containers';
+import { podConfig, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
-let registry: Registry;
+let setup: BusyboxDaemon | undefined;
 let d: TestDaemon;
 let image: string;
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  await pushBusybox(registry, 'e2e/busybox', 'latest');
-  image = `${registry.host}/e2e/busybox:latest`;
-  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` } });
-  await d.image('PullImage', { image: { image } });
+  setup = await startBusyboxDaemon();
+  ({ d, image } = setup);
 });
 
-afterAll(async () => {
-  await d?.destroy();
-  await registry?.stop();
-});
+afterAll(() => setup?.close());
 
-const NS = { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } };
+const NS = { namespace_options: POD_NAMESPACES };
 
 async function pod(name: string, privileged: boolean): Promise<{ id: string; cfg: any }> {
   const cfg = podConfig(name, path.join(d.logs, name), { linux: { security_context: { ...NS, privileged } } });
@@ -44,15 +38,10 @@ async function sleeper(p: { id: string; cfg: any }, name: string, privileged: bo
     mounts,
     linux: { security_context: { ...NS, privileged } },
   };
-  const { container_id } = await d.runtime('CreateContainer', { pod_sandbox_id: p.id, config, sandbox_config: p.cfg });
-  await d.runtime('StartContainer', { container_id });
-  return container_id;
+  return startContainer(d, p.id, p.cfg, config);
 }
 
-async function sh(id: string, cmd: string): Promise<{ out: string; err: string; code: number }> {
-  const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/sh', '-c', cmd], timeout: 60 });
-  return { out: Buffer.from(r.stdout).toString(), err: Buffer.from(r.stderr).toString(), code: r.exit_code };
-}
+const sh = (id: string, cmd: string) => execSync(d, id, ['/bin/sh', '-c', cmd]);
 
 /** Module names from /proc/modules as the container sees it. */
 async function modules(id: string): Promise<string[]> {

@@ -4,77 +4,46 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { pushBusybox } from '../test/support/images';
 import { readCriLog } from '../test/support/cri-log';
-import { Registry, startRegistry } from '../test/support/registry';
-import { collect, spdyConnect, spdyExec, type SpdyClient } from '../test/streaming/support/spdy-client';
-import { podConfig, TestDaemon } from './support/daemon';
+import { freePort } from '../test/support/registry';
+import { spdyAttachEcho, spdyConnect, spdyExec, spdyHttpGet } from '../test/streaming/support/spdy-client';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { containerConfig, execSync, POD_NAMESPACES, startContainer, until, waitContainerState } from './support/containers';
+import { podConfig, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
-let registry: Registry;
+let setup: BusyboxDaemon | undefined;
 let d: TestDaemon;
 let image: string;
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  await pushBusybox(registry, 'e2e/busybox', 'latest');
-  image = `${registry.host}/e2e/busybox:latest`;
-  d = await TestDaemon.start({ templates: false, registries: { [registry.host]: `http://${registry.host}` } });
-  await d.image('PullImage', { image: { image } });
+  setup = await startBusyboxDaemon({ templates: false });
+  ({ d, image } = setup);
 });
 
-afterAll(async () => {
-  await d?.destroy();
-  await registry?.stop();
-});
+afterAll(() => setup?.close());
 
 type Ns = { network?: string; pid?: string; ipc?: string };
 
 function hostPodConfig(name: string, ns: Ns): any {
   const cfg = podConfig(name, path.join(d.logs, name));
-  cfg.linux.security_context.namespace_options = { network: 'POD', pid: 'CONTAINER', ipc: 'POD', ...ns };
+  cfg.linux.security_context.namespace_options = { ...POD_NAMESPACES, ...ns };
   return cfg;
 }
 
-function containerConfig(name: string, command: string[], ns: Ns, extra: Record<string, unknown> = {}) {
-  return {
-    metadata: { name, attempt: 0 },
-    image: { image },
-    command,
-    log_path: `${name}.log`,
-    labels: { 'io.kubernetes.container.name': name },
-    linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD', ...ns } } },
-    ...extra,
-  };
-}
-
-async function waitState(id: string, state: string, ms = 30_000): Promise<any> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const { status: st } = await d.runtime('ContainerStatus', { container_id: id });
-    if (st.state === state) return st;
-    if (Date.now() > deadline) throw new Error(`container ${id} is ${st.state}, wanted ${state}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const waitState = (id: string, state: string) => waitContainerState(d, id, state, 30_000);
+const exec = (id: string, cmd: string[]) => execSync(d, id, cmd, 20);
 
 /** A pod with one running container; returns ids and the pod config. */
 async function run(name: string, ns: Ns, command: string[], extra: Record<string, unknown> = {}): Promise<{ pod: string; id: string; cfg: any }> {
   const cfg = hostPodConfig(name, ns);
   const { pod_sandbox_id: pod } = await d.runtime('RunPodSandbox', { config: cfg, runtime_handler: '' });
-  const { container_id: id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: containerConfig('main', command, ns, extra), sandbox_config: cfg });
-  await d.runtime('StartContainer', { container_id: id });
+  const id = await startContainer(d, pod, cfg, containerConfig(image, 'main', command, { linux: { security_context: { namespace_options: { ...POD_NAMESPACES, ...ns } } }, ...extra }));
   await waitState(id, 'CONTAINER_RUNNING');
   return { pod, id, cfg };
-}
-
-async function exec(id: string, cmd: string[]): Promise<{ out: string; err: string; code: number }> {
-  const r = await d.runtime('ExecSync', { container_id: id, cmd, timeout: 20 });
-  return { out: Buffer.from(r.stdout).toString(), err: Buffer.from(r.stderr).toString(), code: r.exit_code };
 }
 
 async function logOf(cfg: any, name = 'main'): Promise<string> {
@@ -100,14 +69,6 @@ function get(port: number): Promise<string> {
       res.on('end', () => resolve(body));
     }).on('error', reject);
   });
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 /** Mount points under the daemon's state dir (host pods mount there only). */
@@ -169,27 +130,7 @@ describe('a host-network pod', () => {
   });
 });
 
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
-
-/** One HTTP/1.0 GET over a port-forward session: the response and the error stream's text. */
-async function spdyHttp(c: SpdyClient, requestID: string, port: number): Promise<{ response: string; error: string }> {
-  const error = c.open({ streamType: 'error', port: String(port), requestID });
-  error.end();
-  const errText = collect(error);
-  const data = c.open({ streamType: 'data', port: String(port), requestID });
-  const body = collect(data);
-  data.write('GET / HTTP/1.0\r\nHost: pod\r\n\r\n');
-  return { response: (await body).toString(), error: (await errText).toString() };
-}
 
 describe('port-forward into host pods', () => {
   it('reaches the host\'s loopback for a host-network pod and the pod\'s netns otherwise', async () => {
@@ -201,9 +142,9 @@ describe('port-forward into host pods', () => {
         const c = await spdyConnect((await d.runtime('PortForward', { pod_sandbox_id: pod, port: [p] })).url, ['portforward.k8s.io']);
         try {
           const r = await until('httpd to answer', async () => {
-            const x = await spdyHttp(c, `${Date.now()}`, p);
+            const x = await spdyHttpGet(c, `${Date.now()}`, p);
             return x.response.startsWith('HTTP/1.') ? x : false;
-          });
+          }, 20_000);
           expect(r.response).toMatch(new RegExp(`\r\n\r\n${body}$`));
         } finally {
           c.close();
@@ -258,23 +199,8 @@ describe('streaming into host pods', () => {
       const plain = await spdyExec((await d.runtime('Exec', { container_id: host.id, cmd: ['sh', '-c', 'echo o; echo e >&2'], stdout: true, stderr: true })).url, { stderr: true });
       expect(plain).toMatchObject({ stdout: 'o\n', stderr: 'e\n' });
       // attach to cat: a line written comes back
-      const a = await spdyConnect((await d.runtime('Attach', { container_id: host.id, stdin: true, stdout: true, stderr: true })).url, ['v4.channel.k8s.io']);
-      const error = a.open({ streamType: 'error' });
-      error.end();
-      const st = collect(error);
-      const stdin = a.open({ streamType: 'stdin' });
-      const stdout = a.open({ streamType: 'stdout' });
-      const stderr = a.open({ streamType: 'stderr' });
-      stdout.end();
-      stderr.end();
-      stdin.resume();
-      let got = '';
-      stdout.on('data', (b: Buffer) => (got += b.toString()));
-      stdin.write('hello over attach\n');
-      await until('the echoed line', () => got === 'hello over attach\n');
-      stdin.end();
-      expect((await st).toString()).toBe(JSON.stringify({ metadata: {}, status: 'Success' }));
-      a.close();
+      const attached = await d.runtime('Attach', { container_id: host.id, stdin: true, stdout: true, stderr: true });
+      expect(await spdyAttachEcho(attached.url, 'hello over attach\n')).toBe(JSON.stringify({ metadata: {}, status: 'Success' }));
       // leaving without stdin_once keeps it running
       expect((await d.runtime('ContainerStatus', { container_id: host.id })).status.state).toBe('CONTAINER_RUNNING');
     } finally {

@@ -7,8 +7,8 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { pushBusybox } from '../test/support/images';
-import { freePort, Registry, startRegistry } from '../test/support/registry';
+import { freePort } from '../test/support/registry';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
 import { podConfig, qemuPidsUnder, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
@@ -48,23 +48,19 @@ function streamingPort(d: TestDaemon): number {
 }
 
 describe('metrics endpoint of a daemon with templates (clone and spare paths)', () => {
-  let registry: Registry;
+  let setup: BusyboxDaemon | undefined;
   let d: TestDaemon;
   let image: string;
   let address: string;
 
   beforeAll(async () => {
-    registry = await startRegistry();
-    await pushBusybox(registry, 'e2e/busybox', 'latest');
-    image = `${registry.host}/e2e/busybox:latest`;
     address = `127.0.0.1:${await freePort()}`;
-    d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` }, templates: true, configToml: `[metrics]\naddress = "${address}"\n` });
+    // the test pulls itself: the pull is one of the things it counts
+    setup = await startBusyboxDaemon({ templates: true, configToml: `[metrics]\naddress = "${address}"\n` }, { pull: false });
+    ({ d, image } = setup);
   });
 
-  afterAll(async () => {
-    await d?.destroy();
-    await registry?.stop();
-  });
+  afterAll(() => setup?.close());
 
   test('a pull, a cloned pod with a container, a pod on a warm spare: counted, timed, labelled by path', async () => {
     const before = await scrape(address);

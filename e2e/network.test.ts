@@ -5,15 +5,16 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { netnsNameFor } from '../network/network-driver';
-import { pushBusybox } from '../test/support/images';
-import { Registry, startRegistry } from '../test/support/registry';
-import { podConfig, retry, TestDaemon } from './support/daemon';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { useBridgeNetwork } from './support/cni';
+import { execSync } from './support/containers';
+import { podConfig, retry, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
 
 const BRIDGE = 'pve2e0';
 const SUBNET = '10.213.0';
-let registry: Registry;
+let setup: BusyboxDaemon | undefined;
 let d: TestDaemon;
 let image: string;
 let ipamDir: string;
@@ -36,30 +37,14 @@ function httpGet(url: string): Promise<string> {
 
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  await pushBusybox(registry, 'e2e/busybox', 'latest', { extra: [{ name: 'www/', type: 'directory' }, { name: 'www/index.html', content: 'hello from the pod\n' }] });
-  image = `${registry.host}/e2e/busybox:latest`;
-  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` } });
-  ipamDir = path.join(d.dir, 'ipam');
-  fs.writeFileSync(path.join(d.cniConfDir, '10-e2e.conflist'), JSON.stringify({
-    cniVersion: '1.0.0',
-    name: 'e2e',
-    plugins: [
-      { type: 'bridge', bridge: BRIDGE, isGateway: true, ipMasq: false, hairpinMode: true,
-        ipam: { type: 'host-local', ranges: [[{ subnet: `${SUBNET}.0/24` }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: ipamDir } },
-      { type: 'portmap', capabilities: { portMappings: true } },
-    ],
-  }));
-  await retry(async () => {
-    const s = await d.runtime('Status', {});
-    if (!s.status.conditions.find((c: any) => c.type === 'NetworkReady')?.status) throw new Error('network not ready yet');
-  });
+  setup = await startBusyboxDaemon({}, { pull: false, extra: [{ name: 'www/', type: 'directory' }, { name: 'www/index.html', content: 'hello from the pod\n' }] });
+  ({ d, image } = setup);
+  ipamDir = await useBridgeNetwork(d, { name: 'e2e', bridge: BRIDGE, subnet: SUBNET, routed: true });
   await d.image('PullImage', { image: { image } });
 });
 
 afterAll(async () => {
-  await d?.destroy();
-  await registry?.stop();
+  await setup?.close();
   try { sh('ip', ['link', 'del', BRIDGE]); } catch { /* already gone */ }
 });
 
@@ -76,10 +61,7 @@ async function podWithServer(name: string, extra: Record<string, unknown> = {}):
   return { pod, ip: st.status.network.ip, ctr: container_id };
 }
 
-async function exec(ctr: string, cmd: string[]): Promise<{ out: string; code: number }> {
-  const r = await d.runtime('ExecSync', { container_id: ctr, cmd, timeout: 60 });
-  return { out: Buffer.from(r.stdout).toString(), code: r.exit_code };
-}
+const exec = (ctr: string, cmd: string[]) => execSync(d, ctr, cmd);
 
 /** The daemon's one ready spare VM: its directory name and the netns holding its taps. */
 async function readySpare(): Promise<{ name: string; netns: string }> {

@@ -5,60 +5,32 @@ import path from 'node:path';
 import { credentials, status } from '@grpc/grpc-js';
 import { loadCri } from '../cri-api';
 import { podHierarchies } from '../src/runtime/pod-cgroup';
-import { pushBusybox } from '../test/support/images';
 import { readCriLog } from '../test/support/cri-log';
-import { Registry, startRegistry } from '../test/support/registry';
-import { podConfig, podQemuPids, retry, TestDaemon } from './support/daemon';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { containerConfig as kubeletContainerConfig, startContainer, waitContainerState } from './support/containers';
+import { podConfig, podQemuPids, retry, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
-let registry: Registry;
+let setup: BusyboxDaemon | undefined;
 let d: TestDaemon;
 let image: string;
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  await pushBusybox(registry, 'e2e/busybox', 'latest');
-  image = `${registry.host}/e2e/busybox:latest`;
-  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` } });
-  const pulled = await d.image('PullImage', { image: { image } });
-  expect(pulled.image_ref).toBeTruthy();
+  setup = await startBusyboxDaemon();
+  ({ d, image } = setup);
 });
 
-afterAll(async () => {
-  await d?.destroy();
-  await registry?.stop();
-});
+afterAll(() => setup?.close());
 
+/** kubelet's container config, labelled with its `role` (ListContainers filters by it). */
 function containerConfig(name: string, command: string[], extra: Record<string, unknown> = {}) {
-  return {
-    metadata: { name, attempt: 0 },
-    image: { image },
-    command,
-    log_path: `${name}.log`,
-    labels: { 'io.kubernetes.container.name': name, role: name },
-    annotations: { 'io.kubernetes.container.hash': 'abc123', 'io.kubernetes.container.restartCount': '0' },
-    // as kubelet sends it: the pod's namespace modes repeated per container
-    linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
-    ...extra,
-  };
+  const cfg = kubeletContainerConfig(image, name, command);
+  return { ...cfg, labels: { ...cfg.labels, role: name }, ...extra };
 }
 
-async function waitState(id: string, state: string, ms = 60_000): Promise<any> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const { status: st } = await d.runtime('ContainerStatus', { container_id: id });
-    if (st.state === state) return st;
-    if (Date.now() > deadline) throw new Error(`container ${id} is ${st.state}, wanted ${state}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function runContainer(pod: string, podCfg: any, cfg: any): Promise<string> {
-  const { container_id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: cfg, sandbox_config: podCfg });
-  await d.runtime('StartContainer', { container_id });
-  return container_id;
-}
+const waitState = (id: string, state: string, ms?: number) => waitContainerState(d, id, state, ms);
+const runContainer = (pod: string, podCfg: any, cfg: any) => startContainer(d, pod, podCfg, cfg);
 
 /** A pod named `name` (logs under d.logs/name) with one container running `command`. */
 async function podWithRunningContainer(name: string, container: string, command: string[]): Promise<{ cfg: any; pod: string; id: string }> {
@@ -320,7 +292,7 @@ describe('a pod VM with busybox containers', () => {
     const bad = async (mount: any) => d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { ...containerConfig(`imgvol-bad-${Math.random()}`, ['/bin/true']), mounts: [mount] }, sandbox_config: cfg });
     await expect(bad({ container_path: '/mnt/x', readonly: false, image: { image } })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
     await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image }, image_sub_path: '../etc' })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
-    await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image: `${registry.host}/e2e/never-pulled:1` } })).rejects.toMatchObject({ code: status.NOT_FOUND });
+    await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image: `${setup!.registry.host}/e2e/never-pulled:1` } })).rejects.toMatchObject({ code: status.NOT_FOUND });
     await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image }, image_sub_path: 'no/such/dir' })).rejects.toMatchObject({ code: status.NOT_FOUND });
     // bin/sh is a symlink in the image: a sub path never goes through one
     await expect(bad({ container_path: '/mnt/x', readonly: true, image: { image }, image_sub_path: 'bin/sh' })).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });

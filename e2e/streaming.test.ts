@@ -8,14 +8,14 @@ import http from 'node:http';
 import path from 'node:path';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { WebSocket } from 'ws';
-import { pushBusybox } from '../test/support/images';
-import { Registry, startRegistry } from '../test/support/registry';
 import { runK8sClient, startK8sPortForward } from '../test/streaming/support/harness';
-import { collect, spdyConnect, spdyExec, type SpdyClient } from '../test/streaming/support/spdy-client';
+import { collect, spdyAttachEcho, spdyConnect, spdyExec, spdyHttpGet } from '../test/streaming/support/spdy-client';
 import { rawSpdyConnect, synStreamBomb } from '../test/streaming/support/raw-spdy';
 import { measurePeak, MiB } from '../test/support/rss';
 import { runK8sStream, startK8sStreamPortForward } from '../test/streaming/support/go-client';
-import { podConfig, TestDaemon } from './support/daemon';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { containerConfig, startContainer, until } from './support/containers';
+import { podConfig, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
 
@@ -36,7 +36,7 @@ while [ ! -e /tmp/meet-$peer ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 if [ -e /tmp/meet-$peer ]; then echo "$me met $peer"; else echo "$me alone"; fi
 `;
 
-let registry: Registry;
+let setup: BusyboxDaemon | undefined;
 let d: TestDaemon;
 let image: string;
 let pod: string;
@@ -46,35 +46,12 @@ const ctr: Record<string, string> = {};
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = 60_000, every = 100): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(every);
-  }
-}
-
-function containerConfig(name: string, command: string[], extra: Record<string, unknown> = {}) {
-  return {
-    metadata: { name, attempt: 0 },
-    image: { image },
-    command,
-    log_path: `${name}.log`,
-    labels: { 'io.kubernetes.container.name': name },
-    linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
-    ...extra,
-  };
-}
-
 async function state(id: string): Promise<string> {
   return (await d.runtime('ContainerStatus', { container_id: id })).status.state;
 }
 
 async function runContainer(name: string, command: string[], extra: Record<string, unknown> = {}, want = 'CONTAINER_RUNNING'): Promise<string> {
-  const { container_id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: containerConfig(name, command, extra), sandbox_config: podCfg });
-  await d.runtime('StartContainer', { container_id });
+  const container_id = await startContainer(d, pod, podCfg, containerConfig(image, name, command, extra));
   await until(`${name} ${want}`, async () => (await state(container_id)) === want);
   return container_id;
 }
@@ -137,30 +114,6 @@ function httpGet(port: number, urlPath: string): Promise<{ status: number; body:
   });
 }
 
-/**
- * One forwarded HTTP/1.0 exchange on a SPDY data/error stream pair (kubectl's layout). The
- * client never half-closes the data stream: once httpd closed the connection, the server must
- * close the error stream by itself (older client-go waits for that before letting go).
- */
-async function spdyHttp(c: SpdyClient, requestID: string, port: number, urlPath: string) {
-  const error = c.open({ streamType: 'error', port: String(port), requestID });
-  error.end();
-  const errText = collect(error);
-  const data = c.open({ streamType: 'data', port: String(port), requestID });
-  const body = collect(data);
-  data.write(`GET ${urlPath} HTTP/1.0\r\nHost: pod\r\n\r\n`); // httpd answers and closes
-  const within = async <T>(p: Promise<T>, what: string): Promise<T> => {
-    let t: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => (t = setTimeout(() => reject(new Error(`${what} of request ${requestID} not closed within 60 s`)), 60_000)));
-    try {
-      return await Promise.race([p, late]);
-    } finally {
-      clearTimeout(t);
-    }
-  };
-  return { response: (await within(body, 'data stream')).toString(), error: (await within(errText, 'error stream')).toString() };
-}
-
 /** A WebSocket upgrade that must fail: its HTTP status. */
 function wsRefused(url: string, protocols: string[]): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -178,8 +131,7 @@ function wsRefused(url: string, protocols: string[]): Promise<number> {
 }
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  await pushBusybox(registry, 'e2e/busybox', 'latest', {
+  setup = await startBusyboxDaemon({}, {
     extra: [
       { name: 'www/', type: 'directory' },
       { name: 'www/index.html', content: 'hello through port-forward\n' },
@@ -187,9 +139,7 @@ beforeAll(async () => {
       { name: 'www/cgi-bin/meet', content: MEET_CGI, mode: 0o755 },
     ],
   });
-  image = `${registry.host}/e2e/busybox:latest`;
-  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` } });
-  await d.image('PullImage', { image: { image } });
+  ({ d, image } = setup);
   // no CNI network: port-forward dials 127.0.0.1 inside the guest
   logDir = path.join(d.logs, 'stream');
   podCfg = podConfig('stream', logDir);
@@ -201,12 +151,8 @@ beforeAll(async () => {
   ctr.done = await runContainer('done', ['/bin/true'], {}, 'CONTAINER_EXITED');
 }, 600_000);
 
-afterAll(async () => {
-  // STREAMING_E2E_LOG=<file>: keep the daemon's log (the scratch dir goes with destroy())
-  if (d && process.env.STREAMING_E2E_LOG) fs.copyFileSync(path.join(d.dir, 'daemon.log'), process.env.STREAMING_E2E_LOG);
-  await d?.destroy();
-  await registry?.stop();
-});
+// PV_KEEP_LOG=<file> keeps the daemon's log (e2e/support/daemon.ts)
+afterAll(() => setup?.close());
 
 describe('exec without a tty', () => {
   test('SPDY: stdout, stderr, exit code 0 as a Success Status', async () => {
@@ -360,23 +306,7 @@ describe('attach', () => {
   });
 
   test('SPDY: to cat without a tty: a line written comes back', async () => {
-    const c = await spdyConnect(await attachUrl(ctr.cat, { stdin: true, stderr: true }), ['v4.channel.k8s.io']);
-    const error = c.open({ streamType: 'error' });
-    error.end();
-    const st = collect(error);
-    const stdin = c.open({ streamType: 'stdin' });
-    const stdout = c.open({ streamType: 'stdout' });
-    const stderr = c.open({ streamType: 'stderr' });
-    stdout.end();
-    stderr.end();
-    stdin.resume();
-    let got = '';
-    stdout.on('data', (b: Buffer) => (got += b.toString()));
-    stdin.write('hello over spdy attach\n');
-    await until('the echoed line', () => got === 'hello over spdy attach\n');
-    stdin.end();
-    expect((await st).toString()).toBe(JSON.stringify(SUCCESS));
-    c.close();
+    expect(await spdyAttachEcho(await attachUrl(ctr.cat, { stdin: true, stderr: true }), 'hello over spdy attach\n')).toBe(JSON.stringify(SUCCESS));
     expect(await state(ctr.cat)).toBe('CONTAINER_RUNNING');
   });
 
@@ -405,22 +335,22 @@ describe('port-forward to busybox httpd in the pod', () => {
       expect(c.protocol).toBe('portforward.k8s.io');
       // httpd is up once the container runs, but may not listen yet: retry the first request
       const first = await until('httpd to answer', async () => {
-        const r = await spdyHttp(c, `probe-${Date.now()}`, 8080, '/index.html');
+        const r = await spdyHttpGet(c, `probe-${Date.now()}`, 8080, '/index.html');
         return r.response.startsWith('HTTP/1.') ? r : false;
       }, 60_000, 300);
       expect(first.response).toMatch(/^HTTP\/1\.[01] 200 OK[\s\S]*\r\n\r\nhello through port-forward\n$/);
-      const [a, b] = await Promise.all([spdyHttp(c, '0', 8080, '/cgi-bin/meet?spdy1.spdy2'), spdyHttp(c, '1', 8080, '/cgi-bin/meet?spdy2.spdy1')]);
+      const [a, b] = await Promise.all([spdyHttpGet(c, '0', 8080, '/cgi-bin/meet?spdy1.spdy2'), spdyHttpGet(c, '1', 8080, '/cgi-bin/meet?spdy2.spdy1')]);
       expect(a.error).toBe('');
       expect(b.error).toBe('');
       expect(a.response).toMatch(/\r\n\r\nspdy1 met spdy2\n$/);
       expect(b.response).toMatch(/\r\n\r\nspdy2 met spdy1\n$/);
       // the session stays usable
-      expect((await spdyHttp(c, '2', 8080, '/index.html')).response).toMatch(/hello through port-forward\n$/);
+      expect((await spdyHttpGet(c, '2', 8080, '/index.html')).response).toMatch(/hello through port-forward\n$/);
       // a port nobody listens on is an error on the error stream, the session survives
-      const refused = await spdyHttp(c, '3', 8081, '/');
+      const refused = await spdyHttpGet(c, '3', 8081, '/');
       expect(refused.response).toBe('');
       expect(refused.error).toMatch(new RegExp(`^error forwarding port 8081 to pod ${pod}`));
-      expect((await spdyHttp(c, '4', 8080, '/index.html')).response).toMatch(/hello through port-forward\n$/);
+      expect((await spdyHttpGet(c, '4', 8080, '/index.html')).response).toMatch(/hello through port-forward\n$/);
     } finally {
       c.close();
     }

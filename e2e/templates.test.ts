@@ -3,28 +3,22 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pushBusybox } from '../test/support/images';
-import { Registry, startRegistry } from '../test/support/registry';
+import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { execSync, startContainer } from './support/containers';
 import { podConfig, podQemuPids, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
 
-let registry: Registry;
+let setup: BusyboxDaemon | undefined;
 let d: TestDaemon;
 let image: string;
 
 beforeAll(async () => {
-  registry = await startRegistry();
-  await pushBusybox(registry, 'e2e/busybox', 'latest');
-  image = `${registry.host}/e2e/busybox:latest`;
-  d = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` }, templates: true });
-  await d.image('PullImage', { image: { image } });
+  setup = await startBusyboxDaemon({ templates: true });
+  ({ d, image } = setup);
 });
 
-afterAll(async () => {
-  await d?.destroy();
-  await registry?.stop();
-});
+afterAll(() => setup?.close());
 
 async function runPod(name: string): Promise<{ id: string; info: any }> {
   const cfg = podConfig(name, path.join(d.logs, name));
@@ -35,15 +29,10 @@ async function runPod(name: string): Promise<{ id: string; info: any }> {
 
 async function sh(pod: string, name: string, script: string): Promise<string> {
   const cfg = podConfig(name, path.join(d.logs, name));
-  const { container_id } = await d.runtime('CreateContainer', {
-    pod_sandbox_id: pod,
-    config: { metadata: { name }, image: { image }, command: ['/bin/sleep', '3600'], linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } } },
-    sandbox_config: cfg,
-  });
-  await d.runtime('StartContainer', { container_id });
-  const r = await d.runtime('ExecSync', { container_id, cmd: ['/bin/sh', '-c', script], timeout: 60 });
-  if (r.exit_code !== 0) throw new Error(`${script}: exit ${r.exit_code}: ${Buffer.from(r.stderr).toString()}`);
-  return Buffer.from(r.stdout).toString();
+  const config = { metadata: { name }, image: { image }, command: ['/bin/sleep', '3600'], linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } } };
+  const r = await execSync(d, await startContainer(d, pod, cfg, config), ['/bin/sh', '-c', script]);
+  if (r.code !== 0) throw new Error(`${script}: exit ${r.code}: ${r.err}`);
+  return r.out;
 }
 
 function templateMem(): string {
@@ -278,7 +267,7 @@ describe('[vm] ksm', () => {
     const off = await runPod('ksm-off');
     expect(mergeAny(off.info.vm.pid)).toBe('no');
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: off.id });
-    const k = await TestDaemon.start({ registries: { [registry.host]: `http://${registry.host}` }, templates: true, vmToml: 'ksm = true\n' });
+    const k = await TestDaemon.start({ registries: { [setup!.registry.host]: `http://${setup!.registry.host}` }, templates: true, vmToml: 'ksm = true\n' });
     try {
       const cfg = podConfig('ksm-on', path.join(k.logs, 'ksm-on'));
       const pod = (await k.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;

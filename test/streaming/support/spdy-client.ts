@@ -108,3 +108,66 @@ export async function spdyExec(
   c.close();
   return { stdout: o.toString(), stderr: e.toString(), status: st.toString() };
 }
+
+/**
+ * Attaches (v4, no tty) to a container whose process echoes stdin (`cat`), writes `line`, waits
+ * until exactly that came back on stdout and leaves by closing stdin: the error stream's status.
+ */
+export async function spdyAttachEcho(url: string, line: string, ms = 60_000): Promise<string> {
+  const c = await spdyConnect(url, ['v4.channel.k8s.io']);
+  try {
+    const error = c.open({ streamType: 'error' });
+    error.end();
+    const status = collect(error);
+    const stdin = c.open({ streamType: 'stdin' });
+    const stdout = c.open({ streamType: 'stdout' });
+    const stderr = c.open({ streamType: 'stderr' });
+    stdout.end();
+    stderr.end();
+    stdin.resume();
+    let got = '';
+    let timer: NodeJS.Timeout | undefined;
+    const echoed = new Promise<void>((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`attach: ${JSON.stringify(line)} not echoed within ${ms} ms (got ${JSON.stringify(got)})`)), ms);
+      stdout.on('data', (b: Buffer) => {
+        got += b.toString();
+        if (got === line) resolve();
+      });
+    });
+    stdin.write(line);
+    try {
+      await echoed;
+    } finally {
+      clearTimeout(timer);
+    }
+    stdin.end();
+    return (await status).toString();
+  } finally {
+    c.close();
+  }
+}
+
+/**
+ * One forwarded HTTP/1.0 GET on a port-forward session's data/error stream pair (kubectl's
+ * layout): the response and the error stream's text. The client never half-closes the data
+ * stream: once the server in the pod closed the connection, podvisor must close both streams by
+ * itself (older client-go waits for that), each within `ms`.
+ */
+export async function spdyHttpGet(c: SpdyClient, requestID: string, port: number, urlPath = '/', ms = 60_000): Promise<{ response: string; error: string }> {
+  const error = c.open({ streamType: 'error', port: String(port), requestID });
+  error.end();
+  const errText = collect(error);
+  const data = c.open({ streamType: 'data', port: String(port), requestID });
+  const body = collect(data);
+  data.write(`GET ${urlPath} HTTP/1.0\r\nHost: pod\r\n\r\n`);
+  const within = async <T>(p: Promise<T>, what: string): Promise<T> => {
+    let t: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => (t = setTimeout(() => reject(new Error(`${what} of request ${requestID} not closed within ${ms} ms`)), ms)));
+    try {
+      return await Promise.race([p, late]);
+    } finally {
+      clearTimeout(t);
+    }
+  };
+  return { response: (await within(body, 'data stream')).toString(), error: (await within(errText, 'error stream')).toString() };
+}
