@@ -8,23 +8,13 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { freePort } from '../test/support/registry';
+import { sample } from '../test/support/prometheus';
 import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
 import { podConfig, qemuPidsUnder, retry, TestDaemon } from './support/daemon';
 
 jest.setTimeout(300_000);
 
 const CLI = path.join(__dirname, '..', 'dist', 'src', 'cli', 'main.js');
-
-/** The value of one series (exactly these labels) in Prometheus text, or undefined. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v) && Object.keys(have).length === Object.keys(labels).length) return Number(m[3]);
-  }
-  return undefined;
-}
 
 async function scrape(address: string): Promise<string> {
   const res = await fetch(`http://${address}/metrics`);

@@ -13,17 +13,7 @@ import { EventStreamStats } from '../src/cri/events';
 import { DaemonMetrics, type MetricSources } from '../src/metrics/daemon-metrics';
 import { serveMetrics } from '../src/metrics/endpoint';
 import { silentLogger } from '../src/util/log';
-
-/** The value of one series in Prometheus text, or undefined when it is absent. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v) && Object.keys(have).length === Object.keys(labels).length) return Number(m[3]);
-  }
-  return undefined;
-}
+import { sample } from './support/prometheus';
 
 describe('[metrics] address', () => {
   test('host:port forms are accepted', () => {

@@ -12,7 +12,7 @@ import { Readable } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { silentLogger } from '../../src/util/log';
 import { ImageBuilder, UnsafeArchiveError } from '../../src/image/unpack';
-import { paxRecord } from '../image/helpers';
+import { pad512, paxRecord, tarHeader } from '../image/helpers';
 import { fc, fuzzParams } from '../support/fuzz';
 import { MiB, measurePeak } from '../support/rss';
 
@@ -20,27 +20,6 @@ jest.setTimeout(120_000);
 const base = mkdtempSync(path.join(os.tmpdir(), 'podvisor-layer-fuzz-'));
 afterAll(() => fsp.rm(base, { recursive: true, force: true }));
 
-function header(name: string, type: string, size: number, o: { linkname?: string; mode?: number; major?: number; minor?: number } = {}): Buffer {
-  const h = Buffer.alloc(512);
-  h.write(name, 0, 100, 'latin1');
-  const field = (off: number, len: number, v: number) => h.write(Math.max(0, v).toString(8).padStart(len - 1, '0').slice(-(len - 1)) + '\0', off, len, 'latin1');
-  field(100, 8, o.mode ?? 0o644);
-  field(108, 8, 0);
-  field(116, 8, 0);
-  field(124, 12, size);
-  field(136, 12, 1704067200);
-  h.write(type, 156, 1, 'latin1');
-  h.write(o.linkname ?? '', 157, 100, 'latin1');
-  h.write('ustar\0' + '00', 257, 8, 'latin1');
-  field(329, 8, o.major ?? 0);
-  field(337, 8, o.minor ?? 0);
-  h.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'latin1');
-  return h;
-}
-const pad = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
 
 const component = fc.oneof(fc.constantFrom('a', 'b', 'etc', '..', '.', '', '.wh.a', '.wh..wh..opq', 'x'.repeat(300), 'caf\u00e9', 'n\0ul'), fc.string({ minLength: 1, maxLength: 8 }));
 const name = fc.array(component, { minLength: 1, maxLength: 4 }).map((c) => c.join('/')).chain((n) => fc.constantFrom(n, '/' + n, n + '/'));
@@ -60,10 +39,10 @@ function build(entries: any[]): Buffer {
   for (const e of entries) {
     if (e.pax.length) {
       const body = Buffer.concat(e.pax.map(([k, v]: [string, Uint8Array]) => paxRecord(k, Buffer.from(v))));
-      parts.push(header('PaxHeaders/x', 'x', body.length), pad(body));
+      parts.push(tarHeader('PaxHeaders/x', 'x', body.length), pad512(body));
     }
     const data = ['0', 'x', 'g', 'L', 'K'].includes(e.type) ? Buffer.from(e.data) : Buffer.alloc(0);
-    parts.push(header(e.name, e.type, data.length, { linkname: e.linkname, mode: e.mode, major: e.major, minor: 1 }), pad(data));
+    parts.push(tarHeader(e.name, e.type, data.length, { linkname: e.linkname, mode: e.mode ?? 0o644, major: e.major ?? 0, minor: 1 }), pad512(data));
   }
   parts.push(Buffer.alloc(1024));
   return Buffer.concat(parts);

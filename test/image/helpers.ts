@@ -97,21 +97,29 @@ export interface RawEntry {
   pax?: [string, Buffer][];
 }
 
-function field(h: Buffer, off: number, len: number, value: number): void {
-  h.write(value.toString(8).padStart(len - 1, '0') + '\0', off, len, 'latin1');
+export interface TarHeaderOptions {
+  mode?: number;
+  linkname?: string;
+  /** device numbers: written only when given */
+  major?: number;
+  minor?: number;
 }
 
-function header(name: string, type: string, size: number, mode: number, linkname = ''): Buffer {
+/** One ustar header block; a number beyond its field is cut to fit (the fuzzer sends any). */
+export function tarHeader(name: string, type: string, size: number, o: TarHeaderOptions = {}): Buffer {
   const h = Buffer.alloc(512);
+  const field = (off: number, len: number, v: number) => h.write(Math.max(0, v).toString(8).padStart(len - 1, '0').slice(-(len - 1)) + '\0', off, len, 'latin1');
   h.write(name, 0, 100, 'latin1');
-  field(h, 100, 8, mode);
-  field(h, 108, 8, 0);
-  field(h, 116, 8, 0);
-  field(h, 124, 12, size);
-  field(h, 136, 12, 1704067200);
+  field(100, 8, o.mode ?? 0o644);
+  field(108, 8, 0);
+  field(116, 8, 0);
+  field(124, 12, size);
+  field(136, 12, 1704067200);
   h.write(type, 156, 1, 'latin1');
-  h.write(linkname, 157, 100, 'latin1');
+  h.write(o.linkname ?? '', 157, 100, 'latin1');
   h.write('ustar\0' + '00', 257, 8, 'latin1');
+  if (o.major !== undefined) field(329, 8, o.major);
+  if (o.minor !== undefined) field(337, 8, o.minor);
   h.fill(0x20, 148, 156);
   let sum = 0;
   for (const b of h) sum += b;
@@ -119,7 +127,8 @@ function header(name: string, type: string, size: number, mode: number, linkname
   return h;
 }
 
-const pad = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
+/** `b` padded with zeros to whole 512-byte tar blocks. */
+export const pad512 = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
 
 /** One PAX record: "<len> <key>=<value>\n", where len counts itself. */
 export function paxRecord(key: string, value: Buffer): Buffer {
@@ -135,11 +144,11 @@ export function rawTar(entries: RawEntry[]): Buffer {
   for (const e of entries) {
     if (e.pax?.length) {
       const body = Buffer.concat(e.pax.map(([k, v]) => paxRecord(k, v)));
-      parts.push(header('PaxHeaders/x', 'x', body.length, 0o644), pad(body));
+      parts.push(tarHeader('PaxHeaders/x', 'x', body.length), pad512(body));
     }
     const data = e.data ?? Buffer.alloc(0);
-    parts.push(header(e.name, e.type ?? '0', data.length, e.mode ?? 0o644, e.linkname));
-    if (data.length) parts.push(pad(data));
+    parts.push(tarHeader(e.name, e.type ?? '0', data.length, { mode: e.mode, linkname: e.linkname }));
+    if (data.length) parts.push(pad512(data));
   }
   parts.push(Buffer.alloc(1024));
   return Buffer.concat(parts);

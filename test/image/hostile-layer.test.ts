@@ -12,7 +12,7 @@ import pino from 'pino';
 import { silentLogger } from '../../src/util/log';
 import { ImageBuilder, UnsafeArchiveError } from '../../src/image/unpack';
 import { MiB, measurePeak } from '../support/rss';
-import { paxRecord } from './helpers';
+import { pad512, paxRecord, tarHeader } from './helpers';
 
 jest.setTimeout(60_000);
 const base = mkdtempSync(path.join(os.tmpdir(), 'podvisor-hostile-layer-'));
@@ -20,28 +20,10 @@ afterAll(() => fsp.rm(base, { recursive: true, force: true }));
 // the first unpack starts the layer worker threads: not part of any attack's figure
 beforeAll(async () => {
   const file = path.join(base, 'warm-up');
-  await fsp.writeFile(file, zlib.gzipSync(Buffer.concat([header('f', '0', 1), padded(Buffer.from('x')), Buffer.alloc(1024)])));
+  await fsp.writeFile(file, zlib.gzipSync(Buffer.concat([tarHeader('f', '0', 1), pad512(Buffer.from('x')), Buffer.alloc(1024)])));
   expect(await unpack(file)).toBeUndefined();
 });
 
-function header(name: string, type: string, size: number): Buffer {
-  const h = Buffer.alloc(512);
-  h.write(name, 0, 100, 'latin1');
-  const field = (off: number, len: number, v: number) => h.write(v.toString(8).padStart(len - 1, '0') + '\0', off, len, 'latin1');
-  field(100, 8, 0o644);
-  field(108, 8, 0);
-  field(116, 8, 0);
-  field(124, 12, size);
-  field(136, 12, 1704067200);
-  h.write(type, 156, 1, 'latin1');
-  h.write('ustar\0' + '00', 257, 8, 'latin1');
-  h.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'latin1');
-  return h;
-}
-const padded = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
 
 /**
  * A gzip layer of `records` metadata records of type `type`, each made by `body(i)`, then one
@@ -54,11 +36,11 @@ async function metaLayer(file: string, records: number, type: 'x' | 'g', body: (
   const write = (b: Buffer) => new Promise<void>((r) => (gz.write(b) ? r() : gz.once('drain', () => r())));
   for (let i = 0; i < records; i++) {
     const b = body(i);
-    await write(header(`PaxHeaders/${i}`, type, b.length));
-    await write(padded(b));
+    await write(tarHeader(`PaxHeaders/${i}`, type, b.length));
+    await write(pad512(b));
   }
-  await write(header('f', '0', 1));
-  await write(padded(Buffer.from('x')));
+  await write(tarHeader('f', '0', 1));
+  await write(pad512(Buffer.from('x')));
   await write(Buffer.alloc(1024));
   gz.end();
   await new Promise<void>((r) => out.once('close', () => r()));
@@ -119,7 +101,7 @@ test('5000 distinct dropped xattr names: the layer is read, the log names 20 and
   const parts: Buffer[] = [];
   for (let i = 0; i < 5000; i++) {
     const pax = paxRecord(`SCHILY.xattr.system.x${i}`, Buffer.from('v'));
-    parts.push(header(`PaxHeaders/${i}`, 'x', pax.length), padded(pax), header(`f${i}`, '0', 0));
+    parts.push(tarHeader(`PaxHeaders/${i}`, 'x', pax.length), pad512(pax), tarHeader(`f${i}`, '0', 0));
   }
   parts.push(Buffer.alloc(1024));
   await fsp.writeFile(file, zlib.gzipSync(Buffer.concat(parts)));

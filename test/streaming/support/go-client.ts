@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { runJsonChild } from './json-child';
 
 const SRC = path.resolve(__dirname, '..', 'go-client');
 const CACHE = process.env.PODVISOR_TEST_CACHE ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'podvisor-test');
@@ -38,22 +39,10 @@ export interface StreamResult {
 
 /** exec or attach through client-go; `input` is written to its stdin (then closed). */
 export function runK8sStream(mode: 'exec' | 'attach', url: string, flags: string[] = [], input?: Buffer | string, opts: { keepStdinOpenMs?: number } = {}): Promise<StreamResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(k8sStreamBinary(), [mode, url, ...flags], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const line = out.trim().split('\n').pop();
-      if (code !== 0 || !line) return reject(new Error(`k8s-stream exited ${code}: ${err}${out}`));
-      resolve(JSON.parse(line));
-    });
-    child.stdin.on('error', () => undefined);
-    if (input !== undefined) child.stdin.write(input);
-    if (opts.keepStdinOpenMs) setTimeout(() => child.stdin.end(), opts.keepStdinOpenMs);
-    else child.stdin.end();
+  return runJsonChild('k8s-stream', k8sStreamBinary(), [mode, url, ...flags], (stdin) => {
+    if (input !== undefined) stdin.write(input);
+    if (opts.keepStdinOpenMs) setTimeout(() => stdin.end(), opts.keepStdinOpenMs);
+    else stdin.end();
   });
 }
 

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { createLogger } from '../../../src/util/log';
 import { StreamingServer, type StreamingOptions } from '../../../src/streaming/server';
 import { HostBackend } from './host-backend';
+import { runJsonChild } from './json-child';
 
 export async function startServer(opts: Partial<StreamingOptions> = {}) {
   const backend = new HostBackend();
@@ -17,21 +18,7 @@ const CLIENT = path.join(__dirname, 'k8s-client.mjs');
 
 /** Runs client-node's exec/attach in its own process; resolves with the JSON it printed. */
 export function runK8sClient(mode: 'exec' | 'attach', url: string, opts: object, stdin?: (w: NodeJS.WritableStream) => void): Promise<any> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLIENT, mode, url, JSON.stringify(opts)], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const line = out.trim().split('\n').pop();
-      if (code !== 0 || !line) return reject(new Error(`k8s-client exited ${code}: ${err}${out}`));
-      resolve(JSON.parse(line));
-    });
-    if (stdin) stdin(child.stdin);
-    else child.stdin.end();
-  });
+  return runJsonChild('k8s-client', process.execPath, [CLIENT, mode, url, JSON.stringify(opts)], (w) => (stdin ? stdin(w) : w.end()));
 }
 
 /** Starts client-node's port-forward (one WebSocket per local connection, one URL each). */
