@@ -21,6 +21,7 @@ export const DEFAULT_CAPS = [
   'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
 ];
 
+/** Every capability, in capability-number order (CAP_CHOWN = 0 … CAP_CHECKPOINT_RESTORE = 40). */
 export const ALL_CAPS = [
   'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID',
   'CAP_SETUID', 'CAP_SETPCAP', 'CAP_LINUX_IMMUTABLE', 'CAP_NET_BIND_SERVICE', 'CAP_NET_BROADCAST', 'CAP_NET_ADMIN',
@@ -30,6 +31,12 @@ export const ALL_CAPS = [
   'CAP_MAC_OVERRIDE', 'CAP_MAC_ADMIN', 'CAP_SYSLOG', 'CAP_WAKE_ALARM', 'CAP_BLOCK_SUSPEND', 'CAP_AUDIT_READ',
   'CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE',
 ];
+
+/** The capabilities set in a hex mask as /proc/<pid>/status shows them (ALL_CAPS is in bit order). */
+export function capabilitiesIn(hexMask: string): string[] {
+  const mask = BigInt(`0x${hexMask}`);
+  return ALL_CAPS.filter((_, bit) => ((mask >> BigInt(bit)) & 1n) === 1n);
+}
 
 export const DEFAULT_MASKED_PATHS = [
   '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
@@ -110,6 +117,13 @@ export interface HostTarget {
    * daemon may lack), at most what a VM's containers get.
    */
   nofile: number;
+  /**
+   * The capabilities the runtime itself holds (its bounding set). A privileged container, or one
+   * that adds ALL, gets these, not every capability there is, as containerd does
+   * (WithAllCurrentCapabilities): a confined host daemon may lack some (CAP_SYS_RESOURCE), and a
+   * container asking for one it cannot be given fails to start. Absent: all.
+   */
+  heldCapabilities?: string[];
 }
 
 export type SpecTarget = { kind: 'vm' } | HostTarget;
@@ -137,12 +151,13 @@ function capName(c: string): string {
   return up.startsWith('CAP_') ? up : `CAP_${up}`;
 }
 
-function capabilities(sc: LinuxContainerSecurityContext | null | undefined): string[] {
-  if (sc?.privileged) return [...ALL_CAPS];
+function capabilities(sc: LinuxContainerSecurityContext | null | undefined, held?: string[]): string[] {
+  const all = held ? ALL_CAPS.filter((c) => held.includes(c)) : ALL_CAPS;
+  if (sc?.privileged) return [...all];
   let caps = new Set(DEFAULT_CAPS);
   const add: string[] = sc?.capabilities?.add_capabilities ?? [];
   const drop: string[] = sc?.capabilities?.drop_capabilities ?? [];
-  if (add.some((c) => c.toUpperCase() === 'ALL')) caps = new Set(ALL_CAPS);
+  if (add.some((c) => c.toUpperCase() === 'ALL')) caps = new Set(all);
   else for (const c of add) caps.add(capName(c));
   if (drop.some((c) => c.toUpperCase() === 'ALL')) caps.clear();
   for (const c of drop) caps.delete(capName(c));
@@ -316,7 +331,7 @@ export function buildSpec(input: SpecInput): BuiltSpec {
   if (uid !== undefined && username) username = null;
   const extraGids = (sc.supplemental_groups ?? []).map(Number);
 
-  const caps = capabilities(sc);
+  const caps = capabilities(sc, host?.heldCapabilities);
   const ns = host ? hostNamespaces(sc.namespace_options, input.targetPid, host, sandboxConfig?.linux?.security_context?.namespace_options) : namespaces(sc.namespace_options, input.targetPid);
   const ipcShared = ns.some((n) => n.type === 'ipc' && n.path);
   const hasUts = ns.some((n) => n.type === 'uts');

@@ -1,7 +1,7 @@
 // The OCI spec builder's host target (host pods), beside its VM target: namespaces from the
 // pod's pinned files or the host's, host paths as plain binds, cgroups path, /dev/shm, etc files,
 // privileged host devices, the stricter RuntimeDefault seccomp profile. Pure unit tests.
-import { buildSpec, HostTarget } from '../../src/runtime/oci-spec';
+import { ALL_CAPS, buildSpec, capabilitiesIn, HostTarget } from '../../src/runtime/oci-spec';
 import { runtimeDefault } from '../../src/runtime/seccomp';
 
 const base = { metadata: { name: 'c' }, image: { image: 'busybox' }, command: ['sh'] };
@@ -84,5 +84,21 @@ describe('OCI spec, host target', () => {
     // CAP_SYS_ADMIN may make namespaces, on the host too
     expect(runtimeDefault(['CAP_SYS_ADMIN', 'CAP_SYSLOG'], true).syscalls.map((r: any) => r.names[0])).not.toContain('clone');
     expect(runtimeDefault(['CAP_SYSLOG'], true).syscalls[0].names).not.toContain('syslog');
+  });
+
+  it('a privileged container (or one adding ALL) gets the capabilities the daemon holds, not every one (containerd: all current capabilities)', () => {
+    // a confined host: every capability but CAP_SYS_RESOURCE (bit 24) in the bounding set
+    const held = capabilitiesIn('000001fffeffffff');
+    expect(held).toHaveLength(ALL_CAPS.length - 1);
+    expect(held).not.toContain('CAP_SYS_RESOURCE');
+    expect(capabilitiesIn('1')).toEqual(['CAP_CHOWN']);
+    expect(capabilitiesIn('10000000000')).toEqual(['CAP_CHECKPOINT_RESTORE']);
+    const caps = (sc: any, t = target({ heldCapabilities: held })) => buildSpec({ target: t, config: { ...base, linux: { security_context: sc } }, sandboxConfig: {}, imageConfig: {}, mounts: [] }).spec.process.capabilities;
+    expect(caps({ privileged: true }).bounding).toEqual(held);
+    expect(caps({ privileged: true }).effective).toEqual(held);
+    expect(caps({ capabilities: { add_capabilities: ['ALL'], drop_capabilities: ['NET_RAW'] } }).bounding).toEqual(held.filter((c) => c !== 'CAP_NET_RAW'));
+    // nothing known of the daemon: every capability, as a VM's container gets
+    expect(caps({ privileged: true }, target()).bounding).toEqual(ALL_CAPS);
+    expect(buildSpec({ config: { ...base, linux: { security_context: { privileged: true } } }, sandboxConfig: {}, imageConfig: {}, mounts: [] }).spec.process.capabilities.bounding).toEqual(ALL_CAPS);
   });
 });

@@ -16,7 +16,7 @@ import type { GuestParams, GuestResult } from '../../../agent/api';
 import { failedPrecondition, invalidArgument, notFound, unavailable, unimplemented } from '../../../util/errors';
 import type { Logger } from '../../../util/log';
 import type { AttachIo, Pod, PodContainerIo, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
-import type { HostDevice, HostTarget } from '../../oci-spec';
+import { capabilitiesIn, type HostDevice, type HostTarget } from '../../oci-spec';
 import type { HostPodState, SandboxRecord } from '../../records';
 import { cgroupParentPath, type CgroupDriver } from '../../pod-cgroup';
 import { cgroupStats, cgroupV2Only } from './cgroup-stats';
@@ -172,6 +172,7 @@ export class HostPod implements Pod {
       hostDevices: privileged ? await this.x.hostDevices() : undefined,
       cgroupV2: cgroupV2Only(),
       nofile: this.x.nofile,
+      heldCapabilities: heldCapabilities(),
     };
   }
 
@@ -471,4 +472,14 @@ async function connectLocal(port: number): Promise<Duplex> {
       throw failedPrecondition(`connecting to localhost:${port}: ${(err as Error).message}`);
     }
   }
+}
+
+let held: string[] | undefined;
+/** The capabilities this daemon can hand on: its bounding set (CapBnd of /proc/self/status). */
+function heldCapabilities(): string[] | undefined {
+  if (!held) {
+    const m = /^CapBnd:\s*([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+    if (m) held = capabilitiesIn(m[1]);
+  }
+  return held;
 }
