@@ -97,8 +97,11 @@ export interface Pod {
   deleteContainer(id: string): Promise<void>;
   containerState(id: string): Promise<GuestResult<'container.state'>>;
   updateContainer(id: string, resources: object): Promise<void>;
-  /** a process in a running container; its exit arrives as an `exit` event with its exec id */
-  exec(p: GuestParams<'exec.start'>): Promise<void>;
+  /**
+   * a process in a running container; its exit arrives as an `exit` event with its exec id;
+   * `timeoutMs` bounds the start (default: the agent's call timeout)
+   */
+  exec(p: GuestParams<'exec.start'>, timeoutMs?: number): Promise<void>;
   signalProcess(containerId: string, execId: string | null, signal: number): Promise<void>;
   resizeProcess(containerId: string, execId: string | null, rows: number, cols: number): Promise<void>;
   /** connects `stream` to `port` in the pod's network namespace */

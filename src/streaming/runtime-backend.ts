@@ -22,6 +22,13 @@ function nullWriter(): Writable {
   return new Writable({ write: (_c, _e, cb) => cb() });
 }
 
+/**
+ * How long a streaming exec's process may take to start in the pod. The user waits for it (no
+ * CRI deadline here, and containerd's exec has no fixed one); a guest starved of CPU (TCG on a
+ * loaded machine) took over the agent's default 30 s, so this is the bound for a hung guest only.
+ */
+export const EXEC_START_TIMEOUT_MS = 120_000;
+
 export class RuntimeStreamingBackend implements StreamingBackend {
   constructor(
     private readonly containers: ContainerManager,
@@ -67,7 +74,7 @@ export class RuntimeStreamingBackend implements StreamingBackend {
       await pod.exec({
         container_id: c.rec.id, exec_id: execId, args: cmd, env: null, cwd: null, tty: io.tty,
         stdin: stdin?.id ?? 0, stdout: stdout.id, stderr: stderr?.id ?? 0,
-      });
+      }, EXEC_START_TIMEOUT_MS);
       if (stdin && io.stdin) pipeline(io.stdin, stdin).catch(() => stdin.destroy());
       if (io.resize) this.forwardResize(io.resize, c.rec.id, execId);
       const ev = await exit;

@@ -16,6 +16,7 @@ import { VmPodBackend } from '../../src/runtime/backends/vm/vm-backend';
 import { PodBackends, type Pod, type PodBackend, type PodEvent, type PodStream } from '../../src/runtime/pod-backend';
 import type { SandboxRecord } from '../../src/runtime/records';
 import { SandboxManager } from '../../src/runtime/sandboxes';
+import { EXEC_START_TIMEOUT_MS, RuntimeStreamingBackend } from '../../src/streaming/runtime-backend';
 import { silentLogger } from '../../src/util/log';
 import type { Hypervisor, Vm, VmInfo, VmSpec } from '../../src/vm/hypervisor';
 import type { NetworkDriver, PodNetwork } from '../../network/network-driver';
@@ -39,7 +40,7 @@ const files = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir) : []);
 class FakePod implements Pod {
   readonly calls: string[] = [];
   readonly binds = new Set<string>();
-  readonly streams: PassThrough[] = [];
+  readonly streams: Array<PassThrough & { id: number }> = [];
   failMountImage?: Error;
   failCreate?: Error;
   /** a create waits for this (a guest that takes its time) */
@@ -59,6 +60,9 @@ class FakePod implements Pod {
     return s;
   }
   adoptStream(id: number): PodStream { return Object.assign(new PassThrough(), { id }); }
+  /** the pod's events to the runtime (the backend's onEvent) */
+  emit: (ev: PodEvent) => void = () => undefined;
+  readonly execTimeouts: Array<number | undefined> = [];
   async createContainer(p: { id: string }) {
     this.calls.push(`create ${p.id}`);
     await this.holdCreate;
@@ -69,7 +73,12 @@ class FakePod implements Pod {
   async deleteContainer(id: string) { this.calls.push(`delete ${id}`); }
   async containerState() { return { status: 'stopped' as const, pid: 0, exit_code: 0, oom_killed: false }; }
   async updateContainer() {}
-  async exec() {}
+  async exec(p: { container_id: string; exec_id: string; stdout: number; stderr: number }, timeoutMs?: number) {
+    this.execTimeouts.push(timeoutMs);
+    // the process ran: its output ends, its exit follows
+    for (const s of this.streams.filter((x) => x.id === p.stdout || x.id === p.stderr)) s.end();
+    setImmediate(() => this.emit({ type: 'exit', container_id: p.container_id, exec_id: p.exec_id, exit_code: 0 }));
+  }
   async signalProcess() {}
   async resizeProcess() {}
   async portForward() {}
@@ -105,9 +114,10 @@ class FakeBackend implements PodBackend {
   removed: string[] = [];
   async readiness() { return undefined; }
   admit() {}
-  async start(rec: SandboxRecord) {
+  async start(rec: SandboxRecord, onEvent?: (ev: PodEvent) => void) {
     if (this.failStart) throw this.failStart;
     const p = new FakePod(rec.id);
+    if (onEvent) p.emit = onEvent;
     this.pods.push(p);
     return p;
   }
@@ -252,6 +262,20 @@ describe('ContainerManager lists', () => {
     release();
     const secondId = await second;
     expect(containers.list({}).map((r) => r.id).sort()).toEqual([first, secondId].sort());
+  });
+});
+
+describe('a streaming exec', () => {
+  test("waits for its process to start as long as a hung guest is given, not the agent's default 30 s", async () => {
+    const backend = new FakeBackend();
+    const { sandboxes, containers } = await managers(backend);
+    const id = await sandboxes.run(podConfig(), '');
+    const cid = await containers.create(id, { metadata: { name: 'c' }, image: { image: 'busybox' }, command: ['sleep'] }, undefined);
+    await containers.start(cid);
+    const streaming = new RuntimeStreamingBackend(containers, sandboxes, silentLogger);
+    expect(await streaming.exec(cid, ['true'], { tty: false })).toEqual({ exitCode: 0 });
+    expect(EXEC_START_TIMEOUT_MS).toBeGreaterThan(30_000);
+    expect(backend.pods[0].execTimeouts).toEqual([EXEC_START_TIMEOUT_MS]);
   });
 });
 

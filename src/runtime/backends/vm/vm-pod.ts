@@ -224,8 +224,8 @@ export class VmPod implements Pod, PodVolumeTarget {
     await this.agent.call('container.update', { id, resources });
   }
 
-  async exec(p: GuestParams<'exec.start'>): Promise<void> {
-    await this.agent.call('exec.start', p);
+  async exec(p: GuestParams<'exec.start'>, timeoutMs?: number): Promise<void> {
+    await this.agent.call('exec.start', p, timeoutMs);
   }
 
   async signalProcess(containerId: string, execId: string | null, signal: number): Promise<void> {
