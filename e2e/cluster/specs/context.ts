@@ -1,9 +1,9 @@
 // The cluster every spec group of cluster.test.ts shares, and the shape of a group. The cluster
 // exists only after the test file's beforeAll (describe bodies run before it), so groups reach it
-// through a getter. A group's setup() creates what its tests look at; the test file runs every
-// group's setup at once right after the cluster is up, so pods of all groups start (and probes,
-// restarts and back-offs run) side by side instead of one group after another. Each group owns a
-// namespace, deleted (with everything in it) when its tests are done.
+// through a getter. A group's setup() creates what its tests look at; the test file runs all
+// setups at once right after the cluster is up, so pod start-ups, probes, restarts and back-offs
+// of all groups run side by side while their tests assert one group after another. Each group
+// owns a namespace, deleted (with everything in it) when its tests are done.
 import type { Cluster } from '../support/cluster';
 import type { Kube } from '../support/kube';
 

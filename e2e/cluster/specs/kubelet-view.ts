@@ -11,7 +11,7 @@ import { IMAGES } from '../support/cluster';
 import type { Ctx, SpecGroup } from './context';
 
 const ns = 'e2e-kubelet-view';
-const sleeper = (name: string, extra: Partial<k8s.V1Container> = {}): k8s.V1Container => ({ name, image: IMAGES.busybox, command: ['sleep', '600'], ...extra });
+const sleeper = (name: string, extra: Partial<k8s.V1Container> = {}): k8s.V1Container => ({ name, image: IMAGES.busybox, command: ['sleep', '7200'], ...extra });
 
 export const kubeletView: SpecGroup = {
   title: "kubelet's view of a pod VM",

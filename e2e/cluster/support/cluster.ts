@@ -16,6 +16,7 @@ import { freePort, startRegistry, type Registry } from '../../../test/support/re
 import { retry, TestDaemon } from '../../support/daemon';
 import { HostChanges, KUBELET_SYSCTLS, mountsUnder, cgroupDirs } from './host';
 import { IMAGES, pushClusterImages, UPSTREAM_REGISTRY } from './images';
+import { ClusterLock } from './lock';
 import { makePki, writeKubeconfig, type ClusterPki } from './pki';
 import { Proc, until } from './procs';
 
@@ -74,7 +75,7 @@ export class Cluster {
   private readonly host = new HostChanges();
   private torn = false;
 
-  private constructor(readonly dir: string, readonly binDir: string, private readonly opts: ClusterOptions) {
+  private constructor(readonly dir: string, readonly binDir: string, private readonly opts: ClusterOptions, private readonly lock: ClusterLock) {
     this.kubeconfig = path.join(dir, 'admin.kubeconfig');
     this.kubeletDir = path.join(dir, 'kubelet');
     this.podLogsDir = path.join(dir, 'pod-logs');
@@ -84,7 +85,9 @@ export class Cluster {
   static async up(opts: ClusterOptions = {}): Promise<Cluster> {
     const t0 = Date.now();
     const binDir = await buildBinaries(opts.verbose);
-    const c = new Cluster(fs.mkdtempSync('/tmp/pv-k8s-'), binDir, opts);
+    // one cluster per machine (they share the bridge, the node address and the guard chain)
+    const lock = await ClusterLock.acquire(() => process.stderr.write('cluster: waiting for another cluster on this machine to end\n'));
+    const c = new Cluster(fs.mkdtempSync('/tmp/pv-k8s-'), binDir, opts, lock);
     c.timings.build = Date.now() - t0;
     try {
       await c.start();
@@ -137,11 +140,14 @@ export class Cluster {
 
     // host network: the node address, the pod bridge (made here so test servers can join it
     // before any pod; the CNI bridge plugin adopts it), the guard
+    // a bridge or node address already there is not ours (a run that did not clean up, or a
+    // cluster started without the lock): refuse, and never delete what we did not make
+    if (fs.existsSync(`/sys/class/net/${BRIDGE}`)) throw new Error(`bridge ${BRIDGE} already exists: another cluster, or one left behind (ip link del ${BRIDGE})`);
     this.host.addLoopbackAddress(NODE_IP);
+    spawnChecked('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
     this.host.onTeardown(`bridge ${BRIDGE}`, () => {
       if (fs.existsSync(`/sys/class/net/${BRIDGE}`)) spawnQuiet('ip', ['link', 'del', BRIDGE]);
     });
-    spawnChecked('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
     spawnChecked('ip', ['addr', 'add', `${POD_SUBNET}.1/24`, 'dev', BRIDGE]);
     spawnChecked('ip', ['link', 'set', BRIDGE, 'up']);
     this.host.addForwardGuard(GUARD_CHAIN, POD_CIDR);
@@ -379,7 +385,9 @@ imageGCLowThresholdPercent: 99
     for (const p of Object.values(this.procs)) await p.stop();
     if (process.env.PV_KEEP_CLUSTER_LOGS) this.keepLogs(process.env.PV_KEEP_CLUSTER_LOGS);
     const problems = await this.host.restore();
-    return [...problems, ...this.leftovers()];
+    const left = [...problems, ...this.leftovers()];
+    await this.lock.release();
+    return left;
   }
 
   private keepLogs(to: string): void {

@@ -21,9 +21,13 @@ export class HostChanges {
     this.undo.push({ what, fn });
   }
 
-  /** `ip/32` on lo: the node's InternalIP (kubelet refuses a loopback node address). */
+  /**
+   * `ip/32` on lo: the node's InternalIP (kubelet refuses a loopback node address). An address
+   * already there is used and left there (not ours to remove).
+   */
   addLoopbackAddress(ip: string): void {
-    if (!sh('ip', ['-4', 'addr', 'show', 'dev', 'lo']).includes(` ${ip}/32 `)) sh('ip', ['addr', 'add', `${ip}/32`, 'dev', 'lo']);
+    if (sh('ip', ['-4', 'addr', 'show', 'dev', 'lo']).includes(` ${ip}/32 `)) return;
+    sh('ip', ['addr', 'add', `${ip}/32`, 'dev', 'lo']);
     this.record(`lo address ${ip}`, () => { if (sh('ip', ['-4', 'addr', 'show', 'dev', 'lo']).includes(` ${ip}/32 `)) sh('ip', ['addr', 'del', `${ip}/32`, 'dev', 'lo']); });
   }
 

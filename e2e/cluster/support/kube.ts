@@ -49,6 +49,23 @@ export class Kube {
     }, ms, 1000);
   }
 
+  private readonly deletions = new Map<string, Promise<void>>();
+
+  /** Starts deleting a namespace; deletionsDone() waits for it. */
+  deleteNamespaceLater(name: string, ms?: number): void {
+    const p = this.deleteNamespace(name, ms);
+    p.catch(() => undefined); // reported by deletionsDone
+    this.deletions.set(name, p);
+  }
+
+  /** Waits for every namespace deleteNamespaceLater started; throws with the first failure. */
+  async deletionsDone(): Promise<void> {
+    const all = [...this.deletions.values()];
+    this.deletions.clear();
+    const failed = (await Promise.allSettled(all)).find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+  }
+
   async createPod(namespace: string, pod: k8s.V1Pod): Promise<k8s.V1Pod> {
     return this.core.createNamespacedPod({ namespace, body: pod });
   }
