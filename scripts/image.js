@@ -8,7 +8,8 @@
 // Two layers:
 //   base      busybox (static, from the build host's Debian package) with its applets in /bin:
 //             the shell, nsenter and the tools install.sh uses; the C libraries the release's
-//             Node and koffi link against (the build host's glibc), so the CLI runs in the image
+//             Node and koffi link against (the build host's glibc), so the CLI runs in the image,
+//             and librados/librbd with theirs, which the CSI controller loads (RBD images)
 //   release   /release/podvisor-<version>/ (the release tree) and /installer/node-install.sh
 // The trade-off: the base comes from the build host's packages rather than a pinned base image
 // (none can be fetched here), so two build hosts may make different base layers; the release
@@ -23,6 +24,9 @@ const path = require('node:path');
 const zlib = require('node:zlib');
 
 const EPOCH = '2024-01-01T00:00:00Z';
+/** Libraries the CLI loads with koffi (dlopen by soname), not linked: looked up where Debian puts them. */
+const CEPH_LIBS = ['librados.so.2', 'librbd.so.1'];
+const LIB_DIRS = ['/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu'];
 const sha256 = (b) => `sha256:${crypto.createHash('sha256').update(b).digest('hex')}`;
 
 function fail(msg) {
@@ -65,7 +69,14 @@ function baseLayer(stage, release, version) {
     if (applet !== 'busybox') fs.symlinkSync('busybox', path.join(stage, 'bin', applet));
   }
   const natives = [path.join(lib, 'node'), ...execFileSync('find', [path.join(lib, 'node_modules'), '-name', '*.node'], { encoding: 'utf8' }).split('\n').filter(Boolean)];
-  for (const so of sharedLibraries(natives)) {
+  // what koffi dlopen()s at run time, which ldd of the natives cannot see: librados and librbd
+  // for the CSI controller (RBD images; storage/ceph/), with everything they link against
+  const ceph = CEPH_LIBS.map((name) => {
+    const at = LIB_DIRS.map((d) => path.join(d, name)).find((f) => fs.existsSync(f));
+    if (!at) fail(`${name} is not installed (apt-get install librados2 librbd1): the CSI controller needs it in the image`);
+    return at;
+  });
+  for (const so of new Set([...ceph, ...sharedLibraries([...natives, ...ceph])])) {
     const to = path.join(stage, so);
     fs.mkdirSync(path.dirname(to), { recursive: true });
     fs.copyFileSync(fs.realpathSync(so), to);

@@ -33,6 +33,11 @@ describe('deploy/ manifests agree', () => {
     expect(text['csi/node.yaml']).toContain(`/var/lib/kubelet/plugins/${name}/csi.sock`);
   });
 
+  test('the CSI node plugin is a host-network pod: on a podvisor node the host-pod backend runs it, its socket on the host', () => {
+    const ds = (yaml.loadAll(text['csi/node.yaml']) as any[]).find((o) => o?.kind === 'DaemonSet');
+    expect(ds.spec.template.spec).toMatchObject({ hostNetwork: true, dnsPolicy: 'ClusterFirstWithHostNet' });
+  });
+
   test.each([['daemonset.yaml', 'install'], ['uninstall.yaml', 'uninstall']])('%s runs node-install.sh %s on the node root it mounts at HOST_ROOT, in the host PID namespace', (file, action) => {
     const ds = yaml.load(text[file]) as any;
     expect(ds.kind).toBe('DaemonSet');
