@@ -135,10 +135,15 @@ export class SandboxManager {
       let pod: Pod | undefined;
       try {
         rec.pending = true;
-        await this.save(sb);
+        // in place before the first side effect (a killed daemon finds it); on disk while the pod
+        // starts: what a machine crash would leave of the start (VM, netns, taps, cgroups) goes
+        // with the machine, except a CNI IP lease on disk made within the fsync's few ms
+        const { durable } = await this.store.write(rec);
+        durable.catch(() => undefined); // awaited below
         faultPoint('sandbox.run:pending-saved');
         pod = await backend.start(rec, (ev) => this.hooks.onEvent(id, ev));
         faultPoint('sandbox.run:booted');
+        await durable;
         rec.state = 'SANDBOX_READY';
         delete rec.pending;
         await this.save(sb);
