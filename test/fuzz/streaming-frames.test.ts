@@ -16,10 +16,7 @@ jest.setTimeout(120_000);
 
 let ctx: Awaited<ReturnType<typeof startServer>>;
 beforeAll(async () => (ctx = await startServer({ streamCreationTimeoutMs: 1000 })));
-afterAll(async () => {
-  ctx.backend.stop();
-  await ctx.server.stop();
-});
+afterAll(() => ctx.stop());
 
 const STREAM_TYPES = ['error', 'stdin', 'stdout', 'stderr', 'resize', 'data', 'x', ''];
 type SpdyOp =

@@ -24,7 +24,7 @@ function rssWatch() {
 describe('back-pressure on 100 MiB of exec output', () => {
   let ctx: Awaited<ReturnType<typeof startServer>>;
   beforeAll(async () => (ctx = await startServer()));
-  afterAll(() => ctx.server.stop());
+  afterAll(() => ctx.stop());
   const url = () => ctx.server.getExec({ container_id: 'c1', stdout: true, cmd: ['head', '-c', String(SIZE), '/dev/zero'] }).url;
 
   test('SPDY', async () => {

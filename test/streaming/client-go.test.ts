@@ -15,10 +15,7 @@ beforeAll(async () => {
   k8sStreamBinary(); // the first build takes a while (Go module proxy + compile)
   ctx = await startServer();
 });
-afterAll(async () => {
-  ctx?.backend.stop();
-  await ctx?.server.stop();
-});
+afterAll(() => ctx?.stop());
 
 const exec = (cmd: string[], o: { stdin?: boolean; stderr?: boolean; tty?: boolean } = {}) =>
   ctx.server.getExec({ container_id: 'c1', cmd, stdout: true, stdin: !!o.stdin, stderr: !!o.stderr, tty: !!o.tty }).url;

@@ -7,10 +7,7 @@ import { sleep, startServer } from './support/harness';
 describe('exec over SPDY', () => {
   let ctx: Awaited<ReturnType<typeof startServer>>;
   beforeAll(async () => (ctx = await startServer()));
-  afterAll(async () => {
-    ctx.backend.stop();
-    await ctx.server.stop();
-  });
+  afterAll(() => ctx.stop());
   const url = (req: object) => ctx.server.getExec({ container_id: 'c1', stdout: true, ...req }).url;
 
   test('stdout, stderr and exit code 0 as a v4 Status', async () => {

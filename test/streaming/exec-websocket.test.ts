@@ -8,10 +8,7 @@ jest.setTimeout(20_000);
 describe('exec over WebSocket (client-node)', () => {
   let ctx: Awaited<ReturnType<typeof startServer>>;
   beforeAll(async () => (ctx = await startServer()));
-  afterAll(async () => {
-    ctx.backend.stop();
-    await ctx.server.stop();
-  });
+  afterAll(() => ctx.stop());
   const url = (req: object) => ctx.server.getExec({ container_id: 'c1', stdout: true, ...req }).url;
 
   test('stdout, stderr, exit code 0: v5 negotiated, Success status', async () => {

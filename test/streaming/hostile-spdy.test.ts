@@ -14,10 +14,7 @@ jest.setTimeout(60_000);
 
 let ctx: Awaited<ReturnType<typeof startServer>>;
 beforeAll(async () => (ctx = await startServer()));
-afterAll(async () => {
-  ctx.backend.stop();
-  await ctx.server.stop();
-});
+afterAll(() => ctx.stop());
 const execUrl = () => ctx.server.getExec({ container_id: 'c1', cmd: ['echo', 'alive'], stdout: true }).url;
 const stillServes = async () => expect((await spdyExec(execUrl(), {})).stdout).toBe('alive\n');
 

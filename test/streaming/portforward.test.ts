@@ -40,7 +40,7 @@ describe('port-forward', () => {
     webPort = (web.address() as AddressInfo).port;
   });
   afterAll(async () => {
-    await ctx.server.stop();
+    await ctx.stop();
     await new Promise((r) => web.close(r));
   });
 

@@ -32,7 +32,7 @@ const wsStatus = (url: string, protocols: string[]) =>
 describe('streaming URLs', () => {
   let ctx: Awaited<ReturnType<typeof startServer>>;
   beforeAll(async () => (ctx = await startServer({ tokenTtlMs: 300, maxTokens: 5 })));
-  afterAll(() => ctx.server.stop());
+  afterAll(() => ctx.stop());
 
   test('Exec/Attach/PortForward return kubelet-shaped URLs with random tokens', async () => {
     const h = streamingHandlers(ctx.server);

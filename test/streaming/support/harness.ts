@@ -11,7 +11,12 @@ export async function startServer(opts: Partial<StreamingOptions> = {}) {
   const backend = new HostBackend();
   const server = new StreamingServer(backend, { address: '127.0.0.1', port: 0, logger: createLogger(process.env.STREAMING_TEST_LOG ?? 'silent'), ...opts });
   await server.start();
-  return { backend, server };
+  /** ends the exec'd processes, then the server */
+  const stop = async (): Promise<void> => {
+    backend.stop();
+    await server.stop();
+  };
+  return { backend, server, stop };
 }
 
 const CLIENT = path.join(__dirname, 'k8s-client.mjs');
