@@ -95,9 +95,12 @@ export interface GuestMethods {
       /** the OCI runtime spec built by runtime/oci-spec.ts */
       spec: object;
       username: string | null;
+      /** CRI SupplementalGroupsPolicy: "merge" (default) adds the image's /etc/group memberships, "strict" does not */
+      groups_policy?: 'merge' | 'strict';
       stdio: GuestStdio;
     };
-    result: { pid: number };
+    /** `user`: the identity the process runs with (absent from older agents) */
+    result: { pid: number; user?: { uid: number; gid: number; additional_gids: number[] } };
   };
   'container.start': { params: { id: string }; result: { pid: number } };
   'container.signal': { params: { id: string; signal: number; all: boolean }; result: Record<string, never> };

@@ -42,6 +42,8 @@ export function containerStatus(rec: ContainerRecord, images?: ImageManager): Co
     log_path: rec.logPath,
     resources: rec.config.linux?.resources ? { linux: rec.config.linux.resources } : null,
     stop_signal: rec.config.stop_signal ?? 'SIGNAL_RUNTIME_DEFAULT',
+    // the identity its process runs with (SupplementalGroupsPolicy), as the pod resolved it
+    user: rec.user ? { linux: { uid: rec.user.uid, gid: rec.user.gid, supplemental_groups: rec.user.supplementalGroups } } : null,
   };
 }
 

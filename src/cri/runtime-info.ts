@@ -47,7 +47,8 @@ export function runtimeInfoHandlers(deps: { version: string; root: string; backe
         status: { conditions },
         info,
         runtime_handlers: servedHandlers(deps.handlers, deps.backends),
-        features: { supplemental_groups_policy: false },
+        // node-wide: a backend that does not honour Strict refuses such containers (containers.ts)
+        features: { supplemental_groups_policy: deps.backends.all().some((b) => b.features.supplementalGroupsPolicy) },
       };
     },
 

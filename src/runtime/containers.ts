@@ -18,6 +18,7 @@ import { ContainerLog, nowNs } from './container-log';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { buildSpec, deviceRules, ociResources } from './oci-spec';
 import { checkMounts, planMounts } from './mount-plan';
+import { containerUserNamespace, podUserNamespace } from './userns';
 import type { Pod, PodEvent, PodStream } from './pod-backend';
 
 export { checkDevices } from './mount-plan';
@@ -152,6 +153,10 @@ export class ContainerManager {
     if (!image) throw notFound(`image ${JSON.stringify(config.image.image)} not found: pull it first`);
     const checked = checkMounts(config, (ref) => this.images.resolve(ref));
     const targetPid = this.targetPid(config);
+    const userns = containerUserNamespace(podUserNamespace(sb.rec.config), config.linux?.security_context?.namespace_options);
+    if (config.linux?.security_context?.supplemental_groups_policy === 'Strict' && !this.sandboxes.backendOf(sb.rec).features.supplementalGroupsPolicy) {
+      throw failedPrecondition(`SupplementalGroupsPolicy Strict is not honoured by the ${JSON.stringify(sb.rec.backend ?? 'vm')} pod backend`);
+    }
 
     const id = crypto.randomBytes(32).toString('hex');
     const rec = newRecord(id, sb.rec.id, config, image, logPath, checked.imageVolumes);
@@ -183,11 +188,11 @@ export class ContainerManager {
         rec.deviceRules = deviceRules(!!config.linux?.security_context?.privileged, devices);
         // a pod VM's spec, or a host pod's (its namespace files, the container's root and cgroup)
         const target = pod.specTarget ? await pod.specTarget(id, !!config.linux?.security_context?.privileged) : undefined;
-        const { spec, username } = buildSpec({ target, config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid });
+        const { spec, username, groupsPolicy } = buildSpec({ target, config, sandboxConfig: sandboxConfig ?? sb.rec.config, imageConfig: image.config, mounts, devices, targetPid, userns });
         T.mark('spec');
         const timeoutMs = (opts.deadline ?? Date.now() + CREATE_TIMEOUT_MS) - Date.now();
         if (timeoutMs <= 0) throw deadlineExceeded(`the caller's deadline passed before the guest was asked to create container ${md.name}`);
-        await this.createInPod(pod, live, rootfs, spec, username, timeoutMs);
+        await this.createInPod(pod, live, rootfs, spec, username, groupsPolicy, timeoutMs);
         T.mark('guest');
         faultPoint('container.create:created-in-guest');
         delete rec.pending;
@@ -211,7 +216,7 @@ export class ContainerManager {
   }
 
   /** Opens the container's stdio streams to its log and creates it in the pod. */
-  private async createInPod(pod: Pod, live: Live, rootfs: string, spec: object, username: string | null, timeoutMs: number): Promise<void> {
+  private async createInPod(pod: Pod, live: Live, rootfs: string, spec: object, username: string | null, groupsPolicy: 'merge' | 'strict', timeoutMs: number): Promise<void> {
     const { rec } = live;
     const config = rec.config;
     if (pod.containerIo) {
@@ -236,13 +241,15 @@ export class ContainerManager {
     live.stdin = stdin;
     this.containers.set(rec.id, live);
     try {
-      await pod.createContainer({
+      const res = await pod.createContainer({
         id: rec.id,
         rootfs: { image: rootfs, readonly: !!config.linux?.security_context?.readonly_rootfs },
         spec,
         username,
+        groups_policy: groupsPolicy,
         stdio: { ...rec.streams, tty: !!config.tty, stdin_once: !!config.stdin_once },
       }, timeoutMs);
+      rec.user = effectiveUser(res?.user);
     } catch (err) {
       stdout.destroy();
       stderr?.destroy();
@@ -590,6 +597,18 @@ function newRecord(id: string, sandboxId: string, config: ContainerConfig, image
     volumes: [],
     imageVolumes: imageVolumes.map((v) => ({ containerPath: v.containerPath, imageId: v.image.id })),
   };
+}
+
+/** The identity a pod reports for a container's process (untrusted: checked). */
+export function effectiveUser(u: unknown): ContainerRecord['user'] {
+  const id = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 2 ** 32 ? v : undefined);
+  if (!u || typeof u !== 'object') return undefined;
+  const o = u as Record<string, unknown>;
+  const uid = id(o.uid);
+  const gid = id(o.gid);
+  const groups = Array.isArray(o.additional_gids) ? o.additional_gids.slice(0, 4096).map(id) : [];
+  if (uid === undefined || gid === undefined || groups.some((g) => g === undefined)) return undefined;
+  return { uid, gid, supplementalGroups: groups as number[] };
 }
 
 /** The log file must stay inside the pod's log directory. */

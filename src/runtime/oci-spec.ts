@@ -15,6 +15,7 @@ interface OciNamespace {
 import { invalidArgument } from '../util/errors';
 import type { DeviceRule } from './records';
 import { seccompFor } from './seccomp';
+import type { UserNsMapping } from './userns';
 
 export const DEFAULT_CAPS = [
   'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID',
@@ -139,12 +140,23 @@ export interface SpecInput {
   devices?: GuestDevice[];
   /** pid of the TARGET container for NamespaceMode TARGET (in the guest, or on the host) */
   targetPid?: number;
+  /** the pod's user namespace mapping (runtime/userns.ts); absent: the host's users */
+  userns?: UserNsMapping;
 }
 
 export interface BuiltSpec {
   spec: any;
   username: string | null;
+  /**
+   * CRI SupplementalGroupsPolicy: "merge" adds the groups the image's /etc/group gives the
+   * user, "strict" only the spec's. spec.process.user.gid is absent when neither the CRI nor the
+   * image's User names a group: the runtime takes the user's primary group from the image.
+   */
+  groupsPolicy: 'merge' | 'strict';
 }
+
+/** Guest paths a user-namespaced container binds where it cannot mount its own (see namespaces()). */
+export const GUEST_MQUEUE = '/run/podvisor/mqueue';
 
 function capName(c: string): string {
   const up = c.toUpperCase();
@@ -242,7 +254,8 @@ function hostNamespaces(nsOpts: NamespaceOption | null | undefined, targetPid: n
   return ns;
 }
 
-function namespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined): OciNamespace[] {
+function namespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined, userns: UserNsMapping | undefined): OciNamespace[] {
+  if (userns) return usernsNamespaces(nsOpts, targetPid);
   const ns: OciNamespace[] = [{ type: 'mount' }];
   const mode = (m: unknown) => (typeof m === 'string' ? m : 'POD');
   const net = mode(nsOpts?.network);
@@ -259,6 +272,35 @@ function namespaces(nsOpts: NamespaceOption | null | undefined, targetPid: numbe
     if (!targetPid) throw invalidArgument('namespace target container is not running');
     ns.push({ type: 'pid', path: `/proc/${targetPid}/ns/pid` });
   } else ns.push({ type: 'pid' });
+  ns.push({ type: 'cgroup' });
+  return ns;
+}
+
+/**
+ * A user-namespaced container's namespaces. The pod's namespaces are the guest's root ones,
+ * owned by the guest's initial user namespace, and a process that has entered a new user
+ * namespace cannot join those (libcontainer enters the user namespace first). So the container
+ * *stays* in the pod's network, IPC, UTS and (shared) PID namespaces (the agent's, which it is
+ * cloned from) by not listing them; what it cannot mount for namespaces it does not own (sysfs,
+ * proc, mqueue) it binds from the guest instead (buildSpec). Each container gets a user
+ * namespace of its own with the pod's mapping; a TARGET container joins its target's.
+ */
+function usernsNamespaces(nsOpts: NamespaceOption | null | undefined, targetPid: number | undefined): OciNamespace[] {
+  const mode = (m: unknown) => (typeof m === 'string' ? m : 'POD');
+  const ns: OciNamespace[] = [{ type: 'mount' }];
+  const net = mode(nsOpts?.network);
+  const ipc = mode(nsOpts?.ipc);
+  const pid = mode(nsOpts?.pid);
+  if (net === 'NODE' || ipc === 'NODE' || pid === 'NODE') throw invalidArgument('host namespaces are not available inside a pod VM');
+  if (net === 'CONTAINER') ns.push({ type: 'network' });
+  if (ipc === 'CONTAINER') ns.push({ type: 'ipc' });
+  if (pid === 'TARGET') {
+    if (!targetPid) throw invalidArgument('namespace target container is not running');
+    ns.push({ type: 'user', path: `/proc/${targetPid}/ns/user` }, { type: 'pid', path: `/proc/${targetPid}/ns/pid` });
+  } else {
+    ns.push({ type: 'user' });
+    if (pid === 'CONTAINER') ns.push({ type: 'pid' });
+  }
   ns.push({ type: 'cgroup' });
   return ns;
 }
@@ -330,18 +372,25 @@ export function buildSpec(input: SpecInput): BuiltSpec {
   if (uid === undefined && !username) uid = 0;
   if (uid !== undefined && username) username = null;
   const extraGids = (sc.supplemental_groups ?? []).map(Number);
+  const groupsPolicy = sc.supplemental_groups_policy === 'Strict' ? 'strict' : 'merge';
 
   const caps = capabilities(sc, host?.heldCapabilities);
-  const ns = host ? hostNamespaces(sc.namespace_options, input.targetPid, host, sandboxConfig?.linux?.security_context?.namespace_options) : namespaces(sc.namespace_options, input.targetPid);
+  if (host && input.userns) throw invalidArgument('user namespaces are not available for host pods');
+  const ns = host ? hostNamespaces(sc.namespace_options, input.targetPid, host, sandboxConfig?.linux?.security_context?.namespace_options) : namespaces(sc.namespace_options, input.targetPid, input.userns);
   const ipcShared = ns.some((n) => n.type === 'ipc' && n.path);
   const hasUts = ns.some((n) => n.type === 'uts');
 
+  // a user-namespaced container binds the guest's sysfs, proc and mqueue of the pod's
+  // namespaces it stays in (it may not mount them); mounts a namespace of its own as usual
+  const own = (type: string) => !input.userns || ns.some((n) => n.type === type);
+  const guestBind = (destination: string, source: string, ro: boolean) =>
+    ({ destination, type: 'bind', source, options: ['rbind', 'nosuid', 'noexec', 'nodev', ro ? 'ro' : 'rw'] });
   const specMounts: any[] = [
-    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    own('pid') ? { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] } : guestBind('/proc', '/proc', false),
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
-    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', privileged ? 'rw' : 'ro'] },
+    own('ipc') ? { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] } : guestBind('/dev/mqueue', GUEST_MQUEUE, false),
+    own('network') ? { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', privileged ? 'rw' : 'ro'] } : guestBind('/sys', '/sys', !privileged),
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', privileged ? 'rw' : 'ro'] },
   ];
   if (!mounts.some((m) => m.destination === '/dev/shm')) {
@@ -371,7 +420,7 @@ export function buildSpec(input: SpecInput): BuiltSpec {
     ociVersion: '1.0.2',
     process: {
       terminal: !!config.tty,
-      user: { uid: uid ?? 0, gid: gid ?? 0, additionalGids: extraGids },
+      user: gid === undefined ? { uid: uid ?? 0, additionalGids: extraGids } : { uid: uid ?? 0, gid, additionalGids: extraGids },
       args: processArgs(config, img),
       env: envList(img.Env, config.envs),
       cwd: config.working_dir || img.WorkingDir || '/',
@@ -382,11 +431,14 @@ export function buildSpec(input: SpecInput): BuiltSpec {
       rlimits: [{ type: 'RLIMIT_NOFILE', hard: host ? Math.min(host.nofile, NOFILE) : NOFILE, soft: host ? Math.min(host.nofile, NOFILE) : NOFILE }],
     },
     root: { path: host ? host.rootfs : 'rootfs', readonly: !!sc.readonly_rootfs },
-    // a host-network pod's containers are in the host's UTS namespace: the hostname is not theirs to set
+    // a host-network pod's containers are in the host's UTS namespace, a user-namespaced
+    // container stays in the pod's: the hostname is not theirs to set
     hostname: hasUts ? sandboxConfig?.hostname || undefined : undefined,
     mounts: specMounts,
     linux: {
       namespaces: ns,
+      uidMappings: input.userns?.uids,
+      gidMappings: input.userns?.gids,
       resources: ociResources(linux.resources ?? {}, deviceRules(privileged, devices)),
       devices: deviceNodes(devices, privileged ? host?.hostDevices : undefined),
       maskedPaths,
@@ -395,5 +447,5 @@ export function buildSpec(input: SpecInput): BuiltSpec {
       cgroupsPath: host?.cgroupsPath,
     },
   };
-  return { spec, username: uid === undefined ? username : null };
+  return { spec, username: uid === undefined ? username : null, groupsPolicy };
 }

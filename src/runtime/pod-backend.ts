@@ -36,7 +36,10 @@ export interface PodEvent {
 /** Features a backend really implements, reported per runtime handler by RuntimeConfig/Status. */
 export interface BackendFeatures {
   recursiveReadOnlyMounts: boolean;
+  /** pods with userns_options mode POD (runtime/userns.ts) */
   userNamespaces: boolean;
+  /** SupplementalGroupsPolicy Strict honoured and the effective user reported (createContainer's `user`) */
+  supplementalGroupsPolicy: boolean;
 }
 
 /** A client's side of an attach (the streaming server's ProcessIO has this shape). */
@@ -88,9 +91,9 @@ export interface Pod {
    * deadline_exceeded after `timeoutMs`; a create the pod completes after that is undone by the
    * pod (nothing of an abandoned create may stay behind: the caller retries with a new id). With
    * `containerIo` the stdio stream ids are 0 and `io` says where the log goes and whether it
-   * takes stdin
+   * takes stdin. Says who its process runs as.
    */
-  createContainer(p: GuestParams<'container.create'>, timeoutMs: number, io?: { logPath: string; stdin: boolean }): Promise<void>;
+  createContainer(p: GuestParams<'container.create'>, timeoutMs: number, io?: { logPath: string; stdin: boolean }): Promise<Pick<GuestResult<'container.create'>, 'user'> | void>;
   startContainer(id: string): Promise<{ pid: number }>;
   signalContainer(id: string, signal: number, all: boolean): Promise<void>;
   /** the container must be stopped; frees what it holds in the pod */

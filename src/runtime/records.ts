@@ -86,6 +86,8 @@ export interface ContainerRecord {
   imageVolumes?: Array<{ containerPath: string; imageId: string }>;
   /** guest device cgroup rules of its raw block devices (kept across UpdateContainerResources) */
   deviceRules?: DeviceRule[];
+  /** the identity its process runs with, as the pod resolved it (CRI ContainerStatus.user) */
+  user?: { uid: number; gid: number; supplementalGroups: number[] };
 }
 
 /**

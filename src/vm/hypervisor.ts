@@ -50,6 +50,13 @@ export interface VmInfo {
   disks: DiskAttachment[];
 }
 
+/**
+ * Mode of a VM's share directory (the root of the guest's 9p mount). Searchable by everyone:
+ * a container in a user namespace mounts its binds out of the share as a mapped uid, which must
+ * reach them; nobody may list it, and on the host the VM directory around it stays root's.
+ */
+export const SHARE_DIR_MODE = 0o711;
+
 /** A file in a VM's runtime directory naming the VM when it differs from the directory (a warm spare taken by a pod). */
 export const VM_NAME_FILE = 'vm-name';
 

@@ -18,7 +18,7 @@ import type { AgentCallObserver, AgentClient } from '../agent/client';
 import { hello } from '../agent/hello';
 import type { Logger } from '../util/log';
 import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
-import { type Hypervisor, type Vm, VM_NAME_FILE, type VmSpec } from './hypervisor';
+import { type Hypervisor, SHARE_DIR_MODE, type Vm, VM_NAME_FILE, type VmSpec } from './hypervisor';
 import { createScratchTaps, SizeClass, TemplateManager } from './templates';
 
 export interface Spare {
@@ -149,7 +149,7 @@ export class SparePool {
   private async launch(key: string, size: SizeClass): Promise<Spare> {
     const name = `spare-${crypto.randomBytes(6).toString('hex')}`;
     const dir = path.join(this.o.dir, name);
-    await fsp.mkdir(path.join(dir, 'shared'), { recursive: true, mode: 0o700 });
+    await fsp.mkdir(path.join(dir, 'shared'), { recursive: true, mode: SHARE_DIR_MODE });
     const netns = size.nics > 0 ? `${this.netnsPrefix}${name.slice('spare-'.length)}` : undefined;
     let vm: Vm | undefined;
     let agent: AgentClient | undefined;

@@ -67,6 +67,7 @@ class FakePod implements Pod {
     this.calls.push(`create ${p.id}`);
     await this.holdCreate;
     if (this.failCreate) throw this.failCreate;
+    return {};
   }
   async startContainer() { return { pid: 1 }; }
   async signalContainer() {}
@@ -107,7 +108,7 @@ class FakePod implements Pod {
 
 class FakeBackend implements PodBackend {
   constructor(readonly kind = 'vm') {}
-  readonly features = { recursiveReadOnlyMounts: true, userNamespaces: false };
+  readonly features = { recursiveReadOnlyMounts: true, userNamespaces: false, supplementalGroupsPolicy: false };
   failStart?: Error;
   pods: FakePod[] = [];
   released: string[] = [];

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{AgentError, Ctx, Result};
+use crate::idmap::{self, IdMap, Mapping, UserNamespaces};
 use crate::reaper::{ExitStatus, Reaper};
 use crate::stdio::{self, StdioIds};
 use crate::streams::Streams;
@@ -55,6 +56,8 @@ pub struct Container {
     pub process: Value,
     /// spec.linux.seccomp: exec processes get it too (libcontainer's tenant path leaves it out)
     pub seccomp: Option<Value>,
+    /// the process runs in a user namespace (exec processes must join it: exec.rs)
+    pub userns: bool,
     pub execs: HashMap<String, Proc>,
 }
 
@@ -65,11 +68,13 @@ pub struct Containers {
     pub table: RefCell<HashMap<String, Container>>,
     pub reaper: Rc<Reaper>,
     pub streams: Rc<Streams>,
+    /// user namespaces of idmapped mounts, by mapping (`hostUsers: false` pods)
+    pub userns: UserNamespaces,
 }
 
 impl Containers {
     pub fn new(reaper: Rc<Reaper>, streams: Rc<Streams>) -> Rc<Containers> {
-        Rc::new(Containers { table: RefCell::new(HashMap::new()), reaper, streams })
+        Rc::new(Containers { table: RefCell::new(HashMap::new()), reaper, streams, userns: UserNamespaces::default() })
     }
 }
 
@@ -87,7 +92,19 @@ struct CreateParams {
     spec: Value,
     #[serde(default)]
     username: Option<String>,
+    /// "merge" (default): the image's /etc/group memberships of the user are added to the
+    /// supplementary groups; "strict": only the spec's own (CRI SupplementalGroupsPolicy)
+    #[serde(default)]
+    groups_policy: Option<String>,
     stdio: StdioIds,
+}
+
+/// The identity the container's process runs with (container.create's result, CRI
+/// ContainerStatus.user): supplementary groups start with the primary group, as `id -G` shows.
+struct EffectiveUser {
+    uid: u32,
+    gid: u32,
+    additional_gids: Vec<u32>,
 }
 
 #[derive(Deserialize)]
@@ -134,10 +151,23 @@ pub fn create(containers: &Rc<Containers>, params: Value) -> Result<Value> {
 }
 
 fn create_inner(containers: &Rc<Containers>, p: &CreateParams, image: &Path, dir: &Path, rootfs: &Path) -> Result<Value> {
-    let (spec, cgroup_rel) = prepare_spec(p, image, rootfs)?;
+    let (mut spec, cgroup_rel, user) = prepare_spec(p, image, rootfs)?;
     let prepared = stdio::prepare(&containers.streams, &p.stdio, dir, "console")?;
 
-    mount_rootfs(image, dir, rootfs)?;
+    let mapping = user_mapping(&spec)?;
+    let userns = mapping.is_some();
+    match mapping {
+        Some(m) => {
+            let userns = containers.userns.get(&m)?;
+            let lower = dir.join("lower");
+            idmap::idmapped_clone(image, &lower, &userns)?;
+            // the writable layer's root is the container root's (tmpfs cannot be idmapped in
+            // 6.1); before the overlay is mounted, which takes its root's owner from it then
+            mount_rootfs(&lower, dir, rootfs, Some((m.host_uid(0).unwrap_or(0), m.host_gid(0).unwrap_or(0))))?;
+            idmap_image_volumes(&mut spec, dir, &containers.userns, &m)?;
+        }
+        None => mount_rootfs(image, dir, rootfs, None)?,
+    }
     let spec = bind_tmpfs_sub_paths(spec, dir)?;
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec).ctx("encode spec")?).ctx("write config.json")?;
 
@@ -194,28 +224,75 @@ fn create_inner(containers: &Rc<Containers>, p: &CreateParams, image: &Path, dir
             cgroup_rel,
             process: spec.get("process").cloned().unwrap_or(Value::Null),
             seccomp: spec.pointer("/linux/seccomp").filter(|v| !v.is_null()).cloned(),
+            userns,
             execs: HashMap::new(),
         },
     );
-    Ok(json!({ "pid": 0 }))
+    Ok(json!({ "pid": 0, "user": { "uid": user.uid, "gid": user.gid, "additional_gids": user.additional_gids } }))
+}
+
+/// The spec's user namespace mapping when the container gets a user namespace of its own (or
+/// joins one: the mapping then tells how its root file system must be idmapped).
+fn user_mapping(spec: &Value) -> Result<Option<Mapping>> {
+    let has_userns = spec
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().any(|n| n.get("type").and_then(Value::as_str) == Some("user")))
+        .unwrap_or(false);
+    if !has_userns {
+        return Ok(None);
+    }
+    let maps = |k: &str| -> Result<Vec<IdMap>> {
+        let v = spec.pointer(&format!("/linux/{k}")).cloned().unwrap_or(Value::Null);
+        if v.is_null() {
+            return Err(AgentError::invalid(format!("a user namespace needs linux.{k}")));
+        }
+        serde_json::from_value(v).map_err(|e| AgentError::invalid(format!("linux.{k}: {e}")))
+    };
+    Ok(Some(Mapping::new(maps("uidMappings")?, maps("gidMappings")?)?))
+}
+
+/// Image volumes (binds out of an image mount) of a user-namespaced container come from an
+/// idmapped clone of the image mount, as its root file system does.
+fn idmap_image_volumes(spec: &mut Value, dir: &Path, userns: &UserNamespaces, m: &Mapping) -> Result<()> {
+    let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) else { return Ok(()) };
+    let mut clones: HashMap<String, PathBuf> = HashMap::new();
+    for mnt in mounts.iter_mut() {
+        let Some(src) = mnt.get("source").and_then(Value::as_str).map(String::from) else { continue };
+        let Ok(rel) = Path::new(&src).strip_prefix(IMAGES_DIR) else { continue };
+        let mut parts = rel.components();
+        let Some(Component::Normal(image)) = parts.next() else { continue };
+        let image = image.to_string_lossy().to_string();
+        if !clones.contains_key(&image) {
+            let at = dir.join("idmap").join(clones.len().to_string());
+            idmap::idmapped_clone(&Path::new(IMAGES_DIR).join(&image), &at, &userns.get(m)?)?;
+            clones.insert(image.clone(), at);
+        }
+        let new_src = clones[&image].join(parts.as_path());
+        mnt["source"] = json!(new_src);
+    }
+    Ok(())
 }
 
 /// overlay(lower = image, upper/work in tmpfs). A read-only rootfs gets the same overlay: the
 /// runtime must still create mount points (/etc/resolv.conf, volume targets) that the image
 /// lacks; `root.readonly` in the spec then makes libcontainer remount `/` read-only once the
 /// mounts are in place (what runc does with a containerd snapshot).
-fn mount_rootfs(image: &Path, dir: &Path, rootfs: &Path) -> Result<()> {
+fn mount_rootfs(image: &Path, dir: &Path, rootfs: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     let upper = dir.join("upper");
     let work = dir.join("work");
     std::fs::create_dir_all(&upper).ctx("mkdir upper")?;
     std::fs::create_dir_all(&work).ctx("mkdir work")?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(&upper, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid))).ctx("chown upper")?;
+    }
     let opts = format!("lowerdir={},upperdir={},workdir={}", image.display(), upper.display(), work.display());
     mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).ctx("mount overlay rootfs")?;
     Ok(())
 }
 
 /// Adjust the host-built spec to this guest: root path, terminal, user, cgroup, resolv.conf.
-fn prepare_spec(p: &CreateParams, image: &Path, rootfs: &Path) -> Result<(Value, PathBuf)> {
+fn prepare_spec(p: &CreateParams, image: &Path, rootfs: &Path) -> Result<(Value, PathBuf, EffectiveUser)> {
     let mut spec = p.spec.clone();
     spec["root"] = json!({ "path": rootfs, "readonly": p.rootfs.readonly });
     if !spec.get("ociVersion").map(Value::is_string).unwrap_or(false) {
@@ -231,35 +308,42 @@ fn prepare_spec(p: &CreateParams, image: &Path, rootfs: &Path) -> Result<(Value,
         process.insert("cwd".into(), json!("/"));
     }
 
-    // User: username from the image's /etc/passwd and /etc/group.
-    let user = process.entry("user").or_insert_with(|| json!({"uid": 0, "gid": 0}));
+    // User: a username from the image's /etc/passwd; the primary group from there unless the
+    // spec names one; the user's /etc/group memberships added unless the policy is strict.
+    let strict = match p.groups_policy.as_deref() {
+        None | Some("merge") => false,
+        Some("strict") => true,
+        Some(o) => return Err(AgentError::invalid(format!("groups_policy {o:?}: merge or strict"))),
+    };
+    let user = process.entry("user").or_insert_with(|| json!({"uid": 0}));
     if !user.is_object() {
         return Err(AgentError::invalid("spec.process.user must be an object"));
     }
-    let mut extra: Vec<u32> = user
+    let given: Vec<u32> = user
         .get("additionalGids")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|g| g.as_u64().map(|g| g as u32)).collect())
         .unwrap_or_default();
-    if let Some(name) = &p.username {
-        let (uid, gid, groups) = users::resolve(image, name)?;
-        user["uid"] = json!(uid);
-        user["gid"] = json!(gid);
-        extra.extend(groups);
-    } else {
-        let uid = user.get("uid").and_then(Value::as_u64).unwrap_or(0) as u32;
-        user["uid"] = json!(uid);
-        if user.get("gid").and_then(Value::as_u64).is_none() {
+    let (uid, primary, image_groups) = match &p.username {
+        Some(name) => users::resolve(image, name)?,
+        None => {
+            let uid = user.get("uid").and_then(Value::as_u64).unwrap_or(0) as u32;
             let (gid, groups) = users::by_uid(image, uid);
-            user["gid"] = json!(gid);
-            extra.extend(groups);
+            (uid, gid, groups)
         }
+    };
+    let gid = user.get("gid").and_then(Value::as_u64).map(|g| g as u32).unwrap_or(primary);
+    let mut extra: Vec<u32> = vec![gid];
+    extra.extend(given);
+    if !strict {
+        extra.extend(image_groups);
     }
-    extra.sort_unstable();
-    extra.dedup();
-    if !extra.is_empty() {
-        user["additionalGids"] = json!(extra);
-    }
+    let mut seen = std::collections::HashSet::new();
+    extra.retain(|g| seen.insert(*g));
+    user["uid"] = json!(uid);
+    user["gid"] = json!(gid);
+    user["additionalGids"] = json!(extra);
+    let effective = EffectiveUser { uid, gid, additional_gids: extra };
 
     // cgroup: an absolute plain path from the host, else /podvisor/<id>.
     let linux = spec.as_object_mut().unwrap().entry("linux").or_insert_with(|| json!({}));
@@ -308,7 +392,7 @@ fn prepare_spec(p: &CreateParams, image: &Path, rootfs: &Path) -> Result<(Value,
     }
     // Validate through oci-spec now: a clear invalid_argument beats a failure deep in create.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| AgentError::invalid(format!("spec: {e}")))?;
-    Ok((spec, cgroup_rel))
+    Ok((spec, cgroup_rel, effective))
 }
 
 /// Directory of a container's binds of tmpfs volume sub paths (tmpfs.rs).
@@ -363,6 +447,18 @@ fn cleanup(id: &str, dir: &Path) {
     for _ in 0..4 {
         if umount2(&rootfs, MntFlags::MNT_DETACH).is_err() {
             break;
+        }
+    }
+    // idmapped clones of image mounts (user-namespaced containers): never delete through them
+    let mut clones = vec![dir.join("lower")];
+    if let Ok(rd) = std::fs::read_dir(dir.join("idmap")) {
+        clones.extend(rd.flatten().map(|e| e.path()));
+    }
+    for c in clones {
+        let _ = umount2(&c, MntFlags::MNT_DETACH);
+        if crate::disks::is_mountpoint(&c.to_string_lossy()) {
+            log!("container {id}: {} is still mounted; its directory stays", c.display());
+            return;
         }
     }
     if unbind_tmpfs_sub_paths(dir) {

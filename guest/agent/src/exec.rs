@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::containers::{check_signal, Containers, Proc, Status, YOUKI_ROOT};
+use crate::userns::UsernsEntry;
 use crate::error::{AgentError, Ctx, Result};
 use crate::stdio::{self, StdioIds};
 use crate::util::check_id;
@@ -56,7 +57,7 @@ pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
             return Err(AgentError::invalid("cwd must be absolute"));
         }
     }
-    let (dir, mut process, seccomp) = {
+    let (dir, mut process, seccomp, userns_of) = {
         let cs = containers.table.borrow();
         let c = cs.get(&p.container_id).ok_or_else(|| AgentError::not_found(format!("container {}", p.container_id)))?;
         if c.status != Status::Running {
@@ -65,15 +66,21 @@ pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
         if c.execs.get(&p.exec_id).map(|e| e.exit.is_none()).unwrap_or(false) {
             return Err(AgentError::exists(format!("exec {} is running", p.exec_id)));
         }
-        (c.dir.clone(), c.process.clone(), c.seccomp.clone())
+        (c.dir.clone(), c.process.clone(), c.seccomp.clone(), c.userns.then_some(c.init.pid))
     };
 
     // The exec process: the container's process spec with args/env/cwd/terminal replaced.
     let obj = process.as_object_mut().ok_or_else(|| AgentError::internal("container has no process spec"))?;
-    let executor = match seccomp {
+    // libcontainer's tenant path does not join a user namespace: the executor does (userns.rs)
+    let userns = match userns_of {
+        Some(pid) => Some(UsernsEntry::prepare(pid, obj)?),
+        None => None,
+    };
+    let seccomp = match seccomp {
         Some(s) => Some(SeccompExecutor::prepare(s, obj)?),
         None => None,
     };
+    let executor = (userns.is_some() || seccomp.is_some()).then(|| ExecExecutor { userns, seccomp });
     obj.insert("args".into(), json!(p.args));
     obj.insert("terminal".into(), json!(p.tty));
     obj.remove("consoleSize");
@@ -236,8 +243,36 @@ impl SeccompExecutor {
     }
 }
 
-impl Executor for SeccompExecutor {
+/// What an exec process does last, in itself, before execve: join its container's user
+/// namespace (taking the container's identity and capabilities there), then load its
+/// container's seccomp filter.
+#[derive(Clone)]
+struct ExecExecutor {
+    userns: Option<UsernsEntry>,
+    seccomp: Option<SeccompExecutor>,
+}
+
+impl Executor for ExecExecutor {
     fn exec(&self, spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        if let Some(u) = &self.userns {
+            u.enter().map_err(|e| ExecutorError::Other(format!("joining the container's user namespace: {e}")))?;
+        }
+        if let Some(s) = &self.seccomp {
+            s.load()?;
+        }
+        if let Some(u) = &self.userns {
+            u.final_caps().map_err(|e| ExecutorError::Other(format!("capabilities in the container's user namespace: {e}")))?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+impl SeccompExecutor {
+    fn load(&self) -> std::result::Result<(), ExecutorError> {
         match libcontainer::seccomp::initialize_seccomp(&self.seccomp) {
             Ok(None) => {}
             // a notify filter needs a listener to hand the fd to; exec processes have none
@@ -252,10 +287,6 @@ impl Executor for SeccompExecutor {
                 caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN).map_err(|e| ExecutorError::Other(format!("dropping CAP_SYS_ADMIN: {e}")))?;
             }
         }
-        DefaultExecutor {}.exec(spec)
-    }
-
-    fn validate(&self, spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
+        Ok(())
     }
 }

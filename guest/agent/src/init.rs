@@ -154,6 +154,9 @@ pub fn stage2() {
     for d in ["/run/podvisor", "/run/podvisor/containers", "/run/podvisor/images", "/run/podvisor/youki"] {
         let _ = std::fs::create_dir_all(d);
     }
+    // The pod IPC namespace's POSIX message queues, for containers in a user namespace of their
+    // own: they cannot mount mqueue for an IPC namespace they do not own, so they bind this.
+    mnt("mqueue", "/run/podvisor/mqueue", "mqueue", nosuid, None);
     loopback_up();
     // From here on the kernel's module requests reach modprobe.rs (during boot there is no
     // /sbin/modprobe, so they fail at once, as before).

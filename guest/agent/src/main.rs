@@ -10,6 +10,7 @@ mod error;
 mod exec;
 mod frame;
 mod handshake;
+mod idmap;
 mod init;
 mod modprobe;
 mod modules;
@@ -28,6 +29,7 @@ mod stdio;
 mod streams;
 mod tmpfs;
 mod users;
+mod userns;
 mod util;
 
 pub const PORT_NAME: &str = "podvisor.agent";
@@ -64,6 +66,22 @@ impl std::io::Write for FdWriter {
     }
 }
 
+/// Containers get RLIMIT_NOFILE 1048576 (the host's spec). One in a user namespace of its own
+/// sets it after entering that namespace, where raising a hard limit is refused (that takes
+/// CAP_SYS_RESOURCE in the initial namespace): so PID 1's hard limit, which every container
+/// starts from, is that ceiling already.
+fn raise_nofile_ceiling() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_max < 1_048_576 {
+            r.rlim_max = 1_048_576;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                log!("raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Rust starts with SIGPIPE ignored, and an ignored signal stays ignored across exec: every
@@ -96,6 +114,7 @@ fn main() {
     }
     if pid1 {
         init::stage2();
+        raise_nofile_ceiling();
     }
     log!("agent {} starting", env!("CARGO_PKG_VERSION"));
     if std::env::var_os("podvisor_debug").is_some() {

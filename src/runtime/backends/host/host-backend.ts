@@ -53,7 +53,7 @@ function nsModes(config: PodSandboxConfig): { net: boolean; ipc: boolean; pid: s
 
 export class HostPodBackend implements PodBackend {
   readonly kind = 'host';
-  readonly features: BackendFeatures = { recursiveReadOnlyMounts: false, userNamespaces: false };
+  readonly features: BackendFeatures = { recursiveReadOnlyMounts: false, userNamespaces: false, supplementalGroupsPolicy: false };
   private readonly stateDir: string;
   private readonly rootDir: string;
   private readonly containers: HostContainers;

@@ -10,12 +10,13 @@ import type { AgentCallObserver } from '../../../agent/client';
 import type { Config } from '../../../config/config';
 import type { Logger } from '../../../util/log';
 import { failedPrecondition } from '../../../util/errors';
-import type { Hypervisor, Vm } from '../../../vm/hypervisor';
+import { SHARE_DIR_MODE, type Hypervisor, type Vm } from '../../../vm/hypervisor';
 import type { Spare, SparePool } from '../../../vm/spares';
 import type { NetworkDriver, PodNetwork } from '../../../../network/network-driver';
 import type { VolumeManager } from '../../../../storage/volume-manager';
 import { cgroupParentPath, enterPodCgroup, podCgroupDirs, removeCgroups } from '../../pod-cgroup';
 import { faultPoint } from '../../../util/fault';
+import { podUserNamespace } from '../../userns';
 import type { BackendFeatures, PodBackend, PodEvent } from '../../pod-backend';
 import type { SandboxRecord } from '../../records';
 import { VmPod } from './vm-pod';
@@ -48,8 +49,11 @@ export interface VmPodBackendOptions {
 
 export class VmPodBackend implements PodBackend {
   readonly kind = 'vm';
-  /** read-only mounts are made recursive in the guest (containers' mounts there); user namespaces are not offered */
-  readonly features: BackendFeatures = { recursiveReadOnlyMounts: true, userNamespaces: false };
+  /**
+   * read-only mounts are made recursive in the guest (containers' mounts there); user
+   * namespaces with the image idmapped in the guest; groups resolved by the agent per policy
+   */
+  readonly features: BackendFeatures = { recursiveReadOnlyMounts: true, userNamespaces: true, supplementalGroupsPolicy: true };
 
   constructor(private readonly o: VmPodBackendOptions) {}
 
@@ -74,6 +78,7 @@ export class VmPodBackend implements PodBackend {
     }
     if (nsOpts.pid === 'NODE' || nsOpts.ipc === 'NODE') throw failedPrecondition('podvisor runs every pod in its own VM: host PID/IPC namespaces are not available');
     if (config.linux?.cgroup_parent) cgroupParentPath(config.linux.cgroup_parent, this.o.cfg.cgroupDriver);
+    podUserNamespace(config); // INVALID_ARGUMENT for a user namespace it cannot run
   }
 
   async start(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<VmPod> {
@@ -117,7 +122,7 @@ export class VmPodBackend implements PodBackend {
       }
     }
     const share = path.join(dir, 'shared');
-    await fsp.mkdir(share, { recursive: true, mode: 0o700 });
+    await fsp.mkdir(share, { recursive: true, mode: SHARE_DIR_MODE });
     if (networked) rec.network = await this.o.network.setUp(networkRequest(rec));
     faultPoint('sandbox.run:network-up');
     const net = rec.network;

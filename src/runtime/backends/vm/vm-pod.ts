@@ -179,12 +179,13 @@ export class VmPod implements Pod, PodVolumeTarget {
    * deadline): its answer is still awaited, and a container it then reports created is deleted in
    * the guest, since no host record names it and the caller retries with a fresh id.
    */
-  async createContainer(p: GuestParams<'container.create'>, timeoutMs: number): Promise<void> {
+  async createContainer(p: GuestParams<'container.create'>, timeoutMs: number): Promise<Pick<GuestResult<'container.create'>, 'user'>> {
     const created = this.agent.call('container.create', p, Math.max(timeoutMs, ABANDONED_CREATE_WAIT_MS));
     let timer: NodeJS.Timeout | undefined;
     const gaveUp = new Promise<'gave-up'>((resolve) => (timer = setTimeout(() => resolve('gave-up'), timeoutMs)));
     try {
-      if ((await Promise.race([created, gaveUp])) !== 'gave-up') return;
+      const res = await Promise.race([created, gaveUp]);
+      if (res !== 'gave-up') return { user: res?.user };
     } finally {
       clearTimeout(timer);
     }
