@@ -25,7 +25,7 @@ log() { echo "build.sh: $*" >&2; }
 # crypto algorithm, which the kernel would find through modprobe; we load it up front.
 BOOT_MODULES=(
   crc32c_generic virtio_mmio virtio_console virtio_rng virtio_scsi sd_mod virtio_blk virtio_net
-  erofs overlay 9p 9pnet_virtio
+  erofs overlay 9p 9pnet_virtio virtio_balloon
 )
 # Modules loaded on first use, by group (/lib/modules/podvisor.late: "group path" lines):
 # they are large (ext4 2 MB, xfs 4 MB, nfs 3.4 MB) and loading them costs boot time under TCG.

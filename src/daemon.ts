@@ -21,6 +21,7 @@ import type { Logger } from './util/log';
 import { ContainerManager } from './runtime/containers';
 import { SandboxManager } from './runtime/sandboxes';
 import { PodBackends } from './runtime/pod-backend';
+import { bootSize } from './runtime/resize';
 import { VmPodBackend } from './runtime/backends/vm/vm-backend';
 import { HostPodBackend } from './runtime/backends/host/host-backend';
 import { startServer } from './server';
@@ -84,7 +85,8 @@ export class Daemon {
         prebuild: this.sizeClasses(),
         spares: cfg.vm.templateSpares,
         sparesDir: path.join(cfg.state, 'spares'),
-        defaultSize: { vcpus: cfg.vm.defaultVcpus, memoryMiB: cfg.vm.defaultMemoryMiB },
+        // a default pod's VM boots at its resize ceiling: spares are of that class
+        defaultSize: bootSize({ vcpus: cfg.vm.defaultVcpus, memoryMiB: cfg.vm.defaultMemoryMiB }, cfg.vm),
       } : undefined,
     });
     this.pool = pool;

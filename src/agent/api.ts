@@ -133,6 +133,8 @@ export interface GuestMethods {
     /** figures per container and of the pod (guest/agent/src/stats.rs); untrusted, checked by runtime/stats.ts */
     result: { containers?: unknown[]; memory_total?: unknown; memory_available?: unknown; layer_fs?: unknown; interfaces?: unknown };
   };
+  /** in-place resize: vCPUs 0..online-1 online, the rest offline (1 ≤ online ≤ the boot count) */
+  'vm.cpus': { params: { online: number }; result: { online: number; present: number } };
   shutdown: { params: Record<string, never>; result: Record<string, never> };
 }
 
@@ -144,5 +146,5 @@ export type GuestResult<M extends GuestMethod> = GuestMethods[M]['result'];
 export const GUEST_METHODS: readonly GuestMethod[] = [
   'hello', 'sandbox.setup', 'network.configure', 'disk.mount', 'disk.device', 'disk.unmount', 'nfs.mount', 'tmpfs.mount',
   'container.create', 'container.start', 'container.signal', 'container.delete', 'container.state', 'container.update',
-  'exec.start', 'process.signal', 'process.resize', 'portforward.connect', 'stats', 'shutdown',
+  'exec.start', 'process.signal', 'process.resize', 'portforward.connect', 'stats', 'vm.cpus', 'shutdown',
 ];

@@ -20,7 +20,7 @@ export interface Report { ok: boolean; accelerator: { accel: 'kvm' | 'tcg'; reas
 
 const DEFAULT_CONFIG = '/etc/podvisor/config.toml';
 /** QEMU devices a pod VM uses (src/vm/qemu.ts) */
-const QEMU_DEVICES = ['virtio-serial-device', 'virtserialport', 'virtio-scsi-device', 'scsi-hd', 'virtio-rng-device', 'virtio-9p-device', 'virtio-net-device'];
+const QEMU_DEVICES = ['virtio-serial-device', 'virtserialport', 'virtio-scsi-device', 'scsi-hd', 'virtio-rng-device', 'virtio-balloon-device', 'virtio-9p-device', 'virtio-net-device'];
 const TMPFS_MAGIC = 0x01021994;
 /** cgroup controllers pod VMs are limited with */
 const CONTROLLERS = ['cpu', 'memory', 'pids'];

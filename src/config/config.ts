@@ -37,6 +37,15 @@ export interface Config {
     defaultMemoryMiB: number;
     maxVcpus: number;
     maxMemoryMiB: number;
+    /**
+     * In-place resize ceilings of every pod VM (runtime/resize.ts): a VM boots with
+     * max(its size, these) vCPUs and MiB of RAM and runs at its size, CPUs beyond it offline in
+     * the guest and RAM beyond it in a balloon, so UpdatePodSandboxResources and
+     * UpdateContainerResources can grow it up to the ceiling. 0: the pod's boot size is its
+     * ceiling (it can shrink and grow back, never beyond).
+     */
+    resizeVcpus: number;
+    resizeMemoryMiB: number;
     bootTimeoutS: number;
     stopTimeoutS: number;
     /** start pods as clones of VM templates (falls back to cold boot) */
@@ -138,6 +147,8 @@ export function defaultConfig(): Config {
       defaultMemoryMiB: 256,
       maxVcpus: 8,
       maxMemoryMiB: 16384,
+      resizeVcpus: 0,
+      resizeMemoryMiB: 0,
       bootTimeoutS: 30,
       stopTimeoutS: 10,
       template: true,
@@ -173,6 +184,8 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   default_memory_mib: 'defaultMemoryMiB',
   max_vcpus: 'maxVcpus',
   max_memory_mib: 'maxMemoryMiB',
+  resize_vcpus: 'resizeVcpus',
+  resize_memory_mib: 'resizeMemoryMiB',
   boot_timeout_s: 'bootTimeoutS',
   stop_timeout_s: 'stopTimeoutS',
   template: 'template',
@@ -303,6 +316,7 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
   if (!['cgroupfs', 'systemd'].includes(cfg.cgroupDriver)) throw new ConfigError(`${file}: cgroup_driver must be cgroupfs or systemd`);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.vm.accelerator)) throw new ConfigError(`${file}: vm.accelerator must be auto, kvm or tcg`);
   if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
+  if (![cfg.vm.resizeVcpus, cfg.vm.resizeMemoryMiB].every(Number.isInteger)) throw new ConfigError(`${file}: vm.resize_vcpus and vm.resize_memory_mib must be integers`);
   if (!Number.isInteger(cfg.vm.templateSpares) || cfg.vm.templateSpares > 16) throw new ConfigError(`${file}: vm.template_spares must be an integer 0..16`);
   if (!Number.isInteger(cfg.vm.tcgCodeMiB) || cfg.vm.tcgCodeMiB < 4 || cfg.vm.tcgCodeMiB > 1024) throw new ConfigError(`${file}: vm.tcg_code_mib must be an integer 4..1024`);
   if (cfg.metrics.address) {

@@ -1,5 +1,6 @@
-// RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
-import type { ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse } from '../../cri-api/messages';
+// RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox,
+// UpdatePodSandboxResources (in-place resize of the pod VM: runtime/resize.ts).
+import type { ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse, UpdatePodSandboxResourcesRequest, UpdatePodSandboxResourcesResponse } from '../../cri-api/messages';
 import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
 import type { SandboxRecord } from '../runtime/records';
@@ -57,6 +58,13 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
       return {};
     },
 
+    async UpdatePodSandboxResources(req: UpdatePodSandboxResourcesRequest): Promise<UpdatePodSandboxResourcesResponse> {
+      // `overhead` is the RuntimeClass's, already part of the pod cgroup kubelet sizes; the VM
+      // is sized for `resources`, the sum of the containers', as at RunPodSandbox
+      await sandboxes.updateResources(requireString(req.pod_sandbox_id, 'pod_sandbox_id'), req.resources);
+      return {};
+    },
+
     async PodSandboxStatus(req: PodSandboxStatusRequest): Promise<PodSandboxStatusResponse> {
       const sb = sandboxes.get(requireString(req.pod_sandbox_id, 'pod_sandbox_id'));
       const rec = sb.rec;
@@ -71,8 +79,10 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
             accelerator: rec.vm.accelerator,
             boot: rec.vm.bootMode,
             spare: rec.vm.spare ?? false,
-            vcpus: rec.vm.vcpus,
-            memoryMiB: rec.vm.memoryMiB,
+            // the size it runs at, and the ceiling it may be resized up to (the boot size)
+            vcpus: rec.size?.vcpus ?? rec.vm.vcpus,
+            memoryMiB: rec.size?.memoryMiB ?? rec.vm.memoryMiB,
+            ceiling: { vcpus: rec.vm.vcpus, memoryMiB: rec.vm.memoryMiB },
             alive: !!sb.pod?.alive(),
           },
           agentVersion: rec.agentVersion,

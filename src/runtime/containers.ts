@@ -380,6 +380,8 @@ export class ContainerManager {
     if (!linux) throw invalidArgument('linux resources are required');
     const c = this.get(id);
     if (c.rec.state !== 'CONTAINER_RUNNING' && c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is not running`);
+    // the pod first: limits beyond what it runs at make it grow (or fail before anything changed)
+    await this.sandboxes.growFor(c.rec.sandboxId, linux);
     try {
       await this.podOf(c).updateContainer(c.rec.id, ociResources(linux, c.rec.deviceRules ?? []));
     } catch (err) {

@@ -17,6 +17,7 @@ import type { PodVolumeTarget } from '../../storage/volume-driver';
 import type { ImageMount, SandboxRecord } from './records';
 import type { MemoryVolumeSpec } from './memory-volume';
 import type { SpecTarget } from './oci-spec';
+import type { PodSize } from './resize';
 
 /** A byte stream between the host and a pod's process (stdio, exec, port-forward). */
 export interface PodStream extends Duplex {
@@ -143,6 +144,13 @@ export interface Pod {
    * pod gives its namespace files, the container's root file system and cgroup.
    */
   specTarget?(containerId: string, privileged: boolean): Promise<SpecTarget>;
+
+  /**
+   * In-place resize (runtime/resize.ts), where the backend can: the size in effect and the most
+   * it can grow to, and a change to a size within that (done whole or not at all).
+   */
+  readonly sizing?: { current: PodSize; ceiling: PodSize };
+  resize?(size: PodSize): Promise<void>;
 
   /**
    * ends the pod's processes: polite first, killed after `graceMs`. `discard`: the caller has

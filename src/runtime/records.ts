@@ -40,6 +40,8 @@ export interface SandboxRecord {
   cgroups?: string[];
   /** a host pod's (backends/host/): its directory and pinned namespaces */
   host?: HostPodState;
+  /** the size the pod runs at (runtime/resize.ts); absent: the VM's boot size (rec.vm) */
+  size?: { vcpus: number; memoryMiB: number };
 }
 
 /** What a host pod holds on the host (backends/host/pinned-ns.ts makes it). */

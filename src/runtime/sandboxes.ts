@@ -2,7 +2,7 @@
 // the pod backend from the runtime handler ([runtime] handlers) and has it make the pod; stop
 // ends the pod (after its containers); remove forgets it. Records are durable, and a restarted
 // daemon reconnects to the pods that are still running through their backends.
-import type { PodSandboxConfig, PodSandboxFilter } from '../../cri-api/messages';
+import type { LinuxContainerResources, PodSandboxConfig, PodSandboxFilter } from '../../cri-api/messages';
 import crypto from 'node:crypto';
 import { failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../util/errors';
 import type { Logger } from '../util/log';
@@ -17,6 +17,7 @@ import { labelsMatch, SandboxRecord } from './records';
 import { nowNs } from './container-log';
 import path from 'node:path';
 import { faultPoint } from '../util/fault';
+import { checkResize, neededSize, podSize, type PodSize } from './resize';
 
 export interface Sandbox {
   rec: SandboxRecord;
@@ -205,6 +206,41 @@ export class SandboxManager {
     if (!sb) return;
     if (sb.pod) await sb.pod.unbindHostPaths(rel).catch(() => undefined);
     else await this.backendOf(sb.rec).dropHostPaths(sb.rec, rel);
+  }
+
+  /**
+   * UpdatePodSandboxResources: the pod runs at the size its new resources (the sum of its
+   * containers') ask for, within its ceiling; beyond it nothing changes and this says so.
+   */
+  async updateResources(id: string, resources: LinuxContainerResources | null | undefined): Promise<void> {
+    if (!resources) throw invalidArgument('resources are required');
+    const sb = this.get(id);
+    await this.resizeTo(sb, () => podSize(resources, this.cfg.vm), 'update pod sandbox resources');
+  }
+
+  /**
+   * A container's new limits (UpdateContainerResources) may need more than the pod runs at: the
+   * pod grows (never shrinks) to fit them first, within its ceiling.
+   */
+  async growFor(id: string, resources: LinuxContainerResources): Promise<void> {
+    const sb = this.get(id);
+    const need = neededSize(resources);
+    if (!sb.pod?.sizing) return; // a backend without resize: its cgroups alone bound the container
+    await this.resizeTo(sb, (cur) => ({ vcpus: Math.max(cur.vcpus, need.vcpus), memoryMiB: Math.max(cur.memoryMiB, need.memoryMiB) }), 'update container resources');
+  }
+
+  private async resizeTo(sb: Sandbox, target: (current: PodSize) => PodSize, what: string): Promise<void> {
+    await this.lock.run(sb.rec.id, async () => {
+      const pod = sb.pod;
+      if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not running`);
+      if (!pod.sizing || !pod.resize) throw failedPrecondition(`${what}: pods of the ${JSON.stringify(sb.rec.backend ?? 'vm')} backend cannot be resized in place`);
+      const { current, ceiling } = pod.sizing;
+      const want = checkResize(target(current), ceiling, what);
+      if (want.vcpus === current.vcpus && want.memoryMiB === current.memoryMiB) return;
+      await pod.resize(want);
+      sb.rec.size = want;
+      await this.save(sb);
+    });
   }
 
   async stop(id: string): Promise<void> {

@@ -106,6 +106,12 @@ export interface Vm {
    * `statePath`; its RAM stays in the template's memory file. Clones restore from the pair.
    */
   snapshot(statePath: string): Promise<void>;
+  /**
+   * RAM the guest may use, MiB, at most the boot size: a balloon holds the rest. Resolves once
+   * the guest has given up or got back the difference; when it cannot within `timeoutMs` (the
+   * RAM is in use) the previous amount is asked back and this rejects.
+   */
+  setMemory(mib: number, timeoutMs: number): Promise<void>;
   /** asks the VM to power off, then kills it after `graceMs`; resolves when the process is gone */
   stop(graceMs: number): Promise<void>;
 }

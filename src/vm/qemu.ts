@@ -44,6 +44,7 @@ export function launcherPath(o: Pick<QemuOptions, 'kernel' | 'launcher'>): strin
 }
 
 const AGENT_PORT = 'podvisor.agent';
+const MIB = 1024 * 1024;
 export const SHARE_TAG = 'podshare';
 
 /** Host TSC in kHz: TCG guests can hang calibrating without this hint. */
@@ -66,7 +67,8 @@ export function kernelCmdline(extra: string): string {
 
 // Bump when the device layout below changes: templates are keyed on it.
 // 3: NICs are tap file descriptors opened by podvisor-launch (QEMU runs in the host netns).
-export const DEVICE_LAYOUT_VERSION = 3;
+// 4: a virtio-balloon device (in-place resize: RAM beyond a pod's size is ballooned).
+export const DEVICE_LAYOUT_VERSION = 4;
 
 export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator' | 'tcgCodeMiB'>, boot: Boot = { mode: 'cold' }): string[] {
   const f = (name: string) => path.join(spec.dir, name);
@@ -93,6 +95,9 @@ export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramf
     '-device', 'virtio-scsi-device,id=scsi0',
     '-object', 'rng-random,id=rng0,filename=/dev/urandom',
     '-device', 'virtio-rng-device,rng=rng0',
+    // in-place resize (runtime/resize.ts): RAM beyond the pod's size; no deflate-on-oom, so a
+    // pod cannot take back what it was resized down from
+    '-device', 'virtio-balloon-device,id=balloon0',
     '-fsdev', `local,id=share,path=${spec.sharePath},security_model=passthrough,multidevs=remap`,
     '-device', `virtio-9p-device,fsdev=share,mount_tag=${SHARE_TAG}`,
     '-qmp', `unix:${f('qmp.sock')},server=on,wait=off`,
@@ -409,6 +414,25 @@ export class QemuVm implements Vm {
    */
   async bindIntoMountNs(src: string, dst: string, readonly: boolean): Promise<void> {
     await run(this.launcher, ['bind', ...(readonly ? ['--ro'] : []), `/proc/${this.info.pid}/ns/mnt`, src, dst]);
+  }
+
+  async setMemory(mib: number, timeoutMs: number): Promise<void> {
+    if (!Number.isInteger(mib) || mib < 1 || mib > this.info.memoryMiB) throw new Error(`guest RAM ${mib} MiB is outside 1..${this.info.memoryMiB} MiB`);
+    const actual = async () => Number((await this.qmp.execute('query-balloon')).actual) / MIB;
+    const before = await actual();
+    const reach = async (target: number, until: number): Promise<boolean> => {
+      await this.qmp.execute('balloon', { value: target * MIB });
+      // the guest moves pages a batch at a time; within a MiB of the target is there
+      for (;;) {
+        if (Math.abs((await actual()) - target) < 1) return true;
+        if (Date.now() > until) return false;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    if (await reach(mib, Date.now() + timeoutMs)) return;
+    const stuck = Math.round(await actual());
+    await reach(Math.round(before), Date.now() + timeoutMs).catch(() => false);
+    throw new Error(`the guest did not get to ${mib} MiB of RAM within ${timeoutMs} ms (stuck at ${stuck} MiB; asked back ${Math.round(before)} MiB)`);
   }
 
   /** x-ignore-shared: the RAM (the template's memory file) is not written into the state */

@@ -318,6 +318,7 @@ class FakeVm implements Vm {
   reserveScsiIds() {}
   async bindIntoMountNs() {}
   async snapshot() {}
+  async setMemory() {}
   async stop() { this.stopped = true; }
 }
 

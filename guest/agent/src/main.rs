@@ -5,6 +5,7 @@
 mod agent;
 mod conn;
 mod containers;
+mod cpus;
 mod disks;
 mod error;
 mod exec;

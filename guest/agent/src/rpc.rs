@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::{containers, disks, exec, network, nfs, portforward, sandbox, stats, tmpfs};
+use crate::{containers, cpus, disks, exec, network, nfs, portforward, sandbox, stats, tmpfs};
 
 pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<Value> {
     match method {
@@ -28,6 +28,7 @@ pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<
         "process.resize" => exec::resize(&agent.containers, params),
         "portforward.connect" => portforward::connect(&agent.streams, params).await,
         "stats" => stats::stats(&agent.containers, params),
+        "vm.cpus" => cpus::set_online(params),
         "shutdown" => Ok(json!({})), // the caller powers off after the response is flushed
         _ => Err(AgentError::invalid(format!("unknown method {method:?}"))),
     }

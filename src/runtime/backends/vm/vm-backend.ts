@@ -17,21 +17,15 @@ import type { VolumeManager } from '../../../../storage/volume-manager';
 import { cgroupParentPath, enterPodCgroup, podCgroupDirs, removeCgroups } from '../../pod-cgroup';
 import { faultPoint } from '../../../util/fault';
 import { podUserNamespace } from '../../userns';
+import { bootSize, podSize, type PodSize } from '../../resize';
 import type { BackendFeatures, PodBackend, PodEvent } from '../../pod-backend';
 import type { SandboxRecord } from '../../records';
 import { VmPod } from './vm-pod';
 import { networkRequest, podDns, podHostname } from '../../pod-config';
 
-export function vmSize(config: PodSandboxConfig, vm: Config['vm']): { vcpus: number; memoryMiB: number } {
-  const r = config?.linux?.resources ?? {};
-  const quota = Number(r.cpu_quota ?? 0);
-  const period = Number(r.cpu_period ?? 0) || 100_000;
-  const cpus = quota > 0 ? Math.ceil(quota / period) : 0;
-  const memMiB = Math.ceil(Number(r.memory_limit_in_bytes ?? 0) / (1024 * 1024));
-  return {
-    vcpus: Math.min(vm.maxVcpus, Math.max(vm.defaultVcpus, cpus)),
-    memoryMiB: Math.min(vm.maxMemoryMiB, Math.max(vm.defaultMemoryMiB, memMiB)),
-  };
+/** The VM size a pod's resources ask for (runtime/resize.ts). */
+export function vmSize(config: PodSandboxConfig, vm: Config['vm']): PodSize {
+  return podSize(config?.linux?.resources, vm);
 }
 
 export interface VmPodBackendOptions {
@@ -82,14 +76,21 @@ export class VmPodBackend implements PodBackend {
   }
 
   async start(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<VmPod> {
+    // the VM boots at its resize ceiling and runs at the pod's size (runtime/resize.ts)
     const size = vmSize(rec.config, this.o.cfg.vm);
+    const boot = bootSize(size, this.o.cfg.vm);
     const net = this.o.network.ready();
     const networked = net.ready;
     if (!networked) this.o.logger.warn({ sandbox: rec.id, why: net.message }, 'no pod network configured: the pod gets loopback only');
-    const cls = { ...size, nics: networked ? 1 : 0 };
+    const cls = { ...boot, nics: networked ? 1 : 0 };
     const made: { pod?: VmPod } = {};
     try {
-      return await this.bootVm(rec, size, this.o.spares?.take(cls), networked, onEvent, made);
+      const pod = await this.bootVm(rec, boot, this.o.spares?.take(cls), networked, onEvent, made);
+      if (size.vcpus !== boot.vcpus || size.memoryMiB !== boot.memoryMiB) {
+        await pod.resize(size);
+        rec.size = size;
+      }
+      return pod;
     } catch (err) {
       await made.pod?.stop(1000).catch(() => undefined);
       await this.leaveCgroup(rec).catch((e) => this.o.logger.error({ sandbox: rec.id, err: e }, 'cgroup removal after a failed start'));
@@ -224,7 +225,7 @@ export class VmPodBackend implements PodBackend {
     const vm = await this.o.hypervisor.reconnect(rec.vm);
     if (!vm) return undefined;
     vm.reserveScsiIds(await this.o.volumes.scsiIds(rec.id));
-    const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id, this.o.agentCalls);
+    const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id, this.o.agentCalls, rec.size);
     pod.onEvent(onEvent);
     try {
       // as long as a boot may take: on a loaded host a running guest can be as slow to answer,

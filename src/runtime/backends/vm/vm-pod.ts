@@ -18,6 +18,7 @@ import { deadlineExceeded } from '../../../util/errors';
 import { run } from '../../../util/exec-file';
 import type { Pod, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
 import type { MemoryVolumeSpec } from '../../memory-volume';
+import type { PodSize } from '../../resize';
 
 export const GUEST_SHARE = '/run/podvisor/shared';
 export const GUEST_IMAGES = '/run/podvisor/images';
@@ -53,14 +54,24 @@ export const MAX_GUEST_EVENTS_PER_S = 500;
  */
 export const ABANDONED_CREATE_WAIT_MS = 10 * 60_000;
 
+/** How long the guest may take to give up or take back RAM, or to online/offline vCPUs. */
+const RESIZE_TIMEOUT_MS = 60_000;
+
 export class VmPod implements Pod, PodVolumeTarget {
   agent!: AgentClient;
   private eventHandler: (ev: PodEvent) => void = () => undefined;
   private events = { windowStart: 0, count: 0, flooded: false };
 
   /**
+   * The size the VM runs at: its boot size (the ceiling) until resized. vCPUs beyond it are
+   * offline in the guest, RAM beyond it is in the balloon (runtime/resize.ts).
+   */
+  private current: PodSize;
+
+  /**
    * `id` is the sandbox id: it names the pod's volume state, so it must not be the VM's own id
    * (a warm spare VM keeps the name it was started with).
+   * `size`: what a resized VM runs at (the sandbox record's), else its boot size.
    */
   constructor(
     readonly vm: Vm,
@@ -68,7 +79,42 @@ export class VmPod implements Pod, PodVolumeTarget {
     private readonly logger: Logger,
     readonly id: string = vm.info.id,
     private readonly agentCalls?: AgentCallObserver,
-  ) {}
+    size?: PodSize,
+  ) {
+    this.current = size ?? { vcpus: vm.info.vcpus, memoryMiB: vm.info.memoryMiB };
+  }
+
+  get sizing(): { current: PodSize; ceiling: PodSize } {
+    return { current: { ...this.current }, ceiling: { vcpus: this.vm.info.vcpus, memoryMiB: this.vm.info.memoryMiB } };
+  }
+
+  /**
+   * Grows RAM before CPUs and shrinks it after them; a step that fails undoes the one before it,
+   * so the VM is at its old size or its new one.
+   */
+  async resize(target: PodSize): Promise<void> {
+    const cur = this.current;
+    const cpus = (online: number) => this.agent.call('vm.cpus', { online });
+    if (target.memoryMiB > cur.memoryMiB) await this.vm.setMemory(target.memoryMiB, RESIZE_TIMEOUT_MS);
+    if (target.vcpus !== cur.vcpus) {
+      try {
+        await cpus(target.vcpus);
+      } catch (err) {
+        if (target.memoryMiB > cur.memoryMiB) await this.vm.setMemory(cur.memoryMiB, RESIZE_TIMEOUT_MS).catch(() => undefined);
+        throw err;
+      }
+    }
+    if (target.memoryMiB < cur.memoryMiB) {
+      try {
+        await this.vm.setMemory(target.memoryMiB, RESIZE_TIMEOUT_MS);
+      } catch (err) {
+        if (target.vcpus !== cur.vcpus) await cpus(cur.vcpus).catch(() => undefined);
+        throw err;
+      }
+    }
+    this.current = { ...target };
+    this.logger.info({ sandbox: this.id, vcpus: target.vcpus, memoryMiB: target.memoryMiB }, 'pod VM resized');
+  }
 
   get pid(): number {
     return this.vm.info.pid;
@@ -92,7 +138,7 @@ export class VmPod implements Pod, PodVolumeTarget {
 
   describe(): Record<string, unknown> {
     const i = this.vm.info;
-    return { backend: 'vm', vm: { pid: i.pid, accelerator: i.accelerator, boot: i.bootMode, spare: i.spare ?? false, vcpus: i.vcpus, memoryMiB: i.memoryMiB, alive: this.vm.alive() } };
+    return { backend: 'vm', vm: { pid: i.pid, accelerator: i.accelerator, boot: i.bootMode, spare: i.spare ?? false, vcpus: this.current.vcpus, memoryMiB: this.current.memoryMiB, ceiling: { vcpus: i.vcpus, memoryMiB: i.memoryMiB }, alive: this.vm.alive() } };
   }
 
   // ---- the volume target (storage/volume-driver.ts): block sources to the VM, mounts to the guest
