@@ -1,6 +1,7 @@
 // Host pods end to end (issue 16): pods in the host's network, PID or IPC namespace run on the
 // host backend (pinned namespaces, a shim per container, no VM), through the real gRPC API of
 // the real daemon, with a real registry. Needs root; run under /work/tools/e2e-slot.
+import { status } from '@grpc/grpc-js';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -127,6 +128,28 @@ describe('a host-network pod', () => {
     expect((await d.runtime('ListPodSandbox', {})).items.filter((s: any) => s.id === pod)).toEqual([]);
     expect(mountsUnderState()).toEqual([]);
     expect(processesUnderState()).toEqual([]);
+  });
+});
+
+describe('what host pods do not have (issue 20)', () => {
+  it('a hostUsers: false host pod is refused before anything is made; UpdatePodSandboxResources answers UNIMPLEMENTED (kubelet\'s best effort) and the pod runs on', async () => {
+    const handlers = (await d.runtime('Status', {})).runtime_handlers;
+    expect(handlers.find((h: any) => h.name === 'runc').features.user_namespaces).toBe(false);
+    expect(handlers.find((h: any) => h.name === '').features.user_namespaces).toBe(true);
+
+    const userns = hostPodConfig('userns-host', { network: 'NODE' });
+    userns.linux.security_context.namespace_options.userns_options = { mode: 'POD', uids: [{ container_id: 0, host_id: 100000, length: 65536 }], gids: [{ container_id: 0, host_id: 100000, length: 65536 }] };
+    await expect(d.runtime('RunPodSandbox', { config: userns, runtime_handler: '' }))
+      .rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/"host" backend, which has no user namespaces/) });
+    expect((await d.runtime('ListPodSandbox', {})).items.filter((s: any) => s.metadata.name === 'userns-host')).toEqual([]);
+
+    const { pod, id } = await run('resize-host', { network: 'NODE' }, ['sleep', '3600']);
+    await expect(d.runtime('UpdatePodSandboxResources', { pod_sandbox_id: pod, resources: { cpu_quota: 200000, cpu_period: 100000, memory_limit_in_bytes: 512 * 1024 * 1024 } }))
+      .rejects.toMatchObject({ code: status.UNIMPLEMENTED, details: expect.stringMatching(/"host" backend are not resized as a whole/) });
+    expect((await exec(id, ['true'])).code).toBe(0);
+    await d.runtime('StopContainer', { container_id: id, timeout: 2 });
+    await d.runtime('RemoveContainer', { container_id: id });
+    await removePod(pod);
   });
 });
 

@@ -4,7 +4,7 @@
 // daemon reconnects to the pods that are still running through their backends.
 import type { LinuxContainerResources, PodSandboxConfig, PodSandboxFilter } from '../../cri-api/messages';
 import crypto from 'node:crypto';
-import { failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../util/errors';
+import { failedPrecondition, internal, invalidArgument, notFound, unavailable, unimplemented } from '../util/errors';
 import type { Logger } from '../util/log';
 import { stepTimer } from '../util/steps';
 import { RecordStore } from '../store/record-store';
@@ -18,6 +18,7 @@ import { nowNs } from './container-log';
 import path from 'node:path';
 import { faultPoint } from '../util/fault';
 import { checkResize, neededSize, podSize, type PodSize } from './resize';
+import { podUserNamespace } from './userns';
 
 export interface Sandbox {
   rec: SandboxRecord;
@@ -108,6 +109,9 @@ export class SandboxManager {
     if (!md?.name || !md?.namespace || !md?.uid) throw invalidArgument('sandbox config metadata needs name, namespace and uid');
     const backend = chooseBackend(this.cfg.runtime, this.backends, runtimeHandler || '', config);
     backend.admit(config);
+    if (!backend.features.userNamespaces && podUserNamespace(config)) {
+      throw failedPrecondition(`runtime handler ${JSON.stringify(runtimeHandler || '')} runs pods on the ${JSON.stringify(backend.kind)} backend, which has no user namespaces (hostUsers: false): use a VM handler`);
+    }
     for (const sb of this.sandboxes.values()) {
       const m = sb.rec.config.metadata;
       if (m?.name === md.name && m?.namespace === md.namespace && m?.uid === md.uid && (m?.attempt ?? 0) === (md.attempt ?? 0)) {
@@ -233,7 +237,9 @@ export class SandboxManager {
     await this.lock.run(sb.rec.id, async () => {
       const pod = sb.pod;
       if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not running`);
-      if (!pod.sizing || !pod.resize) throw failedPrecondition(`${what}: pods of the ${JSON.stringify(sb.rec.backend ?? 'vm')} backend cannot be resized in place`);
+      // UNIMPLEMENTED: kubelet takes UpdatePodSandboxResources as best effort then (its own pod
+      // cgroup bounds such a pod) and goes on with the containers' UpdateContainerResources
+      if (!pod.sizing || !pod.resize) throw unimplemented(`${what}: pods of the ${JSON.stringify(sb.rec.backend ?? 'vm')} backend are not resized as a whole (their containers' cgroups are their bounds)`);
       const { current, ceiling } = pod.sizing;
       const want = checkResize(target(current), ceiling, what);
       if (want.vcpus === current.vcpus && want.memoryMiB === current.memoryMiB) return;
