@@ -36,10 +36,12 @@ interface Options {
   tcgCodeMiB?: number;
   /** [vm] ksm = true, and ksmd on while idle pods are measured (see ksmSettle) */
   ksm: boolean;
+  /** CheckpointPod / RestorePod of an idle and a busy pod (podvisor clone run) */
+  checkpoint: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true, idleContainers: true, ksm: false };
+  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true, idleContainers: true, ksm: false, checkpoint: true };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -54,8 +56,9 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--idle-sandboxes-only') o.idleContainers = false;
     else if (a === '--tcg-code-mib') o.tcgCodeMiB = parseInt(val(), 10);
     else if (a === '--ksm') o.ksm = true;
+    else if (a === '--no-checkpoint') o.checkpoint = false;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only] [--tcg-code-mib N] [--ksm]');
+      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only] [--tcg-code-mib N] [--ksm] [--no-checkpoint]');
       process.exit(0);
     } else if (a !== '--') throw new Error(`unknown argument ${a}`);
   }
@@ -617,6 +620,67 @@ interface PvResult {
   label: string; run?: RunResult; idle: IdleResult[]; error?: string; vm?: any; cniError?: string;
   /** RunPodSandbox of the daemon's first pod (with templates: includes building the template) */
   probeMs?: number;
+  checkpoints?: CheckpointResult[];
+}
+
+interface CheckpointResult {
+  kind: 'idle' | 'busy';
+  checkpointMs?: number;
+  bytes?: number;
+  restoreMs?: number;
+  /** RunPodSandbox + Create/StartContainer of the same pod afresh, for comparison */
+  coldStartMs?: number;
+  error?: string;
+}
+
+/**
+ * CheckpointPod and RestorePod of one pod with one container: idle (sleep) or busy (a process
+ * dirtying 32 MiB of memory in a loop, 32 MiB of random data on its writable layer); the checkpoint's
+ * size on disk; beside it a fresh start of the same pod (pod + container) on the same daemon.
+ */
+async function checkpointBench(t: Target, kind: 'idle' | 'busy', work: string): Promise<CheckpointResult> {
+  const r: CheckpointResult = { kind };
+  const pods: string[] = [];
+  const dir = path.join(work, `checkpoint-${kind}`);
+  try {
+    const name = `cp-${kind}-${crypto.randomBytes(3).toString('hex')}`;
+    const logDir = path.join(t.logRoot, name);
+    fs.mkdirSync(logDir, { recursive: true });
+    const cfg = podConfig(name, logDir);
+    const busy = 'dd if=/dev/urandom of=/layer bs=1M count=32 2>/dev/null; while true; do dd if=/dev/zero bs=32M count=1 2>/dev/null | md5sum >/dev/null; done';
+    const c = { ...containerConfig(t.image, 'main'), command: kind === 'busy' ? ['/bin/sh', '-c', busy] : ['/bin/sleep', '3600'] };
+    const [, coldMs] = await timed(async () => {
+      const { pod_sandbox_id: pod } = await t.cri.runtime('RunPodSandbox', { config: cfg }, 180_000);
+      pods.push(pod);
+      const { container_id } = await t.cri.runtime('CreateContainer', { pod_sandbox_id: pod, config: c, sandbox_config: cfg }, 90_000);
+      await t.cri.runtime('StartContainer', { container_id }, 90_000);
+    });
+    r.coldStartMs = coldMs;
+    if (kind === 'busy') await sleep(5000); // the layer written, the loop going
+    const [, cpMs] = await timed(() => t.cri.runtime('CheckpointPod', { pod_sandbox_id: pods[0], output_path: dir }, 600_000));
+    r.checkpointMs = cpMs;
+    r.bytes = duKb(dir) * 1024;
+    const restored = podConfig(`${name}-r`, logDir);
+    const [res, restoreMs] = await timed(() => t.cri.runtime('RestorePod', { checkpoint_path: dir, config: restored }, 600_000));
+    pods.push(res.pod_sandbox_id);
+    r.restoreMs = restoreMs;
+  } catch (e) {
+    r.error = errMsg(e);
+  } finally {
+    for (const p of pods) await removePod(t, p).catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return r;
+}
+
+function checkpointRows(results: CheckpointResult[]): string[] {
+  const out = ['Pod checkpoints (one pod, one container; CheckpointPod keeps the pod running; size = the checkpoint directory on disk)'];
+  out.push(`${'pod'.padEnd(8)}${'checkpoint ms'.padStart(16)}${'size MiB'.padStart(12)}${'restore ms'.padStart(14)}${'fresh start ms'.padStart(18)}`);
+  for (const r of results) {
+    if (r.error) out.push(`${r.kind.padEnd(8)}  ERROR ${r.error}`);
+    else out.push(`${r.kind.padEnd(8)}${f0(r.checkpointMs).padStart(16)}${f0(r.bytes === undefined ? undefined : r.bytes / MiB).padStart(12)}${f0(r.restoreMs).padStart(14)}${f0(r.coldStartMs).padStart(18)}`);
+  }
+  return out;
 }
 
 async function benchPodvisor(label: string, templates: boolean, reg: Registry, image: string, conflist: (dir: string, dataDir: string) => void, opts: Options, idleCounts: number[]):
@@ -678,6 +742,13 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
       }
     }
     out.run = await lifecycle(target, opts.iterations);
+    if (opts.checkpoint && templates) {
+      out.checkpoints = [];
+      for (const kind of ['idle', 'busy'] as const) {
+        log(`${label}: checkpoint and restore of a ${kind} pod…`);
+        out.checkpoints.push(await checkpointBench(target, kind, d.dir));
+      }
+    }
     const daemonPattern = `${d.configFile} --socket ${d.socket}`;
     const m: Measurer = {
       workloadPids: () => pgrep(`qemu-system.*${dd.state}`),
@@ -1003,6 +1074,10 @@ async function main() {
     lines.push(`${'runtime'.padEnd(30)}${'pods'.padStart(8)}${BREAKDOWN_KEYS.map((k) => k.padStart(12)).join('')}`);
     for (const r of split) lines.push(`${r.label.padEnd(30)}${String(r.running).padStart(8)}${BREAKDOWN_KEYS.map((k) => f0(r.breakdown![k]).padStart(12)).join('')}  ${r.withContainers ? 'with a sleep container' : 'sandbox only'}`);
   }
+  if (clone.checkpoints?.length) {
+    lines.push('');
+    lines.push(...checkpointRows(clone.checkpoints));
+  }
   for (const [l, e] of [['podvisor clone', clone.error], ['podvisor cold boot', cold.error], ['containerd+runc', ctd.error]]) if (e) lines.push(`${l}: ERROR ${e}`);
   for (const r of [clone, cold] as PvResult[]) if (r.probeMs !== undefined) lines.push(`${r.label}: the daemon's first RunPodSandbox${r === clone ? ' (builds the VM template)' : ''}: ${r.probeMs.toFixed(0)} ms`);
   for (const r of [clone, cold] as PvResult[]) if (r.cniError) lines.push(`${r.label}: pods FAILED with the CNI bridge conflist (${r.cniError}); measured without pod networking (loopback only), containerd+runc with CNI`);
@@ -1029,6 +1104,7 @@ async function main() {
     runs: { podvisorClone: summary(clone.run), podvisorCold: summary(cold.run), containerd: summary(ctd.run) },
     idle: [...clone.idle, ...cold.idle, ...ctd.idle],
     firstPodMs: { podvisorClone: clone.probeMs, podvisorCold: cold.probeMs },
+    checkpoints: clone.checkpoints,
     errors: { podvisorClone: clone.error, podvisorCold: cold.error, containerd: ctd.error, podvisorCloneCni: clone.cniError, podvisorColdCni: cold.cniError },
   }));
 }

@@ -6,6 +6,8 @@ import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { Config, packageRoot, parseHostPort } from './config/config';
 import { containerHandlers } from './cri/container';
+import { checkpointHandlers } from './cri/checkpoint';
+import { CheckpointManager } from './runtime/checkpoints';
 import { eventHandlers, EventStreamStats } from './cri/events';
 import { metricsHandlers } from './cri/metrics';
 import { imageHandlers } from './cri/image';
@@ -135,6 +137,7 @@ export class Daemon {
       ...runtimeInfoHandlers({ version: VERSION, root: cfg.root, backends, handlers: cfg.runtime.handlers, network, config: { ...cfg, accelerator }, cgroupDriver: cfg.cgroupDriver }),
       ...sandboxHandlers(sandboxes, containers),
       ...containerHandlers(containers, images),
+      ...checkpointHandlers(new CheckpointManager(sandboxes, containers, images, logger)),
       ...streamingHandlers(streaming),
       ...statsHandlers(stats, sandboxes, containers),
       ...metricsHandlers(stats),

@@ -99,7 +99,7 @@ describe('DaemonMetrics', () => {
       backends: ['vm', 'host'],
       podsRunning: () => running,
       containers: () => ({ CONTAINER_RUNNING: 3, CONTAINER_EXITED: 1 }),
-      pool: () => ({ vms: { cold: 1, clone: 4, template: 0 }, templates: 2, templateBuilds: 1, spares: 1 }),
+      pool: () => ({ vms: { cold: 1, clone: 4, template: 0, restore: 0 }, templates: 2, templateBuilds: 1, spares: 1 }),
       events,
     };
     m.setSources(sources);

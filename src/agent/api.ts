@@ -16,6 +16,8 @@ export interface GuestInterface {
   mtu: number;
   /** CIDR form, IPv4 and IPv6 */
   addresses: string[];
+  /** addresses to drop first (a restored pod: the checkpointed pod's) */
+  remove_addresses?: string[];
 }
 
 export interface GuestRoute {

@@ -6,7 +6,7 @@ import type { ImageManager } from '../image/manager';
 import type { ContainerManager } from '../runtime/containers';
 import type { CallContext } from './handlers';
 import type { ContainerRecord } from '../runtime/records';
-import { invalidArgument, requireString, unimplemented } from '../util/errors';
+import { invalidArgument, requireString } from '../util/errors';
 
 function imageSpec(rec: ContainerRecord, images?: ImageManager) {
   const img = images?.resolve(rec.imageId);
@@ -109,10 +109,6 @@ export function containerHandlers(containers: ContainerManager, images: ImageMan
       const timeout = Number(req.timeout ?? 0);
       const r = await containers.execSync(requireString(req.container_id, 'container_id'), req.cmd ?? [], timeout);
       return { stdout: r.stdout, stderr: r.stderr, exit_code: r.exitCode };
-    },
-
-    async CheckpointContainer() {
-      throw unimplemented('CheckpointContainer is not supported by podvisor yet');
     },
   };
 }

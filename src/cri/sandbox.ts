@@ -87,6 +87,8 @@ export function sandboxHandlers(sandboxes: SandboxManager, containers: Container
           },
           agentVersion: rec.agentVersion,
           images: Object.keys(rec.images),
+          // a pod RestorePod made: the checkpoint it came from
+          ...(rec.restoredFrom ? { restoredFrom: rec.restoredFrom } : {}),
           config: rec.config,
         });
       }

@@ -563,6 +563,23 @@ export class ContainerManager {
     }
   }
 
+  /**
+   * RestorePod's containers: records of containers its pod brought back running (or as they
+   * were), saved and taken up as after a daemon restart: their streams adopted, their states
+   * asked of the pod.
+   */
+  async adoptRestored(sandboxId: string, recs: ContainerRecord[]): Promise<void> {
+    for (const rec of recs) {
+      await this.store.save(rec);
+      this.containers.set(rec.id, { rec, exitWaiters: [] });
+      this.images.acquire(rec.imageId);
+      for (const v of rec.imageVolumes ?? []) this.images.acquire(v.imageId);
+      this.emit(rec, 'CONTAINER_CREATED_EVENT');
+      if (rec.state !== 'CONTAINER_CREATED') this.emit(rec, 'CONTAINER_STARTED_EVENT');
+    }
+    await this.reattach(sandboxId);
+  }
+
   async restore(): Promise<void> {
     const { records, broken } = await this.store.loadAll();
     for (const b of broken) this.logger.error({ file: b }, 'unreadable container record skipped');

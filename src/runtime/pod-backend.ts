@@ -194,6 +194,40 @@ export interface PodBackend {
    * everything start() may have made, including what the record does not name yet.
    */
   undoStart?(rec: SandboxRecord): Promise<void>;
+  /**
+   * Pod checkpoints (runtime/checkpoints.ts), where the backend can: saves the running pod
+   * whole (its memory, devices and processes) into `dir` at one instant, resuming it after
+   * when `resume`; says what the state needs to come back (checkpoint-format.ts).
+   */
+  checkpoint?(rec: SandboxRecord, pod: Pod, dir: string, o: { resume: boolean }): Promise<PodCheckpointState>;
+  /**
+   * Makes the pod of a new record (as start) from a checkpoint's state: the same processes,
+   * memory and devices, a new identity (hello), network and host cgroup.
+   */
+  restore?(rec: SandboxRecord, from: PodRestoreSource, onEvent: (ev: PodEvent) => void): Promise<Pod>;
+  /** what this host gives a checkpoint's `host` (compared key by key on restore) */
+  checkpointHost?(): Record<string, string>;
+}
+
+/** What a backend saved of a pod (the VM backend: its size, devices and the file with its state). */
+export interface PodCheckpointState {
+  /** files of the checkpoint directory the backend wrote (relative), digested by the caller */
+  files: string[];
+  /** the backend's own description of what restore needs (VM: vcpus, memory, NICs, disks) */
+  state: Record<string, unknown>;
+  /** what the restore host must have the same of (VM: hypervisor inputs, guest build) */
+  host: Record<string, string>;
+}
+
+export interface PodRestoreSource {
+  dir: string;
+  state: Record<string, unknown>;
+  /** image id → its erofs file on this host now */
+  imageFiles: Record<string, string>;
+  /** the checkpointed pod's network (its addresses are dropped in the restored pod) */
+  network: { interfaces: Array<{ addresses: string[] }> } | null;
+  /** new host container id → the id the pod knows it by */
+  containerIds: Record<string, string>;
 }
 
 /** The backends a daemon runs with, by kind; one registration line per backend (daemon.ts). */

@@ -42,6 +42,10 @@ export interface SandboxRecord {
   host?: HostPodState;
   /** the size the pod runs at (runtime/resize.ts); absent: the VM's boot size (rec.vm) */
   size?: { vcpus: number; memoryMiB: number };
+  /** a pod restored from a checkpoint: host container id → the id its pod knows the container by */
+  guestIds?: Record<string, string>;
+  /** the checkpoint it was restored from (PodSandboxStatus verbose info) */
+  restoredFrom?: string;
 }
 
 /** What a host pod holds on the host (backends/host/pinned-ns.ts makes it). */

@@ -4,7 +4,7 @@
 // daemon reconnects to the pods that are still running through their backends.
 import type { LinuxContainerResources, PodSandboxConfig, PodSandboxFilter } from '../../cri-api/messages';
 import crypto from 'node:crypto';
-import { failedPrecondition, internal, invalidArgument, notFound, unavailable, unimplemented } from '../util/errors';
+import { failedPrecondition, hasCode, internal, invalidArgument, notFound, unavailable, unimplemented } from '../util/errors';
 import type { Logger } from '../util/log';
 import { stepTimer } from '../util/steps';
 import { RecordStore } from '../store/record-store';
@@ -12,7 +12,7 @@ import { findByIdOrPrefix } from '../util/lookup';
 import type { Config } from '../config/config';
 import type { VolumeManager } from '../../storage/volume-manager';
 import { KeyedMutex } from '../util/keyed-mutex';
-import type { Pod, PodBackend, PodBackends, PodEvent, PodImageMount } from './pod-backend';
+import type { Pod, PodBackend, PodBackends, PodCheckpointState, PodEvent, PodImageMount, PodRestoreSource } from './pod-backend';
 import { labelsMatch, SandboxRecord } from './records';
 import { nowNs } from './container-log';
 import path from 'node:path';
@@ -104,6 +104,43 @@ export class SandboxManager {
   }
 
   async run(config: PodSandboxConfig, runtimeHandler: string): Promise<string> {
+    return this.make(config, runtimeHandler, (backend, rec, onEvent) => backend.start(rec, onEvent));
+  }
+
+  /**
+   * RestorePod's pod: made as RunPodSandbox makes one, by its backend's restore from a
+   * checkpoint; `source` fills the record's restored parts (image mounts) and says what to
+   * restore. The backend's refusals (failed_precondition …) keep their codes.
+   */
+  async restoreFrom(config: PodSandboxConfig, runtimeHandler: string, source: (rec: SandboxRecord, backend: PodBackend) => PodRestoreSource): Promise<string> {
+    return this.make(config, runtimeHandler, async (backend, rec, onEvent) => {
+      if (!backend.restore) throw failedPrecondition(`pods of the ${JSON.stringify(backend.kind)} backend cannot be restored from checkpoints`);
+      return backend.restore(rec, source(rec, backend), onEvent);
+    }, true);
+  }
+
+  /**
+   * CheckpointPod's pod state: the backend saves the running pod into `dir` (under the
+   * sandbox lock, so no container is created, started or removed meanwhile) and resumes it
+   * when `resume`. `check` runs under the lock first (the caller's refusals).
+   */
+  async checkpoint(id: string, dir: string, o: { resume: boolean; check: (sb: Sandbox) => void }): Promise<{ sb: Sandbox; saved: PodCheckpointState }> {
+    const sb = this.get(id);
+    const backend = this.backendOf(sb.rec);
+    if (!backend.checkpoint) throw failedPrecondition(`pods of the ${JSON.stringify(backend.kind)} backend cannot be checkpointed`);
+    return this.lock.run(sb.rec.id, async () => {
+      const pod = sb.pod;
+      if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not running`);
+      o.check(sb);
+      const saved = await backend.checkpoint!(sb.rec, pod, dir, { resume: o.resume });
+      return { sb, saved };
+    });
+  }
+
+  private async make(
+    config: PodSandboxConfig, runtimeHandler: string,
+    start: (backend: PodBackend, rec: SandboxRecord, onEvent: (ev: PodEvent) => void) => Promise<Pod>, keepCodes = false,
+  ): Promise<string> {
     const t0 = process.hrtime.bigint();
     const md = config?.metadata;
     if (!md?.name || !md?.namespace || !md?.uid) throw invalidArgument('sandbox config metadata needs name, namespace and uid');
@@ -146,7 +183,7 @@ export class SandboxManager {
         const { durable } = await this.store.write(rec);
         durable.catch(() => undefined); // awaited below
         faultPoint('sandbox.run:pending-saved');
-        pod = await backend.start(rec, (ev) => this.hooks.onEvent(id, ev));
+        pod = await start(backend, rec, (ev) => this.hooks.onEvent(id, ev));
         faultPoint('sandbox.run:booted');
         await durable;
         rec.state = 'SANDBOX_READY';
@@ -169,6 +206,7 @@ export class SandboxManager {
         sb.pod = undefined;
         this.sandboxes.delete(id);
         await this.store.delete(id).catch(() => undefined);
+        if (keepCodes && hasCode(err, 'failed_precondition', 'invalid_argument', 'not_found', 'data_loss')) throw err;
         throw unavailable(`cannot start pod ${backend.kind === 'vm' ? 'VM' : backend.kind}: ${(err as Error).message}`);
       }
     });

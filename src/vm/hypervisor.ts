@@ -38,8 +38,10 @@ export interface VmInfo {
   id: string;
   pid: number;
   accelerator: Accelerator;
-  /** how the VM came to be: booted from the kernel, or cloned from a template */
-  bootMode: 'cold' | 'clone';
+  /** how the VM came to be: booted from the kernel, cloned from a template, or restored from a checkpoint */
+  bootMode: 'cold' | 'clone' | 'restore';
+  /** its RAM is a memory backend object named "mem" (clones, and VMs restored from one): a checkpoint's state names it */
+  ramBackend?: boolean;
   /** a clone started ahead of its pod (a warm spare) and handed to it */
   spare?: boolean;
   dir: string;
@@ -68,7 +70,12 @@ export const VM_NAME_FILE = 'vm-name';
 export type Boot =
   | { mode: 'cold' }
   | { mode: 'template'; memPath: string }
-  | { mode: 'clone'; memPath: string; statePath: string };
+  | { mode: 'clone'; memPath: string; statePath: string }
+  /**
+   * A pod VM checkpointed with Vm.checkpoint (its RAM and device state in `statePath`), with the
+   * disks it had then plugged back at the same addresses before the state loads.
+   */
+  | { mode: 'restore'; statePath: string; disks: DiskAttachment[]; ramBackend: boolean };
 
 export interface Vm {
   readonly info: VmInfo;
@@ -107,6 +114,17 @@ export interface Vm {
    */
   snapshot(statePath: string): Promise<void>;
   /**
+   * What keeps this VM from being checkpointed now (e.g. a mounted host share), as the
+   * hypervisor words it; empty when nothing does.
+   */
+  checkpointBlockers(): Promise<string[]>;
+  /**
+   * Pauses the VM and writes its whole state (RAM and devices) to `statePath`; resumes it after
+   * when `resume`, else leaves it paused (the caller stops it). Hypervisor.start with a
+   * 'restore' boot brings such a state back in a new VM of the same size and devices.
+   */
+  checkpoint(statePath: string, o: { resume: boolean; timeoutMs: number }): Promise<void>;
+  /**
    * RAM the guest may use, MiB, at most the boot size: a balloon holds the rest. Resolves once
    * the guest has given up or got back the difference; when it cannot within `timeoutMs` (the
    * RAM is in use) the previous amount is asked back and this rejects.
@@ -130,6 +148,8 @@ export interface Hypervisor {
    * device layout, the accelerator …): a template made under other inputs is never cloned.
    */
   templateKeyInputs(): Record<string, string>;
+  /** what a checkpoint's VM state depends on (binary, device layout, accelerator): a checkpoint made under others is refused */
+  checkpointKeyInputs(): Record<string, string>;
   /** true while a VM of this driver maps `memPath` (a template's memory file) */
   memoryFileInUse(memPath: string): boolean;
   /** Files of a VM directory that belong to the running VM, not to a saved template (removed before publishing one). */

@@ -68,7 +68,7 @@ export class VmPool implements Hypervisor {
   }
 
   counts(): PoolCounts {
-    const vms: Record<VmOrigin, number> = { cold: 0, clone: 0, template: 0 };
+    const vms: Record<VmOrigin, number> = { cold: 0, clone: 0, template: 0, restore: 0 };
     for (const origin of this.running.values()) vms[origin]++;
     return { vms, templates: this.templates?.count() ?? 0, templateBuilds: this.templates?.building ?? 0, spares: this.spares?.readyCount() ?? 0 };
   }
@@ -127,6 +127,10 @@ export class VmPool implements Hypervisor {
 
   templateKeyInputs(): Record<string, string> {
     return this.o.driver.templateKeyInputs();
+  }
+
+  checkpointKeyInputs(): Record<string, string> {
+    return this.o.driver.checkpointKeyInputs();
   }
 
   memoryFileInUse(memPath: string): boolean {

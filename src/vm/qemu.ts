@@ -73,12 +73,13 @@ export const DEVICE_LAYOUT_VERSION = 4;
 export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramfs' | 'kernelArgs' | 'accelerator' | 'tcgCodeMiB'>, boot: Boot = { mode: 'cold' }): string[] {
   const f = (name: string) => path.join(spec.dir, name);
   const accel = o.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', `tcg,tb-size=${o.tcgCodeMiB ?? DEFAULT_TCG_CODE_MIB}`, '-cpu', 'max'];
-  const mem = boot.mode === 'cold' ? [] : [
+  // a checkpointed clone's RAM block is named after its backend ("mem"): its restore has one too
+  const mem = boot.mode === 'cold' ? [] : boot.mode === 'restore' ? (boot.ramBackend ? ['-object', `memory-backend-ram,id=mem,size=${spec.memoryMiB}M`] : []) : [
     '-object', `memory-backend-file,id=mem,size=${spec.memoryMiB}M,mem-path=${boot.memPath},share=${boot.mode === 'template' ? 'on' : 'off'}`,
   ];
   const args = [
     '-name', `podvisor-${spec.id},process=podvisor-${spec.id.slice(0, 12)}`,
-    '-M', `microvm,x-option-roms=off,rtc=on${boot.mode === 'cold' ? '' : ',memory-backend=mem'}`,
+    '-M', `microvm,x-option-roms=off,rtc=on${mem.length ? ',memory-backend=mem' : ''}`,
     ...accel,
     ...mem,
     '-m', `${spec.memoryMiB}M`,
@@ -111,7 +112,7 @@ export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramf
   // profiling aid (bench/profile.ts): a second QMP socket for `info jit` and `log in_asm` while
   // the daemon holds the first; the VM directory is the daemon's alone, as for qmp.sock
   if (process.env.PODVISOR_DEBUG_QMP === '1') args.push('-qmp', `unix:${f('qmp-debug.sock')},server=on,wait=off`);
-  if (boot.mode === 'clone') args.push('-incoming', 'defer');
+  if (boot.mode === 'clone' || boot.mode === 'restore') args.push('-incoming', 'defer');
   return args;
 }
 
@@ -141,6 +142,11 @@ export class QemuHypervisor implements Hypervisor {
       accel: this.o.accelerator,
       cpu: this.o.accelerator === 'kvm' ? 'host' : 'max',
     };
+  }
+
+  checkpointKeyInputs(): Record<string, string> {
+    const k = this.templateKeyInputs();
+    return { qemu: k.qemu, layout: k.layout, accel: k.accel, cpu: k.cpu };
   }
 
   memoryFileInUse(memPath: string): boolean {
@@ -183,7 +189,8 @@ export class QemuHypervisor implements Hypervisor {
       id: spec.id,
       pid: child.pid ?? -1,
       accelerator: this.o.accelerator,
-      bootMode: boot.mode === 'clone' ? 'clone' : 'cold',
+      bootMode: boot.mode === 'clone' ? 'clone' : boot.mode === 'restore' ? 'restore' : 'cold',
+      ramBackend: boot.mode === 'clone' || (boot.mode === 'restore' && boot.ramBackend),
       dir: spec.dir,
       agentSocket: path.join(spec.dir, 'agent.sock'),
       qmpSocket: path.join(spec.dir, 'qmp.sock'),
@@ -199,9 +206,11 @@ export class QemuHypervisor implements Hypervisor {
       throw err;
     }
     const vm = new QemuVm(info, qmp, exited, launcher);
-    if (boot.mode === 'clone') {
+    if (boot.mode === 'clone' || boot.mode === 'restore') {
       try {
-        vm.keepAgentConnection(await restoreClone(qmp, boot.statePath, info.agentSocket));
+        // a checkpointed VM's disks, at their old addresses, before its device state loads
+        if (boot.mode === 'restore') await vm.replugDisks(boot.disks);
+        vm.keepAgentConnection(await restoreClone(qmp, boot.statePath, info.agentSocket, boot.mode === 'clone'));
       } catch (err) {
         await vm.stop(0);
         throw err;
@@ -286,18 +295,20 @@ const AGENT_CHARDEV = 'agent';
  * the saved and the current bit agree and QEMU sends the guest nothing: from the guest's side
  * the template's connection simply goes on (guest/PROTOCOL.md, "Handshake").
  */
-async function restoreClone(qmp: QmpClient, statePath: string, agentSocket: string): Promise<net.Socket> {
-  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+async function restoreClone(qmp: QmpClient, statePath: string, agentSocket: string, ignoreShared: boolean): Promise<net.Socket> {
+  // a clone's RAM is the template's file (not in the state); a checkpoint's is in the state
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: ignoreShared }] });
   await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
-  const deadline = Date.now() + 10_000;
+  // a checkpoint carries the VM's RAM: reading it takes longer than a template's device state
+  const deadline = Date.now() + (ignoreShared ? 10_000 : 120_000);
   for (;;) {
     const st = await qmp.execute('query-status');
     if (st.status !== 'inmigrate') break;
-    if (Date.now() > deadline) throw new Error('template state did not load within 10 s');
+    if (Date.now() > deadline) throw new Error(`VM state did not load within ${ignoreShared ? 10 : 120} s`);
     await new Promise((r) => setTimeout(r, 5));
   }
   const mig = await qmp.execute('query-migrate');
-  if (mig.status === 'failed') throw new Error(`loading template state failed: ${mig['error-desc'] ?? 'unknown error'}`);
+  if (mig.status === 'failed') throw new Error(`loading VM state failed: ${mig['error-desc'] ?? 'unknown error'}`);
   // its own 10 s: the load that slowed the restore must not fail the connect (a failed clone
   // boots cold and marks its template failed)
   const connectDeadline = Date.now() + 10_000;
@@ -382,6 +393,16 @@ export class QemuVm implements Vm {
     return d;
   }
 
+  /** @internal start(): a restored VM's disks, each at the SCSI address it had when checkpointed */
+  async replugDisks(disks: DiskAttachment[]): Promise<void> {
+    this.bus.reserve(disks.map((d) => d.scsiId));
+    for (const d of disks) {
+      const addr = await this.bus.plug(diskNames(d.nodeName), { kind: 'file', path: d.path }, d.readonly, d.scsiId);
+      if (addr.scsiId !== d.scsiId || addr.lun !== d.lun) throw new Error(`disk ${d.nodeName} came back at ${addr.scsiId}:${addr.lun}, not ${d.scsiId}:${d.lun}`);
+      this.info.disks.push({ ...d });
+    }
+  }
+
   async detachDisk(nodeName: string): Promise<void> {
     const idx = this.info.disks.findIndex((d) => d.nodeName === nodeName);
     if (idx < 0) return;
@@ -447,6 +468,39 @@ export class QemuVm implements Vm {
       if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`saving template state failed: ${m['error-desc'] ?? m.status}`);
       if (Date.now() > deadline) throw new Error('saving template state timed out');
       await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  async checkpointBlockers(): Promise<string[]> {
+    const m = await this.qmp.execute('query-migrate');
+    return m.blocked ? (m['blocked-reasons'] ?? ['the hypervisor refuses to save this VM']).map(String) : [];
+  }
+
+  /**
+   * The whole VM (RAM included: x-ignore-shared off, also for a clone whose RAM maps a
+   * template file) written by QEMU's migration stream, paused, so the state is one instant.
+   */
+  async checkpoint(statePath: string, o: { resume: boolean; timeoutMs: number }): Promise<void> {
+    await this.qmp.execute('stop');
+    let saved = false;
+    try {
+      await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
+      await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(statePath)}` });
+      const deadline = Date.now() + o.timeoutMs;
+      for (;;) {
+        const m = await this.qmp.execute('query-migrate');
+        if (m.status === 'completed') break;
+        if (m.status === 'failed' || m.status === 'cancelled') throw new Error(`saving the VM state failed: ${m['error-desc'] ?? m.status}`);
+        if (Date.now() > deadline) {
+          await this.qmp.execute('migrate_cancel').catch(() => undefined);
+          throw new Error(`saving the VM state took longer than ${o.timeoutMs} ms`);
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      saved = true;
+    } finally {
+      // a failed save leaves the VM running as it was; a successful one resumes it when asked
+      if (o.resume || !saved) await this.qmp.execute('cont').catch(() => undefined);
     }
   }
 

@@ -295,6 +295,7 @@ class FakeHypervisor implements Hypervisor {
   async reconnect() { return undefined; }
   async reapStray() { return undefined; }
   templateKeyInputs() { return {}; }
+  checkpointKeyInputs() { return {}; }
   memoryFileInUse() { return false; }
   readonly runtimeFiles = [];
 }
@@ -318,6 +319,8 @@ class FakeVm implements Vm {
   reserveScsiIds() {}
   async bindIntoMountNs() {}
   async snapshot() {}
+  async checkpointBlockers() { return []; }
+  async checkpoint() {}
   async setMemory() {}
   async stop() { this.stopped = true; }
 }

@@ -20,6 +20,10 @@ struct Iface {
     mtu: u32,
     #[serde(default)]
     addresses: Vec<String>,
+    /// addresses this NIC had before (a pod restored from a checkpoint: the checkpointed pod's),
+    /// removed before `addresses` are added; absent ones are no error
+    #[serde(default)]
+    remove_addresses: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +190,16 @@ fn add_address(nl: &mut Netlink, index: u32, name: &str, c: &Cidr) -> Result<()>
         .map_err(nl_err(format!("add address {}/{} to {name}", c.addr, c.prefix)))
 }
 
+/// Removes an address the NIC may still have; one it does not have is no error.
+fn remove_address(nl: &mut Netlink, index: u32, name: &str, c: &Cidr) -> Result<()> {
+    let a = octets(&c.addr);
+    let m = Msg::addr(family(&c.addr), c.prefix, 0, index).attr(nl::IFA_LOCAL, &a).attr(nl::IFA_ADDRESS, &a);
+    match nl.request(nl::RTM_DELADDR, 0, m) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) || e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map_err(nl_err(format!("remove address {}/{} from {name}", c.addr, c.prefix))),
+    }
+}
+
 fn add_route(nl: &mut Netlink, dest: &Cidr, gw: Option<IpAddr>, oif: Option<u32>, what: &str) -> Result<()> {
     const RT_SCOPE_UNIVERSE: u8 = 0;
     const RT_SCOPE_LINK: u8 = 253;
@@ -222,6 +236,7 @@ pub fn configure(params: Value) -> Result<Value> {
     // Validate everything before touching the network.
     let mut macs = Vec::new();
     let mut addrs = Vec::new();
+    let mut stale = Vec::new();
     for (i, f) in p.interfaces.iter().enumerate() {
         check_ifname(&f.name)?;
         if p.interfaces[..i].iter().any(|g| g.name == f.name) {
@@ -230,11 +245,12 @@ pub fn configure(params: Value) -> Result<Value> {
         if !(68..=65535).contains(&f.mtu) {
             return Err(AgentError::invalid(format!("invalid mtu {}", f.mtu)));
         }
-        if f.addresses.len() > 64 {
+        if f.addresses.len() > 64 || f.remove_addresses.len() > 64 {
             return Err(AgentError::invalid("too many addresses"));
         }
         macs.push(parse_mac(&f.mac)?);
         addrs.push(f.addresses.iter().map(|a| parse_cidr(a)).collect::<Result<Vec<_>>>()?);
+        stale.push(f.remove_addresses.iter().map(|a| parse_cidr(a)).collect::<Result<Vec<_>>>()?);
     }
     let mut routes = Vec::new();
     for r in &p.routes {
@@ -269,6 +285,9 @@ pub fn configure(params: Value) -> Result<Value> {
         // Re-read: an earlier rename may have moved this NIC to a temporary name.
         let cur = nics_name(index).unwrap_or_else(|| nics[i].1.clone());
         configure_link(&mut nl, index, &cur, f, macs[i])?;
+        for c in &stale[i] {
+            remove_address(&mut nl, index, &f.name, c)?;
+        }
         for c in &addrs[i] {
             add_address(&mut nl, index, &f.name, c)?;
         }

@@ -10,7 +10,7 @@ import type { AgentCallObserver } from '../../../agent/client';
 import type { Config } from '../../../config/config';
 import type { Logger } from '../../../util/log';
 import { failedPrecondition } from '../../../util/errors';
-import { SHARE_DIR_MODE, type Hypervisor, type Vm } from '../../../vm/hypervisor';
+import { SHARE_DIR_MODE, type DiskAttachment, type Hypervisor, type Vm } from '../../../vm/hypervisor';
 import type { Spare, SparePool } from '../../../vm/spares';
 import type { NetworkDriver, PodNetwork } from '../../../../network/network-driver';
 import type { VolumeManager } from '../../../../storage/volume-manager';
@@ -18,7 +18,8 @@ import { cgroupParentPath, enterPodCgroup, podCgroupDirs, removeCgroups } from '
 import { faultPoint } from '../../../util/fault';
 import { podUserNamespace } from '../../userns';
 import { bootSize, podSize, type PodSize } from '../../resize';
-import type { BackendFeatures, PodBackend, PodEvent } from '../../pod-backend';
+import type { BackendFeatures, Pod, PodBackend, PodCheckpointState, PodEvent, PodRestoreSource } from '../../pod-backend';
+import { CHECKPOINT_TIMEOUT_MS, VM_STATE_FILE, vmCheckpointHost, vmState, type VmCheckpointState } from './vm-checkpoint';
 import type { SandboxRecord } from '../../records';
 import { VmPod } from './vm-pod';
 import { networkRequest, podDns, podHostname } from '../../pod-config';
@@ -226,6 +227,7 @@ export class VmPodBackend implements PodBackend {
     if (!vm) return undefined;
     vm.reserveScsiIds(await this.o.volumes.scsiIds(rec.id));
     const pod = new VmPod(vm, path.join(this.dir(rec.id), 'shared'), this.o.logger, rec.id, this.o.agentCalls, rec.size);
+    if (rec.guestIds) pod.mapContainerIds(rec.guestIds);
     pod.onEvent(onEvent);
     try {
       // as long as a boot may take: on a loaded host a running guest can be as slow to answer,
@@ -238,6 +240,82 @@ export class VmPodBackend implements PodBackend {
       return undefined;
     }
     return pod;
+  }
+
+  /** The VM whole into `dir` (vm-checkpoint.ts); the share comes back with the guest's settings. */
+  async checkpoint(rec: SandboxRecord, pod: Pod, dir: string, o: { resume: boolean }): Promise<PodCheckpointState> {
+    if (!(pod instanceof VmPod)) throw failedPrecondition(`pod sandbox ${rec.id} is not a VM pod`);
+    await pod.checkpoint(path.join(dir, VM_STATE_FILE), { resume: o.resume, timeoutMs: CHECKPOINT_TIMEOUT_MS }, () => this.setUpGuest(rec, pod));
+    const i = pod.vm.info;
+    const state: VmCheckpointState = {
+      vcpus: i.vcpus,
+      memoryMiB: i.memoryMiB,
+      size: pod.sizing.current,
+      nics: rec.network?.nics.length ?? 0,
+      ramBackend: i.ramBackend ?? i.bootMode === 'clone',
+      disks: i.disks.map((d) => ({ nodeName: d.nodeName, scsiId: d.scsiId, lun: d.lun, readonly: d.readonly })),
+    };
+    return { files: [VM_STATE_FILE], state: { ...state }, host: this.checkpointHost() };
+  }
+
+  /** What a checkpoint of this backend needs of the host that restores it. */
+  checkpointHost(): Record<string, string> {
+    return vmCheckpointHost(this.o.cfg, this.o.hypervisor.checkpointKeyInputs());
+  }
+
+  /**
+   * A new pod VM from a checkpoint: the same size, NICs and image disks (at their old
+   * addresses), its state loaded before it runs; then, as for a clone, a new identity (hello:
+   * entropy, clock, hostname), the pod's cgroup, the share and settings, and the new network,
+   * the checkpointed pod's addresses dropped.
+   */
+  async restore(rec: SandboxRecord, from: PodRestoreSource, onEvent: (ev: PodEvent) => void): Promise<VmPod> {
+    const st = vmState(from.state);
+    const dir = this.dir(rec.id);
+    const made: { pod?: VmPod } = {};
+    try {
+      const byNode = new Map(Object.entries(rec.images).map(([image, m]) => [m.nodeName, image]));
+      const disks: DiskAttachment[] = st.disks.map((d) => {
+        const image = byNode.get(d.nodeName);
+        const file = image ? from.imageFiles[image] : undefined;
+        if (!file) throw failedPrecondition(`checkpoint: disk ${d.nodeName} is no image of the pod`);
+        return { ...d, path: file };
+      });
+      const share = path.join(dir, 'shared');
+      await fsp.mkdir(share, { recursive: true, mode: SHARE_DIR_MODE });
+      if (st.nics) {
+        const net = this.o.network.ready();
+        if (!net.ready) throw failedPrecondition(`the checkpointed pod had ${st.nics} network interface(s); this node has no pod network: ${net.message}`);
+        rec.network = await this.o.network.setUp(networkRequest(rec));
+        if (rec.network.nics.length !== st.nics) throw failedPrecondition(`the pod network has ${rec.network.nics.length} interfaces, the checkpointed VM ${st.nics}`);
+      }
+      const net = rec.network;
+      const vm = await this.o.hypervisor.start(
+        { id: rec.id, dir, sharePath: share, vcpus: st.vcpus, memoryMiB: st.memoryMiB, network: net ? { netnsPath: net.netnsPath, nics: net.nics } : undefined },
+        { mode: 'restore', statePath: path.join(from.dir, VM_STATE_FILE), disks, ramBackend: st.ramBackend },
+      );
+      const pod = this.attach(rec, vm, onEvent);
+      made.pod = pod;
+      pod.mapContainerIds(from.containerIds);
+      rec.guestIds = { ...from.containerIds };
+      pod.assumeSize(st.size);
+      if (st.size.vcpus !== st.vcpus || st.size.memoryMiB !== st.memoryMiB) rec.size = st.size;
+      const hello = await pod.connect(podHostname(rec.config), this.o.cfg.vm.bootTimeoutS * 1000);
+      rec.agentVersion = hello.agent_version;
+      await this.enterCgroup(rec, vm);
+      await this.setUpGuest(rec, pod);
+      if (net) {
+        const interfaces = net.interfaces.map((f, i) => ({ ...f, remove_addresses: (from.network?.interfaces[i]?.addresses ?? []).filter((a) => !f.addresses.includes(a)) }));
+        await pod.agent.call('network.configure', { interfaces, routes: net.routes });
+      }
+      return pod;
+    } catch (err) {
+      await made.pod?.stop(1000).catch(() => undefined);
+      await this.leaveCgroup(rec).catch((e) => this.o.logger.error({ sandbox: rec.id, err: e }, 'cgroup removal after a failed restore'));
+      await this.release(rec).catch((e) => this.o.logger.error({ sandbox: rec.id, err: e }, 'network teardown after a failed restore'));
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw err;
+    }
   }
 
   async release(rec: SandboxRecord): Promise<void> {

@@ -14,7 +14,7 @@ import type { Logger } from '../../../util/log';
 import { stepTimer } from '../../../util/steps';
 import type { Vm } from '../../../vm/hypervisor';
 import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../../../storage/volume-driver';
-import { deadlineExceeded } from '../../../util/errors';
+import { deadlineExceeded, failedPrecondition, hasCode } from '../../../util/errors';
 import { run } from '../../../util/exec-file';
 import type { Pod, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
 import type { MemoryVolumeSpec } from '../../memory-volume';
@@ -69,6 +69,13 @@ export class VmPod implements Pod, PodVolumeTarget {
   private current: PodSize;
 
   /**
+   * A restored pod's containers keep the ids the guest knows them by (its RAM came back as it
+   * was) while the host gives them new ones: host id → guest id, and back for guest events.
+   */
+  private readonly toGuest = new Map<string, string>();
+  private readonly toHost = new Map<string, string>();
+
+  /**
    * `id` is the sandbox id: it names the pod's volume state, so it must not be the VM's own id
    * (a warm spare VM keeps the name it was started with).
    * `size`: what a resized VM runs at (the sandbox record's), else its boot size.
@@ -82,6 +89,52 @@ export class VmPod implements Pod, PodVolumeTarget {
     size?: PodSize,
   ) {
     this.current = size ?? { vcpus: vm.info.vcpus, memoryMiB: vm.info.memoryMiB };
+  }
+
+  /** host container id → guest container id, for containers a checkpoint brought back */
+  mapContainerIds(ids: Record<string, string>): void {
+    for (const [host, guest] of Object.entries(ids)) {
+      this.toGuest.set(host, guest);
+      this.toHost.set(guest, host);
+    }
+  }
+
+  /** the id the guest knows a container by */
+  guestId(id: string): string {
+    return this.toGuest.get(id) ?? id;
+  }
+
+  /** the size a restored VM ran at when it was checkpointed */
+  assumeSize(size: PodSize): void {
+    this.current = { ...size };
+  }
+
+  /**
+   * Saves the VM whole into `statePath` (Vm.checkpoint). QEMU refuses to save a VM while its
+   * guest holds the 9p share's root (a migration blocker), so the guest unmounts the share
+   * first and `remount` mounts it again afterwards (also when the save fails). A container
+   * holding a mount from the share keeps the export in use: that is refused, saying why.
+   */
+  async checkpoint(statePath: string, o: { resume: boolean; timeoutMs: number }, remount: () => Promise<void>): Promise<void> {
+    try {
+      await this.agent.call('disk.unmount', { target: GUEST_SHARE }, 30_000);
+    } catch (err) {
+      if (!hasCode(err, 'not_found')) throw failedPrecondition(`the pod's host share cannot be unmounted in the guest for the checkpoint: ${(err as Error).message}`);
+    }
+    let saved = false;
+    try {
+      const blockers = await this.vm.checkpointBlockers();
+      if (blockers.length) {
+        throw failedPrecondition(
+          'the pod VM cannot be saved while a container holds a mount from the host share (hostPath, ConfigMap, Secret, projected or ' +
+            `disk-backed emptyDir volumes, /etc/hosts, a termination log); the hypervisor says: ${blockers.join('; ')}`,
+        );
+      }
+      await this.vm.checkpoint(statePath, o);
+      saved = true;
+    } finally {
+      if (o.resume || !saved) await remount();
+    }
   }
 
   get sizing(): { current: PodSize; ceiling: PodSize } {
@@ -205,7 +258,8 @@ export class VmPod implements Pod, PodVolumeTarget {
       void this.vm.stop(0).catch(() => undefined);
       return;
     }
-    this.eventHandler(ev as PodEvent);
+    const cid = typeof ev.container_id === 'string' ? this.toHost.get(ev.container_id) : undefined;
+    this.eventHandler((cid ? { ...ev, container_id: cid } : ev) as PodEvent);
   }
 
   async setup(p: SetupParams): Promise<void> {
@@ -252,43 +306,49 @@ export class VmPod implements Pod, PodVolumeTarget {
   }
 
   startContainer(id: string): Promise<{ pid: number }> {
-    return this.agent.call('container.start', { id });
+    return this.agent.call('container.start', { id: this.guestId(id) });
   }
 
   async signalContainer(id: string, signal: number, all: boolean): Promise<void> {
-    await this.agent.call('container.signal', { id, signal, all });
+    await this.agent.call('container.signal', { id: this.guestId(id), signal, all });
   }
 
   async deleteContainer(id: string): Promise<void> {
-    await this.agent.call('container.delete', { id });
+    await this.agent.call('container.delete', { id: this.guestId(id) });
   }
 
   containerState(id: string): Promise<GuestResult<'container.state'>> {
-    return this.agent.call('container.state', { id });
+    return this.agent.call('container.state', { id: this.guestId(id) });
   }
 
   async updateContainer(id: string, resources: object): Promise<void> {
-    await this.agent.call('container.update', { id, resources });
+    await this.agent.call('container.update', { id: this.guestId(id), resources });
   }
 
   async exec(p: GuestParams<'exec.start'>, timeoutMs?: number): Promise<void> {
-    await this.agent.call('exec.start', p, timeoutMs);
+    await this.agent.call('exec.start', { ...p, container_id: this.guestId(p.container_id) }, timeoutMs);
   }
 
   async signalProcess(containerId: string, execId: string | null, signal: number): Promise<void> {
-    await this.agent.call('process.signal', { container_id: containerId, exec_id: execId, signal });
+    await this.agent.call('process.signal', { container_id: this.guestId(containerId), exec_id: execId, signal });
   }
 
   async resizeProcess(containerId: string, execId: string | null, rows: number, cols: number): Promise<void> {
-    await this.agent.call('process.resize', { container_id: containerId, exec_id: execId, rows, cols });
+    await this.agent.call('process.resize', { container_id: this.guestId(containerId), exec_id: execId, rows, cols });
   }
 
   async portForward(port: number, stream: PodStream): Promise<void> {
     await this.agent.call('portforward.connect', { port, stream: stream.id });
   }
 
-  stats(ids: string[]): Promise<GuestResult<'stats'>> {
-    return this.agent.call('stats', { ids }, 5000);
+  async stats(ids: string[]): Promise<GuestResult<'stats'>> {
+    const r = await this.agent.call('stats', { ids: ids.map((id) => this.guestId(id)) }, 5000);
+    if (!this.toHost.size || !Array.isArray(r?.containers)) return r;
+    const host = (c: unknown) => {
+      const id = (c as { id?: unknown })?.id;
+      return typeof id === 'string' && this.toHost.has(id) ? { ...(c as object), id: this.toHost.get(id) } : c;
+    };
+    return { ...r, containers: r.containers.map(host) };
   }
 
   async hostPrivateBytes(): Promise<number | undefined> {
