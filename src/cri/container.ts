@@ -54,8 +54,8 @@ export function containerHandlers(containers: ContainerManager, images: ImageMan
       return { container_id: id };
     },
 
-    async StartContainer(req: StartContainerRequest): Promise<StartContainerResponse> {
-      await containers.start(requireString(req.container_id, 'container_id'));
+    async StartContainer(req: StartContainerRequest, call?: CallContext): Promise<StartContainerResponse> {
+      await containers.start(requireString(req.container_id, 'container_id'), { deadline: call?.deadline });
       return {};
     },
 

@@ -266,7 +266,12 @@ export class ContainerManager {
     return t.rec.pid;
   }
 
-  async start(id: string): Promise<void> {
+  /**
+   * `deadline` (ms since the epoch): the caller's, as for create; the guest's start is bounded by
+   * it (containerd has no fixed bound either), or by CREATE_TIMEOUT_MS when the caller set none.
+   * A fixed 30 s failed starts in pod VMs starved of CPU (TCG, load ~70) with StartError.
+   */
+  async start(id: string, opts: { deadline?: number } = {}): Promise<void> {
     const c = this.get(id);
     await this.lock.run(c.rec.id, async () => {
       if (c.rec.state !== 'CONTAINER_CREATED') throw failedPrecondition(`container ${c.rec.id} is ${c.rec.state}, not CONTAINER_CREATED`);
@@ -274,7 +279,9 @@ export class ContainerManager {
       c.rec.startedAt = nowNs().toString();
       const T = stepTimer(this.logger, 'StartContainer', { container: c.rec.id });
       try {
-        const res = await pod.startContainer(c.rec.id);
+        const timeoutMs = (opts.deadline ?? Date.now() + CREATE_TIMEOUT_MS) - Date.now();
+        if (timeoutMs <= 0) throw deadlineExceeded(`the caller's deadline passed before container ${c.rec.id} could be started`);
+        const res = await pod.startContainer(c.rec.id, timeoutMs);
         T.mark('guest');
         faultPoint('container.start:started-in-guest');
         c.rec.pid = Number(res?.pid ?? 0);

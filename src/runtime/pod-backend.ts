@@ -95,7 +95,8 @@ export interface Pod {
    * takes stdin. Says who its process runs as.
    */
   createContainer(p: GuestParams<'container.create'>, timeoutMs: number, io?: { logPath: string; stdin: boolean }): Promise<Pick<GuestResult<'container.create'>, 'user'> | void>;
-  startContainer(id: string): Promise<{ pid: number }>;
+  /** `timeoutMs`: the caller's deadline (kubelet's runtimeRequestTimeout), default the agent's */
+  startContainer(id: string, timeoutMs?: number): Promise<{ pid: number }>;
   signalContainer(id: string, signal: number, all: boolean): Promise<void>;
   /** the container must be stopped; frees what it holds in the pod */
   deleteContainer(id: string): Promise<void>;

@@ -69,7 +69,11 @@ class FakePod implements Pod {
     if (this.failCreate) throw this.failCreate;
     return {};
   }
-  async startContainer() { return { pid: 1 }; }
+  readonly startTimeouts: Array<number | undefined> = [];
+  async startContainer(_id: string, timeoutMs?: number) {
+    this.startTimeouts.push(timeoutMs);
+    return { pid: 1 };
+  }
   async signalContainer() {}
   async deleteContainer(id: string) { this.calls.push(`delete ${id}`); }
   async containerState() { return { status: 'stopped' as const, pid: 0, exit_code: 0, oom_killed: false }; }
@@ -263,6 +267,26 @@ describe('ContainerManager lists', () => {
     release();
     const secondId = await second;
     expect(containers.list({}).map((r) => r.id).sort()).toEqual([first, secondId].sort());
+  });
+});
+
+describe('ContainerManager.start', () => {
+  test("gives the pod the caller's deadline, or 120 s without one, not the agent's default 30 s", async () => {
+    const backend = new FakeBackend();
+    const { sandboxes, containers } = await managers(backend);
+    const id = await sandboxes.run(podConfig(), '');
+    const config = (attempt: number) => ({ metadata: { name: 'c', attempt }, image: { image: 'busybox' }, command: ['sleep'] });
+    const a = await containers.create(id, config(0), undefined);
+    await containers.start(a, { deadline: Date.now() + 240_000 });
+    const b = await containers.create(id, config(1), undefined);
+    await containers.start(b);
+    const [withDeadline, without] = backend.pods[0].startTimeouts as number[];
+    expect(withDeadline).toBeGreaterThan(230_000);
+    expect(withDeadline).toBeLessThanOrEqual(240_000);
+    expect(without).toBeGreaterThan(110_000);
+    expect(without).toBeLessThanOrEqual(120_000);
+    const c = await containers.create(id, config(2), undefined);
+    await expect(containers.start(c, { deadline: Date.now() - 1 })).rejects.toMatchObject({ code: 'deadline_exceeded' });
   });
 });
 

@@ -305,8 +305,8 @@ export class VmPod implements Pod, PodVolumeTarget {
     }
   }
 
-  startContainer(id: string): Promise<{ pid: number }> {
-    return this.agent.call('container.start', { id: this.guestId(id) });
+  startContainer(id: string, timeoutMs?: number): Promise<{ pid: number }> {
+    return this.agent.call('container.start', { id: this.guestId(id) }, timeoutMs);
   }
 
   async signalContainer(id: string, signal: number, all: boolean): Promise<void> {
