@@ -74,7 +74,7 @@ function get(port: number): Promise<string> {
 
 /** Mount points under the daemon's state dir (host pods mount there only). */
 function mountsUnderState(): string[] {
-  // <state>/host itself is a shared bind mount of itself, made once and kept
+  // <state>/host itself is a shared bind mount of itself while the daemon runs (see the last test)
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m && m.startsWith(d.state + '/') && m !== path.join(d.state, 'host'));
 }
 
@@ -254,6 +254,46 @@ describe('daemon restart', () => {
     const exited = await waitState(id, 'CONTAINER_EXITED');
     expect(exited.exit_code).toBe(137);
     await removePod(pod);
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
+
+/** Every mount point at or under the daemon's state dir, <state>/host itself included. */
+function allMountsUnderState(): string[] {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m && (m === d.state || m.startsWith(d.state + '/')));
+}
+
+describe('the host state dir\'s mount', () => {
+  it('a stopped daemon keeps only what running host pods need, and nothing once they are gone; a restarted daemon re-uses or removes it', async () => {
+    const stateMount = path.join(d.state, 'host');
+    // stopped with a host pod running: its pinned namespaces and root stay, under the shared state dir
+    const { pod, id } = await run('keep-mounts', { network: 'NODE' }, ['sleep', '3600']);
+    await d.stopProcess();
+    const kept = allMountsUnderState();
+    expect(kept).toContain(stateMount);
+    expect(kept.some((m) => m.startsWith(stateMount + '/pods/'))).toBe(true);
+    await d.launch();
+    expect((await waitState(id, 'CONTAINER_RUNNING')).state).toBe('CONTAINER_RUNNING');
+    expect((await exec(id, ['echo', 'still-here'])).out).toBe('still-here\n');
+    // the same shared mount, not a second one stacked on it
+    expect(allMountsUnderState().filter((m) => m === stateMount)).toHaveLength(1);
+    await removePod(pod);
+    await d.stopProcess();
+    expect(allMountsUnderState()).toEqual([]);
+
+    // killed (no cleanup) after its last host pod went: the restarted daemon takes the mount away
+    await d.launch();
+    const again = await run('killed-idle', { network: 'NODE' }, ['sleep', '3600']);
+    await removePod(again.pod);
+    await d.killProcess();
+    expect(allMountsUnderState()).toEqual([stateMount]);
+    await d.launch();
+    expect(allMountsUnderState()).toEqual([]);
+    // and it makes it again for the next host pod
+    const next = await run('after-release', { network: 'NODE' }, ['sleep', '3600']);
+    expect((await exec(next.id, ['echo', 'ok'])).out).toBe('ok\n');
+    await removePod(next.pod);
     expect(mountsUnderState()).toEqual([]);
     expect(processesUnderState()).toEqual([]);
   });

@@ -56,6 +56,7 @@ export class Daemon {
   private network?: CniNetwork;
   private streaming?: StreamingServer;
   private pool?: VmPool;
+  private backends?: PodBackends;
   private metricsEndpoint?: MetricsEndpoint;
   /** the daemon's instruments (kept also when the endpoint is off: they cost next to nothing) */
   readonly metrics = new DaemonMetrics();
@@ -103,6 +104,7 @@ export class Daemon {
     const backends = new PodBackends()
       .register(new VmPodBackend({ cfg, hypervisor: pool, network, spares: pool.spares, volumes, logger, agentCalls: metrics.agentCalls }))
       .register(new HostPodBackend({ cfg, launcher: launcherPath(cfg.vm), network, logger }));
+    this.backends = backends;
     const sandboxes = new SandboxManager(cfg, backends, volumes, logger, metrics.sandboxes);
     const containers = new ContainerManager(cfg.root, sandboxes, images, volumes, logger);
     await containers.restore(); // re-acquires the images of existing containers
@@ -180,6 +182,7 @@ export class Daemon {
       ['metrics', () => this.metricsEndpoint?.close()],
       ['streaming', () => this.streaming?.stop()],
       ['vm pool', () => this.pool?.close()],
+      ...(this.backends?.all() ?? []).map((b): [string, () => unknown] => [`${b.kind} pod backend`, () => b.close?.()]),
       ['socket', () => fsp.rm(this.cfg.socket, { force: true })],
     ];
     let failed: unknown;

@@ -208,6 +208,12 @@ export interface PodBackend {
   restore?(rec: SandboxRecord, from: PodRestoreSource, onEvent: (ev: PodEvent) => void): Promise<Pod>;
   /** what this host gives a checkpoint's `host` (compared key by key on restore) */
   checkpointHost?(): Record<string, string>;
+  /**
+   * The daemon stops (its pods keep running): frees what the backend holds that no pod needs to
+   * stay alive or to be found again by a restarted daemon (host: its state dir's shared mount
+   * when nothing is mounted under it).
+   */
+  close?(): Promise<void>;
 }
 
 /** What a backend saved of a pod (the VM backend: its size, devices and the file with its state). */

@@ -21,7 +21,7 @@ import type { HostPodState, SandboxRecord } from '../../records';
 import { HostContainers } from './host-containers';
 import { hostDevices } from './host-devices';
 import { HostPod } from './host-pod';
-import { ensureSharedDir, isMountPoint } from './mount';
+import { ensureSharedDir, isMountPoint, releaseSharedDir } from './mount';
 import { checkSysctls, initAlive, pin, unpin } from './pinned-ns';
 import { HostRootfs } from './rootfs';
 
@@ -58,6 +58,8 @@ export class HostPodBackend implements PodBackend {
   private readonly rootDir: string;
   private readonly containers: HostContainers;
   private prepared?: Promise<void>;
+  /** starts under way (the state dir's mount is not released under them) */
+  private starting = 0;
   private devices?: Promise<Awaited<ReturnType<typeof hostDevices>>>;
 
   constructor(private readonly o: HostPodBackendOptions) {
@@ -109,6 +111,15 @@ export class HostPodBackend implements PodBackend {
   }
 
   async start(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<HostPod> {
+    this.starting++;
+    try {
+      return await this.startPod(rec, onEvent);
+    } finally {
+      this.starting--;
+    }
+  }
+
+  private async startPod(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<HostPod> {
     await this.prepare();
     const c = rec.config;
     const m = nsModes(c);
@@ -221,5 +232,26 @@ export class HostPodBackend implements PodBackend {
       await this.unpinDir(path.join(this.stateDir, 'pods', name), undefined).catch((err) => this.o.logger.error({ pod: name, err: err }, 'cannot unpin a stray host pod'));
     }
     await this.containers.rootfs.sweep(keep);
+    await this.releaseIdle(); // nothing left: not even the state dir stays mounted
+  }
+
+  /** The daemon stops: the state dir's shared mount goes unless pods (or their images) are mounted under it. */
+  async close(): Promise<void> {
+    await this.releaseIdle();
+  }
+
+  /**
+   * Unmounts the state dir's own shared mount when nothing is mounted under it (no pod, no
+   * image, no container root), so a stopped daemon leaves nothing mounted that no pod needs;
+   * the next start makes it again (prepare).
+   */
+  private async releaseIdle(): Promise<void> {
+    if (this.starting || !fs.existsSync(this.stateDir)) return;
+    await this.prepared?.catch(() => undefined);
+    if (this.starting) return;
+    if (await releaseSharedDir(this.stateDir)) {
+      this.prepared = undefined;
+      this.o.logger.debug({ dir: this.stateDir }, 'host pod state dir unmounted: no host pod left');
+    }
   }
 }

@@ -41,6 +41,20 @@ export async function ensureSharedDir(dir: string): Promise<void> {
   await mount('none', dir, null, MS_SHARED, null);
 }
 
+/**
+ * Undoes ensureSharedDir when nothing is mounted under `dir` (no pod needs it): unmounts `dir`'s
+ * own bind mount (each one, when stacked). Returns false, leaving it, when something is under it.
+ */
+export async function releaseSharedDir(dir: string): Promise<boolean> {
+  for (let i = 0; i < 16; i++) {
+    const mounts = mountsUnder(dir);
+    if (mounts.some((m) => m !== dir)) return false;
+    if (!mounts.length) return true;
+    await unmount(dir);
+  }
+  return !isMountPoint(dir);
+}
+
 /** True when `path` is itself a mount point. */
 export function isMountPoint(path: string, mountinfo = '/proc/self/mountinfo'): boolean {
   return mountsUnder(path, mountinfo).includes(path);
