@@ -298,3 +298,41 @@ describe('the host state dir\'s mount', () => {
     expect(processesUnderState()).toEqual([]);
   });
 });
+
+/** The container process's cgroup path in a v1 controller's hierarchy (from /proc/<pid>/cgroup). */
+function cgroupOf(pid: number, controller: string): string {
+  const line = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => l.split(':')[1]?.split(',').includes(controller));
+  if (!line) throw new Error(`no ${controller} cgroup for ${pid}`);
+  return line.split(':').slice(2).join(':');
+}
+
+describe('UpdateContainerResources for a host container', () => {
+  it('writes the new limits into the container\'s own cgroup and refuses bad ones', async () => {
+    if (!fs.existsSync('/sys/fs/cgroup/cpu/cpu.shares')) throw new Error('this test reads cgroup v1 files (cpu, cpuset, memory hierarchies)');
+    const { pod, id } = await run('update', { network: 'NODE' }, ['sleep', '3600'], { linux: { resources: { cpu_shares: 256, memory_limit_in_bytes: 128 << 20 }, security_context: { namespace_options: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } } } });
+    try {
+      const pid = JSON.parse((await d.runtime('ContainerStatus', { container_id: id, verbose: true })).info.info).pid;
+      const file = (ctrl: string, name: string) => fs.readFileSync(path.join('/sys/fs/cgroup', ctrl, cgroupOf(pid, ctrl), name), 'utf8').trim();
+      expect(cgroupOf(pid, 'cpu')).toMatch(new RegExp(`/podvisor-${id}$`));
+      // what the create set
+      expect(file('cpu', 'cpu.shares')).toBe('256');
+      expect(file('memory', 'memory.limit_in_bytes')).toBe(String(128 << 20));
+      await d.runtime('UpdateContainerResources', { container_id: id, linux: { cpu_shares: 512, cpu_period: 100000, cpu_quota: 50000, memory_limit_in_bytes: 96 << 20, cpuset_cpus: '0' } });
+      expect(file('cpu', 'cpu.shares')).toBe('512');
+      expect(file('cpu', 'cpu.cfs_period_us')).toBe('100000');
+      expect(file('cpu', 'cpu.cfs_quota_us')).toBe('50000');
+      expect(file('memory', 'memory.limit_in_bytes')).toBe(String(96 << 20));
+      expect(file('cpuset', 'cpuset.cpus')).toBe('0');
+      // the process itself is limited: its own view of its CPUs
+      expect((await exec(id, ['sh', '-c', 'grep Cpus_allowed_list /proc/self/status'])).out).toMatch(/Cpus_allowed_list:\s+0\n/);
+      expect((await d.runtime('ContainerStatus', { container_id: id })).status.resources.linux).toMatchObject({ cpu_shares: '512', cpu_quota: '50000', memory_limit_in_bytes: String(96 << 20), cpuset_cpus: '0' });
+      // a bad value is refused and changes nothing
+      await expect(d.runtime('UpdateContainerResources', { container_id: id, linux: { cpu_shares: 1024, cpuset_cpus: '0\n1' } })).rejects.toMatchObject({ code: 3 });
+      expect(file('cpu', 'cpu.shares')).toBe('512');
+    } finally {
+      await removePod(pod);
+    }
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});

@@ -2,13 +2,14 @@
 // cgroupsPath): CPU time, memory (usage, working set = usage − inactive file pages, RSS) and
 // process count, in the shape the guest agent's `stats` gives for a VM pod's containers
 // (runtime/stats.ts reads both). cgroup v1 controllers are used where they are mounted (a
-// hybrid host), the v2 hierarchy otherwise. Reads only; a missing file reads as 0.
+// hybrid host), the v2 hierarchy otherwise. Reads only (cgroup-update.ts writes); a missing
+// file reads as 0.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 
 interface Hierarchies {
-  /** v1 mount point per controller (cpuacct, memory, pids) */
+  /** v1 mount point per controller (cpu, cpuacct, cpuset, memory, pids) */
   v1: Map<string, string>;
   /** the cgroup2 mount, if any */
   v2?: string;
@@ -26,7 +27,7 @@ export function hierarchies(mountinfo = '/proc/self/mountinfo'): Hierarchies {
     const point = pre.split(' ')[4];
     const [fstype, , superOpts = ''] = post.split(' ');
     if (fstype === 'cgroup2') h.v2 ??= point;
-    else if (fstype === 'cgroup') for (const o of superOpts.split(',')) if (['cpuacct', 'memory', 'pids'].includes(o) && !h.v1.has(o)) h.v1.set(o, point);
+    else if (fstype === 'cgroup') for (const o of superOpts.split(',')) if (['cpu', 'cpuacct', 'cpuset', 'memory', 'pids'].includes(o) && !h.v1.has(o)) h.v1.set(o, point);
   }
   if (mountinfo === '/proc/self/mountinfo') cached = h;
   return h;

@@ -13,13 +13,14 @@ import net from 'node:net';
 import path from 'node:path';
 import { Duplex, duplexPair, Readable, Writable } from 'node:stream';
 import type { GuestParams, GuestResult } from '../../../agent/api';
-import { failedPrecondition, invalidArgument, notFound, unavailable, unimplemented } from '../../../util/errors';
+import { failedPrecondition, invalidArgument, notFound, unavailable } from '../../../util/errors';
 import type { Logger } from '../../../util/log';
 import type { AttachIo, Pod, PodContainerIo, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
 import { capabilitiesIn, type HostDevice, type HostTarget } from '../../oci-spec';
 import type { HostPodState, SandboxRecord } from '../../records';
 import { cgroupParentPath, type CgroupDriver } from '../../pod-cgroup';
 import { cgroupStats, cgroupV2Only } from './cgroup-stats';
+import { updateCgroup, type OciResourceUpdate } from './cgroup-update';
 import type { HostContainers } from './host-containers';
 import { initAlive, pidNamespaceOf } from './pinned-ns';
 import { ShimConnection, spawnShim } from './shim-client';
@@ -249,8 +250,10 @@ export class HostPod implements Pod {
     }
   }
 
-  async updateContainer(id: string): Promise<void> {
-    throw unimplemented(`UpdateContainerResources is not implemented for host pods yet (container ${id})`);
+  /** UpdateContainerResources: the new limits go straight into the container's cgroup (cgroup-update.ts). */
+  async updateContainer(id: string, resources: object): Promise<void> {
+    const writes = await updateCgroup(containerCgroup(this.rec, this.x.cgroupDriver, id), resources as OciResourceUpdate);
+    this.x.logger.debug({ container: id, writes }, 'host container resources updated');
   }
 
   async exec(p: GuestParams<'exec.start'>): Promise<void> {
