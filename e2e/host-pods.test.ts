@@ -12,7 +12,7 @@ import { freePort } from '../test/support/registry';
 import { spdyAttachEcho, spdyConnect, spdyExec, spdyHttpGet } from '../test/streaming/support/spdy-client';
 import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
 import { containerConfig, execSync, POD_NAMESPACES, startContainer, until, waitContainerState } from './support/containers';
-import { podConfig, type TestDaemon } from './support/daemon';
+import { podConfig, retry, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
@@ -331,6 +331,119 @@ describe('UpdateContainerResources for a host container', () => {
       expect(file('cpu', 'cpu.shares')).toBe('512');
     } finally {
       await removePod(pod);
+    }
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
+
+/** A container config for a pod with namespaces `ns` (as run() makes). */
+const cc = (name: string, command: string[], ns: Ns) => containerConfig(image, name, command, { linux: { security_context: { namespace_options: { ...POD_NAMESPACES, ...ns } } } });
+
+describe('a privileged host pod', () => {
+  it('gets the host\'s devices and every capability; a sibling gets only the capabilities it adds', async () => {
+    const ns = { network: 'NODE' };
+    const cfg = hostPodConfig('privileged', ns);
+    cfg.linux.security_context.privileged = true;
+    const { pod_sandbox_id: pod } = await d.runtime('RunPodSandbox', { config: cfg, runtime_handler: '' });
+    const made = async (name: string, sc: Record<string, unknown>) => {
+      const c = cc(name, ['sleep', '3600'], ns);
+      c.linux.security_context = { ...c.linux.security_context, ...sc } as any;
+      const { container_id: id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: c, sandbox_config: cfg });
+      await d.runtime('StartContainer', { container_id: id });
+      await waitState(id, 'CONTAINER_RUNNING');
+      return id;
+    };
+    try {
+      const priv = await made('priv', { privileged: true });
+      const plain = await made('plain', { capabilities: { add_capabilities: ['NET_ADMIN'] } });
+      const capEff = async (id: string) => BigInt('0x' + /CapEff:\s+([0-9a-f]+)/.exec((await exec(id, ['cat', '/proc/self/status'])).out)![1]);
+      const hostBnd = BigInt('0x' + /CapBnd:\s+([0-9a-f]+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]);
+      expect(await capEff(priv)).toBe(hostBnd);
+      const NET_ADMIN = 1n << 12n;
+      const SYS_ADMIN = 1n << 21n;
+      const plainCaps = await capEff(plain);
+      expect(plainCaps & NET_ADMIN).toBe(NET_ADMIN);
+      expect(plainCaps & SYS_ADMIN).toBe(0n);
+      // the host's device nodes: a block device of the host and /dev/kmsg, absent from the sibling's /dev
+      const hostBlock = fs.readdirSync('/dev').find((n) => /^(loop\d+|sd[a-z]|vd[a-z]|nvme\d+n\d+)$/.test(n));
+      expect(hostBlock).toBeDefined();
+      const ls = async (id: string) => (await exec(id, ['ls', '/dev'])).out.split(/\s+/).filter(Boolean);
+      expect(await ls(priv)).toEqual(expect.arrayContaining([hostBlock, 'kmsg']));
+      expect(await ls(plain)).not.toContain(hostBlock);
+      // a privileged container may do what only CAP_SYS_ADMIN does: mount a tmpfs
+      expect(await exec(priv, ['sh', '-c', 'mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && echo mounted'])).toMatchObject({ out: 'mounted\n', code: 0 });
+      expect((await exec(plain, ['sh', '-c', 'mkdir -p /mnt/t && mount -t tmpfs none /mnt/t'])).code).not.toBe(0);
+    } finally {
+      await removePod(pod);
+    }
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
+
+describe('a pod of the runc handler on a CNI network', () => {
+  const BRIDGE = 'pvhostp0';
+  const SUBNET = '10.214.9';
+
+  afterAll(() => {
+    try { execFileSync('ip', ['link', 'del', BRIDGE]); } catch { /* already gone */ }
+  });
+
+  it('gets a CNI address reachable from the host; two containers share IPC and UTS; no pause process holds the pod', async () => {
+    fs.writeFileSync(path.join(d.cniConfDir, '10-hostpods.conflist'), JSON.stringify({
+      cniVersion: '1.0.0',
+      name: 'hostpods',
+      plugins: [{ type: 'bridge', bridge: BRIDGE, isGateway: true, ipMasq: false, ipam: { type: 'host-local', ranges: [[{ subnet: `${SUBNET}.0/24` }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: path.join(d.state, '..', 'ipam-hostpods') } }],
+    }));
+    await retry(async () => {
+      const s = await d.runtime('Status', {});
+      if (!s.status.conditions.find((c: any) => c.type === 'NetworkReady')?.status) throw new Error('network not ready yet');
+    });
+    const ns = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
+    const cfg = hostPodConfig('runc-cni', ns);
+    const { pod_sandbox_id: pod } = await d.runtime('RunPodSandbox', { config: cfg, runtime_handler: 'runc' });
+    try {
+      const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
+      expect(JSON.parse(st.info.info)).toMatchObject({ backend: 'host' });
+      const ip: string = st.status.network.ip;
+      expect(ip.startsWith(`${SUBNET}.`)).toBe(true);
+      const start = async (name: string, cmd: string[]) => {
+        const { container_id: id } = await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: cc(name, cmd, ns), sandbox_config: cfg });
+        await d.runtime('StartContainer', { container_id: id });
+        await waitState(id, 'CONTAINER_RUNNING');
+        return id;
+      };
+      const web = await start('web', ['sh', '-c', 'mkdir -p /www; echo from-the-runc-pod > /www/index.html; exec httpd -f -p 8080 -h /www']);
+      const side = await start('side', ['sleep', '3600']);
+      // the pod's address, from the host's network namespace
+      const body = await until('httpd on the pod address', () => new Promise<string | false>((resolve) => {
+        http.get({ host: ip, port: 8080, path: '/', timeout: 3000 }, (res) => {
+          let b = '';
+          res.on('data', (c) => (b += c));
+          res.on('end', () => resolve(b));
+        }).on('error', () => resolve(false));
+      }));
+      expect(body).toBe('from-the-runc-pod\n');
+      // one IPC and one UTS namespace for both, not the host's; a /dev/shm file crosses over
+      const nsOf = async (id: string, kind: string) => (await exec(id, ['/bin/busybox', 'readlink', `/proc/self/ns/${kind}`])).out.trim();
+      for (const kind of ['ipc', 'uts', 'net']) {
+        expect(await nsOf(web, kind)).toBe(await nsOf(side, kind));
+        expect(await nsOf(web, kind)).not.toBe(fs.readlinkSync(`/proc/self/ns/${kind}`));
+      }
+      expect((await exec(web, ['hostname'])).out.trim()).toBe(cfg.hostname);
+      expect((await exec(side, ['hostname'])).out.trim()).toBe(cfg.hostname);
+      expect((await exec(web, ['sh', '-c', 'echo shared > /dev/shm/x'])).code).toBe(0);
+      expect((await exec(side, ['cat', '/dev/shm/x'])).out).toBe('shared\n');
+      // no pause process: every host process in the pod's network namespace is one of its containers'
+      const netns = (pid: string) => { try { return fs.readlinkSync(`/proc/${pid}/ns/net`); } catch { return ''; } };
+      const pidOf = async (id: string) => String(JSON.parse((await d.runtime('ContainerStatus', { container_id: id, verbose: true })).info.info).pid);
+      const podNet = netns(await pidOf(web));
+      const inPod = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && netns(p) === podNet).map((p) => fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim()).sort();
+      expect(inPod).toEqual(['httpd', 'sleep']);
+    } finally {
+      await removePod(pod);
+      fs.rmSync(path.join(d.cniConfDir, '10-hostpods.conflist'), { force: true });
     }
     expect(mountsUnderState()).toEqual([]);
     expect(processesUnderState()).toEqual([]);
