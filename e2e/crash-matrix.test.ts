@@ -10,12 +10,14 @@ import { podCgroupDirs } from '../src/runtime/pod-cgroup';
 import { pushBusybox } from '../test/support/images';
 import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
 import { useBridgeNetwork } from './support/cni';
+import { claimRunNetwork, type RunNetwork } from './support/netpool';
 import { podConfig, qemuPidsUnder, retry, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(900_000);
 
-const BRIDGE = 'pvcrash0';
-const SUBNET = '10.219.7';
+// this run's own bridge and /24 (another slot may run this file at the same time)
+let net: RunNetwork | undefined;
+let BRIDGE: string;
 const STEPS = ['sandbox.run:pending-saved', 'sandbox.run:network-up', 'sandbox.run:vm-started', 'sandbox.run:cgroup-entered', 'sandbox.run:booted', 'sandbox.run:ready-saved'];
 
 let setup: BusyboxDaemon | undefined;
@@ -26,15 +28,18 @@ let image: string;
 beforeAll(async () => {
   setup = await startBusyboxDaemon({ templates: false }, { pull: false });
   ({ d, image, registry } = setup);
-  ipamDir = await useBridgeNetwork(d, { name: 'crash', bridge: BRIDGE, subnet: SUBNET });
+  net = await claimRunNetwork('pvcrash');
+  BRIDGE = net.bridge;
+  ipamDir = await useBridgeNetwork(d, { name: 'crash', bridge: BRIDGE, subnet: net.subnet });
 });
 afterAll(async () => {
   await setup?.close();
   try {
-    execFileSync('ip', ['link', 'del', BRIDGE], { stdio: 'ignore' });
+    if (BRIDGE) execFileSync('ip', ['link', 'del', BRIDGE], { stdio: 'ignore' });
   } catch {
     /* never made */
   }
+  await net?.release();
 });
 
 const netnsList = () => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });

@@ -1,6 +1,7 @@
 // A CNI bridge network for one test daemon: Debian's bridge + host-local plugins (and portmap
 // when asked) written as the daemon's only conflist, then waited for until Status says
-// NetworkReady. Each file names its own bridge and /24, so two e2e slots never share one.
+// NetworkReady. Each run claims its own bridge and /24 (support/netpool.ts), so runs in several
+// e2e slots never share one.
 import fs from 'node:fs';
 import path from 'node:path';
 import { retry, type TestDaemon } from './daemon';
