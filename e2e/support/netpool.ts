@@ -4,7 +4,7 @@
 // comes from a small pool, each entry held by an flock on /tmp/pv-subnet-<n>.lock for the life of
 // the run. The lock is held by a `flock ... cat` child reading our stdin pipe: release() closes
 // the pipe, and so does the kernel when this process dies, so a killed run never keeps a subnet.
-// Trade-off: the pool is small (SLOTS /24s in 10.214.0.0/16); a run that finds every entry held
+// Trade-off: the pool is small (SLOTS /24s in 10.212.0.0/16; 10.214 is checkpoint.test's and host-pods.test's); a run that finds every entry held
 // waits, then fails with a clear error.
 import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -16,7 +16,7 @@ const WAIT_MS = 10 * 60_000;
 export interface RunNetwork {
   /** `<prefix><6 hex>`, a Linux ifname (≤ 15 chars) no other run uses */
   bridge: string;
-  /** the /24's first three octets, e.g. '10.214.3' */
+  /** the /24's first three octets, e.g. '10.212.3' */
   subnet: string;
   /** the pool entry (0..SLOTS-1): to derive other per-run resources, e.g. host ports */
   index: number;
@@ -58,7 +58,7 @@ export async function claimRunNetwork(prefix: string): Promise<RunNetwork> {
       const index = (start + k) % SLOTS;
       const holder = await tryLock(index);
       if (!holder) continue;
-      const subnet = `10.214.${index}`;
+      const subnet = `10.212.${index}`;
       dropStaleLinks(subnet);
       const release = async () => {
         if (holder.exitCode !== null || holder.signalCode !== null) return;
