@@ -384,6 +384,11 @@ export class QemuVm implements Vm {
     this.bus.reserve(ids);
   }
 
+  /** SCSI target ids its disks and volumes hold now (for inspection: tests of release after detach) */
+  get scsiIdsInUse(): number[] {
+    return this.bus.inUse;
+  }
+
   async attachDisk(file: string, readonly: boolean): Promise<DiskAttachment> {
     const scsiId = this.bus.alloc();
     const nodeName = `disk${scsiId}`;

@@ -1,17 +1,18 @@
 // Shared set-up for the storage tests: a bare QEMU (microvm, no kernel, paused) that only
-// serves QMP, wrapped as a PodVolumeTarget (its block devices through the QEMU driver's SCSI
-// hot-plug, src/vm/qemu-scsi.ts) whose agent is a recorder; loop devices that are
-// always detached; and the test's own share of the mount table, to prove nothing got mounted on
-// the host.
+// serves QMP, wrapped as a PodVolumeTarget whose block devices go through the QEMU driver's own
+// Vm (QemuVm over that process: the attach, detach and sweep a pod VM uses) and whose agent is a
+// recorder; loop devices that are always detached; and the test's own share of the mount table,
+// to prove nothing got mounted on the host.
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { QmpClient } from '../../src/vm/qmp';
+import { QemuVm } from '../../src/vm/qemu';
+import type { VmInfo } from '../../src/vm/hypervisor';
 import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../storage/volume-driver';
 import type { BlockAddress, BlockAttachment, BlockSource } from '../../src/util/block-source';
-import { ScsiBus, volumeNames } from '../../src/vm/qemu-scsi';
 
 export interface AgentCall {
   method: string;
@@ -24,30 +25,32 @@ export class BareVm implements PodVolumeTarget {
   readonly calls: AgentCall[] = [];
   /** what the fake agent answers; throw to simulate an agent error */
   agentHandler: (c: AgentCall) => any = () => ({});
-  private dead = false;
-  private readonly bus: ScsiBus;
 
-  private constructor(readonly id: string, readonly dir: string, private readonly proc: ChildProcess, readonly client: QmpClient) {
-    this.bus = new ScsiBus(client);
-    proc.once('exit', () => { this.dead = true; });
-  }
+  private constructor(readonly id: string, readonly dir: string, private readonly proc: ChildProcess, private readonly vm: QemuVm) {}
 
   static async start(): Promise<BareVm> {
+    const id = `bare-${crypto.randomBytes(4).toString('hex')}`;
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pv-qemu-'));
     const sock = path.join(dir, 'qmp.sock');
     const proc = spawn('qemu-system-x86_64', [
       '-M', 'microvm', '-accel', 'tcg', '-nodefaults', '-no-user-config', '-nographic', '-S', '-m', '64M',
       '-device', 'virtio-scsi-device,id=scsi0', '-qmp', `unix:${sock},server=on,wait=off`,
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
     let stderr = '';
     proc.stderr!.on('data', (d) => { stderr += d; });
     proc.stdout!.on('data', (d) => { BareVm.stdout += d; });
     try {
       const client = await Promise.race([
         QmpClient.connect(sock, 15_000),
-        new Promise<never>((_, rej) => proc.once('exit', () => rej(new Error(`qemu exited: ${stderr}`)))),
+        exited.then((): never => { throw new Error(`qemu exited: ${stderr}`); }),
       ]);
-      return new BareVm(`bare-${crypto.randomBytes(4).toString('hex')}`, dir, proc, client);
+      const info: VmInfo = {
+        id, pid: proc.pid ?? -1, accelerator: 'tcg', bootMode: 'cold', dir,
+        agentSocket: path.join(dir, 'agent.sock'), qmpSocket: sock, vcpus: 1, memoryMiB: 64, disks: [],
+      };
+      // the launcher is only for bindIntoMountNs, which the storage tests never call
+      return new BareVm(id, dir, proc, new QemuVm(info, client, exited, 'podvisor-launch'));
     } catch (err) {
       proc.kill('SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
@@ -56,25 +59,21 @@ export class BareVm implements PodVolumeTarget {
   }
 
   alive(): boolean {
-    return !this.dead;
+    return this.vm.alive();
   }
   /** for the tests' own inspection of QEMU (never used by storage/) */
   qmp(command: string, args?: Record<string, unknown>): Promise<any> {
-    return this.client.execute(command, args);
+    return this.vm.qmp.execute(command, args);
   }
-  // the volume target: block sources through the QEMU driver's one SCSI hot-plug, the guest a recorder
+  // the volume target: block sources as a pod VM attaches them, the guest a recorder
   attachBlock(tag: string, source: BlockSource, o: { readonly: boolean }): Promise<BlockAttachment> {
-    return this.bus.plug(volumeNames(tag), source, o.readonly);
+    return this.vm.attachBlock(tag, source, o);
   }
-  async detachBlock(tag: string, scsiId?: number): Promise<void> {
-    if (!this.alive()) {
-      if (scsiId !== undefined) this.bus.release(scsiId);
-      return;
-    }
-    await this.bus.unplug(volumeNames(tag), scsiId);
+  detachBlock(tag: string, scsiId?: number): Promise<void> {
+    return this.vm.detachBlock(tag, scsiId);
   }
   sweepBlocks(): Promise<void> {
-    return this.bus.sweep('pvvol-');
+    return this.vm.sweepBlocks();
   }
   private async agentCall(method: string, params: object): Promise<any> {
     const c = { method, params: params as Record<string, any> };
@@ -94,7 +93,7 @@ export class BareVm implements PodVolumeTarget {
     await this.agentCall('disk.unmount', { target });
   }
   get scsiIdsInUse(): number[] {
-    return this.bus.inUse;
+    return this.vm.scsiIdsInUse;
   }
 
   /** node names, scsi devices and pvvol objects currently in QEMU */
@@ -106,15 +105,14 @@ export class BareVm implements PodVolumeTarget {
     return { nodes, devices, objects, blocks };
   }
 
+  /** QEMU quits (killed after 3 s), as the driver stops a pod VM; its directory goes. */
   async stop(): Promise<void> {
-    if (!this.dead) {
-      await this.client.execute('quit').catch(() => undefined);
-      const t = Date.now();
-      while (!this.dead && Date.now() - t < 3000) await new Promise((r) => setTimeout(r, 20));
-      if (!this.dead) this.proc.kill('SIGKILL');
-      while (!this.dead) await new Promise((r) => setTimeout(r, 20));
+    await this.vm.stop(3000);
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      this.proc.kill('SIGKILL');
+      await this.vm.exited;
     }
-    this.client.close();
+    this.vm.qmp.close();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
