@@ -11,8 +11,10 @@ import { readCriLog } from '../test/support/cri-log';
 import { freePort } from '../test/support/registry';
 import { spdyAttachEcho, spdyConnect, spdyExec, spdyHttpGet } from '../test/streaming/support/spdy-client';
 import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
+import { useBridgeNetwork } from './support/cni';
+import { claimRunNetwork, type RunNetwork } from './support/netpool';
 import { containerConfig, execSync, POD_NAMESPACES, startContainer, until, waitContainerState } from './support/containers';
-import { podConfig, retry, type TestDaemon } from './support/daemon';
+import { podConfig, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
@@ -383,23 +385,23 @@ describe('a privileged host pod', () => {
 });
 
 describe('a pod of the runc handler on a CNI network', () => {
-  const BRIDGE = 'pvhostp0';
-  const SUBNET = '10.214.9';
+  // this run's own bridge and /24 (another e2e slot may run this file at the same time)
+  let net: RunNetwork | undefined;
+  let BRIDGE: string;
+  let SUBNET: string;
 
-  afterAll(() => {
-    try { execFileSync('ip', ['link', 'del', BRIDGE]); } catch { /* already gone */ }
+  beforeAll(async () => {
+    net = await claimRunNetwork('pvhostp');
+    ({ bridge: BRIDGE, subnet: SUBNET } = net);
+  });
+
+  afterAll(async () => {
+    try { if (BRIDGE) execFileSync('ip', ['link', 'del', BRIDGE], { stdio: 'ignore' }); } catch { /* already gone */ }
+    await net?.release();
   });
 
   it('gets a CNI address reachable from the host; two containers share IPC and UTS; no pause process holds the pod', async () => {
-    fs.writeFileSync(path.join(d.cniConfDir, '10-hostpods.conflist'), JSON.stringify({
-      cniVersion: '1.0.0',
-      name: 'hostpods',
-      plugins: [{ type: 'bridge', bridge: BRIDGE, isGateway: true, ipMasq: false, ipam: { type: 'host-local', ranges: [[{ subnet: `${SUBNET}.0/24` }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: path.join(d.state, '..', 'ipam-hostpods') } }],
-    }));
-    await retry(async () => {
-      const s = await d.runtime('Status', {});
-      if (!s.status.conditions.find((c: any) => c.type === 'NetworkReady')?.status) throw new Error('network not ready yet');
-    });
+    await useBridgeNetwork(d, { name: 'hostpods', bridge: BRIDGE, subnet: SUBNET, routed: true });
     const ns = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
     const cfg = hostPodConfig('runc-cni', ns);
     const { pod_sandbox_id: pod } = await d.runtime('RunPodSandbox', { config: cfg, runtime_handler: 'runc' });

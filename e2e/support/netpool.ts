@@ -4,7 +4,7 @@
 // comes from a small pool, each entry held by an flock on /tmp/pv-subnet-<n>.lock for the life of
 // the run. The lock is held by a `flock ... cat` child reading our stdin pipe: release() closes
 // the pipe, and so does the kernel when this process dies, so a killed run never keeps a subnet.
-// Trade-off: the pool is small (SLOTS /24s in 10.212.0.0/16; 10.214 is checkpoint.test's and host-pods.test's); a run that finds every entry held
+// Trade-off: the pool is small (SLOTS /24s in 10.212.0.0/16; 10.214 is checkpoint.test's); a run that finds every entry held
 // waits, then fails with a clear error.
 import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process';
 import crypto from 'node:crypto';
