@@ -384,6 +384,91 @@ describe('a privileged host pod', () => {
   });
 });
 
+/** Host mount points at or under `dir`, deepest first. */
+function hostMountsUnder(dir: string): string[] {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m && (m === dir || m.startsWith(dir + '/')))
+    .sort((a, b) => b.split('/').length - a.split('/').length);
+}
+
+describe('mounts of a host container', () => {
+  it('recursive read-only reaches submounts (non-recursive does not); rshared, rslave and rprivate propagate as CRI says, also side by side in one container', async () => {
+    const handlers = (await d.runtime('Status', {})).runtime_handlers;
+    expect(handlers.find((h: any) => h.name === 'runc').features.recursive_read_only_mounts).toBe(true);
+    const top = fs.mkdtempSync(path.join(d.dir, 'mounts-'));
+    const dir = (name: string) => {
+      const p = path.join(top, name);
+      fs.mkdirSync(p, { recursive: true });
+      return p;
+    };
+    // a host path with a tmpfs under it, for the read-only binds
+    const ro = dir('ro');
+    fs.mkdirSync(path.join(ro, 'sub'));
+    execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', path.join(ro, 'sub')]);
+    // three shared host paths (as kubelet's are on a systemd host), one per propagation mode
+    const shared = (name: string) => {
+      const p = dir(name);
+      execFileSync('mount', ['--bind', p, p]);
+      execFileSync('mount', ['--make-rshared', p]);
+      fs.mkdirSync(path.join(p, 'from-host'));
+      fs.mkdirSync(path.join(p, 'from-container'));
+      return p;
+    };
+    const bi = shared('bi');
+    const slave = shared('slave');
+    const priv = shared('private');
+    const ns = { network: 'NODE' };
+    const cfg = hostPodConfig('mounts', ns);
+    cfg.linux.security_context.privileged = true;
+    const { pod_sandbox_id: pod } = await d.runtime('RunPodSandbox', { config: cfg, runtime_handler: '' });
+    try {
+      const c = cc('mounts', ['sleep', '3600'], ns);
+      c.linux.security_context.privileged = true;
+      c.mounts = [
+        { container_path: '/rro', host_path: ro, readonly: true, recursive_read_only: true },
+        { container_path: '/ro', host_path: ro, readonly: true },
+        { container_path: '/bi', host_path: bi, propagation: 'PROPAGATION_BIDIRECTIONAL' },
+        { container_path: '/slave', host_path: slave, propagation: 'PROPAGATION_HOST_TO_CONTAINER' },
+        { container_path: '/private', host_path: priv, propagation: 'PROPAGATION_PRIVATE' },
+      ];
+      const id = await startContainer(d, pod, cfg, c);
+      await waitState(id, 'CONTAINER_RUNNING');
+
+      // read-only: the bind itself both times; its tmpfs only when recursive
+      const touch = async (f: string) => (await exec(id, ['sh', '-c', `touch ${f} 2>&1`]));
+      expect((await touch('/rro/x')).out).toMatch(/Read-only file system/);
+      expect((await touch('/rro/sub/x')).out).toMatch(/Read-only file system/);
+      expect((await touch('/ro/x')).out).toMatch(/Read-only file system/);
+      expect(await touch('/ro/sub/y')).toMatchObject({ code: 0 });
+      expect(fs.existsSync(path.join(ro, 'sub', 'y'))).toBe(true);
+
+      // host → container: a tmpfs mounted on the host after the container started
+      for (const p of [bi, slave, priv]) {
+        execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', path.join(p, 'from-host')]);
+        fs.writeFileSync(path.join(p, 'from-host', 'flag'), 'x');
+      }
+      const ls = async (p: string) => (await exec(id, ['ls', '-A', p])).out.trim();
+      expect(await ls('/bi/from-host')).toBe('flag');
+      expect(await ls('/slave/from-host')).toBe('flag');
+      expect(await ls('/private/from-host')).toBe('');
+      // container → host: only the bidirectional mount's
+      for (const p of ['/bi', '/slave', '/private']) {
+        expect(await exec(id, ['sh', '-c', `mount --bind /etc ${p}/from-container && echo ok`])).toMatchObject({ out: 'ok\n', code: 0 });
+      }
+      const etc = (await ls('/etc')).split(/\s+/).sort();
+      expect(etc.length).toBeGreaterThan(0);
+      expect(fs.readdirSync(path.join(bi, 'from-container')).sort()).toEqual(etc);
+      expect(fs.readdirSync(path.join(slave, 'from-container'))).toEqual([]);
+      expect(fs.readdirSync(path.join(priv, 'from-container'))).toEqual([]);
+    } finally {
+      await removePod(pod);
+      for (const m of hostMountsUnder(top)) execFileSync('umount', ['-l', m]);
+      fs.rmSync(top, { recursive: true, force: true });
+    }
+    expect(mountsUnderState()).toEqual([]);
+    expect(processesUnderState()).toEqual([]);
+  });
+});
+
 describe('a pod of the runc handler on a CNI network', () => {
   // this run's own bridge and /24 (another e2e slot may run this file at the same time)
   let net: RunNetwork | undefined;

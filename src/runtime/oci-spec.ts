@@ -393,18 +393,22 @@ export function buildSpec(input: SpecInput): BuiltSpec {
     own('network') ? { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', privileged ? 'rw' : 'ro'] } : guestBind('/sys', '/sys', !privileged),
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', privileged ? 'rw' : 'ro'] },
   ];
+  // a host container with a bidirectional mount gets a shared root (rootfsPropagation below): the
+  // binds made here from under the shared <state>/host must then not stay its peers
+  const sharedRoot = !!host && mounts.some((m) => m.propagation === 'rshared');
+  const ownBind = sharedRoot ? ['rbind', 'rw', 'rprivate'] : ['rbind', 'rw'];
   if (!mounts.some((m) => m.destination === '/dev/shm')) {
     // a host pod's containers share the pod's /dev/shm (with host IPC: the host's)
     const hostIpc = !ns.some((n) => n.type === 'ipc');
     const podShm = host ? (ipcShared || hostIpc ? host.shm : undefined) : ipcShared ? '/run/podvisor/shm' : undefined;
     specMounts.push(podShm
-      ? { destination: '/dev/shm', type: 'bind', source: podShm, options: ['rbind', 'rw'] }
+      ? { destination: '/dev/shm', type: 'bind', source: podShm, options: ownBind }
       : { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] });
   }
   // the pod's resolv.conf and hostname on the host (in a VM the agent binds them), unless a
   // CRI mount provides them
   for (const [dst, src] of [['/etc/resolv.conf', host?.etc.resolvConf], ['/etc/hostname', host?.etc.hostname]] as const) {
-    if (src && !mounts.some((m) => m.destination === dst)) specMounts.push({ destination: dst, type: 'bind', source: src, options: ['rbind', 'rw'] });
+    if (src && !mounts.some((m) => m.destination === dst)) specMounts.push({ destination: dst, type: 'bind', source: src, options: ownBind });
   }
   // /etc/resolv.conf: the agent binds the pod's own unless a CRI mount provides one.
   for (const m of mounts) {
@@ -445,6 +449,11 @@ export function buildSpec(input: SpecInput): BuiltSpec {
       readonlyPaths,
       seccomp: seccompFor(sc, caps, !!host),
       cgroupsPath: host?.cgroupsPath,
+      // a bidirectional mount of a host container: its root shared (libcontainer makes "shared"
+      // recursive), so its copies of the host's shared mounts stay their peers; the shim then
+      // sets each mount's own propagation (launcher/src/shim/propagation.rs), as containerd
+      // sets rshared for runc
+      rootfsPropagation: sharedRoot ? 'shared' : undefined,
     },
   };
   return { spec, username: uid === undefined ? username : null, groupsPolicy };

@@ -61,6 +61,22 @@ describe('OCI spec, host target', () => {
     expect(vm.linux.namespaces).toContainEqual({ type: 'network', path: '/proc/1/ns/net' });
   });
 
+  it('recursive read-only binds are "rro"; a bidirectional mount makes the container\'s root shared (the shim sets each mount\'s own propagation)', () => {
+    const spec = (mounts: any[], t: any = target()) => buildSpec({ target: t, config: base, sandboxConfig: {}, imageConfig: {}, mounts }).spec;
+    const rro = spec([{ destination: '/ro', source: '/h/ro', readonly: true, recursive: true, propagation: 'rprivate' }, { destination: '/rw', source: '/h/rw', readonly: false, propagation: 'rslave' }]);
+    expect(rro.mounts).toContainEqual({ destination: '/ro', type: 'bind', source: '/h/ro', options: ['rbind', 'rro', 'rprivate'] });
+    expect(rro.linux.rootfsPropagation).toBeUndefined(); // libcontainer's default: rslave
+    const shared = spec([{ destination: '/bi', source: '/h/bi', readonly: false, propagation: 'rshared' }, { destination: '/p', source: '/h/p', readonly: false, propagation: 'rprivate' }]);
+    expect(shared.linux.rootfsPropagation).toBe('shared');
+    expect(shared.mounts).toContainEqual({ destination: '/bi', type: 'bind', source: '/h/bi', options: ['rbind', 'rw', 'rshared'] });
+    expect(shared.mounts).toContainEqual({ destination: '/p', type: 'bind', source: '/h/p', options: ['rbind', 'rw', 'rprivate'] });
+    // the pod's own binds (from under the shared state dir) are kept private then, and only then
+    expect(shared.mounts.filter((m: any) => ['/dev/shm', '/etc/resolv.conf', '/etc/hostname'].includes(m.destination)).map((m: any) => m.options)).toEqual([['rbind', 'rw', 'rprivate'], ['rbind', 'rw', 'rprivate'], ['rbind', 'rw', 'rprivate']]);
+    expect(rro.mounts.find((m: any) => m.destination === '/dev/shm').options).toEqual(['rbind', 'rw']);
+    // the VM target's spec is the guest's business
+    expect(buildSpec({ config: base, sandboxConfig: {}, imageConfig: {}, mounts: [{ destination: '/bi', source: '/h/bi', readonly: false, propagation: 'rshared' }] }).spec.linux.rootfsPropagation).toBeUndefined();
+  });
+
   it('gives a privileged container every host device and no filter', () => {
     const hostDevices = [{ path: '/dev/loop0', type: 'b' as const, major: 7, minor: 0, fileMode: 0o660, uid: 0, gid: 6 }, { path: '/dev/fuse', type: 'c' as const, major: 10, minor: 229, fileMode: 0o666, uid: 0, gid: 0 }];
     const priv = buildSpec({ target: target({ hostDevices }), config: { ...base, linux: { security_context: { privileged: true } } }, sandboxConfig: {}, imageConfig: {}, mounts: [] }).spec;

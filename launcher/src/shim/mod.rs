@@ -41,6 +41,7 @@ mod crilog;
 mod fdio;
 mod frame;
 mod oci;
+mod propagation;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -282,6 +283,7 @@ fn create(o: ShimOpts) -> Result<Shim, String> {
         .map_err(|e| format!("config.json: {e}"))?;
     let process = spec.get("process").cloned().unwrap_or(json!({}));
     let seccomp = spec.get("linux").and_then(|l| l.get("seccomp")).cloned();
+    let propagation = propagation::changes(&spec)?;
     let wake = install_handlers()?;
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let _ = std::fs::remove_file(&o.socket);
@@ -335,6 +337,11 @@ fn create(o: ShimOpts) -> Result<Shim, String> {
         stdin = hin;
         pid
     };
+    // libcontainer leaves each mount's own propagation out: set before anything runs in it
+    if let Err(e) = propagation::apply(pid, &propagation) {
+        let _ = oci.delete();
+        return Err(e);
+    }
     let oom_file = oom_counter_file(pid);
     Ok(Shim {
         o,

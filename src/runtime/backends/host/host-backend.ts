@@ -53,7 +53,12 @@ function nsModes(config: PodSandboxConfig): { net: boolean; ipc: boolean; pid: s
 
 export class HostPodBackend implements PodBackend {
   readonly kind = 'host';
-  readonly features: BackendFeatures = { recursiveReadOnlyMounts: false, userNamespaces: false, supplementalGroupsPolicy: false };
+  /**
+   * recursive read-only mounts: OCI "rro", which libcontainer sets with mount_setattr(2)
+   * (MOUNT_ATTR_RDONLY, AT_RECURSIVE) on the bind before it is attached; it mounts every bind
+   * that way (open_tree, mount_setattr, move_mount), so no kernel runs host containers without it
+   */
+  readonly features: BackendFeatures = { recursiveReadOnlyMounts: true, userNamespaces: false, supplementalGroupsPolicy: false };
   private readonly stateDir: string;
   private readonly rootDir: string;
   private readonly containers: HostContainers;
