@@ -14,7 +14,8 @@ import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
 import { useBridgeNetwork } from './support/cni';
 import { claimRunNetwork, type RunNetwork } from './support/netpool';
 import { containerConfig, execSync, POD_NAMESPACES, startContainer, until, waitContainerState } from './support/containers';
-import { podConfig, type TestDaemon } from './support/daemon';
+import { netnsNameFor } from '../network/network-driver';
+import { podConfig, podQemuPids, type TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
 
@@ -258,6 +259,103 @@ describe('daemon restart', () => {
     await removePod(pod);
     expect(mountsUnderState()).toEqual([]);
     expect(processesUnderState()).toEqual([]);
+  });
+});
+
+/** Cgroup directories under `parent` in every hierarchy (v1 controllers, a v2 or hybrid root). */
+function cgroupsUnder(parent: string): string[] {
+  const out: string[] = [];
+  const roots = fs.existsSync('/sys/fs/cgroup/cgroup.controllers') ? ['/sys/fs/cgroup'] : fs.readdirSync('/sys/fs/cgroup').map((h) => path.join('/sys/fs/cgroup', h)).filter((h) => fs.lstatSync(h).isDirectory());
+  for (const root of roots) {
+    const dir = path.join(root, parent);
+    if (!fs.existsSync(dir)) continue;
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) out.push(path.join(dir, e.name));
+  }
+  return out;
+}
+
+/** Whether `pid` runs (exists and is not a zombie). */
+function running(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch {
+    return false;
+  }
+}
+
+describe('a daemon killed with a host pod and a VM pod running', () => {
+  it('finds both again: state, logs and exec of each; removing them leaves no mount, netns file, cgroup, shim or VM', async () => {
+    // both pods under one cgroup_parent of this test's, as kubelet's pod cgroups are
+    const parent = `/pv-e2e-mixed-${process.pid}`;
+    const ticker = ['sh', '-c', 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done'];
+    const hostNs = { ipc: 'NODE' }; // a pinned network and UTS namespace of its own, the host's IPC
+    const hostCfg = hostPodConfig('mixed-host', hostNs);
+    hostCfg.linux.cgroup_parent = parent;
+    const vmCfg = hostPodConfig('mixed-vm', {});
+    vmCfg.linux.cgroup_parent = parent;
+    const pods: string[] = [];
+    try {
+      const host = (await d.runtime('RunPodSandbox', { config: hostCfg, runtime_handler: '' })).pod_sandbox_id;
+      pods.push(host);
+      const vm = (await d.runtime('RunPodSandbox', { config: vmCfg, runtime_handler: '' })).pod_sandbox_id;
+      pods.push(vm);
+      const backendOf = async (pod: string) => JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true })).info.info);
+      expect((await backendOf(host)).backend).toBe('host');
+      const vmInfo = await backendOf(vm);
+      expect(vmInfo.backend).toBe('vm');
+      const hostC = await startContainer(d, host, hostCfg, cc('main', ticker, hostNs));
+      const vmC = await startContainer(d, vm, vmCfg, containerConfig(image, 'main', ticker));
+      await waitContainerState(d, vmC, 'CONTAINER_RUNNING', 120_000);
+      await waitState(hostC, 'CONTAINER_RUNNING');
+      await waitLog(hostCfg, 'tick-2\n');
+      const vmLog = () => logOf(vmCfg);
+      await until('the VM container to log', async () => (await vmLog()).includes('tick-2\n'), 60_000);
+      const pidOf = async (id: string) => JSON.parse((await d.runtime('ContainerStatus', { container_id: id, verbose: true })).info.info).pid;
+      const hostPid = await pidOf(hostC);
+      const lines = async (cfg: any) => (await logOf(cfg)).split('\n').length;
+
+      await d.killProcess();
+      const hostLines = await lines(hostCfg);
+      await new Promise((r) => setTimeout(r, 1500));
+      // the host container's shim logged on while no daemon was there
+      expect(await lines(hostCfg)).toBeGreaterThan(hostLines + 3);
+      await d.launch();
+
+      // both pods and containers as they were: the same VM, the same container process
+      for (const pod of [host, vm]) expect((await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod })).status.state).toBe('SANDBOX_READY');
+      expect((await backendOf(vm)).vm.pid).toBe(vmInfo.vm.pid);
+      expect(await pidOf(hostC)).toBe(hostPid);
+      for (const id of [hostC, vmC]) expect((await waitContainerState(d, id, 'CONTAINER_RUNNING', 120_000)).state).toBe('CONTAINER_RUNNING');
+      const listed = (await d.runtime('ListContainers', { filter: { state: { state: 'CONTAINER_RUNNING' } } })).containers.map((c: any) => c.id);
+      expect(listed).toEqual(expect.arrayContaining([hostC, vmC]));
+      expect((await exec(hostC, ['echo', 'host-after-restart'])).out).toBe('host-after-restart\n');
+      expect((await execSync(d, vmC, ['echo', 'vm-after-restart'], 60)).out).toBe('vm-after-restart\n');
+      // logs flow on for both
+      const before = [await lines(hostCfg), await lines(vmCfg)];
+      await until('both logs to grow', async () => (await lines(hostCfg)) > before[0] + 3 && (await lines(vmCfg)) > before[1] + 3, 60_000);
+
+      for (const pod of [host, vm]) await removePod(pod);
+      pods.length = 0;
+      expect((await d.runtime('ListPodSandbox', {})).items.filter((p: any) => [host, vm].includes(p.id))).toEqual([]);
+      expect(mountsUnderState()).toEqual([]);
+      expect(processesUnderState()).toEqual([]);
+      expect(podQemuPids(d.state)).toEqual([]);
+      // (a process the killed daemon left is reaped by init: a zombie for a moment counts as gone)
+      expect(running(vmInfo.vm.pid)).toBe(false);
+      expect(running(hostPid)).toBe(false);
+      for (const pod of [host, vm]) {
+        expect(fs.existsSync(path.join('/run/netns', netnsNameFor(pod)))).toBe(false);
+        expect(fs.existsSync(path.join(d.state, 'host', 'pods', pod.slice(0, 16)))).toBe(false);
+      }
+      expect(cgroupsUnder(parent)).toEqual([]);
+    } finally {
+      for (const pod of pods) await removePod(pod).catch(() => undefined);
+      // the test's own cgroup_parent (kubelet's to make and remove), also after a failure
+      for (const dir of [...cgroupsUnder(parent), ...fs.readdirSync('/sys/fs/cgroup').map((h) => path.join('/sys/fs/cgroup', h, parent)), path.join('/sys/fs/cgroup', parent)]) {
+        try { fs.rmdirSync(dir); } catch { /* not there, or still in use */ }
+      }
+    }
   });
 });
 
