@@ -18,22 +18,29 @@ function imageSpec(rec: ContainerRecord, images?: ImageManager) {
   };
 }
 
-export function containerStatus(rec: ContainerRecord, images?: ImageManager): ContainerStatus {
+/** What ListContainers' Container and ContainerStatus both say of a container. */
+function containerSummary(rec: ContainerRecord, images?: ImageManager) {
   return {
     id: rec.id,
     metadata: rec.config.metadata,
-    state: rec.state,
-    created_at: rec.createdAt,
-    started_at: rec.startedAt,
-    finished_at: rec.finishedAt,
-    exit_code: rec.exitCode,
     image: imageSpec(rec, images),
     image_ref: rec.imageRef,
     image_id: rec.imageId,
-    reason: rec.reason,
-    message: rec.message,
+    state: rec.state,
+    created_at: rec.createdAt,
     labels: rec.config.labels ?? {},
     annotations: rec.config.annotations ?? {},
+  };
+}
+
+export function containerStatus(rec: ContainerRecord, images?: ImageManager): ContainerStatus {
+  return {
+    ...containerSummary(rec, images),
+    started_at: rec.startedAt,
+    finished_at: rec.finishedAt,
+    exit_code: rec.exitCode,
+    reason: rec.reason,
+    message: rec.message,
     // an image volume names the image it mounts (ImageSpec.image_ref, the image id)
     mounts: (rec.config.mounts ?? []).map((m: Mount) => {
       const v = m.image?.image ? rec.imageVolumes?.find((x) => x.containerPath === m.container_path) : undefined;
@@ -73,18 +80,7 @@ export function containerHandlers(containers: ContainerManager, images: ImageMan
 
     async ListContainers(req: ListContainersRequest): Promise<ListContainersResponse> {
       return {
-        containers: containers.list(req.filter).map((rec) => ({
-          id: rec.id,
-          pod_sandbox_id: rec.sandboxId,
-          metadata: rec.config.metadata,
-          image: imageSpec(rec, images),
-          image_ref: rec.imageRef,
-          image_id: rec.imageId,
-          state: rec.state,
-          created_at: rec.createdAt,
-          labels: rec.config.labels ?? {},
-          annotations: rec.config.annotations ?? {},
-        })),
+        containers: containers.list(req.filter).map((rec) => ({ ...containerSummary(rec, images), pod_sandbox_id: rec.sandboxId })),
       };
     },
 
