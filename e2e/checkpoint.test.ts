@@ -1,9 +1,12 @@
 // Pod checkpoints end to end (issue 20): CheckpointPod of a running pod VM with two containers
 // that hold state in their processes' memory and on their writable layers, RestorePod of it as
 // a new pod (on the same daemon while the original runs on, and again after a daemon restart),
-// where that state and the running processes go on; CheckpointContainer's archive; and the
-// refusals: damaged or foreign checkpoints, bad output paths and options. Real daemon, real
-// QEMU guests, real registry.
+// where that state and the running processes go on; a pod with host-share mounts (directory and
+// file binds through the 9p share, as kubelet makes for every pod), whose mounts come back in
+// the original and point at the restored pod's own host paths in the copy, and the refusal of a
+// file held open on the share; CheckpointContainer's archive (and CreateContainer of it refused,
+// naming RestorePod); and the refusals: damaged or foreign checkpoints, bad output paths and
+// options. Real daemon, real QEMU guests, real registry.
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -207,6 +210,102 @@ describe('pod checkpoints', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it('a pod with host-share mounts (a read-only directory like a ConfigMap, a file like a termination log): checkpointed while it runs on with its mounts, restored as a new pod whose mounts are its own; a file held open on the share is refused, the pod untouched', async () => {
+    // the host side of a pod's share mounts, as kubelet keeps them per pod
+    const hostSide = (name: string) => {
+      const root = path.join(d.dir, `share-${name}`);
+      fs.mkdirSync(path.join(root, 'config'), { recursive: true });
+      fs.writeFileSync(path.join(root, 'config', 'key'), `value-of-${name}\n`);
+      fs.writeFileSync(path.join(root, 'termination-log'), '');
+      const mounts = [
+        { container_path: '/etc/config', host_path: path.join(root, 'config'), readonly: true },
+        { container_path: '/dev/termination-log', host_path: path.join(root, 'termination-log') },
+      ];
+      return { root, mounts };
+    };
+    // B also ticks (guest uptime, and whether its config file is there) every 20 ms
+    const TICKER = 'x=$(cat /proc/sys/kernel/random/uuid); echo started; while true; do echo $x > /tmp/mem; read up rest < /proc/uptime; ' +
+      'if [ -s /etc/config/key ]; then s=1; else s=0; fi; echo "$up $s" >> /tmp/ticks; usleep 20000; done';
+    const configs = (mounts: unknown[]) => [{ ...containerConfig('counter', COUNTER), mounts }, { ...containerConfig('memory', TICKER), mounts }];
+    const src = hostSide('src');
+    const cfg = podConfig('cp-share', path.join(d.logs, 'cp-share'));
+    const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
+    const [a, b] = await Promise.all(configs(src.mounts).map(async (c) => {
+      const id = (await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: c, sandbox_config: cfg })).container_id;
+      await d.runtime('StartContainer', { container_id: id });
+      return id as string;
+    }));
+    await retry(async () => {
+      if (Number(await sh(a, 'cat /tmp/count')) < 2) throw new Error('counter not going yet');
+      await sh(b, 'cat /tmp/mem');
+    }, 120_000, 500);
+    expect(await sh(a, 'cat /etc/config/key')).toBe('value-of-src');
+    const works = async (id: string, host: { root: string }, word: string) => {
+      // the share is live both ways: a file the host adds is seen, what the container writes reaches the host
+      fs.writeFileSync(path.join(host.root, 'config', 'added'), word);
+      expect(await sh(id, 'cat /etc/config/added')).toBe(word);
+      await sh(id, `echo ${word} > /dev/termination-log`);
+      expect(fs.readFileSync(path.join(host.root, 'termination-log'), 'utf8').trim()).toBe(word);
+      // still read-only where it was
+      await expect(sh(id, 'touch /etc/config/new')).rejects.toThrow(/exit 1/);
+    };
+    await works(a, src, 'before');
+
+    const dir = path.join(d.dir, 'cp-share');
+    const at = { count: Number(await sh(a, 'cat /tmp/count')), mem: await sh(b, 'cat /tmp/mem'), started: await sh(a, STARTED) };
+    const t0 = Date.now();
+    await d.runtime('CheckpointPod', { pod_sandbox_id: pod, output_path: dir }, 300_000);
+    const checkpointMs = Date.now() - t0;
+    // QEMU's migration blocker was there (the 9p export attached) and went once the guest let the share go
+    const saved = d.logLines().filter((l) => l.msg === 'pod VM saved; its host-share mounts were away meanwhile' && l.sandbox === pod);
+    expect(saved).toHaveLength(1);
+    expect((saved[0].blockedBefore as string[]).join(' ')).toMatch(/VirtFS export path/);
+    expect(saved[0].blockedAfter).toEqual([]);
+    expect(saved[0].mounts).toBe(4);
+
+    // the original runs on, its mounts back and live
+    for (const id of [a, b]) await works(id, src, `after-${id.slice(0, 6)}`);
+    expect(Number(await sh(a, 'cat /tmp/count'))).toBeGreaterThan(at.count);
+    // what a running container saw (guest time, which stands still while the VM is paused for the save)
+    const ticks = (await sh(b, 'cat /tmp/ticks')).split('\n').map((l) => l.split(' ').map(Number));
+    const gone = ticks.filter(([, s]) => s === 0);
+    let maxGap = 0;
+    for (let i = 1; i < ticks.length; i++) maxGap = Math.max(maxGap, ticks[i][0] - ticks[i - 1][0]);
+    const goneSpan = gone.length ? gone[gone.length - 1][0] - gone[0][0] : 0;
+    console.log(`share-mount checkpoint: CheckpointPod ${checkpointMs} ms (host), share away ${saved[0].releasedMs} ms of which VM saved ${saved[0].savedMs} ms (host); ` +
+      `in the guest: ${gone.length} ticks without the config file spanning ${goneSpan.toFixed(2)} s, longest gap between 20 ms ticks ${maxGap.toFixed(2)} s`);
+
+    // restored as a new pod with its own host paths
+    const copy = hostSide('copy');
+    const copyCfg = podConfig('cp-share-copy', path.join(d.logs, 'cp-share-copy'));
+    const r = await d.runtime('RestorePod', { checkpoint_path: dir, config: copyCfg, container_configs: configs(copy.mounts) }, 300_000);
+    const byName = Object.fromEntries(r.restored_containers.map((c: any) => [c.name, c.container_id]));
+    const restored = { pod: r.pod_sandbox_id, a: byName.counter, b: byName.memory };
+    await expectCarriedOn(restored, at);
+    expect(await sh(restored.a, 'cat /etc/config/key')).toBe('value-of-copy');
+    for (const id of [restored.a, restored.b]) await works(id, copy, `copy-${id.slice(0, 6)}`);
+    // the original's files are not the copy's
+    expect(fs.readFileSync(path.join(src.root, 'termination-log'), 'utf8')).not.toMatch(/copy-/);
+    // a restore whose containers' mounts are not the checkpointed ones is refused before a VM starts
+    await expect(d.runtime('RestorePod', { checkpoint_path: dir, config: podConfig('cp-share-bad', d.logs), container_configs: configs(copy.mounts.slice(0, 1)) }))
+      .rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/host-path mounts/) });
+    await removePod(restored.pod);
+
+    // a process holding a file on the share: refused, naming the container and the file; nothing changes
+    await sh(a, 'sleep 1000 < /etc/config/key > /dev/null 2>&1 &');
+    const held = path.join(d.dir, 'cp-share-held');
+    await expect(d.runtime('CheckpointPod', { pod_sandbox_id: pod, output_path: held }, 300_000))
+      .rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/container counter \(pid \d+\) holds \/etc\/config\/key/) });
+    expect(fs.existsSync(held)).toBe(false);
+    for (const id of [a, b]) await works(id, src, `held-${id.slice(0, 6)}`);
+    const n = Number(await sh(a, 'cat /tmp/count'));
+    await retry(async () => {
+      if (Number(await sh(a, 'cat /tmp/count')) <= n) throw new Error('counter stopped');
+    }, 60_000, 500);
+    await removePod(pod);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it('CheckpointContainer writes an archive of the container and its pod; bad requests get clear errors', async () => {
     const cfg = podConfig('cp-archive', path.join(d.logs, 'cp-archive'));
     const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
@@ -222,6 +321,9 @@ describe('pod checkpoints', () => {
     expect(info).toMatchObject({ format: 'podvisor.dev/container-checkpoint', id, name: 'memory', sandboxId: pod });
     expect((await d.runtime('ContainerStatus', { container_id: id })).status.state).toBe('CONTAINER_RUNNING');
     await expect(d.runtime('CheckpointContainer', { container_id: id, location })).rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/exists/) });
+    // kubelet's restore of one container (CreateContainer of the archive as its image): refused, naming RestorePod
+    await expect(d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { ...containerConfig('restored', MEMORY), metadata: { name: 'restored', attempt: 0 }, image: { image: location } }, sandbox_config: cfg }))
+      .rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/container checkpoint.*RestorePod/) });
     fs.rmSync(location);
 
     await expect(d.runtime('CheckpointPod', { pod_sandbox_id: pod, output_path: 'relative/dir' })).rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/absolute/) });

@@ -137,6 +137,13 @@ export interface GuestMethods {
   };
   /** in-place resize: vCPUs 0..online-1 online, the rest offline (1 ≤ online ≤ the boot count) */
   'vm.cpus': { params: { online: number }; result: { online: number; present: number } };
+  /** the 9p share let go for a checkpoint (guest/agent/src/share.rs): or who holds it */
+  'share.release': {
+    params: Record<string, never>;
+    result: { released: boolean; mounts?: number; busy?: Array<{ container_id: string; pid: number; path: string }> };
+  };
+  /** what share.release took down, back from the share sandbox.setup mounted again */
+  'share.attach': { params: Record<string, never>; result: { attached: number } };
   shutdown: { params: Record<string, never>; result: Record<string, never> };
 }
 
@@ -148,5 +155,5 @@ export type GuestResult<M extends GuestMethod> = GuestMethods[M]['result'];
 export const GUEST_METHODS: readonly GuestMethod[] = [
   'hello', 'sandbox.setup', 'network.configure', 'disk.mount', 'disk.device', 'disk.unmount', 'nfs.mount', 'tmpfs.mount',
   'container.create', 'container.start', 'container.signal', 'container.delete', 'container.state', 'container.update',
-  'exec.start', 'process.signal', 'process.resize', 'portforward.connect', 'stats', 'vm.cpus', 'shutdown',
+  'exec.start', 'process.signal', 'process.resize', 'portforward.connect', 'stats', 'vm.cpus', 'share.release', 'share.attach', 'shutdown',
 ];

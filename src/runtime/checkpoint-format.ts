@@ -48,6 +48,13 @@ export interface CheckpointedContainer {
   user?: ContainerRecord['user'];
   /** its CRI log at checkpoint time (a file of this checkpoint), or null */
   log: string | null;
+  /**
+   * where its host paths were bound in the pod's share ("c/<id>"; the i-th at "<shareDir>/<i>"):
+   * the restored pod binds its own there (absent in checkpoints without share mounts)
+   */
+  shareDir?: string;
+  /** the container paths of those host-path mounts, in that order */
+  shareMounts?: string[];
 }
 
 export interface PodCheckpoint {
@@ -153,6 +160,9 @@ function checkShape(cp: PodCheckpoint, dir: string): void {
     if (!obj(c) || typeof c.podId !== 'string' || !/^[0-9a-f]{64}$/.test(c.podId) || !obj(c.config) || typeof c.imageId !== 'string' || !states.includes(c.state)) throw bad('a container is malformed');
     if (!obj(c.streams) || !Array.isArray(c.imageVolumes) || !Array.isArray(c.deviceRules)) throw bad(`container ${c.podId} is malformed`);
     if (c.log !== null && !(c.log in cp.files)) throw bad(`container ${c.podId}'s log is not a file of the checkpoint`);
+    if (c.shareDir !== undefined && (typeof c.shareDir !== 'string' || !/^c\/[0-9a-f]{64}$/.test(c.shareDir))) throw bad(`container ${c.podId}'s share directory is malformed`);
+    const mounts = c.shareMounts;
+    if (mounts !== undefined && (!Array.isArray(mounts) || mounts.length > 1024 || mounts.some((m) => typeof m !== 'string' || m.length > 4096))) throw bad(`container ${c.podId}'s share mounts are malformed`);
   }
 }
 
@@ -171,4 +181,28 @@ export async function outputDir(p: string | undefined): Promise<string> {
     });
   }
   return dir;
+}
+
+/**
+ * Whether `ref` (a CreateContainer image) names a checkpoint archive on this host: an absolute
+ * path to a tar file (CheckpointContainer's, whose first member is container.json, or another
+ * runtime's). Only its first header is read. kubelet's restore of one container asks this;
+ * a VM pod's containers come back only with their whole pod (RestorePod).
+ */
+export async function checkpointArchive(ref: string): Promise<'podvisor' | 'tar' | undefined> {
+  if (!path.isAbsolute(ref) || ref.includes('\0')) return undefined;
+  let fh;
+  try {
+    fh = await fsp.open(ref, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    if (!(await fh.stat()).isFile()) return undefined;
+    const h = Buffer.alloc(512);
+    const { bytesRead } = await fh.read(h, 0, 512, 0);
+    if (bytesRead < 512 || h.toString('latin1', 257, 262) !== 'ustar') return undefined;
+    const name = h.toString('utf8', 0, 100).replace(/\0.*$/s, '');
+    return name === 'container.json' ? 'podvisor' : 'tar';
+  } catch {
+    return undefined;
+  } finally {
+    await fh?.close();
+  }
 }

@@ -3,10 +3,12 @@
 // memory and writable layer live in it) while the pod keeps running, plus the records that
 // make it a pod again: its config, image mounts, containers, logs (checkpoint-format.ts).
 // RestorePod makes a new pod of it: new sandbox and container ids, the config given, a fresh
-// network, identity and cgroup, its containers running where they were. Refused cleanly (and
-// before any pod is made): volumes the pod holds outside itself (block and NFS volumes, which
-// live on in the original), another backend's or another host's checkpoint, a damaged one,
-// images this node does not have. CheckpointContainer gives kubelet's checkpoint API an
+// network, identity and cgroup, its containers running where they were. Containers' host-path
+// mounts (through the VM's share) come back in the copy as the restored pod's own host paths,
+// bound where the checkpointed pod had its own (so the copy's mounts must be the same ones, in
+// the same order). Refused cleanly (and before any pod is made): volumes the pod holds outside
+// itself (block and NFS volumes, which live on in the original), another backend's or another
+// host's checkpoint, a damaged one, images this node does not have, other mounts. CheckpointContainer gives kubelet's checkpoint API an
 // archive: the pod checkpoint of the container's pod with the container's own spec and log
 // beside it (a VM runtime cannot honestly cut one container out of a running kernel); such a
 // container comes back with RestorePod of the unpacked archive, never on its own.
@@ -21,6 +23,7 @@ import { failedPrecondition, invalidArgument, notFound } from '../util/errors';
 import { run } from '../util/exec-file';
 import { outputDir, readCheckpoint, writeCheckpoint, type CheckpointedContainer } from './checkpoint-format';
 import { resolveLogPath, type ContainerManager } from './containers';
+import type { PodRestoreSource } from './pod-backend';
 import type { ContainerRecord } from './records';
 import type { SandboxManager } from './sandboxes';
 
@@ -66,12 +69,16 @@ export class CheckpointManager {
           if (held.length) {
             throw failedPrecondition(`container(s) ${held.map((r) => r.config.metadata?.name).join(', ')} hold block or NFS volumes, which a checkpoint cannot take along (they live on outside the pod)`);
           }
+          return Object.fromEntries(recs.map((r) => [r.id, r.config.metadata?.name ?? r.id]));
         },
       });
       const files = [...saved.files];
       const containers: CheckpointedContainer[] = [];
       await fsp.mkdir(path.join(dir, 'logs'), { mode: 0o700 });
+      const podUid = sb.rec.config.metadata?.uid ?? '';
       for (const [i, r] of recs.entries()) {
+        // its host paths in the share (a restored pod binds its own where these were)
+        const shareMounts = (await this.containers.hostPathBinds(r.config, podUid)).map((b) => b.containerPath);
         let log: string | null = null;
         if (r.logPath && (await fsp.copyFile(r.logPath, path.join(dir, 'logs', `${i}.log`)).then(() => true, () => false))) {
           log = `logs/${i}.log`;
@@ -81,7 +88,7 @@ export class CheckpointManager {
           podId: sb.rec.guestIds?.[r.id] ?? r.id, id: r.id, config: r.config, imageId: r.imageId, imageSpec: r.imageSpec, imageRef: r.imageRef,
           createdAt: r.createdAt, startedAt: r.startedAt, finishedAt: r.finishedAt, state: r.state, exitCode: r.exitCode, reason: r.reason,
           message: r.message, pid: r.pid, stopSignal: r.stopSignal, streams: r.streams, imageVolumes: r.imageVolumes ?? [], deviceRules: r.deviceRules ?? [],
-          user: r.user, log,
+          user: r.user, log, shareDir: r.shareDir, shareMounts,
         });
       }
       const cp = await writeCheckpoint(dir, {
@@ -142,6 +149,22 @@ export class CheckpointManager {
       imageFiles[img.id] = img.erofsPath;
     }
     const byName = new Map(containerConfigs.map((c) => [c.metadata?.name, c]));
+    // each container's host paths (its config's, this pod's) bound where the checkpointed pod
+    // had its own: the guest's container mounts point there (the same mounts, in the same order)
+    const shareBinds: PodRestoreSource['shareBinds'] = [];
+    for (const c of cp.containers) {
+      const cfg = byName.get(c.config.metadata?.name) ?? c.config;
+      const binds = await this.containers.hostPathBinds(cfg, podConfig.metadata?.uid ?? '');
+      const want = c.shareMounts ?? [];
+      const have = binds.map((b) => b.containerPath);
+      if (have.length !== want.length || have.some((p, i) => p !== want[i])) {
+        throw failedPrecondition(`container ${JSON.stringify(c.config.metadata?.name)}: its host-path mounts (${have.join(', ') || 'none'}) are not the checkpointed ones (${want.join(', ') || 'none'}): give the same mounts in the same order`);
+      }
+      for (const [i, b] of binds.entries()) {
+        await fsp.mkdir(b.hostPath, { recursive: true }).catch(() => undefined); // as CreateContainer: a missing host path becomes a directory
+        shareBinds.push({ hostPath: b.hostPath, rel: `${shareDirOf(c)}/${i}`, readonly: b.readonly });
+      }
+    }
     const ids = cp.containers.map(() => crypto.randomBytes(32).toString('hex'));
     const guestIds = Object.fromEntries(cp.containers.map((c, i) => [ids[i], c.podId]));
     const sandboxId = await this.sandboxes.restoreFrom(podConfig, handler ?? cp.sandbox.runtimeHandler, (rec, backend) => {
@@ -152,7 +175,7 @@ export class CheckpointManager {
       }
       rec.images = { ...cp.sandbox.images };
       rec.restoredFrom = dir;
-      return { dir, state: cp.sandbox.state, imageFiles, network: cp.sandbox.network, containerIds: guestIds };
+      return { dir, state: cp.sandbox.state, imageFiles, network: cp.sandbox.network, containerIds: guestIds, shareBinds };
     });
     const logDir = podConfig.log_directory;
     const recs: ContainerRecord[] = [];
@@ -171,7 +194,7 @@ export class CheckpointManager {
       recs.push({
         id: ids[i], sandboxId, config: cfg, imageId: c.imageId, imageSpec: c.imageSpec, imageRef: c.imageRef, createdAt: c.createdAt,
         startedAt: c.startedAt, finishedAt: c.finishedAt, state: c.state, exitCode: c.exitCode, reason: c.reason, message: c.message,
-        logPath, pid: c.pid, stopSignal: c.stopSignal, streams: c.streams, shareDir: `c/${ids[i]}`, volumes: [],
+        logPath, pid: c.pid, stopSignal: c.stopSignal, streams: c.streams, shareDir: shareDirOf(c), volumes: [],
         imageVolumes: c.imageVolumes, deviceRules: c.deviceRules, user: c.user,
       });
     }
@@ -203,6 +226,11 @@ export class CheckpointManager {
       await fsp.rm(tmp, { recursive: true, force: true });
     }
   }
+}
+
+/** where a checkpointed container's host paths are in its pod's share (the restored one's too) */
+function shareDirOf(c: CheckpointedContainer): string {
+  return c.shareDir ?? `c/${c.podId}`;
 }
 
 function boolOption(options: Record<string, string>, key: string): boolean {

@@ -17,7 +17,8 @@ import { findByIdOrPrefix } from '../util/lookup';
 import { ContainerLog, nowNs } from './container-log';
 import { KeyedMutex } from '../util/keyed-mutex';
 import { buildSpec, deviceRules, ociResources } from './oci-spec';
-import { checkMounts, planMounts } from './mount-plan';
+import { checkMounts, hostPathBinds, planMounts } from './mount-plan';
+import { checkpointArchive } from './checkpoint-format';
 import { containerUserNamespace, podUserNamespace } from './userns';
 import type { Pod, PodEvent, PodStream } from './pod-backend';
 
@@ -150,7 +151,16 @@ export class ContainerManager {
     }
     const logPath = resolveLogPath(sandboxConfig?.log_directory || sb.rec.config.log_directory, config.log_path);
     const image = this.images.resolve(config.image.image);
-    if (!image) throw notFound(`image ${JSON.stringify(config.image.image)} not found: pull it first`);
+    if (!image) {
+      const archive = await checkpointArchive(config.image.image);
+      if (archive) {
+        throw failedPrecondition(
+          `image ${config.image.image} is ${archive === 'podvisor' ? 'a podvisor container checkpoint (CheckpointContainer)' : 'a checkpoint archive'}, not an image: ` +
+            `a container of a VM pod cannot be restored on its own into a running pod; restore its whole pod with RestorePod (checkpoint_path ${config.image.image})`,
+        );
+      }
+      throw notFound(`image ${JSON.stringify(config.image.image)} not found: pull it first`);
+    }
     const checked = checkMounts(config, (ref) => this.images.resolve(ref));
     const targetPid = this.targetPid(config);
     const userns = containerUserNamespace(podUserNamespace(sb.rec.config), config.linux?.security_context?.namespace_options);
@@ -575,6 +585,11 @@ export class ContainerManager {
    * were), saved and taken up as after a daemon restart: their streams adopted, their states
    * asked of the pod.
    */
+  /** The host paths a VM pod's share holds for a container of `config` (mount-plan.ts hostPathBinds). */
+  hostPathBinds(config: ContainerConfig, podUid: string): ReturnType<typeof hostPathBinds> {
+    return hostPathBinds(config, podUid, this.volumes);
+  }
+
   async adoptRestored(sandboxId: string, recs: ContainerRecord[]): Promise<void> {
     for (const rec of recs) {
       await this.store.save(rec);

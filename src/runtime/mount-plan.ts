@@ -142,6 +142,26 @@ export async function planMounts(
 }
 
 /**
+ * The host paths planMounts binds into a VM pod's share for `config`, in its order: the i-th is
+ * bound at `<hostPathDir>/<i>`. A restored pod binds its own host paths there, where its
+ * guest's container mounts point (runtime/checkpoints.ts); so this must classify mounts as
+ * planMounts does for a VM pod. Volumes are no host binds and no restored pod takes them:
+ * refused, naming the mount.
+ */
+export async function hostPathBinds(config: ContainerConfig, podUid: string, volumes: Pick<VolumeManager, 'classify'>): Promise<Array<{ containerPath: string; hostPath: string; readonly: boolean }>> {
+  const out: Array<{ containerPath: string; hostPath: string; readonly: boolean }> = [];
+  for (const m of config.mounts ?? []) {
+    if (m.image?.image) continue;
+    const hostPath = m.host_path ?? '';
+    if (!path.isAbsolute(hostPath)) throw invalidArgument(`mount host_path ${JSON.stringify(m.host_path)} must be absolute`);
+    if (await volumes.classify(hostPath)) throw failedPrecondition(`mount ${m.container_path}: ${hostPath} is a volume or block device, which a restored pod cannot take`);
+    if (await memoryVolume(hostPath, podUid)) continue;
+    out.push({ containerPath: m.container_path ?? '', hostPath, readonly: !!m.readonly });
+  }
+  return out;
+}
+
+/**
  * A CRI image volume (Mount.image): the image must be present (kubelet pulls it first) and the
  * mount read-only (an image is never written); the sub path is relative and normalized.
  */

@@ -200,7 +200,7 @@ export interface PodBackend {
    * whole (its memory, devices and processes) into `dir` at one instant, resuming it after
    * when `resume`; says what the state needs to come back (checkpoint-format.ts).
    */
-  checkpoint?(rec: SandboxRecord, pod: Pod, dir: string, o: { resume: boolean }): Promise<PodCheckpointState>;
+  checkpoint?(rec: SandboxRecord, pod: Pod, dir: string, o: { resume: boolean; containerNames?: Record<string, string> }): Promise<PodCheckpointState>;
   /**
    * Makes the pod of a new record (as start) from a checkpoint's state: the same processes,
    * memory and devices, a new identity (hello), network and host cgroup.
@@ -235,6 +235,12 @@ export interface PodRestoreSource {
   network: { interfaces: Array<{ addresses: string[] }> } | null;
   /** new host container id → the id the pod knows it by */
   containerIds: Record<string, string>;
+  /**
+   * host paths to bind into the new pod's share (bindHostPath) before its containers' share
+   * mounts come back: the restored pod's own (its containers' configs), where the checkpointed
+   * ones were (`rel`)
+   */
+  shareBinds: Array<{ hostPath: string; rel: string; readonly: boolean }>;
 }
 
 /** The backends a daemon runs with, by kind; one registration line per backend (daemon.ts). */

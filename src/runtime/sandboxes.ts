@@ -122,17 +122,18 @@ export class SandboxManager {
   /**
    * CheckpointPod's pod state: the backend saves the running pod into `dir` (under the
    * sandbox lock, so no container is created, started or removed meanwhile) and resumes it
-   * when `resume`. `check` runs under the lock first (the caller's refusals).
+   * when `resume`. `check` runs under the lock first (the caller's refusals; it may name the
+   * pod's containers by id, for the backend's errors).
    */
-  async checkpoint(id: string, dir: string, o: { resume: boolean; check: (sb: Sandbox) => void }): Promise<{ sb: Sandbox; saved: PodCheckpointState }> {
+  async checkpoint(id: string, dir: string, o: { resume: boolean; check: (sb: Sandbox) => Record<string, string> | void }): Promise<{ sb: Sandbox; saved: PodCheckpointState }> {
     const sb = this.get(id);
     const backend = this.backendOf(sb.rec);
     if (!backend.checkpoint) throw failedPrecondition(`pods of the ${JSON.stringify(backend.kind)} backend cannot be checkpointed`);
     return this.lock.run(sb.rec.id, async () => {
       const pod = sb.pod;
       if (!pod || sb.rec.state !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${sb.rec.id} is not running`);
-      o.check(sb);
-      const saved = await backend.checkpoint!(sb.rec, pod, dir, { resume: o.resume });
+      const containerNames = o.check(sb) ?? undefined;
+      const saved = await backend.checkpoint!(sb.rec, pod, dir, { resume: o.resume, containerNames });
       return { sb, saved };
     });
   }

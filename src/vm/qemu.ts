@@ -476,9 +476,11 @@ export class QemuVm implements Vm {
     }
   }
 
+  /** query-migrate's blocked-reasons (QEMU 7.2 no longer sets the deprecated `blocked` flag; the reasons are what it has) */
   async checkpointBlockers(): Promise<string[]> {
     const m = await this.qmp.execute('query-migrate');
-    return m.blocked ? (m['blocked-reasons'] ?? ['the hypervisor refuses to save this VM']).map(String) : [];
+    const reasons = Array.isArray(m['blocked-reasons']) ? m['blocked-reasons'].map(String) : [];
+    return reasons.length || !m.blocked ? reasons : ['the hypervisor refuses to save this VM'];
   }
 
   /**

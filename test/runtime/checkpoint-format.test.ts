@@ -5,7 +5,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { MANIFEST, MANIFEST_DIGEST, outputDir, readCheckpoint, writeCheckpoint, type PodCheckpoint } from '../../src/runtime/checkpoint-format';
+import { execFileSync } from 'node:child_process';
+import { checkpointArchive, MANIFEST, MANIFEST_DIGEST, outputDir, readCheckpoint, writeCheckpoint, type PodCheckpoint } from '../../src/runtime/checkpoint-format';
+import { hostPathBinds } from '../../src/runtime/mount-plan';
 import { vmState } from '../../src/runtime/backends/vm/vm-checkpoint';
 import { hasCode } from '../../src/util/errors';
 
@@ -95,5 +97,51 @@ describe('pod checkpoint files', () => {
     ]) {
       expect(() => vmState(bad as any)).toThrow(expect.objectContaining({ code: 'failed_precondition' }));
     }
+  });
+
+  it('a container\'s share directory and host-path mounts are read back; malformed ones refused', async () => {
+    const c = {
+      podId: 'b'.repeat(64), id: 'b'.repeat(64), config: { metadata: { name: 'c' } }, imageId: 'sha256:' + 'c'.repeat(64), imageSpec: {}, imageRef: '',
+      createdAt: '', startedAt: '', finishedAt: '', state: 'CONTAINER_RUNNING', exitCode: 0, reason: '', message: '', pid: 1, stopSignal: 15,
+      streams: {}, imageVolumes: [], deviceRules: [], log: null, shareDir: `c/${'b'.repeat(64)}`, shareMounts: ['/etc/hosts', '/dev/termination-log'],
+    };
+    fs.writeFileSync(path.join(dir, 'vm.state'), 'state bytes');
+    const w = await writeCheckpoint(dir, { ...base, containers: [c as any] }, ['vm.state']);
+    expect((await readCheckpoint(dir)).containers[0]).toEqual(w.containers[0]);
+    rewrite((m) => { m.containers[0].shareDir = 'c/../../etc'; });
+    expect(await codeOf(readCheckpoint(dir))).toBe('failed_precondition');
+    rewrite((m) => { m.containers[0].shareDir = c.shareDir; m.containers[0].shareMounts = [1]; });
+    expect(await codeOf(readCheckpoint(dir))).toBe('failed_precondition');
+  });
+
+  it('a CreateContainer image that is a checkpoint archive is told apart from a missing image', async () => {
+    fs.writeFileSync(path.join(dir, 'container.json'), '{}');
+    fs.mkdirSync(path.join(dir, 'pod'));
+    execFileSync('tar', ['-c', '-f', path.join(dir, 'ours.tar'), '-C', dir, 'container.json', 'pod']);
+    execFileSync('tar', ['-c', '-f', path.join(dir, 'other.tar'), '-C', dir, 'pod', 'container.json']);
+    fs.writeFileSync(path.join(dir, 'plain'), 'x'.repeat(2000));
+    expect(await checkpointArchive(path.join(dir, 'ours.tar'))).toBe('podvisor');
+    expect(await checkpointArchive(path.join(dir, 'other.tar'))).toBe('tar');
+    expect(await checkpointArchive(path.join(dir, 'plain'))).toBeUndefined();
+    expect(await checkpointArchive(dir)).toBeUndefined();
+    expect(await checkpointArchive(path.join(dir, 'missing.tar'))).toBeUndefined();
+    expect(await checkpointArchive('busybox:latest')).toBeUndefined();
+  });
+
+  it('the host paths a VM pod binds into its share, in planMounts\' order (a restored pod binds its own there)', async () => {
+    const classify = async (p: string) => (p === '/dev/vol' ? ({} as any) : null);
+    const config = {
+      mounts: [
+        { container_path: '/etc/hosts', host_path: path.join(dir, 'hosts'), readonly: false },
+        { container_path: '/img', image: { image: 'sha256:' + 'c'.repeat(64) }, readonly: true },
+        { container_path: '/cfg', host_path: path.join(dir, 'cfg'), readonly: true },
+      ],
+    };
+    expect(await hostPathBinds(config as any, '', { classify })).toEqual([
+      { containerPath: '/etc/hosts', hostPath: path.join(dir, 'hosts'), readonly: false },
+      { containerPath: '/cfg', hostPath: path.join(dir, 'cfg'), readonly: true },
+    ]);
+    const withVolume = { mounts: [...config.mounts, { container_path: '/v', host_path: '/dev/vol' }] };
+    expect(await codeOf(hostPathBinds(withVolume as any, '', { classify }))).toBe('failed_precondition');
   });
 });

@@ -25,6 +25,7 @@ mod probe;
 mod reaper;
 mod rpc;
 mod sandbox;
+mod share;
 mod stats;
 mod stdio;
 mod streams;

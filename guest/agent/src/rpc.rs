@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::{containers, cpus, disks, exec, network, nfs, portforward, sandbox, stats, tmpfs};
+use crate::{containers, cpus, disks, exec, network, nfs, portforward, sandbox, share, stats, tmpfs};
 
 pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<Value> {
     match method {
@@ -29,6 +29,8 @@ pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<
         "portforward.connect" => portforward::connect(&agent.streams, params).await,
         "stats" => stats::stats(&agent.containers, params),
         "vm.cpus" => cpus::set_online(params),
+        "share.release" => share::release(&agent.containers, params),
+        "share.attach" => share::attach(params),
         "shutdown" => Ok(json!({})), // the caller powers off after the response is flushed
         _ => Err(AgentError::invalid(format!("unknown method {method:?}"))),
     }

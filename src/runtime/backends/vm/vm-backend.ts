@@ -243,9 +243,9 @@ export class VmPodBackend implements PodBackend {
   }
 
   /** The VM whole into `dir` (vm-checkpoint.ts); the share comes back with the guest's settings. */
-  async checkpoint(rec: SandboxRecord, pod: Pod, dir: string, o: { resume: boolean }): Promise<PodCheckpointState> {
+  async checkpoint(rec: SandboxRecord, pod: Pod, dir: string, o: { resume: boolean; containerNames?: Record<string, string> }): Promise<PodCheckpointState> {
     if (!(pod instanceof VmPod)) throw failedPrecondition(`pod sandbox ${rec.id} is not a VM pod`);
-    await pod.checkpoint(path.join(dir, VM_STATE_FILE), { resume: o.resume, timeoutMs: CHECKPOINT_TIMEOUT_MS }, () => this.setUpGuest(rec, pod));
+    await pod.checkpoint(path.join(dir, VM_STATE_FILE), { resume: o.resume, timeoutMs: CHECKPOINT_TIMEOUT_MS, names: o.containerNames }, () => this.setUpGuest(rec, pod));
     const i = pod.vm.info;
     const state: VmCheckpointState = {
       vcpus: i.vcpus,
@@ -266,8 +266,9 @@ export class VmPodBackend implements PodBackend {
   /**
    * A new pod VM from a checkpoint: the same size, NICs and image disks (at their old
    * addresses), its state loaded before it runs; then, as for a clone, a new identity (hello:
-   * entropy, clock, hostname), the pod's cgroup, the share and settings, and the new network,
-   * the checkpointed pod's addresses dropped.
+   * entropy, clock, hostname), the pod's cgroup, the share and settings, the containers' share
+   * mounts (the new pod's host paths), and the new network, the checkpointed pod's addresses
+   * dropped.
    */
   async restore(rec: SandboxRecord, from: PodRestoreSource, onEvent: (ev: PodEvent) => void): Promise<VmPod> {
     const st = vmState(from.state);
@@ -304,6 +305,10 @@ export class VmPodBackend implements PodBackend {
       rec.agentVersion = hello.agent_version;
       await this.enterCgroup(rec, vm);
       await this.setUpGuest(rec, pod);
+      // the containers' share mounts: this pod's host paths bound where the checkpointed pod
+      // had its own, then each mount back in its container (guest share.attach)
+      for (const b of from.shareBinds) await pod.bindHostPath(b.hostPath, b.rel, b.readonly);
+      await pod.attachShare();
       if (net) {
         const interfaces = net.interfaces.map((f, i) => ({ ...f, remove_addresses: (from.network?.interfaces[i]?.addresses ?? []).filter((a) => !f.addresses.includes(a)) }));
         await pod.agent.call('network.configure', { interfaces, routes: net.routes });

@@ -14,7 +14,7 @@ import type { Logger } from '../../../util/log';
 import { stepTimer } from '../../../util/steps';
 import type { Vm } from '../../../vm/hypervisor';
 import type { GuestDiskMount, GuestNfsMount, PodVolumeTarget } from '../../../../storage/volume-driver';
-import { deadlineExceeded, failedPrecondition, hasCode } from '../../../util/errors';
+import { deadlineExceeded, failedPrecondition } from '../../../util/errors';
 import { run } from '../../../util/exec-file';
 import type { Pod, PodEvent, PodImageMount, PodStream } from '../../pod-backend';
 import type { MemoryVolumeSpec } from '../../memory-volume';
@@ -111,30 +111,50 @@ export class VmPod implements Pod, PodVolumeTarget {
 
   /**
    * Saves the VM whole into `statePath` (Vm.checkpoint). QEMU refuses to save a VM while its
-   * guest holds the 9p share's root (a migration blocker), so the guest unmounts the share
-   * first and `remount` mounts it again afterwards (also when the save fails). A container
-   * holding a mount from the share keeps the export in use: that is refused, saying why.
+   * guest holds the 9p share (a migration blocker, dropped when the guest lets the export's
+   * root go), so the guest first lets the share go: every container's share mounts and its own
+   * (agent share.release); then `remount` mounts the share again and the guest puts each
+   * container mount back where it was (share.attach), also when the save fails. A process
+   * holding a file on the share pins it: refused before anything changes, naming the container
+   * (`names`: host container id → name) and the path.
    */
-  async checkpoint(statePath: string, o: { resume: boolean; timeoutMs: number }, remount: () => Promise<void>): Promise<void> {
-    try {
-      await this.agent.call('disk.unmount', { target: GUEST_SHARE }, 30_000);
-    } catch (err) {
-      if (!hasCode(err, 'not_found')) throw failedPrecondition(`the pod's host share cannot be unmounted in the guest for the checkpoint: ${(err as Error).message}`);
+  async checkpoint(statePath: string, o: { resume: boolean; timeoutMs: number; names?: Record<string, string> }, remount: () => Promise<void>): Promise<{ releasedMs: number }> {
+    // what QEMU says before and after the guest lets the share go (logged: the e2e reads it)
+    const blockedBefore = await this.vm.checkpointBlockers();
+    const t0 = Date.now();
+    const r = await this.agent.call('share.release', {}, 30_000);
+    if (r.busy?.length) {
+      const who = r.busy.map((b) => {
+        const host = this.toHost.get(b.container_id) ?? b.container_id;
+        const name = o.names?.[host];
+        return `${b.container_id ? `container ${name ?? host}` : 'a guest process'} (pid ${b.pid}) holds ${b.path}`;
+      });
+      throw failedPrecondition(`the pod VM cannot be saved while a process holds a file on the host share (a hostPath, ConfigMap, Secret, projected or disk-backed emptyDir volume, /etc/hosts, a termination log): ${who.join('; ')}`);
     }
     let saved = false;
+    let blockedAfter: string[] = [];
+    let savedMs = 0;
     try {
-      const blockers = await this.vm.checkpointBlockers();
-      if (blockers.length) {
-        throw failedPrecondition(
-          'the pod VM cannot be saved while a container holds a mount from the host share (hostPath, ConfigMap, Secret, projected or ' +
-            `disk-backed emptyDir volumes, /etc/hosts, a termination log); the hypervisor says: ${blockers.join('; ')}`,
-        );
-      }
+      blockedAfter = await this.vm.checkpointBlockers();
+      if (blockedAfter.length) throw failedPrecondition(`the pod VM cannot be saved now; the hypervisor says: ${blockedAfter.join('; ')}`);
+      const t1 = Date.now();
       await this.vm.checkpoint(statePath, o);
+      savedMs = Date.now() - t1;
       saved = true;
     } finally {
-      if (o.resume || !saved) await remount();
+      if (o.resume || !saved) {
+        await remount();
+        await this.agent.call('share.attach', {}, 30_000);
+      }
     }
+    const releasedMs = Date.now() - t0;
+    this.logger.info({ sandbox: this.id, mounts: r.mounts ?? 0, releasedMs, savedMs, blockedBefore, blockedAfter }, 'pod VM saved; its host-share mounts were away meanwhile');
+    return { releasedMs };
+  }
+
+  /** The restored guest's container share mounts back, from the new share (after setup and the host's binds). */
+  async attachShare(): Promise<number> {
+    return (await this.agent.call('share.attach', {}, 30_000)).attached;
   }
 
   get sizing(): { current: PodSize; ceiling: PodSize } {
