@@ -1,7 +1,7 @@
 #!/bin/bash
-# Pod lifecycle benchmark: podvisor (VM template clones and cold boots) against containerd+runc
+# Pod lifecycle benchmark: podvisor (VM template clones, cold boots, host pods) against containerd+runc
 # on this machine, plus the host PSS of idle pods. See bench/README.md.
-#   bash bench/lifecycle.sh [--iterations N] [--pods 10,50] [--no-containerd] [--no-cold]
+#   bash bench/lifecycle.sh [--iterations N] [--pods 10,50] [--no-containerd] [--no-cold] [--no-clone] [--no-host]
 # Needs root, a compiled daemon (make build → dist/), a guest build (build/guest or
 # PODVISOR_GUEST_DIR=<dir with vmlinux and initramfs.img>). Installs Debian's containerd and runc
 # with apt when they are missing (unless --no-containerd).

@@ -4,6 +4,8 @@
 // (`sleep 3600`), ExecSync `true` and StopPodSandbox+RemovePodSandbox for
 //   - podvisor with VM templates (pods are copy-on-write clones),
 //   - podvisor with templates off (cold boot),
+//   - podvisor's host pods (the `runc` handler: pinned namespaces, a shim per container, no VM;
+//     issue 16's target: RunPodSandbox and pod+container ≤ 1.0× containerd+runc),
 //   - containerd+runc (Debian's, started here on its own socket/root/state),
 // all driven by the same gRPC CRI sequence (cri-api loadCri clients), the same kind of CNI bridge
 // conflist (own bridge, private subnet, no gateway, no masquerade: nothing leaves the bridge),
@@ -30,6 +32,10 @@ interface Options {
   pods: number[];
   containerd: boolean;
   cold: boolean;
+  /** the VM clone run (templates) */
+  clone: boolean;
+  /** the host-pod run (runtime handler `runc`) */
+  host: boolean;
   /** idle pods run a sleep container each (default); false: pod sandboxes only (containerd: pause) */
   idleContainers: boolean;
   /** [vm] tcg_code_mib of the podvisor daemons (default: the daemon's) */
@@ -41,7 +47,7 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true, idleContainers: true, ksm: false, checkpoint: true };
+  const o: Options = { iterations: 10, pods: [10, 50], containerd: true, cold: true, clone: true, host: true, idleContainers: true, ksm: false, checkpoint: true };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -53,12 +59,14 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--pods') o.pods = val().split(',').filter(Boolean).map((x) => parseInt(x, 10)).filter((x) => x > 0);
     else if (a === '--no-containerd') o.containerd = false;
     else if (a === '--no-cold') o.cold = false;
+    else if (a === '--no-clone') o.clone = false;
+    else if (a === '--no-host') o.host = false;
     else if (a === '--idle-sandboxes-only') o.idleContainers = false;
     else if (a === '--tcg-code-mib') o.tcgCodeMiB = parseInt(val(), 10);
     else if (a === '--ksm') o.ksm = true;
     else if (a === '--no-checkpoint') o.checkpoint = false;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--idle-sandboxes-only] [--tcg-code-mib N] [--ksm] [--no-checkpoint]');
+      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--no-clone] [--no-host] [--idle-sandboxes-only] [--tcg-code-mib N] [--ksm] [--no-checkpoint]');
       process.exit(0);
     } else if (a !== '--') throw new Error(`unknown argument ${a}`);
   }
@@ -295,6 +303,8 @@ interface Target {
   cri: Cri;
   image: string;
   logRoot: string;
+  /** RunPodSandbox's runtime_handler (default: the runtime's default) */
+  handler?: string;
   /** runtime-specific info once a pod is up (netns to clean after a crash …) */
   afterRun?: (podId: string) => Promise<void>;
 }
@@ -327,7 +337,7 @@ async function startPod(t: Target, name: string, withContainer: boolean): Promis
   const logDir = path.join(t.logRoot, name);
   fs.mkdirSync(logDir, { recursive: true });
   const cfg = podConfig(name, logDir);
-  const [res, runMs] = await timed(() => t.cri.runtime('RunPodSandbox', { config: cfg }, 180_000));
+  const [res, runMs] = await timed(() => t.cri.runtime('RunPodSandbox', { config: cfg, runtime_handler: t.handler ?? '' }, 180_000));
   const pod = res.pod_sandbox_id as string;
   await t.afterRun?.(pod);
   if (!withContainer) return { pod, runMs };
@@ -371,7 +381,7 @@ async function lifecycle(t: Target, iterations: number): Promise<RunResult> {
     let pod: string;
     let runMs = 0;
     try {
-      const [res, ms] = await timed(() => t.cri.runtime('RunPodSandbox', { config: cfg }, 180_000));
+      const [res, ms] = await timed(() => t.cri.runtime('RunPodSandbox', { config: cfg, runtime_handler: t.handler ?? '' }, 180_000));
       pod = res.pod_sandbox_id;
       runMs = ms;
       if (warm) r.firstRun = ms;
@@ -650,7 +660,7 @@ async function checkpointBench(t: Target, kind: 'idle' | 'busy', work: string): 
     const busy = 'dd if=/dev/urandom of=/layer bs=1M count=32 2>/dev/null; while true; do dd if=/dev/zero bs=32M count=1 2>/dev/null | md5sum >/dev/null; done';
     const c = { ...containerConfig(t.image, 'main'), command: kind === 'busy' ? ['/bin/sh', '-c', busy] : ['/bin/sleep', '3600'] };
     const [, coldMs] = await timed(async () => {
-      const { pod_sandbox_id: pod } = await t.cri.runtime('RunPodSandbox', { config: cfg }, 180_000);
+      const { pod_sandbox_id: pod } = await t.cri.runtime('RunPodSandbox', { config: cfg, runtime_handler: t.handler ?? '' }, 180_000);
       pods.push(pod);
       const { container_id } = await t.cri.runtime('CreateContainer', { pod_sandbox_id: pod, config: c, sandbox_config: cfg }, 90_000);
       await t.cri.runtime('StartContainer', { container_id }, 90_000);
@@ -770,6 +780,65 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
   } finally {
     log(`${label}: stopping the daemon`);
     if (d) try { fs.copyFileSync(path.join(d.dir, 'daemon.log'), `/tmp/pvbench-${templates ? 'clone' : 'cold'}-daemon.log`); } catch { /* none */ }
+    await d?.destroy().catch((e) => log(`destroy: ${errMsg(e)}`));
+    undo();
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- podvisor host pods
+
+/**
+ * Host pods (issue 16): the same daemon code, pods on the `runc` handler, so each runs on the host
+ * backend (pinned network/IPC/UTS namespaces with the CNI veth in them, a shim per container
+ * holding it, an overlay root on the image's erofs): no VM at all. Idle PSS counts the shims,
+ * their containers and any PID-namespace init (podvisor-launch processes under the state dir and
+ * their children) plus the daemon.
+ */
+async function benchHostPods(reg: Registry, image: string, conflist: (dir: string, dataDir: string) => void, opts: Options, idleCounts: number[]): Promise<PvResult> {
+  const label = 'podvisor host pod (runc)';
+  const out: PvResult = { label, idle: [] };
+  let d: TestDaemon | undefined;
+  const undo = onCleanup(`daemon ${label}`, async () => { await d?.destroy(); });
+  try {
+    log(`${label}: starting the daemon`);
+    d = await TestDaemon.start({ templates: false, registries: { [reg.host]: `http://${reg.host}` } });
+    const dd = d;
+    conflist(d.cniConfDir, path.join(d.dir, 'cni-ipam'));
+    for (let i = 0; ; i++) {
+      const st = await d.runtime('Status', {});
+      const net = st.status.conditions.find((c: any) => c.type === 'NetworkReady');
+      if (net?.status) break;
+      if (i > 100) throw new Error(`NetworkReady stays false: ${net?.reason} ${net?.message}`);
+      await sleep(100);
+    }
+    const [, pullMs] = await timed(() => d!.image('PullImage', { image: { image } }));
+    log(`${label}: pulled ${image} in ${pullMs.toFixed(0)} ms`);
+    const target: Target = { label, cri: d, image, logRoot: d.logs, handler: 'runc' };
+    const probe = await startPod(target, `probe-${crypto.randomBytes(3).toString('hex')}`, false);
+    out.probeMs = probe.runMs;
+    const backend = JSON.parse((await d.runtime('PodSandboxStatus', { pod_sandbox_id: probe.pod, verbose: true })).info?.info ?? '{}').backend;
+    await removePod(target, probe.pod);
+    if (backend !== 'host') throw new Error(`the runc handler's pod ran on the ${backend} backend, not on the host`);
+    out.run = await lifecycle(target, opts.iterations);
+    const daemonPattern = `${d.configFile} --socket ${d.socket}`;
+    const m: Measurer = {
+      workloadPids: () => descendants(pgrep(`podvisor-launch .*${dd.state}/`)),
+      daemonPids: () => pgrep(daemonPattern),
+    };
+    for (const k of idleCounts) {
+      log(`${label}: ${k} idle pod(s)…`);
+      const r = await idlePods(target, k, out.run.containersWork && opts.idleContainers, m, 3000, opts.idleContainers ? undefined : SANDBOXES_ONLY);
+      out.idle.push(r);
+      log(`${label}: ${r.running} idle pods: ${r.pssPerPod?.toFixed(1)} MiB PSS per pod`);
+    }
+  } catch (e) {
+    out.error = errMsg(e);
+    log(`${label}: ${out.error}`);
+    if (d) log(`daemon log tail: ${d.output.slice(-1500)}`);
+  } finally {
+    log(`${label}: stopping the daemon`);
+    if (d) try { fs.copyFileSync(path.join(d.dir, 'daemon.log'), '/tmp/pvbench-host-daemon.log'); } catch { /* none */ }
     await d?.destroy().catch((e) => log(`destroy: ${errMsg(e)}`));
     undo();
   }
@@ -1039,9 +1108,11 @@ async function main() {
   log(`registry ${reg.host}, CNI bridge ${bridge} ${subnet}, iterations ${opts.iterations}, idle pods ${opts.pods.join(',')}`);
 
   const loads: string[] = [`start ${loadavg()}`];
-  const clone = await benchPodvisor(opts.ksm ? 'podvisor clone, KSM' : 'podvisor clone', true, reg, image, conflist, opts, [1, ...opts.pods]);
-  loads.push(`after podvisor clone ${loadavg()}`);
+  const clone: PvResult = opts.clone ? await benchPodvisor(opts.ksm ? 'podvisor clone, KSM' : 'podvisor clone', true, reg, image, conflist, opts, [1, ...opts.pods]) : { label: 'podvisor clone', idle: [], error: 'skipped (--no-clone)' };
+  if (opts.clone) loads.push(`after podvisor clone ${loadavg()}`);
   const cold = opts.cold ? await benchPodvisor('podvisor cold boot', false, reg, image, conflist, opts, [1]) : { idle: [], error: 'skipped (--no-cold)' } as any;
+  const host: PvResult = opts.host ? await benchHostPods(reg, image, conflist, opts, opts.pods) : { label: 'podvisor host pod (runc)', idle: [], error: 'skipped (--no-host)' };
+  if (opts.host) loads.push(`after podvisor host pods ${loadavg()}`);
   const ctd = opts.containerd
     ? (pauseImage ? await benchContainerd(reg, image, pauseImage, conflist, opts, opts.pods) : { idle: [], error: 'no pause image' } as any)
     : { idle: [], error: 'skipped (--no-containerd)' } as any;
@@ -1059,13 +1130,15 @@ async function main() {
   lines.push(...phaseRows([
     { label: clone.label, r: clone.run, error: clone.error },
     { label: cold.label ?? 'podvisor cold boot', r: cold.run, error: cold.error },
+    { label: host.label, r: host.run, error: host.error },
     { label: 'containerd+runc', r: ctd.run, error: ctd.error },
   ]));
   lines.push('');
   lines.push('Host PSS of idle pods, MiB (PSS/pod = (runtime processes + daemon) / pods; podvisor: QEMU processes under the daemon\'s state dir;');
   lines.push('containerd: shims + pause + sleep; daemon = podvisor daemon or containerd; MemAvail↓ = drop of /proc/meminfo MemAvailable while they run;');
   lines.push('tmpl tmpfs = VM templates on /dev/shm (shared by all clones, not in PSS/pod); idle CPU% = pods + daemon over ~3 s, % of one core)');
-  lines.push(...idleRows([...clone.idle, ...cold.idle, ...ctd.idle]));
+  lines.push('host pods: shims + their containers + daemon');
+  lines.push(...idleRows([...clone.idle, ...cold.idle, ...host.idle, ...ctd.idle]));
   const split = [...clone.idle, ...cold.idle].filter((r) => r.breakdown);
   if (split.length) {
     lines.push('');
@@ -1078,7 +1151,7 @@ async function main() {
     lines.push('');
     lines.push(...checkpointRows(clone.checkpoints));
   }
-  for (const [l, e] of [['podvisor clone', clone.error], ['podvisor cold boot', cold.error], ['containerd+runc', ctd.error]]) if (e) lines.push(`${l}: ERROR ${e}`);
+  for (const [l, e] of [['podvisor clone', clone.error], ['podvisor cold boot', cold.error], [host.label, host.error], ['containerd+runc', ctd.error]]) if (e) lines.push(`${l}: ERROR ${e}`);
   for (const r of [clone, cold] as PvResult[]) if (r.probeMs !== undefined) lines.push(`${r.label}: the daemon's first RunPodSandbox${r === clone ? ' (builds the VM template)' : ''}: ${r.probeMs.toFixed(0)} ms`);
   for (const r of [clone, cold] as PvResult[]) if (r.cniError) lines.push(`${r.label}: pods FAILED with the CNI bridge conflist (${r.cniError}); measured without pod networking (loopback only), containerd+runc with CNI`);
   lines.push('');
@@ -1091,6 +1164,13 @@ async function main() {
     const ratio = a !== undefined && b !== undefined ? a / b : undefined;
     lines.push(`target ${phase} median (clone) ≤ ${limit.toFixed(1)}× containerd+runc: ${f0(a)} vs ${f0(b)} ms = ${ratio === undefined ? '—' : `${ratio.toFixed(2)}×`} → ${verdict(ratio === undefined ? undefined : ratio <= limit)}`);
   }
+  // issue 16: host pods no slower than containerd+runc to a running pod
+  for (const phase of ['RunPodSandbox', 'pod+container'] as const) {
+    const a = stats(host.run?.times[phase] ?? [])?.median;
+    const b = stats(ctd.run?.times[phase] ?? [])?.median;
+    const ratio = a !== undefined && b !== undefined ? a / b : undefined;
+    lines.push(`target ${phase} median (host pod) ≤ 1.0× containerd+runc: ${f0(a)} vs ${f0(b)} ms = ${ratio === undefined ? '—' : `${ratio.toFixed(2)}×`} → ${verdict(ratio === undefined ? undefined : ratio <= 1.0)}`);
+  }
   const at50 = clone.idle.find((r: IdleResult) => r.wanted === 50 && r.pssPerPod !== undefined);
   lines.push(`target PSS per idle pod at 50 pods ≤ ${PSS_AT_50_LIMIT_MIB} MiB (no worse than before issue 21): ${at50 ? `${f0(at50.pssPerPod)} MiB → ${verdict(at50.pssPerPod! <= PSS_AT_50_LIMIT_MIB)}` : 'NOT MEASURED (use --pods 50)'}`);
   for (const r of idleTarget) lines.push(`target ≤ 32 MiB PSS per idle pod (${r.running} pods, TCG${opts.ksm ? ', with KSM' : ''}): ${f0(r.pssPerPod)} MiB → ${verdict(r.pssPerPod! <= 32)}`);
@@ -1101,11 +1181,11 @@ async function main() {
   const summary = (r?: RunResult) => r && Object.fromEntries(PHASES.map((p) => [p, { ...stats(r.times[p]), failed: r.errors[p].length, skipped: r.skipped[p], errors: [...new Set(r.errors[p])].slice(0, 3) }]).concat([['firstRunPodSandbox', r.firstRun as any]]));
   console.log(JSON.stringify({
     bench: 'lifecycle', date: started.toISOString(), guest, iterations: opts.iterations, cores: os.cpus().length, qemu: qemuVersion, vm, containerd: ctd.version,
-    runs: { podvisorClone: summary(clone.run), podvisorCold: summary(cold.run), containerd: summary(ctd.run) },
-    idle: [...clone.idle, ...cold.idle, ...ctd.idle],
+    runs: { podvisorClone: summary(clone.run), podvisorCold: summary(cold.run), podvisorHost: summary(host.run), containerd: summary(ctd.run) },
+    idle: [...clone.idle, ...cold.idle, ...host.idle, ...ctd.idle],
     firstPodMs: { podvisorClone: clone.probeMs, podvisorCold: cold.probeMs },
     checkpoints: clone.checkpoints,
-    errors: { podvisorClone: clone.error, podvisorCold: cold.error, containerd: ctd.error, podvisorCloneCni: clone.cniError, podvisorColdCni: cold.cniError },
+    errors: { podvisorClone: clone.error, podvisorCold: cold.error, podvisorHost: host.error, containerd: ctd.error, podvisorCloneCni: clone.cniError, podvisorColdCni: cold.cniError },
   }));
 }
 
