@@ -212,7 +212,7 @@ export class ContainerManager {
       });
     } catch (err) {
       this.containers.delete(id);
-      await this.store.delete(id).catch(() => undefined);
+      await this.store.delete(rec).catch(() => undefined);
       for (const i of images) this.images.release(i);
       await live.log?.close();
       await this.releaseVolumes(rec, sb);
@@ -371,7 +371,7 @@ export class ContainerManager {
     this.containers.delete(c.rec.id);
     this.images.release(c.rec.imageId);
     for (const v of c.rec.imageVolumes ?? []) this.images.release(v.imageId);
-    await this.store.delete(c.rec.id);
+    await this.store.delete(c.rec);
     this.logger.info({ container: c.rec.id, sandbox: c.rec.sandboxId }, 'container removed');
     this.emit(c.rec, 'CONTAINER_DELETED_EVENT');
   }
@@ -488,13 +488,12 @@ export class ContainerManager {
     const logged = c.log ? within(c.log.drained(), 2000) : Promise.resolve(true);
     void logged.then(async () => {
       // Removed while the log drained (an interrupted create's undo after a restart, a remove):
-      // its record is deleted, and writing it would bring it back as a stale record.
+      // no exit to report (and its deleted record is never written again: RecordStore).
       if (this.containers.get(c.rec.id) !== c) return;
       if (!this.markExited(c, code, ev.oom_killed ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error', '')) return;
       this.logger.info({ container: c.rec.id, exitCode: code }, 'container exited');
+      // a remove from here on deletes the record after this write lands, never before it
       await this.store.save(c.rec).catch(() => undefined);
-      // a remove that ran while this write was on its way deleted the record before it landed
-      if (this.containers.get(c.rec.id) !== c) await this.store.delete(c.rec.id).catch(() => undefined);
     });
   }
 

@@ -206,7 +206,7 @@ export class SandboxManager {
         }
         sb.pod = undefined;
         this.sandboxes.delete(id);
-        await this.store.delete(id).catch(() => undefined);
+        await this.store.delete(rec).catch(() => undefined);
         if (keepCodes && hasCode(err, 'failed_precondition', 'invalid_argument', 'not_found', 'data_loss')) throw err;
         throw unavailable(`cannot start pod ${backend.kind === 'vm' ? 'VM' : backend.kind}: ${(err as Error).message}`);
       }
@@ -344,7 +344,7 @@ export class SandboxManager {
       T.mark('backend');
       faultPoint('sandbox.remove:cgroup-left');
       this.sandboxes.delete(sb.rec.id);
-      await this.store.delete(sb.rec.id);
+      await this.store.delete(sb.rec);
       T.mark('record');
       faultPoint('sandbox.remove:record-deleted');
       this.logger.info({ sandbox: sb.rec.id }, 'pod sandbox removed');
@@ -414,7 +414,7 @@ export class SandboxManager {
         await backend.release(rec);
         await backend.remove(rec);
       }
-      await this.store.delete(rec.id);
+      await this.store.delete(rec);
       this.logger.warn({ sandbox: rec.id }, 'undid a pod start that a crash interrupted');
     } catch (err) {
       this.logger.error({ sandbox: rec.id, err }, 'cannot undo an interrupted pod start yet');

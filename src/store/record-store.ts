@@ -2,23 +2,39 @@
 // fsync of the directory) so a crash leaves either the old or the new record, never half.
 // write() puts a record in place first and on disk while the caller goes on (pending records:
 // a daemon crash keeps the page cache, a machine crash takes the pod's processes along).
+// A deleted record is never written again: the writes and the delete of one id run one at a
+// time (a delete waits for a write on its way, so no temp file or record lands after it), and
+// the deleted record object is remembered (weakly: no growth) so that a late save of it, e.g. a
+// container's exit recorded after its remove, is a no-op. The trade: a delete waits for the
+// id's write in progress (one fsync), and a record must be saved through the object that was
+// deleted (a copy of it would write again).
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { ensureDirSync } from '../util/dirs';
+import { KeyedMutex } from '../util/keyed-mutex';
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 export class RecordStore<T extends { id: string }> {
+  /** one file operation at a time per id */
+  private readonly ops = new KeyedMutex();
+  /** records deleted: never written again */
+  private readonly deleted = new WeakSet<T>();
+
   constructor(private readonly dir: string) {
     ensureDirSync(dir, 0o700);
   }
 
+  /** Writes the record durably; a record deleted before (or while this waited) stays deleted. */
   async save(rec: T): Promise<void> {
     if (!ID.test(rec.id)) throw new Error(`bad record id ${JSON.stringify(rec.id)}`);
-    await writeFileAtomic(this.file(rec.id), JSON.stringify(rec), { fsync: true, mode: 0o600 });
-    await fsyncDir(this.dir);
+    await this.ops.run(rec.id, async () => {
+      if (this.deleted.has(rec)) return;
+      await writeFileAtomic(this.file(rec.id), JSON.stringify(rec), { fsync: true, mode: 0o600 });
+      await fsyncDir(this.dir);
+    });
   }
 
   /**
@@ -32,7 +48,12 @@ export class RecordStore<T extends { id: string }> {
   async write(rec: T): Promise<{ durable: Promise<void> }> {
     if (!ID.test(rec.id)) throw new Error(`bad record id ${JSON.stringify(rec.id)}`);
     const file = this.file(rec.id);
-    await writeFileAtomic(file, JSON.stringify(rec), { fsync: false, mode: 0o600 });
+    const written = await this.ops.run(rec.id, async () => {
+      if (this.deleted.has(rec)) return false;
+      await writeFileAtomic(file, JSON.stringify(rec), { fsync: false, mode: 0o600 });
+      return true;
+    });
+    if (!written) return { durable: Promise.resolve() };
     const durable = (async () => {
       // replaced or deleted meanwhile: the newer write or the delete syncs itself
       const fh = await fsp.open(file, 'r').catch((err: NodeJS.ErrnoException) => {
@@ -51,9 +72,17 @@ export class RecordStore<T extends { id: string }> {
     return { durable };
   }
 
-  async delete(id: string): Promise<void> {
-    await fsp.rm(this.file(id), { force: true });
-    await fsyncDir(this.dir);
+  /**
+   * Deletes the record's file once a write of it on its way has landed; the record is not written
+   * again (a later save or write of it does nothing).
+   */
+  async delete(rec: T): Promise<void> {
+    if (!ID.test(rec.id)) throw new Error(`bad record id ${JSON.stringify(rec.id)}`);
+    this.deleted.add(rec);
+    await this.ops.run(rec.id, async () => {
+      await fsp.rm(this.file(rec.id), { force: true });
+      await fsyncDir(this.dir);
+    });
   }
 
   /** Every readable record; unreadable ones are returned by name so the caller can log them. */

@@ -45,6 +45,8 @@ class FakePod implements Pod {
   failCreate?: Error;
   /** a create waits for this (a guest that takes its time) */
   holdCreate?: Promise<void>;
+  /** an unbind of host paths waits for this */
+  holdUnbind?: Promise<void>;
   private nextStream = 1;
   private dead = false;
   private die!: () => void;
@@ -100,6 +102,7 @@ class FakePod implements Pod {
     return `/shared/${rel}`;
   }
   async unbindHostPaths(rel: string) {
+    await this.holdUnbind;
     for (const b of [...this.binds]) if (b === rel || b.startsWith(`${rel}/`)) this.binds.delete(b);
     this.calls.push(`unbind ${rel}`);
   }
@@ -267,6 +270,43 @@ describe('ContainerManager lists', () => {
     release();
     const secondId = await second;
     expect(containers.list({}).map((r) => r.id).sort()).toEqual([first, secondId].sort());
+  });
+});
+
+describe('ContainerManager.remove', () => {
+  // The crash matrix's 'CreateContainer killed at container.create:created-in-guest': after the
+  // restart, the undo of the interrupted create removed the container while its exit's record
+  // write (deferred until the log drained) was on its way, and a temp file of the record (or the
+  // record itself) was there after the remove.
+  test("an exit's record write on its way when the container is removed leaves no record and no temp file", async () => {
+    const backend = new FakeBackend();
+    const { sandboxes, containers } = await managers(backend);
+    const id = await sandboxes.run(podConfig(), '');
+    const pod = backend.pods[0];
+    const cid = await containers.create(id, { metadata: { name: 'c' }, image: { image: 'busybox' }, command: ['sleep'] }, undefined);
+    const dir = path.join(cfg.root, 'containers');
+    expect(files(dir)).toEqual([`${cid}.json`]);
+    // told to delete the container, the guest ends its streams and reports its exit
+    pod.deleteContainer = async (c: string) => {
+      for (const s of pod.streams) s.end();
+      pod.emit({ type: 'exit', container_id: c, exit_code: 137 });
+    };
+    // the remove goes on only once the exit (its log drained) is being recorded
+    let release!: () => void;
+    pod.holdUnbind = new Promise((r) => (release = r));
+    let exits = 0;
+    containers.subscribe((ev) => {
+      if (ev.type !== 'CONTAINER_STOPPED_EVENT') return;
+      exits++;
+      release();
+    });
+    await containers.remove(cid);
+    expect(exits).toBe(1);
+    expect(containers.containers.size).toBe(0);
+    expect(files(dir)).toEqual([]);
+    // and nothing lands later
+    await new Promise((r) => setTimeout(r, 200));
+    expect(files(dir)).toEqual([]);
   });
 });
 
