@@ -244,20 +244,6 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible, String> {
     exec(o.program)
 }
 
-// <linux/mount.h>
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 #[derive(Debug, PartialEq)]
 struct BindOpts {
     readonly: bool,
@@ -290,16 +276,16 @@ fn bind(o: BindOpts) -> Result<(), String> {
     let src = cstr(o.src.as_bytes())?;
     let dst = cstr(o.dst.as_bytes())?;
     let empty = cstr(b"")?;
-    let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    let flags = libc::OPEN_TREE_CLONE | libc::AT_RECURSIVE as libc::c_uint | libc::OPEN_TREE_CLOEXEC;
     let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), flags) } as RawFd;
     if tree < 0 {
         return Err(format!("open_tree {}: {}", o.src.to_string_lossy(), errno()));
     }
     if o.readonly {
         // without AT_RECURSIVE: the top mount only
-        let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        let attr = libc::mount_attr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
         let rc = unsafe {
-            libc::syscall(libc::SYS_mount_setattr, tree, empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+            libc::syscall(libc::SYS_mount_setattr, tree, empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const libc::mount_attr, std::mem::size_of::<libc::mount_attr>())
         };
         if rc != 0 {
             return Err(format!("making {} read-only: {}", o.src.to_string_lossy(), errno()));
@@ -309,7 +295,7 @@ fn bind(o: BindOpts) -> Result<(), String> {
     if unsafe { libc::setns(ns, libc::CLONE_NEWNS) } != 0 {
         return Err(format!("entering mount namespace {}: {}", o.mount_ns.to_string_lossy(), errno()));
     }
-    let rc = unsafe { libc::syscall(libc::SYS_move_mount, tree, empty.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
+    let rc = unsafe { libc::syscall(libc::SYS_move_mount, tree, empty.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), libc::MOVE_MOUNT_F_EMPTY_PATH) };
     if rc != 0 {
         return Err(format!("attaching {} at {}: {}", o.src.to_string_lossy(), o.dst.to_string_lossy(), errno()));
     }

@@ -1,14 +1,16 @@
 //! `exec.start`, `process.signal`, `process.resize`: extra processes in a running container,
 //! joined through libcontainer's tenant builder (namespaces, cgroup, user, capabilities of
-//! the container's own process spec).
+//! the container's own process spec). The exec process and the executor that loads the
+//! container's seccomp filter are oci-exec/'s (shared with the host shim of host pods).
 
 use std::rc::Rc;
 
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
+use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use podvisor_oci_exec::{exec_process, SeccompExecutor};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -70,37 +72,21 @@ pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     };
 
     // The exec process: the container's process spec with args/env/cwd/terminal replaced.
-    let obj = process.as_object_mut().ok_or_else(|| AgentError::internal("container has no process spec"))?;
+    if !process.is_object() {
+        return Err(AgentError::internal("container has no process spec"));
+    }
     // libcontainer's tenant path does not join a user namespace: the executor does (userns.rs)
     let userns = match userns_of {
-        Some(pid) => Some(UsernsEntry::prepare(pid, obj)?),
+        Some(pid) => Some(UsernsEntry::prepare(pid, process.as_object_mut().unwrap())?),
         None => None,
     };
     let seccomp = match seccomp {
-        Some(s) => Some(SeccompExecutor::prepare(s, obj)?),
+        Some(s) => Some(SeccompExecutor::prepare(&s, &mut process).map_err(AgentError::internal)?),
         None => None,
     };
     let executor = (userns.is_some() || seccomp.is_some()).then(|| ExecExecutor { userns, seccomp });
-    obj.insert("args".into(), json!(p.args));
-    obj.insert("terminal".into(), json!(p.tty));
-    obj.remove("consoleSize");
-    if let Some(cwd) = &p.cwd {
-        obj.insert("cwd".into(), json!(cwd));
-    }
-    if let Some(env) = &p.env {
-        // Host values override the container's by key.
-        let mut merged: Vec<String> = obj
-            .get("env")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        for e in env {
-            let key = e.split('=').next().unwrap_or("");
-            merged.retain(|m| m.split('=').next() != Some(key));
-            merged.push(e.clone());
-        }
-        obj.insert("env".into(), json!(merged));
-    }
+    // host values override the container's by key
+    let process = exec_process(&process, &p.args, p.tty, p.env.as_deref().unwrap_or_default(), p.cwd.as_deref());
     let proc_path = dir.join(format!("exec-{}.json", p.exec_id));
     std::fs::write(&proc_path, serde_json::to_vec(&process).ctx("encode process")?).ctx("write exec process")?;
 
@@ -206,43 +192,6 @@ pub fn resize(containers: &Rc<Containers>, params: Value) -> Result<Value> {
 }
 
 
-/// Runs an exec process under its container's seccomp filter, which libcontainer's tenant path
-/// does not load. The filter goes on last, just before execve, in the exec'd process itself.
-/// Loading a filter takes no_new_privs or CAP_SYS_ADMIN; a process with neither (the usual
-/// container) is given CAP_SYS_ADMIN in its effective and permitted sets only (never the
-/// bounding set, so execve could not keep it anyway), loads the filter with it, and drops it
-/// again before execve: the order runc uses for such processes.
-#[derive(Clone)]
-struct SeccompExecutor {
-    seccomp: LinuxSeccomp,
-    drop_sys_admin: bool,
-}
-
-impl SeccompExecutor {
-    /// `process` is the exec process spec; it is adjusted when the filter needs CAP_SYS_ADMIN.
-    fn prepare(seccomp: Value, process: &mut serde_json::Map<String, Value>) -> Result<Self> {
-        let seccomp: LinuxSeccomp = serde_json::from_value(seccomp).map_err(|e| AgentError::internal(format!("container seccomp: {e}")))?;
-        let nnp = process.get("noNewPrivileges").and_then(Value::as_bool).unwrap_or(false);
-        let has = |set: &str| {
-            process.get("capabilities").and_then(|c| c.get(set)).and_then(Value::as_array).map(|a| a.iter().any(|c| c == "CAP_SYS_ADMIN")).unwrap_or(false)
-        };
-        let drop_sys_admin = !nnp && !has("effective");
-        if drop_sys_admin {
-            let caps = process.entry("capabilities").or_insert_with(|| json!({}));
-            let caps = caps.as_object_mut().ok_or_else(|| AgentError::internal("process capabilities is not an object"))?;
-            for set in ["effective", "permitted"] {
-                let list = caps.entry(set).or_insert_with(|| json!([]));
-                if let Some(a) = list.as_array_mut() {
-                    if !a.iter().any(|c| c == "CAP_SYS_ADMIN") {
-                        a.push(json!("CAP_SYS_ADMIN"));
-                    }
-                }
-            }
-        }
-        Ok(SeccompExecutor { seccomp, drop_sys_admin })
-    }
-}
-
 /// What an exec process does last, in itself, before execve: join its container's user
 /// namespace (taking the container's identity and capabilities there), then load its
 /// container's seccomp filter.
@@ -268,25 +217,5 @@ impl Executor for ExecExecutor {
 
     fn validate(&self, spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
-    }
-}
-
-impl SeccompExecutor {
-    fn load(&self) -> std::result::Result<(), ExecutorError> {
-        match libcontainer::seccomp::initialize_seccomp(&self.seccomp) {
-            Ok(None) => {}
-            // a notify filter needs a listener to hand the fd to; exec processes have none
-            Ok(Some(fd)) => {
-                unsafe { libc::close(fd) };
-                return Err(ExecutorError::Other("seccomp notify is not supported for exec processes".into()));
-            }
-            Err(e) => return Err(ExecutorError::Other(format!("loading the container's seccomp filter: {e}"))),
-        }
-        if self.drop_sys_admin {
-            for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
-                caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN).map_err(|e| ExecutorError::Other(format!("dropping CAP_SYS_ADMIN: {e}")))?;
-            }
-        }
-        Ok(())
     }
 }

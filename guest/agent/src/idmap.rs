@@ -159,19 +159,6 @@ fn make_userns(m: &Mapping) -> Result<OwnedFd> {
     res
 }
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_EMPTY_PATH: libc::c_uint = 0x1000;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 fn cstr(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| AgentError::invalid(format!("path with NUL: {}", p.display())))
 }
@@ -183,20 +170,20 @@ pub fn idmapped_clone(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<()> {
     let s = cstr(src)?;
     let d = cstr(dst)?;
     let empty = CString::new("").unwrap();
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, s.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, s.as_ptr(), libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) };
     if fd < 0 {
         return Err(os_err(&format!("open_tree {}", src.display())));
     }
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    let attr = libc::mount_attr { attr_set: libc::MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
     let r = unsafe {
-        libc::syscall(libc::SYS_mount_setattr, tree.as_raw_fd(), empty.as_ptr(), AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+        libc::syscall(libc::SYS_mount_setattr, tree.as_raw_fd(), empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const libc::mount_attr, std::mem::size_of::<libc::mount_attr>())
     };
     if r < 0 {
         let e = std::io::Error::last_os_error();
         return Err(AgentError::precondition(format!("idmapped mount of {} (the guest kernel must allow it for this file system): {e}", src.display())));
     }
-    let r = unsafe { libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, d.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) };
+    let r = unsafe { libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, d.as_ptr(), libc::MOVE_MOUNT_F_EMPTY_PATH) };
     if r < 0 {
         return Err(os_err(&format!("move_mount to {}", dst.display())));
     }

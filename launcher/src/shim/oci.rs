@@ -1,7 +1,8 @@
 //! The OCI runtime of host containers: youki's libcontainer, in the shim's own process.
 //! create (the init waits on libcontainer's notify socket), start, signals (one process, or
 //! every process of the container's cgroup), exec (libcontainer's tenant builder, under the
-//! container's seccomp filter, which that builder does not load itself), delete (kills what is
+//! container's seccomp filter, which that builder does not load itself: the exec process and
+//! that filter's executor are oci-exec/'s, shared with the guest agent), delete (kills what is
 //! left, removes the cgroup and the state).
 
 use std::os::fd::OwnedFd;
@@ -9,12 +10,13 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
-use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-use serde_json::{json, Value};
+use podvisor_oci_exec::SeccompExecutor;
+use serde_json::Value;
+
+/// The exec process made from the container's own (oci-exec/, shared with the guest agent).
+pub use podvisor_oci_exec::exec_process;
 
 pub enum Stdio {
     /// stdin, stdout, stderr of the process
@@ -92,91 +94,11 @@ impl Oci {
     }
 }
 
-/// The exec process: the container's own process (user, caps, env, cwd, rlimits …) with the
-/// command, terminal, extra env and cwd of the request.
-pub fn exec_process(container: &Value, args: &[String], tty: bool, env: &[String], cwd: Option<&str>) -> Value {
-    let mut p = container.clone();
-    if !p.is_object() {
-        p = json!({});
-    }
-    let obj = p.as_object_mut().unwrap();
-    obj.insert("args".into(), json!(args));
-    obj.insert("terminal".into(), json!(tty));
-    obj.remove("consoleSize");
-    if let Some(cwd) = cwd {
-        obj.insert("cwd".into(), json!(cwd));
-    }
-    if !env.is_empty() {
-        let mut merged: Vec<String> = obj.get("env").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
-        for e in env {
-            let key = e.split('=').next().unwrap_or("");
-            merged.retain(|m| m.split('=').next() != Some(key));
-            merged.push(e.clone());
-        }
-        obj.insert("env".into(), json!(merged));
-    }
-    p
-}
-
-/// Runs an exec process under its container's seccomp filter (libcontainer's tenant path does
-/// not load it). The filter goes on last, just before execve. Loading one takes no_new_privs or
-/// CAP_SYS_ADMIN: a process with neither gets CAP_SYS_ADMIN in its effective and permitted
-/// sets only (never the bounding set), loads the filter and drops it again before execve, the
-/// order runc uses. The same as the guest agent's (guest/agent/src/exec.rs).
-#[derive(Clone)]
-struct SeccompExecutor {
-    seccomp: LinuxSeccomp,
-    drop_sys_admin: bool,
-}
-
-impl SeccompExecutor {
-    fn prepare(seccomp: &Value, process: &mut Value) -> Result<Self, String> {
-        let seccomp: LinuxSeccomp = serde_json::from_value(seccomp.clone()).map_err(|e| lc("container seccomp", e))?;
-        let obj = process.as_object_mut().ok_or("exec process is not an object")?;
-        let nnp = obj.get("noNewPrivileges").and_then(Value::as_bool).unwrap_or(false);
-        let has_admin = obj.get("capabilities").and_then(|c| c.get("effective")).and_then(Value::as_array).map(|a| a.iter().any(|c| c == "CAP_SYS_ADMIN")).unwrap_or(false);
-        let drop_sys_admin = !nnp && !has_admin;
-        if drop_sys_admin {
-            let caps = obj.entry("capabilities").or_insert_with(|| json!({}));
-            let caps = caps.as_object_mut().ok_or("process capabilities is not an object")?;
-            for set in ["effective", "permitted"] {
-                if let Some(a) = caps.entry(set).or_insert_with(|| json!([])).as_array_mut() {
-                    if !a.iter().any(|c| c == "CAP_SYS_ADMIN") {
-                        a.push(json!("CAP_SYS_ADMIN"));
-                    }
-                }
-            }
-        }
-        Ok(SeccompExecutor { seccomp, drop_sys_admin })
-    }
-}
-
-impl Executor for SeccompExecutor {
-    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        match libcontainer::seccomp::initialize_seccomp(&self.seccomp) {
-            Ok(None) => {}
-            Ok(Some(fd)) => {
-                unsafe { libc::close(fd) };
-                return Err(ExecutorError::Other("seccomp notify is not supported for exec processes".into()));
-            }
-            Err(e) => return Err(ExecutorError::Other(format!("loading the container's seccomp filter: {e}"))),
-        }
-        if self.drop_sys_admin {
-            for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
-                caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN).map_err(|e| ExecutorError::Other(format!("dropping CAP_SYS_ADMIN: {e}")))?;
-            }
-        }
-        DefaultExecutor {}.exec(spec)
-    }
-
-    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
-    }
-}
-
+// The tests of oci-exec/ (built here as the host builds it; it has no build of its own).
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn exec_process_replaces_command_and_merges_env() {
@@ -195,11 +117,11 @@ mod tests {
         let filter = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []});
         let mut p = json!({"capabilities": {"effective": ["CAP_KILL"], "permitted": ["CAP_KILL"], "bounding": ["CAP_KILL"]}});
         let x = SeccompExecutor::prepare(&filter, &mut p).unwrap();
-        assert!(x.drop_sys_admin);
+        assert!(x.lends_sys_admin());
         assert_eq!(p["capabilities"]["effective"], json!(["CAP_KILL", "CAP_SYS_ADMIN"]));
         assert_eq!(p["capabilities"]["bounding"], json!(["CAP_KILL"]));
         let mut nnp = json!({"noNewPrivileges": true, "capabilities": {"effective": []}});
-        assert!(!SeccompExecutor::prepare(&filter, &mut nnp).unwrap().drop_sys_admin);
+        assert!(!SeccompExecutor::prepare(&filter, &mut nnp).unwrap().lends_sys_admin());
         assert_eq!(nnp["capabilities"]["effective"], json!([]));
     }
 }

@@ -31,7 +31,6 @@ const MS_SHARED: u64 = libc::MS_SHARED as u64;
 const MS_UNBINDABLE: u64 = libc::MS_UNBINDABLE as u64;
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_IN_ROOT: u64 = 0x10;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 /// One propagation change: where (a path in the container) and what.
 #[derive(Debug, PartialEq)]
@@ -78,14 +77,6 @@ struct OpenHow {
     resolve: u64,
 }
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 /// In the child, after setns: sets one change; the failing step's name on error.
 unsafe fn set_one(root: libc::c_int, c: &Change) -> Result<(), &'static str> {
     let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
@@ -93,9 +84,9 @@ unsafe fn set_one(root: libc::c_int, c: &Change) -> Result<(), &'static str> {
     if fd < 0 {
         return Err("openat2");
     }
-    let attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: c.propagation, userns_fd: 0 };
-    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if c.recursive { AT_RECURSIVE } else { 0 };
-    let r = libc::syscall(libc::SYS_mount_setattr, fd, c"".as_ptr(), flags, &attr as *const MountAttr, std::mem::size_of::<MountAttr>());
+    let attr = libc::mount_attr { attr_set: 0, attr_clr: 0, propagation: c.propagation, userns_fd: 0 };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if c.recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+    let r = libc::syscall(libc::SYS_mount_setattr, fd, c"".as_ptr(), flags, &attr as *const libc::mount_attr, std::mem::size_of::<libc::mount_attr>());
     libc::close(fd);
     if r < 0 {
         return Err("mount_setattr");
