@@ -1,7 +1,6 @@
 // Exec, attach and port-forward end to end: the CRI Exec/Attach/PortForward RPCs of the real
 // daemon hand out URLs on its streaming server, and real clients (a client-go-shaped SPDY/3.1
 // client, @kubernetes/client-node over WebSocket) drive processes and ports in a pod VM.
-import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -11,7 +10,7 @@ import { WebSocket } from 'ws';
 import { runK8sClient, startK8sPortForward } from '../test/streaming/support/harness';
 import { collect, spdyAttachEcho, spdyConnect, spdyExec, spdyHttpGet } from '../test/streaming/support/spdy-client';
 import { rawSpdyConnect, synStreamBomb } from '../test/streaming/support/raw-spdy';
-import { measurePeak, MiB } from '../test/support/rss';
+import { measurePeak, MiB, rss } from '../test/support/rss';
 import { runK8sStream, startK8sStreamPortForward } from '../test/streaming/support/go-client';
 import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
 import { containerConfig, startContainer, until } from './support/containers';
@@ -64,27 +63,19 @@ const attachUrl = async (id: string, opts: { stdin?: boolean; stderr?: boolean; 
 
 const portForwardUrl = async (port: number): Promise<string> => (await d.runtime('PortForward', { pod_sandbox_id: pod, port: [port] })).url;
 
-/** The daemon process TestDaemon spawned, found by its socket path. */
+/** The daemon process TestDaemon spawned; fails when it is not running. */
 function daemonPid(): number {
-  const out = execFileSync('pgrep', ['-f', `main\\.js serve .*--socket ${d.socket}`], { encoding: 'utf8' });
-  const pids = out.split('\n').filter(Boolean).map(Number);
-  expect(pids).toHaveLength(1);
-  return pids[0];
-}
-
-function vmRss(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmRSS for ${pid}`);
-  return Number(m[1]) * 1024;
+  expect(d.alive).toBe(true);
+  return d.pid!;
 }
 
 /** Samples the daemon's RSS until stopped: baseline, peak, last. */
 function rssWatch(pid: number) {
-  const base = vmRss(pid);
+  const base = rss(pid);
   let peak = base;
   const t = setInterval(() => {
     try {
-      peak = Math.max(peak, vmRss(pid));
+      peak = Math.max(peak, rss(pid));
     } catch {
       /* reported by the final read */
     }
@@ -94,7 +85,7 @@ function rssWatch(pid: number) {
     peakNow: () => peak,
     stop: () => {
       clearInterval(t);
-      const last = vmRss(pid);
+      const last = rss(pid);
       return { base, peak: Math.max(peak, last), last };
     },
   };

@@ -7,6 +7,7 @@ import { status } from '@grpc/grpc-js';
 import { busyboxEntries, makeLayer, pushBusybox, pushImage } from '../test/support/images';
 import { readCriLog } from '../test/support/cri-log';
 import { Registry, startRegistry } from '../test/support/registry';
+import { startContainer, waitContainerState } from './support/containers';
 import { podConfig, podQemuPids, TestDaemon } from './support/daemon';
 
 jest.setTimeout(240_000);
@@ -36,16 +37,6 @@ afterAll(async () => {
   await registry?.stop();
 });
 
-async function waitState(id: string, state: string, ms = 60_000): Promise<any> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const { status: st } = await d.runtime('ContainerStatus', { container_id: id });
-    if (st.state === state) return st;
-    if (Date.now() > deadline) throw new Error(`container ${id} is ${st.state}, wanted ${state}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 async function exec(id: string, cmd: string): Promise<string> {
   const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/sh', '-c', cmd], timeout: 60 });
   expect({ cmd, exit: r.exit_code, stderr: Buffer.from(r.stderr).toString() }).toEqual({ cmd, exit: 0, stderr: '' });
@@ -74,19 +65,14 @@ describe('SupplementalGroupsPolicy', () => {
   ])('%s: the process groups, those of an exec and ContainerStatus.user agree', async (name, policy, groups) => {
     const cfg = podConfig(`sgp-${name.toLowerCase()}`, path.join(d.logs, `sgp-${name}`));
     const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
-    const { container_id: id } = await d.runtime('CreateContainer', {
-      pod_sandbox_id: pod,
-      sandbox_config: cfg,
-      config: {
-        metadata: { name: 'groups' },
-        image: { image: grouped },
-        command: ['sh', '-c', 'id -G; sleep 3600'],
-        log_path: 'groups.log',
-        linux: { security_context: { run_as_user: { value: '1000' }, supplemental_groups: ['1234'], supplemental_groups_policy: policy } },
-      },
+    const id = await startContainer(d, pod, cfg, {
+      metadata: { name: 'groups' },
+      image: { image: grouped },
+      command: ['sh', '-c', 'id -G; sleep 3600'],
+      log_path: 'groups.log',
+      linux: { security_context: { run_as_user: { value: '1000' }, supplemental_groups: ['1234'], supplemental_groups_policy: policy } },
     });
-    await d.runtime('StartContainer', { container_id: id });
-    const st = await waitState(id, 'CONTAINER_RUNNING');
+    const st = await waitContainerState(d, id, 'CONTAINER_RUNNING');
     expect(st.user.linux.uid).toBe('1000');
     expect(st.user.linux.gid).toBe('1000');
     expect([...st.user.linux.supplemental_groups].sort()).toEqual(groups);
@@ -106,20 +92,15 @@ describe('user namespaces (hostUsers: false)', () => {
     try {
       const cfg = podConfig('userns', path.join(d.logs, 'userns'), { linux: { security_context: { namespace_options: nsOptions() } } });
       const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
-      const { container_id: id } = await d.runtime('CreateContainer', {
-        pod_sandbox_id: pod,
-        sandbox_config: cfg,
-        config: {
-          metadata: { name: 'root' },
-          image: { image: busybox },
-          command: ['sh', '-c', 'cat /proc/self/uid_map; sleep 3600'],
-          log_path: 'root.log',
-          mounts: [{ container_path: '/data', host_path: shared }],
-          linux: { security_context: { namespace_options: nsOptions() } },
-        },
+      const id = await startContainer(d, pod, cfg, {
+        metadata: { name: 'root' },
+        image: { image: busybox },
+        command: ['sh', '-c', 'cat /proc/self/uid_map; sleep 3600'],
+        log_path: 'root.log',
+        mounts: [{ container_path: '/data', host_path: shared }],
+        linux: { security_context: { namespace_options: nsOptions() } },
       });
-      await d.runtime('StartContainer', { container_id: id });
-      await waitState(id, 'CONTAINER_RUNNING');
+      await waitContainerState(d, id, 'CONTAINER_RUNNING');
       expect(await logOf(path.join(cfg.log_directory, 'root.log'), /65536/)).toMatch(/^\s*0\s+65536\s+65536\s*$/m);
       // inside: root, owning its image (idmapped) and what it writes; an exec joins its namespace
       expect((await exec(id, 'id -u')).trim()).toBe('0');
@@ -135,12 +116,10 @@ describe('user namespaces (hostUsers: false)', () => {
       const r = await d.runtime('ExecSync', { container_id: id, cmd: ['/bin/busybox', 'mknod', '/tmp/null2', 'c', '1', '3'], timeout: 60 });
       expect({ exit: r.exit_code, err: Buffer.from(r.stderr).toString() }).toMatchObject({ exit: 1, err: expect.stringMatching(/Operation not permitted/) });
       // a non-root container of the pod: its exec'd processes are that user, without capabilities
-      const { container_id: user } = await d.runtime('CreateContainer', {
-        pod_sandbox_id: pod, sandbox_config: cfg,
-        config: { metadata: { name: 'user' }, image: { image: busybox }, command: ['sleep', '3600'], linux: { security_context: { run_as_user: { value: '1000' }, namespace_options: nsOptions() } } },
+      const user = await startContainer(d, pod, cfg, {
+        metadata: { name: 'user' }, image: { image: busybox }, command: ['sleep', '3600'], linux: { security_context: { run_as_user: { value: '1000' }, namespace_options: nsOptions() } },
       });
-      await d.runtime('StartContainer', { container_id: user });
-      await waitState(user, 'CONTAINER_RUNNING');
+      await waitContainerState(d, user, 'CONTAINER_RUNNING');
       expect((await exec(user, 'id -u; id -g; grep -E "^Cap(Eff|Prm):" /proc/self/status')).trim().split('\n')).toEqual(['1000', '0', 'CapPrm:\t0000000000000000', 'CapEff:\t0000000000000000']);
       await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
     } finally {
@@ -151,12 +130,8 @@ describe('user namespaces (hostUsers: false)', () => {
   it('NODE mode: the host users (the guest\'s full range)', async () => {
     const cfg = podConfig('userns-node', path.join(d.logs, 'userns-node'), { linux: { security_context: { namespace_options: { network: 'POD', pid: 'POD', ipc: 'POD', userns_options: { mode: 'NODE' } } } } });
     const pod = (await d.runtime('RunPodSandbox', { config: cfg })).pod_sandbox_id;
-    const { container_id: id } = await d.runtime('CreateContainer', {
-      pod_sandbox_id: pod, sandbox_config: cfg,
-      config: { metadata: { name: 'c' }, image: { image: busybox }, command: ['sleep', '3600'] },
-    });
-    await d.runtime('StartContainer', { container_id: id });
-    await waitState(id, 'CONTAINER_RUNNING');
+    const id = await startContainer(d, pod, cfg, { metadata: { name: 'c' }, image: { image: busybox }, command: ['sleep', '3600'] });
+    await waitContainerState(d, id, 'CONTAINER_RUNNING');
     expect((await exec(id, 'cat /proc/self/uid_map')).trim().split(/\s+/)).toEqual(['0', '0', '4294967295']);
     await d.runtime('RemovePodSandbox', { pod_sandbox_id: pod });
   });
