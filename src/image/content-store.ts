@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { PodvisorError} from '../util/errors';
 import { BatchWriter } from './batch-writer';
-import { ensureDir } from '../util/dirs';
+import { ensureDir, fsyncDir } from '../util/dirs';
 
 const HEX = /^[a-f0-9]{64}$/;
 
@@ -26,15 +26,6 @@ export interface StagedBlob {
   commit(bytes: number, digest: () => Promise<string>): Promise<void>;
   /** Removes the file (nothing was stored); concurrent ingests then download it themselves. */
   discard(): Promise<void>;
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 async function hashFile(file: string): Promise<string> {

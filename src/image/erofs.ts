@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp, constants as C, writev as fsWritev } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { fsyncDir } from './content-store';
+import { fsyncDir } from '../util/dirs';
 import { startWriteback } from './writeback';
 
 export const BLOCK_SIZE = 4096;

@@ -4,7 +4,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
-import { fsyncDir } from './content-store';
+import { fsyncDir } from '../util/dirs';
 
 export interface StoredImage {
   id: string;               // sha256:<config digest>

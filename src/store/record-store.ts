@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
-import { ensureDirSync } from '../util/dirs';
+import { ensureDirSync, fsyncDir } from '../util/dirs';
 import { KeyedMutex } from '../util/keyed-mutex';
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -106,14 +106,5 @@ export class RecordStore<T extends { id: string }> {
 
   private file(id: string): string {
     return path.join(this.dir, `${id}.json`);
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
