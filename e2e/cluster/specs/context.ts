@@ -1,9 +1,9 @@
 // The cluster every spec group of cluster.test.ts shares, and the shape of a group. The cluster
 // exists only after the test file's beforeAll (describe bodies run before it), so groups reach it
-// through a getter. A group's setup() creates what its tests look at; the test file runs all
-// setups at once right after the cluster is up, so pod start-ups, probes, restarts and back-offs
-// of all groups run side by side while their tests assert one group after another. Each group
-// owns a namespace, deleted (with everything in it) when its tests are done.
+// through a getter. A group's setup() creates what its tests look at; the test file runs it while
+// the group before asserts (one group ahead), so a group's pods start while the previous group's
+// tests run, and no more than two groups' pods run at once. Each group owns a namespace, deleted
+// (with everything in it) when its tests are done.
 import type { Cluster } from '../support/cluster';
 import type { Kube } from '../support/kube';
 
@@ -19,6 +19,8 @@ export interface SpecGroup {
   namespace: string;
   /** creates the group's objects in its namespace (which exists by then) */
   setup?(c: ClusterContext): Promise<void>;
+  /** set up as soon as the cluster is up, not one group ahead: its pods take minutes to be ready (agnhost under TCG) */
+  early?: boolean;
   /** registers the group's tests (it, describe) */
   specs(ctx: Ctx): void;
 }

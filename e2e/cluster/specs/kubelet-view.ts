@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type * as k8s from '@kubernetes/client-node';
 import { IMAGES } from '../support/cluster';
+import { Namespace, podOf, shPod } from '../support/namespace';
 import type { Ctx, SpecGroup } from './context';
 
 const ns = 'e2e-kubelet-view';
@@ -17,30 +18,14 @@ export const kubeletView: SpecGroup = {
   title: "kubelet's view of a pod VM",
   namespace: ns,
   async setup({ kube }) {
+    const n = new Namespace(kube, ns);
     await Promise.all([
-      kube.createPod(ns, {
-        metadata: { name: 'partial' },
-        spec: {
-          restartPolicy: 'Never',
-          containers: [{ name: 'main', image: IMAGES.busybox, command: ['sh', '-c', 'printf DONE; false'], terminationMessagePolicy: 'FallbackToLogsOnError' }],
-        },
-      }),
-      kube.createPod(ns, {
-        metadata: { name: 'memvol' },
-        spec: {
-          terminationGracePeriodSeconds: 1,
-          containers: ['writer', 'reader'].map((n) => sleeper(n, { volumeMounts: [{ name: 'cache', mountPath: '/cache' }] })),
-          volumes: [{ name: 'cache', emptyDir: { medium: 'Memory', sizeLimit: '10Mi' } }],
-        },
-      }),
-      kube.createPod(ns, {
-        metadata: { name: 'privileged' },
-        spec: { terminationGracePeriodSeconds: 1, containers: [sleeper('main', { securityContext: { privileged: true } })] },
-      }),
-      kube.createPod(ns, {
-        metadata: { name: 'plain' },
-        spec: { terminationGracePeriodSeconds: 1, containers: [sleeper('main')] },
-      }),
+      n.create(shPod('partial', 'printf DONE; false', { terminationMessagePolicy: 'FallbackToLogsOnError' }, { restartPolicy: 'Never' })),
+      n.create(podOf('memvol', ['writer', 'reader'].map((c) => sleeper(c, { volumeMounts: [{ name: 'cache', mountPath: '/cache' }] })), {
+        volumes: [{ name: 'cache', emptyDir: { medium: 'Memory', sizeLimit: '10Mi' } }],
+      })),
+      n.create(podOf('privileged', [sleeper('main', { securityContext: { privileged: true } })])),
+      n.create(podOf('plain', [sleeper('main')])),
     ]);
   },
   specs,

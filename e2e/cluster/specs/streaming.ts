@@ -1,39 +1,33 @@
 // The API server's pod subresources on podvisor: logs (current and previous), exec, attach and
 // port-forward, each through the API server and kubelet to podvisor's streaming server, with
-// client-node's own clients (WebSocket), as kubectl users get them.
+// client-node's own clients (WebSocket), as kubectl users get them. The web pod runs busybox httpd
+// from the agnhost image (its base is busybox): agnhost's Go server took minutes to listen in a
+// starved TCG VM.
 import http from 'node:http';
 import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import * as k8s from '@kubernetes/client-node';
 import { IMAGES } from '../support/cluster';
 import { Collect, describeStatuses } from '../support/kube';
+import { Namespace, shContainer, shPod } from '../support/namespace';
 import { until } from '../support/procs';
 import type { Ctx, SpecGroup } from './context';
 
 const ns = 'e2e-streaming';
+/** files the web pod serves: its hostname and two bodies */
+const WEB = 'mkdir -p /www && hostname > /www/hostname && echo one > /www/one && echo two > /www/two && exec httpd -f -p 8080 -h /www';
 
 export const streaming: SpecGroup = {
   title: 'logs, exec, attach, port-forward',
   namespace: ns,
   async setup({ kube }) {
+    const n = new Namespace(kube, ns);
     await Promise.all([
-      kube.createPod(ns, {
-        metadata: { name: 'logger' },
-        spec: {
-          terminationGracePeriodSeconds: 1,
-          // each run says which run it is (an emptyDir survives restarts), then fails
-          containers: [{ name: 'main', image: IMAGES.busybox, command: ['sh', '-c', 'n=$(cat /s/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /s/n; echo "run $n out"; echo "run $n err" >&2; sleep 3; [ $n -ge 2 ] && exec sleep 7200; exit 1'], volumeMounts: [{ name: 's', mountPath: '/s' }] }],
-          volumes: [{ name: 's', emptyDir: {} }],
-        },
-      }),
-      kube.createPod(ns, {
-        metadata: { name: 'web' },
-        spec: { terminationGracePeriodSeconds: 1, containers: [{ name: 'main', image: IMAGES.agnhost, args: ['netexec', '--http-port=8080'] }] },
-      }),
-      kube.createPod(ns, {
-        metadata: { name: 'reader' },
-        spec: { terminationGracePeriodSeconds: 1, containers: [{ name: 'main', image: IMAGES.busybox, stdin: true, command: ['sh', '-c', 'while read line; do echo "got: $line"; done'] }] },
-      }),
+      // each run says which run it is (an emptyDir survives restarts), then fails
+      n.create(shPod('logger', 'n=$(cat /s/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /s/n; echo "run $n out"; echo "run $n err" >&2; sleep 3; [ $n -ge 2 ] && exec sleep 7200; exit 1',
+        { volumeMounts: [{ name: 's', mountPath: '/s' }] }, { volumes: [{ name: 's', emptyDir: {} }] })),
+      n.create(shPod('web', WEB, { image: IMAGES.agnhost, readinessProbe: { httpGet: { path: '/hostname', port: 8080 }, periodSeconds: 2, timeoutSeconds: 10 } })),
+      n.create({ metadata: { name: 'reader' }, spec: { terminationGracePeriodSeconds: 1, containers: [shContainer('main', 'while read line; do echo "got: $line"; done', { stdin: true })] } }),
     ]);
   },
   specs,
@@ -96,9 +90,9 @@ function specs(ctx: Ctx): void {
           res.on('end', () => resolve(body));
         }).on('error', reject).on('timeout', function (this: http.ClientRequest) { this.destroy(new Error('timeout')); });
       });
-      expect(await get('/hostname')).toBe('web');
+      expect(await get('/hostname')).toBe('web\n');
       // two connections at once, each its own stream
-      expect(await Promise.all([get('/echo?msg=one'), get('/echo?msg=two')])).toEqual(['one', 'two']);
+      expect(await Promise.all([get('/one'), get('/two')])).toEqual(['one\n', 'two\n']);
     } finally {
       server.close();
     }

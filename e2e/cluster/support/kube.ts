@@ -105,7 +105,8 @@ export class Kube {
       input.end(opts.stdin);
     }
     const status = await new Promise<k8s.V1Status>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`exec ${command.join(' ')} in ${pod}: no status in 60 s`)), 60_000);
+      // podvisor gives an exec up to 120 s to start in a starved pod VM
+      const timer = setTimeout(() => reject(new Error(`exec ${command.join(' ')} in ${pod}: no status in 180 s`)), 180_000);
       new k8s.Exec(this.cluster.kc)
         .exec(namespace, pod, opts.container ?? '', command, out, err, input, false, (s) => {
           clearTimeout(timer);
