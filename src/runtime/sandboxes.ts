@@ -173,27 +173,34 @@ export class SandboxManager {
       network: null,
     };
     const sb: Sandbox = { rec, pod: undefined };
+    const T = stepTimer(this.logger, 'RunPodSandbox', { sandbox: id });
     return this.lock.run(id, async () => {
       this.sandboxes.set(id, sb);
       let pod: Pod | undefined;
       try {
+        T.mark('admit');
         rec.pending = true;
         // in place before the first side effect (a killed daemon finds it); on disk while the pod
         // starts: what a machine crash would leave of the start (VM, netns, taps, cgroups) goes
         // with the machine, except a CNI IP lease on disk made within the fsync's few ms
         const { durable } = await this.store.write(rec);
         durable.catch(() => undefined); // awaited below
+        T.mark('pending-written');
         faultPoint('sandbox.run:pending-saved');
         pod = await start(backend, rec, (ev) => this.hooks.onEvent(id, ev));
+        T.mark('start');
         faultPoint('sandbox.run:booted');
         await durable;
+        T.mark('pending-durable');
         rec.state = 'SANDBOX_READY';
         delete rec.pending;
         await this.save(sb);
+        T.mark('saved');
         faultPoint('sandbox.run:ready-saved');
         this.adopt(sb, pod);
         this.observe?.started(backend.kind, backend.startPath?.(rec) ?? backend.kind, Number(process.hrtime.bigint() - t0) / 1e9);
         this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, backend: backend.kind, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode, spare: rec.vm?.spare ?? false }, 'pod sandbox ready');
+        T.done();
         return id;
       } catch (err) {
         // a failed start: the backend removed what it made; a pod made but not recorded goes too
