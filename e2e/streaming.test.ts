@@ -10,6 +10,7 @@ import { WebSocket } from 'ws';
 import { runK8sClient, startK8sPortForward } from '../test/streaming/support/harness';
 import { collect, spdyAttachEcho, spdyConnect, spdyExec, spdyHttpGet } from '../test/streaming/support/spdy-client';
 import { rawSpdyConnect, synStreamBomb } from '../test/streaming/support/raw-spdy';
+import { FrameParser, pingFrame } from '../src/streaming/spdy-codec';
 import { measurePeak, MiB, rss } from '../test/support/rss';
 import { runK8sStream, startK8sStreamPortForward } from '../test/streaming/support/go-client';
 import { startBusyboxDaemon, type BusyboxDaemon } from './support/busybox';
@@ -476,6 +477,27 @@ describe('hostile SPDY clients (issue 17)', () => {
     expect(growth).toBeLessThan(32 * MiB);
     expect(daemonPid()).toBe(pid);
     expect((await spdyExec(await execUrl(ctr.main, ['/bin/echo', 'still here']), {})).stdout).toBe('still here\n');
+  });
+
+  test('50k PINGs from a client that does not read: the daemon stops reading, its peak RSS bounded, every PING answered in order', async () => {
+    const pid = daemonPid();
+    const N = 50_000;
+    const c = await rawSpdyConnect(await execUrl(ctr.main, ['/bin/echo', 'x']), 'v4.channel.k8s.io', { read: false });
+    const pings = Buffer.concat(Array.from({ length: N }, (_, i) => pingFrame(2 * i + 1)));
+    const { growth } = await measurePeak('daemon, SPDY PING flood from a client not reading', pid, async () => {
+      c.socket.write(pings);
+      await new Promise((r) => setTimeout(r, 1500));
+    });
+    expect(growth).toBeLessThan(32 * MiB);
+    const got: number[] = [];
+    const parser = new FrameParser({ control: (f) => got.push(f.body.readUInt32BE(0)), data: () => undefined, error: (e) => { throw e; } });
+    c.socket.on('data', (b: Buffer) => parser.push(b));
+    c.socket.resume();
+    await until('every PING answered', async () => got.length >= N, 60_000, 50);
+    expect(got.length).toBe(N);
+    expect(got.every((id, i) => id === 2 * i + 1)).toBe(true);
+    c.socket.destroy();
+    expect(daemonPid()).toBe(pid);
   });
 });
 

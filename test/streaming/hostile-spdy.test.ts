@@ -54,15 +54,15 @@ test('an oversized header value in a real session ends it with GOAWAY and the se
   await stillServes();
 });
 
+// The memory bound of this flood is measured on the daemon's own process (e2e/streaming.test.ts,
+// "hostile SPDY clients"): here the server shares jest's heap of ~1 GB with everything the
+// worker ran before, whose garbage moved this process's peak by more than the flood's own cost
+// (+61 MiB once under load, +10 MiB when quiet).
 test('50k PINGs from a client that does not read: replies wait for the socket, all are answered once it reads', async () => {
   const N = 50_000;
   const c = await rawSpdyConnect(execUrl(), 'v4.channel.k8s.io', { read: false });
-  const pings = Buffer.concat(Array.from({ length: N }, (_, i) => pingFrame(2 * i + 1)));
-  const { growth } = await measurePeak('SPDY PING flood, client not reading', 'self', async () => {
-    c.socket.write(pings);
-    await new Promise((r) => setTimeout(r, 1500));
-  });
-  expect(growth).toBeLessThan(48 * MiB);
+  c.socket.write(Buffer.concat(Array.from({ length: N }, (_, i) => pingFrame(2 * i + 1))));
+  await new Promise((r) => setTimeout(r, 1500));
   // now read: every PING comes back, in order
   const parser = new FrameParser({ control: (f) => got.push(f.body.readUInt32BE(0)), data: () => undefined, error: (e) => { throw e; } });
   const got: number[] = [];
