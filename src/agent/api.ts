@@ -45,6 +45,8 @@ export interface DiskMountParams {
   format?: string | null;
   /** grow a read-write ext2/3/4 file system to the device's size */
   grow?: boolean;
+  /** how long the disk may take to appear and take the mount (ms; the agent's default 10 s, at most 600 s) */
+  wait_ms?: number;
 }
 
 /** An `exit` or `oom` event (guest/PROTOCOL.md "Events"); untrusted. */
@@ -77,7 +79,7 @@ export interface GuestMethods {
     result: { device: string; fstype?: string; grown?: { from: number; to: number }; grow_error?: string };
   };
   'disk.device': {
-    params: { scsi_id: number; lun: number };
+    params: { scsi_id: number; lun: number; wait_ms?: number };
     result: { device: string; major: number; minor: number };
   };
   'disk.unmount': { params: { target: string }; result: Record<string, never> };

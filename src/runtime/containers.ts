@@ -184,7 +184,7 @@ export class ContainerManager {
         // state (the sandbox record holds it, written before ensureImage returns), not a side
         // effect of this container, so it needs no pending record before it; the container's
         // own side effects (volumes, binds, the guest's create) come after both
-        const ensureImage = (img: { id: string; erofsPath: string }) => this.sandboxes.ensureImage(sb, img);
+        const ensureImage = (img: { id: string; erofsPath: string }) => this.sandboxes.ensureImage(sb, img, opts.deadline);
         const [pending, mounted] = await Promise.allSettled([
           this.store.save(rec).then(() => T.mark('pending-saved')),
           ensureImage(image).then((target) => (T.mark('image'), target)),

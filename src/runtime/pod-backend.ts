@@ -118,7 +118,8 @@ export interface Pod {
 
   // ---- what containers are made of
   /** mounts an image (its erofs file) read-only in the pod; every container of it shares the mount */
-  mountImage(imageId: string, erofsPath: string): Promise<PodImageMount>;
+  /** `timeoutMs`: what is left of the caller's deadline (absent: the backend's own bound) */
+  mountImage(imageId: string, erofsPath: string, timeoutMs?: number): Promise<PodImageMount>;
   unmountImage(m: PodImageMount): Promise<void>;
   /** makes host path `src` visible to the pod's containers; returns the path to name in the OCI spec */
   bindHostPath(src: string, rel: string, readonly: boolean): Promise<string>;

@@ -4,7 +4,7 @@
 // daemon reconnects to the pods that are still running through their backends.
 import type { LinuxContainerResources, PodSandboxConfig, PodSandboxFilter } from '../../cri-api/messages';
 import crypto from 'node:crypto';
-import { failedPrecondition, hasCode, internal, invalidArgument, notFound, unavailable, unimplemented } from '../util/errors';
+import { deadlineExceeded, failedPrecondition, hasCode, internal, invalidArgument, notFound, unavailable, unimplemented } from '../util/errors';
 import type { Logger } from '../util/log';
 import { stepTimer } from '../util/steps';
 import { RecordStore } from '../store/record-store';
@@ -238,13 +238,16 @@ export class SandboxManager {
   /**
    * The image's mount in the pod, made once: every container of that image (and every image
    * volume of it) shares it. The mounts are the sandbox's state, saved with its record.
+   * `deadline` (ms since the epoch): the caller's; the guest waits up to it for the disk.
    * Call under the sandbox lock.
    */
-  async ensureImage(sb: Sandbox, image: { id: string; erofsPath: string }): Promise<string> {
+  async ensureImage(sb: Sandbox, image: { id: string; erofsPath: string }, deadline?: number): Promise<string> {
     const have = sb.rec.images[image.id];
     if (have) return have.target;
     if (!sb.pod) throw failedPrecondition(`pod sandbox ${sb.rec.id} is not running`);
-    const m: PodImageMount = await sb.pod.mountImage(image.id, image.erofsPath);
+    const timeoutMs = deadline === undefined ? undefined : deadline - Date.now();
+    if (timeoutMs !== undefined && timeoutMs <= 0) throw deadlineExceeded(`the caller's deadline passed before image ${image.id} was mounted in pod ${sb.rec.id}`);
+    const m: PodImageMount = await sb.pod.mountImage(image.id, image.erofsPath, timeoutMs);
     sb.rec.images[image.id] = m;
     await this.save(sb);
     return m.target;

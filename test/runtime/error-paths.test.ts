@@ -13,6 +13,7 @@ import { AgentError } from '../../src/agent/errors';
 import { defaultConfig, type Config } from '../../src/config/config';
 import { ContainerManager } from '../../src/runtime/containers';
 import { VmPodBackend } from '../../src/runtime/backends/vm/vm-backend';
+import { guestDiskWaitMs } from '../../src/runtime/backends/vm/vm-pod';
 import { PodBackends, type Pod, type PodBackend, type PodEvent, type PodStream } from '../../src/runtime/pod-backend';
 import type { SandboxRecord } from '../../src/runtime/records';
 import { SandboxManager } from '../../src/runtime/sandboxes';
@@ -91,8 +92,10 @@ class FakePod implements Pod {
   async portForward() {}
   async stats() { return {}; }
   async hostPrivateBytes() { return undefined; }
-  async mountImage(imageId: string) {
+  readonly mountImageTimeouts: Array<number | undefined> = [];
+  async mountImage(imageId: string, _erofsPath: string, timeoutMs?: number) {
     this.calls.push(`mountImage ${imageId}`);
+    this.mountImageTimeouts.push(timeoutMs);
     if (this.failMountImage) throw this.failMountImage;
     return { nodeName: 'disk1', target: `/images/${imageId}` };
   }
@@ -248,6 +251,33 @@ describe('ContainerManager.create rolls back', () => {
     const cid = await containers.create(id, config, undefined);
     expect(containers.get(cid).rec.state).toBe('CONTAINER_CREATED');
     expect(files(path.join(cfg.root, 'containers'))).toEqual([`${cid}.json`]);
+  });
+});
+
+describe("ContainerManager.create's image mount", () => {
+  test("is given what is left of the caller's deadline (the guest waits that long for the disk), or the pod's own bound without one", async () => {
+    const backend = new FakeBackend();
+    const { sandboxes, containers } = await managers(backend);
+    const config = { metadata: { name: 'c' }, image: { image: 'busybox' }, command: ['sleep'] };
+    const a = await sandboxes.run(podConfig(), '');
+    await containers.create(a, config, undefined, { deadline: Date.now() + 240_000 });
+    const b = await sandboxes.run(podConfig('p2'), '');
+    await containers.create(b, config, undefined);
+    const [withDeadline, without] = backend.pods.map((p) => p.mountImageTimeouts[0]);
+    expect(withDeadline).toBeGreaterThan(230_000);
+    expect(withDeadline).toBeLessThanOrEqual(240_000);
+    expect(without).toBeUndefined();
+    const c = await sandboxes.run(podConfig('p3'), '');
+    await expect(containers.create(c, config, undefined, { deadline: Date.now() - 1 })).rejects.toMatchObject({ code: 'deadline_exceeded' });
+    expect(backend.pods[2].mountImageTimeouts).toEqual([]);
+  });
+});
+
+describe('guestDiskWaitMs', () => {
+  test('the guest waits for a disk until 2 s before the call times out, at least 1 s', () => {
+    expect(guestDiskWaitMs(240_000)).toBe(238_000);
+    expect(guestDiskWaitMs(30_000)).toBe(28_000);
+    expect(guestDiskWaitMs(2_500)).toBe(1000);
   });
 });
 

@@ -31,19 +31,38 @@ struct MountParams {
     /// while detached, e.g. CSI ControllerExpandVolume); ext2/3/4, read-write mounts only
     #[serde(default)]
     grow: bool,
+    /// how long the disk may take to appear and take the mount (ms; default 10 s)
+    #[serde(default)]
+    wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct DeviceParams {
     scsi_id: u32,
     lun: u32,
+    /// how long the disk may take to appear (ms; default 10 s)
+    #[serde(default)]
+    wait_ms: Option<u64>,
 }
 
 const FSTYPES: &[&str] = &["erofs", "ext4", "xfs", "ext3", "ext2", "vfat"];
 /// Types we can create (mke2fs is in the initramfs).
 const FORMATS: &[&str] = &["ext4", "ext3", "ext2"];
 const MKFS: &str = "/sbin/mke2fs";
-const WAIT: Duration = Duration::from_secs(10);
+/// How long a disk may take to appear when the host does not say (hosts before `wait_ms`).
+const DEFAULT_WAIT_MS: u64 = 10_000;
+/// The longest wait a host may ask for: a hot-plugged disk of a VM starved of CPU can take
+/// long to scan, but a call never holds a disk wait longer than this.
+const MAX_WAIT_MS: u64 = 600_000;
+
+/// The wait the host asked for (it follows the host's own deadline), bounded.
+fn wait_for(ms: Option<u64>) -> Duration {
+    Duration::from_millis(ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS))
+}
+
+fn waited(d: Duration) -> String {
+    format!("waited {:.1} s", d.as_secs_f64())
+}
 
 pub fn is_mountpoint(path: &str) -> bool {
     mount_fstype(path).is_some()
@@ -79,9 +98,8 @@ fn check_scsi(scsi_id: u32, lun: u32) -> Result<()> {
 }
 
 /// The SCSI scan is asynchronous: the sysfs entry and /dev node can exist before the disk is
-/// readable (size still 0, open gives ENXIO). Wait until it can be opened, ≤ 10 s.
-async fn wait_device(scsi_id: u32, lun: u32) -> Result<PathBuf> {
-    let deadline = Instant::now() + WAIT;
+/// readable (size still 0, open gives ENXIO). Wait until it can be opened, until `deadline`.
+async fn wait_device(scsi_id: u32, lun: u32, deadline: Instant, wait: Duration) -> Result<PathBuf> {
     loop {
         let err = match find_block(scsi_id, lun) {
             None => format!("SCSI disk 0:0:{scsi_id}:{lun} did not appear"),
@@ -92,7 +110,7 @@ async fn wait_device(scsi_id: u32, lun: u32) -> Result<PathBuf> {
             },
         };
         if Instant::now() > deadline {
-            return Err(AgentError::timeout(format!("{err} (waited 10 s)")));
+            return Err(AgentError::timeout(format!("{err} ({})", waited(wait))));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -104,7 +122,8 @@ pub async fn device(params: Value) -> Result<Value> {
     use std::os::unix::fs::MetadataExt;
     let p: DeviceParams = serde_json::from_value(params).map_err(|e| AgentError::invalid(format!("disk.device: {e}")))?;
     check_scsi(p.scsi_id, p.lun)?;
-    let dev = wait_device(p.scsi_id, p.lun).await?;
+    let wait = wait_for(p.wait_ms);
+    let dev = wait_device(p.scsi_id, p.lun, Instant::now() + wait, wait).await?;
     let md = std::fs::metadata(&dev).ctx("stat device")?;
     if !md.file_type().is_block_device() {
         return Err(AgentError::internal(format!("{} is not a block device", dev.display())));
@@ -172,7 +191,10 @@ pub async fn mount_disk(reaper: &Reaper, params: Value) -> Result<Value> {
         return Err(AgentError::exists(format!("{tstr} is already mounted")));
     }
 
-    let dev = wait_device(p.scsi_id, p.lun).await?;
+    // one deadline for the disk to appear and take the mount
+    let wait = wait_for(p.wait_ms);
+    let deadline = Instant::now() + wait;
+    let dev = wait_device(p.scsi_id, p.lun, deadline, wait).await?;
     if let Some(f) = &p.format {
         if p.readonly {
             return Err(AgentError::invalid("format and readonly exclude each other"));
@@ -197,8 +219,9 @@ pub async fn mount_disk(reaper: &Reaper, params: Value) -> Result<Value> {
     if let Some(g) = group {
         crate::modules::ensure(g).map_err(AgentError::internal)?;
     }
-    // Opening worked, but the first mount can still race the end of the scan: retry briefly.
-    let deadline = Instant::now() + WAIT;
+    // Opening worked, but the first mount can still race the end of the scan: retry until the
+    // deadline (at least one more second, whatever a format took).
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
     std::fs::create_dir_all(&target).ctx("mkdir target")?;
     loop {
         let err = match mount(Some(&dev), &target, Some(fstype.as_str()), flags, (!data.is_empty()).then_some(data.as_str())) {
@@ -213,7 +236,7 @@ pub async fn mount_disk(reaper: &Reaper, params: Value) -> Result<Value> {
         };
         if Instant::now() > deadline {
             let _ = std::fs::remove_dir(&target);
-            return Err(AgentError::timeout(format!("{err} (waited 10 s)")));
+            return Err(AgentError::timeout(format!("{err} ({})", waited(wait))));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -315,4 +338,21 @@ pub fn unmount_disk(params: Value) -> Result<Value> {
     umount2(&target, MntFlags::empty()).map_err(|e| AgentError::precondition(format!("umount {tstr}: {e}")))?;
     let _ = std::fs::remove_dir(&target);
     Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_wait_follows_the_host_within_bounds() {
+        assert_eq!(wait_for(None), Duration::from_secs(10));
+        assert_eq!(wait_for(Some(95_000)), Duration::from_secs(95));
+        assert_eq!(wait_for(Some(0)), Duration::ZERO);
+        assert_eq!(wait_for(Some(u64::MAX)), Duration::from_millis(MAX_WAIT_MS));
+        let p: MountParams = serde_json::from_value(json!({ "scsi_id": 1, "lun": 0, "fstype": "erofs", "target": "/run/podvisor/images/x", "wait_ms": 42000 })).unwrap();
+        assert_eq!(p.wait_ms, Some(42_000));
+        let d: DeviceParams = serde_json::from_value(json!({ "scsi_id": 1, "lun": 0 })).unwrap();
+        assert_eq!(d.wait_ms, None);
+    }
 }

@@ -56,6 +56,17 @@ export const ABANDONED_CREATE_WAIT_MS = 10 * 60_000;
 
 /** How long the guest may take to give up or take back RAM, or to online/offline vCPUs. */
 const RESIZE_TIMEOUT_MS = 60_000;
+/** an image mount without a caller's deadline: the agent's usual bound */
+const IMAGE_MOUNT_TIMEOUT_MS = 30_000;
+
+/**
+ * How long the guest may wait for a hot-plugged disk to appear and take its mount: what is left
+ * of the call's bound, less 2 s so its clear "disk did not appear" answers before the call times
+ * out (a disk of a VM starved of CPU can take longer than the agent's default 10 s to scan).
+ */
+export function guestDiskWaitMs(timeoutMs: number): number {
+  return Math.max(1000, Math.floor(timeoutMs) - 2000);
+}
 
 export class VmPod implements Pod, PodVolumeTarget {
   agent!: AgentClient;
@@ -229,11 +240,11 @@ export class VmPod implements Pod, PodVolumeTarget {
   }
 
   async mountDisk(p: GuestDiskMount, timeoutMs: number): Promise<void> {
-    await this.agent.call('disk.mount', p, timeoutMs);
+    await this.agent.call('disk.mount', { ...p, wait_ms: guestDiskWaitMs(timeoutMs) }, timeoutMs);
   }
 
   diskDevice(a: BlockAddress, timeoutMs: number): Promise<{ device: string; major: number; minor: number }> {
-    return this.agent.call('disk.device', { scsi_id: a.scsiId, lun: a.lun }, timeoutMs);
+    return this.agent.call('disk.device', { scsi_id: a.scsiId, lun: a.lun, wait_ms: guestDiskWaitMs(timeoutMs) }, timeoutMs);
   }
 
   async mountNfs(p: GuestNfsMount, timeoutMs: number): Promise<void> {
@@ -375,14 +386,20 @@ export class VmPod implements Pod, PodVolumeTarget {
     return this.vm.alive() ? vmPrivateBytes(this.pid) : undefined;
   }
 
-  /** Attaches an image's erofs file and mounts it read-only in the guest. */
-  async mountImage(imageId: string, erofsPath: string): Promise<PodImageMount> {
+  /**
+   * Attaches an image's erofs file and mounts it read-only in the guest, within `timeoutMs`
+   * (the caller's deadline): the guest waits as long for the disk to appear.
+   */
+  async mountImage(imageId: string, erofsPath: string, timeoutMs = IMAGE_MOUNT_TIMEOUT_MS): Promise<PodImageMount> {
     const target = `${GUEST_IMAGES}/${imageId.replace(/^sha256:/, '')}`;
+    const started = Date.now();
     const T = stepTimer(this.logger, 'mountImage', { sandbox: this.id, image: imageId });
     const disk = await this.vm.attachDisk(erofsPath, true);
     T.mark('attach');
     try {
-      await this.agent.call('disk.mount', { scsi_id: disk.scsiId, lun: disk.lun, fstype: 'erofs', readonly: true, target, options: [] });
+      const left = timeoutMs - (Date.now() - started);
+      if (left <= 0) throw deadlineExceeded(`the caller's deadline passed while image ${imageId} was attached to pod ${this.id}`);
+      await this.agent.call('disk.mount', { scsi_id: disk.scsiId, lun: disk.lun, fstype: 'erofs', readonly: true, target, options: [], wait_ms: guestDiskWaitMs(left) }, left);
       T.mark('guest-mount');
       T.done();
     } catch (err) {
