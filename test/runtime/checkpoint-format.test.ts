@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { checkpointArchive, MANIFEST, MANIFEST_DIGEST, outputDir, readCheckpoint, writeCheckpoint, type PodCheckpoint } from '../../src/runtime/checkpoint-format';
+import { checkpointArchive, MANIFEST, MANIFEST_DIGEST, outputDir, readCheckpoint, sha256File, writeCheckpoint, type PodCheckpoint } from '../../src/runtime/checkpoint-format';
 import { hostPathBinds } from '../../src/runtime/mount-plan';
 import { vmState } from '../../src/runtime/backends/vm/vm-checkpoint';
 import { hasCode } from '../../src/util/errors';
@@ -52,6 +52,14 @@ describe('pod checkpoint files', () => {
     const w = await writeCheckpoint(dir, base, ['vm.state', 'logs/0.log']);
     expect(w.files['vm.state']).toEqual({ size: 11, sha256: crypto.createHash('sha256').update('state bytes').digest('hex') });
     expect(await readCheckpoint(dir)).toEqual(w);
+  });
+
+  it('digests files across its read buffer\'s boundaries (empty, 1 MiB + 1, 3.5 MiB) as sha256 does', async () => {
+    for (const size of [0, (1 << 20) + 1, 3.5 * (1 << 20)]) {
+      const data = crypto.randomBytes(size);
+      fs.writeFileSync(path.join(dir, 'f'), data);
+      expect(await sha256File(path.join(dir, 'f'))).toBe(crypto.createHash('sha256').update(data).digest('hex'));
+    }
   });
 
   it('refuses a damaged file, an edited manifest, another format or version, odd names (DATA_LOSS / FAILED_PRECONDITION)', async () => {
