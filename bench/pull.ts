@@ -5,7 +5,7 @@
 // a fresh directory; prints every pair, the medians and the machine's load. Then checks the
 // pulled image with fsck.erofs --extract and, for comparison, times Debian's mkfs.erofs on
 // the extracted tree (what the image service ran before it wrote erofs itself).
-//   bash bench/pull.sh [--runs N]   (default 5; runs this file through TypeScript's transpiler)
+//   bash bench/pull.sh [--runs N] [--workers-idled]   (default 5; runs this file through TypeScript's transpiler)
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, readdirSync, lstatSync, readFileSync, mkdtempSync, statSync } from 'node:fs';
@@ -72,6 +72,9 @@ async function main() {
     // (ImageManager.init, in the background): so does this, and waits for both.
     await prewarmLayerWorkers();
     await warmUpImageBuild(work, pino({ level: 'warn' }));
+    // --workers-idled: run 1 is a daemon's first pull after its warmed workers stopped for
+    // being idle (layer-pool.ts IDLE_MS): the main thread warm, the threads new.
+    if (process.argv.includes('--workers-idled')) await closeLayerWorkers();
 
     const runs = Math.max(1, Number(process.argv[process.argv.indexOf('--runs') + 1]) || 5);
     const load = () => os.loadavg().map((x) => x.toFixed(2)).join(' ');

@@ -17,7 +17,13 @@
 //
 // Workers are kept in a small pool (PODVISOR_LAYER_WORKERS, default: the CPU count, 1–4; 0
 // reads layers on the main thread), started on first use or by prewarmLayerWorkers(), and
-// stopped after IDLE_MS without work.
+// stopped after IDLE_MS without work (also one started ahead that never got a job). IDLE_MS is
+// kept at 5 minutes: a pull after the workers stopped starts new threads whose code is not yet
+// optimized (bench/pull --workers-idled: run 1 2.97 s against 1.22–1.55 s warm, load ~16,
+// bench/README issue 15), and one pod's images come in bursts minutes apart. What an idle pool
+// costs is cut instead: once the whole pool has been quiet for TRIM_AFTER_MS, the freed C heap
+// of the pull (zlib, chunk buffers: ~35 MB after the warm-up) goes back to the kernel
+// (util/malloc-trim.ts).
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,9 +32,12 @@ import { Worker } from 'node:worker_threads';
 import { FileNode } from './erofs';
 import type { FetchOutcome, RemoteBlob } from './layer-fetch';
 import type { LayerRead, Op, UnpackLimits } from './layer-types';
+import { releaseFreedMemory } from '../util/malloc-trim';
 
 const WINDOW = 8 << 20;
-const IDLE_MS = 5 * 60_000;
+export const IDLE_MS = 5 * 60_000;
+/** The pool's C heap is trimmed once no worker has had work for this long. */
+const TRIM_AFTER_MS = 2000;
 /** Input is packed into shared slabs of this size (one copy, no allocation per piece). */
 const SLAB = 1 << 20;
 /** Chunks at least this large that the caller owns are transferred instead. */
@@ -209,6 +218,7 @@ class LayerWorker {
     this.worker.on('error', gone);
     this.worker.on('exit', (code) => gone(new Error(`layer reader thread exited (code ${code})`)));
     this.worker.unref();
+    this.idleFromNow();
   }
 
   private finish(id: number, job: Job): void {
@@ -226,15 +236,23 @@ class LayerWorker {
     w?.();
     if (this.jobs.size === 0 && !this.dead) {
       this.worker.unref();
-      clearTimeout(this.idle);
-      this.idle = setTimeout(() => {
-        // Out of the pool first, so that no new job picks a thread that is going away.
-        this.dead = true;
-        this.onGone(this);
-        freeSlabs.length = 0;
-        void this.worker.terminate();
-      }, IDLE_MS).unref();
+      this.idleFromNow();
+      trimWhenQuiet();
     }
+  }
+
+  /** Stops the thread IDLE_MS from now unless a job comes (also a prewarmed one never used). */
+  private idleFromNow(): void {
+    clearTimeout(this.idle);
+    this.idle = setTimeout(() => {
+      // Out of the pool first, so that no new job picks a thread that is going away.
+      this.dead = true;
+      this.onGone(this);
+      freeSlabs.length = 0;
+      const gone = this.worker.terminate().then(() => trimWhenQuiet(), () => undefined);
+      stopping.add(gone);
+      void gone.finally(() => stopping.delete(gone));
+    }, IDLE_MS).unref();
   }
 
   start(id: number, job: Job): void {
@@ -251,6 +269,18 @@ class LayerWorker {
 
 const pool: LayerWorker[] = [];
 let nextId = 1;
+let trimTimer: NodeJS.Timeout | undefined;
+/** Terminations of idle workers under way (closeLayerWorkers waits for them). */
+const stopping = new Set<Promise<void>>();
+
+/** Trims the C heap TRIM_AFTER_MS from now unless a worker has work again by then. */
+function trimWhenQuiet(): void {
+  clearTimeout(trimTimer);
+  trimTimer = setTimeout(() => {
+    trimTimer = undefined;
+    if (pool.every((w) => w.jobs.size === 0)) releaseFreedMemory();
+  }, TRIM_AFTER_MS).unref();
+}
 
 function remove(w: LayerWorker): void {
   const i = pool.indexOf(w);
@@ -280,10 +310,17 @@ export function prewarmLayerWorkers(): Promise<void> {
   return Promise.all(pool.map((w) => w.ready)).then(() => undefined);
 }
 
+/** Threads in the pool now (tests, metrics). */
+export function layerWorkerCount(): number {
+  return pool.length;
+}
+
 /** Stops the workers (tests, shutdown); layer reads in progress fail. */
 export async function closeLayerWorkers(): Promise<void> {
   const all = pool.splice(0);
-  await Promise.all(all.map((w) => w.worker.terminate()));
+  await Promise.all([...all.map((w) => w.worker.terminate()), ...stopping]);
+  clearTimeout(trimTimer);
+  trimTimer = undefined;
 }
 
 function toBuffer(u: Uint8Array): Buffer {

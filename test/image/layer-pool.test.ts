@@ -1,7 +1,8 @@
 // Layers read on worker threads (layer-pool.ts): the result is the same as on the main thread,
 // image-wide limits are shared between layers read by different workers, a failure stops the
 // other layers (also one whose input stalls) and leaves no file, and input chunks the caller
-// still owns are copied, never taken away.
+// still owns are copied, never taken away. Workers go after IDLE_MS without work, also those
+// started ahead of a pull that never got one.
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp, mkdtempSync, readdirSync } from 'node:fs';
@@ -11,7 +12,7 @@ import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { silentLogger } from '../../src/util/log';
-import { closeLayerWorkers } from '../../src/image/layer-pool';
+import { closeLayerWorkers, IDLE_MS, layerWorkerCount, prewarmLayerWorkers } from '../../src/image/layer-pool';
 import { BuildFailedError, ImageBuilder, UnsafeArchiveError } from '../../src/image/unpack';
 import { makeTar, type TarEntry } from '../support/images';
 
@@ -164,4 +165,19 @@ test('startWriteback is only a hint: it resolves for a file, and for a bad descr
   await expect(startWriteback(fh.fd)).resolves.toBeUndefined();
   await fh.close();
   await expect(startWriteback(987654)).resolves.toBeUndefined();
+});
+
+test('prewarmed workers that never got a job stop after IDLE_MS, as used ones do', async () => {
+  await closeLayerWorkers();
+  jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
+  try {
+    await prewarmLayerWorkers();
+    expect(layerWorkerCount()).toBeGreaterThan(0);
+    jest.advanceTimersByTime(IDLE_MS - 1000);
+    expect(layerWorkerCount()).toBeGreaterThan(0);
+    jest.advanceTimersByTime(2000);
+    expect(layerWorkerCount()).toBe(0);
+  } finally {
+    jest.useRealTimers();
+  }
 });
