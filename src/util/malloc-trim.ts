@@ -7,19 +7,20 @@
 // costs a few ms of this thread (3–15 ms measured after the warm-up), so it is called only when
 // a burst of work has ended, never per request. Not glibc (musl) or no koffi: a no-op.
 
-let trim: ((pad: number) => number) | null | undefined;
+// Bound when this module is loaded, not at the first trim: that one runs from a timer, which in
+// a test process can fire after the test's module registry is gone.
+const trim: ((pad: number) => number) | null = (() => {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const koffi = require('koffi');
+    return koffi.load('libc.so.6').func('int malloc_trim(size_t pad)') as (pad: number) => number;
+  } catch {
+    return null;
+  }
+})();
 
 /** malloc_trim(0); true when it ran. Errors are swallowed: this only ever saves memory. */
 export function releaseFreedMemory(): boolean {
-  if (trim === undefined) {
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const koffi = require('koffi');
-      trim = koffi.load('libc.so.6').func('int malloc_trim(size_t pad)') as (pad: number) => number;
-    } catch {
-      trim = null;
-    }
-  }
   if (!trim) return false;
   try {
     trim(0);
