@@ -712,13 +712,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
       }
     });
     conflist(d.cniConfDir, path.join(d.dir, 'cni-ipam'));
-    for (let i = 0; ; i++) {
-      const st = await d.runtime('Status', {});
-      const net = st.status.conditions.find((c: any) => c.type === 'NetworkReady');
-      if (net?.status) break;
-      if (i > 100) throw new Error(`NetworkReady stays false: ${net?.reason} ${net?.message}`);
-      await sleep(100);
-    }
+    await networkReady(d);
     const [, pullMs] = await timed(() => d!.image('PullImage', { image: { image } }));
     log(`${label}: pulled ${image} in ${pullMs.toFixed(0)} ms`);
     const target: Target = { label, cri: d, image, logRoot: d.logs };
@@ -805,13 +799,7 @@ async function benchHostPods(reg: Registry, image: string, conflist: (dir: strin
     d = await TestDaemon.start({ templates: false, registries: { [reg.host]: `http://${reg.host}` } });
     const dd = d;
     conflist(d.cniConfDir, path.join(d.dir, 'cni-ipam'));
-    for (let i = 0; ; i++) {
-      const st = await d.runtime('Status', {});
-      const net = st.status.conditions.find((c: any) => c.type === 'NetworkReady');
-      if (net?.status) break;
-      if (i > 100) throw new Error(`NetworkReady stays false: ${net?.reason} ${net?.message}`);
-      await sleep(100);
-    }
+    await networkReady(d);
     const [, pullMs] = await timed(() => d!.image('PullImage', { image: { image } }));
     log(`${label}: pulled ${image} in ${pullMs.toFixed(0)} ms`);
     const target: Target = { label, cri: d, image, logRoot: d.logs, handler: 'runc' };
@@ -1199,3 +1187,14 @@ main()
     // gRPC channels and timers must not keep the process alive
     setTimeout(() => process.exit(), 200).unref();
   });
+
+/** Waits until the daemon reports NetworkReady (its CNI conflist was read), ~10 s at most. */
+async function networkReady(d: TestDaemon): Promise<void> {
+  for (let i = 0; ; i++) {
+    const st = await d.runtime('Status', {});
+    const net = st.status.conditions.find((c: any) => c.type === 'NetworkReady');
+    if (net?.status) return;
+    if (i > 100) throw new Error(`NetworkReady stays false: ${net?.reason} ${net?.message}`);
+    await sleep(100);
+  }
+}

@@ -12,7 +12,7 @@ import { IMAGES, NODE_IP } from '../support/cluster';
 import { cgroupDirs, mountsUnder } from '../support/host';
 import { hostProcesses } from '../support/kube';
 import { Namespace, podOf, shContainer } from '../support/namespace';
-import { until } from '../support/procs';
+import { alive, until } from '../support/procs';
 import type { Ctx, SpecGroup } from './context';
 
 const NS = 'e2e-host';
@@ -186,13 +186,4 @@ function daemonSet(name: string, port: number): k8s.V1DaemonSet {
       },
     },
   };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -9,7 +9,7 @@ import * as k8s from '@kubernetes/client-node';
 import { IMAGES } from '../support/cluster';
 import { describeStatuses, hostProcesses } from '../support/kube';
 import { Namespace, shPod } from '../support/namespace';
-import { until } from '../support/procs';
+import { alive, until } from '../support/procs';
 import type { Ctx, SpecGroup } from './context';
 
 const NS = 'e2e-workloads';
@@ -202,13 +202,4 @@ async function httpGet(url: string): Promise<string> {
   const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
   if (r.status !== 200) throw new Error(`${url}: ${r.status}`);
   return r.text();
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }

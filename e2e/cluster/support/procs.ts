@@ -76,3 +76,13 @@ export async function until<T>(what: string, fn: () => Promise<T> | T, ms: numbe
     }
   }
 }
+
+/** Whether a process of this pid exists (signal 0: nothing is sent). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
