@@ -102,8 +102,11 @@ function specs(ctx: Ctx): void {
       const sum = typeof raw === 'string' ? JSON.parse(raw) : raw;
       const pod = sum.pods?.find((x: any) => x.podRef.name === 'busy' && x.podRef.namespace === ns);
       if (!pod?.cpu?.usageNanoCores || !pod?.memory?.workingSetBytes || !pod.containers?.[0]?.cpu?.usageCoreNanoSeconds) throw new Error(JSON.stringify(pod ?? sum.pods?.map((x: any) => x.podRef)));
+      // the container's 20 MB write may still be under way (TCG, a loaded node), and kubelet's
+      // figures are up to a housekeeping period old: wait for them to show it
+      if (!(pod.containers[0].memory?.workingSetBytes > 15 * Mi)) throw new Error(`working set ${pod.containers[0].memory?.workingSetBytes} bytes, the 20 MB write not seen yet`);
       return sum;
-    }, 120_000, 5000);
+    }, 180_000, 5000);
     expect(summary.node.nodeName).toBe(NODE_NAME);
     expect(summary.node.cpu.usageCoreNanoSeconds).toBeGreaterThan(0);
     expect(summary.node.memory.workingSetBytes).toBeGreaterThan(100 * Mi);
