@@ -375,9 +375,34 @@ export class QemuVm implements Vm {
   async connectAgent(timeoutMs: number, observe?: AgentCallObserver): Promise<AgentClient> {
     const sock = this.agentConnection;
     this.agentConnection = undefined;
-    if (!sock) return AgentClient.connect(this.info.agentSocket, timeoutMs, observe);
+    if (!sock) {
+      const deadline = Date.now() + timeoutMs;
+      if (this.info.bootMode === 'cold') await this.firmwareDone(deadline);
+      return AgentClient.connect(this.info.agentSocket, Math.max(1, deadline - Date.now()), observe);
+    }
     sock.off('error', ignore);
     return AgentClient.over(sock, observe);
+  }
+
+  /**
+   * A booting VM (cold or template mode: firmware + -kernel) is not connected to before its
+   * kernel printed its first console line. QEMU 7.2 hands the firmware the PVH kernel's ELF
+   * header (fw_cfg SETUP_DATA) as a pointer into a stack frame of its main thread that returned
+   * during machine init; qboot reads it at boot to choose PVH over bzImage. Work on QEMU's main
+   * thread before that read (accepting the agent connection: chardev open, virtio-serial port
+   * event) can overwrite those bytes; qboot then takes the bzImage path and its fw_cfg read of
+   * the absent kernel data zero-fills the kernel (0x1000000, kernel_size bytes): the vCPU jumps
+   * into zeros and the VM never boots. Console output means the kernel runs: the header was read.
+   * Until the deadline at most; then connect anyway.
+   */
+  private async firmwareDone(deadline: number): Promise<void> {
+    const consoleLog = path.join(this.info.dir, 'console.log');
+    while (Date.now() < deadline) {
+      try {
+        if (fs.statSync(consoleLog).size > 0) return;
+      } catch { /* not there yet */ }
+      await new Promise((r) => setTimeout(r, 20));
+    }
   }
 
   reserveScsiIds(ids: number[]): void {
