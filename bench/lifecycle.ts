@@ -768,13 +768,9 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
       log(`${label}: ${r.running} idle pods: ${r.pssPerPod?.toFixed(1)} MiB PSS per pod`);
     }
   } catch (e) {
-    out.error = errMsg(e);
-    log(`${label}: ${out.error}`);
-    if (d) log(`daemon log tail: ${d.output.slice(-1500)}`);
+    failed(label, out, d, e);
   } finally {
-    log(`${label}: stopping the daemon`);
-    if (d) try { fs.copyFileSync(path.join(d.dir, 'daemon.log'), `/tmp/pvbench-${templates ? 'clone' : 'cold'}-daemon.log`); } catch { /* none */ }
-    await d?.destroy().catch((e) => log(`destroy: ${errMsg(e)}`));
+    await stopDaemon(label, d, `/tmp/pvbench-${templates ? 'clone' : 'cold'}-daemon.log`);
     undo();
   }
   return out;
@@ -821,13 +817,9 @@ async function benchHostPods(reg: Registry, image: string, conflist: (dir: strin
       log(`${label}: ${r.running} idle pods: ${r.pssPerPod?.toFixed(1)} MiB PSS per pod`);
     }
   } catch (e) {
-    out.error = errMsg(e);
-    log(`${label}: ${out.error}`);
-    if (d) log(`daemon log tail: ${d.output.slice(-1500)}`);
+    failed(label, out, d, e);
   } finally {
-    log(`${label}: stopping the daemon`);
-    if (d) try { fs.copyFileSync(path.join(d.dir, 'daemon.log'), '/tmp/pvbench-host-daemon.log'); } catch { /* none */ }
-    await d?.destroy().catch((e) => log(`destroy: ${errMsg(e)}`));
+    await stopDaemon(label, d, '/tmp/pvbench-host-daemon.log');
     undo();
   }
   return out;
@@ -1197,4 +1189,18 @@ async function networkReady(d: TestDaemon): Promise<void> {
     if (i > 100) throw new Error(`NetworkReady stays false: ${net?.reason} ${net?.message}`);
     await sleep(100);
   }
+}
+
+/** A podvisor run that failed: its error in the result and the log, with the daemon's last output. */
+function failed(label: string, out: PvResult, d: TestDaemon | undefined, e: unknown): void {
+  out.error = errMsg(e);
+  log(`${label}: ${out.error}`);
+  if (d) log(`daemon log tail: ${d.output.slice(-1500)}`);
+}
+
+/** Stops a run's daemon, keeping a copy of its log at `keepLog`. */
+async function stopDaemon(label: string, d: TestDaemon | undefined, keepLog: string): Promise<void> {
+  log(`${label}: stopping the daemon`);
+  if (d) try { fs.copyFileSync(path.join(d.dir, 'daemon.log'), keepLog); } catch { /* none */ }
+  await d?.destroy().catch((e) => log(`destroy: ${errMsg(e)}`));
 }

@@ -29,7 +29,7 @@ export class RecordStore<T extends { id: string }> {
 
   /** Writes the record durably; a record deleted before (or while this waited) stays deleted. */
   async save(rec: T): Promise<void> {
-    if (!ID.test(rec.id)) throw new Error(`bad record id ${JSON.stringify(rec.id)}`);
+    checkId(rec.id);
     await this.ops.run(rec.id, async () => {
       if (this.deleted.has(rec)) return;
       await writeFileAtomic(this.file(rec.id), JSON.stringify(rec), { fsync: true, mode: 0o600 });
@@ -46,7 +46,7 @@ export class RecordStore<T extends { id: string }> {
    * record's next write. Attach a handler to `durable` at once (it may reject, e.g. EIO).
    */
   async write(rec: T): Promise<{ durable: Promise<void> }> {
-    if (!ID.test(rec.id)) throw new Error(`bad record id ${JSON.stringify(rec.id)}`);
+    checkId(rec.id);
     const file = this.file(rec.id);
     const written = await this.ops.run(rec.id, async () => {
       if (this.deleted.has(rec)) return false;
@@ -77,7 +77,7 @@ export class RecordStore<T extends { id: string }> {
    * again (a later save or write of it does nothing).
    */
   async delete(rec: T): Promise<void> {
-    if (!ID.test(rec.id)) throw new Error(`bad record id ${JSON.stringify(rec.id)}`);
+    checkId(rec.id);
     this.deleted.add(rec);
     await this.ops.run(rec.id, async () => {
       await fsp.rm(this.file(rec.id), { force: true });
@@ -107,4 +107,8 @@ export class RecordStore<T extends { id: string }> {
   private file(id: string): string {
     return path.join(this.dir, `${id}.json`);
   }
+}
+
+function checkId(id: string): void {
+  if (!ID.test(id)) throw new Error(`bad record id ${JSON.stringify(id)}`);
 }
