@@ -15,6 +15,8 @@ export class HostBackend implements StreamingBackend {
   readonly sandboxes = new Set(['pod1']);
   readonly resizes: TerminalSize[] = [];
   readonly execs: Array<{ cmd: string[]; tty: boolean }> = [];
+  /** pids of the exec'd processes, in order (a test reads how much one has written) */
+  readonly execPids: number[] = [];
   /** what attach handed to its clients' stdout so far (a test waits for its echo, not a clock) */
   attachedOut = '';
   private readonly attached = new Map<string, ChildProcess>();
@@ -51,6 +53,7 @@ export class HostBackend implements StreamingBackend {
       ? spawn('script', ['-qfec', quoted, '/dev/null'], { stdio: 'pipe' })
       : spawn(cmd[0], cmd.slice(1), { stdio: 'pipe' });
     this.children.add(child);
+    if (child.pid) this.execPids.push(child.pid);
     child.once('exit', () => this.children.delete(child));
     const exited = new Promise<number>((resolve, reject) => {
       child.once('error', reject);
