@@ -159,6 +159,17 @@ async function managers(backend: PodBackend) {
   return { sandboxes, containers, images };
 }
 
+/** The managers over a fresh fake backend with one pod running on it: what most tests start from. */
+async function onePod() {
+  const backend = new FakeBackend();
+  const m = await managers(backend);
+  const id = await m.sandboxes.run(podConfig(), '');
+  return { ...m, backend, id, pod: backend.pods[0] };
+}
+
+/** A busybox container `c` running `command` (attempt: a later create of the same name). */
+const containerConfig = (command: string[], attempt = 0) => ({ metadata: { name: 'c', attempt }, image: { image: 'busybox' }, command });
+
 describe('SandboxManager with a fake pod backend', () => {
   test('a pod that fails to start leaves no sandbox and no record; the answer is UNAVAILABLE with the cause', async () => {
     const backend = new FakeBackend();
@@ -214,13 +225,10 @@ describe('SandboxManager with a fake pod backend', () => {
 
 describe('ContainerManager.create rolls back', () => {
   async function setup() {
-    const backend = new FakeBackend();
-    const m = await managers(backend);
-    const id = await m.sandboxes.run(podConfig(), '');
     const hostDir = path.join(tmp, 'hostdir');
     fs.mkdirSync(hostDir);
-    const config = { metadata: { name: 'c' }, image: { image: 'busybox' }, mounts: [{ container_path: '/data', host_path: hostDir }], command: ['true'] };
-    return { ...m, pod: backend.pods[0], id, config };
+    const config = { ...containerConfig(['true']), mounts: [{ container_path: '/data', host_path: hostDir }] };
+    return { ...(await onePod()), config };
   }
 
   test('an image hot-plug failure: its code kept, no container, no image reference held', async () => {
@@ -258,7 +266,7 @@ describe("ContainerManager.create's image mount", () => {
   test("is given what is left of the caller's deadline (the guest waits that long for the disk), or the pod's own bound without one", async () => {
     const backend = new FakeBackend();
     const { sandboxes, containers } = await managers(backend);
-    const config = { metadata: { name: 'c' }, image: { image: 'busybox' }, command: ['sleep'] };
+    const config = containerConfig(['sleep']);
     const a = await sandboxes.run(podConfig(), '');
     await containers.create(a, config, undefined, { deadline: Date.now() + 240_000 });
     const b = await sandboxes.run(podConfig('p2'), '');
@@ -283,11 +291,8 @@ describe('guestDiskWaitMs', () => {
 
 describe('ContainerManager lists', () => {
   test('a container only once its create returned (kubelet GC must not see a newer CREATED run of the name)', async () => {
-    const backend = new FakeBackend();
-    const { sandboxes, containers } = await managers(backend);
-    const id = await sandboxes.run(podConfig(), '');
-    const pod = backend.pods[0];
-    const config = (attempt: number) => ({ metadata: { name: 'c', attempt }, image: { image: 'busybox' }, command: ['true'] });
+    const { containers, id, pod } = await onePod();
+    const config = (attempt: number) => containerConfig(['true'], attempt);
     const first = await containers.create(id, config(0), undefined);
     let release!: () => void;
     pod.holdCreate = new Promise((r) => (release = r));
@@ -309,11 +314,8 @@ describe('ContainerManager.remove', () => {
   // write (deferred until the log drained) was on its way, and a temp file of the record (or the
   // record itself) was there after the remove.
   test("an exit's record write on its way when the container is removed leaves no record and no temp file", async () => {
-    const backend = new FakeBackend();
-    const { sandboxes, containers } = await managers(backend);
-    const id = await sandboxes.run(podConfig(), '');
-    const pod = backend.pods[0];
-    const cid = await containers.create(id, { metadata: { name: 'c' }, image: { image: 'busybox' }, command: ['sleep'] }, undefined);
+    const { containers, id, pod } = await onePod();
+    const cid = await containers.create(id, containerConfig(['sleep']), undefined);
     const dir = path.join(cfg.root, 'containers');
     expect(files(dir)).toEqual([`${cid}.json`]);
     // told to delete the container, the guest ends its streams and reports its exit
@@ -342,15 +344,13 @@ describe('ContainerManager.remove', () => {
 
 describe('ContainerManager.start', () => {
   test("gives the pod the caller's deadline, or 120 s without one, not the agent's default 30 s", async () => {
-    const backend = new FakeBackend();
-    const { sandboxes, containers } = await managers(backend);
-    const id = await sandboxes.run(podConfig(), '');
-    const config = (attempt: number) => ({ metadata: { name: 'c', attempt }, image: { image: 'busybox' }, command: ['sleep'] });
+    const { containers, id, pod } = await onePod();
+    const config = (attempt: number) => containerConfig(['sleep'], attempt);
     const a = await containers.create(id, config(0), undefined);
     await containers.start(a, { deadline: Date.now() + 240_000 });
     const b = await containers.create(id, config(1), undefined);
     await containers.start(b);
-    const [withDeadline, without] = backend.pods[0].startTimeouts as number[];
+    const [withDeadline, without] = pod.startTimeouts as number[];
     expect(withDeadline).toBeGreaterThan(230_000);
     expect(withDeadline).toBeLessThanOrEqual(240_000);
     expect(without).toBeGreaterThan(110_000);
@@ -362,15 +362,13 @@ describe('ContainerManager.start', () => {
 
 describe('a streaming exec', () => {
   test("waits for its process to start as long as a hung guest is given, not the agent's default 30 s", async () => {
-    const backend = new FakeBackend();
-    const { sandboxes, containers } = await managers(backend);
-    const id = await sandboxes.run(podConfig(), '');
-    const cid = await containers.create(id, { metadata: { name: 'c' }, image: { image: 'busybox' }, command: ['sleep'] }, undefined);
+    const { sandboxes, containers, id, pod } = await onePod();
+    const cid = await containers.create(id, containerConfig(['sleep']), undefined);
     await containers.start(cid);
     const streaming = new RuntimeStreamingBackend(containers, sandboxes, silentLogger);
     expect(await streaming.exec(cid, ['true'], { tty: false })).toEqual({ exitCode: 0 });
     expect(EXEC_START_TIMEOUT_MS).toBeGreaterThan(30_000);
-    expect(backend.pods[0].execTimeouts).toEqual([EXEC_START_TIMEOUT_MS]);
+    expect(pod.execTimeouts).toEqual([EXEC_START_TIMEOUT_MS]);
   });
 });
 
