@@ -66,6 +66,20 @@ async function errorOf(p: Promise<unknown>): Promise<PodvisorError> {
   throw new Error('expected a rejection');
 }
 
+/** Runs `fn` while the registry serves blob `digest` with `damage` done to its bytes; the good blob is put back after. */
+async function withDamagedBlob(digest: string, damage: (bytes: Buffer) => void, fn: () => Promise<void>): Promise<void> {
+  const file = registryBlobPath(reg, digest);
+  const good = await fsp.readFile(file);
+  const bad = Buffer.from(good);
+  damage(bad);
+  await fsp.writeFile(file, bad);
+  try {
+    await fn();
+  } finally {
+    await fsp.writeFile(file, good);
+  }
+}
+
 /** Extracts an erofs image with fsck.erofs (also validates it). */
 function extractErofs(img: string): string {
   const out = mkdtempSync(path.join(work, 'extract-'));
@@ -376,20 +390,13 @@ describe('robustness', () => {
     const repo = 'corrupt/busybox';
     await pushBusybox(reg, repo, 'v1', { extra: [{ name: 'CORRUPT', content: 'c' }] });
     const layer = await layerOf(repo, 'v1');
-    const file = registryBlobPath(reg, layer);
-    const good = await fsp.readFile(file);
-    const bad = Buffer.from(good);
-    bad[bad.length - 100] ^= 0xff;
-    await fsp.writeFile(file, bad);
     const m = await manager();
-    try {
+    await withDamagedBlob(layer, (b) => (b[b.length - 100] ^= 0xff), async () => {
       const err = await errorOf(m.pull(`${reg.host}/${repo}:v1`));
       expect(err.code).toBe('data_loss');
       expect(err.message).toContain(layer);
       expect(m.list()).toEqual([]);
-    } finally {
-      await fsp.writeFile(file, good);
-    }
+    });
     await m.pull(`${reg.host}/${repo}:v1`);
     expect(m.list()).toHaveLength(1);
   });
@@ -398,20 +405,14 @@ describe('robustness', () => {
     const repo = 'corrupt/header';
     const layer = await makeLayer([{ name: 'f', content: randomBytes(2 << 20) }]);
     await pushImage(reg, repo, 'v1', { layers: [layer] });
-    const file = registryBlobPath(reg, layer.digest);
-    const good = await fsp.readFile(file);
-    const bad = Buffer.from(good);
-    bad[4] ^= 0x01; // gzip MTIME: gunzip ignores it, the tar and its diff_id are unchanged
-    await fsp.writeFile(file, bad);
     const m = await manager();
-    try {
+    // gzip MTIME: gunzip ignores it, the tar and its diff_id are unchanged
+    await withDamagedBlob(layer.digest, (b) => (b[4] ^= 0x01), async () => {
       const err = await errorOf(m.pull(`${reg.host}/${repo}:v1`));
       expect(err.code).toBe('data_loss');
       expect(err.message).toContain(layer.digest);
       expect(m.list()).toEqual([]);
-    } finally {
-      await fsp.writeFile(file, good);
-    }
+    });
     await m.pull(`${reg.host}/${repo}:v1`);
     expect(m.list()).toHaveLength(1);
   });
@@ -421,25 +422,23 @@ describe('robustness', () => {
     // compressible (Huffman-coded) data, so that the corruption breaks the deflate stream itself
     const big = await makeLayer([{ name: 'big', content: randomBytes(3 << 20).toString('base64') }, { name: 'small', content: 'x'.repeat(100_000) }]);
     await pushImage(reg, repo, 'v1', { layers: [big] });
-    const file = registryBlobPath(reg, big.digest);
-    const good = await fsp.readFile(file);
-    const bad = Buffer.from(good);
-    for (let i = 0; i < 64; i++) bad[(good.length >> 1) + i] ^= 0x5a; // the deflate stream breaks here
-    await fsp.writeFile(file, bad);
     const root = path.join(work, 'corrupt-middle', 'images');
     const m = await manager({ root });
-    const slow = await startSlowProxy(reg.url); // the reader hits the bad bytes long before the download ends
-    try {
-      const err = await errorOf(m.pull(`${slow.host}/${repo}:v1`));
-      expect(err.code).toBe('data_loss');
-      expect(err.message).toContain(big.digest);
-      expect(m.list()).toEqual([]);
-      expect(await fsp.readdir(path.join(root, 'erofs'))).toEqual([]);
-      expect(await fsp.readdir(path.join(root, 'tmp'))).toEqual([]);
-    } finally {
-      await slow.stop();
-      await fsp.writeFile(file, good);
-    }
+    // the deflate stream breaks in the middle
+    const damage = (b: Buffer) => { for (let i = 0; i < 64; i++) b[(b.length >> 1) + i] ^= 0x5a; };
+    await withDamagedBlob(big.digest, damage, async () => {
+      const slow = await startSlowProxy(reg.url); // the reader hits the bad bytes long before the download ends
+      try {
+        const err = await errorOf(m.pull(`${slow.host}/${repo}:v1`));
+        expect(err.code).toBe('data_loss');
+        expect(err.message).toContain(big.digest);
+        expect(m.list()).toEqual([]);
+        expect(await fsp.readdir(path.join(root, 'erofs'))).toEqual([]);
+        expect(await fsp.readdir(path.join(root, 'tmp'))).toEqual([]);
+      } finally {
+        await slow.stop();
+      }
+    });
   });
 
   test('layers that finish downloading out of order still apply in order (whiteouts, opaque dirs, replacements)', async () => {
