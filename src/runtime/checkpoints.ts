@@ -8,10 +8,11 @@
 // bound where the checkpointed pod had its own (so the copy's mounts must be the same ones, in
 // the same order). Refused cleanly (and before any pod is made): volumes the pod holds outside
 // itself (block and NFS volumes, which live on in the original), another backend's or another
-// host's checkpoint, a damaged one, images this node does not have, other mounts. CheckpointContainer gives kubelet's checkpoint API an
-// archive: the pod checkpoint of the container's pod with the container's own spec and log
-// beside it (a VM runtime cannot honestly cut one container out of a running kernel); such a
-// container comes back with RestorePod of the unpacked archive, never on its own.
+// host's checkpoint, a damaged one, images this node does not have, other mounts.
+// CheckpointContainer gives kubelet's checkpoint API an archive: the pod checkpoint of the
+// container's pod with the container's own spec and log beside it (a VM runtime cannot honestly
+// cut one container out of a running kernel); such a container comes back with RestorePod of the
+// unpacked archive, never on its own.
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
