@@ -11,6 +11,7 @@
 // binaries (~8-9 min on 2 cores, cached after).
 import { Cluster } from './support/cluster';
 import { Kube } from './support/kube';
+import { Namespace } from './support/namespace';
 import type { ClusterContext, SpecGroup } from './specs/context';
 import { host } from './specs/host';
 import { kubeletView } from './specs/kubelet-view';
@@ -36,6 +37,7 @@ const get = (): ClusterContext => {
   if (!ctx) throw new Error('the cluster did not come up');
   return ctx;
 };
+const namespaceOf = (g: SpecGroup): Namespace => new Namespace(get().kube, g.namespace);
 
 /** Each group's setup, started at most once: its namespace, then its objects. */
 const setups = new Map<SpecGroup, Promise<void>>();
@@ -45,7 +47,7 @@ function setUp(g: SpecGroup): Promise<void> {
     const t0 = Date.now();
     p = (async () => {
       await get().kube.namespace(g.namespace);
-      await g.setup?.(get());
+      await g.setup?.(namespaceOf(g));
       process.stderr.write(`${g.namespace}: set up in ${Date.now() - t0} ms\n`);
     })();
     p.catch(() => undefined); // reported by the group's beforeAll
@@ -73,7 +75,7 @@ for (const [i, g] of groups.entries()) {
       const next = groups[i + 1];
       if (next) void setUp(next);
     }, 5 * 60_000);
-    g.specs(get);
+    g.specs(get, () => namespaceOf(g));
     // the namespace goes while the next groups run; teardown waits for all of them
     afterAll(() => ctx?.kube.deleteNamespaceLater(g.namespace));
   });

@@ -11,7 +11,7 @@ import { freePort } from '../../../test/support/registry';
 import { IMAGES, NODE_IP } from '../support/cluster';
 import { cgroupDirs, mountsUnder } from '../support/host';
 import { hostProcesses } from '../support/kube';
-import { Namespace, podOf, shContainer } from '../support/namespace';
+import { type Namespace, podOf, shContainer } from '../support/namespace';
 import { alive, until } from '../support/procs';
 import type { Ctx, SpecGroup } from './context';
 
@@ -24,8 +24,8 @@ const httpd = (port: number | string, listen = '') => `mkdir -p /www && echo ok 
 export const host: SpecGroup = {
   title: 'host side',
   namespace: NS,
-  async setup({ kube }) {
-    const ns = new Namespace(kube, NS);
+  async setup(ns) {
+    const { kube } = ns;
     dsPort = await freePort();
     await kube.core.createNamespacedSecret({ namespace: NS, body: { metadata: { name: 'sec' }, stringData: { k: 'v' } } });
     const vols: Partial<k8s.V1PodSpec> = { volumes: [{ name: 'sec', secret: { secretName: 'sec' } }, { name: 'mem', emptyDir: { medium: 'Memory' } }] };
@@ -46,8 +46,7 @@ export const host: SpecGroup = {
   specs,
 };
 
-function specs(ctx: Ctx): void {
-  const ns = () => new Namespace(ctx().kube, NS);
+function specs(ctx: Ctx, ns: () => Namespace): void {
 
   /** The running pod of the DaemonSet */
   async function dsPod(): Promise<k8s.V1Pod> {

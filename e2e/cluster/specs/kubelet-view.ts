@@ -8,46 +8,43 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type * as k8s from '@kubernetes/client-node';
 import { IMAGES } from '../support/cluster';
-import { Namespace, podOf, shPod } from '../support/namespace';
+import { podOf, shPod } from '../support/namespace';
 import type { Ctx, SpecGroup } from './context';
 
-const ns = 'e2e-kubelet-view';
+const NS = 'e2e-kubelet-view';
 const sleeper = (name: string, extra: Partial<k8s.V1Container> = {}): k8s.V1Container => ({ name, image: IMAGES.busybox, command: ['sleep', '7200'], ...extra });
 
 export const kubeletView: SpecGroup = {
   title: "kubelet's view of a pod VM",
-  namespace: ns,
-  async setup({ kube }) {
-    const n = new Namespace(kube, ns);
-    await Promise.all([
-      n.create(shPod('partial', 'printf DONE; false', { terminationMessagePolicy: 'FallbackToLogsOnError' }, { restartPolicy: 'Never' })),
-      n.create(podOf('memvol', ['writer', 'reader'].map((c) => sleeper(c, { volumeMounts: [{ name: 'cache', mountPath: '/cache' }] })), {
-        volumes: [{ name: 'cache', emptyDir: { medium: 'Memory', sizeLimit: '10Mi' } }],
-      })),
-      n.create(podOf('privileged', [sleeper('main', { securityContext: { privileged: true } })])),
-      n.create(podOf('plain', [sleeper('main')])),
-    ]);
-  },
+  namespace: NS,
+  setup: (ns) => ns.createAll([
+    shPod('partial', 'printf DONE; false', { terminationMessagePolicy: 'FallbackToLogsOnError' }, { restartPolicy: 'Never' }),
+    podOf('memvol', ['writer', 'reader'].map((c) => sleeper(c, { volumeMounts: [{ name: 'cache', mountPath: '/cache' }] })), {
+      volumes: [{ name: 'cache', emptyDir: { medium: 'Memory', sizeLimit: '10Mi' } }],
+    }),
+    podOf('privileged', [sleeper('main', { securityContext: { privileged: true } })]),
+    podOf('plain', [sleeper('main')]),
+  ]),
   specs,
 };
 
 function specs(ctx: Ctx): void {
-  const exec = (pod: string, cmd: string, container?: string) => ctx().kube.exec(ns, pod, ['sh', '-c', cmd], { container });
-  const modules = async (pod: string) => (await ctx().kube.run(ns, pod, ['cat', '/proc/modules'])).split('\n').filter(Boolean).map((l) => l.split(' ')[0]).sort();
+  const exec = (pod: string, cmd: string, container?: string) => ctx().kube.exec(NS, pod, ['sh', '-c', cmd], { container });
+  const modules = async (pod: string) => (await ctx().kube.run(NS, pod, ['cat', '/proc/modules'])).split('\n').filter(Boolean).map((l) => l.split(' ')[0]).sort();
 
   it('FallbackToLogsOnError: the termination message of `printf DONE; false` is DONE, byte for byte, and so is `kubectl logs`', async () => {
     const { kube } = ctx();
-    const p = await kube.waitPod(ns, 'partial', 'terminated', (x) => {
+    const p = await kube.waitPod(NS, 'partial', 'terminated', (x) => {
       if (!x.status?.containerStatuses?.[0]?.state?.terminated) throw new Error(`not terminated: ${JSON.stringify(x.status?.containerStatuses?.[0]?.state)}`);
     });
     const t = p.status!.containerStatuses![0].state!.terminated!;
     expect({ exitCode: t.exitCode, reason: t.reason, message: t.message }).toEqual({ exitCode: 1, reason: 'Error', message: 'DONE' });
-    expect(await kube.core.readNamespacedPodLog({ name: 'partial', namespace: ns })).toBe('DONE');
+    expect(await kube.core.readNamespacedPodLog({ name: 'partial', namespace: NS })).toBe('DONE');
   });
 
   it('a memory emptyDir with sizeLimit 10Mi: exactly 10240 KiB inside, a tmpfs of the guest in the pod\'s memory, shared by two containers; kubelet\'s tmpfs stays empty', async () => {
     const { kube, cluster } = ctx();
-    const p = await kube.waitRunning(ns, 'memvol');
+    const p = await kube.waitRunning(NS, 'memvol');
     const df = await exec('memvol', 'df -k /cache | tail -1', 'writer');
     expect(df.stdout.trim().split(/\s+/)[1]).toBe('10240');
     expect((await exec('memvol', 'grep " /cache " /proc/mounts', 'writer')).stdout).toMatch(/^\S+ \/cache tmpfs /);
@@ -82,7 +79,7 @@ function specs(ctx: Ctx): void {
 
   it('a privileged container creates a dummy, a veth pair and a bridge; an unprivileged pod gets nothing loaded', async () => {
     const { kube } = ctx();
-    await Promise.all([kube.waitRunning(ns, 'privileged'), kube.waitRunning(ns, 'plain')]);
+    await Promise.all([kube.waitRunning(NS, 'privileged'), kube.waitRunning(NS, 'plain')]);
     const before = await modules('plain');
     expect(before).not.toContain('dummy');
     // the unprivileged pod: refused without a user namespace, and a user namespace of its own

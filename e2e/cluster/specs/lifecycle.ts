@@ -4,7 +4,7 @@
 // records the hooks' HTTP calls in its log, as upstream's lifecycle-hook e2e does with agnhost
 // (whose Go server took minutes to listen in a starved TCG VM).
 import type * as k8s from '@kubernetes/client-node';
-import { Namespace, podOf, shContainer, shPod } from '../support/namespace';
+import { type Namespace, podOf, shContainer, shPod } from '../support/namespace';
 import { until } from '../support/procs';
 import type { Ctx, SpecGroup } from './context';
 
@@ -14,31 +14,26 @@ const work = { volumeMounts: [{ name: 'work', mountPath: '/work' }] };
 export const lifecycle: SpecGroup = {
   title: 'lifecycle hooks and init containers',
   namespace: NS,
-  async setup({ kube }) {
-    const ns = new Namespace(kube, NS);
-    await Promise.all([
-      // serves a file for each hook's path and logs each request's path (-vv) on stderr
-      ns.create(shPod('hook-server', 'mkdir -p /www && for f in poststart-http prestop-exec prestop-http; do echo ok > /www/$f; done && exec httpd -f -vv -p 8080 -h /www')),
-      // the main process waits for the hook's file and says what it found
-      ns.create(shPod('post-exec', 'while [ ! -f /tmp/hook ]; do sleep 0.2; done; echo "hook said: $(cat /tmp/hook)"; exec sleep 7200', {
-        lifecycle: { postStart: { exec: { command: ['sh', '-c', 'echo poststart-exec > /tmp/hook'] } } },
-      })),
-      ns.create(podOf('init', [shContainer('main', 'echo main >> /work/order; cat /work/order; exec sleep 7200', work)], {
-        initContainers: [
-          shContainer('first', 'echo first >> /work/order; sleep 2', work),
-          shContainer('second', 'echo second >> /work/order', work),
-        ],
-        volumes: [{ name: 'work', emptyDir: {} }],
-      })),
-      ns.create(podOf('init-fails', [shContainer('main', 'echo never')], { restartPolicy: 'Never', initContainers: [shContainer('broken', 'exit 4')] })),
-    ]);
-  },
+  setup: (ns) => ns.createAll([
+    // serves a file for each hook's path and logs each request's path (-vv) on stderr
+    shPod('hook-server', 'mkdir -p /www && for f in poststart-http prestop-exec prestop-http; do echo ok > /www/$f; done && exec httpd -f -vv -p 8080 -h /www'),
+    // the main process waits for the hook's file and says what it found
+    shPod('post-exec', 'while [ ! -f /tmp/hook ]; do sleep 0.2; done; echo "hook said: $(cat /tmp/hook)"; exec sleep 7200', {
+      lifecycle: { postStart: { exec: { command: ['sh', '-c', 'echo poststart-exec > /tmp/hook'] } } },
+    }),
+    podOf('init', [shContainer('main', 'echo main >> /work/order; cat /work/order; exec sleep 7200', work)], {
+      initContainers: [
+        shContainer('first', 'echo first >> /work/order; sleep 2', work),
+        shContainer('second', 'echo second >> /work/order', work),
+      ],
+      volumes: [{ name: 'work', emptyDir: {} }],
+    }),
+    podOf('init-fails', [shContainer('main', 'echo never')], { restartPolicy: 'Never', initContainers: [shContainer('broken', 'exit 4')] }),
+  ]),
   specs,
 };
 
-function specs(ctx: Ctx): void {
-  const ns = () => new Namespace(ctx().kube, NS);
-
+function specs(ctx: Ctx, ns: () => Namespace): void {
   it('postStart exec runs in the container before it counts as started', async () => {
     await ns().running('post-exec');
     await until('main saw the hook', async () => expect(await ns().log('post-exec')).toBe('hook said: poststart-exec\n'), 60_000, 1000);

@@ -12,7 +12,7 @@
 import type * as k8s from '@kubernetes/client-node';
 import { IMAGES } from '../support/cluster';
 import { describeStatuses } from '../support/kube';
-import { containerStatus, Namespace, podOf, shContainer } from '../support/namespace';
+import { containerStatus, type Namespace, podOf, shContainer } from '../support/namespace';
 import { until } from '../support/procs';
 import type { Ctx, SpecGroup } from './context';
 
@@ -70,15 +70,11 @@ export const probes: SpecGroup = {
   namespace: NS,
   // agnhost took ~2 min to serve gRPC in a TCG VM at load 15-20: its pods start with the cluster
   early: true,
-  async setup({ kube }) {
-    const ns = new Namespace(kube, NS);
-    await Promise.all([ns.create(LIVE), ns.create(READY)]);
-  },
+  setup: (ns) => ns.createAll([LIVE, READY]),
   specs,
 };
 
-function specs(ctx: Ctx): void {
-  const ns = () => new Namespace(ctx().kube, NS);
+function specs(ctx: Ctx, ns: () => Namespace): void {
   const st = (p: k8s.V1Pod, c: string) => containerStatus(p, c);
 
   /**

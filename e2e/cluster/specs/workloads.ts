@@ -8,7 +8,7 @@
 import * as k8s from '@kubernetes/client-node';
 import { IMAGES } from '../support/cluster';
 import { describeStatuses, hostProcesses } from '../support/kube';
-import { Namespace, shPod } from '../support/namespace';
+import { type Namespace, shPod } from '../support/namespace';
 import { alive, until } from '../support/procs';
 import type { Ctx, SpecGroup } from './context';
 
@@ -19,8 +19,8 @@ const VERSION = (image: string) => image.split(':').pop()!;
 export const workloads: SpecGroup = {
   title: 'workloads',
   namespace: NS,
-  async setup({ kube }) {
-    const ns = new Namespace(kube, NS);
+  async setup(ns) {
+    const { kube } = ns;
     await Promise.all([
       kube.apps.createNamespacedDeployment({ namespace: NS, body: deployment(WEB) }),
       kube.batch.createNamespacedJob({ namespace: NS, body: job('job-ok', 'echo done; exit 0') }),
@@ -32,8 +32,7 @@ export const workloads: SpecGroup = {
   specs,
 };
 
-function specs(ctx: Ctx): void {
-  const ns = () => new Namespace(ctx().kube, NS);
+function specs(ctx: Ctx, ns: () => Namespace): void {
 
   /** The deployment's pods not being deleted */
   async function deploymentPods(name: string): Promise<k8s.V1Pod[]> {

@@ -2,7 +2,8 @@
 // a container by name), exec'd into and deleted by name, without repeating the namespace in every
 // call; and the pod shapes the groups keep writing (a busybox shell script, a pod of several
 // containers, a short grace period so deletions do not wait 30 s). Creating and deleting the
-// namespace itself stays with the test file's runner (cluster.test.ts), which owns the order.
+// namespace itself stays with the test file's runner (cluster.test.ts), which owns the order and
+// hands each group its Namespace (SpecGroup.setup, specs), so no group builds one of its own.
 import type * as k8s from '@kubernetes/client-node';
 import { IMAGES } from './images';
 import { describeStatuses, type Kube } from './kube';
@@ -13,6 +14,11 @@ export class Namespace {
 
   create(pod: k8s.V1Pod): Promise<k8s.V1Pod> {
     return this.kube.createPod(this.name, pod);
+  }
+
+  /** Creates the pods at once (a group's setup: their VMs boot side by side). */
+  async createAll(pods: k8s.V1Pod[]): Promise<void> {
+    await Promise.all(pods.map((p) => this.create(p)));
   }
 
   read(pod: string): Promise<k8s.V1Pod> {
