@@ -19,6 +19,7 @@ import { lifecycle } from './specs/lifecycle';
 import { node } from './specs/node';
 import { pods } from './specs/pods';
 import { probes } from './specs/probes';
+import { resize } from './specs/resize';
 import { storage } from './specs/storage';
 import { streaming } from './specs/streaming';
 import { volumes } from './specs/volumes';
@@ -27,7 +28,7 @@ import { workloads } from './specs/workloads';
 jest.setTimeout(10 * 60_000);
 
 // host restarts podvisor: last, when the other groups' pods are gone
-const all: SpecGroup[] = [pods, workloads, probes, kubeletView, lifecycle, volumes, streaming, node, storage, host];
+const all: SpecGroup[] = [pods, workloads, probes, kubeletView, lifecycle, volumes, streaming, node, resize, storage, host];
 // PV_CLUSTER_GROUPS=e2e-pods,e2e-node: only those groups (by namespace), while working on them
 const only = process.env.PV_CLUSTER_GROUPS?.split(',');
 const groups = only ? all.filter((g) => only.includes(g.namespace)) : all;
