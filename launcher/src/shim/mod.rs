@@ -277,6 +277,57 @@ enum Tgt {
     ExecIn(usize),
 }
 
+/// A new process's stdio as the shim holds it: on a tty the pty master (output, and input with
+/// stdin, both through it), else pipes; the host ends non-blocking for the poll loop.
+struct ProcessIo {
+    pid: i32,
+    outs: Vec<Out>,
+    stdin: Option<OwnedFd>,
+    master: Option<OwnedFd>,
+}
+
+/// Starts a process (the container's own or an exec) with its stdio: `start` makes it with the
+/// `Stdio` given. On a tty that is a console socket at `console`, where libcontainer sends the
+/// pty master; if none comes, `undo(pid)` gets rid of the process that has no terminal.
+fn start_with_io(console: PathBuf, tty: bool, want_stdin: bool, start: impl FnOnce(Stdio) -> Result<i32, String>, undo: impl FnOnce(i32)) -> Result<ProcessIo, String> {
+    if tty {
+        let _ = std::fs::remove_file(&console);
+        let l = UnixListener::bind(&console).map_err(|e| format!("console socket: {e}"))?;
+        let res = start(Stdio::Console(console.clone()));
+        let res = res.and_then(|pid| match fdio::recv_master(&l, Duration::from_secs(10)) {
+            Ok(m) => Ok((pid, m)),
+            Err(e) => {
+                undo(pid);
+                Err(e)
+            }
+        });
+        let _ = std::fs::remove_file(&console);
+        let (pid, m) = res?;
+        fdio::set_nonblocking(m.as_raw_fd());
+        let outs = vec![Out { fd: fdio::dup(&m)?, stream: Stream::Stdout }];
+        let stdin = if want_stdin { Some(fdio::dup(&m)?) } else { None };
+        return Ok(ProcessIo { pid, outs, stdin, master: Some(m) });
+    }
+    let (cin, stdin) = if want_stdin {
+        let (r, w) = fdio::pipe()?;
+        (r, Some(w))
+    } else {
+        (fdio::dev_null()?, None)
+    };
+    let (hout, cout) = fdio::pipe()?;
+    let (herr, cerr) = fdio::pipe()?;
+    let pid = start(Stdio::Pipes([cin, cout, cerr]))?;
+    let mut outs = Vec::new();
+    for (fd, stream) in [(hout, Stream::Stdout), (herr, Stream::Stderr)] {
+        fdio::set_nonblocking(fd.as_raw_fd());
+        outs.push(Out { fd, stream });
+    }
+    if let Some(w) = &stdin {
+        fdio::set_nonblocking(w.as_raw_fd());
+    }
+    Ok(ProcessIo { pid, outs, stdin, master: None })
+}
+
 /// Sets up and creates the container; Err before the container exists (or after removing it).
 fn create(o: ShimOpts) -> Result<Shim, String> {
     let spec: Value = serde_json::from_slice(&std::fs::read(o.bundle.join("config.json")).map_err(|e| format!("reading config.json: {e}"))?)
@@ -293,50 +344,9 @@ fn create(o: ShimOpts) -> Result<Shim, String> {
     let log = CriLog::open(o.log.clone()).map_err(|e| format!("opening the log {}: {e}", o.log.as_ref().unwrap().display()))?;
     let oci = Oci { root: o.oci_root.clone(), id: o.id.clone() };
 
-    let mut outs = Vec::new();
-    let mut stdin = None;
-    let mut master = None;
-    let pid = if o.tty {
-        let path = o.bundle.join("console.sock");
-        let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path).map_err(|e| format!("console socket: {e}"))?;
-        let res = oci.create(&o.bundle, Stdio::Console(path.clone()));
-        let res = res.and_then(|pid| match fdio::recv_master(&l, Duration::from_secs(10)) {
-            Ok(m) => Ok((pid, m)),
-            Err(e) => {
-                let _ = oci.delete();
-                Err(e)
-            }
-        });
-        let _ = std::fs::remove_file(&path);
-        let (pid, m) = res?;
-        fdio::set_nonblocking(m.as_raw_fd());
-        outs.push(Out { fd: fdio::dup(&m)?, stream: Stream::Stdout });
-        if o.stdin {
-            stdin = Some(fdio::dup(&m)?);
-        }
-        master = Some(m);
-        pid
-    } else {
-        let (cin, hin) = if o.stdin {
-            let (r, w) = fdio::pipe()?;
-            (r, Some(w))
-        } else {
-            (fdio::dev_null()?, None)
-        };
-        let (hout, cout) = fdio::pipe()?;
-        let (herr, cerr) = fdio::pipe()?;
-        let pid = oci.create(&o.bundle, Stdio::Pipes([cin, cout, cerr]))?;
-        for (fd, stream) in [(hout, Stream::Stdout), (herr, Stream::Stderr)] {
-            fdio::set_nonblocking(fd.as_raw_fd());
-            outs.push(Out { fd, stream });
-        }
-        if let Some(w) = &hin {
-            fdio::set_nonblocking(w.as_raw_fd());
-        }
-        stdin = hin;
-        pid
-    };
+    let ProcessIo { pid, outs, stdin, master } = start_with_io(o.bundle.join("console.sock"), o.tty, o.stdin, |io| oci.create(&o.bundle, io), |_| {
+        let _ = oci.delete();
+    })?;
     // libcontainer leaves each mount's own propagation out: set before anything runs in it
     if let Err(e) = propagation::apply(pid, &propagation) {
         let _ = oci.delete();
@@ -754,48 +764,11 @@ impl Shim {
         let process = oci::exec_process(&self.process, &args, tty, &env, cwd);
         let id = self.next_id;
         self.next_id += 1;
-        let mut e = Exec { id, client: self.clients[client].id, pid: 0, outs: vec![], stdin: None, stdin_buf: vec![], stdin_end: false, master: None, status: None, deadline: None };
-        if tty {
-            let path = self.o.bundle.join(format!("exec-{id}.sock"));
-            let _ = std::fs::remove_file(&path);
-            let l = UnixListener::bind(&path).map_err(|err| format!("console socket: {err}"))?;
-            let res = self.oci.exec(&self.o.bundle, process, self.seccomp.as_ref(), Stdio::Console(path.clone()));
-            let res = res.and_then(|pid| match fdio::recv_master(&l, Duration::from_secs(10)) {
-                Ok(m) => Ok((pid, m)),
-                Err(err) => {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    Err(err)
-                }
-            });
-            let _ = std::fs::remove_file(&path);
-            let (pid, m) = res?;
-            fdio::set_nonblocking(m.as_raw_fd());
-            e.pid = pid;
-            e.outs.push(Out { fd: fdio::dup(&m)?, stream: Stream::Stdout });
-            if want_stdin {
-                e.stdin = Some(fdio::dup(&m)?);
-            }
-            e.master = Some(m);
-        } else {
-            let (cin, hin) = if want_stdin {
-                let (r, w) = fdio::pipe()?;
-                (r, Some(w))
-            } else {
-                (fdio::dev_null()?, None)
-            };
-            let (hout, cout) = fdio::pipe()?;
-            let (herr, cerr) = fdio::pipe()?;
-            e.pid = self.oci.exec(&self.o.bundle, process, self.seccomp.as_ref(), Stdio::Pipes([cin, cout, cerr]))?;
-            for (fd, stream) in [(hout, Stream::Stdout), (herr, Stream::Stderr)] {
-                fdio::set_nonblocking(fd.as_raw_fd());
-                e.outs.push(Out { fd, stream });
-            }
-            if let Some(w) = &hin {
-                fdio::set_nonblocking(w.as_raw_fd());
-            }
-            e.stdin = hin;
-        }
-        self.execs.push(e);
+        let (oci, bundle, seccomp) = (&self.oci, &self.o.bundle, self.seccomp.as_ref());
+        let ProcessIo { pid, outs, stdin, master } = start_with_io(bundle.join(format!("exec-{id}.sock")), tty, want_stdin, |io| oci.exec(bundle, process, seccomp, io), |pid| {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        })?;
+        self.execs.push(Exec { id, client: self.clients[client].id, pid, outs, stdin, stdin_buf: vec![], stdin_end: false, master, status: None, deadline: None });
         Ok(id)
     }
 
