@@ -12,7 +12,7 @@ import { capabilityArgs, loadNetworkConfig, NetworkConfigList, pluginStdin } fro
 import { netnsNameFor, NetworkDriver, NetworkReadiness, PodNetwork, PodNetworkRequest, SetUpOptions } from './network-driver';
 import { createNetns, deleteNetns, ipJson, isNamespaceFile, netnsExists, netnsPath, renameNetns } from './netns';
 import { buildPodNetwork } from './pod-network';
-import { setUpTaps, TapPair, tearDownTap } from './tap';
+import { setUpTaps, TapPair } from './tap';
 
 export interface CniNetworkOptions {
   confDir: string;
@@ -204,8 +204,7 @@ export class CniNetwork implements NetworkDriver {
         return;
       } else {
         this.log.warn({ sandbox: req.sandboxId }, 'no CNI config and no cached state: skipping CNI DEL');
-        for (const [i, nic] of (net?.nics ?? []).entries()) await tearDownTap(netnsName, { iface: net?.interfaces[i]?.name ?? IFNAME, tap: nic.tap });
-        await deleteNetns(netnsName);
+        await deleteNetns(netnsName); // its taps end with it
         return;
       }
     }
@@ -252,12 +251,8 @@ export class CniNetwork implements NetworkDriver {
       }
     }
     if (errors.length && !bestEffort) throw errors[0];
-    if (netns) {
-      for (const t of entry.taps ?? []) await tearDownTap(entry.netnsName, t);
-      // any other tap we may have made before failing
-      const links = await ipJson<any[]>(entry.netnsName, ['link', 'show', 'type', 'tun']).catch(() => []);
-      for (const l of links) if (/^tap\d+$/.test(l.ifname)) await tearDownTap(entry.netnsName, { iface: IFNAME, tap: l.ifname });
-    }
+    // the taps and their tc redirects live in this netns: they end with it (the VM that held
+    // them is gone), no `tc`/`ip` per tap needed
     await deleteNetns(entry.netnsName);
     fs.rmSync(this.cachePath(entry.sandboxId), { force: true });
     if (errors.length) throw errors[0];

@@ -53,11 +53,16 @@ export async function renameNetns(from: string, to: string): Promise<void> {
   }
 }
 
-/** Deletes the netns; a missing one is fine. Also removes a stale, unmounted file. */
+/**
+ * Deletes the netns; a missing one is fine. Also removes a stale, unmounted file. What `ip netns
+ * delete` does (detach the bind mount, remove the file), without starting a process: the
+ * namespace ends with its last reference, and the links in it (taps, the pod's veth end, their
+ * qdiscs) with it.
+ */
 export async function deleteNetns(name: string): Promise<void> {
   if (netnsExists(name)) {
     try {
-      await run('ip', ['netns', 'delete', name]);
+      await detach(netnsPath(name), `delete netns ${name}`);
     } catch (err) {
       if (netnsExists(name)) throw err;
     }

@@ -51,3 +51,25 @@ test('ipJsonBatch: one array per command, in order; a failing command fails the 
   expect(Array.isArray(routes)).toBe(true);
   await expect(ipJsonBatch(a, ['addr show dev lo', 'addr show dev nosuch0'])).rejects.toThrow(/nosuch0/);
 });
+
+test('deleteNetns: no process, the namespace ends and its links with it; a missing one is fine', async () => {
+  const a = await ns('d');
+  const host = `pvt${crypto.randomBytes(4).toString('hex')}`;
+  try {
+    // a veth whose host end shows when the namespace (holding the other end) is really gone,
+    // and a tap with an ingress qdisc as a pod netns has them
+    execFileSync('ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', a]);
+    execFileSync('ip', ['-n', a, 'tuntap', 'add', 'dev', 'tap0', 'mode', 'tap', 'vnet_hdr']);
+    execFileSync('tc', ['-n', a, 'qdisc', 'add', 'dev', 'tap0', 'ingress']);
+    await deleteNetns(a);
+    expect(fs.existsSync(netnsPath(a))).toBe(false);
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(` ${netnsPath(a)} `);
+    // the kernel dismantles the namespace in the background
+    const hostEnd = () => { try { execFileSync('ip', ['link', 'show', host], { stdio: 'ignore' }); return true; } catch { return false; } };
+    for (let i = 0; i < 100 && hostEnd(); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(hostEnd()).toBe(false);
+    await deleteNetns(a);
+  } finally {
+    try { execFileSync('ip', ['link', 'del', host], { stdio: 'ignore' }); } catch { /* gone with the namespace */ }
+  }
+});
