@@ -12,6 +12,11 @@ import { parse, stringify } from 'smol-toml';
  * fork, setns, execve in the guest kernel plus libcontainer in the agent) translates to ~18-20
  * MiB here; a smaller buffer is flushed on every exec and retranslated (5th ExecSync in a pod:
  * 289 ms at 16 MiB, 86 ms at 20, 37 ms at 24). Each MiB is paid in every idle pod's PSS.
+ * A pod's first container needs ~38 MiB (create, start, the idle guest since), so at 24 MiB the
+ * buffer is flushed in CreateContainer and again in the first ExecSync (~180 ms of its ~290);
+ * 40 MiB or more holds it (at 64: first ExecSync ~114 ms), but every idle pod then keeps
+ * ~38 MiB of code plus the metadata of its blocks: +17 MiB PSS per idle pod at 50 pods
+ * (bench/README, issue 21), against the density target. Hence 24.
  */
 export const DEFAULT_TCG_CODE_MIB = 24;
 
