@@ -108,6 +108,14 @@ describe('pods cloned from a template', () => {
   });
 });
 
+/** nice value of each thread of `pid` (/proc/<pid>/task/<tid>/stat, field 19) */
+function threadNices(pid: number): number[] {
+  return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  });
+}
+
 describe('warm spares', () => {
   const sparesDir = () => path.join(d.state, 'spares');
   const spares = () => (fs.existsSync(sparesDir()) ? fs.readdirSync(sparesDir()) : []);
@@ -120,8 +128,14 @@ describe('warm spares', () => {
 
   it("are made ahead of pods and handed over with the pod's own identity", async () => {
     const s1 = await oneSpare(); // made after the default-size pods above
+    // a waiting spare runs below the daemon's CPU priority (every QEMU thread), a pod's VM at it
+    const daemonNice = threadNices(d.pid!)[0];
+    const spareNices = threadNices(Number(fs.readFileSync(path.join(sparesDir(), s1, 'qemu.pid'), 'utf8').trim()));
+    expect(spareNices.length).toBeGreaterThan(1);
+    expect(new Set(spareNices)).toEqual(new Set([Math.min(19, daemonNice + 10)]));
     const p = await runPod('from-spare-1');
     expect(p.info.vm).toMatchObject({ boot: 'clone', spare: true });
+    expect(new Set(threadNices(p.info.vm.pid))).toEqual(new Set([daemonNice]));
     expect(fs.readFileSync(`/proc/${p.info.vm.pid}/cmdline`, 'utf8')).toContain(`podvisor-${s1},`);
     // the spare's files moved into the pod's directory
     expect(fs.existsSync(path.join(d.state, 'vm', p.id.slice(0, 16), 'qmp.sock'))).toBe(true);

@@ -181,6 +181,11 @@ export interface PodBackend {
    * cold); a few fixed values. Absent: the backend's kind.
    */
   startPath?(rec: SandboxRecord): string;
+  /**
+   * RunPodSandbox (or RestorePod) of `rec` is answered, started or failed: what the backend put
+   * off so as not to slow that start runs now (the VM backend makes the next warm spare).
+   */
+  afterStart?(rec: SandboxRecord): void;
   /** Finds the pod of a record after a daemon restart; undefined when it is gone. */
   reconnect(rec: SandboxRecord, onEvent: (ev: PodEvent) => void): Promise<Pod | undefined>;
   /** After the pod stopped: frees what it held outside itself (network). Idempotent. */

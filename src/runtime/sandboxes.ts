@@ -174,6 +174,9 @@ export class SandboxManager {
     };
     const sb: Sandbox = { rec, pod: undefined };
     const T = stepTimer(this.logger, 'RunPodSandbox', { sandbox: id });
+    // once the caller has its answer (or error): the work the backend put off so as not to
+    // compete with this start (the VM backend's next spare)
+    const answered = () => setImmediate(() => backend.afterStart?.(rec));
     return this.lock.run(id, async () => {
       this.sandboxes.set(id, sb);
       let pod: Pod | undefined;
@@ -201,8 +204,10 @@ export class SandboxManager {
         this.observe?.started(backend.kind, backend.startPath?.(rec) ?? backend.kind, Number(process.hrtime.bigint() - t0) / 1e9);
         this.logger.info({ sandbox: id, pod: `${md.namespace}/${md.name}`, backend: backend.kind, accel: rec.vm?.accelerator, boot: rec.vm?.bootMode, spare: rec.vm?.spare ?? false }, 'pod sandbox ready');
         T.done();
+        answered();
         return id;
       } catch (err) {
+        answered();
         // a failed start: the backend removed what it made; a pod made but not recorded goes too
         this.observe?.failed(backend.kind);
         this.logger.error({ sandbox: id, err }, 'pod sandbox failed to start');

@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { AgentCallObserver, AgentClient } from '../agent/client';
 import { hello } from '../agent/hello';
 import type { Logger } from '../util/log';
+import { ownNice, setProcessNice } from '../util/priority';
 import { createNetns, deleteNetns, netnsPath } from '../../network/netns';
 import { type Hypervisor, SHARE_DIR_MODE, type Vm, VM_NAME_FILE, type VmSpec } from './hypervisor';
 import { createScratchTaps, SizeClass, TemplateManager } from './templates';
@@ -52,6 +53,13 @@ const NETNS_PREFIX = 'pvsp-';
 export { VM_NAME_FILE } from './hypervisor';
 /** locally administered, never a pod's (CNI bridge MACs come from the kernel or the plugin) */
 const SPARE_MAC = '02:50:56:00:00:fe';
+/**
+ * How much lower than the daemon a spare's QEMU runs while it is made and while it waits: a
+ * spare is launched as a pod comes up and would otherwise take CPU from that pod's
+ * CreateContainer and first exec (under TCG, seconds of guest work on a busy node). A taken
+ * spare runs at the daemon's priority again, as every other pod VM.
+ */
+const SPARE_NICE = 10;
 
 export class SparePool {
   private readonly ready = new Map<string, Spare[]>();
@@ -79,8 +87,8 @@ export class SparePool {
 
   /**
    * Pops a live spare of this size class (undefined when none is ready). The caller owns what
-   * it gets: it adopts the spare or must discard() it; and it calls fill() once its pod is up
-   * (not before: on 2 cores a spare booting next to the pod slows the pod down).
+   * it gets: it adopts the spare or must discard() it; and it calls fill() once its pod's start
+   * is answered (not before: on 2 cores a spare booting next to the pod slows the pod down).
    */
   take(size: SizeClass): Spare | undefined {
     if (!this.eligible(size)) return undefined;
@@ -96,7 +104,17 @@ export class SparePool {
       if (spare.vm.alive() && !spare.agent.closed) break;
       void this.discard(spare);
     }
+    if (spare) this.renice(spare.vm, ownNice());
     return spare;
+  }
+
+  /** A spare's CPU priority; a failure costs only speed (logged). */
+  private renice(vm: Vm, nice: number): void {
+    try {
+      setProcessNice(vm.info.pid, nice);
+    } catch (err) {
+      this.o.logger.warn({ pid: vm.info.pid, nice, err }, 'could not set the priority of a spare VM');
+    }
   }
 
   /** Spares ready to be taken, all classes. */
@@ -172,6 +190,7 @@ export class SparePool {
       const src = await this.o.templates.cloneSource(spec);
       if (!src) throw new Error('no template to clone');
       vm = inFlight.vm = await this.o.hypervisor.start(spec, { mode: 'clone', ...src });
+      this.renice(vm, ownNice() + SPARE_NICE);
       open();
       agent = inFlight.agent = await vm.connectAgent(10_000, this.o.agentCalls); // the connection the clone resumed with
       open();

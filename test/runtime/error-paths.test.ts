@@ -123,6 +123,9 @@ class FakeBackend implements PodBackend {
   pods: FakePod[] = [];
   released: string[] = [];
   removed: string[] = [];
+  /** sandbox ids whose start was answered (afterStart) */
+  answered: string[] = [];
+  afterStart(rec: SandboxRecord) { this.answered.push(rec.id); }
   async readiness() { return undefined; }
   admit() {}
   async start(rec: SandboxRecord, onEvent?: (ev: PodEvent) => void) {
@@ -178,6 +181,20 @@ describe('SandboxManager with a fake pod backend', () => {
     await expect(sandboxes.run(podConfig(), '')).rejects.toMatchObject({ code: 'unavailable', message: expect.stringMatching(/boot failed: no kernel/) });
     expect(sandboxes.sandboxes.size).toBe(0);
     expect(files(path.join(cfg.root, 'sandboxes'))).toEqual([]);
+  });
+
+  test("the backend's afterStart runs once RunPodSandbox is answered, whether the pod started or not", async () => {
+    const backend = new FakeBackend();
+    const { sandboxes } = await managers(backend);
+    const id = await sandboxes.run(podConfig(), '');
+    expect(backend.answered).toEqual([]); // not before the caller has its answer
+    await new Promise((r) => setImmediate(r));
+    expect(backend.answered).toEqual([id]);
+    backend.failStart = new Error('boot failed');
+    await expect(sandboxes.run(podConfig('b'), '')).rejects.toMatchObject({ code: 'unavailable' });
+    await new Promise((r) => setImmediate(r));
+    expect(backend.answered).toHaveLength(2);
+    expect(backend.answered[1]).not.toBe(id);
   });
 
   test('handlers: unknown → NOT_FOUND; a handler whose backend is missing and host namespaces → FAILED_PRECONDITION', async () => {

@@ -12,6 +12,7 @@ import type { Logger } from '../../../util/log';
 import { failedPrecondition } from '../../../util/errors';
 import { SHARE_DIR_MODE, type DiskAttachment, type Hypervisor, type Vm } from '../../../vm/hypervisor';
 import type { Spare, SparePool } from '../../../vm/spares';
+import type { SizeClass } from '../../../vm/templates';
 import type { NetworkDriver, PodNetwork } from '../../../../network/network-driver';
 import type { VolumeManager } from '../../../../storage/volume-manager';
 import { cgroupParentPath, enterPodCgroup, podCgroupDirs, removeCgroups } from '../../pod-cgroup';
@@ -49,6 +50,9 @@ export class VmPodBackend implements PodBackend {
    * namespaces with the image idmapped in the guest; groups resolved by the agent per policy
    */
   readonly features: BackendFeatures = { recursiveReadOnlyMounts: true, userNamespaces: true, supplementalGroupsPolicy: true };
+
+  /** the size class whose spare a pod's start put off (afterStart makes it), by sandbox id */
+  private readonly spareAfterStart = new Map<string, SizeClass>();
 
   constructor(private readonly o: VmPodBackendOptions) {}
 
@@ -99,8 +103,21 @@ export class VmPodBackend implements PodBackend {
       await fsp.rm(this.dir(rec.id), { recursive: true, force: true });
       throw err;
     } finally {
-      void this.o.spares?.fill(cls); // the next pod's spare, made once this pod no longer needs the CPU
+      this.spareAfterStart.set(rec.id, cls);
     }
+  }
+
+  /**
+   * The next pod's spare is made once this pod's start is answered, not as its VM is up: the
+   * spare's `ip`/`tc`/QEMU spawns fork the daemon while it writes the pod's ready record, and
+   * its guest work would compete with the pod's (bench/README "Issue 21"). It runs at a lower
+   * CPU priority until taken (SparePool), so it yields to this pod's CreateContainer too.
+   */
+  afterStart(rec: SandboxRecord): void {
+    const cls = this.spareAfterStart.get(rec.id);
+    if (!cls) return;
+    this.spareAfterStart.delete(rec.id);
+    void this.o.spares?.fill(cls);
   }
 
   private async bootVm(
