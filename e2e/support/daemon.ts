@@ -206,8 +206,17 @@ export class TestDaemon {
     // test left): detached, deepest first, so the directory can go
     const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m && m.startsWith(this.dir + '/'));
     for (const m of mounts.sort((a, b) => b.length - a.length)) spawnSync('umount', ['-l', m]);
-    // PV_KEEP_LOG=<file>: keep the daemon's log of a test run (debugging a failure)
-    if (process.env.PV_KEEP_LOG) fs.copyFileSync(path.join(this.dir, 'daemon.log'), process.env.PV_KEEP_LOG);
+    // PV_KEEP_LOG=<file>: keep the daemon's log of a test run (debugging a failure);
+    // PV_KEEP_LOGS_DIR=<dir>: keep every test daemon's log there (a whole-suite run's rare failure)
+    const log = path.join(this.dir, 'daemon.log');
+    if (process.env.PV_KEEP_LOG) fs.copyFileSync(log, process.env.PV_KEEP_LOG);
+    if (process.env.PV_KEEP_LOGS_DIR && fs.existsSync(log)) {
+      fs.mkdirSync(process.env.PV_KEEP_LOGS_DIR, { recursive: true });
+      // the test file's name when run by jest (bench/ uses this class outside jest)
+      const testPath = typeof expect === 'undefined' ? undefined : expect.getState().testPath;
+      const testFile = path.basename(testPath ?? 'daemon', '.test.ts');
+      fs.copyFileSync(log, path.join(process.env.PV_KEEP_LOGS_DIR, `${testFile}-${path.basename(this.dir)}.log`));
+    }
     fs.rmSync(this.dir, { recursive: true, force: true });
     fs.rmSync(this.templateDir, { recursive: true, force: true });
   }
