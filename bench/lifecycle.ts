@@ -42,6 +42,8 @@ interface Options {
   tcgCodeMiB?: number;
   /** [vm] ksm = true, and ksmd on while idle pods are measured (see ksmSettle) */
   ksm: boolean;
+  /** [vm] kernel_args of the podvisor daemons: more guest kernel arguments (the last of a name wins) */
+  kernelArgs?: string;
   /** CheckpointPod / RestorePod of an idle and a busy pod (podvisor clone run) */
   checkpoint: boolean;
 }
@@ -64,9 +66,10 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--idle-sandboxes-only') o.idleContainers = false;
     else if (a === '--tcg-code-mib') o.tcgCodeMiB = parseInt(val(), 10);
     else if (a === '--ksm') o.ksm = true;
+    else if (a === '--kernel-args') o.kernelArgs = val();
     else if (a === '--no-checkpoint') o.checkpoint = false;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--no-clone] [--no-host] [--idle-sandboxes-only] [--tcg-code-mib N] [--ksm] [--no-checkpoint]');
+      console.log('usage: bash bench/lifecycle.sh [--iterations N] [--pods 10,50[,200]] [--no-containerd] [--no-cold] [--no-clone] [--no-host] [--idle-sandboxes-only] [--tcg-code-mib N] [--ksm] [--kernel-args ARGS] [--no-checkpoint]');
       process.exit(0);
     } else if (a !== '--') throw new Error(`unknown argument ${a}`);
   }
@@ -700,7 +703,7 @@ async function benchPodvisor(label: string, templates: boolean, reg: Registry, i
   const undo = onCleanup(`daemon ${label}`, async () => { await d?.destroy(); });
   try {
     log(`${label}: starting the daemon (templates ${templates ? 'on' : 'off'})`);
-    const vmToml = (opts.tcgCodeMiB ? `tcg_code_mib = ${opts.tcgCodeMiB}\n` : '') + (opts.ksm ? 'ksm = true\n' : '');
+    const vmToml = (opts.tcgCodeMiB ? `tcg_code_mib = ${opts.tcgCodeMiB}\n` : '') + (opts.ksm ? 'ksm = true\n' : '') + (opts.kernelArgs ? `kernel_args = ${JSON.stringify(opts.kernelArgs)}\n` : '');
     d = await TestDaemon.start({ templates, registries: { [reg.host]: `http://${reg.host}` }, vmToml: vmToml || undefined });
     const dd = d;
     // podvisor reaps netns of pods it knows; after a crash the records name the rest
