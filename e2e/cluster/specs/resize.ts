@@ -100,6 +100,11 @@ function specs(ctx: Ctx, n: () => Namespace): void {
 
   let before: Awaited<ReturnType<typeof onHost>>;
   let containerId: string | undefined;
+  // the tests resize one pod in turn: once it never ran, each of them fails at once rather than
+  // waiting out its own 180 s for state that cannot come
+  const ran = () => {
+    if (!containerId) throw new Error(`pod ${POD} never ran (see the first test)`);
+  };
 
   it('a pod with limits of 2 CPUs and 512Mi runs in a VM of that size', async () => {
     const p = await n().running(POD);
@@ -112,6 +117,7 @@ function specs(ctx: Ctx, n: () => Namespace): void {
   });
 
   it('shrinks in place to 1 CPU and 256Mi: kubelet reports it, the running VM and its host cgroup follow, no restart', async () => {
+    ran();
     await patch(SMALL);
     const p = await resized(SMALL);
     const c = containerStatus(p, 'main');
@@ -124,6 +130,7 @@ function specs(ctx: Ctx, n: () => Namespace): void {
   });
 
   it('grows back in place up to its ceiling', async () => {
+    ran();
     await patch(BIG);
     const p = await resized(BIG);
     expect(containerStatus(p, 'main')).toMatchObject({ containerID: containerId, restartCount: 0, allocatedResources: BIG.requests });
@@ -134,6 +141,7 @@ function specs(ctx: Ctx, n: () => Namespace): void {
   });
 
   it("beyond the VM's ceiling: kubelet shows podvisor's refusal naming the ceiling, nothing changed; undoing the request clears it", async () => {
+    ran();
     await patch(BEYOND);
     const p = await n().wait(POD, 'PodResizeInProgress with an error', (x) => {
       const cond = resizeConditions(x).find((c) => c.type === 'PodResizeInProgress');
