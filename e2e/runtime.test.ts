@@ -154,6 +154,51 @@ describe('a pod VM with busybox containers', () => {
     expect(Date.now() - t1).toBeLessThan(10_000);
   });
 
+  it("gives exec'd processes the identity of the container's process; its one exec helper has no more and is not in the container's metrics", async () => {
+    const base = containerConfig('ident', ['/bin/sleep', '3600']);
+    const sc = { ...base.linux.security_context, run_as_user: { value: 1000 }, run_as_group: { value: 1000 }, supplemental_groups: [2000], capabilities: { add_capabilities: ['NET_RAW', 'SYS_TIME'], drop_capabilities: ['CHOWN'] } };
+    const id = await runContainer(pod, cfg, { ...base, linux: { ...base.linux, security_context: sc } });
+    await waitState(id, 'CONTAINER_RUNNING');
+    const exec = async (cmd: string[]) => {
+      const r = await d.runtime('ExecSync', { container_id: id, cmd, timeout: 30 });
+      expect({ cmd, code: r.exit_code, stderr: Buffer.from(r.stderr).toString() }).toEqual({ cmd, code: 0, stderr: '' });
+      return Buffer.from(r.stdout).toString();
+    };
+    const KEYS = ['Umask', 'Uid', 'Gid', 'Groups', 'SigBlk', 'SigIgn', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs', 'Seccomp'];
+    const fields = (status: string) => Object.fromEntries(status.split('\n').map((l) => l.split(/:\s*/)).filter(([k]) => KEYS.includes(k)));
+    // the container's process (pid 1 of its PID namespace) and an exec'd one, each read by itself
+    const init = fields(await exec(['/bin/cat', '/proc/1/status']));
+    expect(Object.keys(init).sort()).toEqual([...KEYS].sort());
+    expect(init.Uid).toBe('1000\t1000\t1000\t1000');
+    for (let i = 0; i < 3; i++) expect(fields(await exec(['/bin/cat', '/proc/self/status']))).toEqual(init);
+    // all limits but memlock, which libcontainer raises (128 MiB, for the device cgroup's BPF
+    // program) in the process that creates the container only: exec'd processes had the guest's
+    // 8 MiB before the exec helper too
+    const limits = async (pid: string) => (await exec(['/bin/cat', `/proc/${pid}/limits`])).split('\n').filter((l) => !l.startsWith('Max locked memory'));
+    expect(await limits('self')).toEqual(await limits('1'));
+    expect(await exec(['/bin/cat', '/proc/self/cgroup'])).toBe(await exec(['/bin/cat', '/proc/1/cgroup']));
+    expect(await exec(['sh', '-c', 'pwd'])).toBe('/\n'); // PATH lookup; the container's cwd
+    const ns = await exec(['/bin/sh', '-c', 'for n in cgroup ipc mnt net pid uts; do echo $n $(readlink /proc/$$/ns/$n) $(readlink /proc/1/ns/$n); done']);
+    for (const line of ns.trim().split('\n')) {
+      const [, mine, theirs] = line.split(' ');
+      expect(mine).toBe(theirs);
+    }
+    // a file it cannot execute is run by /bin/sh, as execvp does; a missing one is an error
+    await exec(['/bin/sh', '-c', 'printf "echo script ran" > /tmp/s; chmod +x /tmp/s']);
+    expect(await exec(['/tmp/s'])).toBe('script ran\n');
+    await expect(d.runtime('ExecSync', { container_id: id, cmd: ['/no/such/binary'], timeout: 30 })).rejects.toThrow(/no\/such\/binary/);
+    // the exec helper: one per container, named, nothing beyond the container's own identity
+    const helpers = (await exec(['/bin/ps', '-o', 'pid,comm'])).split('\n').filter((l) => / podvisor-exec$/.test(l)).map((l) => l.trim().split(/\s+/)[0]);
+    expect(helpers).toHaveLength(1);
+    expect(fields(await exec(['/bin/cat', `/proc/${helpers[0]}/status`]))).toEqual(init);
+    const { pod_metrics } = await d.runtime('ListPodSandboxMetrics', {});
+    const cm = pod_metrics.find((x: any) => x.pod_sandbox_id === pod).container_metrics.find((x: any) => x.container_id === id);
+    expect(Number(cm.metrics.find((m: any) => m.name === 'container_processes')?.value.value)).toBe(1);
+    await d.runtime('StopContainer', { container_id: id, timeout: 0 });
+    await waitState(id, 'CONTAINER_EXITED');
+    await d.runtime('RemoveContainer', { container_id: id });
+  });
+
   it('escalates to SIGKILL when the stop signal is ignored', async () => {
     const id = await runContainer(pod, cfg, containerConfig('stubborn', ['/bin/sh', '-c', 'trap "" TERM; while true; do sleep 1; done']));
     await waitState(id, 'CONTAINER_RUNNING');

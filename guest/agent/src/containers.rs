@@ -206,6 +206,7 @@ fn create_inner(containers: &Rc<Containers>, p: &CreateParams, image: &Path, dir
     let table = containers.clone();
     stdio::spawn_waiter(&containers.streams, p.id.clone(), None, pid, rx, att, move |st| {
         let mut cs = table.table.borrow_mut();
+        crate::executor::forget(&id);
         let Some(c) = cs.get_mut(&id) else { return false };
         c.status = Status::Stopped;
         c.init.exit = Some(st);
@@ -541,6 +542,7 @@ pub fn delete(containers: &Rc<Containers>, params: Value) -> Result<Value> {
         }
         (c.dir.clone(), c.cgroup.clone())
     };
+    crate::executor::forget(&p.id);
     cleanup(&p.id, &dir);
     let _ = std::fs::remove_dir(&cgroup);
     containers.table.borrow_mut().remove(&p.id);

@@ -1,7 +1,8 @@
 //! `exec.start`, `process.signal`, `process.resize`: extra processes in a running container,
 //! joined through libcontainer's tenant builder (namespaces, cgroup, user, capabilities of
 //! the container's own process spec). The exec process and the executor that loads the
-//! container's seccomp filter are oci-exec/'s (shared with the host shim of host pods).
+//! container's seccomp filter are oci-exec/'s (shared with the host shim of host pods). Plain
+//! execs go through the container's resident executor instead (executor.rs).
 
 use std::rc::Rc;
 
@@ -84,13 +85,30 @@ pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
         Some(s) => Some(SeccompExecutor::prepare(&s, &mut process).map_err(AgentError::internal)?),
         None => None,
     };
+    // the container's resident executor (executor.rs) serves plain execs (no tty, user namespace,
+    // seccomp filter, LSM label, own cwd): all else they get, the container's process spec gave it
+    let plain = !p.tty && userns.is_none() && seccomp.is_none() && p.cwd.is_none()
+        && process.get("apparmorProfile").is_none() && process.get("selinuxLabel").is_none();
+    let base = if plain { Some(process.clone()) } else { None };
     let executor = (userns.is_some() || seccomp.is_some()).then(|| ExecExecutor { userns, seccomp });
     // host values override the container's by key
     let process = exec_process(&process, &p.args, p.tty, p.env.as_deref().unwrap_or_default(), p.cwd.as_deref());
+    let ids = StdioIds { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, tty: p.tty, stdin_once: false };
+    if let Some(base) = base {
+        let t0 = std::time::Instant::now();
+        let mut prepared = stdio::prepare(&containers.streams, &ids, &dir, &format!("exec-{}", p.exec_id))?;
+        let served = match prepared.child.take() {
+            Some(child) => crate::executor::run(YOUKI_ROOT, &p.container_id, &dir, &base, &process, &child)?,
+            None => None,
+        };
+        if let Some(pid) = served {
+            crate::log!("exec {}/{} started by the executor (pid {pid}) in {:?}", p.container_id, p.exec_id, t0.elapsed());
+            return finish(containers, &p, ids, prepared, pid);
+        }
+    }
     let proc_path = dir.join(format!("exec-{}.json", p.exec_id));
     std::fs::write(&proc_path, serde_json::to_vec(&process).ctx("encode process")?).ctx("write exec process")?;
 
-    let ids = StdioIds { stdin: p.stdin, stdout: p.stdout, stderr: p.stderr, tty: p.tty, stdin_once: false };
     let mut prepared = stdio::prepare(&containers.streams, &ids, &dir, &format!("exec-{}", p.exec_id))?;
     let mut b = ContainerBuilder::new(p.container_id.clone(), SyscallType::Linux)
         .with_root_path(YOUKI_ROOT)
@@ -108,9 +126,12 @@ pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     let res = b.as_tenant().with_process(Some(&proc_path)).with_detach(true).build();
     let _ = std::fs::remove_file(&proc_path);
     let pid = res.map_err(|e| AgentError::internal(format!("exec: {e}")))?.as_raw();
-    let rx = containers.reaper.watch(pid);
     crate::log!("exec {}/{} started (pid {pid}) in {:?}", p.container_id, p.exec_id, t0.elapsed());
+    finish(containers, &p, ids, prepared, pid)
+}
 
+fn finish(containers: &Rc<Containers>, p: &ExecParams, ids: StdioIds, prepared: stdio::Prepared, pid: i32) -> Result<Value> {
+    let rx = containers.reaper.watch(pid);
     let att = match stdio::attach(&containers.streams, &ids, prepared) {
         Ok(a) => a,
         Err(e) => {

@@ -9,6 +9,7 @@ mod cpus;
 mod disks;
 mod error;
 mod exec;
+mod executor;
 mod frame;
 mod handshake;
 mod idmap;
@@ -104,6 +105,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.first().is_some_and(|a| a.rsplit('/').next() == Some("modprobe")) {
         std::process::exit(modprobe::main(&args));
+    }
+    if args.first().is_some_and(|a| executor::is_executor(a)) {
+        executor::main();
     }
     sigpipe_handler();
     std::panic::set_hook(Box::new(|info| {

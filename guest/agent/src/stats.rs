@@ -100,12 +100,14 @@ fn block_name(major: u32, minor: u32) -> String {
         .unwrap_or_default()
 }
 
-/// The container's processes, then their open descriptors and how many of those are sockets.
-fn processes(cg: &Path) -> (Vec<u32>, u64, u64) {
+/// The container's processes, then their open descriptors and how many of those are sockets;
+/// not its exec helper (`hidden`, executor.rs), which is podvisor's, not the container's.
+fn processes(cg: &Path, hidden: Option<i32>) -> (Vec<u32>, u64, u64) {
     let pids: Vec<u32> = std::fs::read_to_string(cg.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
+        .filter(|p| Some(*p as i32) != hidden)
         .take(MAX_PROCS)
         .collect();
     let (mut fds, mut sockets) = (0u64, 0u64);
@@ -202,7 +204,7 @@ pub fn stats(containers: &Containers, params: Value) -> Result<Value> {
         let weight = read_u64(&cg.join("cpu.weight"));
         let devices = io_devices(cg);
         let io = io_totals(&devices);
-        let (procs, fds, sockets) = processes(cg);
+        let (procs, fds, sockets) = processes(cg, crate::executor::pid_of(&id));
         let (layer_bytes, layer_inodes) = usage(&Path::new(CONTAINERS_DIR).join(&id).join("upper"));
         out.push(json!({
             "id": id,
@@ -211,7 +213,7 @@ pub fn stats(containers: &Containers, params: Value) -> Result<Value> {
             "memory_working_set": usage_bytes.saturating_sub(m("inactive_file")),
             "memory_rss": m("anon"),
             "memory_usage": usage_bytes,
-            "pids": read_u64(&cg.join("pids.current")),
+            "pids": read_u64(&cg.join("pids.current")).saturating_sub(crate::executor::pid_of(&id).is_some() as u64),
             "cpu_user_ns": cpu_us("user_usec") * 1000,
             "cpu_system_ns": cpu_us("system_usec") * 1000,
             "cpu_periods": cpu_us("nr_periods"),
