@@ -1,7 +1,7 @@
 //! podvisor-launch: the few steps Node cannot do before QEMU starts.
 //!
 //! ```text
-//! podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] [--ksm] -- PROGRAM [ARG]...
+//! podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] [--ksm] [--no-punch-hole] -- PROGRAM [ARG]...
 //! ```
 //!
 //! 1. With `--netns`: enter that network namespace, open `/dev/net/tun` and attach each `--tap`
@@ -20,7 +20,10 @@
 //!    merging (PR_SET_MEMORY_MERGE, Linux 6.4+, kept across exec): QEMU's heap, TCG's buffers
 //!    and relocated library pages, not only the guest RAM that QEMU marks itself. ksmd must run
 //!    (/sys/kernel/mm/ksm/run) for anything to be merged.
-//! 5. exec the program (same pid: callers track the pid they spawned).
+//! 5. With `--no-punch-hole`: a seccomp filter under which fallocate with FALLOC_FL_PUNCH_HOLE
+//!    fails with EOPNOTSUPP (nopunch.rs), for a VM whose RAM privately maps a file others read
+//!    (a clone's template RAM): QEMU 7.2's balloon would punch holes into that file.
+//! 6. exec the program (same pid: callers track the pid they spawned).
 //!
 //! Any failure is printed to stderr as `podvisor-launch: …` and the exit status is 127; nothing
 //! is left behind (the tap fds close with the process).
@@ -42,6 +45,7 @@
 //! `podvisor-launch connect …` is one port-forward connection into a pod's netns (connect.rs).
 
 mod connect;
+mod nopunch;
 mod pinns;
 mod shim;
 mod sys;
@@ -69,10 +73,11 @@ struct Opts {
     mount_ns: bool,
     no_thp: bool,
     ksm: bool,
+    no_punch_hole: bool,
     program: Vec<OsString>,
 }
 
-const USAGE: &str = "usage: podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] [--ksm] -- PROGRAM [ARG]...";
+const USAGE: &str = "usage: podvisor-launch [--netns PATH] [--tap NAME]... [--mount-ns] [--no-thp] [--ksm] [--no-punch-hole] -- PROGRAM [ARG]...";
 // <linux/prctl.h>
 const PR_SET_MEMORY_MERGE: libc::c_int = 67;
 
@@ -101,6 +106,7 @@ fn parse(args: Vec<OsString>) -> Result<Opts, String> {
             Some("--mount-ns") => o.mount_ns = true,
             Some("--no-thp") => o.no_thp = true,
             Some("--ksm") => o.ksm = true,
+            Some("--no-punch-hole") => o.no_punch_hole = true,
             Some("--") => {
                 o.program = it.collect();
                 break;
@@ -241,6 +247,10 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible, String> {
         return Err(format!("PR_SET_MEMORY_MERGE (needs Linux 6.4 or later): {}", errno()));
     }
     place_fds(fds)?;
+    // last before exec: the filter also applies to what the launcher still does
+    if o.no_punch_hole {
+        nopunch::install()?;
+    }
     exec(o.program)
 }
 
@@ -363,8 +373,9 @@ mod tests {
 
     #[test]
     fn parses_a_full_command_line() {
-        let o = parse(args(&["--netns", "/run/netns/pv-1", "--tap", "tap0", "--tap", "tap1", "--mount-ns", "--no-thp", "--ksm", "--", "qemu", "-m", "256"])).unwrap();
+        let o = parse(args(&["--netns", "/run/netns/pv-1", "--tap", "tap0", "--tap", "tap1", "--mount-ns", "--no-thp", "--ksm", "--no-punch-hole", "--", "qemu", "-m", "256"])).unwrap();
         assert!(o.ksm);
+        assert!(o.no_punch_hole);
         assert_eq!(o.netns, Some(OsString::from("/run/netns/pv-1")));
         assert_eq!(o.taps, vec!["tap0", "tap1"]);
         assert!(o.mount_ns);

@@ -81,21 +81,34 @@ impl SeccompExecutor {
 
     /// In the exec'd process, just before execve: loads the filter, then drops what was lent.
     pub fn load(&self) -> Result<(), ExecutorError> {
-        match libcontainer::seccomp::initialize_seccomp(&self.seccomp) {
-            Ok(None) => {}
-            // a notify filter needs a listener to hand the fd to; exec processes have none
-            Ok(Some(fd)) => {
-                unsafe { libc::close(fd) };
-                return Err(ExecutorError::Other("seccomp notify is not supported for exec processes".into()));
-            }
-            Err(e) => return Err(ExecutorError::Other(format!("loading the container's seccomp filter: {e}"))),
-        }
+        install(&self.seccomp).map_err(|e| ExecutorError::Other(format!("loading the container's seccomp filter: {e}")))?;
         if self.drop_sys_admin {
             for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
                 caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN).map_err(|e| ExecutorError::Other(format!("dropping CAP_SYS_ADMIN: {e}")))?;
             }
         }
         Ok(())
+    }
+}
+
+/// Loads an OCI seccomp filter (its JSON form, as in a runtime spec's `linux.seccomp`) on the
+/// calling thread; it stays across execve and is inherited by every thread and child made after.
+/// Loading takes no_new_privs or CAP_SYS_ADMIN, and none is set here. Besides exec processes,
+/// podvisor-launch uses it for the filter it puts on QEMU (launcher/src/nopunch.rs).
+pub fn load_filter(seccomp: &Value) -> Result<(), String> {
+    let seccomp: LinuxSeccomp = serde_json::from_value(seccomp.clone()).map_err(|e| format!("seccomp filter: {e}"))?;
+    install(&seccomp)
+}
+
+fn install(seccomp: &LinuxSeccomp) -> Result<(), String> {
+    match libcontainer::seccomp::initialize_seccomp(seccomp) {
+        Ok(None) => Ok(()),
+        // a notify filter needs a listener to hand the fd to; neither caller has one
+        Ok(Some(fd)) => {
+            unsafe { libc::close(fd) };
+            Err("seccomp notify is not supported here".into())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -190,7 +190,11 @@ export class QemuHypervisor implements Hypervisor {
     if (!fs.existsSync(launcher)) throw new Error(`podvisor-launch not found at ${launcher} (bash guest/build.sh builds it next to the guest kernel)`);
     // Huge pages buy nothing for a clone's RAM (a file mapped privately) nor under TCG (guest
     // memory goes through QEMU's soft TLB), and cost 2 MiB per VM for each small block touched.
-    const argv = launchArgv(spec, launcher, this.o.binary, args, { noThp: boot.mode === 'clone' || this.o.accelerator === 'tcg', ksm: this.o.ksm });
+    const argv = launchArgv(spec, launcher, this.o.binary, args, {
+      noThp: boot.mode === 'clone' || this.o.accelerator === 'tcg',
+      ksm: this.o.ksm,
+      noPunchHole: ramPrivatelyMapsSharedFile(boot),
+    });
     // detached: the VM must survive a daemon restart; its lifetime is managed through QMP.
     const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', out, out] });
     fs.closeSync(out);
@@ -276,15 +280,31 @@ export class QemuHypervisor implements Hypervisor {
  * it, so nothing is ever mounted in the host's namespace and every bind vanishes with the VM)
  * and execs QEMU, keeping the pid.
  */
-export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuArgs: string[], o: { noThp?: boolean; ksm?: boolean } = {}): string[] {
+export function launchArgv(spec: VmSpec, launcher: string, binary: string, qemuArgs: string[], o: { noThp?: boolean; ksm?: boolean; noPunchHole?: boolean } = {}): string[] {
   const argv = [launcher, '--mount-ns'];
   if (o.noThp) argv.push('--no-thp');
   if (o.ksm) argv.push('--ksm');
+  if (o.noPunchHole) argv.push('--no-punch-hole');
   if (spec.network) {
     argv.push('--netns', spec.network.netnsPath);
     for (const nic of spec.network.nics) argv.push('--tap', nic.tap);
   }
   return [...argv, '--', binary, ...qemuArgs];
+}
+
+/**
+ * Whether the VM's RAM is a file it maps privately that others read: a clone's RAM is its
+ * template's `mem` file (`memory-backend-file,share=off`, qemuArgs), which every other clone of
+ * that template maps too. QEMU 7.2 discards a file-backed RAM page (balloon inflation, i.e. a
+ * resize down or a pod started below its ceiling) by punching a hole into the file, private
+ * mapping or not: that would zero the template's page under every clone. Such a VM's QEMU runs
+ * under podvisor-launch --no-punch-hole (launcher/src/nopunch.rs): the punch fails and 7.2 then
+ * skips the discard, so the guest still gives the ballooned pages up but their host memory is
+ * not returned. A template VM maps its own file shared (it is the file's writer); a restored
+ * checkpoint's RAM is anonymous (memory-backend-ram); a cold boot's is QEMU's own.
+ */
+export function ramPrivatelyMapsSharedFile(boot: Boot): boolean {
+  return boot.mode === 'clone';
 }
 
 /** the agent port's chardev (qemuArgs: `-chardev socket,id=agent,…`) */

@@ -57,6 +57,7 @@ test('two sandbox interfaces give two NICs, in order, with their own addresses a
   expect(launchArgv({ ...spec, network: undefined }, '/g/podvisor-launch', '/usr/bin/qemu', [])).toEqual(['/g/podvisor-launch', '--mount-ns', '--', '/usr/bin/qemu']);
   expect(launchArgv({ ...spec, network: undefined }, '/g/podvisor-launch', '/usr/bin/qemu', [], { noThp: true })).toEqual(['/g/podvisor-launch', '--mount-ns', '--no-thp', '--', '/usr/bin/qemu']);
   expect(launchArgv({ ...spec, network: undefined }, '/g/podvisor-launch', '/usr/bin/qemu', [], { ksm: true })).toEqual(['/g/podvisor-launch', '--mount-ns', '--ksm', '--', '/usr/bin/qemu']);
+  expect(launchArgv({ ...spec, network: undefined }, '/g/podvisor-launch', '/usr/bin/qemu', [], { noPunchHole: true })).toEqual(['/g/podvisor-launch', '--mount-ns', '--no-punch-hole', '--', '/usr/bin/qemu']);
   expect(args).toContain(`tcg,tb-size=${DEFAULT_TCG_CODE_MIB}`);
   expect(qemuArgs(spec, { kernel: 'k', initramfs: 'i', kernelArgs: '', accelerator: 'tcg', tcgCodeMiB: 12 })).toContain('tcg,tb-size=12');
 });
