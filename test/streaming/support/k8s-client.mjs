@@ -70,8 +70,11 @@ if (mode === 'exec' || mode === 'attach') {
     stdout.columns = 101;
   }
   let socket;
+  let opened;
+  const open = new Promise((resolve) => (opened = resolve));
   const wsi = handlerFor([url], (ws) => {
     socket = ws;
+    opened();
     if (o.pauseMs) {
       ws.pause();
       setTimeout(() => ws.resume(), o.pauseMs);
@@ -84,6 +87,9 @@ if (mode === 'exec' || mode === 'attach') {
         .exec('ns', 'pod', 'c', o.cmd ?? [], stdout, o.tty ? null : stderr, stdin, !!o.tty, resolve)
         .catch(reject);
     });
+    // a status sent at once (a command that does not exist) can arrive in the upgrade's own
+    // chunk: client-node hands it over before connect()'s caller has resumed with the socket
+    await open;
     out({ protocol: socket.protocol, stdout: stdout.text(), stdoutBytes: stdout.bytes, stderr: stderr.text(), status });
     process.exit(0);
   } else {
