@@ -410,7 +410,8 @@ describe('a pod VM with busybox containers', () => {
     expect((await d.runtime('ListContainers', { filter: { pod_sandbox_id: pod } })).containers.filter((c: any) => c.metadata.name === 'late')).toEqual([]);
     const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: pod, verbose: true });
     const qemuArgs = fs.readFileSync(`/proc/${JSON.parse(st.info.info).vm.pid}/cmdline`, 'utf8').split('\0');
-    const consolePath = qemuArgs.find((a) => a.startsWith('file,id=console,path='))!.slice('file,id=console,path='.length);
+    // file,id=console,path=<path>,append=on
+    const consolePath = qemuArgs.find((a) => a.startsWith('file,id=console,path='))!.slice('file,id=console,path='.length).replace(/,append=on$/, '');
     expect(fs.readFileSync(consolePath, 'utf8')).toContain(`container ${abandoned.container} created`);
     // kubelet's retry: the same name and attempt, a fresh id, created and run
     const id = await runContainer(pod, cfg, containerConfig('late', ['/bin/sleep', '3600']));

@@ -74,7 +74,7 @@ export class Daemon {
       this.metricsEndpoint = await serveMetrics(metrics, host, port, logger);
     }
     const guest = { binary: cfg.vm.qemu, kernel: cfg.vm.kernel, initramfs: cfg.vm.initramfs, kernelArgs: cfg.vm.kernelArgs, launcher: cfg.vm.launcher };
-    const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, logger };
+    const qemuOpts = { ...guest, tcgCodeMiB: cfg.vm.tcgCodeMiB, ksm: cfg.vm.ksm, logCapBytes: cfg.vm.logCapKiB * 1024, logger };
     const accelerator = await chooseAccelerator(cfg.vm.accelerator, qemuOpts, cfg.root, cfg.state, logger);
     // the driver, and the VM pool (templates + warm spares) above it
     const driver = new QemuHypervisor({ ...qemuOpts, accelerator });

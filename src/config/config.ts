@@ -67,6 +67,8 @@ export interface Config {
      * the exec path's ~20 MiB every exec retranslates (DEFAULT_TCG_CODE_MIB, bench/README.md).
      */
     tcgCodeMiB: number;
+    /** the most a VM's console.log and qemu.log may hold, KiB (a guest can write both) */
+    logCapKiB: number;
     /**
      * Let the kernel's samepage merging (KSM) merge all of each VM's anonymous memory (QEMU's
      * heap, TCG buffers, relocated libraries), not only guest RAM. Denser, at the cost of ksmd
@@ -161,6 +163,7 @@ export function defaultConfig(): Config {
       prebuildTemplates: [],
       templateSpares: 1,
       tcgCodeMiB: DEFAULT_TCG_CODE_MIB,
+      logCapKiB: 8192,
       ksm: false,
     },
     image: { configDir: '/etc/podvisor', pinned: [] },
@@ -198,6 +201,7 @@ const VM_KEYS: Record<string, keyof Config['vm']> = {
   prebuild_templates: 'prebuildTemplates',
   template_spares: 'templateSpares',
   tcg_code_mib: 'tcgCodeMiB',
+  log_cap_kib: 'logCapKiB',
   ksm: 'ksm',
 };
 const IMAGE_KEYS: Record<string, keyof Config['image']> = { config_dir: 'configDir', pinned: 'pinned' };
@@ -323,6 +327,7 @@ export function loadConfig(file: string | undefined, optional: boolean): Config 
   if (cfg.vm.defaultVcpus < 1 || cfg.vm.defaultMemoryMiB < 64) throw new ConfigError(`${file}: vm defaults too small (≥1 vCPU, ≥64 MiB)`);
   if (![cfg.vm.resizeVcpus, cfg.vm.resizeMemoryMiB].every(Number.isInteger)) throw new ConfigError(`${file}: vm.resize_vcpus and vm.resize_memory_mib must be integers`);
   if (!Number.isInteger(cfg.vm.templateSpares) || cfg.vm.templateSpares > 16) throw new ConfigError(`${file}: vm.template_spares must be an integer 0..16`);
+  if (!Number.isInteger(cfg.vm.logCapKiB) || cfg.vm.logCapKiB < 16 || cfg.vm.logCapKiB > 1048576) throw new ConfigError(`${file}: vm.log_cap_kib must be an integer 16..1048576`);
   if (!Number.isInteger(cfg.vm.tcgCodeMiB) || cfg.vm.tcgCodeMiB < 4 || cfg.vm.tcgCodeMiB > 1024) throw new ConfigError(`${file}: vm.tcg_code_mib must be an integer 4..1024`);
   if (cfg.metrics.address) {
     try {

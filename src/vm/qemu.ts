@@ -14,6 +14,7 @@ import { Accelerator, Boot, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo
 import type { BlockAttachment, BlockSource } from '../util/block-source';
 import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
+import { boundLogs, DEFAULT_VM_LOG_CAP_BYTES } from './log-bound';
 import { run } from '../util/exec-file';
 import { connectWhenReady } from '../util/unix-socket';
 
@@ -28,6 +29,8 @@ export interface QemuOptions {
   tcgCodeMiB?: number;
   /** all of QEMU's anonymous memory may be merged by KSM (podvisor-launch --ksm) */
   ksm?: boolean;
+  /** the most a VM's console.log and qemu.log may hold (vm/log-bound.ts) */
+  logCapBytes?: number;
   logger: Logger;
   /**
    * the podvisor-launch helper (launcher/): opens the pod's taps inside its netns, gives QEMU
@@ -99,7 +102,7 @@ export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramf
     '-kernel', o.kernel,
     '-initrd', o.initramfs,
     '-append', kernelCmdline(o.kernelArgs),
-    '-chardev', `file,id=console,path=${f('console.log')}`,
+    '-chardev', `file,id=console,path=${f('console.log')},append=on`, // O_APPEND: log-bound.ts cuts it
     '-serial', 'chardev:console',
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${f('agent.sock')},server=on,wait=off`,
@@ -221,7 +224,7 @@ export class QemuHypervisor implements Hypervisor {
       try { process.kill(info.pid, 'SIGKILL'); } catch { /* gone */ }
       throw err;
     }
-    const vm = new QemuVm(info, qmp, exited, launcher);
+    const vm = new QemuVm(info, qmp, exited, launcher, this.o.logCapBytes);
     if (boot.mode === 'clone' || boot.mode === 'restore') {
       try {
         // a checkpointed VM's disks, at their old addresses, before its device state loads
@@ -249,7 +252,7 @@ export class QemuHypervisor implements Hypervisor {
       const check = () => (isAlive(info.pid) ? setTimeout(check, 1000).unref() : resolve());
       qmp.once('close', () => setTimeout(check, 10));
     });
-    return new QemuVm(info, qmp, exited, launcherPath(this.o));
+    return new QemuVm(info, qmp, exited, launcherPath(this.o), this.o.logCapBytes);
   }
 
   async reapStray(dir: string): Promise<number | undefined> {
@@ -385,8 +388,10 @@ export class QemuVm implements Vm {
   /** a clone's agent connection, opened before it resumed (restoreClone), until connectAgent takes it */
   private agentConnection: net.Socket | undefined;
 
-  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string) {
+  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string, logCapBytes = DEFAULT_VM_LOG_CAP_BYTES) {
+    const unbound = boundLogs([path.join(info.dir, 'console.log'), path.join(info.dir, 'qemu.log')], logCapBytes);
     exited.then(() => {
+      unbound();
       this.dead = true;
       qmp.close();
     });

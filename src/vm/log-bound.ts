@@ -1,0 +1,41 @@
+// A VM's console and QEMU logs are files a guest can make grow without end: its kernel's console
+// (a compromised guest prints forever) and QEMU's own stderr (QEMU 7.2 writes a line for every
+// 4 KiB page of a balloon discard that a clone's no-punch-hole filter refuses, and the guest
+// drives its balloon). Both are written with O_APPEND (console.log through `append=on`, qemu.log
+// through the descriptor the daemon opens), so cutting a file to zero keeps later writes at its
+// start, not at a hole past its old end. The bound is checked every few seconds: what a guest
+// can fill is the cap plus what it writes in one interval, never the disk. What was cut is
+// noted in the file itself.
+import * as fs from 'node:fs';
+
+export const DEFAULT_VM_LOG_CAP_BYTES = 8 * 1024 * 1024;
+const CHECK_INTERVAL_MS = 5000;
+
+/** Cuts `file` to a one-line note when it is larger than `capBytes`; true when it did. */
+export function boundLog(file: string, capBytes: number): boolean {
+  let size: number;
+  try {
+    size = fs.statSync(file).size;
+  } catch {
+    return false; // not there (yet, or any more)
+  }
+  if (size <= capBytes) return false;
+  fs.truncateSync(file, 0);
+  fs.appendFileSync(file, `[podvisor ${new Date().toISOString()}: ${size} bytes cut: this log is bounded to ${capBytes} bytes]\n`);
+  return true;
+}
+
+/** Keeps each of `files` within `capBytes` until the returned stop() is called. */
+export function boundLogs(files: string[], capBytes: number, intervalMs = CHECK_INTERVAL_MS): () => void {
+  const timer = setInterval(() => {
+    for (const f of files) {
+      try {
+        boundLog(f, capBytes);
+      } catch {
+        /* the VM's directory went with it */
+      }
+    }
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
