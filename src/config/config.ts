@@ -19,6 +19,8 @@ import { parse, stringify } from 'smol-toml';
  * (bench/README, issue 21), against the density target. Hence 24.
  */
 export const DEFAULT_TCG_CODE_MIB = 24;
+/** the most each VM's console.log and qemu.log hold, KiB (src/vm/log-bound.ts) */
+export const DEFAULT_VM_LOG_CAP_KIB = 8192;
 
 export interface Config {
   socket: string;
@@ -163,7 +165,7 @@ export function defaultConfig(): Config {
       prebuildTemplates: [],
       templateSpares: 1,
       tcgCodeMiB: DEFAULT_TCG_CODE_MIB,
-      logCapKiB: 8192,
+      logCapKiB: DEFAULT_VM_LOG_CAP_KIB,
       ksm: false,
     },
     image: { configDir: '/etc/podvisor', pinned: [] },

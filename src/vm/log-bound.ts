@@ -8,7 +8,6 @@
 // noted in the file itself.
 import * as fs from 'node:fs';
 
-export const DEFAULT_VM_LOG_CAP_BYTES = 8 * 1024 * 1024;
 const CHECK_INTERVAL_MS = 5000;
 
 /** Cuts `file` to a one-line note when it is larger than `capBytes`; true when it did. */

@@ -8,13 +8,13 @@ import fsp from 'node:fs/promises';
 import type net from 'node:net';
 import path from 'node:path';
 import { AgentClient, type AgentCallObserver } from '../agent/client';
-import { DEFAULT_TCG_CODE_MIB } from '../config/config';
+import { DEFAULT_TCG_CODE_MIB, DEFAULT_VM_LOG_CAP_KIB } from '../config/config';
 import type { Logger } from '../util/log';
 import { Accelerator, Boot, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo, VmSpec } from './hypervisor';
 import type { BlockAttachment, BlockSource } from '../util/block-source';
 import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
-import { boundLogs, DEFAULT_VM_LOG_CAP_BYTES } from './log-bound';
+import { boundLogs } from './log-bound';
 import { run } from '../util/exec-file';
 import { connectWhenReady } from '../util/unix-socket';
 
@@ -388,7 +388,7 @@ export class QemuVm implements Vm {
   /** a clone's agent connection, opened before it resumed (restoreClone), until connectAgent takes it */
   private agentConnection: net.Socket | undefined;
 
-  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string, logCapBytes = DEFAULT_VM_LOG_CAP_BYTES) {
+  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string, logCapBytes = DEFAULT_VM_LOG_CAP_KIB * 1024) {
     const unbound = boundLogs([path.join(info.dir, 'console.log'), path.join(info.dir, 'qemu.log')], logCapBytes);
     exited.then(() => {
       unbound();
