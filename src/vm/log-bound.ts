@@ -3,9 +3,10 @@
 // 4 KiB page of a balloon discard that a clone's no-punch-hole filter refuses, and the guest
 // drives its balloon). Both are written with O_APPEND (console.log through `append=on`, qemu.log
 // through the descriptor the daemon opens), so cutting a file to zero keeps later writes at its
-// start, not at a hole past its old end. The bound is checked every few seconds: what a guest
-// can fill is the cap plus what it writes in one interval, never the disk. What was cut is
-// noted in the file itself.
+// start, not at a hole past its old end. The bound is checked every few seconds by one sweep over
+// every live VM's logs (one timer for the daemon, none while no VM runs, rather than one per
+// VM): what a guest can fill is the cap plus what it writes in one interval, never the disk.
+// What was cut is noted in the file itself.
 import * as fs from 'node:fs';
 
 const CHECK_INTERVAL_MS = 5000;
@@ -24,17 +25,49 @@ export function boundLog(file: string, capBytes: number): boolean {
   return true;
 }
 
-/** Keeps each of `files` within `capBytes` until the returned stop() is called. */
-export function boundLogs(files: string[], capBytes: number, intervalMs = CHECK_INTERVAL_MS): () => void {
-  const timer = setInterval(() => {
-    for (const f of files) {
-      try {
-        boundLog(f, capBytes);
-      } catch {
-        /* the VM's directory went with it */
+interface Watched {
+  files: string[];
+  capBytes: number;
+}
+
+/** One periodic check of the logs of every VM that is watched; its timer runs while any is. */
+export class LogSweep {
+  private readonly watched = new Set<Watched>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly intervalMs = CHECK_INTERVAL_MS) {}
+
+  /** Keeps each of `files` within `capBytes` on every sweep until the returned stop() is called. */
+  watch(files: string[], capBytes: number): () => void {
+    const w: Watched = { files, capBytes };
+    this.watched.add(w);
+    if (!this.timer) {
+      this.timer = setInterval(() => this.sweep(), this.intervalMs);
+      this.timer.unref();
+    }
+    return () => {
+      this.watched.delete(w);
+      if (this.watched.size === 0 && this.timer) {
+        clearInterval(this.timer);
+        this.timer = undefined;
+      }
+    };
+  }
+
+  /** How many VMs' logs it watches now. */
+  get size(): number {
+    return this.watched.size;
+  }
+
+  private sweep(): void {
+    for (const { files, capBytes } of this.watched) {
+      for (const f of files) {
+        try {
+          boundLog(f, capBytes);
+        } catch {
+          /* the VM's directory went with it */
+        }
       }
     }
-  }, intervalMs);
-  timer.unref();
-  return () => clearInterval(timer);
+  }
 }

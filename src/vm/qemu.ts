@@ -14,7 +14,7 @@ import { Accelerator, Boot, DiskAttachment, Hypervisor, Vm, VM_NAME_FILE, VmInfo
 import type { BlockAttachment, BlockSource } from '../util/block-source';
 import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
-import { boundLogs } from './log-bound';
+import { LogSweep } from './log-bound';
 import { run } from '../util/exec-file';
 import { connectWhenReady } from '../util/unix-socket';
 
@@ -131,7 +131,16 @@ export function qemuArgs(spec: VmSpec, o: Pick<QemuOptions, 'kernel' | 'initramf
 }
 
 export class QemuHypervisor implements Hypervisor {
+  /** one check of every live VM's console.log and qemu.log (log-bound.ts) */
+  private readonly logSweep = new LogSweep();
+
   constructor(private readonly o: QemuOptions) {}
+
+  /** Bounds the VM's logs in `dir` until the returned stop() (the VM's end). */
+  private boundLogs(dir: string): () => void {
+    const cap = this.o.logCapBytes ?? DEFAULT_VM_LOG_CAP_KIB * 1024;
+    return this.logSweep.watch([path.join(dir, 'console.log'), path.join(dir, 'qemu.log')], cap);
+  }
 
   get accelerator(): Accelerator {
     return this.o.accelerator;
@@ -224,7 +233,7 @@ export class QemuHypervisor implements Hypervisor {
       try { process.kill(info.pid, 'SIGKILL'); } catch { /* gone */ }
       throw err;
     }
-    const vm = new QemuVm(info, qmp, exited, launcher, this.o.logCapBytes);
+    const vm = new QemuVm(info, qmp, exited, launcher, this.boundLogs(info.dir));
     if (boot.mode === 'clone' || boot.mode === 'restore') {
       try {
         // a checkpointed VM's disks, at their old addresses, before its device state loads
@@ -252,7 +261,7 @@ export class QemuHypervisor implements Hypervisor {
       const check = () => (isAlive(info.pid) ? setTimeout(check, 1000).unref() : resolve());
       qmp.once('close', () => setTimeout(check, 10));
     });
-    return new QemuVm(info, qmp, exited, launcherPath(this.o), this.o.logCapBytes);
+    return new QemuVm(info, qmp, exited, launcherPath(this.o), this.boundLogs(info.dir));
   }
 
   async reapStray(dir: string): Promise<number | undefined> {
@@ -388,10 +397,10 @@ export class QemuVm implements Vm {
   /** a clone's agent connection, opened before it resumed (restoreClone), until connectAgent takes it */
   private agentConnection: net.Socket | undefined;
 
-  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string, logCapBytes = DEFAULT_VM_LOG_CAP_KIB * 1024) {
-    const unbound = boundLogs([path.join(info.dir, 'console.log'), path.join(info.dir, 'qemu.log')], logCapBytes);
+  /** `unboundLogs`: ends the bound on its logs (QemuHypervisor's sweep), called when QEMU exits */
+  constructor(readonly info: VmInfo, readonly qmp: QmpClient, readonly exited: Promise<void>, private readonly launcher: string, unboundLogs?: () => void) {
     exited.then(() => {
-      unbound();
+      unboundLogs?.();
       this.dead = true;
       qmp.close();
     });
