@@ -1,7 +1,9 @@
 // Step profile of one pod's container path under TCG: per step the client-side time and what
 // QEMU translated during it (`info jit` over a second QMP socket, PODVISOR_DEBUG_QMP=1).
 //   bash bench/profile.sh [--iterations N]
-// Environment: PROFILE_WARM=1 runs a throwaway container through create/start/exec/stop/remove
+// Environment: PROFILE_MORE=1 then creates, starts and execs into three more containers of the
+// same pod (same image, another image, same image): the same work with the code translated;
+// PROFILE_WARM=1 runs a throwaway container through create/start/exec/stop/remove
 // in each pod first; PROFILE_INASM=<dir> logs the guest code of iteration 1's steps there
 // (QEMU's `log in_asm`); PROFILE_OUT=<dir> keeps the daemon's log (debug level: step times);
 // PROFILE_VM_TOML: extra [vm] settings.
@@ -88,7 +90,7 @@ async function main() {
         if (trace) await qmpHmp(path.join(vmdir, 'qmp-debug.sock'), 'log none');
         const dt = performance.now() - t;
         const k = await jit(vmdir);
-        rows.push(`${label.padEnd(18)} ${dt.toFixed(0).padStart(5)} ms  translated ${translatedMiB(j, k).toFixed(1).padStart(5)} MiB  TBs +${k.tbs - j.tbs} flushes +${k.flushes - j.flushes} inval +${k.inval - j.inval}`);
+        rows.push(`${label.padEnd(24)} ${dt.toFixed(0).padStart(5)} ms  translated ${translatedMiB(j, k).toFixed(1).padStart(5)} MiB  TBs +${k.tbs - j.tbs} flushes +${k.flushes - j.flushes} inval +${k.inval - j.inval}`);
         j = k;
       };
       if (process.env.PROFILE_WARM) {
@@ -106,6 +108,22 @@ async function main() {
       });
       await step('StartContainer', () => d.runtime('StartContainer', { container_id: cid }, 90_000));
       for (let n = 1; n <= 5; n++) await step(`ExecSync #${n}`, () => d.runtime('ExecSync', { container_id: cid, cmd: ['/bin/true'], timeout: 30 }, 60_000));
+      if (process.env.PROFILE_MORE) {
+        // the same pod again, its code translated: a second and fourth container of the same image,
+        // a third of an image this pod has not mounted yet (the floor without translation)
+        const more: [string, string][] = [['same image', image], ['other image', warmImage], ['same image', image]];
+        for (const [k, [what, img]] of more.entries()) {
+          const n = k + 2;
+          let c = '';
+          await step(`Create #${n} ${what}`, async () => {
+            c = (await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { metadata: { name: `more-${n}`, attempt: 0 }, image: { image: img }, command: ['/bin/sleep', '3600'], log_path: `more-${n}.log`, labels: {}, annotations: {}, linux: {} }, sandbox_config: cfg }, 90_000)).container_id;
+          });
+          await step(`Start #${n}`, () => d.runtime('StartContainer', { container_id: c }, 90_000));
+          for (let e = 1; e <= 2; e++) await step(`Exec #${e} in #${n}`, () => d.runtime('ExecSync', { container_id: c, cmd: ['/bin/true'], timeout: 30 }, 60_000));
+        }
+      }
+      // the guest's own timings (the agent logs libcontainer's create and each exec's start)
+      if (process.env.PROFILE_OUT) fs.copyFileSync(path.join(vmdir, 'console.log'), path.join(process.env.PROFILE_OUT, `console-${i}.log`));
       t0 = performance.now();
       await d.runtime('StopPodSandbox', { pod_sandbox_id: pod }, 60_000);
       const stopMs = performance.now() - t0;
