@@ -6,6 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadCri } from '../../cri-api';
+import { netnsNameFor } from '../../network/network-driver';
+import { podCgroupDirs, removeCgroups, type CgroupDriver } from '../../src/runtime/pod-cgroup';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -175,7 +177,9 @@ export class TestDaemon {
   private async signal(sig: 'SIGTERM' | 'SIGKILL'): Promise<void> {
     this.closeClients();
     const p = this.proc;
-    if (!p || p.exitCode !== null) return;
+    // ended already: exited, or killed by a signal (killProcess, a PODVISOR_FAULT crash; exitCode
+    // stays null then, and an 'exit' awaited here would never come)
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const gone = new Promise((r) => p.once('exit', r));
     p.kill(sig);
     await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000))]);
@@ -197,11 +201,15 @@ export class TestDaemon {
     for (const pid of qemuPidsUnder(this.state)) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
-    // the netns of warm spares a killed daemon could not remove (src/vm/spares.ts names them)
+    // what a killed daemon could not take down (no RemovePodSandbox answered): the netns of its
+    // pods (their taps and the host ends of their veths end with them) and of its warm spares
+    // (src/vm/spares.ts names them), and its pods' own cgroups
     const sparePrefix = `pvsp-${crypto.createHash('sha256').update(path.join(this.state, 'spares')).digest('hex').slice(0, 6)}-`;
+    const podNetns = this.podNetns();
     for (const ns of fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []) {
-      if (ns.startsWith(sparePrefix)) spawnSync('ip', ['netns', 'delete', ns]);
+      if (ns.startsWith(sparePrefix) || podNetns.has(ns)) spawnSync('ip', ['netns', 'delete', ns]);
     }
+    await this.removePodCgroups();
     // mounts under the scratch dir (a host pod backend's shared state dir, whatever a failed
     // test left): detached, deepest first, so the directory can go
     const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m && m.startsWith(this.dir + '/'));
@@ -220,6 +228,47 @@ export class TestDaemon {
     fs.rmSync(this.dir, { recursive: true, force: true });
     fs.rmSync(this.templateDir, { recursive: true, force: true });
   }
+
+  /** The pod records the daemon left in its root (`<root>/sandboxes`, src/store): complete or pending. */
+  private podRecords(): Array<{ id: string; config?: { linux?: { cgroup_parent?: string } } }> {
+    return jsonFiles(path.join(this.root, 'sandboxes')).filter((r) => typeof r.id === 'string');
+  }
+
+  /** Names of the netns its pods have (network/network-driver.ts names them; its CNI cache says so too). */
+  private podNetns(): Set<string> {
+    const names = new Set(this.podRecords().map((r) => netnsNameFor(r.id)));
+    for (const e of jsonFiles(path.join(this.root, 'cni'))) if (typeof e.netnsName === 'string' && e.netnsName && !e.externalNetns) names.add(e.netnsName);
+    return names;
+  }
+
+  /** Each pod's own cgroup (src/runtime/pod-cgroup.ts), once its VM is gone; kubelet's parents stay. */
+  private async removePodCgroups(): Promise<void> {
+    for (const r of this.podRecords()) {
+      const parent = r.config?.linux?.cgroup_parent;
+      if (!parent) continue;
+      for (const driver of ['cgroupfs', 'systemd'] as CgroupDriver[]) {
+        const dirs = await podCgroupDirs(parent, driver, r.id).catch(() => []); // not this driver's form
+        await removeCgroups(dirs.filter((dir) => fs.existsSync(dir))).catch(() => undefined);
+      }
+    }
+  }
+}
+
+/** The JSON files of `dir`, parsed (those that are not: left out). */
+function jsonFiles(dir: string): any[] {
+  let files: string[];
+  try {
+    files = fs.readdirSync(dir).filter((f) => f.endsWith('.json'));
+  } catch {
+    return [];
+  }
+  return files.flatMap((f) => {
+    try {
+      return [JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'))];
+    } catch {
+      return [];
+    }
+  });
 }
 
 /**
