@@ -90,7 +90,7 @@ async function main() {
         if (trace) await qmpHmp(path.join(vmdir, 'qmp-debug.sock'), 'log none');
         const dt = performance.now() - t;
         const k = await jit(vmdir);
-        rows.push(`${label.padEnd(24)} ${dt.toFixed(0).padStart(5)} ms  translated ${translatedMiB(j, k).toFixed(1).padStart(5)} MiB  TBs +${k.tbs - j.tbs} flushes +${k.flushes - j.flushes} inval +${k.inval - j.inval}`);
+        rows.push(`${label.padEnd(24)} ${dt.toFixed(0).padStart(5)} ms  translated ${translatedMiB(j, k).toFixed(1).padStart(5)} MiB  TBs +${k.tbs - j.tbs} flushes +${k.flushes - j.flushes} inval +${k.inval - j.inval}  buffer ${(k.code / 1048576).toFixed(1)} MiB`);
         j = k;
       };
       if (process.env.PROFILE_WARM) {
