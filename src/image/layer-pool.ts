@@ -17,13 +17,16 @@
 //
 // Workers are kept in a small pool (PODVISOR_LAYER_WORKERS, default: the CPU count, 1–4; 0
 // reads layers on the main thread), started on first use or by prewarmLayerWorkers(), and
-// stopped after IDLE_MS without work (also one started ahead that never got a job). IDLE_MS is
-// kept at 5 minutes: a pull after the workers stopped starts new threads whose code is not yet
-// optimized (bench/pull --workers-idled: run 1 2.97 s against 1.22–1.55 s warm, load ~16,
-// bench/README issue 15), and one pod's images come in bursts minutes apart. What an idle pool
-// costs is cut instead: once the whole pool has been quiet for TRIM_AFTER_MS, the freed C heap
-// of the pull (zlib, chunk buffers: ~35 MB after the warm-up) goes back to the kernel
-// (util/malloc-trim.ts).
+// stopped after IDLE_MS without work (also one started ahead that never got a job), then the
+// freed C heap goes back to the kernel (util/malloc-trim.ts). IDLE_MS is 30 s: an idle worker
+// is an isolate with its own heap, modules (undici) and arena, ~20 MB each before the garbage a
+// pull leaves in it; with the start-up warm-up (warm-up.ts) two workers kept for 5 minutes held
+// ~100 MB of an idle daemon's ~200 (bench/README issue 21: a 50-idle-pod daemon 203 → 99 MB,
+// PSS per pod 53.5 → 51.3 MiB). The price: a pull more than 30 s after the last one starts new
+// threads, ~0.3–1 s each to boot under load, whose code is not yet optimized (bench/pull
+// --workers-idled); the pulls of one pod, or of a rollout, come within seconds of each other.
+// Between jobs, once the whole pool has been quiet for TRIM_AFTER_MS, the freed C heap of the
+// pull (zlib, chunk buffers: ~35 MB after the warm-up) is trimmed too.
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,7 +38,7 @@ import type { LayerRead, Op, UnpackLimits } from './layer-types';
 import { releaseFreedMemory } from '../util/malloc-trim';
 
 const WINDOW = 8 << 20;
-export const IDLE_MS = 5 * 60_000;
+export const IDLE_MS = 30_000;
 /** The pool's C heap is trimmed once no worker has had work for this long. */
 const TRIM_AFTER_MS = 2000;
 /** Input is packed into shared slabs of this size (one copy, no allocation per piece). */

@@ -6,7 +6,8 @@
 // is kept; the synthetic blob goes over loopback only. Its freed C heap (~35 MB: zlib, the
 // blob, chunk buffers) goes back to the kernel at the end (util/malloc-trim.ts), so that a
 // daemon that has just started is not the larger for it; the layer workers it warmed stay for
-// their idle time (layer-pool.ts IDLE_MS), which is what the first pull gains from.
+// their idle time (layer-pool.ts IDLE_MS, 30 s), so a pull that comes soon after the start
+// gains in both; a later one gains only on this thread (new workers start cold).
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import http from 'node:http';
