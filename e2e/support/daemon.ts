@@ -40,6 +40,8 @@ export class TestDaemon {
   /** on tmpfs, like the real default */
   readonly templateDir: string;
   private proc?: ChildProcess;
+  /** every daemon process it launched (a template build's netns carries its builder's pid) */
+  private readonly pids: number[] = [];
   private runtimeClient?: grpc.Client;
   private imageClient?: grpc.Client;
   output = '';
@@ -88,6 +90,7 @@ export class TestDaemon {
     // env: extra variables for this run only (e.g. PODVISOR_FAULT); jest's process.env is a copy
     const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...(this.opts.env ?? process.env), ...env }, cwd: this.opts.command ? '/' : undefined });
     this.proc = proc;
+    if (proc.pid) this.pids.push(proc.pid);
     const log = fs.createWriteStream(path.join(this.dir, 'daemon.log'), { flags: 'a' });
     proc.stdout!.pipe(log);
     proc.stderr!.on('data', (d) => { this.output += d; log.write(d); });
@@ -198,16 +201,19 @@ export class TestDaemon {
       /* daemon already gone */
     }
     await this.stopProcess();
-    for (const pid of qemuPidsUnder(this.state)) {
+    // its pods' and spares' QEMU (under state), a template build's (under the template dir)
+    for (const pid of [...qemuPidsUnder(this.state), ...qemuPidsUnder(this.templateDir)]) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
     // what a killed daemon could not take down (no RemovePodSandbox answered): the netns of its
-    // pods (their taps and the host ends of their veths end with them) and of its warm spares
-    // (src/vm/spares.ts names them), and its pods' own cgroups
+    // pods (their taps and the host ends of their veths end with them), of its warm spares
+    // (src/vm/spares.ts names them) and of its template builds (src/vm/templates.ts: pvtpl-<the
+    // builder's pid>-), and its pods' own cgroups
     const sparePrefix = `pvsp-${crypto.createHash('sha256').update(path.join(this.state, 'spares')).digest('hex').slice(0, 6)}-`;
     const podNetns = this.podNetns();
     for (const ns of fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []) {
-      if (ns.startsWith(sparePrefix) || podNetns.has(ns)) spawnSync('ip', ['netns', 'delete', ns]);
+      const builder = /^pvtpl-(\d+)-/.exec(ns)?.[1];
+      if (ns.startsWith(sparePrefix) || podNetns.has(ns) || this.pids.includes(Number(builder))) spawnSync('ip', ['netns', 'delete', ns]);
     }
     await this.removePodCgroups();
     // mounts under the scratch dir (a host pod backend's shared state dir, whatever a failed

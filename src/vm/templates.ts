@@ -8,6 +8,10 @@
 // it must be root's and writable by root alone (src/util/trusted-path.ts), checked when the daemon
 // starts (init refuses to go on otherwise) and again for each template before it is used; the
 // template key is computable by anyone, so where it lives is what must be trusted.
+//
+// A build belongs to the process that runs it (daemon or `podvisor template build`): its work
+// directory and scratch netns carry that pid, so a daemon starting after a crash reaps what a
+// dead builder left (its QEMU, files and netns) and never touches a live one's.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -15,9 +19,10 @@ import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import type { AgentCallObserver, AgentClient } from '../agent/client';
 import { hello } from '../agent/hello';
+import { deleteNetns, NETNS_DIR } from '../../network/netns';
 import { run } from '../util/exec-file';
 import type { Logger } from '../util/log';
-import type { Hypervisor, Vm, VmSpec } from './hypervisor';
+import { type Hypervisor, type Vm, VM_NAME_FILE, type VmSpec } from './hypervisor';
 import { checkTrustedDir, checkTrustedEntry, ensureTrustedDir } from '../util/trusted-path';
 
 /** The MAC every template NIC has; a clone's agent sets the pod's own MAC. */
@@ -75,9 +80,35 @@ export class TemplateManager {
 
   constructor(private readonly o: TemplateOptions) {}
 
-  /** Creates the template directory or checks it: throws UntrustedPathError when it is not root's alone. */
+  /**
+   * Creates the template directory or checks it (throws UntrustedPathError when it is not root's
+   * alone), then reaps the builds of processes that died mid-way.
+   */
   async init(): Promise<void> {
     await ensureTrustedDir(this.o.dir);
+    await this.reapDeadBuilds();
+  }
+
+  /** A dead builder's work directories (their QEMU killed first) and scratch netns (any template dir's). */
+  private async reapDeadBuilds(): Promise<void> {
+    for (const name of await fsp.readdir(this.o.dir)) {
+      const m = BUILD_DIR.exec(name);
+      if (!m || processAlive(Number(m[1]))) continue;
+      const dir = path.join(this.o.dir, name);
+      const pid = await this.o.driver.reapStray(dir).catch(() => undefined);
+      this.o.logger.info({ dir, qemuPid: pid }, 'reaped an interrupted template build');
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+    let nets: string[] = [];
+    try {
+      nets = fs.readdirSync(NETNS_DIR);
+    } catch {
+      /* no netns at all */
+    }
+    for (const n of nets) {
+      const m = BUILD_NETNS.exec(n);
+      if (m && !processAlive(Number(m[1]))) await deleteNetns(n).catch(() => undefined);
+    }
   }
 
   /** Whether a template's directory and files are root's alone (and the dirs above them). */
@@ -210,10 +241,12 @@ export class TemplateManager {
     await ensureTrustedDir(this.o.dir);
     await fsp.mkdir(work, { mode: 0o700 });
     await fsp.mkdir(path.join(work, 'share'), { mode: 0o700 });
-    const netns = size.nics ? `pvtpl-${crypto.randomBytes(4).toString('hex')}` : undefined;
+    const netns = size.nics ? `pvtpl-${process.pid}-${crypto.randomBytes(3).toString('hex')}` : undefined;
     let vm: Vm | undefined;
     let agent: AgentClient | undefined;
     try {
+      // reapDeadBuilds finds the build's QEMU by this name (the work dir's is not the VM's)
+      await fsp.writeFile(path.join(work, VM_NAME_FILE), `template-${key}`);
       // The template's NICs need a tap backend; a scratch netns holds it until the snapshot.
       if (netns) await run('ip', ['netns', 'add', netns]);
       const nics = netns ? await createScratchTaps(netns, size.nics) : [];
@@ -245,7 +278,7 @@ export class TemplateManager {
       await writeFileAtomic(path.join(work, 'meta.json'), JSON.stringify(meta), { mode: 0o600 });
       for (const f of ['mem', 'state']) await fsp.chmod(path.join(work, f), 0o600); // root's alone, whatever the umask
       await fsp.rm(path.join(work, 'share'), { recursive: true, force: true });
-      for (const f of this.o.driver.runtimeFiles) await fsp.rm(path.join(work, f), { force: true });
+      for (const f of [...this.o.driver.runtimeFiles, VM_NAME_FILE]) await fsp.rm(path.join(work, f), { force: true });
       // Publish atomically: a half-built template is never visible under its key.
       await fsp.rm(p.dir, { recursive: true, force: true });
       await fsp.rename(work, p.dir);
@@ -262,6 +295,20 @@ export class TemplateManager {
       if (netns) await run('ip', ['netns', 'delete', netns]).catch(() => undefined);
       await fsp.rm(work, { recursive: true, force: true });
     }
+  }
+}
+
+/** A build's work directory (`<key>.build-<pid>-<hex>`) and scratch netns (`pvtpl-<pid>-<hex>`): the builder's pid. */
+const BUILD_DIR = /\.build-(\d+)-[0-9a-f]+$/;
+const BUILD_NETNS = /^pvtpl-(\d+)-[0-9a-f]+$/;
+
+/** Whether process `pid` exists (EPERM: it does, someone else's). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
