@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import { PassThrough, Writable } from 'node:stream';
 import * as k8s from '@kubernetes/client-node';
 import type { Cluster } from './cluster';
+import { diagnosePod } from './diagnose';
 import { until } from './procs';
 
 export class Kube {
@@ -70,13 +71,22 @@ export class Kube {
     return this.core.createNamespacedPod({ namespace, body: pod });
   }
 
-  /** Polls the pod until `check` returns without throwing; returns the pod it last read. */
+  /**
+   * Polls the pod until `check` returns without throwing; returns the pod it last read. A wait
+   * that fails says why in its message (support/diagnose.ts: events, status, podvisor's and
+   * kubelet's log lines about the pod, the guest console): CI keeps nothing else.
+   */
   async waitPod(namespace: string, name: string, what: string, check: (p: k8s.V1Pod) => void, ms = 180_000): Promise<k8s.V1Pod> {
-    return until(`pod ${namespace}/${name}: ${what}`, async () => {
-      const p = await this.core.readNamespacedPod({ name, namespace });
-      check(p);
-      return p;
-    }, ms, 1000);
+    try {
+      return await until(`pod ${namespace}/${name}: ${what}`, async () => {
+        const p = await this.core.readNamespacedPod({ name, namespace });
+        check(p);
+        return p;
+      }, ms, 1000);
+    } catch (err) {
+      (err as Error).message += `\n${await diagnosePod(this.cluster, this.core, namespace, name)}`;
+      throw err;
+    }
   }
 
   waitRunning(namespace: string, name: string, ms?: number): Promise<k8s.V1Pod> {
