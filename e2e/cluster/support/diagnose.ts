@@ -3,8 +3,9 @@
 // Gathered once, at the failure, and bounded (a few KB in all): the pod's status and events
 // (kubelet's view), its sandboxes and containers as podvisor lists them, the tail of podvisor's
 // log lines naming the pod or one of those ids (its step timings per call) and of its template
-// builds, warnings and errors, of kubelet's log lines naming the pod, and of each sandbox VM's
-// guest console. Every part is best effort: a
+// builds, warnings and errors, of kubelet's log lines naming the pod; whether its guest agent
+// answers (a stats call), its QEMU threads' CPU use, and the tail of each sandbox VM's guest
+// console. Every part is best effort: a
 // part that cannot be read says so and the others still come.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -97,6 +98,7 @@ export async function diagnosePod(cluster: Cluster, core: k8s.CoreV1Api, namespa
   const uid = pod?.metadata?.uid ?? '';
   const ids: string[] = [];
   const vmPids: number[] = [];
+  const readyIds: string[] = [];
   const d = cluster.daemon;
   const parts: string[] = [];
   parts.push(await part('pod status', () => {
@@ -106,7 +108,8 @@ export async function diagnosePod(cluster: Cluster, core: k8s.CoreV1Api, namespa
   }));
   parts.push(await part('events (kubelet, scheduler)', async () => {
     const { items } = await core.listNamespacedEvent({ namespace, fieldSelector: `involvedObject.name=${name}` });
-    const lines = items.map((e) => `${e.lastTimestamp ?? e.eventTime ?? ''} ${e.type} ${e.reason} x${e.count ?? 1}: ${e.message}`);
+    const when = (t: Date | string | undefined) => (t ? new Date(t).toISOString() : '');
+    const lines = items.map((e) => `${when(e.lastTimestamp ?? e.eventTime)} ${e.type} ${e.reason} x${e.count ?? 1}: ${e.message}`);
     return lines.join('\n').slice(-B.events);
   }));
   parts.push(await part('podvisor sandboxes and containers of the pod', async () => {
@@ -115,6 +118,7 @@ export async function diagnosePod(cluster: Cluster, core: k8s.CoreV1Api, namespa
     const out: string[] = [];
     for (const sb of items) {
       ids.push(sb.id);
+      if (sb.state === 'SANDBOX_READY') readyIds.push(sb.id);
       try {
         const st = await d.runtime('PodSandboxStatus', { pod_sandbox_id: sb.id, verbose: true }, 10_000);
         const pid = JSON.parse(st.info?.info ?? '{}').vm?.pid;
@@ -140,6 +144,19 @@ export async function diagnosePod(cluster: Cluster, core: k8s.CoreV1Api, namespa
     if (!log) throw new Error('no kubelet');
     return linesNaming(log, [`"${namespace}/${name}"`, uid], B.kubelet);
   }));
+  // whether the pod's guest agent answers at all (a stats call, bounded by podvisor at 5 s):
+  // a guest busy or blocked in a create answers late or not
+  for (const id of readyIds) {
+    parts.push(await part(`podvisor PodSandboxStats of ${id.slice(0, 13)} (its guest agent answering?)`, async () => {
+      const t0 = Date.now();
+      try {
+        await d!.runtime('PodSandboxStats', { pod_sandbox_id: id }, 15_000);
+        return `answered in ${Date.now() - t0} ms`;
+      } catch (err) {
+        return `failed after ${Date.now() - t0} ms: ${(err as Error).message}`;
+      }
+    }));
+  }
   for (const pid of vmPids) {
     parts.push(await part(`QEMU ${pid}: its threads' CPU seconds, then their use over 1 s (a vCPU busy or idle)`, () => qemuThreads(pid)));
   }
