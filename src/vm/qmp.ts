@@ -19,6 +19,14 @@ interface Waiter {
 
 const MAX_LINE = 4 * 1024 * 1024;
 
+/**
+ * How long one command may go unanswered. QEMU answers from its main loop, which some commands
+ * hold for a while (blockdev-add of a remote image waits for its connection, tens of seconds),
+ * but a monitor silent for this long is broken: without a bound every later command of the VM
+ * (they are serialized) and every caller holding a pod's lock around one would wait forever.
+ */
+export const QMP_COMMAND_TIMEOUT_MS = 120_000;
+
 export class QmpClient extends EventEmitter {
   private buf = '';
   private readonly waiters: Waiter[] = [];
@@ -78,12 +86,25 @@ export class QmpClient extends EventEmitter {
     }
   }
 
-  /** Runs one command; commands are serialized so answers match their requests. */
-  execute<T = any>(command: string, args?: object): Promise<T> {
+  /**
+   * Runs one command; commands are serialized so answers match their requests. One unanswered
+   * within `timeoutMs` (from when it is sent) fails with a Timeout and closes the connection: a
+   * late answer would otherwise be taken for the next command's, so every later command fails
+   * at once as Closed (stop() then kills the process).
+   */
+  execute<T = any>(command: string, args?: object, timeoutMs = QMP_COMMAND_TIMEOUT_MS): Promise<T> {
     const run = () =>
       new Promise<T>((resolve, reject) => {
         if (this.closed) return reject(new QmpError('Closed', `QMP closed (${command})`));
-        this.waiters.push({ resolve, reject, command });
+        const timer = setTimeout(() => {
+          reject(new QmpError('Timeout', `${command}: QEMU did not answer within ${timeoutMs} ms (its monitor connection is closed)`));
+          this.close();
+        }, timeoutMs);
+        const done = <A extends unknown[]>(f: (...a: A) => void) => (...a: A) => {
+          clearTimeout(timer);
+          f(...a);
+        };
+        this.waiters.push({ resolve: done(resolve), reject: done(reject), command });
         this.sock.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + '\n');
       });
     const p = this.chain.then(run, run);
