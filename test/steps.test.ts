@@ -49,3 +49,28 @@ test('logs nothing above debug', () => {
   t.done();
   expect(lines).toHaveLength(0);
 });
+
+test('an operation with no end after the slow bound logs the steps it got through, once; done() then logs the whole', async () => {
+  const { logger, lines } = capture('debug');
+  const t = stepTimer(logger, 'CreateContainer', { container: 'c2' }, 40);
+  t.mark('lock');
+  await sleep(100);
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatchObject({ op: 'CreateContainer', container: 'c2', steps: { lock: expect.any(Number) } });
+  expect(lines[0].msg).toMatch(/^step times so far: no end after 40 ms/);
+  expect(lines[0].ms).toBeGreaterThanOrEqual(35);
+  t.mark('image');
+  t.done({ failed: true });
+  expect(lines).toHaveLength(2);
+  expect(lines[1]).toMatchObject({ msg: 'step times', failed: true });
+  expect(Object.keys(lines[1].steps)).toEqual(['lock', 'image']);
+});
+
+test('an operation done in time logs no slow line', async () => {
+  const { logger, lines } = capture('debug');
+  const t = stepTimer(logger, 'op', {}, 30);
+  t.mark('a');
+  t.done();
+  await sleep(60);
+  expect(lines.map((l) => l.msg)).toEqual(['step times']);
+});

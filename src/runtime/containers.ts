@@ -211,6 +211,7 @@ export class ContainerManager {
         faultPoint('container.create:saved');
       });
     } catch (err) {
+      T.done({ failed: true });
       this.containers.delete(id);
       await this.store.delete(rec).catch(() => undefined);
       for (const i of images) this.images.release(i);

@@ -207,6 +207,7 @@ export class SandboxManager {
         answered();
         return id;
       } catch (err) {
+        T.done({ failed: true });
         answered();
         // a failed start: the backend removed what it made; a pod made but not recorded goes too
         this.observe?.failed(backend.kind);
