@@ -6,7 +6,8 @@
 // PROFILE_WARM=1 runs a throwaway container through create/start/exec/stop/remove
 // in each pod first; PROFILE_INASM=<dir> logs the guest code of iteration 1's steps there
 // (QEMU's `log in_asm`); PROFILE_OUT=<dir> keeps the daemon's log (debug level: step times);
-// PROFILE_VM_TOML: extra [vm] settings.
+// PROFILE_VM_TOML: extra [vm] settings; PROFILE_EXEC_DELAY_MS: a pause before each container's
+// first exec.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -48,6 +49,10 @@ async function jit(dir: string): Promise<Jit> {
 function translatedMiB(a: Jit, b: Jit): number {
   return ((b.flushes - a.flushes) * a.max + b.code - a.code) / 1048576;
 }
+
+/** PROFILE_EXEC_DELAY_MS: a pause between a container's start and its first exec (untimed), as
+ * a probe that comes later than the bench's back-to-back ExecSync. */
+const execDelay = () => new Promise((r) => setTimeout(r, Number(process.env.PROFILE_EXEC_DELAY_MS ?? 0)));
 
 async function main() {
   const iterations = Number(process.argv[process.argv.indexOf('--iterations') + 1]) || 3;
@@ -107,6 +112,7 @@ async function main() {
         cid = (await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { metadata: { name: 'sleep', attempt: 0 }, image: { image }, command: ['/bin/sleep', '3600'], log_path: 'sleep.log', labels: {}, annotations: {}, linux: {} }, sandbox_config: cfg }, 90_000)).container_id;
       });
       await step('StartContainer', () => d.runtime('StartContainer', { container_id: cid }, 90_000));
+      await execDelay();
       for (let n = 1; n <= 5; n++) await step(`ExecSync #${n}`, () => d.runtime('ExecSync', { container_id: cid, cmd: ['/bin/true'], timeout: 30 }, 60_000));
       if (process.env.PROFILE_MORE) {
         // the same pod again, its code translated: a second and fourth container of the same image,
@@ -119,6 +125,7 @@ async function main() {
             c = (await d.runtime('CreateContainer', { pod_sandbox_id: pod, config: { metadata: { name: `more-${n}`, attempt: 0 }, image: { image: img }, command: ['/bin/sleep', '3600'], log_path: `more-${n}.log`, labels: {}, annotations: {}, linux: {} }, sandbox_config: cfg }, 90_000)).container_id;
           });
           await step(`Start #${n}`, () => d.runtime('StartContainer', { container_id: c }, 90_000));
+          await execDelay();
           for (let e = 1; e <= 2; e++) await step(`Exec #${e} in #${n}`, () => d.runtime('ExecSync', { container_id: c, cmd: ['/bin/true'], timeout: 30 }, 60_000));
         }
       }
