@@ -130,31 +130,6 @@ pub fn start(containers: &Rc<Containers>, params: Value) -> Result<Value> {
     finish(containers, &p, ids, prepared, pid)
 }
 
-/// Right after StartContainer has been answered (rpc.rs): the container's executor, so that its
-/// first plain exec does not make it. Only where execs could use it (start() decides the rest
-/// per exec: tty, cwd). A container that ended meanwhile keeps none.
-pub fn make_executor(containers: &Rc<Containers>, id: &str) {
-    let (dir, base) = {
-        let cs = containers.table.borrow();
-        let Some(c) = cs.get(id) else { return };
-        let servable = !c.userns && c.seccomp.is_none() && c.process.is_object()
-            && c.process.get("apparmorProfile").is_none() && c.process.get("selinuxLabel").is_none();
-        if c.status != Status::Running || !servable {
-            return;
-        }
-        (c.dir.clone(), c.process.clone())
-    };
-    let t0 = std::time::Instant::now();
-    if let Err(e) = crate::executor::make(YOUKI_ROOT, id, &dir, &base) {
-        crate::log!("executor of {id} not made ahead: {e}; its first exec tries again");
-        return;
-    }
-    crate::log!("executor of {id} made ahead in {:?}", t0.elapsed());
-    if !containers.table.borrow().get(id).is_some_and(|c| c.status == Status::Running) {
-        crate::executor::forget(id);
-    }
-}
-
 fn finish(containers: &Rc<Containers>, p: &ExecParams, ids: StdioIds, prepared: stdio::Prepared, pid: i32) -> Result<Value> {
     let rx = containers.reaper.watch(pid);
     let att = match stdio::attach(&containers.streams, &ids, prepared) {

@@ -2,8 +2,8 @@
 //!
 //! An exec through libcontainer's tenant path costs the agent two forks of itself, a setns per
 //! namespace, a cgroup move and the init's setup, every time: under TCG ~30–90 ms of a steady
-//! exec (bench/README.md, issue 21). So for plain execs into a container (no tty, no user
-//! namespace, no seccomp filter, no LSM label, no cwd of its own: exec.rs decides) the agent makes, through
+//! exec (bench/README.md, issue 21). So the first plain exec into a container (no tty, no user
+//! namespace, no seccomp filter, no LSM label, no cwd of its own: exec.rs decides) makes, through
 //! that same tenant path, a process that has everything an exec process gets from the container
 //! (namespaces, cgroup, uid/gid/groups, capabilities, rlimits, no_new_privs, umask, cwd) and
 //! then, instead of the workload, executes a fresh image of the agent binary (`podvisor-exec`,
@@ -23,13 +23,6 @@
 //! when the container's init exits or it is deleted, and when the agent goes (PDEATHSIG).
 //! An executor that fails (killed from inside, socket closed) is dropped and the exec takes the
 //! tenant path.
-//!
-//! When: right after StartContainer has been answered (rpc.rs, exec.rs `make_executor`), for a
-//! container whose execs it could serve (no user namespace, seccomp filter or LSM label), so
-//! the first exec does not pay its making (68–119 ms of guest work under TCG, bench/README issue
-//! 21). The agent is one thread: a request that arrives while it is being made waits for it, as
-//! the first exec did anyway. Making it ahead failed: the first plain exec tries again, as before.
-//! Trade: every such container has one (a few hundred KiB), exec'd into or not.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -100,7 +93,11 @@ pub fn run(youki_root: &str, container_id: &str, dir: &Path, base: &Value, proce
     if req.len() > MAX_REQUEST {
         return Ok(None);
     }
-    make(youki_root, container_id, dir, base)?;
+    let have = EXECUTORS.with(|m| m.borrow().contains_key(container_id));
+    if !have {
+        let (fd, pid) = spawn(youki_root, container_id, dir, base)?;
+        EXECUTORS.with(|m| m.borrow_mut().insert(container_id.to_string(), (fd, pid)));
+    }
     let sent = EXECUTORS.with(|m| {
         let m = m.borrow();
         let (fd, _) = m.get(container_id).unwrap();
@@ -115,17 +112,6 @@ pub fn run(youki_root: &str, container_id: &str, dir: &Path, base: &Value, proce
             Ok(None)
         }
     }
-}
-
-/// Makes the container's executor unless it has one (`base`: the container's process spec).
-/// The agent's handlers run one at a time on its one thread: an exec never finds one half made.
-pub fn make(youki_root: &str, container_id: &str, dir: &Path, base: &Value) -> Result<()> {
-    if EXECUTORS.with(|m| m.borrow().contains_key(container_id)) {
-        return Ok(());
-    }
-    let (fd, pid) = spawn(youki_root, container_id, dir, base)?;
-    EXECUTORS.with(|m| m.borrow_mut().insert(container_id.to_string(), (fd, pid)));
-    Ok(())
 }
 
 fn request(fd: RawFd, req: &[u8], stdio: &[OwnedFd; 3]) -> std::io::Result<std::result::Result<i32, String>> {

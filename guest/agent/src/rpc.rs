@@ -18,14 +18,7 @@ pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<
         "nfs.mount" => nfs::mount(&agent.reaper, params).await,
         "tmpfs.mount" => tmpfs::mount_tmpfs(params),
         "container.create" => containers::create(&agent.containers, params),
-        "container.start" => {
-            let id = params.get("id").and_then(Value::as_str).map(String::from);
-            let r = containers::start(&agent.containers, params);
-            if let (Ok(_), Some(id)) = (&r, id) {
-                make_executor_ahead(agent, id);
-            }
-            r
-        }
+        "container.start" => containers::start(&agent.containers, params),
         "container.signal" => containers::signal(&agent.containers, params),
         "container.delete" => containers::delete(&agent.containers, params),
         "container.state" => containers::state(&agent.containers, params),
@@ -41,14 +34,4 @@ pub async fn dispatch(agent: &Rc<Agent>, method: &str, params: Value) -> Result<
         "shutdown" => Ok(json!({})), // the caller powers off after the response is flushed
         _ => Err(AgentError::invalid(format!("unknown method {method:?}"))),
     }
-}
-
-/// The container's exec helper (executor.rs), made once StartContainer's answer has been written:
-/// off the start's path, and mostly before the first exec's.
-fn make_executor_ahead(agent: &Rc<Agent>, id: String) {
-    let agent = agent.clone();
-    tokio::task::spawn_local(async move {
-        agent.outbox.flush().await;
-        exec::make_executor(&agent.containers, &id);
-    });
 }
