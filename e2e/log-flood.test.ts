@@ -51,10 +51,17 @@ function look(file: string): { size: number; note?: string; cut: number } {
   return { size, note: m?.[0], cut: m ? Number(m[1]) : 0 };
 }
 
+interface Seen {
+  max: number;
+  cuts: number[];
+  drops: number;
+}
+
 /** Watches `files` every 200 ms until stop(): the largest size seen, and every distinct cut seen. */
-function watch(files: string[]): { seen: Record<string, { max: number; cuts: number[] }>; stop: () => Promise<Record<string, { max: number; cuts: number[] }>> } {
-  const seen: Record<string, { max: number; cuts: number[] }> = Object.fromEntries(files.map((f) => [path.basename(f), { max: 0, cuts: [] }]));
+function watch(files: string[]): { seen: Record<string, Seen>; stop: () => Promise<Record<string, Seen>> } {
+  const seen: Record<string, Seen> = Object.fromEntries(files.map((f) => [path.basename(f), { max: 0, cuts: [], drops: 0 }]));
   const last: Record<string, string | undefined> = {};
+  const lastSize: Record<string, number> = {};
   let running = true;
   const done = (async () => {
     while (running) {
@@ -62,6 +69,8 @@ function watch(files: string[]): { seen: Record<string, { max: number; cuts: num
         const s = seen[path.basename(f)];
         const { size, note, cut } = look(f);
         s.max = Math.max(s.max, size);
+        if (size < (lastSize[f] ?? 0)) s.drops++; // shrunk since the last look: cut (noted or not)
+        lastSize[f] = size;
         if (note && note !== last[f]) s.cuts.push(cut); // a new note (its time stamp): a new cut
         last[f] = note;
       }
@@ -88,7 +97,7 @@ test('a guest flooding its console and QEMU log: both stay bounded, the pod work
   }));
 
   const watcher = watch([consoleLog, qemuLog]);
-  let seen: Record<string, { max: number; cuts: number[] }>;
+  let seen: Record<string, Seen>;
   const execs: number[] = [];
   try {
     // the balloon flood: shrink 512 → 256 three times (each refuses 65536 pages: a line each)
@@ -117,8 +126,8 @@ test('a guest flooding its console and QEMU log: both stay bounded, the pod work
   await d.runtime('StopContainer', { container_id: id, timeout: 5 });
   await new Promise((r) => setTimeout(r, SWEEP_MS + 1000));
   const end = { console: look(consoleLog), qemu: look(qemuLog) };
-  console.log(`log flood (cap ${CAP_KIB} KiB): console.log max ${seen['console.log'].max} B, ${seen['console.log'].cuts.length} cuts (${seen['console.log'].cuts.join(', ')}), end ${end.console.size} B; ` +
-    `qemu.log max ${seen['qemu.log'].max} B, ${seen['qemu.log'].cuts.length} cuts (${seen['qemu.log'].cuts.join(', ')}), end ${end.qemu.size} B; exec ms ${execs.join(', ')}`);
+  console.log(`log flood (cap ${CAP_KIB} KiB): console.log max ${seen['console.log'].max} B, ${seen['console.log'].drops} drops, ${seen['console.log'].cuts.length} cuts (${seen['console.log'].cuts.join(', ')}), end ${end.console.size} B; ` +
+    `qemu.log max ${seen['qemu.log'].max} B, ${seen['qemu.log'].drops} drops, ${seen['qemu.log'].cuts.length} cuts (${seen['qemu.log'].cuts.join(', ')}), end ${end.qemu.size} B; exec ms ${execs.join(', ')}`);
 
   for (const [name, s] of Object.entries(seen)) {
     expect({

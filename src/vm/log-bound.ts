@@ -20,8 +20,17 @@ export function boundLog(file: string, capBytes: number): boolean {
     return false; // not there (yet, or any more)
   }
   if (size <= capBytes) return false;
-  fs.truncateSync(file, 0);
-  fs.appendFileSync(file, `[podvisor ${new Date().toISOString()}: ${size} bytes cut: this log is bounded to ${capBytes} bytes]\n`);
+  // the note goes at byte 0 through a descriptor of our own (not appended): a writer as fast as
+  // QEMU's balloon refusals appends lines between the cut and the note (tens of KB when this
+  // thread is preempted under load), and the note must still be the log's first line; it
+  // overwrites the start of what came in between, which the note accounts for as cut
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, `[podvisor ${new Date().toISOString()}: ${size} bytes cut: this log is bounded to ${capBytes} bytes]\n`, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
   return true;
 }
 
