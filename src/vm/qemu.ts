@@ -16,6 +16,7 @@ import { diskNames, ScsiBus, volumeNames } from './qemu-scsi';
 import { QmpClient } from './qmp';
 import { LogSweep } from './log-bound';
 import { run } from '../util/exec-file';
+import { processAlive } from '../util/process-alive';
 import { connectWhenReady } from '../util/unix-socket';
 
 export interface QemuOptions {
@@ -258,7 +259,7 @@ export class QemuHypervisor implements Hypervisor {
     }
     // Not our child any more: the QMP socket closing is how we learn the process ended.
     const exited = new Promise<void>((resolve) => {
-      const check = () => (isAlive(info.pid) ? setTimeout(check, 1000).unref() : resolve());
+      const check = () => (processAlive(info.pid) ? setTimeout(check, 1000).unref() : resolve());
       qmp.once('close', () => setTimeout(check, 10));
     });
     return new QemuVm(info, qmp, exited, launcherPath(this.o), this.boundLogs(info.dir));
@@ -410,7 +411,7 @@ export class QemuVm implements Vm {
   readonly shareTag = SHARE_TAG;
 
   alive(): boolean {
-    return !this.dead && isAlive(this.info.pid);
+    return !this.dead && processAlive(this.info.pid);
   }
 
   /** @internal start(): the connection restoreClone opened */
@@ -602,22 +603,6 @@ function fileDigest(file: string): string {
     return `${st.size}:${Math.trunc(st.mtimeMs)}`;
   } catch {
     return 'missing';
-  }
-}
-
-function isAlive(pid: number): boolean {
-  if (pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  // a zombie still answers kill(0); it is dead for our purposes
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
   }
 }
 

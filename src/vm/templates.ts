@@ -21,6 +21,7 @@ import type { AgentCallObserver, AgentClient } from '../agent/client';
 import { hello } from '../agent/hello';
 import { deleteNetns, NETNS_DIR } from '../../network/netns';
 import { run } from '../util/exec-file';
+import { processAlive } from '../util/process-alive';
 import type { Logger } from '../util/log';
 import { type Hypervisor, type Vm, VM_NAME_FILE, type VmSpec } from './hypervisor';
 import { checkTrustedDir, checkTrustedEntry, ensureTrustedDir } from '../util/trusted-path';
@@ -301,16 +302,6 @@ export class TemplateManager {
 /** A build's work directory (`<key>.build-<pid>-<hex>`) and scratch netns (`pvtpl-<pid>-<hex>`): the builder's pid. */
 const BUILD_DIR = /\.build-(\d+)-[0-9a-f]+$/;
 const BUILD_NETNS = /^pvtpl-(\d+)-[0-9a-f]+$/;
-
-/** Whether process `pid` exists (EPERM: it does, someone else's). */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** The last `max` bytes of a file as text ('' when it cannot be read). */
 async function readTail(file: string, max: number): Promise<string> {
